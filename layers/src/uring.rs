@@ -1,0 +1,460 @@
+//! The io_uring engine of one queue: the only code in this crate that builds SQEs.
+//!
+//! Every leaf operation gets a slot in an in-flight table keyed by the SQE's
+//! `user_data`. The slot owns the operation's buffer until the CQE arrives, so a
+//! future dropped mid-I/O never frees memory the kernel may still write: its slot
+//! becomes `Orphaned` and is released by the completion (the libublk-rs / crosvm
+//! rule). Front ends may share the ring for their own commands (the ublk FETCH /
+//! COMMIT commands): those carry [`FOREIGN_BIT`] in `user_data` and are handed back
+//! by [`Uring::reap`].
+
+use std::alloc::{self, Layout};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+/// `user_data` values with this bit set belong to the front end, not to a slot.
+pub const FOREIGN_BIT: u64 = 1 << 63;
+
+/// Alignment of every [`AlignedBuf`]: enough for O_DIRECT on any block size.
+pub const BUF_ALIGN: usize = 4096;
+
+/// A heap buffer aligned to [`BUF_ALIGN`], zeroed at allocation.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    cap: usize,
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation, like Vec<u8>; nothing in it is
+// tied to the thread that allocated it.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only allow reading the bytes, as for Vec<u8>.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes with room for at least `len` (rounded up to
+    /// the alignment, never zero).
+    pub fn new(len: usize) -> AlignedBuf {
+        let cap = len.max(1).next_multiple_of(BUF_ALIGN);
+        let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer size overflows");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf { ptr, len, cap }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Change the visible length; the bytes beyond the old length keep whatever
+    /// they held (they were initialised at allocation).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap, "AlignedBuf::set_len beyond capacity");
+        self.len = len;
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for cap >= len initialised bytes for our lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.cap, BUF_ALIGN).expect("checked in new");
+        // SAFETY: allocated in `new` with exactly this layout and not freed since.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// Per-queue free lists of buffers by power-of-two size, so the data path does not
+/// allocate per request. Bounded: at most `PER_CLASS` buffers are kept per size.
+#[derive(Default)]
+pub struct BufPool {
+    classes: Vec<Vec<AlignedBuf>>,
+}
+
+impl BufPool {
+    const PER_CLASS: usize = 256;
+
+    fn class(len: usize) -> usize {
+        len.max(BUF_ALIGN).next_power_of_two().trailing_zeros() as usize
+    }
+
+    /// A buffer of exactly `len` visible bytes (contents unspecified).
+    pub fn take(&mut self, len: usize) -> AlignedBuf {
+        let class = Self::class(len);
+        let mut buf = match self.classes.get_mut(class).and_then(Vec::pop) {
+            Some(buf) => buf,
+            None => AlignedBuf::new(1 << class),
+        };
+        buf.set_len(len);
+        buf
+    }
+
+    pub fn put(&mut self, buf: AlignedBuf) {
+        if !buf.capacity().is_power_of_two() {
+            return;
+        }
+        let class = Self::class(buf.capacity());
+        if self.classes.len() <= class {
+            self.classes.resize_with(class + 1, Vec::new);
+        }
+        if self.classes[class].len() < Self::PER_CLASS {
+            self.classes[class].push(buf);
+        }
+    }
+}
+
+/// A leaf operation. Buffers are owned and handed back with the completion.
+pub enum Op {
+    Read { fd: RawFd, offset: u64, buf: AlignedBuf },
+    Write { fd: RawFd, offset: u64, buf: AlignedBuf },
+    /// fdatasync (or fsync when `data_only` is false).
+    Fsync { fd: RawFd, data_only: bool },
+    Fallocate { fd: RawFd, mode: i32, offset: u64, len: u64 },
+}
+
+enum Slot {
+    Free { next: usize },
+    Pending { waker: Option<Waker>, buf: Option<AlignedBuf> },
+    Done { res: i32, buf: Option<AlignedBuf> },
+    /// The future was dropped before the CQE; the buffer waits for it here.
+    Orphaned { _buf: Option<AlignedBuf> },
+}
+
+const NO_SLOT: usize = usize::MAX;
+
+/// One queue's io_uring and its in-flight table. Not `Sync`: it lives on one queue
+/// thread.
+pub struct Uring {
+    ring: RefCell<IoUring>,
+    slots: RefCell<Vec<Slot>>,
+    free_head: Cell<usize>,
+    in_flight: Cell<usize>,
+    backlog: RefCell<VecDeque<squeue::Entry>>,
+}
+
+fn submit_retrying(ring: &IoUring, wait: usize) -> io::Result<usize> {
+    loop {
+        match ring.submit_and_wait(wait) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            // The completion queue is backed up: the caller reaps, then comes back.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(0),
+            other => return other,
+        }
+    }
+}
+
+impl Uring {
+    pub fn new(entries: u32) -> io::Result<Uring> {
+        let ring = IoUring::builder().setup_coop_taskrun().build(entries).or_else(|_| {
+            // Kernels before 5.19 lack COOP_TASKRUN.
+            IoUring::new(entries)
+        })?;
+        Ok(Uring {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Vec::new()),
+            free_head: Cell::new(NO_SLOT),
+            in_flight: Cell::new(0),
+            backlog: RefCell::new(VecDeque::new()),
+        })
+    }
+
+    /// Operations submitted (or queued for submission) whose CQE has not arrived.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// The ring, for a front end that registers files or pushes its own commands.
+    pub fn ring(&self) -> &RefCell<IoUring> {
+        &self.ring
+    }
+
+    fn alloc_slot(&self, buf: Option<AlignedBuf>) -> usize {
+        let mut slots = self.slots.borrow_mut();
+        let slot = Slot::Pending { waker: None, buf };
+        let head = self.free_head.get();
+        if head == NO_SLOT {
+            slots.push(slot);
+            slots.len() - 1
+        } else {
+            let Slot::Free { next } = slots[head] else {
+                unreachable!("free list points at a used slot")
+            };
+            self.free_head.set(next);
+            slots[head] = slot;
+            head
+        }
+    }
+
+    fn free_slot(&self, slots: &mut [Slot], index: usize) {
+        slots[index] = Slot::Free {
+            next: self.free_head.get(),
+        };
+        self.free_head.set(index);
+    }
+
+    /// Queue `op`; the returned future resolves to the CQE result (negative errno
+    /// on failure) and the operation's buffer.
+    pub fn submit(&self, op: Op) -> OpFuture<'_> {
+        let (entry, buf) = match op {
+            Op::Read { fd, offset, mut buf } => {
+                let len = u32::try_from(buf.len()).expect("leaf I/O under 4 GiB");
+                let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
+                    .offset(offset)
+                    .build();
+                (entry, Some(buf))
+            }
+            Op::Write { fd, offset, mut buf } => {
+                let len = u32::try_from(buf.len()).expect("leaf I/O under 4 GiB");
+                let entry = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len)
+                    .offset(offset)
+                    .build();
+                (entry, Some(buf))
+            }
+            Op::Fsync { fd, data_only } => {
+                let flags = if data_only {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                (opcode::Fsync::new(types::Fd(fd)).flags(flags).build(), None)
+            }
+            Op::Fallocate {
+                fd,
+                mode,
+                offset,
+                len,
+            } => (
+                opcode::Fallocate::new(types::Fd(fd), len)
+                    .offset(offset)
+                    .mode(mode)
+                    .build(),
+                None,
+            ),
+        };
+        let slot = self.alloc_slot(buf);
+        let entry = entry.user_data(slot as u64);
+        // SAFETY: the buffer the SQE points at is owned by slot `slot` and stays
+        // there (heap memory, never moved or freed) until `reap` sees this SQE's
+        // CQE, even if the future is dropped. The fd belongs to a leaf of the
+        // compiled stack, which outlives every queue's ring.
+        unsafe { self.push(&entry) };
+        self.in_flight.set(self.in_flight.get() + 1);
+        OpFuture {
+            uring: self,
+            slot,
+            finished: false,
+        }
+    }
+
+    /// Push an SQE. When the submission queue is full, what is there is handed to
+    /// the kernel first; if it still has no room the entry waits in a backlog that
+    /// [`Uring::submit_and_wait`] drains, so pushing never blocks or fails.
+    ///
+    /// # Safety
+    /// Whatever memory and fds the entry refers to must stay valid until its CQE.
+    pub unsafe fn push(&self, entry: &squeue::Entry) {
+        let mut backlog = self.backlog.borrow_mut();
+        if backlog.is_empty() {
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: forwarded from the caller.
+            if unsafe { ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            if ring.submit().is_ok() {
+                // SAFETY: forwarded from the caller.
+                if unsafe { ring.submission().push(entry) }.is_ok() {
+                    return;
+                }
+            }
+        }
+        backlog.push_back(entry.clone());
+    }
+
+    /// Submit queued SQEs and, if `wait` > 0, block until at least that many CQEs
+    /// are ready.
+    pub fn submit_and_wait(&self, wait: usize) -> io::Result<usize> {
+        let mut ring = self.ring.borrow_mut();
+        let mut backlog = self.backlog.borrow_mut();
+        while let Some(entry) = backlog.front() {
+            // SAFETY: entries in the backlog were pushed under `push`'s contract.
+            if unsafe { ring.submission().push(entry) }.is_err() {
+                submit_retrying(&ring, 0)?;
+                continue;
+            }
+            backlog.pop_front();
+        }
+        submit_retrying(&ring, wait)
+    }
+    /// Handle every available CQE: finish leaf slots (waking their futures) and pass
+    /// foreign ones (`user_data` with [`FOREIGN_BIT`]) to `foreign`. Returns how many
+    /// CQEs were seen.
+    pub fn reap(&self, foreign: &mut dyn FnMut(u64, i32)) -> usize {
+        let mut seen = 0;
+        loop {
+            // Take a batch out so that wakers and `foreign` run without the ring
+            // borrowed (they may push new SQEs).
+            let mut batch: [(u64, i32); 32] = [(0, 0); 32];
+            let mut n = 0;
+            {
+                let mut ring = self.ring.borrow_mut();
+                for cqe in ring.completion() {
+                    batch[n] = (cqe.user_data(), cqe.result());
+                    n += 1;
+                    if n == batch.len() {
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                return seen;
+            }
+            seen += n;
+            for &(user_data, res) in &batch[..n] {
+                if user_data & FOREIGN_BIT != 0 {
+                    foreign(user_data, res);
+                } else {
+                    self.complete(user_data as usize, res);
+                }
+            }
+        }
+    }
+
+    fn complete(&self, index: usize, res: i32) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        let mut slots = self.slots.borrow_mut();
+        let old = std::mem::replace(&mut slots[index], Slot::Free { next: NO_SLOT });
+        match old {
+            Slot::Pending { waker, buf } => {
+                slots[index] = Slot::Done { res, buf };
+                drop(slots);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Slot::Orphaned { .. } => self.free_slot(&mut slots, index),
+            Slot::Free { .. } | Slot::Done { .. } => {
+                unreachable!("CQE for slot {index} that is not in flight")
+            }
+        }
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // The kernel may still write into orphaned buffers: wait for every CQE
+        // before the slots (and their buffers) are freed.
+        if self.in_flight.get() > 0 {
+            let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(FOREIGN_BIT | (FOREIGN_BIT - 1));
+            // SAFETY: the cancel SQE refers to no memory.
+            unsafe { self.push(&entry) };
+        }
+        while self.in_flight.get() > 0 {
+            if self.submit_and_wait(1).is_err() {
+                break;
+            }
+            self.reap(&mut |_, _| {});
+        }
+    }
+}
+
+/// Completion of one [`Op`]: the CQE result and the buffer.
+pub struct OpFuture<'a> {
+    uring: &'a Uring,
+    slot: usize,
+    finished: bool,
+}
+
+impl Future for OpFuture<'_> {
+    type Output = (i32, Option<AlignedBuf>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slots = self.uring.slots.borrow_mut();
+        match &mut slots[self.slot] {
+            Slot::Pending { waker, .. } => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            Slot::Done { .. } => {
+                let Slot::Done { res, buf } =
+                    std::mem::replace(&mut slots[self.slot], Slot::Free { next: NO_SLOT })
+                else {
+                    unreachable!()
+                };
+                self.uring.free_slot(&mut slots, self.slot);
+                drop(slots);
+                self.finished = true;
+                Poll::Ready((res, buf))
+            }
+            Slot::Free { .. } | Slot::Orphaned { .. } => unreachable!("polled a finished op"),
+        }
+    }
+}
+
+impl Drop for OpFuture<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut slots = self.uring.slots.borrow_mut();
+        let old = std::mem::replace(&mut slots[self.slot], Slot::Free { next: NO_SLOT });
+        match old {
+            Slot::Pending { buf, .. } => slots[self.slot] = Slot::Orphaned { _buf: buf },
+            Slot::Done { .. } => self.uring.free_slot(&mut slots, self.slot),
+            other => slots[self.slot] = other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_by_size_class() {
+        let mut pool = BufPool::default();
+        let buf = pool.take(5000);
+        assert_eq!(buf.len(), 5000);
+        assert_eq!(buf.capacity(), 8192);
+        assert_eq!(buf.as_slice().as_ptr() as usize % BUF_ALIGN, 0);
+        let ptr = buf.as_slice().as_ptr();
+        pool.put(buf);
+        let again = pool.take(8192);
+        assert_eq!(again.as_slice().as_ptr(), ptr);
+    }
+}
