@@ -1,0 +1,1 @@
+//! Config schema v1: TOML text → validated [`layers::Plan`].

@@ -1,0 +1,5 @@
+//! The ublk-stack daemon and command line: config language, front ends, control.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
