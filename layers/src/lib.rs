@@ -12,24 +12,29 @@
 //! request is aligned to the stack's block size and lies inside the device.
 #![deny(unsafe_code)]
 
-// pub mod compile;
-// pub mod disk;
+pub mod compile;
+pub mod disk;
 pub mod error;
 pub mod exec;
-// pub mod file;
-// pub mod memory;
-// pub mod mirror;
-// pub mod null;
+pub mod file;
+pub mod join;
+pub mod memory;
+pub mod mirror;
+pub mod null;
+#[allow(unsafe_code)]
+mod os;
 pub mod plan;
-// pub mod raid0;
+pub mod raid0;
 pub mod stats;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 #[allow(unsafe_code)]
 pub mod uring;
 
 use std::future::Future;
 use std::pin::Pin;
 
-// pub use compile::{compile, CompileError, Stack};
+pub use compile::{compile, CompileError, Stack};
 pub use error::{Error, Result};
 pub use exec::{Executor, IoCtx};
 pub use plan::{LayerSpec, Plan};

@@ -1,0 +1,248 @@
+//! `Plan` → `Stack`: open the leaves and build the layer tree. This is the only
+//! `match` on the layer type that builds layers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::exec::IoCtx;
+use crate::mirror::Mirror;
+use crate::plan::{LayerId, LayerSpec, Plan};
+use crate::stats::{LayerStats, StatsSnapshot};
+use crate::{disk, file, memory, null, raid0};
+use crate::{Error, Layer, LocalBoxFuture, Result};
+
+/// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
+/// not fit). Names the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    pub layer: String,
+    pub message: String,
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "layer \"{}\": {}", self.layer, self.message)
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// A compiled layer with its counters; the tree is built of these, so every
+/// layer's traffic is counted on its way down.
+pub struct Node {
+    pub name: String,
+    pub type_name: &'static str,
+    pub children: Vec<LayerId>,
+    layer: Arc<dyn Layer>,
+    stats: LayerStats,
+}
+
+/// One row of `status`: a layer, its place in the tree and its counters.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub name: String,
+    pub type_name: &'static str,
+    pub depth: usize,
+    pub size: u64,
+    pub stats: StatsSnapshot,
+    pub details: Vec<(&'static str, String)>,
+}
+
+/// The compiled device: shared by every queue.
+pub struct Stack {
+    plan: Plan,
+    nodes: Vec<Option<Arc<Counted>>>,
+}
+
+impl Stack {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.plan.device.block_size
+    }
+
+    pub fn size(&self) -> u64 {
+        self.top().size()
+    }
+
+    /// The layer the device exposes.
+    pub fn top(&self) -> &dyn Layer {
+        &**self.nodes[self.plan.top].as_ref().expect("top is compiled")
+    }
+
+    /// The compiled layer named `name`, for live knobs.
+    pub fn layer(&self, name: &str) -> Option<&Arc<dyn Layer>> {
+        let id = self.plan.layers.iter().position(|l| l.name == name)?;
+        self.nodes[id].as_ref().map(|c| &c.node.layer)
+    }
+
+    /// Whether discard frees space on every leaf (advertised to the kernel).
+    pub fn discard_frees_space(&self) -> bool {
+        self.top().discard_frees_space()
+    }
+
+    /// Flush the whole stack.
+    pub fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        self.top().flush(ctx)
+    }
+
+    /// The tree from the top down, for `status`.
+    pub fn status(&self) -> Vec<NodeStatus> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.plan.top, 0)];
+        while let Some((id, depth)) = stack.pop() {
+            let Some(counted) = &self.nodes[id] else { continue };
+            let node = &counted.node;
+            out.push(NodeStatus {
+                name: node.name.clone(),
+                type_name: node.type_name,
+                depth,
+                size: node.layer.size(),
+                stats: node.stats.snapshot(),
+                details: node.layer.details(),
+            });
+            stack.extend(node.children.iter().rev().map(|&c| (c, depth + 1)));
+        }
+        out
+    }
+}
+
+/// Open every leaf and build the tree of `plan`. Files with `create = true` are
+/// created here.
+pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
+    let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
+    // Children before parents: reverse of the top-down walk.
+    for id in plan.walk().into_iter().rev() {
+        let layer_plan = &plan.layers[id];
+        let fail = |message: String| CompileError {
+            layer: layer_plan.name.clone(),
+            message,
+        };
+        let child = |c: LayerId| -> Arc<dyn Layer> {
+            nodes[c].clone().expect("children are compiled before parents")
+        };
+        let block_size = plan.device.block_size;
+        let layer: Arc<dyn Layer> = match &layer_plan.spec {
+            LayerSpec::File(p) => Arc::new(file::open(p, block_size).map_err(fail)?),
+            LayerSpec::Disk(p) => Arc::new(disk::open(p, block_size).map_err(fail)?),
+            LayerSpec::Memory { size_bytes } => Arc::new(memory::MemoryLeaf::new(*size_bytes)),
+            LayerSpec::Null { size_bytes } => Arc::new(null::NullLeaf::new(*size_bytes)),
+            LayerSpec::Raid0(p) => Arc::new(
+                raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
+                    .map_err(fail)?,
+            ),
+            LayerSpec::Mirror(p) => Arc::new(
+                Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
+                    .map_err(fail)?,
+            ),
+            other => {
+                return Err(fail(format!(
+                    "layer type \"{}\" is not available in this version of ublk-stack",
+                    other.type_name()
+                )))
+            }
+        };
+        nodes[id] = Some(Arc::new(Counted {
+            size: layer.size(),
+            block_size,
+            node: Node {
+                name: layer_plan.name.clone(),
+                type_name: layer_plan.spec.type_name(),
+                children: layer_plan.spec.children(),
+                layer,
+                stats: LayerStats::default(),
+            },
+        }));
+    }
+    Ok(Stack {
+        plan: plan.clone(),
+        nodes,
+    })
+}
+
+/// A layer wrapped with its counters.
+struct Counted {
+    node: Node,
+    size: u64,
+    block_size: u32,
+}
+
+impl Counted {
+    /// Every request is checked at every layer: a range past the end or off the
+    /// block grid is a bug above, and must not reach (or extend) a leaf.
+    fn in_range(&self, offset: u64, len: u64) -> bool {
+        let block = u64::from(self.block_size);
+        offset % block == 0
+            && len % block == 0
+            && offset.checked_add(len).is_some_and(|end| end <= self.size)
+    }
+
+    fn refuse<'a>(&self, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+        self.node.stats.error();
+        tracing::error!(layer = %self.node.name, offset, len, "request out of range");
+        Box::pin(std::future::ready(Err(Error::OutOfRange)))
+    }
+
+    fn count<'a>(&'a self, fut: LocalBoxFuture<'a, Result<()>>) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let res = fut.await;
+            if res.is_err() {
+                self.node.stats.error();
+            }
+            res
+        })
+    }
+}
+
+impl Layer for Counted {
+    fn size(&self) -> u64 {
+        self.node.layer.size()
+    }
+
+    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+        if !self.in_range(offset, buf.len() as u64) {
+            return self.refuse(offset, buf.len() as u64);
+        }
+        self.node.stats.read(buf.len());
+        self.count(self.node.layer.read(ctx, offset, buf))
+    }
+
+    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+        if !self.in_range(offset, buf.len() as u64) {
+            return self.refuse(offset, buf.len() as u64);
+        }
+        self.node.stats.write(buf.len());
+        self.count(self.node.layer.write(ctx, offset, buf))
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        self.node.stats.flush();
+        self.count(self.node.layer.flush(ctx))
+    }
+
+    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+        if !self.in_range(offset, len) {
+            return self.refuse(offset, len);
+        }
+        self.node.stats.discard();
+        self.count(self.node.layer.discard(ctx, offset, len))
+    }
+
+    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+        if !self.in_range(offset, len) {
+            return self.refuse(offset, len);
+        }
+        self.node.stats.write_zeroes();
+        self.count(self.node.layer.write_zeroes(ctx, offset, len))
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        self.node.layer.discard_frees_space()
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        self.node.layer.details()
+    }
+}

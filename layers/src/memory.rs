@@ -1,0 +1,112 @@
+//! `memory` leaf: RAM-backed, for tests and demos; contents are lost at exit.
+//!
+//! Storage is split into 1 MiB extents, each behind its own lock and allocated on
+//! first write, so queues rarely contend and an untouched device costs nothing.
+//! Discard and write_zeroes free whole extents. FLUSH does nothing (nothing is
+//! durable).
+
+use std::sync::RwLock;
+
+use crate::exec::IoCtx;
+use crate::{Layer, LocalBoxFuture, Result};
+
+const EXTENT_BYTES: u64 = 1 << 20;
+
+pub struct MemoryLeaf {
+    size: u64,
+    extents: Vec<RwLock<Option<Box<[u8]>>>>,
+}
+
+impl MemoryLeaf {
+    pub fn new(size: u64) -> MemoryLeaf {
+        let count = size.div_ceil(EXTENT_BYTES) as usize;
+        MemoryLeaf {
+            size,
+            extents: (0..count).map(|_| RwLock::new(None)).collect(),
+        }
+    }
+
+    /// Split `[offset, offset+len)` into (extent index, offset in extent, length).
+    fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (usize, usize, usize)> {
+        let end = offset + len;
+        let mut at = offset;
+        std::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            let index = at / EXTENT_BYTES;
+            let inner = at % EXTENT_BYTES;
+            let n = (EXTENT_BYTES - inner).min(end - at);
+            at += n;
+            Some((index as usize, inner as usize, n as usize))
+        })
+    }
+
+    fn read_now(&self, offset: u64, buf: &mut [u8]) {
+        let mut done = 0;
+        for (index, inner, n) in Self::pieces(offset, buf.len() as u64) {
+            let extent = self.extents[index].read().unwrap_or_else(|e| e.into_inner());
+            let out = &mut buf[done..done + n];
+            match extent.as_deref() {
+                Some(data) => out.copy_from_slice(&data[inner..inner + n]),
+                None => out.fill(0),
+            }
+            done += n;
+        }
+    }
+
+    fn write_now(&self, offset: u64, buf: &[u8]) {
+        let mut done = 0;
+        for (index, inner, n) in Self::pieces(offset, buf.len() as u64) {
+            let mut extent = self.extents[index].write().unwrap_or_else(|e| e.into_inner());
+            let data = extent.get_or_insert_with(|| vec![0u8; EXTENT_BYTES as usize].into_boxed_slice());
+            data[inner..inner + n].copy_from_slice(&buf[done..done + n]);
+            done += n;
+        }
+    }
+
+    fn zero_now(&self, offset: u64, len: u64) {
+        for (index, inner, n) in Self::pieces(offset, len) {
+            let mut extent = self.extents[index].write().unwrap_or_else(|e| e.into_inner());
+            if n as u64 == EXTENT_BYTES {
+                *extent = None;
+            } else if let Some(data) = extent.as_mut() {
+                data[inner..inner + n].fill(0);
+            }
+        }
+    }
+}
+
+impl Layer for MemoryLeaf {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read<'a>(&'a self, _: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+        self.read_now(offset, buf);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn write<'a>(&'a self, _: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+        self.write_now(offset, buf);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn flush<'a>(&'a self, _: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn discard<'a>(&'a self, _: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+        self.zero_now(offset, len);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn write_zeroes<'a>(&'a self, _: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+        self.zero_now(offset, len);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,31 @@
+//! The few synchronous syscalls leaves need at open time (locking, block-device
+//! size), kept apart from the data path.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Take an exclusive advisory lock so that two daemons never serve one leaf.
+pub fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: flock takes no memory arguments; the fd is open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Size in bytes of an open block device.
+pub fn block_device_size(file: &File) -> io::Result<u64> {
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272; // _IOR(0x12, 114, size_t)
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a
+    // live, properly aligned u64 for the duration of the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc == 0 {
+        Ok(size)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,202 @@
+//! `raid0`: striping in `chunk` bytes across `stripes`.
+//!
+//! Chunk `k` of the device lives on stripe `k % n` at stripe offset
+//! `(k / n) * chunk`. A request spanning chunks is split at chunk boundaries and
+//! its parts run concurrently. Discard and write_zeroes cover one contiguous range
+//! per stripe, so a large discard costs one call per stripe, not one per chunk.
+//! FLUSH flushes every stripe. No on-disk metadata: the layout is the config.
+//! Exposed size: `floor(stripe_size / chunk) * chunk * n` (stripes are equal).
+
+use std::sync::Arc;
+
+use crate::exec::IoCtx;
+use crate::join::try_join_all;
+use crate::{Layer, LocalBoxFuture, Result};
+
+pub struct Raid0 {
+    stripes: Vec<Arc<dyn Layer>>,
+    chunk: u64,
+    size: u64,
+}
+
+impl Raid0 {
+    /// `chunk` is a power of two; every stripe must be at least one chunk.
+    pub fn new(stripes: Vec<Arc<dyn Layer>>, chunk: u64) -> std::result::Result<Raid0, String> {
+        assert!(chunk.is_power_of_two(), "chunk validated as a power of two");
+        let smallest = stripes.iter().map(|s| s.size()).min().unwrap_or(0);
+        if stripes.iter().any(|s| s.size() != smallest) {
+            let sizes: Vec<String> = stripes.iter().map(|s| s.size().to_string()).collect();
+            return Err(format!("stripes differ in size ({} bytes)", sizes.join(", ")));
+        }
+        let per_stripe = smallest - smallest % chunk;
+        if per_stripe == 0 {
+            return Err(format!("stripes of {smallest} bytes hold no whole {chunk}-byte chunk"));
+        }
+        Ok(Raid0 {
+            size: per_stripe * stripes.len() as u64,
+            stripes,
+            chunk,
+        })
+    }
+
+    /// (stripe, offset in stripe) of device byte `offset`.
+    fn locate(&self, offset: u64) -> (usize, u64) {
+        let n = self.stripes.len() as u64;
+        let chunk_index = offset / self.chunk;
+        let stripe = (chunk_index % n) as usize;
+        (stripe, (chunk_index / n) * self.chunk + offset % self.chunk)
+    }
+
+    /// Split `[offset, offset+len)` at chunk boundaries: (stripe, stripe offset, len).
+    fn parts(&self, offset: u64, len: u64) -> Vec<(usize, u64, u64)> {
+        let end = offset + len;
+        let mut parts = Vec::with_capacity((len / self.chunk + 2) as usize);
+        let mut at = offset;
+        while at < end {
+            let n = (self.chunk - at % self.chunk).min(end - at);
+            let (stripe, inner) = self.locate(at);
+            parts.push((stripe, inner, n));
+            at += n;
+        }
+        parts
+    }
+
+    /// The contiguous range each stripe holds of `[offset, offset+len)`.
+    fn stripe_ranges(&self, offset: u64, len: u64) -> Vec<(usize, u64, u64)> {
+        let mut ranges: Vec<Option<(u64, u64)>> = vec![None; self.stripes.len()];
+        // The first and last chunk of each stripe bound its range; the chunks in
+        // between are contiguous on that stripe, so the first n+1 and last n+1
+        // parts are enough to find both ends.
+        for (stripe, inner, n) in self.edge_parts(offset, len) {
+            let r = ranges[stripe].get_or_insert((inner, inner + n));
+            r.0 = r.0.min(inner);
+            r.1 = r.1.max(inner + n);
+        }
+        ranges
+            .into_iter()
+            .enumerate()
+            .filter_map(|(s, r)| r.map(|(a, b)| (s, a, b - a)))
+            .collect()
+    }
+
+    fn edge_parts(&self, offset: u64, len: u64) -> Vec<(usize, u64, u64)> {
+        let n = self.stripes.len() as u64;
+        let span = (n + 1) * self.chunk;
+        if len <= 2 * span {
+            return self.parts(offset, len);
+        }
+        let mut edges = self.parts(offset, span - offset % self.chunk);
+        let tail_start = offset + len - span;
+        let tail_start = tail_start - tail_start % self.chunk;
+        edges.extend(self.parts(tail_start, offset + len - tail_start));
+        edges
+    }
+}
+
+impl Layer for Raid0 {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+        let parts = self.parts(offset, buf.len() as u64);
+        let mut rest = buf;
+        let mut futs = Vec::with_capacity(parts.len());
+        for (stripe, inner, n) in parts {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n as usize);
+            futs.push(self.stripes[stripe].read(ctx, inner, head));
+            rest = tail;
+        }
+        Box::pin(try_join_all(futs))
+    }
+
+    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+        let parts = self.parts(offset, buf.len() as u64);
+        let mut rest = buf;
+        let mut futs = Vec::with_capacity(parts.len());
+        for (stripe, inner, n) in parts {
+            let (head, tail) = rest.split_at(n as usize);
+            futs.push(self.stripes[stripe].write(ctx, inner, head));
+            rest = tail;
+        }
+        Box::pin(try_join_all(futs))
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(try_join_all(self.stripes.iter().map(|s| s.flush(ctx)).collect()))
+    }
+
+    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+        let futs = self
+            .stripe_ranges(offset, len)
+            .into_iter()
+            .map(|(s, inner, n)| self.stripes[s].discard(ctx, inner, n))
+            .collect();
+        Box::pin(try_join_all(futs))
+    }
+
+    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+        let futs = self
+            .stripe_ranges(offset, len)
+            .into_iter()
+            .map(|(s, inner, n)| self.stripes[s].write_zeroes(ctx, inner, n))
+            .collect();
+        Box::pin(try_join_all(futs))
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        self.stripes.iter().all(|s| s.discard_frees_space())
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![("chunk", self.chunk.to_string())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::null::NullLeaf;
+
+    fn raid(n: usize, chunk: u64, stripe: u64) -> Raid0 {
+        let stripes = (0..n).map(|_| Arc::new(NullLeaf::new(stripe)) as Arc<dyn Layer>).collect();
+        Raid0::new(stripes, chunk).unwrap()
+    }
+
+    #[test]
+    fn chunks_rotate_over_stripes() {
+        let r = raid(3, 4096, 1 << 20);
+        assert_eq!(r.locate(0), (0, 0));
+        assert_eq!(r.locate(4096), (1, 0));
+        assert_eq!(r.locate(8192 + 512), (2, 512));
+        assert_eq!(r.locate(12288), (0, 4096));
+    }
+
+    #[test]
+    fn stripe_ranges_match_the_per_chunk_split() {
+        for n in 1..=4 {
+            let r = raid(n, 4096, 1 << 20);
+            for (offset, len) in [(0, 4096), (512, 100_000), (4096 * 7 + 512, 4096 * 40), (0, r.size())] {
+                let len = len.min(r.size() - offset);
+                let mut expected: Vec<Option<(u64, u64)>> = vec![None; n];
+                for (s, inner, l) in r.parts(offset, len) {
+                    let e = expected[s].get_or_insert((inner, inner + l));
+                    assert!(e.1 == inner || e.0 == inner, "parts of a stripe are contiguous");
+                    e.1 = e.1.max(inner + l);
+                }
+                let want: Vec<_> = expected
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(s, r)| r.map(|(a, b)| (s, a, b - a)))
+                    .collect();
+                assert_eq!(r.stripe_ranges(offset, len), want, "n={n} offset={offset} len={len}");
+            }
+        }
+    }
+
+    #[test]
+    fn size_rounds_down_to_whole_chunks() {
+        let r = raid(2, 65536, 65536 * 3 + 4096);
+        assert_eq!(r.size(), 65536 * 3 * 2);
+    }
+}

@@ -1,0 +1,12 @@
+//! Test support shared by the crate's tests and the binary's integration tests
+//! (feature `test-utils`): a seeded random source, plan builders, and the
+//! model-based checker that runs random operations against a stack and a plain
+//! in-memory reference image.
+
+pub mod model;
+pub mod plans;
+pub mod rng;
+
+pub use model::{check_stack, verify_image, ModelConfig};
+pub use plans::PlanBuilder;
+pub use rng::Rng;

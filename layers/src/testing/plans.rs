@@ -1,0 +1,83 @@
+//! Building plans in Rust for layer tests (the binary's tests build them from TOML
+//! through the real config validation instead).
+
+use std::path::{Path, PathBuf};
+
+use crate::plan::*;
+
+pub struct PlanBuilder {
+    dir: PathBuf,
+    block_size: u32,
+    layers: Vec<LayerPlan>,
+}
+
+impl PlanBuilder {
+    /// Leaves' files go into `dir`.
+    pub fn new(dir: &Path, block_size: u32) -> PlanBuilder {
+        PlanBuilder {
+            dir: dir.to_path_buf(),
+            block_size,
+            layers: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, name: &str, spec: LayerSpec) -> LayerId {
+        self.layers.push(LayerPlan {
+            name: name.to_string(),
+            spec,
+        });
+        self.layers.len() - 1
+    }
+
+    pub fn file(&mut self, name: &str, size_bytes: u64) -> LayerId {
+        let path = self.dir.join(format!("{name}.img"));
+        self.add(
+            name,
+            LayerSpec::File(FileParams {
+                path,
+                size_bytes: Some(size_bytes),
+                create: true,
+                direct: false,
+            }),
+        )
+    }
+
+    pub fn memory(&mut self, name: &str, size_bytes: u64) -> LayerId {
+        self.add(name, LayerSpec::Memory { size_bytes })
+    }
+
+    pub fn raid0(&mut self, name: &str, stripes: &[LayerId], chunk_bytes: u64) -> LayerId {
+        self.add(
+            name,
+            LayerSpec::Raid0(Raid0Params {
+                stripes: stripes.to_vec(),
+                chunk_bytes,
+            }),
+        )
+    }
+
+    pub fn mirror(&mut self, name: &str, legs: &[LayerId], read_policy: ReadPolicy) -> LayerId {
+        self.add(
+            name,
+            LayerSpec::Mirror(MirrorParams {
+                legs: legs.to_vec(),
+                read_policy,
+            }),
+        )
+    }
+
+    pub fn build(self, top: LayerId) -> Plan {
+        Plan {
+            device: DeviceParams {
+                name: "test".into(),
+                queues: 2,
+                queue_depth: 32,
+                block_size: self.block_size,
+                id: None,
+            },
+            log_level: LogLevel::Info,
+            layers: self.layers,
+            top,
+        }
+    }
+}
