@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ublk-stack", version, about = "Stacked block devices from a TOML file, served through Linux ublk")]
+#[command(
+    name = "ublk-stack",
+    version,
+    about = "Stacked block devices from a TOML file, served through Linux ublk"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
@@ -55,9 +59,29 @@ pub enum Command {
 
 pub fn run(args: Args) -> u8 {
     match args.command {
+        Command::Up { config, nbd: None } => up(&config),
+        Command::Down { name } => down(&name),
+        Command::List => list(),
+        Command::Status { name, json } => status(&name, json),
         other => {
             eprintln!("ublk-stack: {other:?}: not available in this build");
             1
         }
     }
+}
+
+fn up(config: &std::path::Path) -> u8 {
+    crate::daemon::lifecycle::up(config)
+}
+
+fn down(name: &str) -> u8 {
+    crate::daemon::lifecycle::down(name)
+}
+
+fn list() -> u8 {
+    crate::daemon::lifecycle::list()
+}
+
+fn status(name: &str, json: bool) -> u8 {
+    crate::daemon::lifecycle::status(name, json)
 }

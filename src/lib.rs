@@ -3,3 +3,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+#[allow(unsafe_code)]
+pub mod ublk;
