@@ -426,53 +426,86 @@ fn on_command_done<T: TopLayer>(
 /// Run one request on the stack; returns what COMMIT reports: bytes transferred
 /// for reads and writes, 0 for other successes, a negative errno on failure.
 async fn serve(queue: &Queue, top: &dyn Layer, tag: u16, desc: IoDesc) -> i32 {
-    let block_size = u64::from(queue.setup.block_size);
-    let Some(offset) = desc.start_sector.checked_mul(SECTOR_BYTES) else {
-        return -libc::EINVAL;
+    let op = desc.op();
+    let result = if op == sys::UBLK_IO_OP_FLUSH {
+        // A flush carries no range: its start sector is the block layer's
+        // "none" (all ones), which must not be converted.
+        top.flush(&queue.ctx).await.map(|()| 0)
+    } else {
+        match byte_range(&desc, queue.setup.block_size, top.size()) {
+            Ok((offset, len)) => serve_range(queue, top, tag, &desc, offset, len).await,
+            Err(e) => Err(e),
+        }
     };
-    let len = u64::from(desc.nr_sectors) * SECTOR_BYTES;
-    let in_range = offset.checked_add(len).is_some_and(|end| end <= top.size());
-    let aligned = offset % block_size == 0 && len % block_size == 0;
-    let ctx = &queue.ctx;
-    let result = match desc.op() {
-        sys::UBLK_IO_OP_FLUSH => top.flush(ctx).await,
-        _ if !in_range || !aligned => Err(Error::OutOfRange),
-        sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE if len as usize > queue.buffers.per_tag => {
-            Err(Error::OutOfRange)
-        }
-        sys::UBLK_IO_OP_READ => {
-            // SAFETY: this task serves the tag's current request (see Queue::buffer).
-            let buf = unsafe { queue.buffer(tag, len as usize) };
-            top.read(ctx, offset, buf).await
-        }
-        sys::UBLK_IO_OP_WRITE => {
-            // SAFETY: as above.
-            let buf = unsafe { queue.buffer(tag, len as usize) };
-            match top.write(ctx, offset, buf).await {
-                // We do not advertise FUA, but honour it if it comes anyway.
-                Ok(()) if desc.has_flag(sys::UBLK_IO_F_FUA) => top.flush(ctx).await,
-                other => other,
-            }
-        }
-        sys::UBLK_IO_OP_DISCARD => top.discard(ctx, offset, len).await,
-        sys::UBLK_IO_OP_WRITE_ZEROES => top.write_zeroes(ctx, offset, len).await,
-        _ => Err(Error::Unsupported),
-    };
-    match (result, desc.op()) {
-        (Ok(()), sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE) => len as i32,
-        (Ok(()), _) => 0,
-        (Err(e), _) => {
+    match result {
+        Ok(done) => done,
+        Err(e) => {
             tracing::debug!(
                 queue = queue.setup.queue,
                 tag,
-                op = desc.op(),
-                offset,
-                len,
+                op,
+                start_sector = desc.start_sector,
+                nr_sectors = desc.nr_sectors,
                 "request failed: {e}"
             );
             e.errno()
         }
     }
+}
+
+/// The request's sectors as a byte range, checked against the device: inside it
+/// and aligned to its block size (the kernel promises both; a bad descriptor
+/// must fail the request, not the daemon).
+fn byte_range(desc: &IoDesc, block_size: u32, device_bytes: u64) -> Result<(u64, u64), Error> {
+    let offset = desc
+        .start_sector
+        .checked_mul(SECTOR_BYTES)
+        .ok_or(Error::OutOfRange)?;
+    let len = u64::from(desc.nr_sectors) * SECTOR_BYTES;
+    let end = offset.checked_add(len).ok_or(Error::OutOfRange)?;
+    let block_size = u64::from(block_size);
+    if end > device_bytes || offset % block_size != 0 || len % block_size != 0 {
+        return Err(Error::OutOfRange);
+    }
+    Ok((offset, len))
+}
+
+async fn serve_range(
+    queue: &Queue,
+    top: &dyn Layer,
+    tag: u16,
+    desc: &IoDesc,
+    offset: u64,
+    len: u64,
+) -> Result<i32, Error> {
+    let ctx = &queue.ctx;
+    let op = desc.op();
+    if matches!(op, sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE) {
+        // Bounded by max_io_buf_bytes (at most 32 MiB by the UAPI), so both
+        // conversions are exact.
+        if len > queue.buffers.per_tag as u64 {
+            return Err(Error::OutOfRange);
+        }
+        let bytes = len as usize;
+        // SAFETY: this task serves the tag's current request (see Queue::buffer).
+        let buf = unsafe { queue.buffer(tag, bytes) };
+        if op == sys::UBLK_IO_OP_READ {
+            top.read(ctx, offset, buf).await?;
+        } else {
+            top.write(ctx, offset, buf).await?;
+            // We do not advertise FUA, but honour it if it comes anyway.
+            if desc.has_flag(sys::UBLK_IO_F_FUA) {
+                top.flush(ctx).await?;
+            }
+        }
+        return Ok(len as i32);
+    }
+    match op {
+        sys::UBLK_IO_OP_DISCARD => top.discard(ctx, offset, len).await?,
+        sys::UBLK_IO_OP_WRITE_ZEROES => top.write_zeroes(ctx, offset, len).await?,
+        _ => return Err(Error::Unsupported),
+    }
+    Ok(0)
 }
 
 fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
@@ -495,4 +528,42 @@ fn page_size() -> usize {
     // SAFETY: sysconf has no memory arguments.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).unwrap_or(4096).max(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(start_sector: u64, nr_sectors: u32) -> IoDesc {
+        IoDesc {
+            op_flags: u32::from(sys::UBLK_IO_OP_WRITE),
+            nr_sectors,
+            start_sector,
+            addr: 0,
+        }
+    }
+
+    #[test]
+    fn sectors_become_bytes() {
+        assert_eq!(byte_range(&desc(8, 16), 4096, 1 << 20), Ok((4096, 8192)));
+    }
+
+    #[test]
+    fn bad_ranges_fail_the_request() {
+        // Past the end, misaligned for 4 KiB blocks, and the all-ones sector the
+        // block layer uses for "no sector" (must not overflow).
+        assert_eq!(
+            byte_range(&desc(2048, 8), 4096, 1 << 20),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(
+            byte_range(&desc(1, 8), 4096, 1 << 20),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(
+            byte_range(&desc(u64::MAX, 0), 4096, 1 << 20),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(byte_range(&desc(1, 1), 512, 1 << 20), Ok((512, 512)));
+    }
 }
