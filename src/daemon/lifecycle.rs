@@ -366,10 +366,10 @@ fn render_status(reply: &Value) -> String {
             name,
             layer["type"].as_str().unwrap_or("?"),
             format_size(layer["size"].as_u64().unwrap_or(0)),
-            stats["reads"],
-            stats["writes"],
-            stats["flushes"],
-            stats["errors"],
+            stats["reads"].as_u64().unwrap_or(0),
+            stats["writes"].as_u64().unwrap_or(0),
+            stats["flushes"].as_u64().unwrap_or(0),
+            stats["errors"].as_u64().unwrap_or(0),
         ));
         if let Some(details) = layer["details"].as_object() {
             for (key, value) in details {
@@ -405,6 +405,7 @@ mod tests {
         });
         let text = render_status(&reply);
         assert!(text.contains("\n  a "), "{text}");
+        assert!(text.contains("         1          2        3       0"), "{text}");
         assert!(text.contains("health=ok"), "{text}");
     }
 }
