@@ -1,5 +1,6 @@
 //! The ublk-stack daemon and command line: config language, front ends, control.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;

@@ -93,7 +93,9 @@ impl Stack {
         let mut out = Vec::new();
         let mut stack = vec![(self.plan.top, 0)];
         while let Some((id, depth)) = stack.pop() {
-            let Some(counted) = &self.nodes[id] else { continue };
+            let Some(counted) = &self.nodes[id] else {
+                continue;
+            };
             let node = &counted.node;
             out.push(NodeStatus {
                 name: node.name.clone(),
@@ -121,7 +123,9 @@ pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
             message,
         };
         let child = |c: LayerId| -> Arc<dyn Layer> {
-            nodes[c].clone().expect("children are compiled before parents")
+            nodes[c]
+                .clone()
+                .expect("children are compiled before parents")
         };
         let block_size = plan.device.block_size;
         let layer: Arc<dyn Layer> = match &layer_plan.spec {
@@ -201,7 +205,12 @@ impl Layer for Counted {
         self.node.layer.size()
     }
 
-    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -209,7 +218,12 @@ impl Layer for Counted {
         self.count(self.node.layer.read(ctx, offset, buf))
     }
 
-    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -222,7 +236,12 @@ impl Layer for Counted {
         self.count(self.node.layer.flush(ctx))
     }
 
-    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, len) {
             return self.refuse(offset, len);
         }
@@ -230,7 +249,12 @@ impl Layer for Counted {
         self.count(self.node.layer.discard(ctx, offset, len))
     }
 
-    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, len) {
             return self.refuse(offset, len);
         }

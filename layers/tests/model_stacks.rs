@@ -14,7 +14,8 @@ fn run(name: &str, plan: Plan, base_seed: u64, cfg: ModelConfig) {
         drop(stack);
         // Reopen the same files: everything written is still there.
         let stack = compile(&plan).unwrap_or_else(|e| panic!("{name}: reopen: {e}"));
-        verify_image(&stack, &image).unwrap_or_else(|e| panic!("{name}: seed {seed}: after reopen: {e}"));
+        verify_image(&stack, &image)
+            .unwrap_or_else(|e| panic!("{name}: seed {seed}: after reopen: {e}"));
     }
 }
 
@@ -47,12 +48,22 @@ fn memory_leaf_matches_model() {
 
 #[test]
 fn raid0_matches_model_with_odd_chunks() {
-    for (n, chunk, block) in [(2, 64 * 1024, 4096), (3, 4096, 4096), (3, 8192, 512), (4, 1024, 512)] {
+    for (n, chunk, block) in [
+        (2, 64 * 1024, 4096),
+        (3, 4096, 4096),
+        (3, 8192, 512),
+        (4, 1024, 512),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut b = PlanBuilder::new(dir.path(), block);
         let stripes: Vec<_> = (0..n).map(|i| b.file(&format!("s{i}"), 4 * MIB)).collect();
         let top = b.raid0("r", &stripes, chunk);
-        run(&format!("raid0 n={n} chunk={chunk}"), b.build(top), 3, cfg());
+        run(
+            &format!("raid0 n={n} chunk={chunk}"),
+            b.build(top),
+            3,
+            cfg(),
+        );
     }
 }
 
@@ -65,7 +76,9 @@ fn mirror_matches_model_with_two_and_three_legs() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut b = PlanBuilder::new(dir.path(), 4096);
-        let ids: Vec<_> = (0..legs).map(|i| b.file(&format!("l{i}"), 8 * MIB)).collect();
+        let ids: Vec<_> = (0..legs)
+            .map(|i| b.file(&format!("l{i}"), 8 * MIB))
+            .collect();
         let top = b.mirror("m", &ids, policy);
         let plan = b.build(top);
         run(&format!("mirror legs={legs}"), plan.clone(), 4, cfg());
@@ -82,7 +95,12 @@ fn mirror_matches_model_with_two_and_three_legs() {
 fn raid0_over_mirrors_matches_model() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = PlanBuilder::new(dir.path(), 4096);
-    let (a, bb, c, d) = (b.file("a", 4 * MIB), b.file("b", 4 * MIB), b.file("c", 4 * MIB), b.file("d", 4 * MIB));
+    let (a, bb, c, d) = (
+        b.file("a", 4 * MIB),
+        b.file("b", 4 * MIB),
+        b.file("c", 4 * MIB),
+        b.file("d", 4 * MIB),
+    );
     let m1 = b.mirror("m1", &[a, bb], ReadPolicy::RoundRobin);
     let m2 = b.mirror("m2", &[c, d], ReadPolicy::LeastPending);
     let top = b.raid0("r", &[m1, m2], 16 * 1024);
