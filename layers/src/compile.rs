@@ -4,7 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::exec::IoCtx;
+use crate::checksum::Checksum;
+use crate::crypt::{self, Crypt};
+use crate::exec::{Executor, IoCtx};
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, Plan};
 use crate::stats::{LayerStats, StatsSnapshot};
@@ -114,6 +116,13 @@ impl Stack {
 /// Open every leaf and build the tree of `plan`. Files with `create = true` are
 /// created here.
 pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
+    // Layers with on-disk metadata read it through a ring of their own at open.
+    let io_error = |e: std::io::Error| CompileError {
+        layer: plan.layers[plan.top].name.clone(),
+        message: format!("cannot set up io_uring: {e}"),
+    };
+    let open_ctx = IoCtx::new(0, 64).map_err(io_error)?;
+    let open_exec = Executor::new().map_err(io_error)?;
     let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
     // Children before parents: reverse of the top-down walk.
     for id in plan.walk().into_iter().rev() {
@@ -141,6 +150,25 @@ pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
                 Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
                     .map_err(fail)?,
             ),
+            LayerSpec::Checksum(_) => Arc::new(
+                open_exec
+                    .block_on(
+                        &open_ctx,
+                        Checksum::open(&open_ctx, child(layer_plan.spec.children()[0]), block_size),
+                    )
+                    .map_err(fail)?,
+            ),
+            LayerSpec::Crypt(p) => {
+                let key = crypt::load_key(&p.key).map_err(fail)?;
+                Arc::new(
+                    open_exec
+                        .block_on(
+                            &open_ctx,
+                            Crypt::open(&open_ctx, child(p.over), block_size, &key),
+                        )
+                        .map_err(fail)?,
+                )
+            }
             other => {
                 return Err(fail(format!(
                     "layer type \"{}\" is not available in this version of ublk-stack",

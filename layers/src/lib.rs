@@ -12,13 +12,17 @@
 //! request is aligned to the stack's block size and lies inside the device.
 #![deny(unsafe_code)]
 
+pub mod async_lock;
+pub mod checksum;
 pub mod compile;
+pub mod crypt;
 pub mod disk;
 pub mod error;
 pub mod exec;
 pub mod file;
 pub mod join;
 pub mod memory;
+pub mod meta_table;
 pub mod mirror;
 pub mod null;
 #[allow(unsafe_code)]
@@ -27,6 +31,7 @@ pub mod plan;
 pub mod raid0;
 pub mod rng;
 pub mod stats;
+pub mod superblock;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 #[allow(unsafe_code)]

@@ -122,3 +122,43 @@ fn mirror_over_raid0_matches_model() {
     let plan = b.build(top);
     run("mirror over raid0", plan, 6, cfg());
 }
+
+/// Keys for crypt tests come from the environment, as `key_env` would.
+fn set_test_key(var: &str, byte: u8) {
+    std::env::set_var(var, format!("{byte:02x}").repeat(32));
+}
+
+#[test]
+fn checksum_matches_model() {
+    for block in [512, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), block);
+        let leaf = b.file("a", 8 * MIB);
+        let top = b.checksum("c", leaf);
+        run(&format!("checksum block={block}"), b.build(top), 7, cfg());
+    }
+}
+
+#[test]
+fn crypt_matches_model() {
+    set_test_key("MODEL_CRYPT_KEY", 0x42);
+    for block in [512, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), block);
+        let leaf = b.file("a", 8 * MIB);
+        let top = b.crypt("x", leaf, "MODEL_CRYPT_KEY");
+        run(&format!("crypt block={block}"), b.build(top), 8, cfg());
+    }
+}
+
+#[test]
+fn crypt_over_checksum_over_mirror_matches_model() {
+    set_test_key("MODEL_CRYPT_KEY2", 0x17);
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let (l0, l1) = (b.file("l0", 8 * MIB), b.file("l1", 8 * MIB));
+    let m = b.mirror("m", &[l0, l1], ReadPolicy::RoundRobin);
+    let c = b.checksum("c", m);
+    let top = b.crypt("x", c, "MODEL_CRYPT_KEY2");
+    run("crypt/checksum/mirror", b.build(top), 9, cfg());
+}
