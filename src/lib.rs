@@ -1,6 +1,7 @@
 //! The ublk-stack daemon and command line: config language, front ends, control.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

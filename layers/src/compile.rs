@@ -4,7 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::exec::IoCtx;
+use crate::checksum::Checksum;
+use crate::crypt::{self, Crypt};
+use crate::exec::{Executor, IoCtx};
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, Plan};
 use crate::stats::{LayerStats, StatsSnapshot};
@@ -93,7 +95,9 @@ impl Stack {
         let mut out = Vec::new();
         let mut stack = vec![(self.plan.top, 0)];
         while let Some((id, depth)) = stack.pop() {
-            let Some(counted) = &self.nodes[id] else { continue };
+            let Some(counted) = &self.nodes[id] else {
+                continue;
+            };
             let node = &counted.node;
             out.push(NodeStatus {
                 name: node.name.clone(),
@@ -112,6 +116,13 @@ impl Stack {
 /// Open every leaf and build the tree of `plan`. Files with `create = true` are
 /// created here.
 pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
+    // Layers with on-disk metadata read it through a ring of their own at open.
+    let io_error = |e: std::io::Error| CompileError {
+        layer: plan.layers[plan.top].name.clone(),
+        message: format!("cannot set up io_uring: {e}"),
+    };
+    let open_ctx = IoCtx::new(0, 64).map_err(io_error)?;
+    let open_exec = Executor::new().map_err(io_error)?;
     let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
     // Children before parents: reverse of the top-down walk.
     for id in plan.walk().into_iter().rev() {
@@ -121,7 +132,9 @@ pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
             message,
         };
         let child = |c: LayerId| -> Arc<dyn Layer> {
-            nodes[c].clone().expect("children are compiled before parents")
+            nodes[c]
+                .clone()
+                .expect("children are compiled before parents")
         };
         let block_size = plan.device.block_size;
         let layer: Arc<dyn Layer> = match &layer_plan.spec {
@@ -137,6 +150,25 @@ pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
                 Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
                     .map_err(fail)?,
             ),
+            LayerSpec::Checksum(_) => Arc::new(
+                open_exec
+                    .block_on(
+                        &open_ctx,
+                        Checksum::open(&open_ctx, child(layer_plan.spec.children()[0]), block_size),
+                    )
+                    .map_err(fail)?,
+            ),
+            LayerSpec::Crypt(p) => {
+                let key = crypt::load_key(&p.key).map_err(fail)?;
+                Arc::new(
+                    open_exec
+                        .block_on(
+                            &open_ctx,
+                            Crypt::open(&open_ctx, child(p.over), block_size, &key),
+                        )
+                        .map_err(fail)?,
+                )
+            }
             other => {
                 return Err(fail(format!(
                     "layer type \"{}\" is not available in this version of ublk-stack",
@@ -201,7 +233,12 @@ impl Layer for Counted {
         self.node.layer.size()
     }
 
-    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -209,7 +246,12 @@ impl Layer for Counted {
         self.count(self.node.layer.read(ctx, offset, buf))
     }
 
-    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -222,7 +264,12 @@ impl Layer for Counted {
         self.count(self.node.layer.flush(ctx))
     }
 
-    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, len) {
             return self.refuse(offset, len);
         }
@@ -230,7 +277,12 @@ impl Layer for Counted {
         self.count(self.node.layer.discard(ctx, offset, len))
     }
 
-    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         if !self.in_range(offset, len) {
             return self.refuse(offset, len);
         }

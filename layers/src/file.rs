@@ -59,9 +59,8 @@ pub fn open(params: &FileParams, block_size: u32) -> std::result::Result<FileLea
     let file = options
         .open(path)
         .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
-    os::lock_exclusive(&file).map_err(|e| {
-        format!("{}: in use by another process (flock: {e})", path.display())
-    })?;
+    os::lock_exclusive(&file)
+        .map_err(|e| format!("{}: in use by another process (flock: {e})", path.display()))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("{}: cannot stat: {e}", path.display()))?;
@@ -77,7 +76,12 @@ pub fn open(params: &FileParams, block_size: u32) -> std::result::Result<FileLea
                 .map_err(|e| format!("{}: cannot size to {size} bytes: {e}", path.display()))?;
             size
         }
-        (false, None) => return Err(format!("{}: `size` is required with `create`", path.display())),
+        (false, None) => {
+            return Err(format!(
+                "{}: `size` is required with `create`",
+                path.display()
+            ))
+        }
         (true, Some(size)) if size != meta.len() => {
             return Err(format!(
                 "{}: file is {} bytes but the config says size = {size}",
@@ -117,7 +121,11 @@ impl FileLeaf {
             let bounce = ctx.take_buf(len);
             let (res, bounce) = ctx
                 .uring()
-                .submit(Op::Read { fd: self.fd(), offset, buf: bounce })
+                .submit(Op::Read {
+                    fd: self.fd(),
+                    offset,
+                    buf: bounce,
+                })
                 .await;
             let bounce = bounce.expect("read returns its buffer");
             if res < 0 {
@@ -147,7 +155,11 @@ impl FileLeaf {
             bounce.as_mut_slice().copy_from_slice(&buf[..len]);
             let (res, bounce) = ctx
                 .uring()
-                .submit(Op::Write { fd: self.fd(), offset, buf: bounce })
+                .submit(Op::Write {
+                    fd: self.fd(),
+                    offset,
+                    buf: bounce,
+                })
                 .await;
             if let Some(bounce) = bounce {
                 ctx.put_buf(bounce);
@@ -167,12 +179,23 @@ impl FileLeaf {
     async fn fallocate(&self, ctx: &IoCtx, mode: i32, offset: u64, len: u64) -> i32 {
         let (res, _) = ctx
             .uring()
-            .submit(Op::Fallocate { fd: self.fd(), mode, offset, len })
+            .submit(Op::Fallocate {
+                fd: self.fd(),
+                mode,
+                offset,
+                len,
+            })
             .await;
         res
     }
 
-    async fn zero_range(&self, ctx: &IoCtx, offset: u64, len: u64, prefer_punch: bool) -> Result<()> {
+    async fn zero_range(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        len: u64,
+        prefer_punch: bool,
+    ) -> Result<()> {
         let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         let order = if prefer_punch {
@@ -212,11 +235,21 @@ impl Layer for FileLeaf {
         self.size
     }
 
-    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(self.read_at(ctx, offset, buf))
     }
 
-    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(self.write_at(ctx, offset, buf))
     }
 
@@ -224,7 +257,10 @@ impl Layer for FileLeaf {
         Box::pin(async move {
             let (res, _) = ctx
                 .uring()
-                .submit(Op::Fsync { fd: self.fd(), data_only: true })
+                .submit(Op::Fsync {
+                    fd: self.fd(),
+                    data_only: true,
+                })
                 .await;
             if res < 0 {
                 return Err(Error::from_res(res));
@@ -233,11 +269,21 @@ impl Layer for FileLeaf {
         })
     }
 
-    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(self.zero_range(ctx, offset, len, true))
     }
 
-    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(self.zero_range(ctx, offset, len, false))
     }
 

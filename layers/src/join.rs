@@ -42,7 +42,12 @@ impl<T> Future for JoinAll<'_, T> {
         if pending {
             return Poll::Pending;
         }
-        Poll::Ready(this.outputs.iter_mut().map(|o| o.take().expect("joined output")).collect())
+        Poll::Ready(
+            this.outputs
+                .iter_mut()
+                .map(|o| o.take().expect("joined output"))
+                .collect(),
+        )
     }
 }
 

@@ -45,7 +45,9 @@ impl MemoryLeaf {
     fn read_now(&self, offset: u64, buf: &mut [u8]) {
         let mut done = 0;
         for (index, inner, n) in Self::pieces(offset, buf.len() as u64) {
-            let extent = self.extents[index].read().unwrap_or_else(|e| e.into_inner());
+            let extent = self.extents[index]
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             let out = &mut buf[done..done + n];
             match extent.as_deref() {
                 Some(data) => out.copy_from_slice(&data[inner..inner + n]),
@@ -58,8 +60,11 @@ impl MemoryLeaf {
     fn write_now(&self, offset: u64, buf: &[u8]) {
         let mut done = 0;
         for (index, inner, n) in Self::pieces(offset, buf.len() as u64) {
-            let mut extent = self.extents[index].write().unwrap_or_else(|e| e.into_inner());
-            let data = extent.get_or_insert_with(|| vec![0u8; EXTENT_BYTES as usize].into_boxed_slice());
+            let mut extent = self.extents[index]
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let data =
+                extent.get_or_insert_with(|| vec![0u8; EXTENT_BYTES as usize].into_boxed_slice());
             data[inner..inner + n].copy_from_slice(&buf[done..done + n]);
             done += n;
         }
@@ -67,7 +72,9 @@ impl MemoryLeaf {
 
     fn zero_now(&self, offset: u64, len: u64) {
         for (index, inner, n) in Self::pieces(offset, len) {
-            let mut extent = self.extents[index].write().unwrap_or_else(|e| e.into_inner());
+            let mut extent = self.extents[index]
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             if n as u64 == EXTENT_BYTES {
                 *extent = None;
             } else if let Some(data) = extent.as_mut() {
@@ -82,12 +89,22 @@ impl Layer for MemoryLeaf {
         self.size
     }
 
-    fn read<'a>(&'a self, _: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         self.read_now(offset, buf);
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn write<'a>(&'a self, _: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn write<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         self.write_now(offset, buf);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -96,12 +113,22 @@ impl Layer for MemoryLeaf {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn discard<'a>(&'a self, _: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         self.zero_now(offset, len);
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn write_zeroes<'a>(&'a self, _: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn write_zeroes<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         self.zero_now(offset, len);
         Box::pin(std::future::ready(Ok(())))
     }

@@ -50,7 +50,10 @@ fn policy_from(code: u8) -> ReadPolicy {
 }
 
 impl Mirror {
-    pub fn new(legs: Vec<Arc<dyn Layer>>, read_policy: ReadPolicy) -> std::result::Result<Mirror, String> {
+    pub fn new(
+        legs: Vec<Arc<dyn Layer>>,
+        read_policy: ReadPolicy,
+    ) -> std::result::Result<Mirror, String> {
         let size = legs.first().map(|l| l.size()).unwrap_or(0);
         if legs.iter().any(|l| l.size() != size) {
             let sizes: Vec<String> = legs.iter().map(|l| l.size().to_string()).collect();
@@ -75,7 +78,8 @@ impl Mirror {
 
     /// Live knob: change the read policy.
     pub fn set_read_policy(&self, policy: ReadPolicy) {
-        self.read_policy.store(policy_code(policy), Ordering::Relaxed);
+        self.read_policy
+            .store(policy_code(policy), Ordering::Relaxed);
     }
 
     pub fn read_policy(&self) -> ReadPolicy {
@@ -107,7 +111,10 @@ impl Mirror {
 
     fn fail_leg(&self, index: usize, what: &str, err: Error) {
         if !self.legs[index].failed.swap(true, Ordering::Relaxed) {
-            tracing::error!(leg = index, "mirror leg failed on {what}: {err}; continuing degraded");
+            tracing::error!(
+                leg = index,
+                "mirror leg failed on {what}: {err}; continuing degraded"
+            );
         }
     }
 
@@ -155,7 +162,11 @@ impl Mirror {
                 Err(e @ (Error::OutOfRange | Error::Unsupported)) => return Err(e),
                 Err(e) => {
                     leg.read_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(leg = i, offset, "mirror read failed: {e}; trying the next leg");
+                    tracing::warn!(
+                        leg = i,
+                        offset,
+                        "mirror read failed: {e}; trying the next leg"
+                    );
                     last_err = e;
                 }
             }
@@ -169,11 +180,21 @@ impl Layer for Mirror {
         self.size
     }
 
-    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(self.read_any(ctx, offset, buf))
     }
 
-    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(self.on_all("write", move |leg| leg.write(ctx, offset, buf)))
     }
 
@@ -181,12 +202,24 @@ impl Layer for Mirror {
         Box::pin(self.on_all("flush", move |leg| leg.flush(ctx)))
     }
 
-    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(self.on_all("discard", move |leg| leg.discard(ctx, offset, len)))
     }
 
-    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.on_all("write_zeroes", move |leg| leg.write_zeroes(ctx, offset, len)))
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.on_all("write_zeroes", move |leg| {
+            leg.write_zeroes(ctx, offset, len)
+        }))
     }
 
     fn discard_frees_space(&self) -> bool {
@@ -201,7 +234,11 @@ impl Layer for Mirror {
             .map(|(i, l)| {
                 format!(
                     "{i}:{}(read_errors={},write_errors={})",
-                    if l.failed.load(Ordering::Relaxed) { "failed" } else { "ok" },
+                    if l.failed.load(Ordering::Relaxed) {
+                        "failed"
+                    } else {
+                        "ok"
+                    },
                     l.read_errors.load(Ordering::Relaxed),
                     l.write_errors.load(Ordering::Relaxed)
                 )

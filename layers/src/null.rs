@@ -19,7 +19,12 @@ impl Layer for NullLeaf {
         self.size
     }
 
-    fn read<'a>(&'a self, _: &'a IoCtx, _: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        _: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         buf.fill(0);
         Box::pin(std::future::ready(Ok(())))
     }

@@ -26,11 +26,16 @@ impl Raid0 {
         let smallest = stripes.iter().map(|s| s.size()).min().unwrap_or(0);
         if stripes.iter().any(|s| s.size() != smallest) {
             let sizes: Vec<String> = stripes.iter().map(|s| s.size().to_string()).collect();
-            return Err(format!("stripes differ in size ({} bytes)", sizes.join(", ")));
+            return Err(format!(
+                "stripes differ in size ({} bytes)",
+                sizes.join(", ")
+            ));
         }
         let per_stripe = smallest - smallest % chunk;
         if per_stripe == 0 {
-            return Err(format!("stripes of {smallest} bytes hold no whole {chunk}-byte chunk"));
+            return Err(format!(
+                "stripes of {smallest} bytes hold no whole {chunk}-byte chunk"
+            ));
         }
         Ok(Raid0 {
             size: per_stripe * stripes.len() as u64,
@@ -98,7 +103,12 @@ impl Layer for Raid0 {
         self.size
     }
 
-    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         let parts = self.parts(offset, buf.len() as u64);
         let mut rest = buf;
         let mut futs = Vec::with_capacity(parts.len());
@@ -110,7 +120,12 @@ impl Layer for Raid0 {
         Box::pin(try_join_all(futs))
     }
 
-    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         let parts = self.parts(offset, buf.len() as u64);
         let mut rest = buf;
         let mut futs = Vec::with_capacity(parts.len());
@@ -123,10 +138,17 @@ impl Layer for Raid0 {
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(try_join_all(self.stripes.iter().map(|s| s.flush(ctx)).collect()))
+        Box::pin(try_join_all(
+            self.stripes.iter().map(|s| s.flush(ctx)).collect(),
+        ))
     }
 
-    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         let futs = self
             .stripe_ranges(offset, len)
             .into_iter()
@@ -135,7 +157,12 @@ impl Layer for Raid0 {
         Box::pin(try_join_all(futs))
     }
 
-    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         let futs = self
             .stripe_ranges(offset, len)
             .into_iter()
@@ -159,7 +186,9 @@ mod tests {
     use crate::null::NullLeaf;
 
     fn raid(n: usize, chunk: u64, stripe: u64) -> Raid0 {
-        let stripes = (0..n).map(|_| Arc::new(NullLeaf::new(stripe)) as Arc<dyn Layer>).collect();
+        let stripes = (0..n)
+            .map(|_| Arc::new(NullLeaf::new(stripe)) as Arc<dyn Layer>)
+            .collect();
         Raid0::new(stripes, chunk).unwrap()
     }
 
@@ -176,12 +205,20 @@ mod tests {
     fn stripe_ranges_match_the_per_chunk_split() {
         for n in 1..=4 {
             let r = raid(n, 4096, 1 << 20);
-            for (offset, len) in [(0, 4096), (512, 100_000), (4096 * 7 + 512, 4096 * 40), (0, r.size())] {
+            for (offset, len) in [
+                (0, 4096),
+                (512, 100_000),
+                (4096 * 7 + 512, 4096 * 40),
+                (0, r.size()),
+            ] {
                 let len = len.min(r.size() - offset);
                 let mut expected: Vec<Option<(u64, u64)>> = vec![None; n];
                 for (s, inner, l) in r.parts(offset, len) {
                     let e = expected[s].get_or_insert((inner, inner + l));
-                    assert!(e.1 == inner || e.0 == inner, "parts of a stripe are contiguous");
+                    assert!(
+                        e.1 == inner || e.0 == inner,
+                        "parts of a stripe are contiguous"
+                    );
                     e.1 = e.1.max(inner + l);
                 }
                 let want: Vec<_> = expected
@@ -189,7 +226,11 @@ mod tests {
                     .enumerate()
                     .filter_map(|(s, r)| r.map(|(a, b)| (s, a, b - a)))
                     .collect();
-                assert_eq!(r.stripe_ranges(offset, len), want, "n={n} offset={offset} len={len}");
+                assert_eq!(
+                    r.stripe_ranges(offset, len),
+                    want,
+                    "n={n} offset={offset} len={len}"
+                );
             }
         }
     }

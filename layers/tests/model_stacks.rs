@@ -14,7 +14,8 @@ fn run(name: &str, plan: Plan, base_seed: u64, cfg: ModelConfig) {
         drop(stack);
         // Reopen the same files: everything written is still there.
         let stack = compile(&plan).unwrap_or_else(|e| panic!("{name}: reopen: {e}"));
-        verify_image(&stack, &image).unwrap_or_else(|e| panic!("{name}: seed {seed}: after reopen: {e}"));
+        verify_image(&stack, &image)
+            .unwrap_or_else(|e| panic!("{name}: seed {seed}: after reopen: {e}"));
     }
 }
 
@@ -47,12 +48,22 @@ fn memory_leaf_matches_model() {
 
 #[test]
 fn raid0_matches_model_with_odd_chunks() {
-    for (n, chunk, block) in [(2, 64 * 1024, 4096), (3, 4096, 4096), (3, 8192, 512), (4, 1024, 512)] {
+    for (n, chunk, block) in [
+        (2, 64 * 1024, 4096),
+        (3, 4096, 4096),
+        (3, 8192, 512),
+        (4, 1024, 512),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut b = PlanBuilder::new(dir.path(), block);
         let stripes: Vec<_> = (0..n).map(|i| b.file(&format!("s{i}"), 4 * MIB)).collect();
         let top = b.raid0("r", &stripes, chunk);
-        run(&format!("raid0 n={n} chunk={chunk}"), b.build(top), 3, cfg());
+        run(
+            &format!("raid0 n={n} chunk={chunk}"),
+            b.build(top),
+            3,
+            cfg(),
+        );
     }
 }
 
@@ -65,7 +76,9 @@ fn mirror_matches_model_with_two_and_three_legs() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut b = PlanBuilder::new(dir.path(), 4096);
-        let ids: Vec<_> = (0..legs).map(|i| b.file(&format!("l{i}"), 8 * MIB)).collect();
+        let ids: Vec<_> = (0..legs)
+            .map(|i| b.file(&format!("l{i}"), 8 * MIB))
+            .collect();
         let top = b.mirror("m", &ids, policy);
         let plan = b.build(top);
         run(&format!("mirror legs={legs}"), plan.clone(), 4, cfg());
@@ -82,7 +95,12 @@ fn mirror_matches_model_with_two_and_three_legs() {
 fn raid0_over_mirrors_matches_model() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = PlanBuilder::new(dir.path(), 4096);
-    let (a, bb, c, d) = (b.file("a", 4 * MIB), b.file("b", 4 * MIB), b.file("c", 4 * MIB), b.file("d", 4 * MIB));
+    let (a, bb, c, d) = (
+        b.file("a", 4 * MIB),
+        b.file("b", 4 * MIB),
+        b.file("c", 4 * MIB),
+        b.file("d", 4 * MIB),
+    );
     let m1 = b.mirror("m1", &[a, bb], ReadPolicy::RoundRobin);
     let m2 = b.mirror("m2", &[c, d], ReadPolicy::LeastPending);
     let top = b.raid0("r", &[m1, m2], 16 * 1024);
@@ -103,4 +121,44 @@ fn mirror_over_raid0_matches_model() {
     let top = b.mirror("m", &[r1, r2], ReadPolicy::RoundRobin);
     let plan = b.build(top);
     run("mirror over raid0", plan, 6, cfg());
+}
+
+/// Keys for crypt tests come from the environment, as `key_env` would.
+fn set_test_key(var: &str, byte: u8) {
+    std::env::set_var(var, format!("{byte:02x}").repeat(32));
+}
+
+#[test]
+fn checksum_matches_model() {
+    for block in [512, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), block);
+        let leaf = b.file("a", 8 * MIB);
+        let top = b.checksum("c", leaf);
+        run(&format!("checksum block={block}"), b.build(top), 7, cfg());
+    }
+}
+
+#[test]
+fn crypt_matches_model() {
+    set_test_key("MODEL_CRYPT_KEY", 0x42);
+    for block in [512, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), block);
+        let leaf = b.file("a", 8 * MIB);
+        let top = b.crypt("x", leaf, "MODEL_CRYPT_KEY");
+        run(&format!("crypt block={block}"), b.build(top), 8, cfg());
+    }
+}
+
+#[test]
+fn crypt_over_checksum_over_mirror_matches_model() {
+    set_test_key("MODEL_CRYPT_KEY2", 0x17);
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let (l0, l1) = (b.file("l0", 8 * MIB), b.file("l1", 8 * MIB));
+    let m = b.mirror("m", &[l0, l1], ReadPolicy::RoundRobin);
+    let c = b.checksum("c", m);
+    let top = b.crypt("x", c, "MODEL_CRYPT_KEY2");
+    run("crypt/checksum/mirror", b.build(top), 9, cfg());
 }

@@ -5,8 +5,8 @@
 
 pub mod model;
 pub mod plans;
-pub mod rng;
+pub use crate::rng;
 
+pub use crate::rng::Rng;
 pub use model::{check_stack, verify_image, ModelConfig};
 pub use plans::PlanBuilder;
-pub use rng::Rng;

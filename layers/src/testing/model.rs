@@ -53,29 +53,49 @@ struct Op {
 
 /// Run the model on every queue. Returns the expected image of the whole device
 /// (regions concatenated), for a reopen check, or the first mismatch with its seed.
-pub fn check_stack(stack: &Stack, seed: u64, cfg: &ModelConfig) -> std::result::Result<Vec<u8>, String> {
+pub fn check_stack(
+    stack: &Stack,
+    seed: u64,
+    cfg: &ModelConfig,
+) -> std::result::Result<Vec<u8>, String> {
     let block = u64::from(stack.block_size());
     let size = stack.size();
     let region = (size / cfg.queues as u64) / block * block;
-    assert!(region >= block * cfg.max_blocks, "device too small for the model");
+    assert!(
+        region >= block * cfg.max_blocks,
+        "device too small for the model"
+    );
     let images: Vec<std::result::Result<Vec<u8>, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..cfg.queues)
             .map(|q| {
                 let cfg = cfg.clone();
                 s.spawn(move || {
                     let start = q as u64 * region;
-                    run_queue(stack, seed ^ (q as u64) << 48, q as u16, start, region, block, &cfg)
+                    run_queue(
+                        stack,
+                        seed ^ (q as u64) << 48,
+                        q as u16,
+                        start,
+                        region,
+                        block,
+                        &cfg,
+                    )
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("queue thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("queue thread panicked".into()))
+            })
             .collect()
     });
     let mut whole = Vec::with_capacity(size as usize);
     for image in images {
-        whole.extend(image.map_err(|e| format!("seed {seed}: {e} (replay: UBLK_STACK_SEED={seed})"))?);
+        whole.extend(
+            image.map_err(|e| format!("seed {seed}: {e} (replay: UBLK_STACK_SEED={seed})"))?,
+        );
     }
     Ok(whole)
 }
@@ -123,7 +143,11 @@ fn gen_batch(rng: &mut Rng, start: u64, region: u64, block: u64, cfg: &ModelConf
             _ => Kind::Flush,
         };
         // Mostly small, sometimes large requests, at any block of the region.
-        let max = if rng.chance(10) { cfg.max_blocks } else { 8.min(cfg.max_blocks) };
+        let max = if rng.chance(10) {
+            cfg.max_blocks
+        } else {
+            8.min(cfg.max_blocks)
+        };
         let nblocks = 1 + rng.below(max);
         let first = rng.below(blocks - nblocks + 1);
         let (offset, len) = (start + first * block, nblocks * block);
@@ -191,7 +215,8 @@ fn run_queue(
         }
     }
     // Everything reads back, after a final flush.
-    exec.block_on(&ctx, stack.flush(&ctx)).map_err(|e| format!("final flush: {e}"))?;
+    exec.block_on(&ctx, stack.flush(&ctx))
+        .map_err(|e| format!("final flush: {e}"))?;
     let mut got = vec![0u8; region as usize];
     exec.block_on(&ctx, stack.top().read(&ctx, start, &mut got))
         .map_err(|e| format!("final read: {e}"))?;
@@ -199,7 +224,12 @@ fn run_queue(
     Ok(image)
 }
 
-fn issue<'a>(top: &'a dyn Layer, ctx: &'a IoCtx, op: &Op, buf: &'a mut Vec<u8>) -> LocalBoxFuture<'a, Result<()>> {
+fn issue<'a>(
+    top: &'a dyn Layer,
+    ctx: &'a IoCtx,
+    op: &Op,
+    buf: &'a mut [u8],
+) -> LocalBoxFuture<'a, Result<()>> {
     match op.kind {
         Kind::Read => top.read(ctx, op.offset, buf),
         Kind::Write => top.write(ctx, op.offset, buf),

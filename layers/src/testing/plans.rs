@@ -66,6 +66,39 @@ impl PlanBuilder {
         )
     }
 
+    pub fn checksum(&mut self, name: &str, over: LayerId) -> LayerId {
+        self.add(
+            name,
+            LayerSpec::Checksum(ChecksumParams {
+                over,
+                algorithm: "crc32".into(),
+            }),
+        )
+    }
+
+    /// A crypt layer whose key is read from the environment variable `key_env`.
+    pub fn crypt(&mut self, name: &str, over: LayerId, key_env: &str) -> LayerId {
+        self.add(
+            name,
+            LayerSpec::Crypt(CryptParams {
+                over,
+                cipher: "aes-256-gcm".into(),
+                key: KeySource::Env(key_env.into()),
+            }),
+        )
+    }
+
+    pub fn compress(&mut self, name: &str, over: LayerId, size_bytes: Option<u64>) -> LayerId {
+        self.add(
+            name,
+            LayerSpec::Compress(CompressParams {
+                over,
+                algorithm: "lz4".into(),
+                size_bytes,
+            }),
+        )
+    }
+
     pub fn build(self, top: LayerId) -> Plan {
         Plan {
             device: DeviceParams {

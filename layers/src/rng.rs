@@ -1,5 +1,6 @@
-//! A small deterministic generator (SplitMix64): every test run is a function of
-//! one `u64` seed, printed on failure.
+//! A small deterministic generator (SplitMix64): model tests are a function of one
+//! `u64` seed, printed on failure; `bench` and `fault` draw offsets and faults from
+//! it without a global generator.
 
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -43,5 +44,7 @@ pub fn seeds(base: u64, count: usize) -> Vec<u64> {
             return vec![seed];
         }
     }
-    (0..count as u64).map(|i| base.wrapping_mul(1_000_003).wrapping_add(i)).collect()
+    (0..count as u64)
+        .map(|i| base.wrapping_mul(1_000_003).wrapping_add(i))
+        .collect()
 }

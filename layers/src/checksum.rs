@@ -1,0 +1,281 @@
+//! `checksum`: a crc32 per block, verified on every read.
+//!
+//! On-disk layout of the layer below (format version 1, little endian):
+//!
+//! | bytes                 | contents                                          |
+//! |-----------------------|---------------------------------------------------|
+//! | 0..4096               | superblock (`superblock.rs`), params = `crc32`    |
+//! | 4096..4096+T          | table: 8 bytes per block: `cur` u32, `prev` u32   |
+//! | 4096+T..              | data blocks, in order                             |
+//!
+//! A block's value is `crc32(block index as u64 LE ‖ data)`, so a block written to
+//! the wrong place is caught too; an all-zero block has value 0 (never written,
+//! discarded or zeroed) and a computed 0 is stored as 1.
+//!
+//! Write ordering: the table page with `cur = new, prev = old cur` is written
+//! before the data. After a crash a block whose data write was lost reads as its
+//! previous contents (it matches `prev`); one whose data was torn matches neither
+//! and reads as EIO. A read that matches neither is EIO for the request, logged
+//! with its block, and counted in `status`. FLUSH flushes the layer below, which
+//! holds both table and data. No live keys.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::exec::IoCtx;
+use crate::meta_table::MetaTable;
+use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
+use crate::{Error, Layer, LocalBoxFuture, Result};
+
+const FORMAT_VERSION: u32 = 1;
+const ENTRY_BYTES: usize = 8;
+
+pub struct Checksum {
+    lower: Arc<dyn Layer>,
+    table: MetaTable,
+    block: u64,
+    data_start: u64,
+    size: u64,
+    mismatches: AtomicU64,
+}
+
+/// Blocks that fit below `lower_size` together with their table.
+fn fit_blocks(lower_size: u64, block: u64) -> u64 {
+    let room = lower_size.saturating_sub(SUPERBLOCK_BYTES);
+    let mut n = room / (block + ENTRY_BYTES as u64);
+    while n > 0 && MetaTable::bytes_for(n, ENTRY_BYTES) + n * block > room {
+        n -= 1;
+    }
+    n
+}
+
+fn block_value(index: u64, data: &[u8]) -> u32 {
+    if data.iter().all(|&b| b == 0) {
+        return 0;
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&index.to_le_bytes());
+    hasher.update(data);
+    hasher.finalize().max(1)
+}
+
+impl Checksum {
+    /// Open (formatting a fresh, all-zero device) the checksum layer over `lower`.
+    pub async fn open(
+        ctx: &IoCtx,
+        lower: Arc<dyn Layer>,
+        block_size: u32,
+    ) -> std::result::Result<Checksum, String> {
+        let block = u64::from(block_size);
+        let blocks = fit_blocks(lower.size(), block);
+        if blocks == 0 {
+            return Err(format!(
+                "the device below ({} bytes) is too small",
+                lower.size()
+            ));
+        }
+        let size = blocks * block;
+        let existing = superblock::read(ctx, &*lower).await?;
+        match &existing {
+            Some(sb) => {
+                sb.expect("checksum", FORMAT_VERSION, block_size)?;
+                if sb.params != b"crc32" {
+                    return Err(format!(
+                        "formatted with algorithm {:?}, the config says crc32",
+                        String::from_utf8_lossy(&sb.params)
+                    ));
+                }
+                if sb.size != size {
+                    return Err(format!(
+                        "formatted for {} bytes but the device below now gives {size}; \
+                         the layer below changed size",
+                        sb.size
+                    ));
+                }
+            }
+            None => {}
+        }
+        let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, blocks, ENTRY_BYTES)
+            .await
+            .map_err(|e| format!("cannot read the checksum table: {e}"))?;
+        if existing.is_none() {
+            let sb = Superblock {
+                layer_type: "checksum".into(),
+                version: FORMAT_VERSION,
+                block_size,
+                uuid: superblock::random_bytes(),
+                size,
+                params: b"crc32".to_vec(),
+            };
+            superblock::write(ctx, &*lower, &sb)
+                .await
+                .map_err(|e| format!("cannot write the superblock: {e}"))?;
+        }
+        Ok(Checksum {
+            data_start: SUPERBLOCK_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
+            lower,
+            table,
+            block,
+            size,
+            mismatches: AtomicU64::new(0),
+        })
+    }
+
+    fn entry(&self, index: u64) -> (u32, u32) {
+        let mut e = [0u8; ENTRY_BYTES];
+        self.table.get(index, &mut e);
+        (
+            u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")),
+            u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
+        )
+    }
+
+    async fn read_verified(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.lower.read(ctx, self.data_start + offset, buf).await?;
+        let first = offset / self.block;
+        for (i, data) in buf.chunks(self.block as usize).enumerate() {
+            let index = first + i as u64;
+            let value = block_value(index, data);
+            let (cur, prev) = self.entry(index);
+            if value != cur && value != prev {
+                self.mismatches.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    block = index,
+                    offset = index * self.block,
+                    "checksum mismatch"
+                );
+                return Err(Error::Corrupt {
+                    offset: index * self.block,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Record new values for the blocks of `[offset, offset+len)`, `None` = zeros.
+    async fn set_values(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let first = offset / self.block;
+        let count = len / self.block;
+        let block = self.block as usize;
+        self.table
+            .update(ctx, &*self.lower, first, count, &mut |index, entry| {
+                let value = match data {
+                    Some(d) => {
+                        let at = (index - first) as usize * block;
+                        block_value(index, &d[at..at + block])
+                    }
+                    None => 0,
+                };
+                let cur = u32::from_le_bytes(entry[0..4].try_into().expect("4 bytes"));
+                entry[4..8].copy_from_slice(&cur.to_le_bytes());
+                entry[0..4].copy_from_slice(&value.to_le_bytes());
+            })
+            .await
+    }
+
+    async fn write_ordered(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.set_values(ctx, offset, buf.len() as u64, Some(buf))
+            .await?;
+        self.lower.write(ctx, self.data_start + offset, buf).await
+    }
+
+    async fn zero(&self, ctx: &IoCtx, offset: u64, len: u64, discard: bool) -> Result<()> {
+        self.set_values(ctx, offset, len, None).await?;
+        if discard {
+            self.lower.discard(ctx, self.data_start + offset, len).await
+        } else {
+            self.lower
+                .write_zeroes(ctx, self.data_start + offset, len)
+                .await
+        }
+    }
+}
+
+impl Layer for Checksum {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.read_verified(ctx, offset, buf))
+    }
+
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.write_ordered(ctx, offset, buf))
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        self.lower.flush(ctx)
+    }
+
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.zero(ctx, offset, len, true))
+    }
+
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.zero(ctx, offset, len, false))
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        self.lower.discard_frees_space()
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("algorithm", "crc32".into()),
+            (
+                "mismatches",
+                self.mismatches.load(Ordering::Relaxed).to_string(),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_and_data_fit_below() {
+        for (lower, block) in [(1 << 20, 4096), (1 << 30, 4096), ((1 << 20) + 12345, 512)] {
+            let n = fit_blocks(lower, block);
+            assert!(SUPERBLOCK_BYTES + MetaTable::bytes_for(n, ENTRY_BYTES) + n * block <= lower);
+            let n1 = n + 1;
+            assert!(SUPERBLOCK_BYTES + MetaTable::bytes_for(n1, ENTRY_BYTES) + n1 * block > lower);
+        }
+    }
+
+    #[test]
+    fn values_bind_the_block_index_and_zero_is_reserved() {
+        let data = [1u8; 512];
+        assert_ne!(block_value(1, &data), block_value(2, &data));
+        assert_eq!(block_value(5, &[0u8; 512]), 0);
+        assert_ne!(block_value(5, &data), 0);
+    }
+}

@@ -1,0 +1,449 @@
+//! `crypt`: AES-256-GCM per block; the layer below sees only ciphertext.
+//!
+//! On-disk layout of the layer below (format version 1, little endian):
+//!
+//! | bytes          | contents                                                 |
+//! |----------------|----------------------------------------------------------|
+//! | 0..4096        | superblock; params below                                 |
+//! | 4096..4096+T   | table: 64 bytes per block: `cur` = nonce(12) ‖ tag(16),  |
+//! |                | `prev` = nonce(12) ‖ tag(16), 8 bytes zero               |
+//! | 4096+T..       | ciphertext blocks, same size as the plaintext            |
+//!
+//! Superblock params: cipher name (16 bytes, zero padded, `aes-256-gcm`), then a
+//! key check: nonce(12) ‖ ciphertext(32) ‖ tag(16) of 32 zero bytes, with the
+//! superblock's uuid as associated data. Opening with another key fails that
+//! check and the layer refuses to start, before anything is written.
+//!
+//! Each write draws a fresh 96-bit nonce (a random 32-bit prefix per open and a
+//! 64-bit counter starting at a random value). The associated data of a block is
+//! `uuid ‖ block index (u64 LE)`, so ciphertext moved to another block or device
+//! fails authentication. An all-zero entry means the block is zeros (never
+//! written, discarded or zeroed). Write ordering and crash behaviour are those of
+//! `checksum`: table page first, then data; a block whose data write was lost
+//! authenticates against `prev` (or, if `prev` is the zero entry, reads as zeros
+//! only while its ciphertext is all zero); a torn block reads as EIO. The key is
+//! zeroed in memory when the layer is dropped.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use zeroize::Zeroizing;
+
+use crate::exec::IoCtx;
+use crate::meta_table::MetaTable;
+use crate::plan::KeySource;
+use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
+use crate::{Error, Layer, LocalBoxFuture, Result};
+
+const FORMAT_VERSION: u32 = 1;
+const ENTRY_BYTES: usize = 64;
+const SEAL_BYTES: usize = 28;
+const CIPHER: &str = "aes-256-gcm";
+
+pub struct Crypt {
+    lower: Arc<dyn Layer>,
+    cipher: Aes256Gcm,
+    uuid: [u8; 16],
+    table: MetaTable,
+    block: u64,
+    data_start: u64,
+    size: u64,
+    nonce_prefix: [u8; 4],
+    nonce_counter: AtomicU64,
+    auth_failures: AtomicU64,
+}
+
+/// Read the 32-byte key named by the config.
+pub fn load_key(source: &KeySource) -> std::result::Result<Zeroizing<[u8; 32]>, String> {
+    let text: Zeroizing<Vec<u8>> = match source {
+        KeySource::File(path) => Zeroizing::new(read_key_file(path)?),
+        KeySource::Env(name) => Zeroizing::new(
+            std::env::var(name)
+                .map_err(|_| format!("key_env: environment variable {name} is not set"))?
+                .into_bytes(),
+        ),
+    };
+    let mut key = Zeroizing::new([0u8; 32]);
+    let trimmed: &[u8] = text.trim_ascii();
+    if trimmed.len() == 64 && trimmed.iter().all(u8::is_ascii_hexdigit) {
+        for (i, pair) in trimmed.chunks(2).enumerate() {
+            let hex = |c: u8| (c as char).to_digit(16).expect("checked hex") as u8;
+            key[i] = hex(pair[0]) << 4 | hex(pair[1]);
+        }
+    } else if text.len() == 32 && matches!(source, KeySource::File(_)) {
+        key.copy_from_slice(&text);
+    } else {
+        return Err(match source {
+            KeySource::File(p) => format!(
+                "key_file {}: must hold 32 raw bytes or 64 hex characters ({} bytes found)",
+                p.display(),
+                text.len()
+            ),
+            KeySource::Env(n) => format!("key_env {n}: must hold 64 hex characters"),
+        });
+    }
+    Ok(key)
+}
+
+fn read_key_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("key_file {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "key_file {}: mode {mode:04o} lets others read the key; chmod 600 it",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("key_file {}: {e}", path.display()))
+}
+
+fn fit_blocks(lower_size: u64, block: u64) -> u64 {
+    let room = lower_size.saturating_sub(SUPERBLOCK_BYTES);
+    let mut n = room / (block + ENTRY_BYTES as u64);
+    while n > 0 && MetaTable::bytes_for(n, ENTRY_BYTES) + n * block > room {
+        n -= 1;
+    }
+    n
+}
+
+fn key_check(cipher: &Aes256Gcm, uuid: &[u8; 16], nonce: [u8; 12]) -> Vec<u8> {
+    let mut plain = [0u8; 32];
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), uuid, &mut plain)
+        .expect("32 bytes are within GCM limits");
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&plain);
+    out.extend_from_slice(&tag);
+    out
+}
+
+fn check_key(cipher: &Aes256Gcm, uuid: &[u8; 16], stored: &[u8]) -> bool {
+    if stored.len() != 12 + 32 + 16 {
+        return false;
+    }
+    let mut body = stored[12..44].to_vec();
+    let ok = cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&stored[..12]),
+            uuid,
+            &mut body,
+            Tag::from_slice(&stored[44..60]),
+        )
+        .is_ok();
+    ok && body.iter().all(|&b| b == 0)
+}
+
+impl Crypt {
+    pub async fn open(
+        ctx: &IoCtx,
+        lower: Arc<dyn Layer>,
+        block_size: u32,
+        key: &[u8; 32],
+    ) -> std::result::Result<Crypt, String> {
+        let block = u64::from(block_size);
+        let blocks = fit_blocks(lower.size(), block);
+        if blocks == 0 {
+            return Err(format!(
+                "the device below ({} bytes) is too small",
+                lower.size()
+            ));
+        }
+        let size = blocks * block;
+        let cipher = Aes256Gcm::new_from_slice(key).expect("32-byte key");
+        let existing = superblock::read(ctx, &*lower).await?;
+        let uuid = match &existing {
+            Some(sb) => {
+                sb.expect("crypt", FORMAT_VERSION, block_size)?;
+                let name = &sb.params[..16.min(sb.params.len())];
+                let name_len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+                if &name[..name_len] != CIPHER.as_bytes() {
+                    return Err(format!(
+                        "formatted with cipher {:?}, the config says {CIPHER}",
+                        String::from_utf8_lossy(&name[..name_len])
+                    ));
+                }
+                if !check_key(&cipher, &sb.uuid, sb.params.get(16..).unwrap_or(&[])) {
+                    return Err("wrong key: it does not open this device's key check \
+                         (nothing was written)"
+                        .into());
+                }
+                if sb.size != size {
+                    return Err(format!(
+                        "formatted for {} bytes but the device below now gives {size}",
+                        sb.size
+                    ));
+                }
+                sb.uuid
+            }
+            None => superblock::random_bytes(),
+        };
+        let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, blocks, ENTRY_BYTES)
+            .await
+            .map_err(|e| format!("cannot read the crypt table: {e}"))?;
+        if existing.is_none() {
+            let mut params = [0u8; 16].to_vec();
+            params[..CIPHER.len()].copy_from_slice(CIPHER.as_bytes());
+            params.extend(key_check(&cipher, &uuid, superblock::random_bytes()));
+            let sb = Superblock {
+                layer_type: "crypt".into(),
+                version: FORMAT_VERSION,
+                block_size,
+                uuid,
+                size,
+                params,
+            };
+            superblock::write(ctx, &*lower, &sb)
+                .await
+                .map_err(|e| format!("cannot write the superblock: {e}"))?;
+        }
+        Ok(Crypt {
+            data_start: SUPERBLOCK_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
+            lower,
+            cipher,
+            uuid,
+            table,
+            block,
+            size,
+            nonce_prefix: superblock::random_bytes(),
+            nonce_counter: AtomicU64::new(u64::from_le_bytes(superblock::random_bytes())),
+            auth_failures: AtomicU64::new(0),
+        })
+    }
+
+    fn aad(&self, index: u64) -> [u8; 24] {
+        let mut aad = [0u8; 24];
+        aad[..16].copy_from_slice(&self.uuid);
+        aad[16..].copy_from_slice(&index.to_le_bytes());
+        aad
+    }
+
+    fn next_nonce(&self) -> [u8; 12] {
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&self.nonce_prefix);
+        let counter = self.nonce_counter.fetch_add(1, Ordering::Relaxed);
+        nonce[4..].copy_from_slice(&counter.to_le_bytes());
+        nonce
+    }
+
+    /// Decrypt one block in place with the seal `nonce ‖ tag`; false if it does
+    /// not authenticate (the buffer is then unchanged).
+    fn open_block(&self, index: u64, seal: &[u8], data: &mut [u8]) -> bool {
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&seal[..12]),
+                &self.aad(index),
+                data,
+                Tag::from_slice(&seal[12..SEAL_BYTES]),
+            )
+            .is_ok()
+    }
+
+    async fn read_decrypt(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.lower.read(ctx, self.data_start + offset, buf).await?;
+        let first = offset / self.block;
+        let mut entry = [0u8; ENTRY_BYTES];
+        for (i, data) in buf.chunks_mut(self.block as usize).enumerate() {
+            let index = first + i as u64;
+            self.table.get(index, &mut entry);
+            let (cur, prev) = (&entry[..SEAL_BYTES], &entry[SEAL_BYTES..2 * SEAL_BYTES]);
+            let zero_seal = |s: &[u8]| s.iter().all(|&b| b == 0);
+            if zero_seal(cur) {
+                data.fill(0);
+                continue;
+            }
+            if self.open_block(index, cur, data) {
+                continue;
+            }
+            // Only after a crash: the data write of the newest version was lost.
+            if zero_seal(prev) {
+                if data.iter().all(|&b| b == 0) {
+                    continue;
+                }
+            } else if self.open_block(index, prev, data) {
+                continue;
+            }
+            self.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                block = index,
+                offset = index * self.block,
+                "crypt: authentication failed"
+            );
+            return Err(Error::Corrupt {
+                offset: index * self.block,
+            });
+        }
+        Ok(())
+    }
+
+    async fn write_encrypt(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        let mut out = ctx.take_buf(buf.len());
+        let first = offset / self.block;
+        let block = self.block as usize;
+        let mut seals = Vec::with_capacity(buf.len() / block);
+        for (i, (plain, cipher)) in buf
+            .chunks(block)
+            .zip(out.as_mut_slice().chunks_mut(block))
+            .enumerate()
+        {
+            let index = first + i as u64;
+            cipher.copy_from_slice(plain);
+            let nonce = self.next_nonce();
+            let tag = self
+                .cipher
+                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &self.aad(index), cipher)
+                .map_err(|_| Error::Io(libc::EIO))?;
+            let mut seal = [0u8; SEAL_BYTES];
+            seal[..12].copy_from_slice(&nonce);
+            seal[12..].copy_from_slice(&tag);
+            seals.push(seal);
+        }
+        let res = async {
+            self.set_seals(ctx, first, seals.len() as u64, Some(&seals))
+                .await?;
+            self.lower
+                .write(ctx, self.data_start + offset, out.as_slice())
+                .await
+        }
+        .await;
+        ctx.put_buf(out);
+        res
+    }
+
+    async fn set_seals(
+        &self,
+        ctx: &IoCtx,
+        first: u64,
+        count: u64,
+        seals: Option<&[[u8; SEAL_BYTES]]>,
+    ) -> Result<()> {
+        self.table
+            .update(ctx, &*self.lower, first, count, &mut |index, entry| {
+                let (cur, rest) = entry.split_at_mut(SEAL_BYTES);
+                rest[..SEAL_BYTES].copy_from_slice(cur);
+                match seals {
+                    Some(s) => cur.copy_from_slice(&s[(index - first) as usize]),
+                    None => cur.fill(0),
+                }
+            })
+            .await
+    }
+
+    async fn zero(&self, ctx: &IoCtx, offset: u64, len: u64, discard: bool) -> Result<()> {
+        self.set_seals(ctx, offset / self.block, len / self.block, None)
+            .await?;
+        if discard {
+            self.lower.discard(ctx, self.data_start + offset, len).await
+        } else {
+            self.lower
+                .write_zeroes(ctx, self.data_start + offset, len)
+                .await
+        }
+    }
+}
+
+impl Layer for Crypt {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.read_decrypt(ctx, offset, buf))
+    }
+
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.write_encrypt(ctx, offset, buf))
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        self.lower.flush(ctx)
+    }
+
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.zero(ctx, offset, len, true))
+    }
+
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.zero(ctx, offset, len, false))
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        self.lower.discard_frees_space()
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("cipher", CIPHER.into()),
+            (
+                "auth_failures",
+                self.auth_failures.load(Ordering::Relaxed).to_string(),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_check_detects_a_wrong_key() {
+        let a = Aes256Gcm::new_from_slice(&[1u8; 32]).unwrap();
+        let b = Aes256Gcm::new_from_slice(&[2u8; 32]).unwrap();
+        let uuid = [9u8; 16];
+        let stored = key_check(&a, &uuid, [3u8; 12]);
+        assert!(check_key(&a, &uuid, &stored));
+        assert!(!check_key(&b, &uuid, &stored));
+        assert!(!check_key(&a, &[8u8; 16], &stored));
+    }
+
+    #[test]
+    fn keys_parse_from_hex_and_raw_files_with_strict_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hex = dir.path().join("hex.key");
+        std::fs::write(&hex, format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&hex, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            *load_key(&KeySource::File(hex.clone())).unwrap(),
+            [0xab; 32]
+        );
+        std::fs::set_permissions(&hex, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_key(&KeySource::File(hex))
+            .unwrap_err()
+            .contains("chmod 600"));
+        let raw = dir.path().join("raw.key");
+        std::fs::write(&raw, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(*load_key(&KeySource::File(raw)).unwrap(), [7; 32]);
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, b"secret").unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_key(&KeySource::File(short))
+            .unwrap_err()
+            .contains("32 raw bytes"));
+    }
+}

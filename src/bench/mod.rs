@@ -1,0 +1,279 @@
+//! `ublk-stack bench`: drive the compiled stack in-process (no kernel) with one
+//! thread per queue, each keeping `qd` requests in flight through the same
+//! executor and io_uring the ublk front end uses, and print IOPS and MB/s.
+//!
+//! When the top layer is a `file` leaf, a plain io_uring loop reads or writes the
+//! same file the same way in the same run, and the ratio of the two is printed:
+//! that is the cost of the stack over the raw primitive.
+
+mod baseline;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use layers::plan::LayerSpec;
+use layers::rng::Rng;
+use layers::{Executor, IoCtx, Plan, Stack};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    RandRead,
+    RandWrite,
+    SeqRead,
+    SeqWrite,
+}
+
+impl Pattern {
+    pub const NAMES: [&'static str; 4] = ["randread", "randwrite", "seqread", "seqwrite"];
+
+    pub fn parse(s: &str) -> Option<Pattern> {
+        Some(match s {
+            "randread" => Pattern::RandRead,
+            "randwrite" => Pattern::RandWrite,
+            "seqread" => Pattern::SeqRead,
+            "seqwrite" => Pattern::SeqWrite,
+            _ => return None,
+        })
+    }
+
+    fn is_write(self) -> bool {
+        matches!(self, Pattern::RandWrite | Pattern::SeqWrite)
+    }
+
+    fn is_random(self) -> bool {
+        matches!(self, Pattern::RandRead | Pattern::RandWrite)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seconds: f64,
+    pub pattern: Pattern,
+    pub bs: u64,
+    pub qd: u32,
+    pub queues: u16,
+}
+
+/// Operations completed and time taken by one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Figures {
+    pub ops: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl Figures {
+    pub fn iops(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+}
+
+/// Offsets of one worker: random or sequential over the device, `bs` aligned.
+pub(crate) struct Offsets {
+    rng: Rng,
+    next: u64,
+    slots: u64,
+    bs: u64,
+    random: bool,
+}
+
+impl Offsets {
+    pub(crate) fn new(seed: u64, size: u64, bs: u64, random: bool) -> Offsets {
+        Offsets {
+            rng: Rng::new(seed),
+            next: seed % (size / bs).max(1),
+            slots: (size / bs).max(1),
+            bs,
+            random,
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        let slot = if self.random {
+            self.rng.below(self.slots)
+        } else {
+            self.next = (self.next + 1) % self.slots;
+            self.next
+        };
+        slot * self.bs
+    }
+}
+
+/// Run the workload on the stack.
+pub fn run_stack(stack: &Arc<Stack>, opts: &Options) -> Result<Figures, String> {
+    if opts.bs == 0 || opts.bs % u64::from(stack.block_size()) != 0 || opts.bs > stack.size() {
+        return Err(format!(
+            "--bs {} must be a multiple of the block size {} and at most the device size",
+            opts.bs,
+            stack.block_size()
+        ));
+    }
+    let start = Instant::now();
+    let per_queue: Vec<Result<(u64, u64), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..opts.queues)
+            .map(|q| {
+                let stack = stack.clone();
+                let opts = opts.clone();
+                s.spawn(move || run_queue(stack, q, &opts))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("bench thread panicked".into()))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let (mut ops, mut bytes) = (0, 0);
+    for r in per_queue {
+        let (o, b) = r?;
+        ops += o;
+        bytes += b;
+    }
+    Ok(Figures {
+        ops,
+        bytes,
+        elapsed,
+    })
+}
+
+fn run_queue(stack: Arc<Stack>, queue: u16, opts: &Options) -> Result<(u64, u64), String> {
+    let ctx = Rc::new(IoCtx::new(queue, (opts.qd * 2).max(64)).map_err(|e| e.to_string())?);
+    let exec = Executor::new().map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds);
+    let ops = Rc::new(Cell::new(0u64));
+    let failed: Rc<Cell<Option<layers::Error>>> = Rc::new(Cell::new(None));
+    for task in 0..opts.qd {
+        let (stack, ctx, ops, failed) = (stack.clone(), ctx.clone(), ops.clone(), failed.clone());
+        let seed = u64::from(queue) << 32 | u64::from(task);
+        let mut offsets = Offsets::new(seed, stack.size(), opts.bs, opts.pattern.is_random());
+        let pattern = opts.pattern;
+        let mut buf = vec![0x5Au8; opts.bs as usize];
+        exec.spawn(async move {
+            while Instant::now() < deadline && failed.get().is_none() {
+                let offset = offsets.next();
+                let res = if pattern.is_write() {
+                    stack.top().write(&ctx, offset, &buf).await
+                } else {
+                    stack.top().read(&ctx, offset, &mut buf).await
+                };
+                match res {
+                    Ok(()) => ops.set(ops.get() + 1),
+                    Err(e) => failed.set(Some(e)),
+                }
+            }
+        });
+    }
+    exec.run_until_idle(&ctx).map_err(|e| e.to_string())?;
+    if let Some(e) = failed.get() {
+        return Err(format!("queue {queue}: I/O failed: {e}"));
+    }
+    Ok((ops.get(), ops.get() * opts.bs))
+}
+
+/// The file behind the top layer, when the top layer is a `file` leaf.
+pub fn top_file(plan: &Plan) -> Option<PathBuf> {
+    match &plan.layers[plan.top].spec {
+        LayerSpec::File(p) => Some(p.path.clone()),
+        _ => None,
+    }
+}
+
+/// Run the bench and print the report.
+///
+/// With a plain-file reference, the two alternate in three rounds of a third of
+/// the time each and the median of the per-round ratios is printed, so that noise
+/// from other work on the machine hits both sides alike.
+pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), String> {
+    println!(
+        "bench \"{}\": {} bs={} qd={} queues={} for {:.1}s over {} bytes",
+        plan.device.name,
+        Pattern::NAMES[opts.pattern as usize],
+        opts.bs,
+        opts.qd,
+        opts.queues,
+        opts.seconds,
+        stack.size()
+    );
+    let Some(path) = top_file(plan) else {
+        let ours = run_stack(&stack, opts)?;
+        print_line("stack", &ours, "");
+        return Ok(());
+    };
+    let round = Options {
+        seconds: opts.seconds / 3.0,
+        ..opts.clone()
+    };
+    let mut ratios = Vec::new();
+    let (mut ours_all, mut plain_all) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let ours = run_stack(&stack, &round)?;
+        let plain = baseline::run(&path, stack.size(), &round)?;
+        ratios.push(ours.iops() / plain.iops());
+        ours_all.push(ours);
+        plain_all.push(plain);
+    }
+    print_line("stack", &sum(&ours_all), "");
+    print_line(
+        "plain io_uring",
+        &sum(&plain_all),
+        &format!("  ({})", path.display()),
+    );
+    ratios.sort_by(f64::total_cmp);
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "  ratio stack/plain: {:.2} (median of rounds {})",
+        ratios[1],
+        shown.join(", ")
+    );
+    Ok(())
+}
+
+fn sum(figures: &[Figures]) -> Figures {
+    Figures {
+        ops: figures.iter().map(|f| f.ops).sum(),
+        bytes: figures.iter().map(|f| f.bytes).sum(),
+        elapsed: figures.iter().map(|f| f.elapsed).sum(),
+    }
+}
+
+fn print_line(what: &str, f: &Figures, tail: &str) {
+    println!(
+        "  {what:<15} {:>10.0} IOPS {:>9.1} MB/s{tail}",
+        f.iops(),
+        f.mb_per_s()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use layers::testing::PlanBuilder;
+
+    #[test]
+    #[ignore = "measurement, run by hand"]
+    fn measure_file_leaf() {
+        let dir = std::path::PathBuf::from(std::env::var("BENCH_DIR").unwrap_or("/dev/shm".into()));
+        let mut b = PlanBuilder::new(&dir, 4096);
+        let top = b.file("bench-a", 1 << 30);
+        let plan = b.build(top);
+        let stack = Arc::new(layers::compile(&plan).unwrap());
+        let opts = Options {
+            seconds: 3.0,
+            pattern: Pattern::RandRead,
+            bs: 4096,
+            qd: 32,
+            queues: 1,
+        };
+        report(&plan, stack, &opts).unwrap();
+    }
+}
