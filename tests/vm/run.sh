@@ -124,6 +124,7 @@ for name in "${names[@]}"; do
     started=$(date +%s.%N)
     # -no-reboot turns the reboot after a panic (panic=-1) into a qemu exit;
     # timeout kills qemu if the guest hangs without panicking.
+    # shellcheck disable=SC2054 # the commas belong to qemu options
     cmd=(timeout -k 5 "$vm_timeout" qemu-system-x86_64
         -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem"
         -nographic -no-reboot -nic none

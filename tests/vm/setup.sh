@@ -75,7 +75,10 @@ pkg=${KERNEL_PKG:-}
 if [[ -z $pkg ]]; then
     apt-cache show "$meta_pkg" >/dev/null 2>&1 || apt_update
     pkg=$(apt-cache depends "$meta_pkg" | awk '/Depends: linux-image-6\.12\./ {print $2; exit}')
-    [[ -n $pkg ]] || { log "cannot resolve $meta_pkg to a kernel package"; exit 1; }
+    [[ -n $pkg ]] || {
+        log "cannot resolve $meta_pkg to a kernel package; is bookworm-security or bookworm-backports in the apt sources?"
+        exit 1
+    }
 fi
 apt-cache show "$pkg" >/dev/null 2>&1 || apt_update
 

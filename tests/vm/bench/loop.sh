@@ -1,3 +1,4 @@
+#!/bin/bash
 # Baseline for ublk: 4 KiB random-read IOPS of /dev/loopN over a tmpfs file,
 # three runs. Not a pass/fail test; run it with
 #   tests/vm/run.sh - tests/vm/bench/loop.sh

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scenarios: `. /vmtest/lib.sh`. Strict mode plus a line number on
 # failure, so a failing scenario's log says which command broke.
 set -euo pipefail

@@ -1,3 +1,4 @@
+#!/bin/bash
 # The VM itself works: ublk_drv is loaded, a loop device carries an ext4 file
 # system through mkfs, mount, write, fsck and remount, and fio verifies data.
 . /vmtest/lib.sh
