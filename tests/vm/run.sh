@@ -19,7 +19,8 @@
 #   VM_VERBOSE=1         also stream the serial console to stderr while it runs
 #   VM_CACHE             kernel cache made by setup.sh (tests/vm/cache)
 #
-# Exit status: 0 when every scenario printed "VMTEST NAME PASS"; 1 when any failed,
+# Exit status: 0 when every scenario printed "VMTEST NAME PASS" (read from the
+# guest's second serial port, which nothing else writes to); 1 when any failed,
 # printed no marker, timed out or the kernel reported a BUG/Oops/panic; 2 on usage
 # or setup errors. On failure the tail of that scenario's log goes to stderr.
 set -euo pipefail
@@ -121,6 +122,8 @@ echo "run.sh: initramfs $(($(stat -c %s "$work/initramfs.cpio") >> 20)) MiB buil
 failed=0
 for name in "${names[@]}"; do
     log=$log_dir/$name.log
+    result=$work/$name.result
+    : >"$result"
     started=$(date +%s.%N)
     # -no-reboot turns the reboot after a panic (panic=-1) into a qemu exit;
     # timeout kills qemu if the guest hangs without panicking.
@@ -128,6 +131,7 @@ for name in "${names[@]}"; do
     cmd=(timeout -k 5 "$vm_timeout" qemu-system-x86_64
         -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem"
         -nographic -no-reboot -nic none
+        -serial mon:stdio -serial "file:$result"
         -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.cpio"
         -append "console=ttyS0 panic=-1 rdinit=/init vmtest.scenario=$name vmtest.timeout=$scenario_timeout")
     rc=0
@@ -138,14 +142,15 @@ for name in "${names[@]}"; do
     fi
     elapsed=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $started}")
     clean=$(tr -d '\r' <"$log")
+    marker=$(tr -d '\r' <"$result")
     reason=
     if ((rc == 124 || rc == 137)); then
         reason="timed out after ${vm_timeout}s"
     elif grep -qE '(^|\] )(BUG:|Oops:|Kernel panic)' <<<"$clean"; then
         reason="kernel BUG/Oops/panic"
-    elif grep -qx "VMTEST $name PASS" <<<"$clean"; then
+    elif [[ $marker == "VMTEST $name PASS" ]]; then
         reason=
-    elif marker=$(grep -x "VMTEST $name FAIL.*" <<<"$clean"); then
+    elif [[ $marker == "VMTEST $name FAIL "* ]]; then
         reason="scenario ${marker#"VMTEST $name FAIL "}"
     else
         reason="no result marker (qemu exit $rc)"
