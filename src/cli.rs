@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ublk-stack", version, about = "Stacked block devices from a TOML file, served through Linux ublk")]
+#[command(
+    name = "ublk-stack",
+    version,
+    about = "Stacked block devices from a TOML file, served through Linux ublk"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
@@ -55,9 +59,31 @@ pub enum Command {
 
 pub fn run(args: Args) -> u8 {
     match args.command {
+        Command::Validate { configs } => validate(&configs),
         other => {
             eprintln!("ublk-stack: {other:?}: not available in this build");
             1
         }
     }
+}
+
+/// `validate CONFIG...`: prints each valid file's tree to stdout and each invalid
+/// file's errors to stderr. Reads the leaves' sizes but never creates or
+/// changes one. Exit 0 if every file is valid, 1 otherwise.
+fn validate(paths: &[PathBuf]) -> u8 {
+    let mut all_valid = true;
+    for path in paths {
+        let shown = path.display().to_string();
+        match crate::config::check_file(path) {
+            Ok(checked) => print!("{}", crate::config::tree::render(&shown, &checked)),
+            Err(errors) => {
+                all_valid = false;
+                eprintln!("{errors}");
+                let count = errors.len();
+                let noun = if count == 1 { "error" } else { "errors" };
+                eprintln!("{shown}: invalid ({count} {noun})");
+            }
+        }
+    }
+    u8::from(!all_valid)
 }
