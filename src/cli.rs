@@ -72,7 +72,10 @@ pub fn run(args: Args) -> u8 {
 /// changes one. Exit 0 if every file is valid, 1 otherwise.
 fn validate(paths: &[PathBuf]) -> u8 {
     let mut all_valid = true;
-    for path in paths {
+    for (index, path) in paths.iter().enumerate() {
+        if index > 0 {
+            println!();
+        }
         let shown = path.display().to_string();
         match crate::config::check_file(path) {
             Ok(checked) => print!("{}", crate::config::tree::render(&shown, &checked)),

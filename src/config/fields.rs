@@ -26,19 +26,25 @@ impl Reader<'_> {
     }
 
     pub fn wrong_type(&mut self, name: &str, expected: &str, item: &Item) {
-        let mut message = format!("{name} must be {expected}, not {}", item.value.kind());
-        if let Value::String(text) = &item.value {
-            let bare = text.trim();
-            let looks_bare = bare.parse::<i64>().is_ok()
-                || bare.parse::<f64>().is_ok()
-                || bare == "true"
-                || bare == "false";
-            if looks_bare && !expected.contains("string") {
-                message.push_str(&format!(" (write {name} = {bare}, without quotes)"));
-            }
-        }
         if matches!(item.value, Value::Invalid) {
             return;
+        }
+        let mut message = format!("{name} must be {expected}, not {}", item.value.kind());
+        if let Value::String(text) = &item.value {
+            // The key as written inside its table: `queues`, not `device.queues`.
+            let key = name.rsplit('.').next().unwrap_or(name);
+            let bare = text.trim();
+            let numeric = bare.parse::<i64>().is_ok() || bare.parse::<f64>().is_ok();
+            let flag = match bare.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" => Some("true"),
+                "false" | "no" | "off" => Some("false"),
+                _ => None,
+            };
+            if numeric && !expected.contains("string") {
+                message.push_str(&format!(" (write {key} = {bare}, without quotes)"));
+            } else if let (Some(flag), "true or false") = (flag, expected) {
+                message.push_str(&format!(" (write {key} = {flag}, without quotes)"));
+            }
         }
         self.report(&item.span, message);
     }

@@ -14,7 +14,7 @@ use super::fields::Reader;
 use super::graph::Reference;
 use super::raw::{Item, RawLayer, Value};
 use super::schema::{list, KeyName, LayerKey, LayerType};
-use super::suggest::did_you_mean;
+use super::suggest::{closest, did_you_mean};
 
 /// The default raid0 chunk.
 const DEFAULT_CHUNK_BYTES: u64 = 64 << 10;
@@ -49,24 +49,17 @@ pub struct LayerContext<'a> {
     pub base_dir: &'a Path,
 }
 
-/// The layer's type if `type` is a known type word.
-pub fn layer_type(raw: &RawLayer) -> Option<LayerType> {
-    match &raw.section.get(LayerKey::Type)?.item.value {
-        Value::String(word) => LayerType::from_str(word),
-        _ => None,
-    }
-}
-
 /// The layer names this layer refers to, for the graph checks. Lenient on
 /// purpose: a wrongly shaped `over = ["a"]` still counts as using "a", so the
 /// shape error is not followed by a misleading "a is not used".
+///
+/// Reference keys the type does not take count too (`legs` on a raid0): the
+/// user clearly meant those layers to sit below this one.
 pub fn references(raw: &RawLayer) -> Vec<Reference> {
-    let allowed = layer_type(raw).map(LayerType::keys);
     let mut references = Vec::new();
     for field in &raw.section.fields {
         let key = field.key;
-        let is_reference = matches!(key, LayerKey::Over | LayerKey::Legs | LayerKey::Stripes);
-        if !is_reference || allowed.is_some_and(|allowed| !allowed.contains(&key)) {
+        if !is_reference_key(key) {
             continue;
         }
         let items = match &field.item.value {
@@ -86,6 +79,10 @@ pub fn references(raw: &RawLayer) -> Vec<Reference> {
     references
 }
 
+fn is_reference_key(key: LayerKey) -> bool {
+    matches!(key, LayerKey::Over | LayerKey::Legs | LayerKey::Stripes)
+}
+
 /// The keys of one layer that its type takes; records where each value is.
 struct Keys<'a> {
     raw: &'a RawLayer,
@@ -103,9 +100,17 @@ impl<'a> Keys<'a> {
         Some(item)
     }
 
+    /// Reports a missing key, unless a misspelling of it is there: that one is
+    /// reported as unknown with a did-you-mean, which says it all.
     fn require(&mut self, reader: &mut Reader<'_>, key: LayerKey, hint: &str) -> Option<&'a Item> {
         let item = self.get(key);
-        if item.is_none() {
+        let misspelt = self
+            .raw
+            .section
+            .unknown
+            .iter()
+            .any(|unknown| closest(&unknown.name, [key.as_str()]).is_some());
+        if item.is_none() && !misspelt {
             reader.report(
                 &self.raw.section.span,
                 format!("missing key \"{}\": {hint}", key.as_str()),
@@ -210,7 +215,14 @@ fn report_foreign_keys(raw: &RawLayer, layer_type: Option<LayerType>, reader: &m
             .into_iter()
             .map(LayerType::as_str)
             .collect();
-        let hint = did_you_mean(field.key.as_str(), allowed_names());
+        let mut hint = did_you_mean(field.key.as_str(), allowed_names());
+        // `legs` for a raid0 means its `stripes`, `over` for a mirror its `legs`:
+        // suggest the key that names the layers below for this type.
+        if hint.is_empty() && is_reference_key(field.key) {
+            if let Some(own) = allowed.iter().find(|key| is_reference_key(**key)) {
+                hint = format!(" (did you mean \"{}\"?)", own.as_str());
+            }
+        }
         reader.report(
             &field.key_span,
             format!(
@@ -500,6 +512,8 @@ fn crypt(
             .path("key_file", file, context.base_dir)
             .map(KeySource::File),
         (None, Some(env)) => env_name(reader, env).map(KeySource::Env),
+        // An inline key was already refused with advice on key_file and key_env.
+        (None, None) if has_inline_key(keys.raw) => None,
         (None, None) => {
             reader.report(
                 &keys.raw.section.span,
@@ -514,6 +528,13 @@ fn crypt(
         cipher: cipher?,
         key: key?,
     }))
+}
+
+fn has_inline_key(raw: &RawLayer) -> bool {
+    raw.section
+        .unknown
+        .iter()
+        .any(|unknown| INLINE_KEY_WORDS.contains(&unknown.name.as_str()))
 }
 
 fn env_name(reader: &mut Reader<'_>, item: &Item) -> Option<String> {

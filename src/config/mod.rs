@@ -44,9 +44,13 @@ pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
 }
 
 /// Validates config `text`; errors name `path_for_messages`; relative paths
-/// in the config are joined to `base_dir`.
+/// in the config are joined to `base_dir`. Touches nothing on disk.
 pub fn parse(text: &str, path_for_messages: &Path, base_dir: &Path) -> Result<Plan, ConfigErrors> {
-    validated(text, path_for_messages, base_dir).map(|validated| validated.plan)
+    let mut problems = Problems::default();
+    let plan = raw::parse(text, &mut problems)
+        .and_then(|raw| validate::validate(&raw, base_dir, &mut problems))
+        .and_then(|validated| validated.plan);
+    finish(plan, problems, path_for_messages, text)
 }
 
 /// [`load`], then measures every layer ([`exposed_sizes`]), reporting size
@@ -56,42 +60,50 @@ pub fn check_file(path: &Path) -> Result<Checked, ConfigErrors> {
     check(&text, path, &base_dir)
 }
 
-/// [`parse`] plus the size checks of [`check_file`].
+/// [`parse`] plus the size checks of [`check_file`]. Leaves are measured even
+/// when other parts of the file are wrong, so every mistake shows at once.
 pub fn check(
     text: &str,
     path_for_messages: &Path,
     base_dir: &Path,
 ) -> Result<Checked, ConfigErrors> {
-    let validated = validated(text, path_for_messages, base_dir)?;
-    match sizes::measure(&validated.plan) {
-        Ok(sizes) => Ok(Checked {
-            plan: validated.plan,
-            sizes,
-        }),
-        Err(size_problems) => {
-            let mut problems = Problems::default();
-            for problem in size_problems {
-                let span = validated.spans[problem.layer].of(problem.key);
-                let name = &validated.plan.layers[problem.layer].name;
-                problems.at_layer(&span, name, problem.message);
-            }
-            Err(problems.into_errors(&display(path_for_messages), text))
+    let mut problems = Problems::default();
+    let Some(validated) = raw::parse(text, &mut problems)
+        .and_then(|raw| validate::validate(&raw, base_dir, &mut problems))
+    else {
+        return finish(None, problems, path_for_messages, text);
+    };
+    let layers: Vec<_> = validated
+        .layers
+        .iter()
+        .map(|layer| layer.as_ref().map(|(plan, _)| plan))
+        .collect();
+    let (sizes, size_problems) = sizes::measure_layers(&layers, u64::from(validated.block_size));
+    for problem in size_problems {
+        if let Some((layer, spans)) = &validated.layers[problem.layer] {
+            problems.at_layer(&spans.of(problem.key), &layer.name, problem.message);
         }
     }
+    let checked = validated.plan.and_then(|plan| {
+        let sizes: Option<Vec<u64>> = sizes.into_iter().collect();
+        Some(Checked {
+            plan,
+            sizes: sizes?,
+        })
+    });
+    finish(checked, problems, path_for_messages, text)
 }
 
-fn validated(
-    text: &str,
+/// The value if nothing was reported, else every problem with its position.
+fn finish<T>(
+    value: Option<T>,
+    problems: Problems,
     path_for_messages: &Path,
-    base_dir: &Path,
-) -> Result<validate::Validated, ConfigErrors> {
-    let file = display(path_for_messages);
-    let mut problems = Problems::default();
-    let validated = raw::parse(text, &mut problems)
-        .and_then(|raw| validate::validate(&raw, base_dir, &mut problems));
-    match validated {
-        Some(validated) if problems.is_empty() => Ok(validated),
-        _ => Err(problems.into_errors(&file, text)),
+    text: &str,
+) -> Result<T, ConfigErrors> {
+    match value {
+        Some(value) if problems.is_empty() => Ok(value),
+        _ => Err(problems.into_errors(&display(path_for_messages), text)),
     }
 }
 
@@ -110,6 +122,17 @@ fn read(path: &Path) -> Result<(String, PathBuf), ConfigErrors> {
         ConfigErrors::whole_file(&file, format!("cannot resolve its folder: {error}"))
     })?;
     Ok((text, base_dir))
+}
+
+/// A path for messages: relative to the current directory when it is below
+/// it (shorter, and close to what the user typed), else as it is.
+pub(crate) fn shown(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 fn display(path: &Path) -> String {

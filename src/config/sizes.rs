@@ -7,10 +7,11 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use layers::plan::{FileParams, KeySource, LayerId, LayerSpec, Plan};
+use layers::plan::{FileParams, KeySource, LayerId, LayerPlan, LayerSpec, Plan};
 
 use super::error::{ConfigError, ConfigErrors};
 use super::schema::{KeyName, LayerKey};
+use super::shown;
 use super::size::{format_exact, format_human};
 
 /// A size problem in one layer, pointed at the key to fix.
@@ -52,77 +53,132 @@ pub fn exposed_over(spec: &LayerSpec, lower_bytes: u64) -> u64 {
     }
 }
 
+/// Sizes of every layer of a valid plan.
 pub(crate) fn measure(plan: &Plan) -> Result<Vec<u64>, Vec<SizeProblem>> {
-    let block_size = u64::from(plan.device.block_size);
-    let mut sizes: Vec<Option<u64>> = vec![None; plan.layers.len()];
-    let mut problems = Vec::new();
-    // Children before parents: the reverse of a parents-first walk.
-    for id in plan.walk().into_iter().rev() {
-        let mut report = |key: Option<LayerKey>, message: String| {
-            problems.push(SizeProblem {
-                layer: id,
-                key,
-                message,
-            });
-        };
-        let spec = &plan.layers[id].spec;
-        let children: Option<Vec<u64>> =
-            spec.children().iter().map(|&child| sizes[child]).collect();
-        // A child that could not be measured was reported already.
-        let Some(children) = children else { continue };
-        sizes[id] = match spec {
-            LayerSpec::File(params) => file_size(params, block_size, &mut report),
-            LayerSpec::Disk(params) => disk_size(&params.path, block_size, &mut report),
-            LayerSpec::Memory { size_bytes } | LayerSpec::Null { size_bytes } => Some(*size_bytes),
-            LayerSpec::Raid0(params) => {
-                let names = child_names(plan, &params.stripes);
-                equal_sizes(&names, &children, LayerKey::Stripes, "raid0", &mut report).and_then(
-                    |stripe| raid0_size(stripe, params.chunk_bytes, children.len(), &mut report),
-                )
-            }
-            LayerSpec::Mirror(params) => {
-                let names = child_names(plan, &params.legs);
-                equal_sizes(&names, &children, LayerKey::Legs, "mirror", &mut report)
-            }
-            LayerSpec::Fault(params) => {
-                let lower = children.first().copied().unwrap_or(0);
-                match params.knobs.range {
-                    Some((_, end)) if end > lower => {
-                        report(
-                            Some(LayerKey::Range),
-                            format!(
-                                "range ends at {} but the layer below is only {} ({lower} bytes)",
-                                format_exact(end),
-                                format_human(lower)
-                            ),
-                        );
-                        None
-                    }
-                    _ => Some(exposed_over(spec, lower)),
-                }
-            }
-            LayerSpec::Crypt(params) => {
-                if let KeySource::File(path) = &params.key {
-                    check_key_file(path, &mut report);
-                }
-                children.first().map(|&lower| exposed_over(spec, lower))
-            }
-            LayerSpec::Cache(_) | LayerSpec::Compress(_) | LayerSpec::Checksum(_) => {
-                children.first().map(|&lower| exposed_over(spec, lower))
-            }
-        };
-    }
+    let layers: Vec<Option<&LayerPlan>> = plan.layers.iter().map(Some).collect();
+    let (sizes, problems) = measure_layers(&layers, u64::from(plan.device.block_size));
     if problems.is_empty() {
-        // Every layer of a valid plan is under top, so every size is known.
+        // Every layer of a valid plan is measured once its leaves are fine.
         Ok(sizes.into_iter().map(|size| size.unwrap_or(0)).collect())
     } else {
         Err(problems)
     }
 }
 
-fn child_names<'p>(plan: &'p Plan, ids: &[LayerId]) -> Vec<&'p str> {
+/// Measures every layer that could be measured, also in a file with other
+/// mistakes: `None` entries are layers that failed validation, and references
+/// may dangle or loop. Layers above an unmeasurable one stay `None` silently,
+/// since the cause was reported already.
+pub(crate) fn measure_layers(
+    layers: &[Option<&LayerPlan>],
+    block_size: u64,
+) -> (Vec<Option<u64>>, Vec<SizeProblem>) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        Open,
+        Done,
+    }
+    let mut state = vec![State::New; layers.len()];
+    let mut sizes: Vec<Option<u64>> = vec![None; layers.len()];
+    let mut problems = Vec::new();
+    // Post-order with an explicit stack: children are measured before their
+    // parent, and a cycle (an `Open` child) just leaves the parent unmeasured.
+    for root in 0..layers.len() {
+        let mut stack = vec![(root, false)];
+        while let Some((id, children_done)) = stack.pop() {
+            if children_done {
+                sizes[id] = layer_size(layers, id, &sizes, block_size, &mut problems);
+                state[id] = State::Done;
+                continue;
+            }
+            if state[id] != State::New {
+                continue;
+            }
+            state[id] = State::Open;
+            stack.push((id, true));
+            let children = layers[id]
+                .map(|layer| layer.spec.children())
+                .unwrap_or_default();
+            for child in children {
+                if state.get(child) == Some(&State::New) {
+                    stack.push((child, false));
+                }
+            }
+        }
+    }
+    (sizes, problems)
+}
+
+fn layer_size(
+    layers: &[Option<&LayerPlan>],
+    id: LayerId,
+    sizes: &[Option<u64>],
+    block_size: u64,
+    problems: &mut Vec<SizeProblem>,
+) -> Option<u64> {
+    let spec = &layers[id]?.spec;
+    let mut report = |key: Option<LayerKey>, message: String| {
+        problems.push(SizeProblem {
+            layer: id,
+            key,
+            message,
+        });
+    };
+    // Leaves are checked even when the rest of the file is broken.
+    let children: Option<Vec<u64>> = spec
+        .children()
+        .iter()
+        .map(|&child| sizes.get(child).copied().flatten())
+        .collect();
+    match spec {
+        LayerSpec::File(params) => file_size(params, block_size, &mut report),
+        LayerSpec::Disk(params) => disk_size(&params.path, block_size, &mut report),
+        LayerSpec::Memory { size_bytes } | LayerSpec::Null { size_bytes } => Some(*size_bytes),
+        LayerSpec::Raid0(params) => {
+            let children = children?;
+            let names = child_names(layers, &params.stripes);
+            equal_sizes(&names, &children, LayerKey::Stripes, "raid0", &mut report).and_then(
+                |stripe| raid0_size(stripe, params.chunk_bytes, children.len(), &mut report),
+            )
+        }
+        LayerSpec::Mirror(params) => {
+            let children = children?;
+            let names = child_names(layers, &params.legs);
+            equal_sizes(&names, &children, LayerKey::Legs, "mirror", &mut report)
+        }
+        LayerSpec::Fault(params) => {
+            let lower = children?.first().copied()?;
+            match params.knobs.range {
+                Some((_, end)) if end > lower => {
+                    report(
+                        Some(LayerKey::Range),
+                        format!(
+                            "range ends at {} but the layer below is only {} ({lower} bytes)",
+                            format_exact(end),
+                            format_human(lower)
+                        ),
+                    );
+                    None
+                }
+                _ => Some(exposed_over(spec, lower)),
+            }
+        }
+        LayerSpec::Crypt(params) => {
+            if let KeySource::File(path) = &params.key {
+                check_key_file(path, &mut report);
+            }
+            children?.first().map(|&lower| exposed_over(spec, lower))
+        }
+        LayerSpec::Cache(_) | LayerSpec::Compress(_) | LayerSpec::Checksum(_) => {
+            children?.first().map(|&lower| exposed_over(spec, lower))
+        }
+    }
+}
+
+fn child_names<'p>(layers: &[Option<&'p LayerPlan>], ids: &[LayerId]) -> Vec<&'p str> {
     ids.iter()
-        .map(|&id| plan.layers[id].name.as_str())
+        .map(|&id| layers[id].map_or("?", |layer| layer.name.as_str()))
         .collect()
 }
 
@@ -131,7 +187,7 @@ fn file_size(
     block_size: u64,
     report: &mut impl FnMut(Option<LayerKey>, String),
 ) -> Option<u64> {
-    let path = params.path.display();
+    let path = shown(&params.path);
     let metadata = match fs::metadata(&params.path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -209,7 +265,7 @@ fn disk_size(
     block_size: u64,
     report: &mut impl FnMut(Option<LayerKey>, String),
 ) -> Option<u64> {
-    let shown = path.display();
+    let shown = super::shown(path);
     let metadata = match fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -330,11 +386,15 @@ fn check_key_file(path: &Path, report: &mut impl FnMut(Option<LayerKey>, String)
         Ok(metadata) if metadata.is_file() => {}
         Ok(_) => report(
             Some(LayerKey::KeyFile),
-            format!("key_file {} is not a regular file", path.display()),
+            format!("key_file {} is not a regular file", shown(path)),
+        ),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => report(
+            Some(LayerKey::KeyFile),
+            format!("key_file {} does not exist", shown(path)),
         ),
         Err(error) => report(
             Some(LayerKey::KeyFile),
-            format!("key_file {}: {error}", path.display()),
+            format!("cannot look at key_file {}: {error}", shown(path)),
         ),
     }
 }

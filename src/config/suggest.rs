@@ -5,8 +5,9 @@
 /// Case and `-`/`_` differences count as a match, since `Read-Policy` and
 /// `read_policy` are the same intent. Otherwise the optimal string alignment
 /// distance (edits plus swaps of neighbours, so `cahce` is one step from `cache`)
-/// must be at most a third of the longer word, and smaller than both words: a
-/// one-letter name like `c` is not "close" to `a`.
+/// must be at most a third of the longer word (at least one), and smaller than
+/// the longer word: a one-letter name like `c` is not "close" to `a`, but `bb`
+/// is close to `b`.
 pub fn closest<'a, I>(word: &str, candidates: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
@@ -22,8 +23,7 @@ where
         }
         let distance = edit_distance(&word.to_lowercase(), &candidate.to_lowercase());
         let longer = word.chars().count().max(candidate.chars().count());
-        let shorter = word.chars().count().min(candidate.chars().count());
-        let close = distance <= (longer / 3).max(1) && distance < shorter;
+        let close = distance <= (longer / 3).max(1) && distance < longer;
         let better = match best {
             Some((best_distance, _)) => distance < best_distance,
             None => true,
@@ -63,8 +63,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in rows.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        rows[0][j] = j;
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -113,6 +113,7 @@ mod tests {
     fn unrelated_words_get_no_suggestion() {
         assert_eq!(closest("colour", KEYS), None);
         assert_eq!(closest("c", ["a", "b"]), None);
+        assert_eq!(closest("bb", ["a", "b"]), Some("b"));
         assert_eq!(closest("xyz", KEYS), None);
     }
 

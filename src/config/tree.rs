@@ -2,12 +2,11 @@
 //! size, parameters and live keys, children drawn below their parent.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use layers::plan::{KeySource, LayerId, LayerSpec};
 
 use super::size::{format_exact, format_human};
-use super::Checked;
+use super::{shown, Checked};
 
 /// One printed line before columns are aligned.
 struct Row {
@@ -155,15 +154,4 @@ fn format_duration(micros: u64) -> String {
     } else {
         format!("{micros}us")
     }
-}
-
-/// A path relative to the current directory when it is below it: shorter, and
-/// what the user typed when the config is in a subfolder.
-fn shown(path: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| path.to_path_buf())
-        .display()
-        .to_string()
 }

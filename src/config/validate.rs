@@ -14,7 +14,7 @@ use super::graph::{self, Node, Reference};
 use super::layer::{self, LayerContext, LayerSpans};
 use super::raw::{Part, RawConfig, Section, UnknownKey, Value};
 use super::schema::{list, DeviceKey, KeyName, LayerKey, LogKey, TopKey};
-use super::suggest::did_you_mean;
+use super::suggest::{closest, did_you_mean};
 
 const DEFAULT_QUEUE_DEPTH: u16 = 128;
 const DEFAULT_BLOCK_SIZE: u32 = 4096;
@@ -24,12 +24,19 @@ const MAX_DEFAULT_QUEUES: usize = 4;
 const MAX_DEVICE_ID: i64 = (1 << 20) - 1;
 const MAX_NAME_CHARS: usize = 32;
 
-/// A valid `Plan`, plus where each layer's keys are in the file.
+/// What validation found. Besides the plan (if the file is valid) it keeps each
+/// layer that is valid on its own, so the disk checks can run on those too and
+/// a file's mistakes are all reported in one go.
 #[derive(Clone, Debug)]
 pub struct Validated {
-    pub plan: Plan,
-    /// Indexed like `plan.layers`.
-    pub spans: Vec<LayerSpans>,
+    /// `Some` only if no problem was reported.
+    pub plan: Option<Plan>,
+    /// Every layer in file order (so indexed like `plan.layers`), `None` where
+    /// the layer has mistakes of its own; with where its keys are in the file.
+    pub layers: Vec<Option<(LayerPlan, LayerSpans)>>,
+    /// The device's block size, or 512 (the weakest alignment) when it is
+    /// itself invalid, so that mistake does not cause misalignment errors.
+    pub block_size: u32,
 }
 
 pub fn validate(raw: &RawConfig, base_dir: &Path, problems: &mut Problems) -> Option<Validated> {
@@ -88,38 +95,54 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, problems: &mut Problems) -> Op
         .collect();
     let block_size = device
         .as_ref()
-        .and_then(|device| device.params.as_ref())
-        .map_or(DEFAULT_BLOCK_SIZE, |params| params.block_size);
+        .map_or(DEFAULT_BLOCK_SIZE, |device| device.block_size);
     let context = LayerContext {
         index: &index,
         block_size: u64::from(block_size),
         base_dir,
     };
-    let mut layer_plans = Vec::with_capacity(raw_layers.len());
-    let mut spans = Vec::with_capacity(raw_layers.len());
-    for raw_layer in raw_layers {
-        if let Some((spec, layer_spans)) = layer::validate_layer(raw_layer, &context, problems) {
-            layer_plans.push(LayerPlan {
+    let layers: Vec<Option<(LayerPlan, LayerSpans)>> = raw_layers
+        .iter()
+        .map(|raw_layer| {
+            let (spec, spans) = layer::validate_layer(raw_layer, &context, problems)?;
+            let plan = LayerPlan {
                 name: raw_layer.name.clone(),
                 spec,
-            });
-            spans.push(layer_spans);
-        }
-    }
+            };
+            Some((plan, spans))
+        })
+        .collect();
 
-    if !problems.is_empty() {
-        return None;
-    }
+    let plan = if problems.is_empty() {
+        assemble(device, log_level, &layers, &index)
+    } else {
+        None
+    };
+    Some(Validated {
+        plan,
+        layers,
+        block_size,
+    })
+}
+
+/// The plan from parts that were each validated without a problem.
+fn assemble(
+    device: Option<Device>,
+    log_level: Option<LogLevel>,
+    layers: &[Option<(LayerPlan, LayerSpans)>],
+    index: &HashMap<&str, usize>,
+) -> Option<Plan> {
     let device = device?;
     let top = index.get(device.top?.name.as_str()).copied()?;
-    Some(Validated {
-        plan: Plan {
-            device: device.params?,
-            log_level: log_level?,
-            layers: layer_plans,
-            top,
-        },
-        spans,
+    let layers: Option<Vec<LayerPlan>> = layers
+        .iter()
+        .map(|layer| layer.as_ref().map(|(plan, _)| plan.clone()))
+        .collect();
+    Some(Plan {
+        device: device.params?,
+        log_level: log_level?,
+        layers: layers?,
+        top,
     })
 }
 
@@ -182,6 +205,8 @@ fn top_level_unknown(unknown: &UnknownKey) -> String {
 struct Device {
     params: Option<DeviceParams>,
     top: Option<Reference>,
+    /// See [`Validated::block_size`].
+    block_size: u32,
 }
 
 fn report_unknown<K: KeyName>(section: &Section<K>, table: &str, reader: &mut Reader<'_>) {
@@ -212,6 +237,7 @@ fn device(section: &Section<DeviceKey>, problems: &mut Problems) -> Device {
         Some(item) => reader
             .string("device.name", item)
             .and_then(|name| device_name(name, &item.span, &mut reader)),
+        None if misspelt(section, DeviceKey::Name) => None,
         None => {
             reader.report(
                 &section.span,
@@ -226,6 +252,7 @@ fn device(section: &Section<DeviceKey>, problems: &mut Problems) -> Device {
             span: item.span.clone(),
             key: "device.top",
         }),
+        None if misspelt(section, DeviceKey::Top) => None,
         None => {
             reader.report(
                 &section.span,
@@ -264,7 +291,20 @@ fn device(section: &Section<DeviceKey>, problems: &mut Problems) -> Device {
             },
         })
     })();
-    Device { params, top }
+    Device {
+        params,
+        top,
+        block_size: block_size.unwrap_or(512),
+    }
+}
+
+/// Whether an unknown key in `section` is a misspelling of `key`; the
+/// did-you-mean on it then stands for the "missing key" error too.
+fn misspelt<K: KeyName>(section: &Section<K>, key: K) -> bool {
+    section
+        .unknown
+        .iter()
+        .any(|unknown| closest(&unknown.name, [key.as_str()]).is_some())
 }
 
 fn default_queues() -> i64 {
