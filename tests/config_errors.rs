@@ -811,6 +811,112 @@ range = [0, "2GiB"]
 type = "memory"
 size = "1GiB"
 "#),
+    // Words from other tools and other common slips.
+    case("raid1 for a mirror", "6:8", "unknown type \"raid1\" (did you mean \"mirror\"?)", r#"version = 1
+[device]
+name = "d0"
+top = "m"
+[layers.m]
+type = "raid1"
+legs = ["a", "b"]
+[layers.a]
+type = "memory"
+size = "1GiB"
+[layers.b]
+type = "memory"
+size = "1GiB"
+"#),
+    case("layer table without layers.", "5:2", "unknown table [m]; a layer is written [layers.m]", r#"version = 1
+[device]
+name = "d0"
+top = "m"
+[m]
+type = "memory"
+size = "1GiB"
+"#),
+    case("boolean written as 1", "9:10", "create must be true or false, not an integer (write create = true)", r#"version = 1
+[device]
+name = "d0"
+top = "f"
+[layers.f]
+type = "file"
+path = "f.img"
+size = "1GiB"
+create = 1
+"#),
+    case("legs in one string", "7:8", "legs must be a list of layer names, like [\"a\", \"b\"], not a string", r#"version = 1
+[device]
+name = "d0"
+top = "m"
+[layers.m]
+type = "mirror"
+legs = "a, b"
+[layers.a]
+type = "memory"
+size = "1GiB"
+[layers.b]
+type = "memory"
+size = "1GiB"
+"#),
+    case("no legs", "7:8", "legs needs at least 2 layers to mirror, not 0", r#"version = 1
+[device]
+name = "d0"
+top = "m"
+[layers.m]
+type = "mirror"
+legs = []
+"#),
+    case("version as a decimal", "1:11", "version must be the integer 1, not a decimal number", r#"version = 1.0
+[device]
+name = "d0"
+top = "m"
+[layers.m]
+type = "memory"
+size = "1GiB"
+"#),
+    case("queues as a decimal", "5:10", "device.queues must be an integer, not a decimal number", r#"version = 1
+[device]
+name = "d0"
+top = "m"
+queues = 2.5
+[layers.m]
+type = "memory"
+size = "1GiB"
+"#),
+    case("empty device name", "3:8", "device.name is empty", r#"version = 1
+[device]
+name = ""
+top = "m"
+[layers.m]
+type = "memory"
+size = "1GiB"
+"#),
+    case("lower-case short unit", "8:9", "unknown unit \"k\" (did you mean \"KiB\"?", r#"version = 1
+[device]
+name = "d0"
+top = "r"
+[layers.r]
+type = "raid0"
+stripes = ["a", "b"]
+chunk = "64k"
+[layers.a]
+type = "memory"
+size = "1GiB"
+[layers.b]
+type = "memory"
+size = "1GiB"
+"#),
+    case("over given a list", "7:8", "over must be a string in quotes, not a list", r#"version = 1
+[device]
+name = "d0"
+top = "c"
+[layers.c]
+type = "checksum"
+over = ["m"]
+[layers.m]
+type = "memory"
+size = "1GiB"
+"#),
 ];
 
 #[test]

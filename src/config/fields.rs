@@ -46,6 +46,11 @@ impl Reader<'_> {
                 message.push_str(&format!(" (write {key} = {flag}, without quotes)"));
             }
         }
+        if let (Value::Integer(number @ (0 | 1)), "true or false") = (&item.value, expected) {
+            let key = name.rsplit('.').next().unwrap_or(name);
+            let flag = *number == 1;
+            message.push_str(&format!(" (write {key} = {flag})"));
+        }
         self.report(&item.span, message);
     }
 

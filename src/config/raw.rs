@@ -62,6 +62,8 @@ pub struct Field<K> {
 pub struct UnknownKey {
     pub name: String,
     pub span: Span,
+    /// Whether its value is a table: `[cache]` written for `[layers.cache]`.
+    pub is_table: bool,
 }
 
 /// A table such as `[device]` or `[layers.a]`.
@@ -128,7 +130,7 @@ pub fn parse(text: &str, problems: &mut Problems) -> Option<RawConfig> {
     };
     for (key, value) in sorted(document.get_ref()) {
         let Some(top_key) = TopKey::from_str(key.get_ref()) else {
-            raw.unknown.push(unknown(key));
+            raw.unknown.push(unknown(key, value));
             continue;
         };
         match top_key {
@@ -159,10 +161,11 @@ fn sorted<'t, 'i>(
     entries
 }
 
-fn unknown(key: &Spanned<std::borrow::Cow<'_, str>>) -> UnknownKey {
+fn unknown(key: &Spanned<std::borrow::Cow<'_, str>>, value: &Spanned<DeValue<'_>>) -> UnknownKey {
     UnknownKey {
         name: key.get_ref().to_string(),
         span: key.span(),
+        is_table: matches!(value.get_ref(), DeValue::Table(_)),
     }
 }
 
@@ -201,7 +204,7 @@ fn section<K: KeyName>(span: Span, table: &DeTable<'_>, problems: &mut Problems)
                 key_span: key.span(),
                 item: item(value, problems),
             }),
-            None => section.unknown.push(unknown(key)),
+            None => section.unknown.push(unknown(key, value)),
         }
     }
     section

@@ -118,6 +118,26 @@ impl LayerType {
         }
     }
 
+    /// The type a user probably means by a word from other storage tools
+    /// (`raid1`, `ramdisk`, `luks`), for "did you mean" where spelling
+    /// distance would mislead (`raid1` is one letter from `raid0`).
+    pub fn synonym(word: &str) -> Option<LayerType> {
+        Some(match word.to_ascii_lowercase().as_str() {
+            "raid1" | "mirrored" | "mirroring" => LayerType::Mirror,
+            "stripe" | "striped" | "striping" => LayerType::Raid0,
+            "image" | "img" | "loop" | "regular" => LayerType::File,
+            "block" | "blockdev" | "device" | "dev" | "raw" => LayerType::Disk,
+            "ram" | "ramdisk" | "mem" | "tmpfs" => LayerType::Memory,
+            "zero" | "zeros" | "blackhole" => LayerType::Null,
+            "encrypt" | "encrypted" | "encryption" | "luks" | "dm-crypt" => LayerType::Crypt,
+            "compression" | "compressed" | "lz4" => LayerType::Compress,
+            "crc" | "crc32" | "integrity" | "checksums" => LayerType::Checksum,
+            "error" | "errors" | "faults" | "flaky" | "delay" => LayerType::Fault,
+            "caching" | "bcache" | "writeback" => LayerType::Cache,
+            _ => return None,
+        })
+    }
+
     /// The types that take `key`, for "this key belongs to … layers" hints.
     pub fn types_taking(key: LayerKey) -> Vec<LayerType> {
         LayerType::ALL

@@ -191,7 +191,9 @@ fn top_level_unknown(unknown: &UnknownKey) -> String {
     }
     let names = TopKey::ALL.iter().map(|key| key.as_str());
     let hint = did_you_mean(name, names);
-    if hint.is_empty() {
+    if hint.is_empty() && unknown.is_table {
+        format!("unknown table [{name}]; a layer is written [layers.{name}], the device [device]")
+    } else if hint.is_empty() {
         format!(
             "unknown top-level key \"{name}\"; the file holds: version, [device], [log] and [layers.NAME] tables"
         )
