@@ -917,6 +917,27 @@ over = ["m"]
 type = "memory"
 size = "1GiB"
 "#),
+    case("capitalised boolean", "9:10", "TOML syntax error: booleans are lower case: write true", r#"version = 1
+[device]
+name = "d0"
+top = "f"
+[layers.f]
+type = "file"
+path = "f.img"
+size = "1GiB"
+create = True
+"#),
+    case("colon instead of equals", "3:7", "TOML syntax error: key with no value: write key = value", r#"version = 1
+[device]
+name: "d0"
+"#),
+    case("two keys on one line", "6:16", "put each key = value, and each [table], on a line of its own", r#"version = 1
+[device]
+name = "d0"
+top = "m"
+[layers.m]
+type = "memory", size = "1GiB"
+"#),
 ];
 
 #[test]

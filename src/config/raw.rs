@@ -309,40 +309,46 @@ fn de_kind(value: &DeValue<'_>) -> &'static str {
 
 /// The parser's message, reworded where a new user would not recognise the
 /// mistake: an unquoted word is reported as "invalid boolean" when it starts
-/// with `t` or `f`.
+/// with `t` or `f`, and a second key on a line as "expected newline".
 fn syntax_message(message: &str, unexpected: Option<&str>) -> String {
-    let bare_word = unexpected.filter(|text| {
-        !text.is_empty()
-            && text
-                .chars()
-                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ' '))
-    });
-    if let Some(word) = bare_word {
-        let unquoted = message.starts_with("string values must be quoted")
-            || (message.starts_with("invalid boolean") && word != "true" && word != "false");
-        if unquoted {
-            let word = word.trim();
-            return format!(
-                "TOML syntax error: {word} must be in quotes: write \"{word}\" (text values are quoted in TOML)"
-            );
-        }
-    }
-    if message.starts_with("invalid boolean") {
-        return "TOML syntax error: booleans are written true or false, in lower case".into();
-    }
-    if message == "duplicate key" {
-        let name = unexpected.unwrap_or_default();
-        return format!(
-            "TOML syntax error: \"{name}\" is defined twice; each key and each [table] may appear only once"
-        );
-    }
-    if message.starts_with("invalid basic string") || message.starts_with("invalid literal string")
+    let message = message.trim_end_matches(", expected nothing");
+    let unexpected = unexpected.unwrap_or_default().trim();
+    let bare_word = !unexpected.is_empty()
+        && unexpected
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ' '));
+    let reworded = if message.starts_with("invalid boolean")
+        && (unexpected.eq_ignore_ascii_case("true") || unexpected.eq_ignore_ascii_case("false"))
     {
-        return format!(
-            "TOML syntax error: unterminated string, the closing quote is missing ({message})"
-        );
-    }
-    format!("TOML syntax error: {message}")
+        format!(
+            "booleans are lower case: write {}",
+            unexpected.to_ascii_lowercase()
+        )
+    } else if bare_word
+        && (message.starts_with("string values must be quoted")
+            || message.starts_with("invalid boolean"))
+    {
+        format!(
+            "{unexpected} must be in quotes: write \"{unexpected}\" (text values are quoted in TOML)"
+        )
+    } else if message.starts_with("invalid boolean") {
+        "booleans are written true or false, in lower case".into()
+    } else if message == "duplicate key" {
+        format!("\"{unexpected}\" is defined twice; each key and each [table] may appear only once")
+    } else if message.starts_with("invalid basic string")
+        || message.starts_with("invalid literal string")
+    {
+        "unterminated string: the closing quote is missing".into()
+    } else if message.starts_with("unexpected key or value, expected newline") {
+        "unexpected text after the value: put each key = value, and each [table], on a line \
+         of its own, without commas between them"
+            .into()
+    } else if message.starts_with("key with no value") {
+        "key with no value: write key = value".into()
+    } else {
+        message.to_owned()
+    };
+    format!("TOML syntax error: {reworded}")
 }
 
 #[cfg(test)]
