@@ -178,7 +178,13 @@ fn layer_size(
 
 fn child_names<'p>(layers: &[Option<&'p LayerPlan>], ids: &[LayerId]) -> Vec<&'p str> {
     ids.iter()
-        .map(|&id| layers[id].map_or("?", |layer| layer.name.as_str()))
+        .map(|&id| {
+            layers
+                .get(id)
+                .copied()
+                .flatten()
+                .map_or("?", |layer| layer.name.as_str())
+        })
         .collect()
 }
 

@@ -12,7 +12,7 @@ use super::error::{Problems, Span};
 use super::fields::Reader;
 use super::graph::{self, Node, Reference};
 use super::layer::{self, LayerContext, LayerSpans};
-use super::raw::{Part, RawConfig, Section, UnknownKey, Value};
+use super::raw::{Part, RawConfig, RawLayer, Section, UnknownKey, Value};
 use super::schema::{list, DeviceKey, KeyName, LayerKey, LogKey, TopKey};
 use super::suggest::{closest, did_you_mean};
 
@@ -47,36 +47,12 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, problems: &mut Problems) -> Op
     for unknown in &raw.unknown {
         problems.at(&unknown.span, top_level_unknown(unknown));
     }
-    let device_section = match &raw.device {
-        Part::Found(section) => Some(section),
-        Part::Missing => {
-            problems.at(
-                &(0..0),
-                "missing [device] table: it names the device and its top layer, like \
-                 [device] name = \"disk0\" top = \"…\"",
-            );
-            None
-        }
-        Part::Broken => None,
-    };
-    let device = device_section.map(|section| device(section, problems));
+    let device = device_part(raw, problems);
     let log_level = match &raw.log {
         Part::Found(section) => log(section, problems),
         Part::Missing | Part::Broken => Some(LogLevel::Info),
     };
-
-    let raw_layers = match &raw.layers {
-        Part::Found(layers) if !layers.is_empty() => layers.as_slice(),
-        Part::Found(_) | Part::Missing => {
-            problems.at(
-                &(0..0),
-                "no layers: define at least one [layers.NAME] table, like \
-                 [layers.disk0] type = \"memory\" size = \"1GiB\"",
-            );
-            &[]
-        }
-        Part::Broken => &[],
-    };
+    let raw_layers = layer_tables(raw, problems);
     let nodes: Vec<Node> = raw_layers
         .iter()
         .map(|raw_layer| Node {
@@ -123,6 +99,36 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, problems: &mut Problems) -> Op
         layers,
         block_size,
     })
+}
+
+fn device_part(raw: &RawConfig, problems: &mut Problems) -> Option<Device> {
+    match &raw.device {
+        Part::Found(section) => Some(device(section, problems)),
+        Part::Missing => {
+            problems.at(
+                &(0..0),
+                "missing [device] table: it names the device and its top layer, like \
+                 [device] name = \"disk0\" top = \"…\"",
+            );
+            None
+        }
+        Part::Broken => None,
+    }
+}
+
+fn layer_tables<'r>(raw: &'r RawConfig, problems: &mut Problems) -> &'r [RawLayer] {
+    match &raw.layers {
+        Part::Found(layers) if !layers.is_empty() => layers,
+        Part::Found(_) | Part::Missing => {
+            problems.at(
+                &(0..0),
+                "no layers: define at least one [layers.NAME] table, like \
+                 [layers.disk0] type = \"memory\" size = \"1GiB\"",
+            );
+            &[]
+        }
+        Part::Broken => &[],
+    }
 }
 
 /// The plan from parts that were each validated without a problem.
