@@ -103,6 +103,15 @@ fn finish<T>(
 ) -> Result<T, ConfigErrors> {
     match value {
         Some(value) if problems.is_empty() => Ok(value),
+        None if problems.is_empty() => {
+            // Every refusal should come with a reason; if a check ever forgets
+            // to give one, say so rather than fail silently.
+            debug_assert!(false, "config refused without a reported problem");
+            Err(ConfigErrors::whole_file(
+                &display(path_for_messages),
+                "refused without a specific reason (a bug in ublk-stack; please report it)".into(),
+            ))
+        }
         _ => Err(problems.into_errors(&display(path_for_messages), text)),
     }
 }

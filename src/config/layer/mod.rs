@@ -66,17 +66,17 @@ pub fn references(raw: &RawLayer) -> Vec<Reference> {
         if !is_reference_key(key) {
             continue;
         }
-        let items = match &field.item.value {
-            Value::Array(items) => items.iter().collect(),
-            _ => vec![&field.item],
+        let (items, in_list) = match &field.item.value {
+            Value::Array(items) => (items.iter().collect(), true),
+            _ => (vec![&field.item], false),
         };
         for item in items {
             let Value::String(text) = &item.value else {
                 continue;
             };
             // `legs = "a, b"` is reported as not a list; the names in it still
-            // count as used.
-            let names: Vec<&str> = if key == LayerKey::Over {
+            // count as used. Inside a list each string is one name, as written.
+            let names: Vec<&str> = if in_list || key == LayerKey::Over {
                 vec![text.as_str()]
             } else {
                 text.split([',', ' '])
