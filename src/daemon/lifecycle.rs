@@ -36,8 +36,7 @@ fn fail(message: impl std::fmt::Display) -> u8 {
 }
 
 fn load_plan(config: &Path) -> Result<Plan, String> {
-    // Until the config branch lands: see config_stub.rs.
-    super::config_stub::load(config)
+    crate::config::load(config).map_err(|errors| errors.to_string())
 }
 
 fn init_logging(plan: &Plan) {
