@@ -25,9 +25,19 @@ const SECTOR: usize = 512;
 
 #[derive(Clone, Debug)]
 enum Event {
-    Write { leaf: usize, offset: u64, data: Vec<u8> },
-    Zero { leaf: usize, offset: u64, len: u64 },
-    Flush { leaf: usize },
+    Write {
+        leaf: usize,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Zero {
+        leaf: usize,
+        offset: u64,
+        len: u64,
+    },
+    Flush {
+        leaf: usize,
+    },
 }
 
 #[derive(Default)]
@@ -84,14 +94,25 @@ impl Layer for RecordingLeaf {
         self.image.lock().expect("image lock").len() as u64
     }
 
-    fn read<'a>(&'a self, _: &'a IoCtx, offset: u64, buf: &'a mut [u8]) -> LocalBoxFuture<'a, Result<()>> {
+    fn read<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
         let image = self.image.lock().expect("image lock");
         buf.copy_from_slice(&image[offset as usize..offset as usize + buf.len()]);
         Self::ready()
     }
 
-    fn write<'a>(&'a self, _: &'a IoCtx, offset: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
-        self.image.lock().expect("image lock")[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+    fn write<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        self.image.lock().expect("image lock")[offset as usize..offset as usize + buf.len()]
+            .copy_from_slice(buf);
         self.journal.push(Event::Write {
             leaf: self.id,
             offset,
@@ -105,12 +126,22 @@ impl Layer for RecordingLeaf {
         Self::ready()
     }
 
-    fn discard<'a>(&'a self, _: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         self.zero(offset, len);
         Self::ready()
     }
 
-    fn write_zeroes<'a>(&'a self, _: &'a IoCtx, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn write_zeroes<'a>(
+        &'a self,
+        _: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         self.zero(offset, len);
         Self::ready()
     }
@@ -143,7 +174,11 @@ fn leaf_sizes(plan: &Plan) -> Vec<(LayerId, u64)> {
         .collect()
 }
 
-fn compile_over(plan: &Plan, images: Vec<Vec<u8>>, journal: &Arc<Journal>) -> std::result::Result<crate::Stack, String> {
+fn compile_over(
+    plan: &Plan,
+    images: Vec<Vec<u8>>,
+    journal: &Arc<Journal>,
+) -> std::result::Result<crate::Stack, String> {
     let leaves = leaf_sizes(plan);
     let mut images: Vec<Option<Vec<u8>>> = images.into_iter().map(Some).collect();
     compile_with(plan, &mut |id| {
@@ -166,10 +201,18 @@ pub struct CrashReport {
 
 /// Run `ops` random operations on `plan` (whose leaves must be `memory` layers),
 /// then check `crash_points` crashes. Errors name the seed.
-pub fn crash_replay(plan: &Plan, seed: u64, ops: usize, crash_points: usize) -> std::result::Result<CrashReport, String> {
+pub fn crash_replay(
+    plan: &Plan,
+    seed: u64,
+    ops: usize,
+    crash_points: usize,
+) -> std::result::Result<CrashReport, String> {
     let fail = |e: String| format!("seed {seed}: {e} (replay: UBLK_STACK_SEED={seed})");
     let journal = Arc::new(Journal::default());
-    let initial: Vec<Vec<u8>> = leaf_sizes(plan).iter().map(|&(_, s)| vec![0u8; s as usize]).collect();
+    let initial: Vec<Vec<u8>> = leaf_sizes(plan)
+        .iter()
+        .map(|&(_, s)| vec![0u8; s as usize])
+        .collect();
     let stack = compile_over(plan, initial.clone(), &journal).map_err(fail)?;
     let block = u64::from(plan.device.block_size);
     let size = stack.size();
@@ -193,7 +236,10 @@ pub fn crash_replay(plan: &Plan, seed: u64, ops: usize, crash_points: usize) -> 
             let n = 1 + rng.below(4.min(blocks));
             let first = rng.below(blocks - n + 1);
             let (offset, len) = (first * block, n * block);
-            if batch.iter().any(|(k, o, d)| *k < 90 && *o < offset + len && offset < *o + d.len() as u64) {
+            if batch
+                .iter()
+                .any(|(k, o, d)| *k < 90 && *o < offset + len && offset < *o + d.len() as u64)
+            {
                 continue;
             }
             let mut data = vec![0u8; len as usize];
@@ -233,20 +279,24 @@ pub fn crash_replay(plan: &Plan, seed: u64, ops: usize, crash_points: usize) -> 
     drop(stack);
     let events = journal.events.lock().expect("journal lock").clone();
     let mut report = CrashReport::default();
+    // Crashes from the end of formatting on (a crash while formatting leaves a
+    // device that `up` refuses, which loses nothing).
+    let formatted = history[0].acked;
     let mut points: Vec<usize> = events
         .iter()
         .enumerate()
-        .filter(|(_, e)| matches!(e, Event::Flush { .. }))
+        .filter(|(i, e)| matches!(e, Event::Flush { .. }) && *i >= formatted)
         .map(|(i, _)| i + 1)
         .collect();
     points.push(events.len());
     while points.len() < crash_points {
-        points.push(rng.below(events.len() as u64 + 1) as usize);
+        points.push(formatted + rng.below((events.len() - formatted) as u64 + 1) as usize);
     }
     points.truncate(crash_points.max(1));
     for k in points {
         let images = crash_images(&initial, &events[..k], &mut rng);
-        check_crash(plan, images, &history, k, block, &mut report).map_err(|e| fail(format!("crash at event {k}: {e}")))?;
+        check_crash(plan, images, &history, k, block, &mut report)
+            .map_err(|e| fail(format!("crash at event {k}: {e}")))?;
         report.crash_points += 1;
     }
     Ok(report)
@@ -268,7 +318,8 @@ fn crash_images(initial: &[Vec<u8>], events: &[Event], rng: &mut Rng) -> Vec<Vec
                 let image = &mut images[*leaf];
                 if durable || data.len() <= SECTOR {
                     if durable || rng.chance(50) {
-                        image[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+                        image[*offset as usize..*offset as usize + data.len()]
+                            .copy_from_slice(data);
                     }
                 } else {
                     // Unflushed and multi-sector: any subset of its sectors.
@@ -347,7 +398,11 @@ fn check_crash(
             Err(e) => {
                 return Err(format!(
                     "block {b} fails with {e} although {}",
-                    if newer.is_empty() { "all its writes were flushed" } else { "it is not a torn block" }
+                    if newer.is_empty() {
+                        "all its writes were flushed"
+                    } else {
+                        "it is not a torn block"
+                    }
                 ))
             }
         }
