@@ -77,8 +77,8 @@ impl DataKind {
             DataKind::Text => {
                 const WORDS: [&str; 24] = [
                     "block", "device", "mirror", "stripe", "cache", "queue", "write", "read",
-                    "flush", "error", "layer", "config", "the", "a", "of", "to", "and", "is",
-                    "in", "request", "kernel", "sector", "offset", "status",
+                    "flush", "error", "layer", "config", "the", "a", "of", "to", "and", "is", "in",
+                    "request", "kernel", "sector", "offset", "status",
                 ];
                 let mut at = 0;
                 while at < buf.len() {
@@ -312,7 +312,8 @@ fn prefill(stack: &Stack, data: DataKind) -> Result<(), String> {
             .map_err(|e| format!("prefill at byte {offset}: {e}"))?;
         offset += n as u64;
     }
-    exec.block_on(&ctx, stack.flush(&ctx)).map_err(|e| format!("prefill flush: {e}"))
+    exec.block_on(&ctx, stack.flush(&ctx))
+        .map_err(|e| format!("prefill flush: {e}"))
 }
 
 /// Time the raw primitive of every transformation layer in the stack on the same
@@ -327,7 +328,13 @@ fn compare_primitives(plan: &Plan, ours: &Figures, opts: &Options) {
     let mut data = vec![0u8; opts.bs as usize];
     opts.data.fill(1, &mut data);
     for &p in &found {
-        let f = primitives::run(p, &data, block, opts.pattern.is_write(), opts.seconds.min(3.0));
+        let f = primitives::run(
+            p,
+            &data,
+            block,
+            opts.pattern.is_write(),
+            opts.seconds.min(3.0),
+        );
         let tail = if found.len() == 1 {
             format!("  (ratio stack/primitive: {:.2})", ours.iops() / f.iops())
         } else {

@@ -90,7 +90,12 @@ pub fn run(primitive: Primitive, data: &[u8], block: usize, write: bool, seconds
                     for (piece, (sealed, tag)) in work.chunks_mut(block).zip(&sealed) {
                         piece.copy_from_slice(sealed);
                         let ok = cipher
-                            .decrypt_in_place_detached(Nonce::from_slice(&nonce), b"aad", piece, tag)
+                            .decrypt_in_place_detached(
+                                Nonce::from_slice(&nonce),
+                                b"aad",
+                                piece,
+                                tag,
+                            )
                             .is_ok();
                         sink = sink.wrapping_add(u64::from(ok));
                     }
