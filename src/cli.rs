@@ -59,9 +59,54 @@ pub enum Command {
 
 pub fn run(args: Args) -> u8 {
     match args.command {
+        Command::Up { config, nbd: None } => up(&config),
+        Command::Down { name } => down(&name),
+        Command::List => list(),
+        Command::Status { name, json } => status(&name, json),
+        Command::Validate { configs } => validate(&configs),
         other => {
             eprintln!("ublk-stack: {other:?}: not available in this build");
             1
         }
     }
+}
+
+fn up(config: &std::path::Path) -> u8 {
+    crate::daemon::lifecycle::up(config)
+}
+
+fn down(name: &str) -> u8 {
+    crate::daemon::lifecycle::down(name)
+}
+
+fn list() -> u8 {
+    crate::daemon::lifecycle::list()
+}
+
+fn status(name: &str, json: bool) -> u8 {
+    crate::daemon::lifecycle::status(name, json)
+}
+
+/// `validate CONFIG...`: prints each valid file's tree to stdout and each invalid
+/// file's errors to stderr. Reads the leaves' sizes but never creates or
+/// changes one. Exit 0 if every file is valid, 1 otherwise.
+fn validate(paths: &[PathBuf]) -> u8 {
+    let mut all_valid = true;
+    for (index, path) in paths.iter().enumerate() {
+        if index > 0 {
+            println!();
+        }
+        let shown = path.display().to_string();
+        match crate::config::check_file(path) {
+            Ok(checked) => print!("{}", crate::config::tree::render(&shown, &checked)),
+            Err(errors) => {
+                all_valid = false;
+                eprintln!("{errors}");
+                let count = errors.len();
+                let noun = if count == 1 { "error" } else { "errors" };
+                eprintln!("{shown}: invalid ({count} {noun})");
+            }
+        }
+    }
+    u8::from(!all_valid)
 }

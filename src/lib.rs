@@ -4,3 +4,6 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+#[allow(unsafe_code)]
+pub mod ublk;

@@ -209,12 +209,27 @@ impl Executor {
         }
     }
 
-    /// One turn: run woken tasks, submit their SQEs, then wait for a completion
-    /// (unless something is already runnable) and dispatch completions. Front-end
-    /// CQEs go to `foreign`. Returns whether the `block_on` future was woken.
+    /// One turn for a front end whose own commands are in flight on the ring (the
+    /// ublk FETCH / COMMIT commands): run woken tasks, submit their SQEs, then wait
+    /// for a completion (unless something is already runnable) and dispatch
+    /// completions. Front-end CQEs go to `foreign`. Unlike the turns of
+    /// `block_on`, it sleeps even when no task or leaf operation is pending, since
+    /// the front end's commands will complete. Returns whether the `block_on`
+    /// future was woken.
     pub fn turn(&self, ctx: &IoCtx, foreign: &mut dyn FnMut(u64, i32)) -> io::Result<bool> {
+        self.turn_inner(ctx, foreign, false)
+    }
+
+    /// `turn`; with `skip_wait_when_idle`, a turn with no live task and no leaf
+    /// operation in flight does not sleep (nothing on the ring could wake it).
+    fn turn_inner(
+        &self,
+        ctx: &IoCtx,
+        foreign: &mut dyn FnMut(u64, i32),
+        skip_wait_when_idle: bool,
+    ) -> io::Result<bool> {
         let mut main_woken = self.run_ready();
-        let idle = self.live.get() == 0 && ctx.uring.in_flight() == 0;
+        let idle = skip_wait_when_idle && self.live.get() == 0 && ctx.uring.in_flight() == 0;
         let runnable = idle
             || main_woken
             || !self
@@ -274,9 +289,11 @@ impl Executor {
     /// expected here.
     pub fn run_until_idle(&self, ctx: &IoCtx) -> io::Result<()> {
         while self.live.get() > 0 {
-            self.turn(ctx, &mut |user_data, _| {
-                panic!("unexpected front-end CQE {user_data:#x} in run_until_idle")
-            })?;
+            self.turn_inner(
+                ctx,
+                &mut |user_data, _| panic!("unexpected front-end CQE {user_data:#x} in run_until_idle"),
+                true,
+            )?;
         }
         Ok(())
     }
@@ -294,9 +311,11 @@ impl Executor {
                 }
             }
             woken = self
-                .turn(ctx, &mut |user_data, _| {
-                    panic!("unexpected front-end CQE {user_data:#x} in block_on")
-                })
+                .turn_inner(
+                    ctx,
+                    &mut |user_data, _| panic!("unexpected front-end CQE {user_data:#x} in block_on"),
+                    true,
+                )
                 .expect("io_uring wait failed");
         }
     }

@@ -1,0 +1,186 @@
+//! The control socket of a running device, `$UBLK_STACK_RUN_DIR/NAME.sock`
+//! (default /run/ublk-stack, mode 0600), and the client side used by `down`,
+//! `list` and `status`.
+//!
+//! Protocol: the client sends one JSON object on one line, `{"cmd": "info"}`,
+//! `{"cmd": "status"}` or `{"cmd": "down"}`, and reads one JSON line back. Every
+//! reply has `"ok"`; failures carry `"error"`. `down` is answered only once the
+//! device is gone, so the client's exit status tells the truth.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const DEFAULT_RUN_DIR: &str = "/run/ublk-stack";
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("UBLK_STACK_RUN_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+pub fn socket_path(name: &str) -> PathBuf {
+    run_dir().join(format!("{name}.sock"))
+}
+
+/// What the server side answers `info` and `status` from.
+pub trait Report: Send + Sync + 'static {
+    /// Name, path, size, state and the like.
+    fn info(&self) -> Value;
+    /// `info` plus the layer tree with counters.
+    fn status(&self) -> Value;
+}
+
+/// Bind the device's socket. A socket file left by a daemon that died is
+/// replaced; one that answers means the device is already running.
+pub fn bind(name: &str) -> Result<(UnixListener, PathBuf), String> {
+    let dir = run_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = socket_path(name);
+    if path.exists() {
+        if UnixStream::connect(&path).is_ok() {
+            return Err(format!(
+                "device \"{name}\" is already running ({})",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((listener, path))
+}
+
+/// What the daemon's main loop waits for.
+pub enum Event {
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// `down`: answer on this connection once the device is gone.
+    Down(UnixStream),
+}
+
+/// Serve the socket on a thread of its own: `info` and `status` are answered
+/// here, `down` is handed to the daemon's main loop with the connection to
+/// answer on.
+pub fn serve(
+    listener: UnixListener,
+    report: Arc<dyn Report>,
+    down: Sender<Event>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if let Err(e) = handle(stream, &*report, &down) {
+                    tracing::debug!("control connection: {e}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn handle(stream: UnixStream, report: &dyn Report, down: &Sender<Event>) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let reply = match request.get("cmd").and_then(Value::as_str) {
+        Some("info") => report.info(),
+        Some("status") => report.status(),
+        Some("down") => {
+            return down
+                .send(Event::Down(stream))
+                .map_err(|_| io::Error::other("daemon is shutting down"));
+        }
+        _ => json!({"ok": false, "error": "unknown command"}),
+    };
+    reply_to(stream, &reply)
+}
+
+/// Write one reply line.
+pub fn reply_to(mut stream: UnixStream, reply: &Value) -> io::Result<()> {
+    let mut text = reply.to_string();
+    text.push('\n');
+    stream.write_all(text.as_bytes())
+}
+
+/// Client side: send `cmd` to the daemon behind `socket` and read its reply.
+/// `timeout` bounds the wait for the reply (`down` waits for a whole teardown).
+pub fn request(socket: &Path, cmd: &str, timeout: Duration) -> io::Result<Value> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("{}\n", json!({ "cmd": cmd })).as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "daemon closed the connection",
+        ));
+    }
+    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Every `*.sock` in the run directory, with the device name it stands for.
+pub fn sockets() -> Vec<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(run_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.path();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".sock")?
+                .to_string();
+            Some((name, path))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    struct Fixed;
+    impl Report for Fixed {
+        fn info(&self) -> Value {
+            json!({"ok": true, "name": "t"})
+        }
+        fn status(&self) -> Value {
+            json!({"ok": true, "layers": []})
+        }
+    }
+
+    #[test]
+    fn socket_answers_info_and_hands_down_to_the_main_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        serve(listener, Arc::new(Fixed), tx).unwrap();
+        let info = request(&path, "info", Duration::from_secs(5)).unwrap();
+        assert_eq!(info["name"], "t");
+        let unknown = request(&path, "nonsense", Duration::from_secs(5)).unwrap();
+        assert_eq!(unknown["ok"], false);
+        let client = std::thread::spawn(move || request(&path, "down", Duration::from_secs(5)));
+        let Event::Down(stream) = rx.recv().unwrap() else {
+            panic!("expected down")
+        };
+        reply_to(stream, &json!({"ok": true})).unwrap();
+        assert_eq!(client.join().unwrap().unwrap()["ok"], true);
+    }
+}

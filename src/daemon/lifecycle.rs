@@ -1,0 +1,410 @@
+//! `up`, `down`, `list` and `status`.
+//!
+//! `up` runs in the foreground: load and compile the config, create the ublk device
+//! (one pinned thread per queue), print `NAME: /dev/ublkbN ready (SIZE, Q queues)`,
+//! then wait for SIGINT/SIGTERM or `down`. Teardown: STOP_DEV (the kernel drains
+//! in-flight requests, which the queues keep serving, then removes /dev/ublkbN and
+//! aborts every tag), join the queue threads, flush the stack so every
+//! acknowledged write is durable on every leaf, DEL_DEV (removes /dev/ublkcN), and
+//! only then answer `down` and exit 0.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use layers::{Executor, IoCtx, Layer, Plan, Stack};
+use serde_json::{json, Value};
+
+use super::control::{self, Event, Report};
+use crate::ublk::{self, Control, CtrlError, Device, DeviceConfig, TopLayer};
+
+/// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
+const NO_UBLK: &str =
+    "ublk_drv not loaded: modprobe ublk_drv (Linux ≥ 6.0 with CONFIG_BLK_DEV_UBLK), or serve the same stack with --nbd";
+
+impl TopLayer for Stack {
+    fn top(&self) -> &dyn Layer {
+        Stack::top(self)
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> u8 {
+    eprintln!("ublk-stack: {message}");
+    1
+}
+
+fn load_plan(config: &Path) -> Result<Plan, String> {
+    crate::config::load(config).map_err(|errors| errors.to_string())
+}
+
+fn init_logging(plan: &Plan) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(plan.log_level.as_str()));
+    drop(
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    );
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is the process's effective uid.
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Open /dev/ublk-control, loading the driver first if it is missing.
+fn open_control() -> Result<Control, String> {
+    match Control::open() {
+        Err(CtrlError::NotLoaded) => {
+            drop(Command::new("modprobe").arg("ublk_drv").status());
+            Control::open().map_err(|e| match e {
+                CtrlError::NotLoaded => NO_UBLK.to_string(),
+                other => other.to_string(),
+            })
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// Bytes as the largest binary unit that keeps them readable: "4 GiB", "1.5 MiB".
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut value = bytes as f64;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// What the control socket reports about this daemon's device.
+struct DeviceReport {
+    name: String,
+    path: PathBuf,
+    queues: u16,
+    stack: Arc<Stack>,
+}
+
+impl Report for DeviceReport {
+    fn info(&self) -> Value {
+        json!({
+            "ok": true,
+            "name": self.name,
+            "path": self.path,
+            "size": self.stack.size(),
+            "block_size": self.stack.block_size(),
+            "queues": self.queues,
+            "state": "running",
+            "pid": std::process::id(),
+        })
+    }
+
+    fn status(&self) -> Value {
+        let layers: Vec<Value> = self
+            .stack
+            .status()
+            .into_iter()
+            .map(|node| {
+                let details: serde_json::Map<String, Value> = node
+                    .details
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v)))
+                    .collect();
+                let s = node.stats;
+                json!({
+                    "name": node.name,
+                    "type": node.type_name,
+                    "depth": node.depth,
+                    "size": node.size,
+                    "stats": {
+                        "reads": s.reads, "writes": s.writes, "flushes": s.flushes,
+                        "discards": s.discards, "write_zeroes": s.write_zeroes,
+                        "read_bytes": s.read_bytes, "written_bytes": s.written_bytes,
+                        "errors": s.errors,
+                    },
+                    "details": details,
+                })
+            })
+            .collect();
+        let mut info = self.info();
+        info["generation"] = json!(1);
+        info["layers"] = Value::Array(layers);
+        info
+    }
+}
+
+/// `ublk-stack up CONFIG`.
+pub fn up(config: &Path) -> u8 {
+    // Before any thread exists, so that every thread inherits the mask and only
+    // the signal thread takes SIGINT/SIGTERM.
+    if let Err(e) = ublk::signals::block_termination_signals() {
+        return fail(format!("blocking signals: {e}"));
+    }
+    let plan = match load_plan(config) {
+        Ok(plan) => plan,
+        Err(errors) => {
+            eprint!("{errors}");
+            if !errors.ends_with('\n') {
+                eprintln!();
+            }
+            return 1;
+        }
+    };
+    init_logging(&plan);
+    if !is_root() {
+        return fail("ublk devices need root: run `ublk-stack up` as root");
+    }
+    let ctrl = match open_control() {
+        Ok(ctrl) => ctrl,
+        Err(e) => return fail(e),
+    };
+    let stack = match layers::compile(&plan) {
+        Ok(stack) => Arc::new(stack),
+        Err(e) => return fail(format!("{}: {e}", config.display())),
+    };
+    let name = plan.device.name.clone();
+    let (listener, socket) = match control::bind(&name) {
+        Ok(bound) => bound,
+        Err(e) => return fail(e),
+    };
+    let device_config = DeviceConfig {
+        id: plan.device.id,
+        queues: plan.device.queues,
+        depth: plan.device.queue_depth,
+        block_size: stack.block_size(),
+        size_bytes: stack.size(),
+        discard: stack.discard_frees_space(),
+    };
+    let device = match Device::create(ctrl, &device_config, stack.clone()) {
+        Ok(device) => device,
+        Err(e) => {
+            drop(std::fs::remove_file(&socket));
+            return fail(e);
+        }
+    };
+    let (events_tx, events) = mpsc::channel();
+    let report = DeviceReport {
+        name: name.clone(),
+        path: device.block_path(),
+        queues: device.queues(),
+        stack: stack.clone(),
+    };
+    let started = control::serve(listener, Arc::new(report), events_tx.clone()).and_then(|()| {
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(signal) = ublk::signals::wait_termination_signal() {
+                    if events_tx.send(Event::Signal(signal)).is_err() {
+                        break;
+                    }
+                }
+            })
+    });
+    if let Err(e) = started {
+        drop(std::fs::remove_file(&socket));
+        return fail(format!("starting the control threads: {e}"));
+    }
+    println!(
+        "{name}: {} ready ({}, {} queues)",
+        device.block_path().display(),
+        format_size(stack.size()),
+        device.queues()
+    );
+    drop(std::io::Write::flush(&mut std::io::stdout()));
+
+    let down_client = wait_for_stop(&device, &events);
+    let result = teardown(device, &stack);
+    drop(std::fs::remove_file(&socket));
+    let reply = match &result {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "error": e}),
+    };
+    if let Some(client) = down_client {
+        drop(control::reply_to(client, &reply));
+    }
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+/// Block until a signal, `down`, or a queue ending on its own. Returns the
+/// `down` connection to answer, if that is what stopped us.
+fn wait_for_stop(
+    device: &Device,
+    events: &mpsc::Receiver<Event>,
+) -> Option<std::os::unix::net::UnixStream> {
+    loop {
+        match events.recv_timeout(Duration::from_millis(250)) {
+            Ok(Event::Signal(signal)) => {
+                tracing::info!("signal {signal}: stopping");
+                return None;
+            }
+            Ok(Event::Down(client)) => {
+                tracing::info!("down requested: stopping");
+                return Some(client);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if device.any_queue_ended() => {
+                tracing::error!("a queue ended on its own: stopping");
+                return None;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+fn teardown(mut device: Device, stack: &Stack) -> Result<(), String> {
+    let stopped = device.stop();
+    if let Ok(reports) = &stopped {
+        let requests: u64 = reports.iter().map(|r| r.requests).sum();
+        let errors: u64 = reports.iter().map(|r| r.errors).sum();
+        tracing::info!(requests, errors, "queues stopped");
+    }
+    let flushed = flush_stack(stack);
+    let deleted = device.delete();
+    stopped.map_err(|e| e.to_string())?;
+    flushed.map_err(|e| format!("flushing the stack: {e}"))?;
+    deleted.map_err(|e| e.to_string())
+}
+
+fn flush_stack(stack: &Stack) -> Result<(), String> {
+    let ctx = IoCtx::new(0, 64).map_err(|e| e.to_string())?;
+    let exec = Executor::new().map_err(|e| e.to_string())?;
+    exec.block_on(&ctx, stack.flush(&ctx))
+        .map_err(|e| e.to_string())
+}
+
+/// `ublk-stack down NAME`.
+pub fn down(name: &str) -> u8 {
+    let socket = control::socket_path(name);
+    if !socket.exists() {
+        return fail(format!("no running device named \"{name}\""));
+    }
+    // Teardown flushes every leaf; give it time.
+    match control::request(&socket, "down", Duration::from_secs(600)) {
+        Ok(reply) if reply["ok"] == true => 0,
+        Ok(reply) => fail(format!(
+            "{name}: {}",
+            reply["error"].as_str().unwrap_or("down failed")
+        )),
+        Err(e) => fail(format!("{name}: {e}")),
+    }
+}
+
+/// `ublk-stack list`.
+pub fn list() -> u8 {
+    for (name, socket) in control::sockets() {
+        match control::request(&socket, "info", Duration::from_secs(5)) {
+            Ok(info) => println!(
+                "{name}\t{}\t{}\t{}",
+                info["path"].as_str().unwrap_or("-"),
+                format_size(info["size"].as_u64().unwrap_or(0)),
+                info["state"].as_str().unwrap_or("unknown")
+            ),
+            Err(_) => println!("{name}\t-\t-\tnot responding"),
+        }
+    }
+    0
+}
+
+/// `ublk-stack status NAME [--json]`.
+pub fn status(name: &str, as_json: bool) -> u8 {
+    let socket = control::socket_path(name);
+    let reply = match control::request(&socket, "status", Duration::from_secs(5)) {
+        Ok(reply) => reply,
+        Err(_) => return fail(format!("no running device named \"{name}\"")),
+    };
+    if reply["ok"] != true {
+        return fail(format!(
+            "{name}: {}",
+            reply["error"].as_str().unwrap_or("status failed")
+        ));
+    }
+    if as_json {
+        println!("{reply}");
+    } else {
+        print!("{}", render_status(&reply));
+    }
+    0
+}
+
+fn render_status(reply: &Value) -> String {
+    let mut out = format!(
+        "{}  {}  {}  {}  generation {}\n",
+        reply["name"].as_str().unwrap_or("?"),
+        reply["path"].as_str().unwrap_or("?"),
+        format_size(reply["size"].as_u64().unwrap_or(0)),
+        reply["state"].as_str().unwrap_or("?"),
+        reply["generation"],
+    );
+    out.push_str(&format!(
+        "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7}\n",
+        "LAYER", "TYPE", "SIZE", "READS", "WRITES", "FLUSHES", "ERRORS"
+    ));
+    for layer in reply["layers"].as_array().into_iter().flatten() {
+        let depth = layer["depth"].as_u64().unwrap_or(0) as usize;
+        let stats = &layer["stats"];
+        let name = format!(
+            "{}{}",
+            "  ".repeat(depth),
+            layer["name"].as_str().unwrap_or("?")
+        );
+        out.push_str(&format!(
+            "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7}",
+            name,
+            layer["type"].as_str().unwrap_or("?"),
+            format_size(layer["size"].as_u64().unwrap_or(0)),
+            stats["reads"].as_u64().unwrap_or(0),
+            stats["writes"].as_u64().unwrap_or(0),
+            stats["flushes"].as_u64().unwrap_or(0),
+            stats["errors"].as_u64().unwrap_or(0),
+        ));
+        if let Some(details) = layer["details"].as_object() {
+            for (key, value) in details {
+                out.push_str(&format!("  {key}={}", value.as_str().unwrap_or("")));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_the_config() {
+        assert_eq!(format_size(4 << 30), "4 GiB");
+        assert_eq!(format_size(1536 << 10), "1.5 MiB");
+        assert_eq!(format_size(512), "512 B");
+    }
+
+    #[test]
+    fn status_renders_the_tree_indented() {
+        let reply = json!({
+            "name": "m", "path": "/dev/ublkb0", "size": 1u64 << 30, "state": "running", "generation": 1,
+            "layers": [
+                {"name": "mirror", "type": "mirror", "depth": 0, "size": 1u64 << 30,
+                 "stats": {"reads": 1, "writes": 2, "flushes": 3, "errors": 0}, "details": {}},
+                {"name": "a", "type": "file", "depth": 1, "size": 1u64 << 30,
+                 "stats": {"reads": 1, "writes": 2, "flushes": 3, "errors": 0}, "details": {"health": "ok"}},
+            ]
+        });
+        let text = render_status(&reply);
+        assert!(text.contains("\n  a "), "{text}");
+        assert!(text.contains("         1          2        3       0"), "{text}");
+        assert!(text.contains("health=ok"), "{text}");
+    }
+}

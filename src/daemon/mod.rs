@@ -1,0 +1,5 @@
+//! The daemon: bringing a device up and down (`lifecycle`) and talking to a
+//! running one through its control socket (`control`).
+
+pub mod control;
+pub mod lifecycle;

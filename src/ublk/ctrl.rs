@@ -1,0 +1,351 @@
+//! The control device, /dev/ublk-control: add, configure, start, stop and delete
+//! ublk devices.
+//!
+//! Control commands are io_uring passthrough commands (`IORING_OP_URING_CMD`) whose
+//! 32-byte payload needs the 80-byte command area of a 128-byte SQE, so this ring is
+//! built with SQE128 (the per-queue rings are not). Every command is issued and
+//! waited for synchronously: they are rare, and START_DEV / STOP_DEV / DEL_DEV
+//! block in the kernel until the device reaches the new state anyway.
+//!
+//! Opcodes: kernels since 6.4 accept ioctl-encoded opcodes (`UBLK_U_CMD_*`) and
+//! advertise UBLK_F_CMD_IOCTL_ENCODE through GET_FEATURES (6.5+); 6.0–6.4 know only
+//! the plain numbers. We ask GET_FEATURES first and fall back to the plain numbers
+//! when the kernel does not know it, which is exactly the set of kernels that need
+//! them.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::sys::{self, CtrlCmd, DevInfo, Params};
+
+pub const CONTROL_PATH: &str = "/dev/ublk-control";
+
+/// Written into `ublksrv_flags` (server-private, kept by the kernel) of every device
+/// this daemon creates, so a later `up` can recognise and delete a device whose
+/// daemon was killed without touching devices of other servers. ASCII "ublkstk1".
+pub const DAEMON_MARK: u64 = u64::from_le_bytes(*b"ublkstk1");
+
+/// Why the control device cannot be used.
+#[derive(Debug)]
+pub enum CtrlError {
+    /// /dev/ublk-control does not exist: ublk_drv is not loaded (or not built).
+    NotLoaded,
+    /// Opening it or a command was refused for lack of privilege.
+    NotPermitted,
+    /// Any other failure of a named command.
+    Command {
+        what: &'static str,
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for CtrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CtrlError::NotLoaded => write!(f, "{CONTROL_PATH} is missing"),
+            CtrlError::NotPermitted => {
+                write!(
+                    f,
+                    "permission denied on {CONTROL_PATH}: ublk devices need root (CAP_SYS_ADMIN)"
+                )
+            }
+            CtrlError::Command { what, error } => write!(f, "ublk {what}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for CtrlError {}
+
+fn command_error(what: &'static str, error: io::Error) -> CtrlError {
+    match error.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => CtrlError::NotPermitted,
+        _ => CtrlError::Command { what, error },
+    }
+}
+
+/// An open control device with its SQE128 ring.
+pub struct Control {
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    file: File,
+    /// Use `UBLK_U_CMD_*` (else the legacy plain numbers).
+    ioctl_encode: bool,
+    /// What GET_FEATURES reported (0 on kernels without it).
+    features: u64,
+}
+
+impl Control {
+    /// Open /dev/ublk-control and learn what the driver supports.
+    pub fn open() -> Result<Control, CtrlError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(CONTROL_PATH)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => CtrlError::NotLoaded,
+                io::ErrorKind::PermissionDenied => CtrlError::NotPermitted,
+                _ => CtrlError::Command {
+                    what: "open",
+                    error: e,
+                },
+            })?;
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+            .build(4)
+            .map_err(|e| CtrlError::Command {
+                what: "io_uring setup (SQE128)",
+                error: e,
+            })?;
+        let mut ctrl = Control {
+            ring,
+            file,
+            ioctl_encode: true,
+            features: 0,
+        };
+        ctrl.features = ctrl.query_features()?;
+        ctrl.ioctl_encode = ctrl.features & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
+        Ok(ctrl)
+    }
+
+    /// Feature flags the driver supports (0 on kernels before 6.5, which cannot say).
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Whether I/O commands must use the ioctl-encoded opcodes.
+    pub fn ioctl_encode(&self) -> bool {
+        self.ioctl_encode
+    }
+
+    fn query_features(&mut self) -> Result<u64, CtrlError> {
+        let mut features = 0u64;
+        let cmd = CtrlCmd {
+            dev_id: u32::MAX,
+            queue_id: u16::MAX,
+            len: sys::UBLK_FEATURES_LEN,
+            addr: std::ptr::addr_of_mut!(features) as u64,
+            ..CtrlCmd::default()
+        };
+        match self.submit(sys::UBLK_U_CMD_GET_FEATURES, cmd) {
+            Ok(_) => Ok(features),
+            // 6.0–6.4: the command (or its encoding) is unknown; they speak the
+            // legacy opcodes and negotiate flags through ADD_DEV alone.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(command_error("GET_FEATURES", e)),
+        }
+    }
+
+    fn opcode(&self, legacy: u32, encoded: u32) -> u32 {
+        if self.ioctl_encode {
+            encoded
+        } else {
+            legacy
+        }
+    }
+
+    /// Issue one command and wait for its completion; a negative result becomes the
+    /// error. Buffers named by `cmd.addr` are borrowed by the caller for this call,
+    /// which returns only after the CQE.
+    fn submit(&mut self, cmd_op: u32, cmd: CtrlCmd) -> io::Result<i32> {
+        let entry = opcode::UringCmd80::new(types::Fd(self.file.as_raw_fd()), cmd_op)
+            .cmd(cmd.to_sqe_cmd())
+            .build()
+            .user_data(1);
+        // SAFETY: the command payload is copied into the SQE; `cmd.addr`, when set,
+        // points at a buffer of `cmd.len` bytes that the caller keeps alive across
+        // this call, and we wait for the CQE below before returning. The fd is ours
+        // for the life of `self`.
+        unsafe {
+            self.ring
+                .submission()
+                .push(&entry)
+                .map_err(|_| io::Error::other("control ring full"))?;
+        }
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let cqe = loop {
+            if let Some(cqe) = self.ring.completion().next() {
+                break cqe;
+            }
+            // EINTR during the wait can return before the CQE is posted.
+            self.ring.submit_and_wait(1)?;
+        };
+        let res = cqe.result();
+        if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res)
+        }
+    }
+
+    /// ADD_DEV: create /dev/ublkcN. `info.dev_id` is the requested id or
+    /// `u32::MAX`; on return `info` holds what the kernel granted (id, queues, buffer
+    /// size, negotiated flags).
+    pub fn add_dev(&mut self, info: &mut DevInfo) -> Result<(), CtrlError> {
+        let cmd = CtrlCmd {
+            dev_id: info.dev_id,
+            queue_id: u16::MAX,
+            len: std::mem::size_of::<DevInfo>() as u16,
+            addr: info as *mut DevInfo as u64,
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(sys::UBLK_CMD_ADD_DEV, sys::UBLK_U_CMD_ADD_DEV);
+        self.submit(op, cmd)
+            .map(drop)
+            .map_err(|e| command_error("ADD_DEV", e))
+    }
+
+    pub fn set_params(&mut self, dev_id: u32, params: &Params) -> Result<(), CtrlError> {
+        let mut params = *params;
+        params.len = std::mem::size_of::<Params>() as u32;
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            len: std::mem::size_of::<Params>() as u16,
+            addr: std::ptr::addr_of_mut!(params) as u64,
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(sys::UBLK_CMD_SET_PARAMS, sys::UBLK_U_CMD_SET_PARAMS);
+        self.submit(op, cmd)
+            .map(drop)
+            .map_err(|e| command_error("SET_PARAMS", e))
+    }
+
+    /// START_DEV: blocks until every queue has armed every tag, then adds
+    /// /dev/ublkbN.
+    pub fn start_dev(&mut self, dev_id: u32, server_pid: i32) -> Result<(), CtrlError> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            data: [server_pid as u64],
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(sys::UBLK_CMD_START_DEV, sys::UBLK_U_CMD_START_DEV);
+        self.submit(op, cmd)
+            .map(drop)
+            .map_err(|e| command_error("START_DEV", e))
+    }
+
+    /// STOP_DEV: removes /dev/ublkbN (the queues must keep serving until it returns,
+    /// as the kernel drains in-flight requests) and then aborts every armed tag.
+    pub fn stop_dev(&mut self, dev_id: u32) -> Result<(), CtrlError> {
+        self.simple(
+            dev_id,
+            sys::UBLK_CMD_STOP_DEV,
+            sys::UBLK_U_CMD_STOP_DEV,
+            "STOP_DEV",
+        )
+    }
+
+    /// DEL_DEV: removes /dev/ublkcN; waits until the char device is closed.
+    pub fn del_dev(&mut self, dev_id: u32) -> Result<(), CtrlError> {
+        self.simple(
+            dev_id,
+            sys::UBLK_CMD_DEL_DEV,
+            sys::UBLK_U_CMD_DEL_DEV,
+            "DEL_DEV",
+        )
+    }
+
+    fn simple(
+        &mut self,
+        dev_id: u32,
+        legacy: u32,
+        encoded: u32,
+        what: &'static str,
+    ) -> Result<(), CtrlError> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(legacy, encoded);
+        self.submit(op, cmd)
+            .map(drop)
+            .map_err(|e| command_error(what, e))
+    }
+
+    /// GET_DEV_INFO; `Ok(None)` when no device has this id.
+    pub fn dev_info(&mut self, dev_id: u32) -> Result<Option<DevInfo>, CtrlError> {
+        let mut info = DevInfo::default();
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            len: std::mem::size_of::<DevInfo>() as u16,
+            addr: std::ptr::addr_of_mut!(info) as u64,
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(sys::UBLK_CMD_GET_DEV_INFO, sys::UBLK_U_CMD_GET_DEV_INFO);
+        match self.submit(op, cmd) {
+            Ok(_) => Ok(Some(info)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(command_error("GET_DEV_INFO", e)),
+        }
+    }
+
+    /// GET_QUEUE_AFFINITY: the CPUs whose requests land on queue `queue`.
+    pub fn queue_affinity(&mut self, dev_id: u32, queue: u16) -> Result<Vec<usize>, CtrlError> {
+        // A cpumask for up to 1024 CPUs, in u64 words as the kernel requires
+        // (length a multiple of sizeof(long), at least nr_cpu_ids bits).
+        let mut mask = [0u64; 16];
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            len: std::mem::size_of_val(&mask) as u16,
+            addr: mask.as_mut_ptr() as u64,
+            data: [u64::from(queue)],
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(
+            sys::UBLK_CMD_GET_QUEUE_AFFINITY,
+            sys::UBLK_U_CMD_GET_QUEUE_AFFINITY,
+        );
+        self.submit(op, cmd)
+            .map_err(|e| command_error("GET_QUEUE_AFFINITY", e))?;
+        Ok(mask_to_cpus(&mask))
+    }
+}
+
+fn mask_to_cpus(mask: &[u64]) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for (word_index, word) in mask.iter().enumerate() {
+        for bit in 0..64 {
+            if word & (1 << bit) != 0 {
+                cpus.push(word_index * 64 + bit);
+            }
+        }
+    }
+    cpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpumask_words_become_cpu_numbers() {
+        let mut mask = [0u64; 16];
+        mask[0] = 0b101;
+        mask[1] = 1;
+        assert_eq!(mask_to_cpus(&mask), vec![0, 2, 64]);
+    }
+
+    #[test]
+    fn daemon_mark_is_ascii() {
+        assert_eq!(&DAEMON_MARK.to_le_bytes(), b"ublkstk1");
+    }
+}

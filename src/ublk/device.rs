@@ -1,0 +1,410 @@
+//! A ublk device from creation to deletion: ADD_DEV, SET_PARAMS, one thread per
+//! queue, START_DEV; and on the way out STOP_DEV, join the queues, DEL_DEV.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::ctrl::{Control, CtrlError, DAEMON_MARK};
+use super::queue::{self, QueueReport, QueueSetup, TopLayer};
+use super::sys::{self, DevInfo, Params};
+
+/// Largest request the kernel sends us, and the size of each tag's buffer.
+pub const MAX_IO_BUF_BYTES: u32 = 512 * 1024;
+/// Bound on one discard or write-zeroes request, so that one request never runs
+/// for long.
+const MAX_ZEROING_SECTORS: u32 = (64 << 20) >> 9;
+
+/// What the device should look like; from the config and the compiled stack.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Fixed device id, or `None` to let the kernel pick.
+    pub id: Option<u32>,
+    pub queues: u16,
+    pub depth: u16,
+    pub block_size: u32,
+    pub size_bytes: u64,
+    /// Advertise discard (only when a discard really frees space below).
+    pub discard: bool,
+}
+
+#[derive(Debug)]
+pub enum DeviceError {
+    Ctrl(CtrlError),
+    /// The requested fixed id belongs to another live device.
+    IdTaken(u32),
+    /// The device geometry cannot be expressed to the kernel.
+    Geometry(String),
+    CharDevice(PathBuf, io::Error),
+    Queue(u16, io::Error),
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceError::Ctrl(e) => e.fmt(f),
+            DeviceError::IdTaken(id) => {
+                write!(f, "ublk id {id} is already taken (/dev/ublkc{id} exists)")
+            }
+            DeviceError::Geometry(why) => write!(f, "device geometry: {why}"),
+            DeviceError::CharDevice(path, e) => write!(f, "{}: {e}", path.display()),
+            DeviceError::Queue(q, e) => write!(f, "queue {q}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+impl From<CtrlError> for DeviceError {
+    fn from(e: CtrlError) -> Self {
+        DeviceError::Ctrl(e)
+    }
+}
+
+/// The kernel parameters for a device of this shape.
+pub fn device_params(config: &DeviceConfig, max_io_buf_bytes: u32) -> Result<Params, DeviceError> {
+    let bs = config.block_size;
+    if !bs.is_power_of_two() || !(512..=4096).contains(&bs) {
+        return Err(DeviceError::Geometry(format!(
+            "block size {bs} is not 512..=4096 and a power of two"
+        )));
+    }
+    if config.size_bytes == 0 || config.size_bytes % u64::from(bs) != 0 {
+        return Err(DeviceError::Geometry(format!(
+            "size {} is not a non-zero multiple of the block size {bs}",
+            config.size_bytes
+        )));
+    }
+    let shift = bs.trailing_zeros() as u8;
+    let mut params = Params {
+        len: std::mem::size_of::<Params>() as u32,
+        types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
+        ..Params::default()
+    };
+    params.basic = sys::ParamBasic {
+        // A volatile cache makes the kernel send FLUSH, which the stack needs to
+        // make writes durable.
+        attrs: sys::UBLK_ATTR_VOLATILE_CACHE,
+        logical_bs_shift: shift,
+        physical_bs_shift: shift,
+        io_opt_shift: shift,
+        io_min_shift: shift,
+        max_sectors: max_io_buf_bytes >> 9,
+        chunk_sectors: 0,
+        dev_sectors: config.size_bytes >> 9,
+        virt_boundary_mask: 0,
+    };
+    // The discard block also carries the write-zeroes limit, so it is always sent;
+    // discard itself is enabled only when it frees space.
+    params.discard = sys::ParamDiscard {
+        discard_alignment: 0,
+        discard_granularity: bs,
+        max_discard_sectors: if config.discard {
+            MAX_ZEROING_SECTORS
+        } else {
+            0
+        },
+        max_write_zeroes_sectors: MAX_ZEROING_SECTORS,
+        max_discard_segments: 1,
+        reserved0: 0,
+    };
+    Ok(params)
+}
+
+/// A created (and, after `create` returns, started) device with its queue threads.
+pub struct Device {
+    ctrl: Control,
+    info: DevInfo,
+    queues: Vec<JoinHandle<io::Result<QueueReport>>>,
+    stopped: bool,
+    deleted: bool,
+}
+
+impl Device {
+    /// Create, configure and start a device serving `stack`.
+    pub fn create<T: TopLayer>(
+        mut ctrl: Control,
+        config: &DeviceConfig,
+        stack: Arc<T>,
+    ) -> Result<Device, DeviceError> {
+        reap_stale(&mut ctrl, config.id)?;
+        let params = device_params(config, MAX_IO_BUF_BYTES)?;
+        let mut info = DevInfo {
+            nr_hw_queues: config.queues,
+            queue_depth: config.depth,
+            max_io_buf_bytes: MAX_IO_BUF_BYTES,
+            dev_id: config.id.unwrap_or(u32::MAX),
+            // Stored by ADD_DEV as given: lets a later `up` tell a device whose
+            // daemon died before START_DEV from one being set up right now.
+            ublksrv_pid: std::process::id() as i32,
+            flags: ctrl.features() & sys::UBLK_F_CMD_IOCTL_ENCODE,
+            ublksrv_flags: DAEMON_MARK,
+            ..DevInfo::default()
+        };
+        match ctrl.add_dev(&mut info) {
+            Err(CtrlError::Command { error, .. }) if error.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(DeviceError::IdTaken(config.id.unwrap_or(u32::MAX)))
+            }
+            other => other?,
+        }
+        let mut device = Device {
+            ctrl,
+            info,
+            queues: Vec::new(),
+            stopped: false,
+            deleted: false,
+        };
+        // From here on, dropping `device` on an error stops and deletes it.
+        let max_io = device.info.max_io_buf_bytes.min(MAX_IO_BUF_BYTES);
+        let params = if max_io == MAX_IO_BUF_BYTES {
+            params
+        } else {
+            device_params(config, max_io)?
+        };
+        device.ctrl.set_params(device.info.dev_id, &params)?;
+        device.start_queues(config, stack)?;
+        device
+            .ctrl
+            .start_dev(device.info.dev_id, std::process::id() as i32)?;
+        wait_for_path(&device.block_path(), Duration::from_secs(5));
+        Ok(device)
+    }
+
+    fn start_queues<T: TopLayer>(
+        &mut self,
+        config: &DeviceConfig,
+        stack: Arc<T>,
+    ) -> Result<(), DeviceError> {
+        let dev_id = self.info.dev_id;
+        let char_path = PathBuf::from(format!("/dev/ublkc{dev_id}"));
+        let char_fd = Arc::new(
+            open_char_device(&char_path).map_err(|e| DeviceError::CharDevice(char_path, e))?,
+        );
+        let ioctl_encode = self.info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
+        let (armed_tx, armed_rx) = mpsc::channel();
+        for queue in 0..self.info.nr_hw_queues {
+            let cpus = self.ctrl.queue_affinity(dev_id, queue)?;
+            let setup = QueueSetup {
+                queue,
+                depth: self.info.queue_depth,
+                buf_bytes: self.info.max_io_buf_bytes.min(MAX_IO_BUF_BYTES) as usize,
+                block_size: config.block_size,
+                ioctl_encode,
+                cpus,
+            };
+            let (char_fd, stack, armed_tx) = (char_fd.clone(), stack.clone(), armed_tx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("ublk{dev_id}-q{queue}"))
+                .spawn(move || {
+                    queue::run(setup, char_fd, stack, |armed| {
+                        drop(armed_tx.send((queue, armed)));
+                    })
+                })
+                .map_err(|e| DeviceError::Queue(queue, e))?;
+            self.queues.push(handle);
+        }
+        // Only the queue threads may keep the char device open: DEL_DEV waits for
+        // its last close.
+        drop(char_fd);
+        drop(armed_tx);
+        for _ in 0..self.queues.len() {
+            match armed_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((queue, Err(e))) => return Err(DeviceError::Queue(queue, e)),
+                Err(_) => {
+                    return Err(DeviceError::Queue(
+                        0,
+                        io::Error::other("queue thread ended before arming"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dev_id(&self) -> u32 {
+        self.info.dev_id
+    }
+
+    pub fn queues(&self) -> u16 {
+        self.info.nr_hw_queues
+    }
+
+    pub fn block_path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/ublkb{}", self.info.dev_id))
+    }
+
+    /// Whether a queue thread has ended (the device was stopped from outside, or
+    /// a queue failed).
+    pub fn any_queue_ended(&self) -> bool {
+        self.queues.iter().any(JoinHandle::is_finished)
+    }
+
+    /// STOP_DEV and wait for the queues: the kernel drains in-flight requests
+    /// (which the queues keep serving), removes /dev/ublkbN and aborts every tag.
+    pub fn stop(&mut self) -> Result<Vec<QueueReport>, DeviceError> {
+        let stop = if self.stopped {
+            Ok(())
+        } else {
+            self.ctrl.stop_dev(self.info.dev_id)
+        };
+        self.stopped = true;
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for (queue, handle) in self.queues.drain(..).enumerate() {
+            match handle.join() {
+                Ok(Ok(report)) => reports.push(report),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(DeviceError::Queue(queue as u16, e));
+                }
+                Err(_) => {
+                    first_error.get_or_insert(DeviceError::Queue(
+                        queue as u16,
+                        io::Error::other("queue thread panicked"),
+                    ));
+                }
+            }
+        }
+        stop?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
+    }
+
+    /// DEL_DEV: removes /dev/ublkcN. Call after `stop`.
+    pub fn delete(mut self) -> Result<(), DeviceError> {
+        self.deleted = true;
+        self.ctrl.del_dev(self.info.dev_id)?;
+        Ok(())
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        if let Err(e) = self.stop() {
+            tracing::warn!("stopping ublk device {}: {e}", self.info.dev_id);
+        }
+        if let Err(e) = self.ctrl.del_dev(self.info.dev_id) {
+            tracing::warn!("deleting ublk device {}: {e}", self.info.dev_id);
+        }
+    }
+}
+
+fn open_char_device(path: &Path) -> io::Result<OwnedFd> {
+    // udev (where there is one) may create the node a moment after ADD_DEV.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => return Ok(OwnedFd::from(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn wait_for_path(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Delete devices this daemon created whose daemon is gone (killed before it
+/// could delete them: the kernel stops such a device but keeps /dev/ublkcN and
+/// its id). Only devices carrying [`DAEMON_MARK`] are touched. With a fixed `id`,
+/// a live device there is an error.
+fn reap_stale(ctrl: &mut Control, id: Option<u32>) -> Result<(), DeviceError> {
+    let mut ids: Vec<u32> = std::fs::read_dir("/sys/class/ublk-char")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("ublkc")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if let Some(id) = id {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    for dev_id in ids {
+        let Some(info) = ctrl.dev_info(dev_id)? else {
+            continue;
+        };
+        let ours = info.ublksrv_flags == DAEMON_MARK;
+        let server_gone =
+            info.ublksrv_pid <= 0 || !Path::new(&format!("/proc/{}", info.ublksrv_pid)).exists();
+        if ours && server_gone {
+            tracing::info!("deleting stale ublk device {dev_id} left by a dead daemon");
+            // STOP_DEV first in case the kernel has not stopped it yet.
+            ctrl.stop_dev(dev_id)?;
+            ctrl.del_dev(dev_id)?;
+        } else if Some(dev_id) == id {
+            return Err(DeviceError::IdTaken(dev_id));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(discard: bool) -> DeviceConfig {
+        DeviceConfig {
+            id: None,
+            queues: 2,
+            depth: 64,
+            block_size: 4096,
+            size_bytes: 1 << 30,
+            discard,
+        }
+    }
+
+    #[test]
+    fn params_describe_the_stack() {
+        let params = device_params(&config(false), MAX_IO_BUF_BYTES).unwrap();
+        assert_eq!(params.len, 112);
+        assert_eq!(params.basic.logical_bs_shift, 12);
+        assert_eq!(params.basic.physical_bs_shift, 12);
+        assert_eq!(params.basic.dev_sectors, (1 << 30) / 512);
+        assert_eq!(params.basic.max_sectors, MAX_IO_BUF_BYTES / 512);
+        assert_ne!(params.basic.attrs & sys::UBLK_ATTR_VOLATILE_CACHE, 0);
+        assert_eq!(params.discard.max_discard_sectors, 0);
+        assert_ne!(params.discard.max_write_zeroes_sectors, 0);
+        assert_eq!(params.discard.discard_granularity, 4096);
+    }
+
+    #[test]
+    fn discard_is_advertised_only_when_it_frees_space() {
+        let params = device_params(&config(true), MAX_IO_BUF_BYTES).unwrap();
+        assert_ne!(params.discard.max_discard_sectors, 0);
+        assert_eq!(params.discard.max_discard_segments, 1);
+    }
+
+    #[test]
+    fn odd_geometry_is_refused() {
+        let mut bad = config(false);
+        bad.block_size = 1024 + 512;
+        assert!(device_params(&bad, MAX_IO_BUF_BYTES).is_err());
+        let mut bad = config(false);
+        bad.size_bytes = 4096 + 512;
+        assert!(device_params(&bad, MAX_IO_BUF_BYTES).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! The ublk front end: the kernel UAPI (`sys`), the control device (`ctrl`), the
+//! per-queue I/O loop (`queue`) and a device's lifecycle (`device`).
+//!
+//! All of the binary's unsafe code lives here (mmap of the request descriptors,
+//! io_uring passthrough commands, CPU pinning, signal masks), each with its
+//! `// SAFETY:` argument.
+
+pub mod ctrl;
+pub mod device;
+pub mod queue;
+pub mod signals;
+pub mod sys;
+
+pub use ctrl::{Control, CtrlError};
+pub use device::{Device, DeviceConfig, DeviceError};
+pub use queue::TopLayer;

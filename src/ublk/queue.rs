@@ -1,0 +1,569 @@
+//! One ublk queue: a pinned thread that turns kernel requests into stack calls.
+//!
+//! The thread owns the queue's io_uring (shared with the leaves' I/O through
+//! [`IoCtx`]), its executor, a read-only mapping of the queue's request
+//! descriptors, and one buffer per tag. At start it arms every tag with FETCH_REQ.
+//! Each completion of a tag's command either carries a request (result 0: the
+//! descriptor at `tag` says what) or says the device is going away
+//! (UBLK_IO_RES_ABORT). For a request, one executor task runs it on the stack and
+//! finishes by pushing COMMIT_AND_FETCH_REQ with the result, which both completes
+//! the request and re-arms the tag. When every tag has been aborted and no task
+//! is left, the thread returns.
+//!
+//! Copy mode, not UBLK_F_USER_COPY: the kernel copies write data into the tag's
+//! buffer before the FETCH completes and copies read data out of it while handling
+//! the COMMIT, so one request costs one command round trip. USER_COPY would save the
+//! per-tag buffers (depth × max_io_buf_bytes of address space per queue, mostly never
+//! touched) at the price of an extra pread/pwrite on /dev/ublkcN per request; for the
+//! small random I/O this daemon is judged on, copy mode does less work per request.
+//!
+//! Sectors (512 bytes) are converted to byte offsets here and nowhere else.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+use layers::uring::FOREIGN_BIT;
+use layers::{Error, Executor, IoCtx, Layer};
+
+use super::sys::{self, IoCmd, IoDesc};
+
+const SECTOR_BYTES: u64 = 512;
+
+/// What a queue serves: the stack's top layer. Implemented by the daemon's stack
+/// and by tests.
+pub trait TopLayer: Send + Sync + 'static {
+    fn top(&self) -> &dyn Layer;
+}
+
+/// Everything a queue thread needs to know, decided before the thread starts.
+#[derive(Clone, Debug)]
+pub struct QueueSetup {
+    pub queue: u16,
+    pub depth: u16,
+    /// Size of each tag's buffer (the device's max_io_buf_bytes).
+    pub buf_bytes: usize,
+    pub block_size: u32,
+    /// Use ioctl-encoded I/O opcodes.
+    pub ioctl_encode: bool,
+    /// CPUs to pin the thread to (empty: leave it unpinned).
+    pub cpus: Vec<usize>,
+}
+
+/// How a queue ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueReport {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// The queue's view of its descriptor array, mapped read-only from /dev/ublkcN.
+struct Descriptors {
+    ptr: NonNull<IoDesc>,
+    map_bytes: usize,
+    depth: u16,
+}
+
+impl Descriptors {
+    fn map(fd: RawFd, queue: u16, depth: u16) -> io::Result<Descriptors> {
+        let page = page_size();
+        let map_bytes = (usize::from(depth) * std::mem::size_of::<IoDesc>()).next_multiple_of(page);
+        // Each queue's array starts where the previous one would end at the largest
+        // depth (the kernel's ublk_max_cmd_buf_size()).
+        let stride =
+            (sys::UBLK_MAX_QUEUE_DEPTH * std::mem::size_of::<IoDesc>()).next_multiple_of(page);
+        let offset = sys::UBLKSRV_CMD_BUF_OFFSET + u64::from(queue) * stride as u64;
+        // SAFETY: a fresh shared read-only mapping chosen by the kernel (null hint);
+        // it aliases no Rust object. The result is checked below.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(raw.cast::<IoDesc>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Descriptors {
+            ptr,
+            map_bytes,
+            depth,
+        })
+    }
+
+    /// A copy of tag `tag`'s descriptor. Call only between the tag's FETCH
+    /// completion and its COMMIT, while the kernel leaves the entry alone.
+    fn get(&self, tag: u16) -> IoDesc {
+        debug_assert!(tag < self.depth);
+        // SAFETY: tag < depth, so the entry lies inside the mapping, which lives as
+        // long as `self`; IoDesc is plain old data valid for any bytes, and the
+        // mapping is 4096-aligned, so every 24-byte entry is 8-aligned. Volatile,
+        // because the kernel writes it behind the compiler's back.
+        unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(usize::from(tag))) }
+    }
+}
+
+impl Drop for Descriptors {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no reference into it
+        // survives (`get` returns copies).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_bytes) };
+    }
+}
+
+/// One page-aligned buffer per tag, in one anonymous mapping (pages are only
+/// backed once the kernel or a layer touches them).
+struct TagBuffers {
+    base: NonNull<u8>,
+    per_tag: usize,
+    map_bytes: usize,
+}
+
+impl TagBuffers {
+    fn new(depth: u16, per_tag: usize) -> io::Result<TagBuffers> {
+        let per_tag = per_tag.next_multiple_of(page_size());
+        let map_bytes = per_tag
+            .checked_mul(usize::from(depth))
+            .ok_or_else(|| io::Error::other("tag buffers overflow"))?;
+        // SAFETY: a fresh private anonymous mapping; aliases nothing; checked below.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(raw.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(TagBuffers {
+            base,
+            per_tag,
+            map_bytes,
+        })
+    }
+
+    fn addr(&self, tag: u16) -> *mut u8 {
+        // SAFETY: tag < depth (checked by callers against the queue depth), so the
+        // offset stays inside the mapping.
+        unsafe { self.base.as_ptr().add(usize::from(tag) * self.per_tag) }
+    }
+
+    /// Keep the memory mapped forever. Used when the queue stops abnormally and
+    /// the kernel might still copy into a tag's buffer.
+    fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TagBuffers {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`. Reached only after every
+        // tag was aborted (the kernel holds no command that names these buffers)
+        // and every task that borrowed a buffer has finished.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_bytes) };
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TagState {
+    /// FETCH or COMMIT_AND_FETCH in the kernel, waiting for a request.
+    Armed,
+    /// A task is serving the request.
+    Serving,
+    /// Aborted or failed: the tag gets no more requests.
+    Done,
+}
+
+/// State shared by the queue loop and its tasks (all on the queue thread).
+struct Queue {
+    setup: QueueSetup,
+    char_fd: RawFd,
+    ctx: IoCtx,
+    descs: Descriptors,
+    buffers: TagBuffers,
+    tags: RefCell<Vec<TagState>>,
+    done_tags: Cell<usize>,
+    report: Cell<QueueReport>,
+}
+
+impl Queue {
+    fn push_command(&self, tag: u16, cmd_op: u32, result: i32) {
+        let cmd = IoCmd {
+            q_id: self.setup.queue,
+            tag,
+            result,
+            addr: self.buffers.addr(tag) as u64,
+        };
+        let entry = opcode::UringCmd16::new(types::Fd(self.char_fd), cmd_op)
+            .cmd(cmd.to_sqe_cmd())
+            .build()
+            .user_data(FOREIGN_BIT | u64::from(tag));
+        // SAFETY: the command payload is copied into the SQE. It names the tag's
+        // buffer, which stays mapped until every tag is aborted (or forever, see
+        // TagBuffers::leak), and the char device fd, which the queue holds until
+        // its loop ends after the last tag's final CQE.
+        unsafe { self.ctx.uring().push(&entry) };
+    }
+
+    fn fetch(&self, tag: u16) {
+        let op = if self.setup.ioctl_encode {
+            sys::UBLK_U_IO_FETCH_REQ
+        } else {
+            sys::UBLK_IO_FETCH_REQ
+        };
+        self.push_command(tag, op, 0);
+    }
+
+    fn commit(&self, tag: u16, result: i32) {
+        let op = if self.setup.ioctl_encode {
+            sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ
+        } else {
+            sys::UBLK_IO_COMMIT_AND_FETCH_REQ
+        };
+        if let Some(state) = self.tags.borrow_mut().get_mut(usize::from(tag)) {
+            *state = TagState::Armed;
+        }
+        self.push_command(tag, op, result);
+    }
+
+    fn finish_tag(&self, tag: u16) {
+        let mut tags = self.tags.borrow_mut();
+        if let Some(state) = tags.get_mut(usize::from(tag)) {
+            if *state != TagState::Done {
+                *state = TagState::Done;
+                self.done_tags.set(self.done_tags.get() + 1);
+            }
+        }
+    }
+
+    /// The tag's buffer as a slice of `len` bytes.
+    ///
+    /// # Safety
+    /// Only for the one task serving the tag's current request, between the FETCH
+    /// completion and its COMMIT. Then nothing else touches the buffer: the kernel
+    /// copies in before completing the FETCH and copies out only after the COMMIT
+    /// is submitted (the task's last act), the tag has no other request until
+    /// then, and the buffer stays mapped for the queue's life.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn buffer(&self, tag: u16, len: usize) -> &mut [u8] {
+        debug_assert!(len <= self.buffers.per_tag);
+        // SAFETY: forwarded from the caller; len <= per_tag keeps it inside the tag.
+        unsafe { std::slice::from_raw_parts_mut(self.buffers.addr(tag), len) }
+    }
+}
+
+/// Run one queue until the device is stopped. `char_fd` is the device's
+/// /dev/ublkcN (one open file shared by all queues: the driver allows one opener).
+/// `armed` is called once every tag has been handed to the kernel (or with the
+/// error that prevented it); START_DEV must not be issued before.
+pub fn run<T: TopLayer>(
+    setup: QueueSetup,
+    char_fd: Arc<OwnedFd>,
+    stack: Arc<T>,
+    armed: impl FnOnce(io::Result<()>),
+) -> io::Result<QueueReport> {
+    let (queue, exec) = match prepare(setup, &char_fd) {
+        Ok(parts) => parts,
+        Err(e) => {
+            armed(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+    };
+    for tag in 0..queue.setup.depth {
+        queue.fetch(tag);
+    }
+    // Hand the FETCHes to the kernel now: START_DEV waits for them.
+    if let Err(e) = queue.ctx.uring().submit_and_wait(0) {
+        armed(Err(io::Error::new(e.kind(), e.to_string())));
+        abandon(queue, exec);
+        return Err(e);
+    }
+    armed(Ok(()));
+
+    let depth = usize::from(queue.setup.depth);
+    while queue.done_tags.get() < depth || exec.live_tasks() > 0 {
+        let turned = exec.turn(&queue.ctx, &mut |user_data, res| {
+            on_command_done(&queue, &exec, &stack, user_data, res)
+        });
+        if let Err(e) = turned {
+            tracing::error!(queue = queue.setup.queue, "queue loop failed: {e}");
+            abandon(queue, exec);
+            return Err(e);
+        }
+    }
+    let report = queue.report.get();
+    // Orderly end: no task is left and the kernel holds no command of ours.
+    drop(exec);
+    drop(queue);
+    drop(char_fd);
+    Ok(report)
+}
+
+/// Tear down after a failure that may leave commands in the kernel: the tag
+/// buffers are leaked rather than freed under a possible kernel copy.
+fn abandon(queue: Rc<Queue>, exec: Executor) {
+    drop(exec);
+    match Rc::try_unwrap(queue) {
+        Ok(queue) => {
+            let Queue {
+                buffers,
+                ctx,
+                descs,
+                ..
+            } = queue;
+            drop(ctx);
+            drop(descs);
+            buffers.leak();
+        }
+        // A task still holds the queue; the Rc cycle keeps everything alive.
+        Err(queue) => std::mem::forget(queue),
+    }
+}
+
+fn prepare(setup: QueueSetup, char_fd: &OwnedFd) -> io::Result<(Rc<Queue>, Executor)> {
+    if !setup.cpus.is_empty() {
+        if let Err(e) = pin_current_thread(&setup.cpus) {
+            tracing::warn!(
+                queue = setup.queue,
+                "could not pin to CPUs {:?}: {e}",
+                setup.cpus
+            );
+        }
+    }
+    // Room for every tag's command plus leaf I/O; overflow waits in the
+    // engine's backlog, so this is a performance choice, not a limit.
+    let entries = (u32::from(setup.depth) * 2)
+        .next_power_of_two()
+        .clamp(64, 4096);
+    let ctx = IoCtx::new(setup.queue, entries)?;
+    let exec = Executor::new()?;
+    let descs = Descriptors::map(char_fd.as_raw_fd(), setup.queue, setup.depth)?;
+    let buffers = TagBuffers::new(setup.depth, setup.buf_bytes)?;
+    let queue = Queue {
+        tags: RefCell::new(vec![TagState::Armed; usize::from(setup.depth)]),
+        char_fd: char_fd.as_raw_fd(),
+        setup,
+        ctx,
+        descs,
+        buffers,
+        done_tags: Cell::new(0),
+        report: Cell::new(QueueReport::default()),
+    };
+    Ok((Rc::new(queue), exec))
+}
+
+fn on_command_done<T: TopLayer>(
+    queue: &Rc<Queue>,
+    exec: &Executor,
+    stack: &Arc<T>,
+    user_data: u64,
+    res: i32,
+) {
+    let raw_tag = user_data & !FOREIGN_BIT;
+    let Ok(tag) = u16::try_from(raw_tag) else {
+        tracing::error!(
+            queue = queue.setup.queue,
+            "completion for unknown user_data {user_data:#x}"
+        );
+        return;
+    };
+    if tag >= queue.setup.depth {
+        tracing::error!(
+            queue = queue.setup.queue,
+            "completion for tag {tag} beyond depth"
+        );
+        return;
+    }
+    match res {
+        sys::UBLK_IO_RES_OK => {
+            if let Some(state) = queue.tags.borrow_mut().get_mut(usize::from(tag)) {
+                *state = TagState::Serving;
+            }
+            let desc = queue.descs.get(tag);
+            let queue = queue.clone();
+            let stack = stack.clone();
+            exec.spawn(async move {
+                let result = serve(&queue, stack.top(), tag, desc).await;
+                let mut report = queue.report.get();
+                report.requests += 1;
+                if result < 0 {
+                    report.errors += 1;
+                }
+                queue.report.set(report);
+                queue.commit(tag, result);
+            });
+        }
+        sys::UBLK_IO_RES_ABORT => queue.finish_tag(tag),
+        other => {
+            // NEED_GET_DATA (never requested) or a refused command: the tag is
+            // unusable. Say so loudly; stopping the device still completes.
+            tracing::error!(
+                queue = queue.setup.queue,
+                tag,
+                "ublk command failed: result {other}"
+            );
+            queue.finish_tag(tag);
+        }
+    }
+}
+
+/// Run one request on the stack; returns what COMMIT reports: bytes transferred
+/// for reads and writes, 0 for other successes, a negative errno on failure.
+async fn serve(queue: &Queue, top: &dyn Layer, tag: u16, desc: IoDesc) -> i32 {
+    let op = desc.op();
+    let result = if op == sys::UBLK_IO_OP_FLUSH {
+        // A flush carries no range: its start sector is the block layer's
+        // "none" (all ones), which must not be converted.
+        top.flush(&queue.ctx).await.map(|()| 0)
+    } else {
+        match byte_range(&desc, queue.setup.block_size, top.size()) {
+            Ok((offset, len)) => serve_range(queue, top, tag, &desc, offset, len).await,
+            Err(e) => Err(e),
+        }
+    };
+    match result {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::debug!(
+                queue = queue.setup.queue,
+                tag,
+                op,
+                start_sector = desc.start_sector,
+                nr_sectors = desc.nr_sectors,
+                "request failed: {e}"
+            );
+            e.errno()
+        }
+    }
+}
+
+/// The request's sectors as a byte range, checked against the device: inside it
+/// and aligned to its block size (the kernel promises both; a bad descriptor
+/// must fail the request, not the daemon).
+fn byte_range(desc: &IoDesc, block_size: u32, device_bytes: u64) -> Result<(u64, u64), Error> {
+    let offset = desc
+        .start_sector
+        .checked_mul(SECTOR_BYTES)
+        .ok_or(Error::OutOfRange)?;
+    let len = u64::from(desc.nr_sectors) * SECTOR_BYTES;
+    let end = offset.checked_add(len).ok_or(Error::OutOfRange)?;
+    let block_size = u64::from(block_size);
+    if end > device_bytes || offset % block_size != 0 || len % block_size != 0 {
+        return Err(Error::OutOfRange);
+    }
+    Ok((offset, len))
+}
+
+async fn serve_range(
+    queue: &Queue,
+    top: &dyn Layer,
+    tag: u16,
+    desc: &IoDesc,
+    offset: u64,
+    len: u64,
+) -> Result<i32, Error> {
+    let ctx = &queue.ctx;
+    let op = desc.op();
+    if matches!(op, sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE) {
+        // Bounded by max_io_buf_bytes (at most 32 MiB by the UAPI), so both
+        // conversions are exact.
+        if len > queue.buffers.per_tag as u64 {
+            return Err(Error::OutOfRange);
+        }
+        let bytes = len as usize;
+        // SAFETY: this task serves the tag's current request (see Queue::buffer).
+        let buf = unsafe { queue.buffer(tag, bytes) };
+        if op == sys::UBLK_IO_OP_READ {
+            top.read(ctx, offset, buf).await?;
+        } else {
+            top.write(ctx, offset, buf).await?;
+            // We do not advertise FUA, but honour it if it comes anyway.
+            if desc.has_flag(sys::UBLK_IO_F_FUA) {
+                top.flush(ctx).await?;
+            }
+        }
+        return Ok(len as i32);
+    }
+    match op {
+        sys::UBLK_IO_OP_DISCARD => top.discard(ctx, offset, len).await?,
+        sys::UBLK_IO_OP_WRITE_ZEROES => top.write_zeroes(ctx, offset, len).await?,
+        _ => return Err(Error::Unsupported),
+    }
+    Ok(0)
+}
+
+fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    for &cpu in cpus.iter().filter(|&&cpu| cpu < max) {
+        // SAFETY: cpu is below the set's capacity, checked just above.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory arguments.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(start_sector: u64, nr_sectors: u32) -> IoDesc {
+        IoDesc {
+            op_flags: u32::from(sys::UBLK_IO_OP_WRITE),
+            nr_sectors,
+            start_sector,
+            addr: 0,
+        }
+    }
+
+    #[test]
+    fn sectors_become_bytes() {
+        assert_eq!(byte_range(&desc(8, 16), 4096, 1 << 20), Ok((4096, 8192)));
+    }
+
+    #[test]
+    fn bad_ranges_fail_the_request() {
+        // Past the end, misaligned for 4 KiB blocks, and the all-ones sector the
+        // block layer uses for "no sector" (must not overflow).
+        assert_eq!(
+            byte_range(&desc(2048, 8), 4096, 1 << 20),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(
+            byte_range(&desc(1, 8), 4096, 1 << 20),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(
+            byte_range(&desc(u64::MAX, 0), 4096, 1 << 20),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(byte_range(&desc(1, 1), 512, 1 << 20), Ok((512, 512)));
+    }
+}

@@ -1,0 +1,79 @@
+# fio with crc32c verification (random writes, 4-64 KiB, iodepth 32, two jobs)
+# over raid0 of two mirrors with two queues; then the data is verified again
+# after down and up.
+. /vmtest/lib.sh
+. /vmtest/scenarios/ublk.bash
+
+cat >/work/raid.toml <<'TOML'
+version = 1
+
+[device]
+name = "raid0m"
+top = "stripe"
+queues = 2
+queue_depth = 64
+
+[layers.stripe]
+type = "raid0"
+stripes = ["m1", "m2"]
+chunk = "64KiB"
+
+[layers.m1]
+type = "mirror"
+legs = ["a", "b"]
+
+[layers.m2]
+type = "mirror"
+legs = ["c", "d"]
+
+[layers.a]
+type = "file"
+path = "a.img"
+size = "128MiB"
+create = true
+
+[layers.b]
+type = "file"
+path = "b.img"
+size = "128MiB"
+create = true
+
+[layers.c]
+type = "file"
+path = "c.img"
+size = "128MiB"
+create = true
+
+[layers.d]
+type = "file"
+path = "d.img"
+size = "128MiB"
+create = true
+TOML
+
+fio_job() { # extra fio arguments
+    fio --name=verify --filename="$DEV" --ioengine=io_uring --direct=1 \
+        --rw=randwrite --bsrange=4k-64k --iodepth=32 --numjobs=2 \
+        --size=96M --offset_increment=128M --verify=crc32c --verify_fatal=1 \
+        --group_reporting "$@" >/work/fio.out 2>&1 || { cat /work/fio.out; fail "fio $*"; }
+    grep -E 'err=|READ:|WRITE:|verify' /work/fio.out | head -8
+    grep -q 'err= 0' /work/fio.out || { cat /work/fio.out; fail "fio reported errors"; }
+}
+
+step "up"
+up_device /work/raid.toml
+[[ $(blockdev --getsize64 "$DEV") == $((256 << 20)) ]] || fail "wrong size"
+
+step "fio randwrite + verify"
+fio_job --do_verify=1
+
+step "down, up, verify again"
+down_device raid0m
+no_ublk_devices
+up_device /work/raid.toml
+fio_job --verify_only
+cmp a.img b.img || fail "legs of m1 differ"
+cmp c.img d.img || fail "legs of m2 differ"
+down_device raid0m
+no_ublk_devices
+step "ok"
