@@ -101,6 +101,11 @@ fn read_key_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("key_file {}: {e}", path.display()))
 }
 
+/// The size this layer exposes over a lower device of `lower_size` bytes.
+pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
+    fit_blocks(lower_size, u64::from(block_size)) * u64::from(block_size)
+}
+
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
     let room = lower_size.saturating_sub(SUPERBLOCK_BYTES);
     let mut n = room / (block + ENTRY_BYTES as u64);

@@ -368,27 +368,3 @@ fn print_line(what: &str, f: &Figures, tail: &str) {
         f.mb_per_s()
     );
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use layers::testing::PlanBuilder;
-
-    #[test]
-    #[ignore = "measurement, run by hand"]
-    fn measure_file_leaf() {
-        let dir = std::path::PathBuf::from(std::env::var("BENCH_DIR").unwrap_or("/dev/shm".into()));
-        let mut b = PlanBuilder::new(&dir, 4096);
-        let top = b.file("bench-a", 1 << 30);
-        let plan = b.build(top);
-        let stack = Arc::new(layers::compile(&plan).unwrap());
-        let opts = Options {
-            seconds: 3.0,
-            pattern: Pattern::RandRead,
-            bs: 4096,
-            qd: 32,
-            queues: 1,
-        };
-        report(&plan, stack, &opts).unwrap();
-    }
-}
