@@ -54,6 +54,15 @@ pub enum Command {
         bs: String,
         #[arg(long, default_value_t = 32)]
         qd: u32,
+        /// Queue threads driving the stack (the primitives and the plain loop use as many).
+        #[arg(long, default_value_t = 1)]
+        queues: u16,
+        /// What writes carry and --prefill stores: random | text.
+        #[arg(long, default_value = "random")]
+        data: String,
+        /// Write the whole device once before a read workload.
+        #[arg(long)]
+        prefill: bool,
     },
 }
 
@@ -64,6 +73,16 @@ pub fn run(args: Args) -> u8 {
         Command::List => list(),
         Command::Status { name, json } => status(&name, json),
         Command::Validate { configs } => validate(&configs),
+        Command::Bench {
+            config,
+            seconds,
+            pattern,
+            bs,
+            qd,
+            queues,
+            data,
+            prefill,
+        } => bench(&config, seconds, &pattern, &bs, qd, queues, &data, prefill),
         other => {
             eprintln!("ublk-stack: {other:?}: not available in this build");
             1
@@ -109,4 +128,66 @@ fn validate(paths: &[PathBuf]) -> u8 {
         }
     }
     u8::from(!all_valid)
+}
+
+/// `bench CONFIG ...`: compile the stack in-process and drive it.
+#[allow(clippy::too_many_arguments)] // one parameter per command-line option
+fn bench(
+    config: &std::path::Path,
+    seconds: f64,
+    pattern: &str,
+    bs: &str,
+    qd: u32,
+    queues: u16,
+    data: &str,
+    prefill: bool,
+) -> u8 {
+    use crate::bench::{DataKind, Options, Pattern};
+    let fail = |msg: String| {
+        eprintln!("ublk-stack bench: {msg}");
+        1
+    };
+    let Some(pattern) = Pattern::parse(pattern) else {
+        return fail(format!(
+            "--pattern {pattern}: use one of {}",
+            Pattern::NAMES.join(", ")
+        ));
+    };
+    let Some(data) = DataKind::parse(data) else {
+        return fail(format!(
+            "--data {data}: use one of {}",
+            DataKind::NAMES.join(", ")
+        ));
+    };
+    let bs = match crate::config::size::parse_size(bs) {
+        Ok(bs) => bs,
+        Err(e) => return fail(format!("--bs {bs}: {e}")),
+    };
+    if !(seconds > 0.0 && seconds <= 3600.0) || qd == 0 || qd > 4096 || queues == 0 || queues > 64 {
+        return fail("--seconds must be in (0, 3600], --qd in 1..=4096, --queues in 1..=64".into());
+    }
+    let plan = match crate::config::load(config) {
+        Ok(plan) => plan,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let stack = match layers::compile(&plan) {
+        Ok(stack) => std::sync::Arc::new(stack),
+        Err(e) => return fail(format!("{}: {e}", config.display())),
+    };
+    let opts = Options {
+        seconds,
+        pattern,
+        bs,
+        qd,
+        queues,
+        data,
+        prefill,
+    };
+    match crate::bench::report(&plan, stack, &opts) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
 }

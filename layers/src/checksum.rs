@@ -5,7 +5,8 @@
 //! | bytes                 | contents                                          |
 //! |-----------------------|---------------------------------------------------|
 //! | 0..4096               | superblock (`superblock.rs`), params = `crc32`    |
-//! | 4096..4096+T          | table: 8 bytes per block: `cur` u32, `prev` u32   |
+//! | 4096..4096+T          | table (`meta_table.rs`): 8 bytes per block:       |
+//! |                       | `cur` u32, `prev` u32                             |
 //! | 4096+T..              | data blocks, in order                             |
 //!
 //! A block's value is `crc32(block index as u64 LE ‖ data)`, so a block written to
@@ -40,6 +41,11 @@ pub struct Checksum {
 }
 
 /// Blocks that fit below `lower_size` together with their table.
+/// The size this layer exposes over a lower device of `lower_size` bytes.
+pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
+    fit_blocks(lower_size, u64::from(block_size)) * u64::from(block_size)
+}
+
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
     let room = lower_size.saturating_sub(SUPERBLOCK_BYTES);
     let mut n = room / (block + ENTRY_BYTES as u64);
@@ -76,24 +82,21 @@ impl Checksum {
         }
         let size = blocks * block;
         let existing = superblock::read(ctx, &*lower).await?;
-        match &existing {
-            Some(sb) => {
-                sb.expect("checksum", FORMAT_VERSION, block_size)?;
-                if sb.params != b"crc32" {
-                    return Err(format!(
-                        "formatted with algorithm {:?}, the config says crc32",
-                        String::from_utf8_lossy(&sb.params)
-                    ));
-                }
-                if sb.size != size {
-                    return Err(format!(
-                        "formatted for {} bytes but the device below now gives {size}; \
-                         the layer below changed size",
-                        sb.size
-                    ));
-                }
+        if let Some(sb) = &existing {
+            sb.expect("checksum", FORMAT_VERSION, block_size)?;
+            if sb.params != b"crc32" {
+                return Err(format!(
+                    "formatted with algorithm {:?}, the config says crc32",
+                    String::from_utf8_lossy(&sb.params)
+                ));
             }
-            None => {}
+            if sb.size != size {
+                return Err(format!(
+                    "formatted for {} bytes but the device below now gives {size}; \
+                     the layer below changed size",
+                    sb.size
+                ));
+            }
         }
         let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, blocks, ENTRY_BYTES)
             .await
@@ -110,6 +113,12 @@ impl Checksum {
             superblock::write(ctx, &*lower, &sb)
                 .await
                 .map_err(|e| format!("cannot write the superblock: {e}"))?;
+        } else {
+            // What a crash left in the table is what later writes build on.
+            lower
+                .flush(ctx)
+                .await
+                .map_err(|e| format!("cannot flush the device below: {e}"))?;
         }
         Ok(Checksum {
             data_start: SUPERBLOCK_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
@@ -221,7 +230,7 @@ impl Layer for Checksum {
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        self.lower.flush(ctx)
+        Box::pin(self.table.flush(ctx, &*self.lower))
     }
 
     fn discard<'a>(

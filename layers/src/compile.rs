@@ -116,6 +116,15 @@ impl Stack {
 /// Open every leaf and build the tree of `plan`. Files with `create = true` are
 /// created here.
 pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
+    compile_with(plan, &mut |_| None)
+}
+
+/// [`compile`], with some layers supplied by the caller (`Some` from `supply`)
+/// instead of built from the plan: the crash tests put recording leaves there.
+pub fn compile_with(
+    plan: &Plan,
+    supply: &mut dyn FnMut(LayerId) -> Option<Arc<dyn Layer>>,
+) -> std::result::Result<Stack, CompileError> {
     // Layers with on-disk metadata read it through a ring of their own at open.
     let io_error = |e: std::io::Error| CompileError {
         layer: plan.layers[plan.top].name.clone(),
@@ -137,44 +146,51 @@ pub fn compile(plan: &Plan) -> std::result::Result<Stack, CompileError> {
                 .expect("children are compiled before parents")
         };
         let block_size = plan.device.block_size;
-        let layer: Arc<dyn Layer> = match &layer_plan.spec {
-            LayerSpec::File(p) => Arc::new(file::open(p, block_size).map_err(fail)?),
-            LayerSpec::Disk(p) => Arc::new(disk::open(p, block_size).map_err(fail)?),
-            LayerSpec::Memory { size_bytes } => Arc::new(memory::MemoryLeaf::new(*size_bytes)),
-            LayerSpec::Null { size_bytes } => Arc::new(null::NullLeaf::new(*size_bytes)),
-            LayerSpec::Raid0(p) => Arc::new(
-                raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
-                    .map_err(fail)?,
-            ),
-            LayerSpec::Mirror(p) => Arc::new(
-                Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
-                    .map_err(fail)?,
-            ),
-            LayerSpec::Checksum(_) => Arc::new(
-                open_exec
-                    .block_on(
-                        &open_ctx,
-                        Checksum::open(&open_ctx, child(layer_plan.spec.children()[0]), block_size),
-                    )
-                    .map_err(fail)?,
-            ),
-            LayerSpec::Crypt(p) => {
-                let key = crypt::load_key(&p.key).map_err(fail)?;
-                Arc::new(
+        let layer: Arc<dyn Layer> = match (supply(id), &layer_plan.spec) {
+            (Some(layer), _) => layer,
+            (None, spec) => match spec {
+                LayerSpec::File(p) => Arc::new(file::open(p, block_size).map_err(fail)?),
+                LayerSpec::Disk(p) => Arc::new(disk::open(p, block_size).map_err(fail)?),
+                LayerSpec::Memory { size_bytes } => Arc::new(memory::MemoryLeaf::new(*size_bytes)),
+                LayerSpec::Null { size_bytes } => Arc::new(null::NullLeaf::new(*size_bytes)),
+                LayerSpec::Raid0(p) => Arc::new(
+                    raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
+                        .map_err(fail)?,
+                ),
+                LayerSpec::Mirror(p) => Arc::new(
+                    Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
+                        .map_err(fail)?,
+                ),
+                LayerSpec::Checksum(_) => Arc::new(
                     open_exec
                         .block_on(
                             &open_ctx,
-                            Crypt::open(&open_ctx, child(p.over), block_size, &key),
+                            Checksum::open(
+                                &open_ctx,
+                                child(layer_plan.spec.children()[0]),
+                                block_size,
+                            ),
                         )
                         .map_err(fail)?,
-                )
-            }
-            other => {
-                return Err(fail(format!(
-                    "layer type \"{}\" is not available in this version of ublk-stack",
-                    other.type_name()
-                )))
-            }
+                ),
+                LayerSpec::Crypt(p) => {
+                    let key = crypt::load_key(&p.key).map_err(fail)?;
+                    Arc::new(
+                        open_exec
+                            .block_on(
+                                &open_ctx,
+                                Crypt::open(&open_ctx, child(p.over), block_size, &key),
+                            )
+                            .map_err(fail)?,
+                    )
+                }
+                other => {
+                    return Err(fail(format!(
+                        "layer type \"{}\" is not available in this version of ublk-stack",
+                        other.type_name()
+                    )))
+                }
+            },
         };
         nodes[id] = Some(Arc::new(Counted {
             size: layer.size(),

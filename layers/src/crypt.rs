@@ -5,7 +5,7 @@
 //! | bytes          | contents                                                 |
 //! |----------------|----------------------------------------------------------|
 //! | 0..4096        | superblock; params below                                 |
-//! | 4096..4096+T   | table: 64 bytes per block: `cur` = nonce(12) ‖ tag(16),  |
+//! | 4096..4096+T   | table (`meta_table.rs`), 64 bytes per block: `cur` = nonce(12) ‖ tag(16),  |
 //! |                | `prev` = nonce(12) ‖ tag(16), 8 bytes zero               |
 //! | 4096+T..       | ciphertext blocks, same size as the plaintext            |
 //!
@@ -99,6 +99,11 @@ fn read_key_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
         ));
     }
     std::fs::read(path).map_err(|e| format!("key_file {}: {e}", path.display()))
+}
+
+/// The size this layer exposes over a lower device of `lower_size` bytes.
+pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
+    fit_blocks(lower_size, u64::from(block_size)) * u64::from(block_size)
 }
 
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
@@ -199,6 +204,12 @@ impl Crypt {
             superblock::write(ctx, &*lower, &sb)
                 .await
                 .map_err(|e| format!("cannot write the superblock: {e}"))?;
+        } else {
+            // What a crash left in the table is what later writes build on.
+            lower
+                .flush(ctx)
+                .await
+                .map_err(|e| format!("cannot flush the device below: {e}"))?;
         }
         Ok(Crypt {
             data_start: SUPERBLOCK_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
@@ -369,7 +380,7 @@ impl Layer for Crypt {
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        self.lower.flush(ctx)
+        Box::pin(self.table.flush(ctx, &*self.lower))
     }
 
     fn discard<'a>(

@@ -291,7 +291,9 @@ impl Executor {
         while self.live.get() > 0 {
             self.turn_inner(
                 ctx,
-                &mut |user_data, _| panic!("unexpected front-end CQE {user_data:#x} in run_until_idle"),
+                &mut |user_data, _| {
+                    panic!("unexpected front-end CQE {user_data:#x} in run_until_idle")
+                },
                 true,
             )?;
         }
@@ -313,7 +315,9 @@ impl Executor {
             woken = self
                 .turn_inner(
                     ctx,
-                    &mut |user_data, _| panic!("unexpected front-end CQE {user_data:#x} in block_on"),
+                    &mut |user_data, _| {
+                        panic!("unexpected front-end CQE {user_data:#x} in block_on")
+                    },
                     true,
                 )
                 .expect("io_uring wait failed");

@@ -40,7 +40,7 @@ pub mod uring;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use compile::{compile, CompileError, Stack};
+pub use compile::{compile, compile_with, CompileError, Stack};
 pub use error::{Error, Result};
 pub use exec::{Executor, IoCtx};
 pub use plan::{LayerSpec, Plan};

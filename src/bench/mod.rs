@@ -7,6 +7,7 @@
 //! that is the cost of the stack over the raw primitive.
 
 mod baseline;
+mod primitives;
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -48,6 +49,57 @@ impl Pattern {
     }
 }
 
+/// What the workload writes (and what `--prefill` stores before reading).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// Pseudo-random bytes: incompressible.
+    Random,
+    /// Words and numbers in lines, roughly as compressible as logs or source.
+    Text,
+}
+
+impl DataKind {
+    pub const NAMES: [&'static str; 2] = ["random", "text"];
+
+    pub fn parse(s: &str) -> Option<DataKind> {
+        match s {
+            "random" => Some(DataKind::Random),
+            "text" => Some(DataKind::Text),
+            _ => None,
+        }
+    }
+
+    /// Fill `buf` deterministically from `seed`.
+    pub fn fill(self, seed: u64, buf: &mut [u8]) {
+        let mut rng = Rng::new(seed);
+        match self {
+            DataKind::Random => rng.fill(buf),
+            DataKind::Text => {
+                const WORDS: [&str; 24] = [
+                    "block", "device", "mirror", "stripe", "cache", "queue", "write", "read",
+                    "flush", "error", "layer", "config", "the", "a", "of", "to", "and", "is", "in",
+                    "request", "kernel", "sector", "offset", "status",
+                ];
+                let mut at = 0;
+                while at < buf.len() {
+                    let word: std::borrow::Cow<'_, str> = if rng.chance(15) {
+                        rng.below(100_000).to_string().into()
+                    } else {
+                        WORDS[rng.below(WORDS.len() as u64) as usize].into()
+                    };
+                    let sep: &[u8] = if rng.chance(8) { b"\n" } else { b" " };
+                    for &b in word.as_bytes().iter().chain(sep) {
+                        if at < buf.len() {
+                            buf[at] = b;
+                            at += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub seconds: f64,
@@ -55,6 +107,9 @@ pub struct Options {
     pub bs: u64,
     pub qd: u32,
     pub queues: u16,
+    pub data: DataKind,
+    /// Write the whole device before a read workload.
+    pub prefill: bool,
 }
 
 /// Operations completed and time taken by one run.
@@ -157,7 +212,8 @@ fn run_queue(stack: Arc<Stack>, queue: u16, opts: &Options) -> Result<(u64, u64)
         let seed = u64::from(queue) << 32 | u64::from(task);
         let mut offsets = Offsets::new(seed, stack.size(), opts.bs, opts.pattern.is_random());
         let pattern = opts.pattern;
-        let mut buf = vec![0x5Au8; opts.bs as usize];
+        let mut buf = vec![0u8; opts.bs as usize];
+        opts.data.fill(seed, &mut buf);
         exec.spawn(async move {
             while Instant::now() < deadline && failed.get().is_none() {
                 let offset = offsets.next();
@@ -204,9 +260,13 @@ pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), Stri
         opts.seconds,
         stack.size()
     );
+    if opts.prefill {
+        prefill(&stack, opts.data)?;
+    }
     let Some(path) = top_file(plan) else {
         let ours = run_stack(&stack, opts)?;
         print_line("stack", &ours, "");
+        compare_primitives(plan, &ours, opts);
         return Ok(());
     };
     let round = Options {
@@ -238,6 +298,61 @@ pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), Stri
     Ok(())
 }
 
+/// Write the whole device once, in 1 MiB requests, with `data`.
+fn prefill(stack: &Stack, data: DataKind) -> Result<(), String> {
+    let ctx = IoCtx::new(0, 64).map_err(|e| e.to_string())?;
+    let exec = Executor::new().map_err(|e| e.to_string())?;
+    let chunk = (1u64 << 20).min(stack.size());
+    let mut buf = vec![0u8; chunk as usize];
+    let mut offset = 0;
+    while offset < stack.size() {
+        let n = chunk.min(stack.size() - offset) as usize;
+        data.fill(offset, &mut buf[..n]);
+        exec.block_on(&ctx, stack.top().write(&ctx, offset, &buf[..n]))
+            .map_err(|e| format!("prefill at byte {offset}: {e}"))?;
+        offset += n as u64;
+    }
+    exec.block_on(&ctx, stack.flush(&ctx))
+        .map_err(|e| format!("prefill flush: {e}"))
+}
+
+/// Time the raw primitive of every transformation layer in the stack on the same
+/// kind of buffers; with exactly one, print the layer's ratio to it.
+fn compare_primitives(plan: &Plan, ours: &Figures, opts: &Options) {
+    let found: Vec<primitives::Primitive> = plan
+        .walk()
+        .into_iter()
+        .filter_map(|id| primitives::Primitive::for_layer(plan.layers[id].spec.type_name()))
+        .collect();
+    let block = plan.device.block_size as usize;
+    let mut data = vec![0u8; opts.bs as usize];
+    opts.data.fill(1, &mut data);
+    for &p in &found {
+        let f = primitives::run(
+            p,
+            &data,
+            block,
+            opts.pattern.is_write(),
+            opts.seconds.min(3.0),
+        );
+        let tail = if found.len() == 1 {
+            format!("  (ratio stack/primitive: {:.2})", ours.iops() / f.iops())
+        } else {
+            String::new()
+        };
+        print_line(p.name(), &f, &tail);
+        if p == primitives::Primitive::Lz4 {
+            println!(
+                "  raw lz4 saves {:.1}% on this data in {block}-byte pieces",
+                100.0 * primitives::lz4_saving(&data, block)
+            );
+        }
+    }
+    if opts.queues > 1 && !found.is_empty() {
+        println!("  (primitives run on one thread; use --queues 1 to compare per core)");
+    }
+}
+
 fn sum(figures: &[Figures]) -> Figures {
     Figures {
         ops: figures.iter().map(|f| f.ops).sum(),
@@ -252,28 +367,4 @@ fn print_line(what: &str, f: &Figures, tail: &str) {
         f.iops(),
         f.mb_per_s()
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use layers::testing::PlanBuilder;
-
-    #[test]
-    #[ignore = "measurement, run by hand"]
-    fn measure_file_leaf() {
-        let dir = std::path::PathBuf::from(std::env::var("BENCH_DIR").unwrap_or("/dev/shm".into()));
-        let mut b = PlanBuilder::new(&dir, 4096);
-        let top = b.file("bench-a", 1 << 30);
-        let plan = b.build(top);
-        let stack = Arc::new(layers::compile(&plan).unwrap());
-        let opts = Options {
-            seconds: 3.0,
-            pattern: Pattern::RandRead,
-            bs: 4096,
-            qd: 32,
-            queues: 1,
-        };
-        report(&plan, stack, &opts).unwrap();
-    }
 }

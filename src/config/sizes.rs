@@ -43,12 +43,14 @@ pub fn exposed_sizes(plan: &Plan) -> Result<Vec<u64>, ConfigErrors> {
 
 /// The size a layer exposes given the size of the layer below it.
 ///
-/// This is the hook for layers that keep metadata on their lower device:
-/// once `checksum` and `crypt` fix their on-disk format, they subtract it here.
-pub fn exposed_over(spec: &LayerSpec, lower_bytes: u64) -> u64 {
+/// Layers that keep metadata on their lower device expose less than it; the
+/// layers crate owns those formats and says how much.
+pub fn exposed_over(spec: &LayerSpec, lower_bytes: u64, block_size: u64) -> u64 {
+    let block_size = block_size as u32;
     match spec {
         LayerSpec::Compress(params) => params.size_bytes.unwrap_or(lower_bytes),
-        // checksum and crypt: subtract their metadata here once it is defined.
+        LayerSpec::Checksum(_) => layers::checksum::exposed_size(lower_bytes, block_size),
+        LayerSpec::Crypt(_) => layers::crypt::exposed_size(lower_bytes, block_size),
         _ => lower_bytes,
     }
 }
@@ -161,18 +163,20 @@ fn layer_size(
                     );
                     None
                 }
-                _ => Some(exposed_over(spec, lower)),
+                _ => Some(exposed_over(spec, lower, block_size)),
             }
         }
         LayerSpec::Crypt(params) => {
             if let KeySource::File(path) = &params.key {
                 check_key_file(path, &mut report);
             }
-            children?.first().map(|&lower| exposed_over(spec, lower))
+            children?
+                .first()
+                .map(|&lower| exposed_over(spec, lower, block_size))
         }
-        LayerSpec::Cache(_) | LayerSpec::Compress(_) | LayerSpec::Checksum(_) => {
-            children?.first().map(|&lower| exposed_over(spec, lower))
-        }
+        LayerSpec::Cache(_) | LayerSpec::Compress(_) | LayerSpec::Checksum(_) => children?
+            .first()
+            .map(|&lower| exposed_over(spec, lower, block_size)),
     }
 }
 

@@ -404,7 +404,10 @@ mod tests {
         });
         let text = render_status(&reply);
         assert!(text.contains("\n  a "), "{text}");
-        assert!(text.contains("         1          2        3       0"), "{text}");
+        assert!(
+            text.contains("         1          2        3       0"),
+            "{text}"
+        );
         assert!(text.contains("health=ok"), "{text}");
     }
 }

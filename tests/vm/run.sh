@@ -18,6 +18,8 @@
 #   VM_LOG_DIR           where the serial logs go (a new temp dir); one NAME.log per scenario
 #   VM_VERBOSE=1         also stream the serial console to stderr while it runs
 #   VM_CACHE             kernel cache made by setup.sh (tests/vm/cache)
+#   VM_GUEST_ENV         "NAME=VALUE ..." exported to the scenarios (seeds, sizes);
+#                        values cannot hold spaces
 #
 # Exit status: 0 when every scenario printed "VMTEST NAME PASS" (read from the
 # guest's second serial port, which nothing else writes to); 1 when any failed,
@@ -106,6 +108,13 @@ fi
 # Everything next to the scenarios (helpers, fixtures) and the example configs.
 [[ -d $here/scenarios ]] && cp -r "$here/scenarios/." "$root/vmtest/scenarios/"
 [[ -d $repo/configs ]] && cp -r "$repo/configs" "$root/configs"
+# The guest does not inherit the host's environment; init sources this file.
+read -ra guest_env <<<"${VM_GUEST_ENV:-}"
+for pair in "${guest_env[@]}"; do
+    [[ $pair =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "VM_GUEST_ENV: '$pair' is not NAME=VALUE"
+    value=${pair#*=}
+    printf "export %s='%s'\n" "${pair%%=*}" "${value//\'/\'\\\'\'}"
+done >"$root/vmtest/env"
 names=()
 for s in "$@"; do
     name=$(basename "$s" .sh)

@@ -3,6 +3,7 @@
 //! model-based checker that runs random operations against a stack and a plain
 //! in-memory reference image.
 
+pub mod crash;
 pub mod model;
 pub mod plans;
 pub use crate::rng;

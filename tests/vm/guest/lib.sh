@@ -37,3 +37,38 @@ wait_for() {
         sleep 0.1
     done
 }
+
+# ublk_up CONFIG [SECONDS]: start `ublk-stack up CONFIG` in the background and
+# wait for it to print the device path (DESIGN.md §2). Sets UBLK_DEV (the path)
+# and UBLK_PID; its output goes to /work/ublk-up.NAME.log and, on failure, to
+# the serial log. Stop it with ublk_stop.
+ublk_up() {
+    local config=$1 seconds=${2:-30} log tries
+    log=/work/ublk-up.$(basename "$config" .toml).log
+    ublk-stack up "$config" >"$log" 2>&1 &
+    UBLK_PID=$!
+    tries=$((seconds * 10))
+    UBLK_DEV=
+    while :; do
+        UBLK_DEV=$(grep -om1 '/dev/ublkb[0-9]\+' "$log" || true)
+        [[ -z $UBLK_DEV ]] || break
+        if ! kill -0 "$UBLK_PID" 2>/dev/null; then
+            cat "$log" >&2
+            fail "ublk-stack up $config exited before printing a device"
+        fi
+        if ((tries-- <= 0)); then
+            cat "$log" >&2
+            fail "ublk-stack up $config printed no device within ${seconds}s"
+        fi
+        sleep 0.1
+    done
+    wait_for "$UBLK_DEV" "$seconds"
+}
+
+# ublk_stop: SIGTERM the daemon started by ublk_up and check it exits 0.
+ublk_stop() {
+    local rc=0
+    kill -TERM "$UBLK_PID"
+    wait "$UBLK_PID" || rc=$?
+    ((rc == 0)) || fail "ublk-stack up exited with $rc after SIGTERM"
+}
