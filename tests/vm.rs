@@ -35,6 +35,7 @@ scenarios!(
     ublk_leaf_errors,
     ublk_kill9,
     ublk_vs_loop_iops,
+    ublk_up_refusals,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
