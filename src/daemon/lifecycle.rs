@@ -395,6 +395,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn status_reports_every_layer_with_counters_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.memory("a", 1 << 20);
+        let b = plan.memory("b", 1 << 20);
+        let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
+        let stack = Arc::new(layers::compile(&plan.build(mirror)).unwrap());
+        let report = DeviceReport {
+            name: "test".into(),
+            path: PathBuf::from("/dev/ublkb9"),
+            queues: 2,
+            stack,
+        };
+        let status = report.status();
+        assert_eq!(status["ok"], true);
+        assert_eq!(status["size"], 1u64 << 20);
+        let layers = status["layers"].as_array().unwrap();
+        let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["m", "a", "b"]);
+        assert_eq!(layers[1]["depth"], 1);
+        assert_eq!(layers[0]["stats"]["errors"], 0);
+        assert_eq!(report.info()["path"], "/dev/ublkb9");
+    }
+
+    #[test]
     fn sizes_read_like_the_config() {
         assert_eq!(format_size(4 << 30), "4 GiB");
         assert_eq!(format_size(1536 << 10), "1.5 MiB");
