@@ -10,7 +10,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -61,7 +61,14 @@ fn is_root() -> bool {
 fn open_control() -> Result<Control, String> {
     match Control::open() {
         Err(CtrlError::NotLoaded) => {
-            drop(Command::new("modprobe").arg("ublk_drv").status());
+            // modprobe's own complaint would make the error two lines; ours says it.
+            drop(
+                Command::new("modprobe")
+                    .arg("ublk_drv")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status(),
+            );
             Control::open().map_err(|e| match e {
                 CtrlError::NotLoaded => NO_UBLK.to_string(),
                 other => other.to_string(),
