@@ -279,7 +279,21 @@ fn on_command_done<T: TopLayer>(
     }
     match res {
         sys::UBLK_IO_RES_OK => {
-            if let Some(state) = queue.tags.borrow_mut().get_mut(usize::from(tag)) {
+            {
+                let mut tags = queue.tags.borrow_mut();
+                let Some(state) = tags.get_mut(usize::from(tag)) else {
+                    return;
+                };
+                if *state != TagState::Armed {
+                    // A second request on a tag we are still serving would alias
+                    // its buffer (see Queue::buffer): refuse to start it.
+                    tracing::error!(
+                        queue = queue.setup.queue,
+                        tag,
+                        "request on a tag that is not armed; ignored"
+                    );
+                    return;
+                }
                 *state = TagState::Serving;
             }
             let desc = queue.descs.get(tag);
