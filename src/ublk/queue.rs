@@ -146,7 +146,10 @@ impl Queue {
     /// completion and its COMMIT. Then nothing else touches the buffer: the kernel
     /// copies in before completing the FETCH and copies out only after the COMMIT
     /// is submitted (the task's last act), the tag has no other request until
-    /// then, and the buffer stays mapped for the queue's life.
+    /// then (the kernel re-arms a tag only through that COMMIT, and
+    /// `on_command_done` refuses a request on a tag that is not armed), and the
+    /// buffer stays mapped for the queue's life (or forever, see
+    /// `TagBuffers::leak`).
     #[allow(clippy::mut_from_ref)]
     unsafe fn buffer(&self, tag: u16, len: usize) -> &mut [u8] {
         debug_assert!(len <= self.buffers.per_tag());
