@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::exec::IoCtx;
 use crate::join::join_all;
-use crate::plan::ReadPolicy;
+use crate::plan::{LiveChange, ReadPolicy};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
 struct Leg {
@@ -224,6 +224,21 @@ impl Layer for Mirror {
 
     fn discard_frees_space(&self) -> bool {
         self.legs.iter().all(|l| l.layer.discard_frees_space())
+    }
+
+    fn apply_live<'a>(
+        &'a self,
+        _ctx: &'a IoCtx,
+        change: &'a LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        let res = match change {
+            LiveChange::ReadPolicy(p) => {
+                self.set_read_policy(*p);
+                Ok(())
+            }
+            other => Err(format!("{other:?} does not apply to a mirror")),
+        };
+        Box::pin(std::future::ready(res))
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {
