@@ -308,6 +308,15 @@ fn disk_size(
             return None;
         }
     };
+    if bytes == 0 {
+        report(
+            Some(LayerKey::Path),
+            format!(
+                "block device {shown} is empty (0 bytes); is its medium or backing file attached?"
+            ),
+        );
+        return None;
+    }
     // A partial last block cannot be addressed by the device above.
     let usable = bytes - bytes % block_size;
     if usable == 0 {
