@@ -30,26 +30,8 @@ impl Reader<'_> {
             return;
         }
         let mut message = format!("{name} must be {expected}, not {}", item.value.kind());
-        if let Value::String(text) = &item.value {
-            // The key as written inside its table: `queues`, not `device.queues`.
-            let key = name.rsplit('.').next().unwrap_or(name);
-            let bare = text.trim();
-            let numeric = bare.parse::<i64>().is_ok() || bare.parse::<f64>().is_ok();
-            let flag = match bare.to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" => Some("true"),
-                "false" | "no" | "off" => Some("false"),
-                _ => None,
-            };
-            if numeric && !expected.contains("string") {
-                message.push_str(&format!(" (write {key} = {bare}, without quotes)"));
-            } else if let (Some(flag), "true or false") = (flag, expected) {
-                message.push_str(&format!(" (write {key} = {flag}, without quotes)"));
-            }
-        }
-        if let (Value::Integer(number @ (0 | 1)), "true or false") = (&item.value, expected) {
-            let key = name.rsplit('.').next().unwrap_or(name);
-            let flag = *number == 1;
-            message.push_str(&format!(" (write {key} = {flag})"));
+        if let Some(hint) = literal_hint(name, expected, &item.value) {
+            message.push_str(&hint);
         }
         self.report(&item.span, message);
     }
@@ -317,5 +299,33 @@ impl Reader<'_> {
             return None;
         }
         Some(base_dir.join(text))
+    }
+}
+
+/// ` (write queues = 2, without quotes)` when the value the user meant is
+/// obvious: a quoted number or boolean, or 0/1 for a boolean.
+fn literal_hint(name: &str, expected: &str, value: &Value) -> Option<String> {
+    // The key as written inside its table: `queues`, not `device.queues`.
+    let key = name.rsplit('.').next().unwrap_or(name);
+    let wants_boolean = expected == "true or false";
+    match value {
+        Value::String(text) if wants_boolean => {
+            let flag = match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" => "true",
+                "false" | "no" | "off" => "false",
+                _ => return None,
+            };
+            Some(format!(" (write {key} = {flag}, without quotes)"))
+        }
+        Value::String(text) => {
+            let bare = text.trim();
+            let numeric = bare.parse::<i64>().is_ok() || bare.parse::<f64>().is_ok();
+            (numeric && !expected.contains("string"))
+                .then(|| format!(" (write {key} = {bare}, without quotes)"))
+        }
+        Value::Integer(number @ (0 | 1)) if wants_boolean => {
+            Some(format!(" (write {key} = {})", *number == 1))
+        }
+        _ => None,
     }
 }
