@@ -665,7 +665,7 @@ top = "c"
 type = "cache"
 capacity = "64MiB"
 "#),
-    case("compress algorithm", "8:13", "algorithm \"zstd\" is not one of: lz4", r#"version = 1
+    case("compress algorithm", "8:13", "algorithm \"zstd\" is not supported; this version knows only \"lz4\"", r#"version = 1
 [device]
 name = "d0"
 top = "z"
@@ -1076,6 +1076,29 @@ size = "1GiB"
         ],
         "{errors:#?}"
     );
+}
+
+/// Mistakes that could set off follow-on errors ("missing name", "no layers")
+/// are reported once, where the user must edit.
+#[test]
+fn one_mistake_is_one_error() {
+    let cases = [
+        // A device key above [device].
+        "version = 1\nname = \"d0\"\n[device]\ntop = \"m\"\n[layers.m]\ntype = \"null\"\nsize = 4096\n",
+        // [layer.m] for [layers.m].
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"m\"\n[layer.m]\ntype = \"null\"\nsize = 4096\n",
+        // A misspelt required key.
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"m\"\n[layers.m]\ntype = \"null\"\nsiez = 4096\n",
+        // A misspelt device key.
+        "version = 1\n[device]\nname = \"d0\"\ntpo = \"m\"\n[layers.m]\ntype = \"null\"\nsize = 4096\n",
+        // An inline key.
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"x\"\n[layers.x]\ntype = \"crypt\"\nover = \"m\"\nkey = \"k\"\n\
+         [layers.m]\ntype = \"null\"\nsize = 4096\n",
+    ];
+    for text in cases {
+        let errors = errors_in(text, Path::new("/")).expect("refused");
+        assert_eq!(errors.len(), 1, "{text}\n{errors:#?}");
+    }
 }
 
 #[test]

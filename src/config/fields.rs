@@ -26,7 +26,8 @@ impl Reader<'_> {
     }
 
     pub fn wrong_type(&mut self, name: &str, expected: &str, item: &Item) {
-        if matches!(item.value, Value::Invalid) {
+        if let Value::Invalid(reason) = &item.value {
+            self.report(&item.span, format!("{name}: {reason}"));
             return;
         }
         let mut message = format!("{name} must be {expected}, not {}", item.value.kind());
@@ -153,12 +154,18 @@ impl Reader<'_> {
         if let Some(choice) = parse(text) {
             return Some(choice);
         }
-        let hint = did_you_mean(text, names.iter().copied());
-        let options = names.join(", ");
-        self.report(
-            &item.span,
-            format!("{name} \"{text}\" is not one of: {options}{hint}"),
-        );
+        let message = match names {
+            [only] => format!(
+                "{name} \"{text}\" is not supported; this version knows only \"{only}\" \
+                 (or leave {name} out)"
+            ),
+            _ => format!(
+                "{name} \"{text}\" is not one of: {}{}",
+                names.join(", "),
+                did_you_mean(text, names.iter().copied())
+            ),
+        };
+        self.report(&item.span, message);
         None
     }
 

@@ -377,7 +377,7 @@ fn raid0_size(
         report(
             Some(LayerKey::Chunk),
             format!(
-                "each stripe ({}) is smaller than one chunk ({})",
+                "each stripe ({}) is smaller than one chunk ({}); use a smaller chunk or larger stripes",
                 format_human(stripe_bytes),
                 format_exact(chunk_bytes)
             ),
