@@ -1206,3 +1206,33 @@ fn validate_command_exits_1_if_any_file_is_bad_and_still_checks_the_rest() {
     assert!(stderr.contains(&format!("{}: cannot read:", missing.display())));
     assert!(String::from_utf8_lossy(&output.stdout).contains("good.toml: ok"));
 }
+
+/// Each file in tests/data/bad-configs/ names on its first line the error
+/// `validate` must print for it: `# expect: LINE:COL: message`.
+#[test]
+fn validate_command_reports_each_bad_config_file_where_it_says() {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad-configs");
+    let mut paths: Vec<_> = std::fs::read_dir(&folder)
+        .expect("tests/data/bad-configs/")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10, "{paths:?}");
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: first line must be # expect: …", path.display()));
+        let output = ublk_stack(&["validate".as_ref(), path.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{}", path.display());
+        let wanted = format!("{}:{expected}", path.display());
+        assert!(
+            stderr.lines().any(|line| line.starts_with(&wanted)),
+            "wanted a line starting with\n{wanted}\ngot\n{stderr}"
+        );
+    }
+}
