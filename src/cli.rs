@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ublk-stack", version, about = "Stacked block devices from a TOML file, served through Linux ublk")]
+#[command(
+    name = "ublk-stack",
+    version,
+    about = "Stacked block devices from a TOML file, served through Linux ublk"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,

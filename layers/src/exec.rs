@@ -10,8 +10,8 @@
 //! polled on the ring.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::pin;
@@ -73,7 +73,10 @@ struct Shared {
 
 impl Shared {
     fn wake(&self, id: usize) {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
         if self.sleeping.load(Ordering::SeqCst) {
             // A failed write means the counter is already non-zero: the sleeper
             // wakes anyway.
@@ -151,10 +154,12 @@ impl Executor {
                 let mut tasks = self.tasks.borrow_mut();
                 tasks.push(Some(fut));
                 let id = tasks.len() - 1;
-                self.wakers.borrow_mut().push(Waker::from(Arc::new(TaskWaker {
-                    id,
-                    shared: self.shared.clone(),
-                })));
+                self.wakers
+                    .borrow_mut()
+                    .push(Waker::from(Arc::new(TaskWaker {
+                        id,
+                        shared: self.shared.clone(),
+                    })));
                 id
             }
         };
@@ -209,13 +214,24 @@ impl Executor {
     /// CQEs go to `foreign`. Returns whether the `block_on` future was woken.
     pub fn turn(&self, ctx: &IoCtx, foreign: &mut dyn FnMut(u64, i32)) -> io::Result<bool> {
         let mut main_woken = self.run_ready();
-        let runnable = main_woken || !self.shared.ready.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let runnable = main_woken
+            || !self
+                .shared
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
         if runnable {
             ctx.uring.submit_and_wait(0)?;
         } else {
             self.arm_wake(ctx);
             self.shared.sleeping.store(true, Ordering::SeqCst);
-            let woken = !self.shared.ready.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            let woken = !self
+                .shared
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
             let res = ctx.uring.submit_and_wait(if woken { 0 } else { 1 });
             self.shared.sleeping.store(false, Ordering::SeqCst);
             res?;
@@ -237,9 +253,12 @@ impl Executor {
         if self.wake_armed.get() {
             return;
         }
-        let entry = opcode::PollAdd::new(types::Fd(self.shared.eventfd.as_raw_fd()), libc::POLLIN as u32)
-            .build()
-            .user_data(WAKE_TAG);
+        let entry = opcode::PollAdd::new(
+            types::Fd(self.shared.eventfd.as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .build()
+        .user_data(WAKE_TAG);
         #[allow(unsafe_code)]
         // SAFETY: a poll SQE refers to no memory; the eventfd lives in `shared`,
         // which outlives the ring's use by this executor.

@@ -49,24 +49,40 @@ pub trait Layer: Send + Sync {
     fn size(&self) -> u64;
 
     /// Fill `buf` with the bytes at `offset`.
-    fn read<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a mut [u8])
-        -> LocalBoxFuture<'a, Result<()>>;
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>>;
 
     /// Store `buf` at `offset`. Once this returns `Ok`, a later read sees the data;
     /// it is durable only after a successful `flush`.
-    fn write<'a>(&'a self, ctx: &'a IoCtx, offset: u64, buf: &'a [u8])
-        -> LocalBoxFuture<'a, Result<()>>;
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>>;
 
     /// Make every write acknowledged so far durable, on every leaf below.
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>>;
 
     /// The range's contents are no longer needed; it reads back as zeros.
-    fn discard<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64)
-        -> LocalBoxFuture<'a, Result<()>>;
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>>;
 
     /// The range reads back as zeros.
-    fn write_zeroes<'a>(&'a self, ctx: &'a IoCtx, offset: u64, len: u64)
-        -> LocalBoxFuture<'a, Result<()>>;
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>>;
 
     /// Whether a discard frees space below (advertised to the kernel only when true
     /// for the whole stack). Discard is always accepted and always zeroes.

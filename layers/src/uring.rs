@@ -136,19 +136,42 @@ impl BufPool {
 
 /// A leaf operation. Buffers are owned and handed back with the completion.
 pub enum Op {
-    Read { fd: RawFd, offset: u64, buf: AlignedBuf },
-    Write { fd: RawFd, offset: u64, buf: AlignedBuf },
+    Read {
+        fd: RawFd,
+        offset: u64,
+        buf: AlignedBuf,
+    },
+    Write {
+        fd: RawFd,
+        offset: u64,
+        buf: AlignedBuf,
+    },
     /// fdatasync (or fsync when `data_only` is false).
     Fsync { fd: RawFd, data_only: bool },
-    Fallocate { fd: RawFd, mode: i32, offset: u64, len: u64 },
+    Fallocate {
+        fd: RawFd,
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
 }
 
 enum Slot {
-    Free { next: usize },
-    Pending { waker: Option<Waker>, buf: Option<AlignedBuf> },
-    Done { res: i32, buf: Option<AlignedBuf> },
+    Free {
+        next: usize,
+    },
+    Pending {
+        waker: Option<Waker>,
+        buf: Option<AlignedBuf>,
+    },
+    Done {
+        res: i32,
+        buf: Option<AlignedBuf>,
+    },
     /// The future was dropped before the CQE; the buffer waits for it here.
-    Orphaned { _buf: Option<AlignedBuf> },
+    Orphaned {
+        _buf: Option<AlignedBuf>,
+    },
 }
 
 const NO_SLOT: usize = usize::MAX;
@@ -176,10 +199,13 @@ fn submit_retrying(ring: &IoUring, wait: usize) -> io::Result<usize> {
 
 impl Uring {
     pub fn new(entries: u32) -> io::Result<Uring> {
-        let ring = IoUring::builder().setup_coop_taskrun().build(entries).or_else(|_| {
-            // Kernels before 5.19 lack COOP_TASKRUN.
-            IoUring::new(entries)
-        })?;
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| {
+                // Kernels before 5.19 lack COOP_TASKRUN.
+                IoUring::new(entries)
+            })?;
         Ok(Uring {
             ring: RefCell::new(ring),
             slots: RefCell::new(Vec::new()),
@@ -227,14 +253,22 @@ impl Uring {
     /// on failure) and the operation's buffer.
     pub fn submit(&self, op: Op) -> OpFuture<'_> {
         let (entry, buf) = match op {
-            Op::Read { fd, offset, mut buf } => {
+            Op::Read {
+                fd,
+                offset,
+                mut buf,
+            } => {
                 let len = u32::try_from(buf.len()).expect("leaf I/O under 4 GiB");
                 let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
                     .offset(offset)
                     .build();
                 (entry, Some(buf))
             }
-            Op::Write { fd, offset, mut buf } => {
+            Op::Write {
+                fd,
+                offset,
+                mut buf,
+            } => {
                 let len = u32::try_from(buf.len()).expect("leaf I/O under 4 GiB");
                 let entry = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len)
                     .offset(offset)
