@@ -36,6 +36,9 @@ scenarios!(
     ublk_kill9,
     ublk_vs_loop_iops,
     ublk_up_refusals,
+    ublk_checksum_flip,
+    ublk_crypt,
+    ublk_secure_ext4,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
