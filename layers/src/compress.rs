@@ -1,0 +1,214 @@
+//! `compress`: lz4 per 32 KiB unit, copy-on-write into a thin data area.
+//!
+//! On-disk layout of the layer below (format version 1, little endian; the full
+//! description is `docs/formats/compress.md`):
+//!
+//! | bytes           | contents                                                   |
+//! |-----------------|------------------------------------------------------------|
+//! | 0..4096         | superblock (`superblock.rs`); params: algorithm (16, `lz4`), unit size u32, granule size u32, lower size u64, 16 reserved |
+//! | 4096..4096+T    | map: 32 bytes per unit, `cur` ‖ `prev` extents (`compress/entry.rs`): first granule u48, kind u8 (empty/zero/raw/lz4), 0, stored length u32, crc32(unit ‖ stored bytes) u32 |
+//! | 4096+T..        | data area: 4 KiB granules; an extent is a run of granules  |
+//!
+//! **Unit.** The device is cut into 32 KiB units, each stored as one extent:
+//! lz4 when that saves at least one granule, raw otherwise (incompressible data
+//! costs only its 32 bytes of map), nothing when all zeros. Per-block units cannot
+//! save space with 4 KiB blocks: every request below is block aligned, so a
+//! compressed 4 KiB block would still take a 4 KiB granule, and packing several
+//! into one granule would overwrite live neighbours in place. 32 KiB units
+//! compress well (lz4's window is 64 KiB) and lose on average half a granule to
+//! rounding; a 4 KiB write inside a unit reads, decompresses, merges and
+//! recompresses 32 KiB (tens of microseconds), while 64 KiB would double that.
+//!
+//! **Thin.** `size` may exceed the layer below. Granules are allocated on write
+//! and never-written ones are never touched; freed extents are discarded below,
+//! so a sparse file leaf shrinks. When no run of granules is free, the layer
+//! flushes (which returns freed space) and retries, then fails with `NoSpace`
+//! having changed nothing: the unit keeps its previous contents.
+//!
+//! **Write ordering.** A write puts the unit's new version into newly allocated
+//! granules, then updates the map entry to `cur = new, prev = old cur` (the old
+//! `prev` is freed). Reads verify `cur`'s crc and fall back to `prev`, which only
+//! a crash can make necessary; neither verifying is `Corrupt` (EIO). Freed
+//! extents are reused only after a FLUSH made the map that dropped them durable.
+//! FLUSH: flush below; then discard and release the extents freed before it; then
+//! clear `prev` of every unit whose `cur` that flush made durable (their old
+//! extents are released too; the cleared map pages are written without a flush:
+//! a `prev` left on disk by a crash is verified at the next open). Known limit,
+//! shared with `checksum`: a unit written twice between flushes whose two newest
+//! data writes are both lost in a crash reads as EIO, not as its flushed contents.
+//!
+//! Open formats an all-zero device, or checks the superblock (type, version,
+//! block size, algorithm, unit, granule, sizes) and refuses a mismatch before
+//! writing anything; it then rebuilds the allocator from the map. No live keys.
+
+mod alloc;
+mod codec;
+mod entry;
+mod format;
+mod io;
+mod open;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::async_lock::AsyncLock;
+use crate::exec::IoCtx;
+use crate::meta_table::MetaTable;
+use crate::{Layer, LocalBoxFuture, Result};
+
+use alloc::Allocator;
+use entry::Extent;
+use format::Geometry;
+
+pub use format::{default_size, GRANULE_BYTES, UNIT_BYTES};
+
+const FORMAT_VERSION: u32 = 1;
+/// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
+const UNIT_LOCKS: usize = 1024;
+/// A unit whose map entry is being written (see `epochs`).
+const WRITING: u64 = u64::MAX;
+
+pub struct Compress {
+    lower: Arc<dyn Layer>,
+    geo: Geometry,
+    table: MetaTable,
+    alloc: Allocator,
+    /// Serialise reads and writes of one unit (a partial write is read-modify-write).
+    unit_locks: Vec<AsyncLock>,
+    /// Per unit: the flush epoch in which its `cur` was written, or [`WRITING`].
+    epochs: Vec<AtomicU64>,
+    /// Incremented when a flush starts; writes finishing later belong to the next.
+    epoch: AtomicU64,
+    flush_lock: AsyncLock,
+    /// Extents no longer in the map, released after the next flush.
+    freed: Mutex<Vec<Extent>>,
+    /// Units whose `prev` the next flush may clear.
+    to_clean: Mutex<Vec<u64>>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    stored_bytes: AtomicU64,
+    logical_bytes: AtomicU64,
+    corrupt_reads: AtomicU64,
+    no_space: AtomicU64,
+    damaged_entries: AtomicU64,
+}
+
+impl Compress {
+    /// Open (formatting a fresh, all-zero device) the compress layer over `lower`.
+    pub async fn open(
+        ctx: &IoCtx,
+        lower: Arc<dyn Layer>,
+        block_size: u32,
+        algorithm: &str,
+        size: Option<u64>,
+    ) -> std::result::Result<Compress, String> {
+        open::open(ctx, lower, block_size, algorithm, size).await
+    }
+
+    fn unit_bytes(&self) -> u64 {
+        u64::from(self.geo.unit_bytes)
+    }
+
+    fn lock(&self, unit: u64) -> &AsyncLock {
+        &self.unit_locks[(unit % UNIT_LOCKS as u64) as usize]
+    }
+
+    /// Split `[offset, offset+len)` into (unit, offset in unit, length).
+    fn pieces(&self, offset: u64, len: u64) -> Vec<(u64, usize, usize)> {
+        let unit_bytes = self.unit_bytes();
+        let mut out = Vec::with_capacity((len / unit_bytes + 2) as usize);
+        let mut at = offset;
+        while at < offset + len {
+            let unit = at / unit_bytes;
+            let inner = at % unit_bytes;
+            let n = (unit_bytes - inner).min(offset + len - at);
+            out.push((unit, inner as usize, n as usize));
+            at += n;
+        }
+        out
+    }
+}
+
+impl Layer for Compress {
+    fn size(&self) -> u64 {
+        self.geo.size
+    }
+
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.read_range(ctx, offset, buf))
+    }
+
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.write_range(ctx, offset, buf.len() as u64, Some(buf)))
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.flush_all(ctx))
+    }
+
+    /// Discard and write_zeroes both map whole units to `zero` (freeing their
+    /// extents at the next flush) and rewrite partial units.
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.write_range(ctx, offset, len, None))
+    }
+
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.write_range(ctx, offset, len, None))
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        self.lower.discard_frees_space()
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let c = &self.counters;
+        let stored = c.stored_bytes.load(Ordering::Relaxed);
+        let logical = c.logical_bytes.load(Ordering::Relaxed);
+        let ratio = if stored == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}", logical as f64 / stored as f64)
+        };
+        let granule_bytes = u64::from(self.geo.granule_bytes);
+        let free = self.alloc.free_granules() * granule_bytes;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        vec![
+            ("algorithm", format::ALGORITHM.into()),
+            ("unit_bytes", self.geo.unit_bytes.to_string()),
+            ("logical_bytes", logical.to_string()),
+            ("stored_bytes", stored.to_string()),
+            ("ratio", ratio),
+            ("free_bytes", free.to_string()),
+            (
+                "data_area_bytes",
+                (self.alloc.granules() * granule_bytes).to_string(),
+            ),
+            ("corrupt_reads", load(&c.corrupt_reads)),
+            ("no_space", load(&c.no_space)),
+            ("damaged_entries", load(&c.damaged_entries)),
+        ]
+    }
+}
