@@ -45,6 +45,7 @@ mod alloc;
 mod codec;
 mod entry;
 mod format;
+mod gate;
 mod io;
 mod open;
 
@@ -77,9 +78,16 @@ pub struct Compress {
     unit_locks: Vec<AsyncLock>,
     /// Per unit: the flush epoch in which its `cur` was written, or [`WRITING`].
     epochs: Vec<AtomicU64>,
-    /// Incremented when a flush starts; writes finishing later belong to the next.
+    /// The current epoch: incremented when a flush starts.
     epoch: AtomicU64,
+    /// The epoch of the last flush that succeeded: its writes are durable.
+    completed: AtomicU64,
+    /// Map updates pass it; a flush closes it to switch epochs.
+    gate: gate::Gate,
+    /// One flush at a time.
     flush_lock: AsyncLock,
+    /// Map entries per page of the table (pages are written whole).
+    entries_per_page: u64,
     /// Extents no longer in the map, released after the next flush.
     freed: Mutex<Vec<Extent>>,
     /// Units whose `prev` the next flush may clear.

@@ -123,8 +123,19 @@ impl Geometry {
     }
 }
 
+/// Map entries in one page of the table (found from the table's own sizing, as
+/// pages also hold a header).
+pub fn entries_per_page() -> u64 {
+    let one = MetaTable::bytes_for(1, ENTRY_BYTES);
+    let mut n = 1;
+    while MetaTable::bytes_for(n + 1, ENTRY_BYTES) == one {
+        n += 1;
+    }
+    n
+}
+
 /// The default exposed size: what fits below with every unit stored raw, less a
-/// reserve of 1/16 for copy-on-write (a unit's new version is written before its
+/// reserve (1/16, at least 8 units) for copy-on-write (a unit's new version is written before its
 /// old one is freed, and freed space returns only after a flush).
 pub fn default_size(lower_bytes: u64, block_size: u32) -> u64 {
     let units = lower_bytes.div_ceil(u64::from(UNIT_BYTES));
@@ -132,7 +143,9 @@ pub fn default_size(lower_bytes: u64, block_size: u32) -> u64 {
         .saturating_sub(SUPERBLOCK_BYTES + MetaTable::bytes_for(units, ENTRY_BYTES))
         / u64::from(GRANULE_BYTES)
         * u64::from(GRANULE_BYTES);
-    let size = data - data / 16;
+    // Room for in-flight copy-on-write: 1/16, and at least 8 units on small devices.
+    let reserve = (data / 16).max(8 * u64::from(UNIT_BYTES)).min(data / 2);
+    let size = data - reserve;
     size / u64::from(block_size) * u64::from(block_size)
 }
 
@@ -160,7 +173,10 @@ mod tests {
     fn thin_sizes_are_allowed_while_the_map_fits() {
         let geo = Geometry::new(MIB, 4096, Some(64 * MIB)).unwrap();
         assert_eq!(geo.units, 2048);
-        assert_eq!(geo.data_start, 4096 + 16 * 4096);
+        let pages = 2048u64.div_ceil(entries_per_page());
+        assert_eq!(geo.data_start, 4096 + MetaTable::bytes_for(2048, ENTRY_BYTES));
+        assert!(geo.data_start >= 4096 + pages * 4096);
+        assert!((100..=128).contains(&entries_per_page()));
         assert!(Geometry::new(MIB, 4096, Some(1 << 40)).is_err());
         assert!(Geometry::new(MIB, 4096, Some(1000)).is_err());
         let short = Geometry::new(MIB, 512, Some(32768 + 512)).unwrap();

@@ -1,10 +1,10 @@
 //! The data path of `compress`: reading and writing units, and FLUSH.
 
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use crate::exec::IoCtx;
 use crate::join::{join_all, try_join_all};
-use crate::meta_table::PAGE_BYTES;
 use crate::{Error, LocalBoxFuture, Result};
 
 use super::codec;
@@ -12,7 +12,7 @@ use super::entry::{decode_entry, encode_entry, Extent, Kind, ENTRY_BYTES};
 use super::{Compress, WRITING};
 
 /// Flushes (which return freed space) tried before a write reports `NoSpace`.
-const NO_SPACE_RETRIES: usize = 2;
+const NO_SPACE_RETRIES: usize = 4;
 /// Discards issued at once when a flush returns space.
 const DISCARD_BATCH: usize = 64;
 
@@ -45,15 +45,14 @@ impl Compress {
         let granule_bytes = u64::from(self.geo.granule_bytes);
         let mut stored =
             ctx.take_buf((extent.granules(self.geo.granule_bytes) * granule_bytes) as usize);
-        let res = self
-            .lower
-            .read(
-                ctx,
-                self.geo.granule_offset(extent.granule),
-                stored.as_mut_slice(),
-            )
-            .await
-            .map(|()| codec::decode(unit, extent, stored.as_slice(), out));
+        let offset = self.geo.granule_offset(extent.granule);
+        let res = match self.lower.read(ctx, offset, stored.as_mut_slice()).await {
+            Ok(()) => Ok(codec::decode(unit, extent, stored.as_slice(), out)),
+            // A checksumming layer below caught what our crc would: a torn or
+            // lost write, so the fallback may still hold the unit.
+            Err(Error::Corrupt { .. }) => Ok(false),
+            Err(e) => Err(e),
+        };
         ctx.put_buf(stored);
         res
     }
@@ -221,18 +220,47 @@ impl Compress {
         self.commit(ctx, unit, new).await
     }
 
-    /// Map `unit` to `new` with `prev = old cur`; the old `prev` is freed.
+    /// Map `unit` to `new`. The fallback (`prev`) is always a version at least as
+    /// new as the unit's last flushed one: the current `cur` if a flush has made
+    /// it durable, else the current `prev` (a `cur` written since the last flush
+    /// began is dropped). A write that finds its `cur` under a running flush waits
+    /// for that flush, after which `cur` is the flushed version.
     async fn commit(&self, ctx: &IoCtx, unit: u64, new: Extent) -> Result<()> {
+        let mut waited = false;
+        let (inside, epoch, keep_prev) = loop {
+            let inside = self.gate.enter().await;
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let written = self.epochs[unit as usize].load(Ordering::SeqCst);
+            let completed = self.completed.load(Ordering::SeqCst);
+            if written > completed && written < epoch && !waited {
+                drop(inside);
+                drop(self.flush_lock.lock().await);
+                waited = true;
+                continue;
+            }
+            break (inside, epoch, written == epoch);
+        };
         self.epochs[unit as usize].store(WRITING, Ordering::SeqCst);
         let limits = self.geo.limits(unit);
         let mut old = None;
+        let mut dropped = Extent::EMPTY;
         let res = self
             .table
             .update(ctx, &*self.lower, unit, 1, &mut |_, bytes| {
                 old = decode_entry(bytes, &limits).ok();
                 let prev = match old {
-                    Some((cur, _)) if cur.kind == Kind::Empty => Extent::ZERO,
-                    Some((cur, _)) => cur,
+                    Some((cur, prev)) if keep_prev => {
+                        dropped = cur;
+                        prev
+                    }
+                    Some((cur, prev)) => {
+                        dropped = prev;
+                        if cur.kind == Kind::Empty {
+                            Extent::ZERO
+                        } else {
+                            cur
+                        }
+                    }
                     // A damaged entry: its old extents are unknown and stay unused.
                     None => Extent::EMPTY,
                 };
@@ -241,22 +269,22 @@ impl Compress {
             .await;
         // The map in memory holds `new` even if its page write failed: account
         // for it as written (the request still fails).
-        if let Some((cur, prev)) = old {
-            if prev.holds_data() {
-                self.freed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(prev);
-            }
+        if dropped.holds_data() {
+            self.freed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(dropped);
+        }
+        if let Some((cur, _)) = old {
             self.account(unit, &cur, false);
         }
         self.account(unit, &new, true);
-        let epoch = self.epoch.load(Ordering::SeqCst);
         self.epochs[unit as usize].store(epoch, Ordering::SeqCst);
         self.to_clean
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(unit);
+        drop(inside);
         res
     }
 
@@ -279,11 +307,16 @@ impl Compress {
     /// FLUSH: make everything durable below, then return freed space.
     pub(super) async fn flush_all(&self, ctx: &IoCtx) -> Result<()> {
         let _serial = self.flush_lock.lock().await;
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
-        let freed = std::mem::take(&mut *self.freed.lock().unwrap_or_else(|e| e.into_inner()));
-        let to_clean =
-            std::mem::take(&mut *self.to_clean.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Err(e) = self.lower.flush(ctx).await {
+        let (epoch, freed, to_clean) = {
+            // Every map update is wholly before this point or wholly after it.
+            let _closed = self.gate.close().await;
+            (
+                self.epoch.fetch_add(1, Ordering::SeqCst),
+                take_all(&self.freed),
+                take_all(&self.to_clean),
+            )
+        };
+        if let Err(e) = self.table.flush(ctx, &*self.lower).await {
             self.freed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -294,6 +327,7 @@ impl Compress {
                 .extend(to_clean);
             return Err(e);
         }
+        self.completed.store(epoch, Ordering::SeqCst);
         // The map that dropped these is durable now.
         self.release(ctx, freed).await;
         let cleared = self
@@ -320,7 +354,7 @@ impl Compress {
         let (mut ready, mut later): (Vec<u64>, Vec<u64>) =
             units.into_iter().partition(|&u| durable(u));
         ready.retain(|&u| matches!(self.entry(u), Ok((_, prev)) if prev.kind != Kind::Empty));
-        let per_page = (PAGE_BYTES / ENTRY_BYTES) as u64;
+        let per_page = self.entries_per_page;
         let mut cleared = Vec::new();
         for page in ready.chunk_by(|a, b| a / per_page == b / per_page) {
             let (first, last) = (page[0], page[page.len() - 1]);
@@ -396,4 +430,8 @@ impl Compress {
             }
         }
     }
+}
+
+fn take_all<T>(list: &Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *list.lock().unwrap_or_else(|e| e.into_inner()))
 }

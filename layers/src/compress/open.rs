@@ -12,7 +12,7 @@ use crate::Layer;
 
 use super::alloc::Allocator;
 use super::entry::{Kind, ENTRY_BYTES};
-use super::format::{Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
+use super::format::{self, Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
 use super::{Compress, Counters, FORMAT_VERSION, UNIT_LOCKS};
 
 pub(super) async fn open(
@@ -47,6 +47,9 @@ pub(super) async fn open(
         unit_locks: (0..UNIT_LOCKS).map(|_| AsyncLock::default()).collect(),
         epochs: (0..geo.units).map(|_| AtomicU64::new(0)).collect(),
         epoch: AtomicU64::new(1),
+        completed: AtomicU64::new(0),
+        gate: Default::default(),
+        entries_per_page: format::entries_per_page(),
         flush_lock: AsyncLock::default(),
         freed: Mutex::new(Vec::new()),
         to_clean: Mutex::new(Vec::new()),
@@ -159,8 +162,8 @@ async fn rebuild(ctx: &IoCtx, layer: &Compress) -> Result<(), String> {
     if !stale.is_empty() {
         // What was read must be durable before the fallbacks go.
         layer
-            .lower
-            .flush(ctx)
+            .table
+            .flush(ctx, &*layer.lower)
             .await
             .map_err(|e| format!("cannot flush the device below: {e}"))?;
         let _ = layer.clear_prevs(ctx, stale, &|_| true).await;
