@@ -160,7 +160,6 @@ impl<'s> Dev<'s> {
     }
 }
 
-
 /// `compress_on_top`: no block may read as EIO at all (a torn write under crypt
 /// or checksum above may, as the harness allows).
 fn replay(name: &str, plan: &Plan, base_seed: u64, compress_on_top: bool) {
@@ -168,7 +167,10 @@ fn replay(name: &str, plan: &Plan, base_seed: u64, compress_on_top: bool) {
         let report = crash_replay(plan, seed, 300, 150).unwrap_or_else(|e| panic!("{name}: {e}"));
         eprintln!("{name}: seed {seed}: {report:?}");
         if compress_on_top {
-            assert_eq!(report.torn_eio, 0, "{name}: compress keeps the flushed version");
+            assert_eq!(
+                report.torn_eio, 0,
+                "{name}: compress keeps the flushed version"
+            );
         }
     }
 }
@@ -203,4 +205,178 @@ fn crypt_over_compress_survives_crashes() {
     let z = b.compress("z", leaf, None);
     let top = b.crypt("x", z, "CRASH_COMPRESS_KEY");
     replay("crypt/compress", &b.build(top), 33, false);
+}
+
+fn random_unit(rng: &mut Rng) -> Vec<u8> {
+    let mut buf = vec![0u8; UNIT];
+    rng.fill(&mut buf);
+    buf
+}
+
+#[test]
+fn full_lower_device_fails_with_enospc_loses_nothing_and_discard_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let leaf = b.file("a", MIB);
+    let top = b.compress("z", leaf, Some(4 * MIB));
+    let plan = b.build(top);
+    let stack = compile(&plan).unwrap();
+    let dev = Dev::new(&stack);
+    let mut rng = Rng::new(41);
+    let mut written = Vec::new();
+    let full_at = loop {
+        let offset = (written.len() * UNIT) as u64;
+        assert!(offset < 4 * MIB, "a 1 MiB device took 4 MiB of random data");
+        let data = random_unit(&mut rng);
+        match dev.write(offset, &data) {
+            Ok(()) => written.push(data),
+            Err(Error::NoSpace) => break offset,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    };
+    assert!(written.len() >= 20, "only {} units fitted", written.len());
+    // Nothing already written is lost, the failed unit kept its (zero) contents,
+    // and a partial overwrite that cannot fit leaves the old bytes in place.
+    let patch = vec![7u8; 4096];
+    assert_eq!(dev.write(4096, &patch), Err(Error::NoSpace));
+    for (i, data) in written.iter().enumerate() {
+        assert!(
+            dev.read((i * UNIT) as u64, UNIT).unwrap() == *data,
+            "unit {i} changed"
+        );
+    }
+    assert!(dev.read(full_at, UNIT).unwrap().iter().all(|&b| b == 0));
+    // Discarding frees space for new writes (returned by the flush the write
+    // triggers on its own).
+    dev.discard(0, 4 * UNIT as u64).unwrap();
+    let fresh = random_unit(&mut rng);
+    dev.write(full_at, &fresh).unwrap();
+    dev.write(UNIT as u64, &fresh).unwrap();
+    dev.flush().unwrap();
+    drop(dev);
+    drop(stack);
+    let stack = compile(&plan).unwrap();
+    let dev = Dev::new(&stack);
+    assert!(dev.read(0, UNIT).unwrap().iter().all(|&b| b == 0));
+    assert!(dev.read(UNIT as u64, UNIT).unwrap() == fresh);
+    assert!(dev.read(full_at, UNIT).unwrap() == fresh);
+    for (i, data) in written.iter().enumerate().skip(4) {
+        assert!(
+            dev.read((i * UNIT) as u64, UNIT).unwrap() == *data,
+            "unit {i} after reopen"
+        );
+    }
+}
+
+fn allocated_bytes(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// The space figures of the layer against raw lz4 on the same buffers. Run with
+/// `cargo test -p layers --features test-utils --test model_compress sparse -- --nocapture`.
+#[test]
+fn sparse_file_leaf_shrinks_for_text_and_overwrites_and_discards_return_space() {
+    const LOGICAL: u64 = 16 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let leaf = b.file("a", 64 * MIB);
+    let top = b.compress("z", leaf, None);
+    let plan = b.build(top);
+    let path = dir.path().join("a.img");
+    let stack = compile(&plan).unwrap();
+    let dev = Dev::new(&stack);
+    let empty = allocated_bytes(&path);
+    let mut rng = Rng::new(42);
+    let mut buf = vec![0u8; MIB as usize];
+    // Returns what raw lz4 makes of the same buffers.
+    let mut fill = |rng: &mut Rng| {
+        let mut raw_lz4 = 0u64;
+        for offset in (0..LOGICAL).step_by(MIB as usize) {
+            fill_text(rng, &mut buf);
+            dev.write(offset, &buf).unwrap();
+            raw_lz4 += lz4_flex::block::compress(&buf).len() as u64;
+        }
+        dev.flush().unwrap();
+        raw_lz4
+    };
+    let raw_lz4 = fill(&mut rng);
+    let used = allocated_bytes(&path) - empty;
+    let (layer_saved, lz4_saved) = (LOGICAL - used, LOGICAL - raw_lz4);
+    eprintln!(
+        "compress: {LOGICAL} bytes of text take {used} bytes below ({:.1}%; raw lz4 on \
+         the same 1 MiB buffers: {raw_lz4} bytes, {:.1}%); the layer saves {:.0}% of \
+         what raw lz4 saves; map and superblock: {empty} bytes; status ratio {}",
+        100.0 * used as f64 / LOGICAL as f64,
+        100.0 * raw_lz4 as f64 / LOGICAL as f64,
+        100.0 * layer_saved as f64 / lz4_saved as f64,
+        stack
+            .top()
+            .details()
+            .iter()
+            .find(|(k, _)| *k == "ratio")
+            .unwrap()
+            .1,
+    );
+    assert!(
+        used < LOGICAL * 2 / 5,
+        "{used} bytes is not well under half"
+    );
+    assert!(layer_saved * 10 >= lz4_saved * 4);
+    assert_eq!(dev.detail("logical_bytes"), LOGICAL);
+    // What the leaf holds beyond the stored units is the map's written pages.
+    let stored = dev.detail("stored_bytes");
+    assert!(
+        stored <= used && used - stored <= 64 * 1024,
+        "{stored} vs {used}"
+    );
+    // Overwriting everything frees the old versions below: no growth.
+    fill(&mut rng);
+    let again = allocated_bytes(&path) - empty;
+    assert!(
+        again <= used + used / 10,
+        "overwrite grew the leaf: {used} -> {again}"
+    );
+    // Discarding everything gives it all back.
+    dev.discard(0, LOGICAL).unwrap();
+    dev.flush().unwrap();
+    let after = allocated_bytes(&path) - empty;
+    assert!(
+        after <= 64 * 1024,
+        "{after} bytes still allocated after discard"
+    );
+    assert_eq!(dev.detail("stored_bytes"), 0);
+}
+
+#[test]
+fn reopen_with_another_size_or_over_another_layer_is_refused_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan_with = |size: Option<u64>| {
+        let mut b = PlanBuilder::new(dir.path(), 4096);
+        let leaf = b.file("a", 4 * MIB);
+        let top = b.compress("z", leaf, size);
+        b.build(top)
+    };
+    let stack = compile(&plan_with(Some(8 * MIB))).unwrap();
+    let dev = Dev::new(&stack);
+    dev.write(0, &vec![3u8; 65536]).unwrap();
+    dev.flush().unwrap();
+    drop(dev);
+    drop(stack);
+    let path = dir.path().join("a.img");
+    let before = std::fs::read(&path).unwrap();
+    for (plan, expect) in [
+        (plan_with(Some(4 * MIB)), "formatted with size 8388608"),
+        (plan_with(None), "set `size`"),
+    ] {
+        let err = compile(&plan).err().expect("refused").to_string();
+        assert!(err.contains(expect), "{err}");
+    }
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let leaf = b.file("a", 4 * MIB);
+    let top = b.checksum("c", leaf);
+    let err = compile(&b.build(top)).err().expect("refused").to_string();
+    assert!(err.contains("\"compress\" superblock"), "{err}");
+    assert!(std::fs::read(&path).unwrap() == before, "the leaf changed");
+    let stack = compile(&plan_with(Some(8 * MIB))).unwrap();
+    assert!(Dev::new(&stack).read(0, 65536).unwrap() == vec![3u8; 65536]);
 }

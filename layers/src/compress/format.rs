@@ -174,7 +174,10 @@ mod tests {
         let geo = Geometry::new(MIB, 4096, Some(64 * MIB)).unwrap();
         assert_eq!(geo.units, 2048);
         let pages = 2048u64.div_ceil(entries_per_page());
-        assert_eq!(geo.data_start, 4096 + MetaTable::bytes_for(2048, ENTRY_BYTES));
+        assert_eq!(
+            geo.data_start,
+            4096 + MetaTable::bytes_for(2048, ENTRY_BYTES)
+        );
         assert!(geo.data_start >= 4096 + pages * 4096);
         assert!((100..=128).contains(&entries_per_page()));
         assert!(Geometry::new(MIB, 4096, Some(1 << 40)).is_err());

@@ -142,8 +142,8 @@ impl Drop for Closed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Wake;
     use std::sync::Arc;
+    use std::task::Wake;
 
     struct Flag(Mutex<bool>);
 
