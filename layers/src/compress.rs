@@ -3,11 +3,16 @@
 //! On-disk layout of the layer below (format version 1, little endian; the full
 //! description is `docs/formats/compress.md`):
 //!
-//! | bytes           | contents                                                   |
-//! |-----------------|------------------------------------------------------------|
-//! | 0..4096         | superblock (`superblock.rs`); params: algorithm (16, `lz4`), unit size u32, granule size u32, lower size u64, 16 reserved |
-//! | 4096..4096+T    | map: 32 bytes per unit, `cur` ‖ `prev` extents (`compress/entry.rs`): first granule u48, kind u8 (empty/zero/raw/lz4), 0, stored length u32, crc32(unit ‖ stored bytes) u32 |
-//! | 4096+T..        | data area: 4 KiB granules; an extent is a run of granules  |
+//! | bytes        | contents                                                      |
+//! |--------------|---------------------------------------------------------------|
+//! | 0..4096      | superblock (`superblock.rs`), type `compress`, version 1;     |
+//! |              | params: algorithm (16 bytes, `lz4`), unit bytes u32 (32768),  |
+//! |              | granule bytes u32 (4096), lower size u64, 16 reserved         |
+//! | 4096..4096+T | map (`meta_table.rs`: pages of 127 entries in two 4 KiB       |
+//! |              | slots); entry = `cur` ‖ `prev`, 16 bytes each: first granule  |
+//! |              | u48, kind u8 (0 empty, 1 zero, 2 raw, 3 lz4), 0, stored       |
+//! |              | length u32, crc32(unit index u64 ‖ stored bytes) u32          |
+//! | 4096+T..     | data area: 4 KiB granules; an extent is a run of them         |
 //!
 //! **Unit.** The device is cut into 32 KiB units, each stored as one extent:
 //! lz4 when that saves at least one granule, raw otherwise (incompressible data
@@ -26,16 +31,18 @@
 //! having changed nothing: the unit keeps its previous contents.
 //!
 //! **Write ordering.** A write puts the unit's new version into newly allocated
-//! granules, then updates the map entry to `cur = new, prev = old cur` (the old
-//! `prev` is freed). Reads verify `cur`'s crc and fall back to `prev`, which only
-//! a crash can make necessary; neither verifying is `Corrupt` (EIO). Freed
-//! extents are reused only after a FLUSH made the map that dropped them durable.
-//! FLUSH: flush below; then discard and release the extents freed before it; then
-//! clear `prev` of every unit whose `cur` that flush made durable (their old
-//! extents are released too; the cleared map pages are written without a flush:
-//! a `prev` left on disk by a crash is verified at the next open). Known limit,
-//! shared with `checksum`: a unit written twice between flushes whose two newest
-//! data writes are both lost in a crash reads as EIO, not as its flushed contents.
+//! granules, then writes the map entry: `cur = new`, `prev =` the unit's last
+//! flushed version (the old `cur` once a flush made it durable, else the old
+//! `prev`; a write that finds its `cur` under a running flush waits for it). Reads
+//! verify `cur`'s crc and fall back to `prev`, which only a crash can make
+//! necessary; neither verifying is `Corrupt` (EIO). So after a crash a unit reads
+//! as its last flushed contents or newer, never EIO. An extent leaving the map is
+//! reused only after a FLUSH made the map that dropped it durable. FLUSH: flush
+//! below (the map table marks its pages flushed); discard and release the extents
+//! freed before it; clear `prev` of every unit whose `cur` it made durable and
+//! release those too (the cleared pages are written, not flushed: a `prev` left
+//! by a crash is checked at the next open). A gate orders map updates against the
+//! start of a flush, so each update is wholly inside one flush epoch.
 //!
 //! Open formats an all-zero device, or checks the superblock (type, version,
 //! block size, algorithm, unit, granule, sizes) and refuses a mismatch before
@@ -61,7 +68,14 @@ use alloc::Allocator;
 use entry::Extent;
 use format::Geometry;
 
-pub use format::{default_size, GRANULE_BYTES, UNIT_BYTES};
+pub use format::{GRANULE_BYTES, UNIT_BYTES};
+
+/// The size this layer exposes over a lower device of `lower_size` bytes: the
+/// configured `size`, or by default what fits with every unit stored raw, less a
+/// copy-on-write reserve (see `format::default_size`).
+pub fn exposed_size(lower_size: u64, block_size: u32, size: Option<u64>) -> u64 {
+    size.unwrap_or_else(|| format::default_size(lower_size, block_size))
+}
 
 const FORMAT_VERSION: u32 = 1;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
