@@ -51,6 +51,7 @@
 mod alloc;
 mod codec;
 mod entry;
+mod flush;
 mod format;
 mod gate;
 mod io;

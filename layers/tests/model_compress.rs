@@ -380,3 +380,54 @@ fn reopen_with_another_size_or_over_another_layer_is_refused_without_writing() {
     let stack = compile(&plan_with(Some(8 * MIB))).unwrap();
     assert!(Dev::new(&stack).read(0, 65536).unwrap() == vec![3u8; 65536]);
 }
+
+#[test]
+fn damaged_map_and_data_never_panic_and_read_as_data_or_eio() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let leaf = b.file("a", 2 * MIB);
+    let top = b.compress("z", leaf, Some(4 * MIB));
+    let plan = b.build(top);
+    let path = dir.path().join("a.img");
+    let mut rng = Rng::new(43);
+    {
+        let stack = compile(&plan).unwrap();
+        let dev = Dev::new(&stack);
+        let mut buf = vec![0u8; 256 * 1024];
+        for offset in (0..2 * MIB).step_by(buf.len()) {
+            fill_text(&mut rng, &mut buf);
+            dev.write(offset, &buf).unwrap();
+        }
+        dev.flush().unwrap();
+    }
+    let pristine = std::fs::read(&path).unwrap();
+    for round in 0..20 {
+        let mut image = pristine.clone();
+        // Damage the map pages or anything at all.
+        for _ in 0..1 + rng.below(40) {
+            let at = if round % 2 == 0 {
+                4096 + rng.below(8 * 4096)
+            } else {
+                rng.below(image.len() as u64)
+            } as usize;
+            image[at] = rng.next_u64() as u8;
+        }
+        std::fs::write(&path, &image).unwrap();
+        let Ok(stack) = compile(&plan) else {
+            continue; // a refusal names the damage; that is fine too
+        };
+        let dev = Dev::new(&stack);
+        for unit in 0..(4 * MIB as usize / UNIT) {
+            match dev.read((unit * UNIT) as u64, UNIT) {
+                Ok(_) | Err(Error::Corrupt { .. }) => {}
+                Err(e) => panic!("round {round}: unit {unit}: {e}"),
+            }
+        }
+        // Writing over damage works or fails cleanly, and so does a flush.
+        for unit in 0..(4 * MIB as usize / UNIT) {
+            let _ = dev.write((unit * UNIT) as u64, &vec![1u8; UNIT]);
+            let _ = dev.discard((unit * UNIT) as u64, 4096);
+        }
+        let _ = dev.flush();
+    }
+}

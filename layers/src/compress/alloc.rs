@@ -173,10 +173,10 @@ impl Allocator {
         })
     }
 
-    /// Give an extent back.
-    pub fn release(&self, start: u64, count: u64) {
-        let changed = self.mark(start, count, false);
-        debug_assert_eq!(changed, count, "released an extent that was free");
+    /// Give an extent back. Returns false when some granule was free already
+    /// (only a damaged map, whose extents overlap, can cause that).
+    pub fn release(&self, start: u64, count: u64) -> bool {
+        self.mark(start, count, false) == count
     }
 
     /// A run of `count` free granules, searched from the group `hint` picks.
@@ -213,7 +213,8 @@ mod tests {
         assert_eq!(a.free_granules(), 4);
         assert_eq!(a.alloc(8, 0), None);
         assert_eq!(a.alloc(4, 0), Some(96));
-        a.release(got[3], 8);
+        assert!(a.release(got[3], 8));
+        assert!(!a.release(got[3], 1), "double release is reported");
         assert_eq!(a.alloc(8, 0), Some(got[3]));
         assert_eq!(a.free_granules(), 0);
     }
@@ -248,7 +249,7 @@ mod tests {
                 }
             } else if !live.is_empty() {
                 let (at, count) = live.swap_remove(rng.below(live.len() as u64) as usize);
-                a.release(at, count);
+                assert!(a.release(at, count));
                 for g in at..at + count {
                     owner[g as usize] = false;
                 }
