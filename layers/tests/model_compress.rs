@@ -431,3 +431,70 @@ fn damaged_map_and_data_never_panic_and_read_as_data_or_eio() {
         let _ = dev.flush();
     }
 }
+
+#[test]
+fn two_queues_writing_alternate_blocks_of_the_same_units_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let leaf = b.file("a", 4 * MIB);
+    let top = b.compress("z", leaf, Some(512 * 1024));
+    let plan = b.build(top);
+    let stack = compile(&plan).unwrap();
+    let blocks = 512 * 1024 / 4096;
+    let images: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2u64)
+            .map(|queue| {
+                let stack = &stack;
+                s.spawn(move || {
+                    let ctx = IoCtx::new(queue as u16, 64).unwrap();
+                    let exec = Executor::new().unwrap();
+                    let mut rng = Rng::new(50 + queue);
+                    let mut image = vec![0u8; 512 * 1024];
+                    for round in 0..400 {
+                        // Several blocks of this queue at once, in different units.
+                        let mut bufs = Vec::new();
+                        for _ in 0..4 {
+                            let block = rng.below(blocks / 2) * 2 + queue;
+                            if bufs.iter().any(|(b, _)| *b == block) {
+                                continue;
+                            }
+                            let mut data = vec![0u8; 4096];
+                            if rng.chance(50) {
+                                fill_text(&mut rng, &mut data);
+                            } else {
+                                rng.fill(&mut data);
+                            }
+                            bufs.push((block, data));
+                        }
+                        let top = stack.top();
+                        let futs: Vec<layers::LocalBoxFuture<'_, layers::Result<()>>> = bufs
+                            .iter()
+                            .map(|(block, data)| top.write(&ctx, block * 4096, data))
+                            .collect();
+                        for res in exec.block_on(&ctx, layers::join::join_all(futs)) {
+                            res.unwrap();
+                        }
+                        for (block, data) in &bufs {
+                            let at = (*block * 4096) as usize;
+                            image[at..at + 4096].copy_from_slice(data);
+                        }
+                        if round % 16 == 0 {
+                            exec.block_on(&ctx, stack.flush(&ctx)).unwrap();
+                        }
+                    }
+                    image
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut want = vec![0u8; 512 * 1024];
+    for block in 0..blocks as usize {
+        let at = block * 4096;
+        want[at..at + 4096].copy_from_slice(&images[block % 2][at..at + 4096]);
+    }
+    Dev::new(&stack).flush().unwrap();
+    verify_image(&stack, &want).unwrap();
+    drop(stack);
+    verify_image(&compile(&plan).unwrap(), &want).unwrap();
+}

@@ -278,10 +278,16 @@ impl Compress {
         }
         self.account(unit, &new, true);
         self.epochs[unit as usize].store(epoch, Ordering::SeqCst);
-        self.to_clean
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(unit);
+        {
+            let mut to_clean = self.to_clean.lock().unwrap_or_else(|e| e.into_inner());
+            to_clean.push(unit);
+            // Without flushes the list would grow with every write: keep it to
+            // about one entry per unit.
+            if to_clean.len() as u64 > 2 * self.geo.units + 1024 {
+                to_clean.sort_unstable();
+                to_clean.dedup();
+            }
+        }
         drop(inside);
         res
     }
