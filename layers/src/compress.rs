@@ -22,7 +22,9 @@
 //! into one granule would overwrite live neighbours in place. 32 KiB units
 //! compress well (lz4's window is 64 KiB) and lose on average half a granule to
 //! rounding; a 4 KiB write inside a unit reads, decompresses, merges and
-//! recompresses 32 KiB (tens of microseconds), while 64 KiB would double that.
+//! recompresses 32 KiB (lz4 both ways takes about 75 µs on the development
+//! machine; a 4 KiB random write at queue depth 1 over a file took 250 µs, a read
+//! 35 µs), while 64 KiB would double that cost for little gain in ratio.
 //!
 //! **Thin.** `size` may exceed the layer below. Granules are allocated on write
 //! and never-written ones are never touched; freed extents are discarded below,
@@ -41,7 +43,7 @@
 //! below (the map table marks its pages flushed); discard and release the extents
 //! freed before it; clear `prev` of every unit whose `cur` it made durable and
 //! release those too (the cleared pages are written, not flushed: a `prev` left
-//! by a crash is checked at the next open). A gate orders map updates against the
+//! by a crash is dropped at the next open once its space is seen reused). A gate orders map updates against the
 //! start of a flush, so each update is wholly inside one flush epoch.
 //!
 //! Open formats an all-zero device, or checks the superblock (type, version,

@@ -197,6 +197,16 @@ fn thin_compress_over_checksum_survives_crashes() {
 }
 
 #[test]
+fn compress_over_mirror_survives_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let (l0, l1) = (b.memory("l0", 512 * 1024), b.memory("l1", 512 * 1024));
+    let m = b.mirror("m", &[l0, l1], ReadPolicy::RoundRobin);
+    let top = b.compress("z", m, None);
+    replay("compress/mirror", &b.build(top), 34, true);
+}
+
+#[test]
 fn crypt_over_compress_survives_crashes() {
     set_test_key("CRASH_COMPRESS_KEY", 0x3e);
     let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,7 @@ impl Params {
         out[16..20].copy_from_slice(&self.unit_bytes.to_le_bytes());
         out[20..24].copy_from_slice(&self.granule_bytes.to_le_bytes());
         out[24..32].copy_from_slice(&self.lower_bytes.to_le_bytes());
+        debug_assert_eq!(Params::decode(&out).as_ref(), Ok(self));
         out
     }
 

@@ -11,7 +11,7 @@ use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::Layer;
 
 use super::alloc::Allocator;
-use super::entry::{Kind, ENTRY_BYTES};
+use super::entry::ENTRY_BYTES;
 use super::format::{self, Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
 use super::{Compress, Counters, FORMAT_VERSION, UNIT_LOCKS};
 
@@ -120,52 +120,42 @@ fn check(
     Ok(())
 }
 
-/// Mark every extent of the map used. A `prev` is a crash leftover: it is dropped
-/// when it overlaps a `cur` (its space was reused, so its `cur` had been flushed)
-/// or when its unit's `cur` verifies; otherwise it is kept, as the fallback.
+/// Mark every extent of the map used. A `prev` other than `empty` is a crash
+/// leftover (or a cleared page that never reached the disk). It is stale, and
+/// cleared, when it overlaps an extent in use: its granules were reused, which
+/// happens only after its unit's `cur` was flushed. Otherwise it is kept, as the
+/// fallback, until the unit's next write: reading `cur` once cannot prove it
+/// durable (a mirror below may return another leg's bytes next time).
 async fn rebuild(ctx: &IoCtx, layer: &Compress) -> Result<(), String> {
     let granule_bytes = layer.geo.granule_bytes;
-    let mut with_prev = Vec::new();
+    let mut prevs = Vec::new();
     for unit in 0..layer.geo.units {
         match layer.entry(unit) {
             Ok((cur, prev)) => {
-                if cur.holds_data()
-                    && !layer
-                        .alloc
-                        .mark_used(cur.granule, cur.granules(granule_bytes))
-                {
+                let count = cur.granules(granule_bytes);
+                if cur.holds_data() && !layer.alloc.mark_used(cur.granule, count) {
                     damaged(layer, unit, "its extent overlaps another unit's");
                 }
                 layer.account(unit, &cur, true);
-                if prev.kind != Kind::Empty {
-                    with_prev.push((unit, cur, prev));
+                if prev.holds_data() {
+                    prevs.push((unit, prev));
                 }
             }
             Err(why) => damaged(layer, unit, why),
         }
     }
     let mut stale = Vec::new();
-    let mut plain = vec![0u8; layer.geo.unit_bytes as usize];
-    for (unit, cur, prev) in with_prev {
+    for (unit, prev) in prevs {
         let count = prev.granules(granule_bytes);
-        if prev.holds_data() && !layer.alloc.all_free(prev.granule, count) {
-            stale.push(unit);
-            continue;
-        }
-        let out = &mut plain[..layer.geo.unit_len(unit)];
-        if layer.load_extent(ctx, unit, &cur, out).await == Ok(true) {
-            stale.push(unit);
-        } else if prev.holds_data() {
+        if layer.alloc.all_free(prev.granule, count) {
             layer.alloc.mark_used(prev.granule, count);
+        } else {
+            stale.push(unit);
         }
     }
     if !stale.is_empty() {
-        // What was read must be durable before the fallbacks go.
-        layer
-            .table
-            .flush(ctx, &*layer.lower)
-            .await
-            .map_err(|e| format!("cannot flush the device below: {e}"))?;
+        tracing::info!(units = stale.len(), "compress: clearing stale fallbacks");
+        // Their granules belong to other extents: nothing is released.
         let _ = layer.clear_prevs(ctx, stale, &|_| true).await;
     }
     let free_bytes = layer.alloc.free_granules() * u64::from(granule_bytes);
