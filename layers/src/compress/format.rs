@@ -78,7 +78,14 @@ impl Geometry {
     pub fn new(lower_bytes: u64, block_size: u32, size: Option<u64>) -> Result<Geometry, String> {
         let size = match size {
             Some(size) => size,
-            None => default_size(lower_bytes, block_size),
+            None => match default_size(lower_bytes, block_size) {
+                0 => {
+                    return Err(format!(
+                        "the device below ({lower_bytes} bytes) is too small"
+                    ))
+                }
+                size => size,
+            },
         };
         if size == 0 || size % u64::from(block_size) != 0 {
             return Err(format!(
@@ -183,6 +190,9 @@ mod tests {
         assert!((100..=128).contains(&entries_per_page()));
         assert!(Geometry::new(MIB, 4096, Some(1 << 40)).is_err());
         assert!(Geometry::new(MIB, 4096, Some(1000)).is_err());
+        assert!(Geometry::new(8192, 4096, None)
+            .unwrap_err()
+            .contains("too small"));
         let short = Geometry::new(MIB, 512, Some(32768 + 512)).unwrap();
         assert_eq!((short.unit_len(0), short.unit_len(1)), (32768, 512));
     }
