@@ -511,4 +511,3 @@ fn two_queues_writing_alternate_blocks_of_the_same_units_lose_nothing() {
     drop(stack);
     verify_image(&compile(&plan).unwrap(), &want).unwrap();
 }
-

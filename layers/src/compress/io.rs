@@ -1,12 +1,14 @@
 //! The data path of `compress`: reading and writing units.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
+use crate::uring::AlignedBuf;
 use crate::{Error, LocalBoxFuture, Result};
 
-use super::codec;
+use super::codec::{self, Old, PIECE_BYTES};
 use super::entry::{decode_entry, encode_entry, Extent, Kind, ENTRY_BYTES};
 use super::{Compress, WRITING};
 
@@ -27,46 +29,70 @@ impl Compress {
         Error::Corrupt { offset }
     }
 
-    /// Fill `out` from `extent`: `Ok(false)` when the stored bytes do not verify.
-    pub(super) async fn load_extent(
+    /// Fill `out` from `extent`: `Ok(None)` when the stored bytes do not verify;
+    /// else how the unit is stored (packed bytes kept for a write to reuse).
+    async fn load_extent(
         &self,
         ctx: &IoCtx,
         unit: u64,
         extent: &Extent,
         out: &mut [u8],
-    ) -> Result<bool> {
+        want: Range<usize>,
+    ) -> Result<Option<Stored>> {
         if !extent.holds_data() {
             out.fill(0);
-            return Ok(true);
+            return Ok(Some(Stored::Zeros));
         }
         let granule_bytes = u64::from(self.geo.granule_bytes);
         let mut stored =
             ctx.take_buf((extent.granules(self.geo.granule_bytes) * granule_bytes) as usize);
         let offset = self.geo.granule_offset(extent.granule);
-        let res = match self.lower.read(ctx, offset, stored.as_mut_slice()).await {
-            Ok(()) => Ok(codec::decode(unit, extent, stored.as_slice(), out)),
+        let verified = match self.lower.read(ctx, offset, stored.as_mut_slice()).await {
+            Ok(()) => codec::decode_range(unit, extent, stored.as_slice(), out, want),
             // A checksumming layer below caught what our crc would: a torn or
             // lost write, so the fallback may still hold the unit.
-            Err(Error::Corrupt { .. }) => Ok(false),
-            Err(e) => Err(e),
+            Err(Error::Corrupt { .. }) => false,
+            Err(e) => {
+                ctx.put_buf(stored);
+                return Err(e);
+            }
         };
-        ctx.put_buf(stored);
-        res
+        Ok(match (verified, extent.kind) {
+            (true, Kind::Lz4) => Some(Stored::Packed(stored, extent.stored_bytes as usize)),
+            (true, _) => {
+                ctx.put_buf(stored);
+                Some(Stored::Raw)
+            }
+            (false, _) => {
+                ctx.put_buf(stored);
+                None
+            }
+        })
     }
 
-    /// The whole unit into `out`; the caller holds the unit's lock.
-    async fn load_unit(&self, ctx: &IoCtx, unit: u64, out: &mut [u8]) -> Result<()> {
+    /// The whole unit into `out`; the caller holds the unit's lock and gives the
+    /// returned buffer back with [`Stored::recycle`].
+    /// Only the bytes in `want` are sure to be filled.
+    async fn load_unit(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        out: &mut [u8],
+        want: Range<usize>,
+    ) -> Result<Stored> {
         let (cur, prev) = self.entry(unit).map_err(|why| self.corrupt(unit, why))?;
-        if self.load_extent(ctx, unit, &cur, out).await? {
-            return Ok(());
+        if let Some(stored) = self.load_extent(ctx, unit, &cur, out, want.clone()).await? {
+            return Ok(stored);
         }
         // Only a crash leaves a `cur` whose data never reached the disk.
-        if prev.kind != Kind::Empty && self.load_extent(ctx, unit, &prev, out).await? {
-            tracing::warn!(
-                unit,
-                "compress: newest version of the unit lost; read the previous one"
-            );
-            return Ok(());
+        if prev.kind != Kind::Empty {
+            if let Some(stored) = self.load_extent(ctx, unit, &prev, out, want).await? {
+                tracing::warn!(
+                    unit,
+                    "compress: newest version of the unit lost; read the previous one"
+                );
+                return Ok(stored);
+            }
         }
         Err(self.corrupt(unit, "stored bytes fail their crc"))
     }
@@ -92,15 +118,19 @@ impl Compress {
         let _guard = self.lock(unit).lock().await;
         let len = self.geo.unit_len(unit);
         if part.len() == len {
-            return self.load_unit(ctx, unit, part).await;
+            return self
+                .load_unit(ctx, unit, part, 0..len)
+                .await
+                .map(|s| s.recycle(ctx));
         }
         let mut plain = ctx.take_buf(len);
-        let res = self.load_unit(ctx, unit, plain.as_mut_slice()).await;
+        let want = inner..inner + part.len();
+        let res = self.load_unit(ctx, unit, plain.as_mut_slice(), want).await;
         if res.is_ok() {
             part.copy_from_slice(&plain.as_slice()[inner..inner + part.len()]);
         }
         ctx.put_buf(plain);
-        res
+        res.map(|s| s.recycle(ctx))
     }
 
     /// Write `data` (`None`: zeros) over `[offset, offset+len)`.
@@ -169,14 +199,27 @@ impl Compress {
         let mut scratch = ctx.take_buf(codec::scratch_bytes(len));
         let res = async {
             let plain = plain.as_mut_slice();
-            if n != len {
-                self.load_unit(ctx, unit, plain).await?;
-            }
+            let before = match n == len {
+                true => Stored::Zeros,
+                false => self.load_unit(ctx, unit, plain, 0..len).await?,
+            };
             match src {
                 Some(d) => plain[inner..inner + n].copy_from_slice(d),
                 None => plain[inner..inner + n].fill(0),
             }
-            self.store(ctx, unit, plain, scratch.as_mut_slice()).await
+            // Pieces outside the written range keep their stored bytes.
+            let (first, last) = (inner / PIECE_BYTES, (inner + n - 1) / PIECE_BYTES);
+            let dirty = |piece: usize| (first..=last).contains(&piece);
+            let old = match &before {
+                Stored::Zeros => Old::Plain,
+                Stored::Raw => Old::Raw,
+                Stored::Packed(buf, len) => Old::Packed(&buf.as_slice()[..*len]),
+            };
+            let res = self
+                .store(ctx, unit, plain, old, &dirty, scratch.as_mut_slice())
+                .await;
+            before.recycle(ctx);
+            res
         }
         .await;
         ctx.put_buf(scratch);
@@ -185,9 +228,17 @@ impl Compress {
     }
 
     /// Compress `plain` into fresh granules, then point the map at them.
-    async fn store(&self, ctx: &IoCtx, unit: u64, plain: &[u8], scratch: &mut [u8]) -> Result<()> {
+    async fn store(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        plain: &[u8],
+        old: Old<'_>,
+        dirty: &dyn Fn(usize) -> bool,
+        scratch: &mut [u8],
+    ) -> Result<()> {
         let granule_bytes = self.geo.granule_bytes;
-        let mut new = codec::encode(unit, plain, scratch, granule_bytes);
+        let mut new = codec::encode(unit, plain, old, dirty, scratch, granule_bytes);
         if new.holds_data() {
             let granules = new.granules(granule_bytes);
             let at = self
@@ -305,6 +356,22 @@ impl Compress {
         } else {
             c.stored_bytes.fetch_sub(stored, Ordering::Relaxed);
             c.logical_bytes.fetch_sub(logical, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a loaded unit is stored below.
+enum Stored {
+    Zeros,
+    Raw,
+    /// The stored bytes as read (granule-rounded) and their length.
+    Packed(AlignedBuf, usize),
+}
+
+impl Stored {
+    fn recycle(self, ctx: &IoCtx) {
+        if let Stored::Packed(buf, _) = self {
+            ctx.put_buf(buf);
         }
     }
 }
