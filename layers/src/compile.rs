@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::checksum::Checksum;
+use crate::compress::Compress;
 use crate::crypt::{self, Crypt};
 use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
@@ -184,6 +185,20 @@ pub fn compile_with(
                                 &open_ctx,
                                 child(layer_plan.spec.children()[0]),
                                 block_size,
+                            ),
+                        )
+                        .map_err(fail)?,
+                ),
+                LayerSpec::Compress(p) => Arc::new(
+                    open_exec
+                        .block_on(
+                            &open_ctx,
+                            Compress::open(
+                                &open_ctx,
+                                child(p.over),
+                                block_size,
+                                &p.algorithm,
+                                p.size_bytes,
                             ),
                         )
                         .map_err(fail)?,
