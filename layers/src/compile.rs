@@ -10,7 +10,7 @@ use crate::exec::{Executor, IoCtx};
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, Plan};
 use crate::stats::{LayerStats, StatsSnapshot};
-use crate::{disk, file, memory, null, raid0};
+use crate::{cache, disk, file, memory, null, raid0};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
 /// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
@@ -184,6 +184,14 @@ pub fn compile_with(
                             .map_err(fail)?,
                     )
                 }
+                LayerSpec::Cache(p) => Arc::new(cache::Cache::new(
+                    child(p.over),
+                    block_size,
+                    cache::CacheKnobs {
+                        capacity_bytes: p.capacity_bytes,
+                        mode: p.mode,
+                    },
+                )),
                 other => {
                     return Err(fail(format!(
                         "layer type \"{}\" is not available in this version of ublk-stack",

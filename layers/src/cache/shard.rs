@@ -1,0 +1,416 @@
+//! One shard of the cache: the blocks whose numbers hash here, their states and
+//! the shard's policy. Everything here runs under the shard's mutex and never
+//! waits; the async code around it decides what to wait for.
+//!
+//! A block present in `entries` is in one of these states:
+//!
+//! | `data` | `busy` | meaning                                                        |
+//! |--------|--------|----------------------------------------------------------------|
+//! | None   | yes    | placeholder: a task loads it, or writes it through             |
+//! | Some   | no     | cached, clean or dirty                                          |
+//! | Some   | yes    | cached, and a task has lower I/O on it in flight (write-back,  |
+//! |        |        | write-through, zeroing); readers still hit the data             |
+//!
+//! `busy` is a per-block claim on the lower I/O: whoever sets it is the only one
+//! who writes that block below, or installs data read from below, until it
+//! releases the claim; waiters queue their wakers on the entry. A claim remembers
+//! the entry's `version`, which every write into the cache bumps, so a claim
+//! completing after a newer write-back write leaves the newer data alone. Only a
+//! claimant removes a busy entry. The policy tracks exactly the entries with data,
+//! minus dirty victims being written back (`evicting`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::task::Waker;
+
+use super::policy::S3Fifo;
+
+struct Entry {
+    data: Option<Arc<Vec<u8>>>,
+    dirty: bool,
+    version: u64,
+    busy: bool,
+    /// A dirty victim being written back before it goes (not tracked by the policy).
+    evicting: bool,
+    waiters: Vec<Waker>,
+}
+
+impl Entry {
+    fn placeholder() -> Entry {
+        Entry {
+            data: None,
+            dirty: false,
+            version: 0,
+            busy: true,
+            evicting: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    fn release(&mut self) {
+        self.busy = false;
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// What a read found for one block.
+pub enum Lookup {
+    /// The data was copied out.
+    Hit,
+    /// A placeholder was created: the caller loads the block (claim at `version`).
+    Claimed(u64),
+    /// Another task is loading the block, or it is being zeroed: try again later.
+    Wait,
+}
+
+/// Outcome of trying to claim a block's lower I/O.
+pub enum Claim {
+    Claimed(u64),
+    Busy,
+    Zeroing,
+}
+
+/// Outcome of a write-back write into the cache.
+pub enum Store {
+    Stored,
+    /// Over the dirty limit (or the mode changed): write it through instead.
+    Full,
+    Zeroing,
+}
+
+/// Outcome of trying to claim a dirty block for writing it back.
+pub enum DirtyClaim {
+    Claimed { version: u64, data: Arc<Vec<u8>> },
+    Clean,
+    Blocked,
+}
+
+#[derive(Default)]
+pub struct Shard {
+    entries: BTreeMap<u64, Entry>,
+    policy: S3Fifo,
+    resident: usize,
+    dirty: usize,
+    evicting: usize,
+    /// Block ranges `[first, end)` being discarded or zeroed, with their ids.
+    zeroing: Vec<(u64, u64, u64)>,
+    zeroing_waiters: Vec<Waker>,
+}
+
+impl Shard {
+    /// (blocks with data, dirty blocks).
+    pub fn usage(&self) -> (usize, usize) {
+        (self.resident, self.dirty)
+    }
+
+    pub fn over(&self, capacity: usize) -> bool {
+        self.resident - self.evicting > capacity
+    }
+
+    fn zeroing(&self, block: u64) -> bool {
+        self.zeroing
+            .iter()
+            .any(|&(first, end, _)| first <= block && block < end)
+    }
+
+    /// Copy `block` into `out` on a hit; otherwise claim it for loading, unless
+    /// someone else is loading it or it is being zeroed.
+    pub fn read(&mut self, block: u64, out: &mut [u8]) -> Lookup {
+        if let Some(e) = self.entries.get(&block) {
+            return match &e.data {
+                Some(data) => {
+                    out.copy_from_slice(data);
+                    self.policy.touch(block);
+                    Lookup::Hit
+                }
+                None => Lookup::Wait,
+            };
+        }
+        if self.zeroing(block) {
+            return Lookup::Wait;
+        }
+        self.entries.insert(block, Entry::placeholder());
+        Lookup::Claimed(0)
+    }
+
+    /// Claim `block` for lower I/O. A zeroing range blocks the claim when
+    /// `respect_zeroing` (everyone but the zeroing task itself).
+    pub fn claim(&mut self, block: u64, respect_zeroing: bool) -> Claim {
+        if respect_zeroing && self.zeroing(block) {
+            return Claim::Zeroing;
+        }
+        match self.entries.get_mut(&block) {
+            Some(e) if e.busy => Claim::Busy,
+            Some(e) => {
+                e.busy = true;
+                Claim::Claimed(e.version)
+            }
+            None => {
+                self.entries.insert(block, Entry::placeholder());
+                Claim::Claimed(0)
+            }
+        }
+    }
+
+    /// Queue `waker` until `block` is released. False when it is not busy.
+    pub fn wait_busy(&mut self, block: u64, waker: &Waker) -> bool {
+        match self.entries.get_mut(&block) {
+            Some(e) if e.busy => {
+                if !e.waiters.iter().any(|w| w.will_wake(waker)) {
+                    e.waiters.push(waker.clone());
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Queue `waker` until no zeroing range covers `block`. False when none does.
+    pub fn wait_zeroing(&mut self, block: u64, waker: &Waker) -> bool {
+        if !self.zeroing(block) {
+            return false;
+        }
+        if !self.zeroing_waiters.iter().any(|w| w.will_wake(waker)) {
+            self.zeroing_waiters.push(waker.clone());
+        }
+        true
+    }
+
+    pub fn add_zeroing(&mut self, first: u64, end: u64, id: u64) {
+        self.zeroing.push((first, end, id));
+    }
+
+    pub fn remove_zeroing(&mut self, id: u64) {
+        self.zeroing.retain(|&(_, _, i)| i != id);
+        for w in self.zeroing_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Cached blocks in `[first, end)`.
+    pub fn blocks_in(&self, first: u64, end: u64) -> Vec<u64> {
+        self.entries.range(first..end).map(|(&b, _)| b).collect()
+    }
+
+    pub fn dirty_blocks(&self) -> Vec<u64> {
+        (self.dirty > 0)
+            .then(|| {
+                self.entries
+                    .iter()
+                    .filter(|(_, e)| e.dirty)
+                    .map(|(&b, _)| b)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Put `bytes` in `entry` (a fresh buffer when a write-back holds the old one).
+    fn fill(&mut self, block: u64, bytes: &[u8], capacity: usize) -> &mut Entry {
+        let e = self.entries.get_mut(&block).expect("entry present");
+        e.version += 1;
+        match &mut e.data {
+            Some(data) => Arc::make_mut(data).copy_from_slice(bytes),
+            None => {
+                e.data = Some(Arc::new(bytes.to_vec()));
+                self.resident += 1;
+                self.policy.insert(block, capacity);
+            }
+        }
+        e
+    }
+
+    /// A write-back write of `bytes` into the cache. `limit` bounds dirty blocks.
+    pub fn store_dirty(
+        &mut self,
+        block: u64,
+        bytes: &[u8],
+        limit: usize,
+        capacity: usize,
+    ) -> Store {
+        if self.zeroing(block) {
+            return Store::Zeroing;
+        }
+        let existing = self.entries.get(&block).map(|e| e.dirty);
+        let already = existing == Some(true);
+        if !already && self.dirty >= limit {
+            return Store::Full;
+        }
+        self.entries.entry(block).or_insert_with(|| Entry {
+            busy: false,
+            ..Entry::placeholder()
+        });
+        let e = self.fill(block, bytes, capacity);
+        e.dirty = true;
+        if !already {
+            self.dirty += 1;
+        }
+        if existing.is_some() {
+            self.policy.touch(block);
+        }
+        Store::Stored
+    }
+
+    /// End a claim taken at `version` for a load or a write-through: install
+    /// `bytes` (what is now below) unless newer data arrived meanwhile; `None`
+    /// means the lower I/O failed. Returns whether `bytes` were installed.
+    pub fn finish(
+        &mut self,
+        block: u64,
+        version: u64,
+        bytes: Option<&[u8]>,
+        capacity: usize,
+    ) -> bool {
+        let Some(e) = self.entries.get(&block) else {
+            debug_assert!(false, "claimed entry {block} vanished");
+            return false;
+        };
+        if e.version != version {
+            self.entries
+                .get_mut(&block)
+                .expect("entry present")
+                .release();
+            return false;
+        }
+        let was_dirty = e.dirty;
+        match bytes {
+            Some(bytes) => {
+                let e = self.fill(block, bytes, capacity);
+                e.dirty = false;
+                e.release();
+                if was_dirty {
+                    self.dirty -= 1;
+                }
+                true
+            }
+            None => {
+                self.abandon(block);
+                false
+            }
+        }
+    }
+
+    /// Release a claim whose I/O failed or never finished: dirty data stays (it
+    /// is still to be written back); anything else is dropped, since what is
+    /// below is unknown.
+    pub fn abandon(&mut self, block: u64) {
+        let Some(e) = self.entries.get_mut(&block) else {
+            return;
+        };
+        e.release();
+        if !e.dirty {
+            self.remove(block);
+        }
+    }
+
+    /// Drop `block` whatever its state (the zeroing task, holding its claim).
+    pub fn remove(&mut self, block: u64) {
+        let Some(mut e) = self.entries.remove(&block) else {
+            return;
+        };
+        e.release();
+        if e.data.is_some() {
+            self.resident -= 1;
+            self.policy.remove(block);
+        }
+        if e.evicting {
+            self.evicting -= 1;
+        }
+        if e.dirty {
+            self.dirty -= 1;
+        }
+    }
+
+    /// Claim a dirty block for writing it back; `Blocked` while another claim
+    /// or a zeroing range holds it.
+    pub fn claim_dirty(&mut self, block: u64) -> DirtyClaim {
+        let zeroing = self.zeroing(block);
+        match self.entries.get_mut(&block) {
+            Some(e) if e.dirty && (e.busy || zeroing) => DirtyClaim::Blocked,
+            Some(e) if e.dirty => {
+                e.busy = true;
+                DirtyClaim::Claimed {
+                    version: e.version,
+                    data: e.data.clone().expect("dirty entries hold data"),
+                }
+            }
+            _ => DirtyClaim::Clean,
+        }
+    }
+
+    /// End a write-back claim; the block is clean if it succeeded and was not
+    /// written again meanwhile.
+    pub fn finish_write_back(&mut self, block: u64, version: u64, ok: bool) {
+        let Some(e) = self.entries.get_mut(&block) else {
+            return;
+        };
+        e.release();
+        if ok && e.version == version && e.dirty {
+            e.dirty = false;
+            self.dirty -= 1;
+        }
+    }
+
+    /// Evict until at most `capacity` blocks stay: clean victims go at once (their
+    /// count is returned); up to `max_dirty` dirty victims are set aside for the
+    /// caller to write back and then [`Shard::finish_eviction`].
+    pub fn take_victims(&mut self, capacity: usize, max_dirty: usize) -> (u64, Vec<u64>) {
+        let mut evicted = 0;
+        let mut dirty = Vec::new();
+        // Bounds the time the lock is held when a big shrink evicts many blocks.
+        let mut budget = 4096;
+        while self.over(capacity) && budget > 0 && dirty.len() < max_dirty {
+            budget -= 1;
+            let Shard {
+                entries,
+                policy,
+                zeroing,
+                ..
+            } = self;
+            let mut pinned = |b: u64| {
+                entries.get(&b).map_or(true, |e| {
+                    e.busy || (e.dirty && zeroing.iter().any(|&(f, end, _)| f <= b && b < end))
+                })
+            };
+            let Some(victim) = policy.evict(capacity, &mut pinned) else {
+                break;
+            };
+            let e = self
+                .entries
+                .get_mut(&victim)
+                .expect("tracked blocks are cached");
+            if e.dirty {
+                e.evicting = true;
+                self.evicting += 1;
+                dirty.push(victim);
+            } else {
+                self.entries.remove(&victim);
+                self.resident -= 1;
+                evicted += 1;
+            }
+        }
+        (evicted, dirty)
+    }
+
+    /// After writing back a dirty victim: drop it if it is clean and idle now,
+    /// otherwise it stays cached and tracked. Returns whether it was evicted.
+    pub fn finish_eviction(&mut self, block: u64, capacity: usize) -> bool {
+        let Some(e) = self.entries.get_mut(&block) else {
+            return false; // removed by a zeroing task, which settled the counts
+        };
+        if !e.evicting {
+            return false; // removed and cached again meanwhile
+        }
+        e.evicting = false;
+        self.evicting -= 1;
+        if !e.dirty && !e.busy {
+            self.entries.remove(&block);
+            self.resident -= 1;
+            true
+        } else {
+            self.policy.insert(block, capacity);
+            false
+        }
+    }
+}
