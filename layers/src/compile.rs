@@ -10,7 +10,7 @@ use crate::exec::{Executor, IoCtx};
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, Plan};
 use crate::stats::{LayerStats, StatsSnapshot};
-use crate::{cache, disk, file, memory, null, raid0};
+use crate::{disk, file, memory, null, raid0};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
 /// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
@@ -184,10 +184,10 @@ pub fn compile_with(
                             .map_err(fail)?,
                     )
                 }
-                LayerSpec::Cache(p) => Arc::new(cache::Cache::new(
+                LayerSpec::Cache(p) => Arc::new(crate::cache::Cache::new(
                     child(p.over),
                     block_size,
-                    cache::CacheKnobs {
+                    crate::cache::CacheKnobs {
                         capacity_bytes: p.capacity_bytes,
                         mode: p.mode,
                     },

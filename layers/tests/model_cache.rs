@@ -44,7 +44,7 @@ fn run(name: &str, plan: &Plan, base_seed: u64, cfg: &ModelConfig) {
 
 #[test]
 fn cache_matches_model_in_both_modes_with_small_capacities() {
-    for (block, capacity, queues) in [(4096, 64 * KIB, 2), (4096, 1 * MIB, 3), (512, 32 * KIB, 2)] {
+    for (block, capacity, queues) in [(4096, 64 * KIB, 2), (4096, MIB, 3), (512, 32 * KIB, 2)] {
         for mode in MODES {
             let dir = tempfile::tempdir().unwrap();
             let mut b = PlanBuilder::new(dir.path(), block);

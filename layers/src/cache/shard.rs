@@ -47,6 +47,22 @@ impl Entry {
         }
     }
 
+    /// Put `bytes` in (into a fresh buffer while a write-back still holds the
+    /// old one). Returns whether the entry held no data before.
+    fn fill(&mut self, bytes: &[u8]) -> bool {
+        self.version += 1;
+        match &mut self.data {
+            Some(data) => {
+                Arc::make_mut(data).copy_from_slice(bytes);
+                false
+            }
+            None => {
+                self.data = Some(Arc::new(bytes.to_vec()));
+                true
+            }
+        }
+    }
+
     fn release(&mut self) {
         self.busy = false;
         for w in self.waiters.drain(..) {
@@ -195,30 +211,14 @@ impl Shard {
     }
 
     pub fn dirty_blocks(&self) -> Vec<u64> {
-        (self.dirty > 0)
-            .then(|| {
-                self.entries
-                    .iter()
-                    .filter(|(_, e)| e.dirty)
-                    .map(|(&b, _)| b)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Put `bytes` in `entry` (a fresh buffer when a write-back holds the old one).
-    fn fill(&mut self, block: u64, bytes: &[u8], capacity: usize) -> &mut Entry {
-        let e = self.entries.get_mut(&block).expect("entry present");
-        e.version += 1;
-        match &mut e.data {
-            Some(data) => Arc::make_mut(data).copy_from_slice(bytes),
-            None => {
-                e.data = Some(Arc::new(bytes.to_vec()));
-                self.resident += 1;
-                self.policy.insert(block, capacity);
-            }
+        if self.dirty == 0 {
+            return Vec::new();
         }
-        e
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|(&b, _)| b)
+            .collect()
     }
 
     /// A write-back write of `bytes` into the cache. `limit` bounds dirty blocks.
@@ -232,24 +232,32 @@ impl Shard {
         if self.zeroing(block) {
             return Store::Zeroing;
         }
-        let existing = self.entries.get(&block).map(|e| e.dirty);
-        let already = existing == Some(true);
+        let already = self.entries.get(&block).is_some_and(|e| e.dirty);
         if !already && self.dirty >= limit {
             return Store::Full;
         }
-        self.entries.entry(block).or_insert_with(|| Entry {
+        let e = self.entries.entry(block).or_insert_with(|| Entry {
             busy: false,
             ..Entry::placeholder()
         });
-        let e = self.fill(block, bytes, capacity);
+        let fresh = e.fill(bytes);
         e.dirty = true;
         if !already {
             self.dirty += 1;
         }
-        if existing.is_some() {
+        self.track(block, fresh, capacity);
+        Store::Stored
+    }
+
+    /// After a fill: a block new to the cache starts in the policy; an update
+    /// counts as a use.
+    fn track(&mut self, block: u64, fresh: bool, capacity: usize) {
+        if fresh {
+            self.resident += 1;
+            self.policy.insert(block, capacity);
+        } else {
             self.policy.touch(block);
         }
-        Store::Stored
     }
 
     /// End a claim taken at `version` for a load or a write-through: install
@@ -262,26 +270,23 @@ impl Shard {
         bytes: Option<&[u8]>,
         capacity: usize,
     ) -> bool {
-        let Some(e) = self.entries.get(&block) else {
+        let Some(e) = self.entries.get_mut(&block) else {
             debug_assert!(false, "claimed entry {block} vanished");
             return false;
         };
         if e.version != version {
-            self.entries
-                .get_mut(&block)
-                .expect("entry present")
-                .release();
+            e.release();
             return false;
         }
-        let was_dirty = e.dirty;
         match bytes {
             Some(bytes) => {
-                let e = self.fill(block, bytes, capacity);
-                e.dirty = false;
+                let fresh = e.fill(bytes);
+                let was_dirty = std::mem::replace(&mut e.dirty, false);
                 e.release();
                 if was_dirty {
                     self.dirty -= 1;
                 }
+                self.track(block, fresh, capacity);
                 true
             }
             None => {
@@ -328,11 +333,17 @@ impl Shard {
         let zeroing = self.zeroing(block);
         match self.entries.get_mut(&block) {
             Some(e) if e.dirty && (e.busy || zeroing) => DirtyClaim::Blocked,
-            Some(e) if e.dirty => {
-                e.busy = true;
+            Some(Entry {
+                dirty: true,
+                data: Some(data),
+                busy,
+                version,
+                ..
+            }) => {
+                *busy = true;
                 DirtyClaim::Claimed {
-                    version: e.version,
-                    data: e.data.clone().expect("dirty entries hold data"),
+                    version: *version,
+                    data: data.clone(),
                 }
             }
             _ => DirtyClaim::Clean,
@@ -376,10 +387,10 @@ impl Shard {
             let Some(victim) = policy.evict(capacity, &mut pinned) else {
                 break;
             };
-            let e = self
-                .entries
-                .get_mut(&victim)
-                .expect("tracked blocks are cached");
+            let Some(e) = self.entries.get_mut(&victim) else {
+                debug_assert!(false, "tracked block {victim} is not cached");
+                continue;
+            };
             if e.dirty {
                 e.evicting = true;
                 self.evicting += 1;
