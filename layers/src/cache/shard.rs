@@ -19,7 +19,7 @@
 //! claimant removes a busy entry. The policy tracks exactly the entries with data,
 //! minus dirty victims being written back (`evicting`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -108,7 +108,8 @@ pub struct Shard {
     entries: BTreeMap<u64, Entry>,
     policy: S3Fifo,
     resident: usize,
-    dirty: usize,
+    /// Dirty blocks, so FLUSH costs what is dirty rather than what is cached.
+    dirty: BTreeSet<u64>,
     evicting: usize,
     /// Block ranges `[first, end)` being discarded or zeroed, with their ids.
     zeroing: Vec<(u64, u64, u64)>,
@@ -118,7 +119,7 @@ pub struct Shard {
 impl Shard {
     /// (blocks with data, dirty blocks).
     pub fn usage(&self) -> (usize, usize) {
-        (self.resident, self.dirty)
+        (self.resident, self.dirty.len())
     }
 
     pub fn over(&self, capacity: usize) -> bool {
@@ -211,14 +212,7 @@ impl Shard {
     }
 
     pub fn dirty_blocks(&self) -> Vec<u64> {
-        if self.dirty == 0 {
-            return Vec::new();
-        }
-        self.entries
-            .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|(&b, _)| b)
-            .collect()
+        self.dirty.iter().copied().collect()
     }
 
     /// A write-back write of `bytes` into the cache. `limit` bounds dirty blocks.
@@ -233,7 +227,7 @@ impl Shard {
             return Store::Zeroing;
         }
         let already = self.entries.get(&block).is_some_and(|e| e.dirty);
-        if !already && self.dirty >= limit {
+        if !already && self.dirty.len() >= limit {
             return Store::Full;
         }
         let e = self.entries.entry(block).or_insert_with(|| Entry {
@@ -243,7 +237,7 @@ impl Shard {
         let fresh = e.fill(bytes);
         e.dirty = true;
         if !already {
-            self.dirty += 1;
+            self.dirty.insert(block);
         }
         self.track(block, fresh, capacity);
         Store::Stored
@@ -284,7 +278,7 @@ impl Shard {
                 let was_dirty = std::mem::replace(&mut e.dirty, false);
                 e.release();
                 if was_dirty {
-                    self.dirty -= 1;
+                    self.dirty.remove(&block);
                 }
                 self.track(block, fresh, capacity);
                 true
@@ -323,7 +317,7 @@ impl Shard {
             self.evicting -= 1;
         }
         if e.dirty {
-            self.dirty -= 1;
+            self.dirty.remove(&block);
         }
     }
 
@@ -359,7 +353,7 @@ impl Shard {
         e.release();
         if ok && e.version == version && e.dirty {
             e.dirty = false;
-            self.dirty -= 1;
+            self.dirty.remove(&block);
         }
     }
 
