@@ -29,6 +29,7 @@
 //!   being written back, a shard may hold a few more blocks than its share.
 //! - No on-disk metadata: the cache is lost at exit, after a final FLUSH.
 
+mod entry;
 pub mod policy;
 mod read;
 mod shard;

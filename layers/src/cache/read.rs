@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::shard::Lookup;
+use super::entry::Lookup;
 use super::{carve, runs_of, Cache, Claims};
 use crate::exec::IoCtx;
 use crate::join::try_join_all;

@@ -2,106 +2,15 @@
 //! the shard's policy. Everything here runs under the shard's mutex and never
 //! waits; the async code around it decides what to wait for.
 //!
-//! A block present in `entries` is in one of these states:
-//!
-//! | `data` | `busy` | meaning                                                        |
-//! |--------|--------|----------------------------------------------------------------|
-//! | None   | yes    | placeholder: a task loads it, or writes it through             |
-//! | Some   | no     | cached, clean or dirty                                          |
-//! | Some   | yes    | cached, and a task has lower I/O on it in flight (write-back,  |
-//! |        |        | write-through, zeroing); readers still hit the data             |
-//!
-//! `busy` is a per-block claim on the lower I/O: whoever sets it is the only one
-//! who writes that block below, or installs data read from below, until it
-//! releases the claim; waiters queue their wakers on the entry. A claim remembers
-//! the entry's `version`, which every write into the cache bumps, so a claim
-//! completing after a newer write-back write leaves the newer data alone. Only a
-//! claimant removes a busy entry. The policy tracks exactly the entries with data,
-//! minus dirty victims being written back (`evicting`).
+//! Block states and claims are described in `entry.rs`. The policy tracks
+//! exactly the entries with data, minus dirty victims being written back
+//! (`evicting`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::task::Waker;
 
+use super::entry::{Claim, DirtyClaim, Entry, Lookup, Store};
 use super::policy::S3Fifo;
-
-struct Entry {
-    data: Option<Arc<Vec<u8>>>,
-    dirty: bool,
-    version: u64,
-    busy: bool,
-    /// A dirty victim being written back before it goes (not tracked by the policy).
-    evicting: bool,
-    waiters: Vec<Waker>,
-}
-
-impl Entry {
-    fn placeholder() -> Entry {
-        Entry {
-            data: None,
-            dirty: false,
-            version: 0,
-            busy: true,
-            evicting: false,
-            waiters: Vec::new(),
-        }
-    }
-
-    /// Put `bytes` in (into a fresh buffer while a write-back still holds the
-    /// old one). Returns whether the entry held no data before.
-    fn fill(&mut self, bytes: &[u8]) -> bool {
-        self.version += 1;
-        match &mut self.data {
-            Some(data) => {
-                Arc::make_mut(data).copy_from_slice(bytes);
-                false
-            }
-            None => {
-                self.data = Some(Arc::new(bytes.to_vec()));
-                true
-            }
-        }
-    }
-
-    fn release(&mut self) {
-        self.busy = false;
-        for w in self.waiters.drain(..) {
-            w.wake();
-        }
-    }
-}
-
-/// What a read found for one block.
-pub enum Lookup {
-    /// The data was copied out.
-    Hit,
-    /// A placeholder was created: the caller loads the block (claim at `version`).
-    Claimed(u64),
-    /// Another task is loading the block, or it is being zeroed: try again later.
-    Wait,
-}
-
-/// Outcome of trying to claim a block's lower I/O.
-pub enum Claim {
-    Claimed(u64),
-    Busy,
-    Zeroing,
-}
-
-/// Outcome of a write-back write into the cache.
-pub enum Store {
-    Stored,
-    /// Over the dirty limit (or the mode changed): write it through instead.
-    Full,
-    Zeroing,
-}
-
-/// Outcome of trying to claim a dirty block for writing it back.
-pub enum DirtyClaim {
-    Claimed { version: u64, data: Arc<Vec<u8>> },
-    Clean,
-    Blocked,
-}
 
 #[derive(Default)]
 pub struct Shard {
@@ -417,5 +326,115 @@ impl Shard {
             self.policy.insert(block, capacity);
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: usize = 8;
+
+    fn data(byte: u8) -> Vec<u8> {
+        vec![byte; B]
+    }
+
+    fn hit(shard: &mut Shard, block: u64) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; B];
+        matches!(shard.read(block, &mut out), Lookup::Hit).then_some(out)
+    }
+
+    #[test]
+    fn a_load_finishing_after_a_newer_write_leaves_the_newer_data() {
+        let mut shard = Shard::default();
+        let Lookup::Claimed(version) = shard.read(5, &mut data(0)) else {
+            panic!("a miss claims the block");
+        };
+        assert!(matches!(shard.read(5, &mut data(0)), Lookup::Wait));
+        assert!(matches!(
+            shard.store_dirty(5, &data(2), 4, 4),
+            Store::Stored
+        ));
+        assert!(!shard.finish(5, version, Some(&data(1)), 4));
+        assert_eq!(hit(&mut shard, 5), Some(data(2)));
+        assert_eq!(shard.usage(), (1, 1));
+    }
+
+    #[test]
+    fn writes_past_the_dirty_limit_are_refused_but_rewrites_are_not() {
+        let mut shard = Shard::default();
+        assert!(matches!(
+            shard.store_dirty(1, &data(1), 2, 4),
+            Store::Stored
+        ));
+        assert!(matches!(
+            shard.store_dirty(2, &data(1), 2, 4),
+            Store::Stored
+        ));
+        assert!(matches!(shard.store_dirty(3, &data(1), 2, 4), Store::Full));
+        assert!(matches!(
+            shard.store_dirty(1, &data(9), 2, 4),
+            Store::Stored
+        ));
+        assert_eq!(shard.dirty_blocks(), vec![1, 2]);
+    }
+
+    #[test]
+    fn eviction_drops_clean_blocks_and_sets_dirty_ones_aside_until_written() {
+        let mut shard = Shard::default();
+        for b in 0..4 {
+            shard.store_dirty(b, &data(1), 4, 4);
+        }
+        for b in 10..14 {
+            let Claim::Claimed(v) = shard.claim(b, true) else {
+                panic!("claim {b}");
+            };
+            shard.finish(b, v, Some(&data(2)), 4);
+        }
+        let (evicted, dirty) = shard.take_victims(4, 16);
+        assert_eq!(evicted as usize + dirty.len(), 4);
+        assert!(!shard.over(4));
+        for &b in &dirty {
+            let DirtyClaim::Claimed { version, .. } = shard.claim_dirty(b) else {
+                panic!("dirty victim {b} can be written back");
+            };
+            shard.finish_write_back(b, version, true);
+            assert!(shard.finish_eviction(b, 4));
+        }
+        assert_eq!(shard.usage().0, 4);
+    }
+
+    #[test]
+    fn an_abandoned_claim_keeps_dirty_data_and_drops_clean_data() {
+        let mut shard = Shard::default();
+        shard.store_dirty(1, &data(1), 4, 4);
+        let Claim::Claimed(v) = shard.claim(2, true) else {
+            panic!("claim");
+        };
+        shard.finish(2, v, Some(&data(2)), 4);
+        for b in [1, 2] {
+            assert!(matches!(shard.claim(b, true), Claim::Claimed(_)));
+            assert!(matches!(shard.claim(b, true), Claim::Busy));
+            shard.abandon(b);
+        }
+        assert_eq!(hit(&mut shard, 1), Some(data(1)));
+        assert_eq!(hit(&mut shard, 2), None);
+    }
+
+    #[test]
+    fn a_zeroing_range_stops_new_claims_and_stores_until_removed() {
+        let mut shard = Shard::default();
+        shard.store_dirty(3, &data(3), 4, 4);
+        shard.add_zeroing(2, 6, 7);
+        assert!(matches!(shard.read(4, &mut data(0)), Lookup::Wait));
+        assert!(matches!(shard.claim(4, true), Claim::Zeroing));
+        assert!(matches!(
+            shard.store_dirty(5, &data(5), 4, 4),
+            Store::Zeroing
+        ));
+        assert!(matches!(shard.claim_dirty(3), DirtyClaim::Blocked));
+        assert_eq!(hit(&mut shard, 3), Some(data(3)));
+        shard.remove_zeroing(7);
+        assert!(matches!(shard.claim(4, true), Claim::Claimed(_)));
     }
 }

@@ -11,7 +11,7 @@ use std::future::poll_fn;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
-use super::shard::{Claim, Store};
+use super::entry::{Claim, Store};
 use super::{runs_of, Cache, Claims, SHARDS};
 use crate::exec::IoCtx;
 use crate::join::try_join_all;

@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::shard::DirtyClaim;
+use super::entry::DirtyClaim;
 use super::{Cache, Claims, SHARDS};
 use crate::exec::IoCtx;
 use crate::join::join_all;
