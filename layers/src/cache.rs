@@ -1,21 +1,24 @@
 //! `cache`: a RAM block cache over one layer, shared by every queue.
 //!
 //! - The unit is the device block: requests are aligned to it, so a write never
-//!   needs a read-modify-write of a larger unit, and a block has one state. The
-//!   price is per-block bookkeeping (about 100 bytes a block besides its data).
+//!   needs a read-modify-write of a larger unit, nor per-sector valid bits, and a
+//!   block has one state. The price is per-block bookkeeping, about 200 bytes a
+//!   block besides its data (5% at 4 KiB blocks, 40% at 512 bytes); `capacity`
+//!   counts data bytes.
 //! - Blocks are spread over [`SHARDS`] shards by a hash of their number, each
-//!   behind its own mutex with its own S3-FIFO policy (`cache/policy.rs`), so a
-//!   sequential scan does not flush the hot set and queues rarely meet on a lock.
+//!   behind its own mutex with its own S3-FIFO policy (`cache/policy.rs`) and an
+//!   equal share of the capacity, so a sequential scan does not flush the hot
+//!   set and queues rarely meet on a lock.
 //!   No lock is held across an await: a task that must wait (a block being loaded
 //!   by another queue, a block with a write-back in flight, a range being zeroed)
-//!   queues its waker on the block and sleeps as a task (`cache/shard.rs`).
+//!   queues its waker on the block and sleeps as a task (`cache/entry.rs`).
 //! - Reads copy hits out and load misses from below in contiguous runs; a miss
 //!   leaves a placeholder, so concurrent misses on one block fetch it once.
 //! - `mode = "write-through"`: a write goes below, then the cache takes the new
 //!   contents. `mode = "write-back"`: a write is acknowledged once it is in the
-//!   cache (dirty). Dirty blocks are at most half of each shard's capacity; past
-//!   that, writes go through synchronously. Dirty blocks chosen for eviction are
-//!   written back first.
+//!   cache (dirty). Dirty blocks are at most half of each shard's capacity
+//!   (rounded up); past that, writes go through synchronously. Dirty blocks
+//!   chosen for eviction are written back first.
 //! - FLUSH writes back every dirty block, then flushes below: it makes every
 //!   acknowledged write durable. A failed write-back keeps its block dirty (a
 //!   later flush tries again) and fails the FLUSH; nothing is dropped silently.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 pub(super) struct Entry {
-    pub(super) data: Option<Arc<Vec<u8>>>,
+    pub(super) data: Option<Arc<[u8]>>,
     pub(super) dirty: bool,
     pub(super) version: u64,
     pub(super) busy: bool,
@@ -47,11 +47,14 @@ impl Entry {
         self.version += 1;
         match &mut self.data {
             Some(data) => {
-                Arc::make_mut(data).copy_from_slice(bytes);
+                match Arc::get_mut(data) {
+                    Some(buf) => buf.copy_from_slice(bytes),
+                    None => *data = Arc::from(bytes),
+                }
                 false
             }
             None => {
-                self.data = Some(Arc::new(bytes.to_vec()));
+                self.data = Some(Arc::from(bytes));
                 true
             }
         }
@@ -92,7 +95,7 @@ pub enum Store {
 
 /// Outcome of trying to claim a dirty block for writing it back.
 pub enum DirtyClaim {
-    Claimed { version: u64, data: Arc<Vec<u8>> },
+    Claimed { version: u64, data: Arc<[u8]> },
     Clean,
     Blocked,
 }

@@ -50,7 +50,7 @@ impl Cache {
             let mut wrote = false;
             for batch in targets.chunks(BATCH_BLOCKS) {
                 let mut claims = Claims::new(self);
-                let mut data: Vec<Arc<Vec<u8>>> = Vec::new();
+                let mut data: Vec<Arc<[u8]>> = Vec::new();
                 for &block in batch {
                     match self.lock_block(block).claim_dirty(block) {
                         DirtyClaim::Claimed { version, data: d } => {
@@ -84,7 +84,7 @@ impl Cache {
         &self,
         ctx: &IoCtx,
         claims: &mut Claims<'_>,
-        data: &[Arc<Vec<u8>>],
+        data: &[Arc<[u8]>],
     ) -> Result<()> {
         // (first index into claims, count)
         let mut runs: Vec<(usize, usize)> = Vec::new();
