@@ -68,7 +68,6 @@ pub struct Cache {
     mode: AtomicU8,
     hits: AtomicU64,
     misses: AtomicU64,
-    evictions: AtomicU64,
     write_back_errors: AtomicU64,
     next_zeroing: AtomicU64,
     /// Next shard a request checks besides its own, so a shrink reaches every
@@ -93,7 +92,6 @@ impl Cache {
             mode: AtomicU8::new(mode_code(knobs.mode)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
             write_back_errors: AtomicU64::new(0),
             next_zeroing: AtomicU64::new(0),
             sweep: AtomicUsize::new(0),
@@ -140,6 +138,11 @@ impl Cache {
     /// (hits, misses), in blocks, since the layer was built.
     pub fn hit_rate_counters(&self) -> (u64, u64) {
         (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    /// Blocks evicted since the layer was built.
+    pub fn evictions(&self) -> u64 {
+        (0..SHARDS).map(|s| self.lock(s).evictions()).sum()
     }
 
     /// (cached bytes, dirty bytes) now.
@@ -338,7 +341,7 @@ impl Layer for Cache {
             ("dirty_bytes", dirty.to_string()),
             ("hits", hits.to_string()),
             ("misses", misses.to_string()),
-            ("evictions", self.evictions.load(Relaxed).to_string()),
+            ("evictions", self.evictions().to_string()),
             (
                 "write_back_errors",
                 self.write_back_errors.load(Relaxed).to_string(),

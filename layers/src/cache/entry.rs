@@ -41,23 +41,19 @@ impl Entry {
         }
     }
 
-    /// Put `bytes` in (into a fresh buffer while a write-back still holds the
-    /// old one). Returns whether the entry held no data before.
-    pub(super) fn fill(&mut self, bytes: &[u8]) -> bool {
+    /// Put `bytes` in: into the entry's own buffer, or `spare` (an evicted
+    /// block's) when it has none, or a new one (also while a write-back still
+    /// holds the old one). Returns whether the entry held no data before.
+    pub(super) fn fill(&mut self, bytes: &[u8], spare: Option<Arc<[u8]>>) -> bool {
         self.version += 1;
-        match &mut self.data {
-            Some(data) => {
-                match Arc::get_mut(data) {
-                    Some(buf) => buf.copy_from_slice(bytes),
-                    None => *data = Arc::from(bytes),
-                }
-                false
-            }
-            None => {
-                self.data = Some(Arc::from(bytes));
-                true
-            }
+        let fresh = self.data.is_none();
+        let mut data = self.data.take().or(spare);
+        match data.as_mut().and_then(Arc::get_mut) {
+            Some(buf) if buf.len() == bytes.len() => buf.copy_from_slice(bytes),
+            _ => data = Some(Arc::from(bytes)),
         }
+        self.data = data;
+        fresh
     }
 
     pub(super) fn release(&mut self) {

@@ -7,6 +7,7 @@
 //! (`evicting`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::task::Waker;
 
 use super::entry::{Claim, DirtyClaim, Entry, Lookup, Store};
@@ -20,6 +21,7 @@ pub struct Shard {
     /// Dirty blocks, so FLUSH costs what is dirty rather than what is cached.
     dirty: BTreeSet<u64>,
     evicting: usize,
+    evictions: u64,
     /// Block ranges `[first, end)` being discarded or zeroed, with their ids.
     zeroing: Vec<(u64, u64, u64)>,
     zeroing_waiters: Vec<Waker>,
@@ -29,6 +31,11 @@ impl Shard {
     /// (blocks with data, dirty blocks).
     pub fn usage(&self) -> (usize, usize) {
         (self.resident, self.dirty.len())
+    }
+
+    /// Blocks evicted since the shard was made.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     pub fn over(&self, capacity: usize) -> bool {
@@ -139,17 +146,39 @@ impl Shard {
         if !already && self.dirty.len() >= limit {
             return Store::Full;
         }
+        let spare = self.make_room(block, capacity);
         let e = self.entries.entry(block).or_insert_with(|| Entry {
             busy: false,
             ..Entry::placeholder()
         });
-        let fresh = e.fill(bytes);
+        let fresh = e.fill(bytes, spare);
         e.dirty = true;
         if !already {
             self.dirty.insert(block);
         }
         self.track(block, fresh, capacity);
         Store::Stored
+    }
+
+    /// When caching data for `block` (which holds none yet) would go past
+    /// `capacity`, evict a clean victim now and hand back its buffer: a full
+    /// cache then replaces blocks without allocating, and stays within its
+    /// share. Dirty victims are left to [`Shard::take_victims`].
+    fn make_room(&mut self, block: u64, capacity: usize) -> Option<Arc<[u8]>> {
+        if self.entries.get(&block).is_some_and(|e| e.data.is_some())
+            || self.resident - self.evicting < capacity
+        {
+            return None;
+        }
+        let Shard {
+            entries, policy, ..
+        } = self;
+        let mut pinned = |b: u64| entries.get(&b).map_or(true, |e| e.busy || e.dirty);
+        let victim = policy.evict(capacity, &mut pinned)?;
+        let e = self.entries.remove(&victim)?;
+        self.resident -= 1;
+        self.evictions += 1;
+        e.data
     }
 
     /// After a fill: a block new to the cache starts in the policy; an update
@@ -183,7 +212,11 @@ impl Shard {
         }
         match bytes {
             Some(bytes) => {
-                let fresh = e.fill(bytes);
+                let spare = self.make_room(block, capacity);
+                let Some(e) = self.entries.get_mut(&block) else {
+                    return false;
+                };
+                let fresh = e.fill(bytes, spare);
                 let was_dirty = std::mem::replace(&mut e.dirty, false);
                 e.release();
                 if was_dirty {
@@ -301,6 +334,7 @@ impl Shard {
             } else {
                 self.entries.remove(&victim);
                 self.resident -= 1;
+                self.evictions += 1;
                 evicted += 1;
             }
         }
@@ -321,6 +355,7 @@ impl Shard {
         if !e.dirty && !e.busy {
             self.entries.remove(&block);
             self.resident -= 1;
+            self.evictions += 1;
             true
         } else {
             self.policy.insert(block, capacity);
@@ -391,17 +426,23 @@ mod tests {
             };
             shard.finish(b, v, Some(&data(2)), 4);
         }
-        let (evicted, dirty) = shard.take_victims(4, 16);
-        assert_eq!(evicted as usize + dirty.len(), 4);
-        assert!(!shard.over(4));
+        // A full shard replaces a clean block in place; dirty ones are left for
+        // take_victims, which must write them back first.
+        assert_eq!(shard.usage(), (5, 4));
+        assert_eq!(shard.evictions(), 3);
+        let (evicted, dirty) = shard.take_victims(2, 16);
+        assert_eq!(evicted as usize + dirty.len(), 3);
+        assert!(!dirty.is_empty());
+        assert!(!shard.over(2));
         for &b in &dirty {
             let DirtyClaim::Claimed { version, .. } = shard.claim_dirty(b) else {
                 panic!("dirty victim {b} can be written back");
             };
             shard.finish_write_back(b, version, true);
-            assert!(shard.finish_eviction(b, 4));
+            assert!(shard.finish_eviction(b, 2));
         }
-        assert_eq!(shard.usage().0, 4);
+        assert_eq!(shard.usage().0, 2);
+        assert_eq!(shard.evictions(), 6);
     }
 
     #[test]

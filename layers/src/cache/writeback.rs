@@ -138,7 +138,6 @@ impl Cache {
         for _ in 0..rounds {
             let capacity = self.shard_capacity(shard);
             let (evicted, dirty) = self.lock(shard).take_victims(capacity, MAX_DIRTY_VICTIMS);
-            self.evictions.fetch_add(evicted, Relaxed);
             if dirty.is_empty() {
                 if evicted == 0 || !self.lock(shard).over(capacity) {
                     return Ok(());
@@ -147,12 +146,10 @@ impl Cache {
             }
             let res = self.write_back_blocks(ctx, dirty.clone()).await;
             let mut guard = self.lock(shard);
-            let evicted = dirty
-                .iter()
-                .filter(|&&b| guard.finish_eviction(b, capacity))
-                .count();
+            for &block in &dirty {
+                guard.finish_eviction(block, capacity);
+            }
             drop(guard);
-            self.evictions.fetch_add(evicted as u64, Relaxed);
             res?;
         }
         Ok(())
