@@ -27,9 +27,12 @@
 //! - Live keys: `capacity` ([`Cache::set_capacity`]; shrinking is applied by the
 //!   next requests on each shard, or at once by [`Cache::shrink`]) and `mode`
 //!   ([`Cache::set_mode`], then [`Cache::settle`] to write back what the old mode
-//!   left dirty). [`Cache::apply_knobs`] does both. Memory follows capacity: blocks
-//!   are allocated when cached and freed when evicted; while a dirty victim is
-//!   being written back, a shard may hold a few more blocks than its share.
+//!   left dirty). [`Cache::apply_knobs`] does both.
+//! - Memory follows capacity: a block's buffer is allocated when it is first
+//!   cached, handed on to the block that replaces it in a full shard, and freed
+//!   when eviction shrinks the shard. Between a request caching blocks and the
+//!   end of that request (which evicts, writing dirty victims back first), a
+//!   shard may hold that request's blocks beyond its share.
 //! - No on-disk metadata: the cache is lost at exit, after a final FLUSH.
 
 mod entry;
