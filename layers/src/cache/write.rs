@@ -1,6 +1,6 @@
 //! The write paths: write-through, write-back, and discard / write_zeroes.
 //!
-//! Whoever writes a block below holds its claim (`shard.rs`) from before the
+//! Whoever writes a block below holds its claim (`entry.rs`) from before the
 //! lower write until the cache holds the result, so a load or a write-back of the
 //! same block can never land below out of order with it. Claims are taken in
 //! ascending block order by every task that waits while holding some, so two
