@@ -1,18 +1,21 @@
 //! The `cache` layer against the model: several queues over real files, in both
 //! modes, with capacities small enough that eviction (and in write-back mode,
 //! write-back of dirty victims) happens on almost every request; with the knobs
-//! changed from another thread while the model runs; and crash replay in
-//! write-back mode, where everything flushed before a crash must be there.
+//! changed from another thread while the model runs; with queues racing on the
+//! same blocks; and crash replay in write-back mode, where everything flushed
+//! before a crash must be there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use layers::cache::{Cache, CacheKnobs};
+use layers::join::join_all;
+use layers::memory::MemoryLeaf;
 use layers::plan::{CacheMode, LayerId, LayerSpec, ReadPolicy};
 use layers::testing::crash::crash_replay;
 use layers::testing::{check_stack, rng::seeds, verify_image, ModelConfig, PlanBuilder, Rng};
-use layers::{compile, compile_with, file, Executor, IoCtx, Layer, Plan, Stack};
+use layers::{compile, compile_with, file, Executor, IoCtx, Layer, LocalBoxFuture, Plan, Stack};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1 << 20;
@@ -151,6 +154,89 @@ fn knobs_change_while_the_model_runs() {
             drop((stack, cache));
             let stack = compile(&plan).unwrap();
             verify_image(&stack, &image).unwrap_or_else(|e| panic!("after reopen: {e}"));
+        }
+    }
+}
+
+/// One queue's share of the contention test: batches of concurrent operations on
+/// the first `blocks` blocks, overlapping each other and the other queues'.
+fn contend(cache: &Cache, queue: u16, seed: u64, blocks: u64) {
+    let ctx = IoCtx::new(queue, 64).expect("ring");
+    let exec = Executor::new().expect("executor");
+    let mut rng = Rng::new(seed);
+    for _ in 0..300 {
+        let ops: Vec<(u64, u64, u64, Vec<u8>)> = (0..1 + rng.below(8))
+            .map(|_| {
+                let n = 1 + rng.below(4);
+                let first = rng.below(blocks - n + 1);
+                let mut buf = vec![0u8; (n * 4096) as usize];
+                rng.fill(&mut buf);
+                (rng.below(100), first * 4096, n * 4096, buf)
+            })
+            .collect();
+        let mut ops = ops;
+        let futs: Vec<LocalBoxFuture<'_, layers::Result<()>>> = ops
+            .iter_mut()
+            .map(|(kind, offset, len, buf)| match *kind {
+                0..=34 => cache.read(&ctx, *offset, buf),
+                35..=79 => cache.write(&ctx, *offset, buf),
+                80..=86 => cache.discard(&ctx, *offset, *len),
+                87..=93 => cache.write_zeroes(&ctx, *offset, *len),
+                _ => cache.flush(&ctx),
+            })
+            .collect();
+        for res in exec.block_on(&ctx, join_all(futs)) {
+            res.expect("operation failed");
+        }
+    }
+}
+
+#[test]
+fn queues_racing_on_the_same_blocks_leave_cache_and_layer_below_agreeing() {
+    let blocks = 48;
+    for seed in seeds(27, 2) {
+        for (mode, capacity) in [
+            (CacheMode::WriteThrough, 16 * KIB),
+            (CacheMode::WriteBack, 16 * KIB),
+            (CacheMode::WriteBack, MIB),
+        ] {
+            let leaf = Arc::new(MemoryLeaf::new(MIB));
+            let knobs = CacheKnobs {
+                capacity_bytes: capacity,
+                mode,
+            };
+            let cache = Cache::new(leaf.clone(), 4096, knobs);
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let flipper = s.spawn(|| change_knobs_until(&cache, &stop, seed));
+                let queues: Vec<_> = (0..3)
+                    .map(|q| {
+                        let cache = &cache;
+                        s.spawn(move || contend(cache, q, seed ^ u64::from(q) << 40, blocks))
+                    })
+                    .collect();
+                for q in queues {
+                    q.join().expect("queue thread");
+                }
+                stop.store(true, Ordering::Relaxed);
+                flipper.join().expect("knob thread");
+            });
+            // Once everything is flushed, every cached block says what is below.
+            let ctx = IoCtx::new(0, 64).unwrap();
+            let exec = Executor::new().unwrap();
+            exec.block_on(&ctx, cache.flush(&ctx)).unwrap();
+            assert_eq!(cache.usage_bytes().1, 0);
+            let len = (blocks * 4096) as usize;
+            let (mut cached, mut below) = (vec![0u8; len], vec![0u8; len]);
+            exec.block_on(&ctx, cache.read(&ctx, 0, &mut cached))
+                .unwrap();
+            exec.block_on(&ctx, leaf.read(&ctx, 0, &mut below)).unwrap();
+            let differs =
+                (0..len / 4096).find(|&b| cached[b * 4096..][..4096] != below[b * 4096..][..4096]);
+            assert_eq!(
+                differs, None,
+                "seed {seed} {mode:?} {capacity}: block differs"
+            );
         }
     }
 }
