@@ -27,7 +27,8 @@
 //! - Live keys: `capacity` ([`Cache::set_capacity`]; shrinking is applied by the
 //!   next requests on each shard, or at once by [`Cache::shrink`]) and `mode`
 //!   ([`Cache::set_mode`], then [`Cache::settle`] to write back what the old mode
-//!   left dirty). [`Cache::apply_knobs`] does both.
+//!   left dirty). `Layer::apply_live` and [`Cache::apply_knobs`] set a knob and
+//!   settle.
 //! - Memory follows capacity: a block's buffer is allocated when it is first
 //!   cached, handed on to the block that replaces it in a full shard, and freed
 //!   when eviction shrinks the shard. Between a request caching blocks and the
@@ -48,7 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use crate::exec::IoCtx;
-use crate::plan::CacheMode;
+use crate::plan::{CacheMode, LiveChange};
 use crate::{Layer, LocalBoxFuture, Result};
 use shard::Shard;
 
@@ -332,6 +333,31 @@ impl Layer for Cache {
 
     fn discard_frees_space(&self) -> bool {
         self.lower.discard_frees_space()
+    }
+
+    /// The knob takes effect at once; the call returns once it is applied (the
+    /// cache shrunk, or in write-through mode every dirty block written back and
+    /// flushed), with the queues serving I/O meanwhile.
+    fn apply_live<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        change: &'a LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(async move {
+            match change {
+                LiveChange::CacheCapacity(bytes) => self.set_capacity(*bytes),
+                LiveChange::CacheMode(mode) => self.set_mode(*mode),
+                other => return Err(format!("{other:?} does not apply to a cache")),
+            }
+            self.settle(ctx).await.map_err(|e| {
+                format!(
+                    "capacity {} bytes and mode {} are in effect, but writing back dirty \
+                     blocks failed ({e}); they stay dirty and the next FLUSH retries them",
+                    self.capacity(),
+                    self.mode().as_str()
+                )
+            })
+        })
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {

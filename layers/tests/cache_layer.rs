@@ -344,3 +344,34 @@ fn lower_errors_reach_the_caller_and_leave_nothing_stale() {
     assert_eq!(b.read(40, 2).unwrap(), vec![0u8; 2 * BLOCK]);
     assert_eq!(b.cache.usage_bytes().1, 0);
 }
+
+#[test]
+fn reload_applies_capacity_and_mode_through_the_stack_and_refuses_other_keys() {
+    use layers::plan::{LiveChange, ReadPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = layers::testing::PlanBuilder::new(dir.path(), 4096);
+    let leaf = b.memory("leaf", 16 * MIB);
+    let top = b.cache("c", leaf, 4 * MIB, CacheMode::WriteBack);
+    let stack = layers::compile(&b.build(top)).unwrap();
+    let (ctx, exec) = (IoCtx::new(0, 64).unwrap(), Executor::new().unwrap());
+    let data = pattern(9, 64);
+    exec.block_on(&ctx, stack.top().write(&ctx, 0, &data))
+        .unwrap();
+    let detail = |key: &str| {
+        let details = stack.status()[0].details.clone();
+        details.into_iter().find(|(k, _)| *k == key).unwrap().1
+    };
+    assert_eq!(detail("dirty_bytes"), (64 * BLOCK).to_string());
+    let apply = |change: LiveChange| exec.block_on(&ctx, stack.apply_live(&ctx, "c", &change));
+    apply(LiveChange::CacheCapacity(MIB / 8)).unwrap();
+    assert_eq!(detail("capacity_bytes"), (MIB / 8).to_string());
+    assert_eq!(detail("cached_bytes"), (MIB / 8).to_string());
+    apply(LiveChange::CacheMode(CacheMode::WriteThrough)).unwrap();
+    assert_eq!(detail("mode"), "write-through");
+    assert_eq!(detail("dirty_bytes"), "0");
+    assert!(apply(LiveChange::ReadPolicy(ReadPolicy::First)).is_err());
+    let mut back = vec![0u8; data.len()];
+    exec.block_on(&ctx, stack.top().read(&ctx, 0, &mut back))
+        .unwrap();
+    assert_eq!(back, data);
+}

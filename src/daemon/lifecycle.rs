@@ -10,7 +10,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -61,7 +61,14 @@ fn is_root() -> bool {
 fn open_control() -> Result<Control, String> {
     match Control::open() {
         Err(CtrlError::NotLoaded) => {
-            drop(Command::new("modprobe").arg("ublk_drv").status());
+            // modprobe's own complaint would make the error two lines; ours says it.
+            drop(
+                Command::new("modprobe")
+                    .arg("ublk_drv")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status(),
+            );
             Control::open().map_err(|e| match e {
                 CtrlError::NotLoaded => NO_UBLK.to_string(),
                 other => other.to_string(),
@@ -222,44 +229,54 @@ pub fn up(config: &Path) -> u8 {
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
 
-    let down_client = wait_for_stop(&device, &events);
+    let stop = wait_for_stop(&device, &events);
     let result = teardown(device, &stack);
     drop(std::fs::remove_file(&socket));
     let reply = match &result {
         Ok(()) => json!({"ok": true}),
         Err(e) => json!({"ok": false, "error": e}),
     };
-    if let Some(client) = down_client {
-        drop(control::reply_to(client, &reply));
-    }
-    match result {
-        Ok(()) => 0,
-        Err(e) => fail(e),
+    match (stop, result) {
+        (Stop::Down(client), result) => {
+            drop(control::reply_to(client, &reply));
+            result.map_or_else(fail, |()| 0)
+        }
+        (Stop::Signal, result) => result.map_or_else(fail, |()| 0),
+        (Stop::QueueEnded, Ok(())) => fail(format!(
+            "{name}: a queue stopped on its own; device removed"
+        )),
+        (Stop::QueueEnded, Err(e)) => fail(e),
     }
 }
 
-/// Block until a signal, `down`, or a queue ending on its own. Returns the
-/// `down` connection to answer, if that is what stopped us.
-fn wait_for_stop(
-    device: &Device,
-    events: &mpsc::Receiver<Event>,
-) -> Option<std::os::unix::net::UnixStream> {
+/// Why the daemon stops.
+enum Stop {
+    Signal,
+    /// `down`: answer on this connection once the device is gone.
+    Down(std::os::unix::net::UnixStream),
+    /// A queue thread ended without being asked (the device was stopped from
+    /// outside, or a queue failed): the daemon exits 1 after cleaning up.
+    QueueEnded,
+}
+
+/// Block until a signal, `down`, or a queue ending on its own.
+fn wait_for_stop(device: &Device, events: &mpsc::Receiver<Event>) -> Stop {
     loop {
         match events.recv_timeout(Duration::from_millis(250)) {
             Ok(Event::Signal(signal)) => {
                 tracing::info!("signal {signal}: stopping");
-                return None;
+                return Stop::Signal;
             }
             Ok(Event::Down(client)) => {
                 tracing::info!("down requested: stopping");
-                return Some(client);
+                return Stop::Down(client);
             }
             Err(mpsc::RecvTimeoutError::Timeout) if device.any_queue_ended() => {
                 tracing::error!("a queue ended on its own: stopping");
-                return None;
+                return Stop::QueueEnded;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Stop::Signal,
         }
     }
 }
@@ -383,6 +400,31 @@ fn render_status(reply: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_reports_every_layer_with_counters_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.memory("a", 1 << 20);
+        let b = plan.memory("b", 1 << 20);
+        let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
+        let stack = Arc::new(layers::compile(&plan.build(mirror)).unwrap());
+        let report = DeviceReport {
+            name: "test".into(),
+            path: PathBuf::from("/dev/ublkb9"),
+            queues: 2,
+            stack,
+        };
+        let status = report.status();
+        assert_eq!(status["ok"], true);
+        assert_eq!(status["size"], 1u64 << 20);
+        let layers = status["layers"].as_array().unwrap();
+        let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["m", "a", "b"]);
+        assert_eq!(layers[1]["depth"], 1);
+        assert_eq!(layers[0]["stats"]["errors"], 0);
+        assert_eq!(report.info()["path"], "/dev/ublkb9");
+    }
 
     #[test]
     fn sizes_read_like_the_config() {
