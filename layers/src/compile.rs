@@ -214,6 +214,14 @@ pub fn compile_with(
                             .map_err(fail)?,
                     )
                 }
+                LayerSpec::Cache(p) => Arc::new(crate::cache::Cache::new(
+                    child(p.over),
+                    block_size,
+                    crate::cache::CacheKnobs {
+                        capacity_bytes: p.capacity_bytes,
+                        mode: p.mode,
+                    },
+                )),
                 other => {
                     return Err(fail(format!(
                         "layer type \"{}\" is not available in this version of ublk-stack",
