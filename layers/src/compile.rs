@@ -222,12 +222,6 @@ pub fn compile_with(
                         mode: p.mode,
                     },
                 )),
-                other => {
-                    return Err(fail(format!(
-                        "layer type \"{}\" is not available in this version of ublk-stack",
-                        other.type_name()
-                    )))
-                }
             },
         };
         nodes[id] = Some(Arc::new(Counted {
