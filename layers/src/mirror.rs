@@ -57,6 +57,9 @@
 
 mod bitmap;
 mod open;
+mod persist;
+mod read;
+mod regions;
 mod resync;
 mod scrub;
 pub mod state;
@@ -64,7 +67,7 @@ pub mod state;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::async_lock::{AsyncLock, ExclusiveGuard, SharedGuard, SharedLock};
+use crate::async_lock::{AsyncLock, SharedLock};
 use crate::exec::IoCtx;
 use crate::join::join_all;
 use crate::plan::{LiveChange, ReadPolicy};
@@ -73,7 +76,6 @@ use crate::{Error, Layer, LocalBoxFuture, Result};
 use bitmap::WriteIntent;
 pub use scrub::ScrubReport;
 pub use state::{exposed_size, Health, DATA_START};
-use state::{Record, RECORD_AT};
 
 /// Consecutive read errors (other than `Corrupt`) that fail a leg.
 pub const READ_ERRORS_TO_FAIL: u32 = 32;
@@ -196,108 +198,6 @@ impl Mirror {
         legs
     }
 
-    fn dirty_snapshot(&self) -> Vec<bool> {
-        self.intent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .dirty()
-            .to_vec()
-    }
-
-    /// Write the current health and `dirty` as a new record to every leg that is
-    /// not failed, and flush it. A leg that fails this is marked failed and the
-    /// record rewritten without it. Caller holds `meta_lock`.
-    async fn persist_locked(&self, ctx: &IoCtx, dirty: &[bool]) -> Result<()> {
-        loop {
-            let targets = self.writable_legs();
-            if targets.is_empty() {
-                return Err(Error::Io(libc::EIO));
-            }
-            let record = Record {
-                generation: self.generation.load(Ordering::SeqCst) + 1,
-                health: (0..self.legs.len()).map(|i| self.health_of(i)).collect(),
-                dirty: dirty.to_vec(),
-            };
-            self.generation.store(record.generation, Ordering::SeqCst);
-            let bytes = record.encode();
-            let at = RECORD_AT + record.slot() * state::RECORD_BYTES as u64;
-            let results = join_all(
-                targets
-                    .iter()
-                    .map(|&i| {
-                        let layer = &*self.legs[i].layer;
-                        let bytes = &bytes;
-                        Box::pin(async move {
-                            layer.write(ctx, at, bytes).await?;
-                            layer.flush(ctx).await
-                        }) as LocalBoxFuture<'_, Result<()>>
-                    })
-                    .collect(),
-            )
-            .await;
-            let mut all_ok = true;
-            for (&i, res) in targets.iter().zip(results) {
-                if let Err(e) = res {
-                    all_ok = false;
-                    self.legs[i].write_errors.fetch_add(1, Ordering::Relaxed);
-                    self.set_health(i, Health::Failed);
-                    tracing::error!(
-                        leg = i,
-                        "mirror leg failed writing the mirror state: {e}; continuing degraded"
-                    );
-                }
-            }
-            if all_ok {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Mark `legs` failed and persist that before returning (so a write they
-    /// failed is acknowledged only once the failure is on disk).
-    async fn fail_legs(&self, ctx: &IoCtx, legs: &[usize], what: &str, err: Error) {
-        if legs.is_empty() {
-            return;
-        }
-        let _meta = self.meta_lock.lock().await;
-        let mut changed = false;
-        for &i in legs {
-            if self.health_of(i) != Health::Failed {
-                self.set_health(i, Health::Failed);
-                changed = true;
-                tracing::error!(
-                    leg = i,
-                    "mirror leg failed on {what}: {err}; continuing degraded"
-                );
-            }
-        }
-        if changed {
-            if let Err(e) = self.persist_locked(ctx, &self.dirty_snapshot()).await {
-                tracing::error!("mirror: no leg left to record the failure on: {e}");
-            }
-        }
-    }
-
-    /// Make the intent bits of `regions` durable before a write touches a leg.
-    async fn set_dirty(&self, ctx: &IoCtx, regions: &[usize]) -> Result<()> {
-        let _meta = self.meta_lock.lock().await;
-        let (missing, dirty) = {
-            let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
-            let missing = intent.still_missing(regions);
-            let dirty = intent.with_set(&missing);
-            (missing, dirty)
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        self.persist_locked(ctx, &dirty).await?;
-        self.intent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set(&missing);
-        Ok(())
-    }
-
     /// Run `op` (given a leg and the byte offset on it) on every writable leg
     /// under the write intent; legs that fail are marked failed. Ok when an ok
     /// leg succeeded.
@@ -410,159 +310,6 @@ impl Mirror {
             return Err(last_err);
         }
         self.clear_idle(ctx, &epoch).await
-    }
-
-    /// After a successful FLUSH: clear the bits of regions idle since the
-    /// previous one.
-    async fn clear_idle(&self, ctx: &IoCtx, epoch: &[bool]) -> Result<()> {
-        let _meta = self.meta_lock.lock().await;
-        let dirty = {
-            let mut intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
-            if intent.clear_idle(epoch) == 0 {
-                return Ok(());
-            }
-            intent.dirty().to_vec()
-        };
-        self.persist_locked(ctx, &dirty).await
-    }
-
-    /// Region lock indices covering `[offset, offset+len)`, ascending, distinct.
-    fn region_locks(offset: u64, len: u64) -> Vec<usize> {
-        let first = offset / REGION_BYTES;
-        let last = (offset + len.max(1) - 1) / REGION_BYTES;
-        if last - first + 1 >= REGION_LOCKS as u64 {
-            return (0..REGION_LOCKS).collect();
-        }
-        let mut locks: Vec<usize> = (first..=last)
-            .map(|r| (r % REGION_LOCKS as u64) as usize)
-            .collect();
-        locks.sort_unstable();
-        locks.dedup();
-        locks
-    }
-
-    async fn share_regions(&self, offset: u64, len: u64) -> Vec<SharedGuard<'_>> {
-        let mut guards = Vec::new();
-        for i in Self::region_locks(offset, len) {
-            guards.push(self.regions[i].share().await);
-        }
-        guards
-    }
-
-    /// The range's regions exclusively, if nobody holds them now.
-    fn try_exclusive_regions(&self, offset: u64, len: u64) -> Option<Vec<ExclusiveGuard<'_>>> {
-        let mut guards = Vec::new();
-        for i in Self::region_locks(offset, len) {
-            guards.push(self.regions[i].try_exclusive()?);
-        }
-        Some(guards)
-    }
-
-    /// Write `data` over the copies of legs `bad` at `offset` (caller holds the
-    /// region exclusively). Returns how many copies were rewritten.
-    async fn rewrite(&self, ctx: &IoCtx, offset: u64, data: &[u8], bad: &[usize]) -> u64 {
-        let mut rewritten = 0;
-        let mut failed = Vec::new();
-        let mut last_err = Error::Io(libc::EIO);
-        for &i in bad {
-            match self.legs[i]
-                .layer
-                .write(ctx, DATA_START + offset, data)
-                .await
-            {
-                Ok(()) => rewritten += 1,
-                Err(e) => {
-                    tracing::error!(leg = i, offset, "mirror: repair write failed: {e}");
-                    self.legs[i].write_errors.fetch_add(1, Ordering::Relaxed);
-                    failed.push(i);
-                    last_err = e;
-                }
-            }
-        }
-        self.fail_legs(ctx, &failed, "repair", last_err).await;
-        rewritten
-    }
-
-    /// Rewrite the legs in `bad` with leg `good`'s copy of the range, if the range
-    /// has no write in flight; otherwise leave it for a later read.
-    async fn repair(&self, ctx: &IoCtx, offset: u64, len: usize, good: usize, bad: &[usize]) {
-        let Some(guards) = self.try_exclusive_regions(offset, len as u64) else {
-            return;
-        };
-        let mut fresh = ctx.take_buf(len);
-        if self.legs[good]
-            .layer
-            .read(ctx, DATA_START + offset, fresh.as_mut_slice())
-            .await
-            .is_ok()
-            && self.health_of(good) == Health::Ok
-        {
-            let bad: Vec<usize> = bad
-                .iter()
-                .copied()
-                .filter(|&i| self.health_of(i) == Health::Ok)
-                .collect();
-            self.rewrite(ctx, offset, fresh.as_slice(), &bad).await;
-            for &i in &bad {
-                self.legs[i].repaired.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    leg = i,
-                    offset,
-                    len,
-                    "mirror: repaired a corrupt copy from leg {good}"
-                );
-            }
-        }
-        ctx.put_buf(fresh);
-        drop(guards);
-    }
-
-    /// Count a non-`Corrupt` read error; enough in a row fail the leg.
-    async fn note_read_error(&self, ctx: &IoCtx, index: usize, err: Error) {
-        let leg = &self.legs[index];
-        leg.read_errors.fetch_add(1, Ordering::Relaxed);
-        let streak = leg.consecutive_read_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        if streak >= READ_ERRORS_TO_FAIL {
-            self.fail_legs(ctx, &[index], "repeated reads", err).await;
-        }
-    }
-
-    async fn read_any(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let order = self.read_order();
-        let mut last_err = Error::Io(libc::EIO);
-        let mut corrupt_legs: Vec<usize> = Vec::new();
-        for i in order {
-            let leg = &self.legs[i];
-            leg.pending.fetch_add(1, Ordering::Relaxed);
-            let res = leg.layer.read(ctx, DATA_START + offset, buf).await;
-            leg.pending.fetch_sub(1, Ordering::Relaxed);
-            match res {
-                Ok(()) => {
-                    leg.consecutive_read_errors.store(0, Ordering::Relaxed);
-                    if !corrupt_legs.is_empty() {
-                        self.repair(ctx, offset, buf.len(), i, &corrupt_legs).await;
-                    }
-                    return Ok(());
-                }
-                Err(e @ Error::Corrupt { .. }) => {
-                    leg.read_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(leg = i, offset, "mirror read: {e}; trying the next leg");
-                    corrupt_legs.push(i);
-                    last_err = Error::Corrupt { offset };
-                }
-                Err(e @ (Error::OutOfRange | Error::Unsupported)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(
-                        leg = i,
-                        offset,
-                        "mirror read failed: {e}; trying the next leg"
-                    );
-                    self.note_read_error(ctx, i, e).await;
-                    last_err = e;
-                }
-            }
-        }
-        Err(last_err)
     }
 
     /// Resync progress in percent while a leg is rebuilding.

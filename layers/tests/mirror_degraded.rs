@@ -104,7 +104,7 @@ fn mirror_leg_failing_mid_run_is_recorded_and_rebuilt_while_io_continues() {
     // its own thread while the model keeps writing and reading.
     set_write_errors(&stack, 0.0);
     let mirror = stack.mirror("m").unwrap().clone();
-    with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(&ctx, 0).await })).unwrap();
+    with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(ctx, 0).await })).unwrap();
     assert!(legs(&stack).contains("0:rebuilding"), "{}", legs(&stack));
     assert!(legs(&stack).contains("resync"), "{}", legs(&stack));
     let image = std::thread::scope(|s| {
@@ -139,15 +139,15 @@ fn mirror_failed_leg_stays_failed_after_restart_and_its_stale_data_is_never_read
         let stack = compile(&plan).unwrap();
         with_ctx(|ctx, exec| {
             exec.block_on(ctx, async {
-                stack.top().write(&ctx, 0, &old).await.unwrap();
-                stack.flush(&ctx).await.unwrap();
+                stack.top().write(ctx, 0, &old).await.unwrap();
+                stack.flush(ctx).await.unwrap();
             })
         });
         set_write_errors(&stack, 1.0);
         with_ctx(|ctx, exec| {
             exec.block_on(ctx, async {
-                stack.top().write(&ctx, 0, &new).await.unwrap();
-                stack.flush(&ctx).await.unwrap();
+                stack.top().write(ctx, 0, &new).await.unwrap();
+                stack.flush(ctx).await.unwrap();
             })
         });
         assert!(legs(&stack).contains("0:failed"));
@@ -163,7 +163,7 @@ fn mirror_failed_leg_stays_failed_after_restart_and_its_stale_data_is_never_read
         let mut got = vec![0u8; new.len()];
         with_ctx(|ctx, exec| {
             exec.block_on(ctx, async {
-                stack.top().read(&ctx, 0, &mut got).await.unwrap();
+                stack.top().read(ctx, 0, &mut got).await.unwrap();
             })
         });
         got
@@ -180,10 +180,10 @@ fn mirror_failed_leg_stays_failed_after_restart_and_its_stale_data_is_never_read
         assert!(got == old[..4096]);
     });
     let mirror = stack.mirror("m").unwrap().clone();
-    let err = with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(&ctx, 1).await }))
-        .unwrap_err();
+    let err =
+        with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(ctx, 1).await })).unwrap_err();
     assert!(err.contains("only a failed leg"), "{err}");
-    with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(&ctx, 0).await })).unwrap();
+    with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(ctx, 0).await })).unwrap();
     // Not yet rebuilt: still never read.
     assert!(read_all(&stack) == new);
     resync_to_end(&stack);
@@ -204,12 +204,12 @@ fn readd_of_a_leg_that_still_fails_leaves_it_failed() {
     set_write_errors(&stack, 1.0);
     with_ctx(|ctx, exec| {
         exec.block_on(ctx, async {
-            stack.top().write(&ctx, 0, &[7u8; 4096]).await.unwrap();
+            stack.top().write(ctx, 0, &[7u8; 4096]).await.unwrap();
         })
     });
     let mirror = stack.mirror("m").unwrap().clone();
-    let err = with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(&ctx, 0).await }))
-        .unwrap_err();
+    let err =
+        with_ctx(|ctx, exec| exec.block_on(ctx, async { mirror.readd(ctx, 0).await })).unwrap_err();
     assert!(err.contains("failed again"), "{err}");
     assert!(legs(&stack).contains("0:failed"), "{}", legs(&stack));
 }
