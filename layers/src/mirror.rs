@@ -312,8 +312,15 @@ impl Mirror {
         self.clear_idle(ctx, &epoch).await
     }
 
+    /// Whether a leg is rebuilding: the daemon drives [`Mirror::resync_step`]
+    /// until it returns `Ok(false)` (also after a restart, which starts the
+    /// copy over).
+    pub fn is_rebuilding(&self) -> bool {
+        !self.rebuilding_legs().is_empty()
+    }
+
     /// Resync progress in percent while a leg is rebuilding.
-    fn resync_percent(&self) -> Option<u64> {
+    pub fn resync_percent(&self) -> Option<u64> {
         if self.rebuilding_legs().is_empty() {
             return None;
         }

@@ -105,7 +105,17 @@ fn mirror_blank_replacement_leg_joins_as_failed() {
     let mut got = vec![0u8; 8192];
     exec.block_on(&ctx, async {
         mirror.readd(&ctx, 1).await.unwrap();
+        assert!(mirror.is_rebuilding());
+        assert_eq!(mirror.resync_percent(), Some(0));
+        assert!(mirror.resync_step(&ctx).await.unwrap());
+        assert!(mirror.resync_step(&ctx).await.unwrap());
+        // Two 1 MiB steps of a 4 MiB - 12 KiB device.
+        assert_eq!(mirror.resync_percent(), Some(50));
+        let details = format!("{:?}", mirror.details());
+        assert!(details.contains("\"resync\", \"50%\""), "{details}");
+        assert!(details.contains("1:rebuilding"), "{details}");
         while mirror.resync_step(&ctx).await.unwrap() {}
+        assert!(!mirror.is_rebuilding());
         for _ in 0..4 {
             mirror.read(&ctx, 0, &mut got).await.unwrap();
             assert!(got.iter().all(|&x| x == 3));
