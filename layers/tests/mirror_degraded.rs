@@ -257,3 +257,36 @@ fn mirror_fails_every_write_with_eio_once_every_leg_failed() {
 fn libc_eio() -> i32 {
     5
 }
+
+#[test]
+fn mirror_leg_failing_every_read_is_failed_after_a_run_of_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = faulty_mirror_plan(dir.path(), ReadPolicy::First);
+    let stack = compile(&plan).unwrap();
+    let knobs = FaultKnobs {
+        read_error_rate: 1.0,
+        ..FaultKnobs::default()
+    };
+    with_ctx(|ctx, exec| {
+        exec.block_on(ctx, async {
+            stack.top().write(ctx, 0, &[9u8; 4096]).await.unwrap();
+            stack
+                .apply_live(ctx, "f", &LiveChange::Fault(knobs))
+                .await
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            for i in 0..layers::mirror::READ_ERRORS_TO_FAIL + 8 {
+                stack.top().read(ctx, 0, &mut buf).await.unwrap();
+                assert!(buf.iter().all(|&b| b == 9), "read {i}");
+            }
+        })
+    });
+    let details = legs(&stack);
+    assert!(
+        details.contains("0:failed(read_errors=32,"),
+        "failed after exactly the threshold: {details}"
+    );
+    drop(stack);
+    let stack = compile(&plan).unwrap();
+    assert!(legs(&stack).contains("0:failed"), "{}", legs(&stack));
+}
