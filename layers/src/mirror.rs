@@ -44,8 +44,9 @@
 //! - [`Mirror::readd`] marks a failed leg rebuilding: from then on it receives
 //!   every write but serves no read.
 //! - [`Mirror::resync_step`] copies the next [`STEP_BYTES`] to the rebuilding
-//!   legs while holding that range exclusively (writes hold it shared), so a
-//!   concurrent write is never overwritten by older data; it returns
+//!   legs while holding that range exclusively (writes hold it shared, and new
+//!   writes to it wait behind a waiting step), so a concurrent write is never
+//!   overwritten by older data and the step makes progress under load; it returns
 //!   `Ok(false)` once nothing is left, after marking the legs ok. Call it in a
 //!   loop: `while mirror.resync_step(&ctx).await? {}`. Progress shows in
 //!   `details()` as `resync=37%`. A restart during a rebuild starts over.
@@ -104,6 +105,8 @@ pub struct Mirror {
     read_policy: AtomicU8,
     next: AtomicUsize,
     regions: Vec<SharedLock>,
+    /// One per region lock: see `regions.rs`.
+    turnstiles: Vec<AsyncLock>,
     /// Serialises record writes; held while one is written and flushed.
     meta_lock: AsyncLock,
     generation: AtomicU64,

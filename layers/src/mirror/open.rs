@@ -125,6 +125,7 @@ impl Mirror {
             read_policy: AtomicU8::new(policy_code(read_policy)),
             next: AtomicUsize::new(0),
             regions: (0..REGION_LOCKS).map(|_| SharedLock::default()).collect(),
+            turnstiles: (0..REGION_LOCKS).map(|_| AsyncLock::default()).collect(),
             meta_lock: AsyncLock::default(),
             generation: AtomicU64::new(record.generation),
             intent: Mutex::new(WriteIntent::new(region_bytes, record.dirty.clone())),

@@ -9,13 +9,8 @@
 use std::sync::atomic::Ordering;
 
 use super::{Health, Mirror, STEP_BYTES};
-use crate::async_lock::ExclusiveGuard;
 use crate::exec::IoCtx;
-use crate::uring::Op;
 use crate::Error;
-
-/// Pause between attempts to take a busy range exclusively.
-const BUSY_RETRY_NANOS: u64 = 200_000;
 
 impl Mirror {
     /// Mark failed leg `leg` rebuilding and record it: from now on it receives
@@ -119,27 +114,6 @@ impl Mirror {
         match failed.first() {
             Some(t) => Err(format!("leg {t} failed during the resync; it stays failed")),
             None => Ok(()),
-        }
-    }
-
-    /// Take `[offset, offset+len)` exclusively, waiting (without blocking the
-    /// thread) for the writes in it to finish.
-    pub(super) async fn exclusive_regions(
-        &self,
-        ctx: &IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> Vec<ExclusiveGuard<'_>> {
-        loop {
-            if let Some(guards) = self.try_exclusive_regions(offset, len) {
-                return guards;
-            }
-            let _ = ctx
-                .uring()
-                .submit(Op::Sleep {
-                    nanos: BUSY_RETRY_NANOS,
-                })
-                .await;
         }
     }
 
