@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::checksum::Checksum;
 use crate::crypt::{self, Crypt};
@@ -10,7 +11,7 @@ use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, LiveChange, Plan};
-use crate::stats::{LayerStats, StatsSnapshot};
+use crate::stats::{LatencySnapshot, LayerStats, StatsSnapshot};
 use crate::{disk, file, memory, null, raid0};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
@@ -48,6 +49,7 @@ pub struct NodeStatus {
     pub depth: usize,
     pub size: u64,
     pub stats: StatsSnapshot,
+    pub latency: LatencySnapshot,
     pub details: Vec<(&'static str, String)>,
 }
 
@@ -119,6 +121,7 @@ impl Stack {
                 depth,
                 size: node.layer.size(),
                 stats: node.stats.snapshot(),
+                latency: node.stats.latency(),
                 details: node.layer.details(),
             });
             stack.extend(node.children.iter().rev().map(|&c| (c, depth + 1)));
@@ -257,6 +260,23 @@ impl Counted {
             res
         })
     }
+
+    /// [`Self::count`], and the time from the call to the completion goes to `took`.
+    fn timed<'a>(
+        &'a self,
+        took: fn(&LayerStats, Duration),
+        fut: LocalBoxFuture<'a, Result<()>>,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        let start = Instant::now();
+        Box::pin(async move {
+            let res = fut.await;
+            took(&self.node.stats, start.elapsed());
+            if res.is_err() {
+                self.node.stats.error();
+            }
+            res
+        })
+    }
 }
 
 impl Layer for Counted {
@@ -274,7 +294,10 @@ impl Layer for Counted {
             return self.refuse(offset, buf.len() as u64);
         }
         self.node.stats.read(buf.len());
-        self.count(self.node.layer.read(ctx, offset, buf))
+        self.timed(
+            LayerStats::read_took,
+            self.node.layer.read(ctx, offset, buf),
+        )
     }
 
     fn write<'a>(
@@ -287,7 +310,10 @@ impl Layer for Counted {
             return self.refuse(offset, buf.len() as u64);
         }
         self.node.stats.write(buf.len());
-        self.count(self.node.layer.write(ctx, offset, buf))
+        self.timed(
+            LayerStats::write_took,
+            self.node.layer.write(ctx, offset, buf),
+        )
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
