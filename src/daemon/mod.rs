@@ -3,3 +3,6 @@
 
 pub mod control;
 pub mod lifecycle;
+pub mod logging;
+pub mod reload;
+pub mod watch;
