@@ -14,12 +14,13 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use layers::plan::{LogLevel, Plan};
 use layers::{Executor, IoCtx, Stack};
 use serde_json::{json, Value};
 
+use super::control;
 use crate::config::diff::{self, Changes, Edit, LayerChange};
 
 /// What asked for the reload (logged and shown in `status`).
@@ -250,6 +251,48 @@ fn log(outcome: &Outcome) {
             }
         }
     }
+}
+
+/// `ublk-stack reload NAME`: prints what was applied and what refused; exit 0
+/// when applied (or nothing to do), 1 when refused or failed.
+pub fn command(name: &str) -> u8 {
+    let socket = control::socket_path(name);
+    if !socket.exists() {
+        eprintln!("ublk-stack: no running device named \"{name}\"");
+        return 1;
+    }
+    // A cache mode switch writes dirty data back before it answers.
+    let reply = match control::request(&socket, "reload", Duration::from_secs(600)) {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("ublk-stack: {name}: {e}");
+            return 1;
+        }
+    };
+    let Some(result) = reply["result"].as_str() else {
+        let error = reply["error"].as_str().unwrap_or("reload failed");
+        eprintln!("ublk-stack: {name}: {error}");
+        return 1;
+    };
+    print!("{}", render(name, &reply));
+    u8::from(!matches!(result, "applied" | "unchanged"))
+}
+
+/// `NAME: applied (generation 2)` and one line per key or reason.
+fn render(name: &str, reply: &Value) -> String {
+    let result = reply["result"].as_str().unwrap_or("?");
+    let mut out = format!("{name}: {result} (generation {})", reply["generation"]);
+    match result {
+        "unchanged" => out.push_str(": the file says what the device runs\n"),
+        "refused" => out.push_str(": the running device is unchanged\n"),
+        _ => out.push('\n'),
+    }
+    for (list, word) in [("applied", "applied"), ("refused", "refused")] {
+        for item in reply[list].as_array().into_iter().flatten() {
+            out.push_str(&format!("{word}: {}\n", item.as_str().unwrap_or("?")));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -91,7 +91,10 @@ fn watch(targets: &[PathBuf], wake: Sender<Wake>) -> notify::Result<RecommendedW
     let files = targets.to_vec();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-            Ok(event) if concerns(&event, &files) => drop(wake.send(Wake::FileChanged)),
+            // A failed send means the daemon is stopping: nothing to reload.
+            Ok(event) if concerns(&event, &files) => {
+                let _ = wake.send(Wake::FileChanged);
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!("watching the config: {e}"),
         })?;

@@ -194,3 +194,24 @@ fn outcome_json_gives_time_in_seconds_and_every_list() {
     assert!(json["time"].as_u64().unwrap() > 1_700_000_000);
     assert_eq!(json["refused"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn the_reload_command_prints_each_key_and_reason() {
+    let reply = serde_json::json!({
+        "result": "refused", "generation": 1, "applied": [],
+        "refused": ["layers.a.path: structural, needs down/up"],
+    });
+    assert_eq!(
+        super::render("d0", &reply),
+        "d0: refused (generation 1): the running device is unchanged\n\
+         refused: layers.a.path: structural, needs down/up\n"
+    );
+    let reply = serde_json::json!({
+        "result": "applied", "generation": 2, "refused": [],
+        "applied": ["layers.m.read_policy: round-robin -> first"],
+    });
+    assert_eq!(
+        super::render("d0", &reply),
+        "d0: applied (generation 2)\napplied: layers.m.read_policy: round-robin -> first\n"
+    );
+}
