@@ -28,7 +28,17 @@ macro_rules! scenarios {
     };
 }
 
-scenarios!(smoke);
+scenarios!(
+    smoke,
+    ublk_mirror_ext4,
+    ublk_raid0_fio,
+    ublk_leaf_errors,
+    ublk_kill9,
+    ublk_vs_loop_iops,
+    ublk_checksum_flip,
+    ublk_crypt,
+    reload_live,
+);
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 

@@ -156,6 +156,20 @@ impl Reloader {
             },
         };
         let mut record = lock(&self.record);
+        if verdict == Verdict::Unchanged && trigger == Trigger::FileChanged {
+            // A save of the same text, a `touch`, an overflow of the watch:
+            // not worth a line in the log or replacing the last real outcome.
+            tracing::debug!("config file event, content unchanged");
+            let generation = record.generation;
+            return Outcome {
+                trigger,
+                verdict,
+                applied,
+                refused,
+                generation,
+                time: SystemTime::now(),
+            };
+        }
         if !applied.is_empty() {
             record.generation += 1;
         }

@@ -215,3 +215,14 @@ fn the_reload_command_prints_each_key_and_reason() {
         "d0: applied (generation 2)\napplied: layers.m.read_policy: round-robin -> first\n"
     );
 }
+
+#[test]
+fn a_file_event_without_a_change_keeps_the_last_outcome() {
+    let running = Running::up();
+    running.edit("read_policy = \"round-robin\"", "read_policy = \"first\"");
+    running.reloader.reload(Trigger::Command);
+    let unchanged = running.reloader.reload(Trigger::FileChanged);
+    assert_eq!(unchanged.verdict, Verdict::Unchanged);
+    let last = running.reloader.record().last.unwrap();
+    assert_eq!(last.verdict, Verdict::Applied);
+}
