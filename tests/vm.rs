@@ -35,8 +35,10 @@ scenarios!(
     ublk_leaf_errors,
     ublk_kill9,
     ublk_vs_loop_iops,
+    ublk_up_refusals,
     ublk_checksum_flip,
     ublk_crypt,
+    ublk_secure_ext4,
     reload_live,
 );
 
