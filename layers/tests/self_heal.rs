@@ -51,16 +51,34 @@ fn corrupt_copy_is_served_from_the_other_leg_and_rewritten() {
     let stack = compile(&plan).unwrap();
     let mut got = vec![0u8; BLOCK];
     for block in 0..32 {
-        exec.block_on(&ctx, stack.top().read(&ctx, (block * BLOCK) as u64, &mut got))
-            .unwrap_or_else(|e| panic!("block {block}: {e}"));
-        assert!(got == data[block * BLOCK..(block + 1) * BLOCK], "block {block} wrong");
+        exec.block_on(
+            &ctx,
+            stack.top().read(&ctx, (block * BLOCK) as u64, &mut got),
+        )
+        .unwrap_or_else(|e| panic!("block {block}: {e}"));
+        assert!(
+            got == data[block * BLOCK..(block + 1) * BLOCK],
+            "block {block} wrong"
+        );
     }
-    let details = format!("{:?}", stack.status().iter().find(|n| n.type_name == "mirror").unwrap().details);
-    assert!(details.contains("0:ok(read_errors=3,write_errors=0,repaired=3)"), "{details}");
+    let details = format!(
+        "{:?}",
+        stack
+            .status()
+            .iter()
+            .find(|n| n.type_name == "mirror")
+            .unwrap()
+            .details
+    );
+    assert!(
+        details.contains("0:ok(read_errors=3,write_errors=0,repaired=3)"),
+        "{details}"
+    );
     // Leg 0 alone now holds good copies: reading it directly verifies.
     let c0 = stack.layer("c0").unwrap();
     for block in [3usize, 17, 30] {
-        exec.block_on(&ctx, c0.read(&ctx, (block * BLOCK) as u64, &mut got)).unwrap();
+        exec.block_on(&ctx, c0.read(&ctx, (block * BLOCK) as u64, &mut got))
+            .unwrap();
         assert!(got == data[block * BLOCK..(block + 1) * BLOCK]);
     }
 }

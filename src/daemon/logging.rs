@@ -1,6 +1,8 @@
 //! The daemon's log: stderr, at `log.level` (or `RUST_LOG` when set at `up`),
 //! behind a reload handle so that an edit of `log.level` takes effect live.
 
+use std::io::IsTerminal;
+
 use layers::plan::{LogLevel, Plan};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -18,7 +20,12 @@ pub fn init(plan: &Plan) -> SetLogLevel {
     drop(
         tracing_subscriber::registry()
             .with(filter)
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour codes only for a person at a terminal, not in log files.
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
     );
     Box::new(move |level: LogLevel| {
