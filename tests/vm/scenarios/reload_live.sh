@@ -61,8 +61,8 @@ edit() {
 }
 
 # shows WHAT PATTERN...: one `status --json` must match every extended regex
-# PATTERN within 2 s of the last edit; prints a BENCH line with how long it took
-# (which includes starting `ublk-stack status`, slow under TCG).
+# PATTERN within 2 s (LIMIT_MS) of the last edit; prints a BENCH line with how
+# long it took (which includes starting `ublk-stack status`, slow under TCG).
 shows() {
     local what=$1 json took_ms pattern missing
     shift
@@ -74,9 +74,9 @@ shows() {
             grep -qE -- "$pattern" <<<"$json" || missing=$pattern
         done
         [[ -n $missing ]] || break
-        if ((took_ms > 2000)); then
+        if ((took_ms > ${LIMIT_MS:-2000})); then
             echo "$json"
-            fail "$what: status does not show $missing within 2 s of the edit"
+            fail "$what: status does not show $missing within ${LIMIT_MS:-2000} ms of the edit"
         fi
         sleep 0.05
     done
@@ -272,9 +272,12 @@ io_goes_on
 edit 's/mode = "write-through"/mode = "write-back"/'
 shows mode_write_back '"mode":"write-back"' '"generation":4'
 io_goes_on
-# Back to write-through: the dirty blocks are written back before it applies.
+# Back to write-through: the reload writes every dirty block back before it
+# counts as applied, which under TCG and fio takes longer than 2 s; `status`
+# answers meanwhile and shows the new mode at once.
 edit 's/mode = "write-back"/mode = "write-through"/'
-shows mode_write_through '"mode":"write-through"' '"generation":5' '"dirty_bytes":0[,}]'
+shows mode_write_through_begun '"mode":"write-through"'
+LIMIT_MS=60000 shows mode_write_through '"generation":5' '"dirty_bytes":0[,}]'
 io_goes_on
 stop_fio_loop
 ublk-stack status cached
