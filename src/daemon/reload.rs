@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use layers::plan::{LogLevel, Plan};
 use layers::{Executor, IoCtx, Stack};
@@ -76,7 +76,11 @@ pub struct Outcome {
     pub refused: Vec<String>,
     /// The config generation after this reload.
     pub generation: u64,
+    /// When it ended.
     pub time: SystemTime,
+    /// From reading the file to the last change applied: long only when a
+    /// cache writes back dirty data.
+    pub took: Duration,
 }
 
 impl Outcome {
@@ -92,6 +96,7 @@ impl Outcome {
             "refused": self.refused,
             "generation": self.generation,
             "time": time,
+            "took_s": self.took.as_secs_f64(),
         })
     }
 }
@@ -144,6 +149,7 @@ impl Reloader {
     /// Re-read the file and apply what changed; logs and records the outcome.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut running = lock(&self.running);
+        let begun = Instant::now();
         let (verdict, applied, refused) = match crate::config::load(&self.config) {
             Err(errors) => {
                 let reasons = errors.iter().map(ToString::to_string).collect();
@@ -168,6 +174,7 @@ impl Reloader {
                 refused,
                 generation,
                 time: SystemTime::now(),
+                took: begun.elapsed(),
             };
         }
         if !applied.is_empty() {
@@ -180,6 +187,7 @@ impl Reloader {
             refused,
             generation: record.generation,
             time: SystemTime::now(),
+            took: begun.elapsed(),
         };
         record.last = Some(outcome.clone());
         drop(record);

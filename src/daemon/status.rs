@@ -156,8 +156,9 @@ fn render_last_reload(last: &Value, now: SystemTime) -> String {
     }
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(last["time"].as_u64().unwrap_or(0));
     let ago = now.duration_since(time).unwrap_or_default().as_secs();
+    let took = last["took_s"].as_f64().map_or("?".into(), format_seconds);
     let mut out = format!(
-        "last reload: {} {ago} s ago ({})\n",
+        "last reload: {} {ago} s ago ({}, took {took})\n",
         last["result"].as_str().unwrap_or("?"),
         last["trigger"].as_str().unwrap_or("?"),
     );

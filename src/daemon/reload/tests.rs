@@ -193,6 +193,7 @@ fn outcome_json_gives_time_in_seconds_and_every_list() {
     assert_eq!(json["generation"], 2);
     assert!(json["time"].as_u64().unwrap() > 1_700_000_000);
     assert_eq!(json["refused"].as_array().unwrap().len(), 0);
+    assert!(json["took_s"].as_f64().unwrap() < 5.0);
 }
 
 #[test]

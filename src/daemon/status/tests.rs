@@ -30,7 +30,7 @@ fn status_renders_the_tree_indented_with_the_last_reload() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_012);
     let reply = json!({
         "name": "m", "path": "/dev/ublkb0", "size": 1u64 << 30, "state": "running", "generation": 2,
-        "last_reload": {"result": "applied", "trigger": "SIGHUP", "time": 1_800_000_000u64,
+        "last_reload": {"result": "applied", "trigger": "SIGHUP", "time": 1_800_000_000u64, "took_s": 0.000_4,
                         "applied": ["layers.mirror.read_policy: round-robin -> first"], "refused": []},
         "layers": [
             {"name": "mirror", "type": "mirror", "depth": 0, "size": 1u64 << 30,
@@ -45,7 +45,7 @@ fn status_renders_the_tree_indented_with_the_last_reload() {
     let text = render(&reply, now);
     assert!(text.contains("generation 2\n"), "{text}");
     assert!(
-        text.contains("last reload: applied 12 s ago (SIGHUP)\n"),
+        text.contains("last reload: applied 12 s ago (SIGHUP, took 400us)\n"),
         "{text}"
     );
     assert!(

@@ -80,7 +80,9 @@ shows() {
         fi
         sleep 0.05
     done
-    echo "BENCH reload_live $what edit_to_status_ms=$took_ms"
+    # The daemon's own part: from reading the file to the last change applied.
+    reload_s=$(grep -oE '"took_s":[0-9.e+-]+' <<<"$json" | cut -d: -f2 || true)
+    echo "BENCH reload_live $what edit_to_status_ms=$took_ms reload_took_s=${reload_s:-?}"
 }
 
 # start_fio_loop: fio writes and verifies 32 MiB passes on $DEV until
