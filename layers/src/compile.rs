@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checksum::Checksum;
+use crate::compress::Compress;
 use crate::crypt::{self, Crypt};
 use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
@@ -187,6 +188,20 @@ pub fn compile_with(
                                 &open_ctx,
                                 child(layer_plan.spec.children()[0]),
                                 block_size,
+                            ),
+                        )
+                        .map_err(fail)?,
+                ),
+                LayerSpec::Compress(p) => Arc::new(
+                    open_exec
+                        .block_on(
+                            &open_ctx,
+                            Compress::open(
+                                &open_ctx,
+                                child(p.over),
+                                block_size,
+                                &p.algorithm,
+                                p.size_bytes,
                             ),
                         )
                         .map_err(fail)?,

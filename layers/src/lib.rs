@@ -15,6 +15,7 @@
 pub mod async_lock;
 pub mod checksum;
 pub mod compile;
+pub mod compress;
 pub mod crypt;
 pub mod disk;
 pub mod error;
