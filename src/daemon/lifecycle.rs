@@ -341,16 +341,22 @@ mod tests {
         let a = plan.memory("a", 1 << 20);
         let b = plan.memory("b", 1 << 20);
         let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
-        let stack = Arc::new(layers::compile(&plan.build(mirror)).unwrap());
+        let plan = plan.build(mirror);
+        let stack = Arc::new(layers::compile(&plan).unwrap());
+        let config = dir.path().join("test.toml");
+        let reloader = Reloader::new(config, plan, stack.clone(), Box::new(|_| Ok(())));
         let report = DeviceReport {
             name: "test".into(),
             path: PathBuf::from("/dev/ublkb9"),
             queues: 2,
             stack,
+            reloader: Arc::new(reloader),
         };
         let status = report.status();
         assert_eq!(status["ok"], true);
         assert_eq!(status["size"], 1u64 << 20);
+        assert_eq!(status["generation"], 1);
+        assert!(status["last_reload"].is_null());
         let layers = status["layers"].as_array().unwrap();
         let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["m", "a", "b"]);
