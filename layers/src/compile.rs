@@ -217,12 +217,14 @@ pub fn compile_with(
                             .map_err(fail)?,
                     )
                 }
-                other => {
-                    return Err(fail(format!(
-                        "layer type \"{}\" is not available in this version of ublk-stack",
-                        other.type_name()
-                    )))
-                }
+                LayerSpec::Cache(p) => Arc::new(crate::cache::Cache::new(
+                    child(p.over),
+                    block_size,
+                    crate::cache::CacheKnobs {
+                        capacity_bytes: p.capacity_bytes,
+                        mode: p.mode,
+                    },
+                )),
             },
         };
         nodes[id] = Some(Arc::new(Counted {

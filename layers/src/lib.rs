@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod async_lock;
+pub mod cache;
 pub mod checksum;
 pub mod compile;
 pub mod compress;
