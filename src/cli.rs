@@ -79,6 +79,7 @@ pub fn run(args: Args) -> u8 {
         Command::List => list(),
         Command::Status { name, json } => status(&name, json),
         Command::Validate { configs } => validate(&configs),
+        Command::Reload { name } => reload(&name),
         Command::Bench {
             config,
             seconds,
@@ -124,7 +125,11 @@ fn list() -> u8 {
 }
 
 fn status(name: &str, json: bool) -> u8 {
-    crate::daemon::lifecycle::status(name, json)
+    crate::daemon::status::show(name, json)
+}
+
+fn reload(name: &str) -> u8 {
+    crate::daemon::reload::command(name)
 }
 
 /// `validate CONFIG...`: prints each valid file's tree to stdout and each invalid

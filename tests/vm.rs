@@ -39,6 +39,7 @@ scenarios!(
     ublk_checksum_flip,
     ublk_crypt,
     ublk_secure_ext4,
+    reload_live,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::checksum::Checksum;
 use crate::compress::Compress;
@@ -11,7 +12,7 @@ use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, LiveChange, Plan};
-use crate::stats::{LayerStats, StatsSnapshot};
+use crate::stats::{LatencySnapshot, LayerStats, StatsSnapshot};
 use crate::{disk, file, memory, null, raid0};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
@@ -49,6 +50,7 @@ pub struct NodeStatus {
     pub depth: usize,
     pub size: u64,
     pub stats: StatsSnapshot,
+    pub latency: LatencySnapshot,
     pub details: Vec<(&'static str, String)>,
 }
 
@@ -130,6 +132,7 @@ impl Stack {
                 depth,
                 size: node.layer.size(),
                 stats: node.stats.snapshot(),
+                latency: node.stats.latency(),
                 details: node.layer.details(),
             });
             stack.extend(node.children.iter().rev().map(|&c| (c, depth + 1)));
@@ -299,6 +302,23 @@ impl Counted {
             res
         })
     }
+
+    /// [`Self::count`], and the time from the call to the completion goes to `took`.
+    fn timed<'a>(
+        &'a self,
+        took: fn(&LayerStats, Duration),
+        fut: LocalBoxFuture<'a, Result<()>>,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        let start = Instant::now();
+        Box::pin(async move {
+            let res = fut.await;
+            took(&self.node.stats, start.elapsed());
+            if res.is_err() {
+                self.node.stats.error();
+            }
+            res
+        })
+    }
 }
 
 impl Layer for Counted {
@@ -316,7 +336,10 @@ impl Layer for Counted {
             return self.refuse(offset, buf.len() as u64);
         }
         self.node.stats.read(buf.len());
-        self.count(self.node.layer.read(ctx, offset, buf))
+        self.timed(
+            LayerStats::read_took,
+            self.node.layer.read(ctx, offset, buf),
+        )
     }
 
     fn write<'a>(
@@ -329,7 +352,10 @@ impl Layer for Counted {
             return self.refuse(offset, buf.len() as u64);
         }
         self.node.stats.write(buf.len());
-        self.count(self.node.layer.write(ctx, offset, buf))
+        self.timed(
+            LayerStats::write_took,
+            self.node.layer.write(ctx, offset, buf),
+        )
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
