@@ -35,11 +35,11 @@ fn fail(message: impl std::fmt::Display) -> u8 {
     1
 }
 
-fn load_plan(config: &Path) -> Result<Plan, String> {
+pub(crate) fn load_plan(config: &Path) -> Result<Plan, String> {
     crate::config::load(config).map_err(|errors| errors.to_string())
 }
 
-fn init_logging(plan: &Plan) {
+pub(crate) fn init_logging(plan: &Plan) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(plan.log_level.as_str()));
     drop(
@@ -87,12 +87,13 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
-/// What the control socket reports about this daemon's device.
-struct DeviceReport {
-    name: String,
-    path: PathBuf,
-    queues: u16,
-    stack: Arc<Stack>,
+/// What the control socket reports about this daemon's device (also used by
+/// the NBD front end, with its URI as the path).
+pub(crate) struct DeviceReport {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) queues: u16,
+    pub(crate) stack: Arc<Stack>,
 }
 
 impl Report for DeviceReport {
@@ -278,7 +279,7 @@ fn teardown(mut device: Device, stack: &Stack) -> Result<(), String> {
     deleted.map_err(|e| e.to_string())
 }
 
-fn flush_stack(stack: &Stack) -> Result<(), String> {
+pub(crate) fn flush_stack(stack: &Stack) -> Result<(), String> {
     let ctx = IoCtx::new(0, 64).map_err(|e| e.to_string())?;
     let exec = Executor::new().map_err(|e| e.to_string())?;
     exec.block_on(&ctx, stack.flush(&ctx))
