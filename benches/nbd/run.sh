@@ -76,20 +76,26 @@ run() {
     randwrite) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
     seqread) args=(--rw=read --bs=1M --iodepth=8) ;;
     esac
-    fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" "${args[@]}" \
+    if ! fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" "${args[@]}" \
         --size=$((size_mib * 3 / 4))M --time_based --runtime="$secs" --ramp_time=0.5 \
-        --output-format=json 2>/dev/null |
-        python3 -c '
+        --output-format=json >"$work/fio.json" 2>"$work/fio.err"; then
+        echo "run.sh: fio against $1 ($2) failed:" >&2
+        cat "$work/fio.err" "$work/$1.log" >&2
+        exit 1
+    fi
+    python3 -c '
 import json, sys
-job = json.load(sys.stdin)["jobs"][0]
+text = sys.stdin.read()
+job = json.loads(text[text.index("{"):])["jobs"][0]
 side = job["write"] if job["write"]["io_bytes"] else job["read"]
-print(round(side["bw"] / 1024) if sys.argv[1] == "seqread" else round(side["iops"]))' "$2"
+print(round(side["bw"] / 1024) if sys.argv[1] == "seqread" else round(side["iops"]))' "$2" <"$work/fio.json"
 }
 
 # Leaves: the plain file on tmpfs, and for the crypt comparison a file leaf under
 # crypt and a LUKS image of the same exposed size.
 truncate -s "${size_mib}M" "$shm/plain.img"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/key"
+chmod 600 "$work/key"
 cat >"$work/ours.toml" <<TOML
 version = 1
 [device]
