@@ -101,7 +101,7 @@ version = 1
 [device]
 name = "bench-nbd"
 top = "file"
-queues = 1
+queues = 2
 [layers.file]
 type = "file"
 path = "$shm/plain.img"
@@ -111,7 +111,7 @@ version = 1
 [device]
 name = "bench-nbd-crypt"
 top = "crypt"
-queues = 1
+queues = 2
 [layers.crypt]
 type = "crypt"
 over = "file"

@@ -24,10 +24,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use layers::join::try_join_all;
 use layers::uring::AlignedBuf;
-use layers::{Layer, LocalBoxFuture};
+use layers::Layer;
 
+use super::offload::transfer;
 use super::proto::{self, Request, REQUEST_BYTES};
 use super::ring::{Outgoing, Owned, Reply};
 use super::server::Queue;
@@ -37,9 +37,6 @@ const RECV_BUF_BYTES: usize = 256 << 10;
 /// Payload bytes (write data received plus read data being produced) allowed
 /// in flight on one connection.
 const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// Largest piece one READ or WRITE is cut into on its way down the stack (the
-/// ublk front end's maximum request); the pieces of one request run concurrently.
-const PIECE_BYTES: usize = 512 << 10;
 /// Largest piece of TRIM / WRITE_ZEROES handed to the stack at once (the ublk
 /// front end's limit for those).
 const ZERO_PIECE_BYTES: u64 = 64 << 20;
@@ -376,19 +373,19 @@ async fn serve(
     let top = queue.stack.top();
     let ctx = &queue.ctx;
     let (result, data) = match action {
-        Action::Read { offset, len } => {
-            let mut buf = queue.take_buf(len as usize);
-            match read_pieces(&queue, top, offset, buf.as_mut_slice()).await {
-                Ok(()) => (Ok(()), Some(buf)),
-                Err(e) => {
+        Action::Read { len, .. } => {
+            let buf = queue.take_buf(len as usize);
+            match transfer(&queue, action, buf).await {
+                (Ok(()), buf) => (Ok(()), Some(buf)),
+                (Err(e), buf) => {
                     queue.recycle(buf);
                     (Err(e), None)
                 }
             }
         }
-        Action::Write { offset, fua, .. } => {
+        Action::Write { fua, .. } => {
             let buf = payload.expect("a WRITE carries its payload");
-            let mut result = write_pieces(&queue, top, offset, buf.as_slice()).await;
+            let (mut result, buf) = transfer(&queue, action, buf).await;
             queue.recycle(buf);
             if fua && result.is_ok() {
                 result = top.flush(ctx).await;
@@ -427,42 +424,6 @@ async fn serve(
     conn.in_flight.set(conn.in_flight.get() - 1);
     conn.in_flight_bytes.set(conn.in_flight_bytes.get() - bytes);
     conn.reader_wake.notify();
-}
-
-async fn read_pieces(
-    queue: &Queue,
-    top: &dyn Layer,
-    offset: u64,
-    buf: &mut [u8],
-) -> layers::Result<()> {
-    let ctx = &queue.ctx;
-    if buf.len() <= PIECE_BYTES {
-        return top.read(ctx, offset, buf).await;
-    }
-    let parts: Vec<LocalBoxFuture<'_, layers::Result<()>>> = buf
-        .chunks_mut(PIECE_BYTES)
-        .enumerate()
-        .map(|(i, piece)| top.read(ctx, offset + (i * PIECE_BYTES) as u64, piece))
-        .collect();
-    try_join_all(parts).await
-}
-
-async fn write_pieces(
-    queue: &Queue,
-    top: &dyn Layer,
-    offset: u64,
-    buf: &[u8],
-) -> layers::Result<()> {
-    let ctx = &queue.ctx;
-    if buf.len() <= PIECE_BYTES {
-        return top.write(ctx, offset, buf).await;
-    }
-    let parts: Vec<LocalBoxFuture<'_, layers::Result<()>>> = buf
-        .chunks(PIECE_BYTES)
-        .enumerate()
-        .map(|(i, piece)| top.write(ctx, offset + (i * PIECE_BYTES) as u64, piece))
-        .collect();
-    try_join_all(parts).await
 }
 
 async fn zero(

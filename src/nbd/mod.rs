@@ -8,6 +8,8 @@
 //!   connections are spread over the queues round-robin.
 //! - `conn`: one connection in the transmission phase: many requests in flight,
 //!   replies in completion order.
+//! - `offload`: large READs and WRITEs run on another queue thread, so one
+//!   streaming client uses more than one core.
 //! - `ring`: socket receives and sends as io_uring operations on the queue's
 //!   ring (the module's only unsafe code).
 //! - `daemon`: `up --nbd`: control socket, signals, clean stop with a flush.
@@ -20,6 +22,7 @@
 mod conn;
 mod daemon;
 mod handshake;
+mod offload;
 mod proto;
 #[allow(unsafe_code)]
 mod ring;

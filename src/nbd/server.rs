@@ -32,6 +32,7 @@ use layers::{Executor, IoCtx, Stack};
 
 use super::conn::{self, Conn};
 use super::handshake::{self, Export, Outcome};
+use super::offload::{run_job, Job};
 use super::ring::SocketRing;
 
 /// Handshakes running at once; connections beyond this are closed at once.
@@ -95,6 +96,9 @@ pub struct Queue {
     pub limits: Limits,
     conns: RefCell<Vec<Weak<Conn>>>,
     stopping: Cell<bool>,
+    /// Every queue's inbox (this one's at `ctx.queue()`), for offloaded jobs.
+    peers: Vec<Arc<Inbox>>,
+    next_peer: Cell<usize>,
 }
 
 impl Queue {
@@ -111,6 +115,19 @@ impl Queue {
         if buf.capacity() <= POOLED_BUF_BYTES {
             self.ctx.put_buf(buf);
         }
+    }
+
+    /// Hand `job` to the next other queue thread; the job back if there is
+    /// none or it is stopping.
+    pub fn offload(&self, job: Job) -> Result<(), Job> {
+        let others = self.peers.len().saturating_sub(1);
+        if others == 0 {
+            return Err(job);
+        }
+        let me = usize::from(self.ctx.queue());
+        let step = 1 + self.next_peer.get() % others;
+        self.next_peer.set(self.next_peer.get().wrapping_add(1));
+        self.peers[(me + step) % self.peers.len()].push_job(job)
     }
 
     /// A connection ended: drop it from the list `stop` walks.
@@ -130,6 +147,7 @@ pub struct Inbox {
 #[derive(Default)]
 struct InboxState {
     sockets: VecDeque<OwnedFd>,
+    jobs: VecDeque<Job>,
     waker: Option<Waker>,
     closed: bool,
 }
@@ -153,6 +171,19 @@ impl Inbox {
         true
     }
 
+    /// Hand a job to the queue; the job back once the queue is stopping.
+    fn push_job(&self, job: Job) -> Result<(), Job> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(job);
+        }
+        state.jobs.push_back(job);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
     fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
@@ -163,7 +194,13 @@ impl Inbox {
 }
 
 /// Run one queue thread until its inbox is closed and its connections are done.
-fn run_queue(index: u16, stack: Arc<Stack>, inbox: Arc<Inbox>, limits: Limits) -> io::Result<()> {
+fn run_queue(
+    index: u16,
+    stack: Arc<Stack>,
+    peers: Vec<Arc<Inbox>>,
+    limits: Limits,
+) -> io::Result<()> {
+    let inbox = peers[usize::from(index)].clone();
     // Room for the connections' sends and receives plus the leaves' I/O;
     // overflow waits in the engine's backlog.
     let entries = (limits.queue_depth as u32 * 2)
@@ -177,6 +214,8 @@ fn run_queue(index: u16, stack: Arc<Stack>, inbox: Arc<Inbox>, limits: Limits) -
         limits,
         conns: RefCell::new(Vec::new()),
         stopping: Cell::new(false),
+        peers,
+        next_peer: Cell::new(0),
     });
     queue.exec.spawn(take_connections(queue.clone(), inbox));
     while queue.exec.live_tasks() > 0 || queue.sockets.in_flight() > 0 {
@@ -191,15 +230,22 @@ fn run_queue(index: u16, stack: Arc<Stack>, inbox: Arc<Inbox>, limits: Limits) -
 /// when the inbox closes, stop every connection.
 async fn take_connections(queue: Rc<Queue>, inbox: Arc<Inbox>) {
     loop {
-        let (sockets, closed) = poll_fn(|cx| {
+        let (sockets, jobs, closed) = poll_fn(|cx| {
             let mut state = inbox.lock();
-            if state.sockets.is_empty() && !state.closed {
+            if state.sockets.is_empty() && state.jobs.is_empty() && !state.closed {
                 state.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            Poll::Ready((std::mem::take(&mut state.sockets), state.closed))
+            Poll::Ready((
+                std::mem::take(&mut state.sockets),
+                std::mem::take(&mut state.jobs),
+                state.closed,
+            ))
         })
         .await;
+        for job in jobs {
+            queue.exec.spawn(run_job(queue.clone(), job));
+        }
         for socket in sockets {
             let conn = Rc::new(Conn::new(socket));
             queue.conns.borrow_mut().push(Rc::downgrade(&conn));
@@ -349,22 +395,20 @@ impl Server {
             size_bytes: stack.size(),
             block_size: stack.block_size(),
         });
-        let mut inboxes = Vec::new();
+        let inboxes: Vec<Arc<Inbox>> = (0..queues.max(1)).map(|_| Arc::default()).collect();
         let mut threads = Vec::new();
         for index in 0..queues.max(1) {
-            let inbox = Arc::new(Inbox::default());
-            let (stack, thread_inbox) = (stack.clone(), inbox.clone());
+            let (stack, peers) = (stack.clone(), inboxes.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("nbd-queue-{index}"))
                 .spawn(move || {
-                    let result = run_queue(index, stack, thread_inbox, limits);
+                    let result = run_queue(index, stack, peers, limits);
                     if let Err(e) = &result {
                         tracing::error!(queue = index, "NBD queue failed: {e}");
                     }
                     result
                 })
                 .map_err(|e| format!("starting queue thread: {e}"))?;
-            inboxes.push(inbox);
             threads.push(thread);
         }
         let stop = Arc::new(AtomicBool::new(false));
