@@ -665,7 +665,7 @@ top = "c"
 type = "cache"
 capacity = "64MiB"
 "#),
-    case("compress algorithm", "8:13", "algorithm \"zstd\" is not one of: lz4", r#"version = 1
+    case("compress algorithm", "8:13", "algorithm \"zstd\" is not supported; this version knows only \"lz4\"", r#"version = 1
 [device]
 name = "d0"
 top = "z"
@@ -1078,6 +1078,29 @@ size = "1GiB"
     );
 }
 
+/// Mistakes that could set off follow-on errors ("missing name", "no layers")
+/// are reported once, where the user must edit.
+#[test]
+fn one_mistake_is_one_error() {
+    let cases = [
+        // A device key above [device].
+        "version = 1\nname = \"d0\"\n[device]\ntop = \"m\"\n[layers.m]\ntype = \"null\"\nsize = 4096\n",
+        // [layer.m] for [layers.m].
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"m\"\n[layer.m]\ntype = \"null\"\nsize = 4096\n",
+        // A misspelt required key.
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"m\"\n[layers.m]\ntype = \"null\"\nsiez = 4096\n",
+        // A misspelt device key.
+        "version = 1\n[device]\nname = \"d0\"\ntpo = \"m\"\n[layers.m]\ntype = \"null\"\nsize = 4096\n",
+        // An inline key.
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"x\"\n[layers.x]\ntype = \"crypt\"\nover = \"m\"\nkey = \"k\"\n\
+         [layers.m]\ntype = \"null\"\nsize = 4096\n",
+    ];
+    for text in cases {
+        let errors = errors_in(text, Path::new("/")).expect("refused");
+        assert_eq!(errors.len(), 1, "{text}\n{errors:#?}");
+    }
+}
+
 #[test]
 fn syntax_error_is_the_only_error_reported() {
     let errors = errors_in("version = 1\n[device\nname = 3\n", Path::new("/")).expect("refused");
@@ -1182,4 +1205,34 @@ fn validate_command_exits_1_if_any_file_is_bad_and_still_checks_the_rest() {
     )));
     assert!(stderr.contains(&format!("{}: cannot read:", missing.display())));
     assert!(String::from_utf8_lossy(&output.stdout).contains("good.toml: ok"));
+}
+
+/// Each file in tests/data/bad-configs/ names on its first line the error
+/// `validate` must print for it: `# expect: LINE:COL: message`.
+#[test]
+fn validate_command_reports_each_bad_config_file_where_it_says() {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad-configs");
+    let mut paths: Vec<_> = std::fs::read_dir(&folder)
+        .expect("tests/data/bad-configs/")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10, "{paths:?}");
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: first line must be # expect: …", path.display()));
+        let output = ublk_stack(&["validate".as_ref(), path.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{}", path.display());
+        let wanted = format!("{}:{expected}", path.display());
+        assert!(
+            stderr.lines().any(|line| line.starts_with(&wanted)),
+            "wanted a line starting with\n{wanted}\ngot\n{stderr}"
+        );
+    }
 }

@@ -28,7 +28,18 @@ macro_rules! scenarios {
     };
 }
 
-scenarios!(smoke);
+scenarios!(
+    smoke,
+    ublk_mirror_ext4,
+    ublk_raid0_fio,
+    ublk_leaf_errors,
+    ublk_kill9,
+    ublk_vs_loop_iops,
+    ublk_up_refusals,
+    ublk_checksum_flip,
+    ublk_crypt,
+    ublk_secure_ext4,
+);
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 

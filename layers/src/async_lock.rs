@@ -105,3 +105,73 @@ mod tests {
         assert_eq!(done.get(), 8);
     }
 }
+
+/// Many sharers or one exclusive holder. Sharers wait while an exclusive holder
+/// is in; the exclusive side only ever *tries* (`try_exclusive`), so it can never
+/// starve sharers and is used for opportunistic work such as repairs.
+#[derive(Default)]
+pub struct SharedLock {
+    state: Mutex<SharedState>,
+}
+
+#[derive(Default)]
+struct SharedState {
+    sharers: usize,
+    exclusive: bool,
+    waiters: Vec<Waker>,
+}
+
+pub struct SharedGuard<'a> {
+    lock: &'a SharedLock,
+}
+
+pub struct ExclusiveGuard<'a> {
+    lock: &'a SharedLock,
+}
+
+impl SharedLock {
+    /// Wait until no exclusive holder is in, then share.
+    pub fn share(&self) -> impl Future<Output = SharedGuard<'_>> {
+        std::future::poll_fn(move |cx| {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !state.exclusive {
+                state.sharers += 1;
+                return Poll::Ready(SharedGuard { lock: self });
+            }
+            if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                state.waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Take the lock alone if nobody holds it now.
+    pub fn try_exclusive(&self) -> Option<ExclusiveGuard<'_>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.exclusive || state.sharers > 0 {
+            return None;
+        }
+        state.exclusive = true;
+        Some(ExclusiveGuard { lock: self })
+    }
+}
+
+impl Drop for SharedGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.lock.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.sharers -= 1;
+    }
+}
+
+impl Drop for ExclusiveGuard<'_> {
+    fn drop(&mut self) {
+        let waiters = {
+            let mut state = self.lock.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.exclusive = false;
+            std::mem::take(&mut state.waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}

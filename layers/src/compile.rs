@@ -7,8 +7,9 @@ use std::sync::Arc;
 use crate::checksum::Checksum;
 use crate::crypt::{self, Crypt};
 use crate::exec::{Executor, IoCtx};
+use crate::fault::Fault;
 use crate::mirror::Mirror;
-use crate::plan::{LayerId, LayerSpec, Plan};
+use crate::plan::{LayerId, LayerSpec, LiveChange, Plan};
 use crate::stats::{LayerStats, StatsSnapshot};
 use crate::{disk, file, memory, null, raid0};
 use crate::{Error, Layer, LocalBoxFuture, Result};
@@ -78,6 +79,19 @@ impl Stack {
     pub fn layer(&self, name: &str) -> Option<&Arc<dyn Layer>> {
         let id = self.plan.layers.iter().position(|l| l.name == name)?;
         self.nodes[id].as_ref().map(|c| &c.node.layer)
+    }
+
+    /// Apply a live change to the layer named `name`.
+    pub async fn apply_live(
+        &self,
+        ctx: &IoCtx,
+        name: &str,
+        change: &LiveChange,
+    ) -> std::result::Result<(), String> {
+        match self.layer(name) {
+            Some(layer) => layer.apply_live(ctx, change).await,
+            None => Err(format!("no layer named \"{name}\"")),
+        }
     }
 
     /// Whether discard frees space on every leaf (advertised to the kernel).
@@ -161,6 +175,7 @@ pub fn compile_with(
                     Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
                         .map_err(fail)?,
                 ),
+                LayerSpec::Fault(p) => Arc::new(Fault::new(child(p.over), p.knobs.clone())),
                 LayerSpec::Checksum(_) => Arc::new(
                     open_exec
                         .block_on(
@@ -308,6 +323,14 @@ impl Layer for Counted {
 
     fn discard_frees_space(&self) -> bool {
         self.node.layer.discard_frees_space()
+    }
+
+    fn apply_live<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        change: &'a LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        self.node.layer.apply_live(ctx, change)
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {

@@ -19,6 +19,7 @@ pub mod crypt;
 pub mod disk;
 pub mod error;
 pub mod exec;
+pub mod fault;
 pub mod file;
 pub mod join;
 pub mod memory;
@@ -99,6 +100,18 @@ pub trait Layer: Send + Sync {
     /// for the whole stack). Discard is always accepted and always zeroes.
     fn discard_frees_space(&self) -> bool {
         false
+    }
+
+    /// Apply a live change (a reload of the config). Layers without live keys
+    /// refuse; a layer may do I/O here (e.g. write back dirty data first).
+    fn apply_live<'a>(
+        &'a self,
+        _ctx: &'a IoCtx,
+        change: &'a plan::LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(std::future::ready(Err(format!(
+            "{change:?} is not live for this layer"
+        ))))
     }
 
     /// Health and type-specific details for `status`, as (key, value) pairs.

@@ -8,14 +8,21 @@
 //!   retried on the next healthy leg, so one bad leg never fails a read that
 //!   another leg can serve.
 //! - FLUSH flushes every healthy leg; a leg whose flush fails is marked failed.
+//! - Self-healing: when a leg's read fails verification (`Corrupt`, from a
+//!   `checksum` or `crypt` layer in the leg) and another leg serves the block,
+//!   the good copy is written back over the bad one, counted as `repaired`. The
+//!   repair re-reads the good copy while holding its region exclusively (writes
+//!   hold their regions shared), so it can never put back data older than a
+//!   concurrent write; a region busy with writes is left for the next read.
 //! - Legs must be the same size. No on-disk metadata in this format version.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::async_lock::{SharedGuard, SharedLock};
 use crate::exec::IoCtx;
 use crate::join::join_all;
-use crate::plan::ReadPolicy;
+use crate::plan::{LiveChange, ReadPolicy};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
 struct Leg {
@@ -24,13 +31,20 @@ struct Leg {
     pending: AtomicUsize,
     read_errors: AtomicU64,
     write_errors: AtomicU64,
+    repaired: AtomicU64,
 }
+
+/// Granularity of the write/repair exclusion: requests hold the regions they
+/// touch (hashed into `REGION_LOCKS` locks).
+const REGION_BYTES: u64 = 1 << 20;
+const REGION_LOCKS: usize = 256;
 
 pub struct Mirror {
     legs: Vec<Leg>,
     size: u64,
     read_policy: AtomicU8,
     next: AtomicUsize,
+    regions: Vec<SharedLock>,
 }
 
 fn policy_code(p: ReadPolicy) -> u8 {
@@ -68,11 +82,13 @@ impl Mirror {
                     pending: AtomicUsize::new(0),
                     read_errors: AtomicU64::new(0),
                     write_errors: AtomicU64::new(0),
+                    repaired: AtomicU64::new(0),
                 })
                 .collect(),
             size,
             read_policy: AtomicU8::new(policy_code(read_policy)),
             next: AtomicUsize::new(0),
+            regions: (0..REGION_LOCKS).map(|_| SharedLock::default()).collect(),
         })
     }
 
@@ -120,7 +136,12 @@ impl Mirror {
 
     /// Run `op` on every healthy leg; legs that fail are marked failed. Ok when at
     /// least one leg succeeded.
-    async fn on_all<'a, F>(&'a self, what: &'static str, op: F) -> Result<()>
+    async fn on_all<'a, F>(
+        &'a self,
+        what: &'static str,
+        range: Option<(u64, u64)>,
+        op: F,
+    ) -> Result<()>
     where
         F: Fn(&'a dyn Layer) -> LocalBoxFuture<'a, Result<()>>,
     {
@@ -128,6 +149,10 @@ impl Mirror {
         if legs.is_empty() {
             return Err(Error::Io(libc::EIO));
         }
+        let _regions = match range {
+            Some((offset, len)) => self.share_regions(offset, len).await,
+            None => Vec::new(),
+        };
         let results = join_all(legs.iter().map(|&i| op(&*self.legs[i].layer)).collect()).await;
         let mut ok = false;
         let mut last_err = Error::Io(libc::EIO);
@@ -149,16 +174,91 @@ impl Mirror {
         }
     }
 
+    /// Region lock indices covering `[offset, offset+len)`, ascending, distinct.
+    fn region_locks(offset: u64, len: u64) -> Vec<usize> {
+        let first = offset / REGION_BYTES;
+        let last = (offset + len.max(1) - 1) / REGION_BYTES;
+        if last - first + 1 >= REGION_LOCKS as u64 {
+            return (0..REGION_LOCKS).collect();
+        }
+        let mut locks: Vec<usize> = (first..=last)
+            .map(|r| (r % REGION_LOCKS as u64) as usize)
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        locks
+    }
+
+    async fn share_regions(&self, offset: u64, len: u64) -> Vec<SharedGuard<'_>> {
+        let mut guards = Vec::new();
+        for i in Self::region_locks(offset, len) {
+            guards.push(self.regions[i].share().await);
+        }
+        guards
+    }
+
+    /// Rewrite the legs in `bad` with leg `good`'s copy of the range, if the range
+    /// has no write in flight; otherwise leave it for a later read.
+    async fn repair(&self, ctx: &IoCtx, offset: u64, len: usize, good: usize, bad: &[usize]) {
+        let mut guards = Vec::new();
+        for i in Self::region_locks(offset, len as u64) {
+            match self.regions[i].try_exclusive() {
+                Some(g) => guards.push(g),
+                None => return,
+            }
+        }
+        let mut fresh = ctx.take_buf(len);
+        if self.legs[good]
+            .layer
+            .read(ctx, offset, fresh.as_mut_slice())
+            .await
+            .is_ok()
+        {
+            for &i in bad {
+                match self.legs[i]
+                    .layer
+                    .write(ctx, offset, fresh.as_slice())
+                    .await
+                {
+                    Ok(()) => {
+                        self.legs[i].repaired.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            leg = i,
+                            offset,
+                            len,
+                            "mirror: repaired a corrupt copy from leg {good}"
+                        );
+                    }
+                    Err(e) => tracing::error!(leg = i, offset, "mirror: repair write failed: {e}"),
+                }
+            }
+        }
+        ctx.put_buf(fresh);
+        drop(guards);
+    }
+
     async fn read_any(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
         let order = self.read_order();
         let mut last_err = Error::Io(libc::EIO);
+        let mut corrupt_legs: Vec<usize> = Vec::new();
         for i in order {
             let leg = &self.legs[i];
             leg.pending.fetch_add(1, Ordering::Relaxed);
             let res = leg.layer.read(ctx, offset, buf).await;
             leg.pending.fetch_sub(1, Ordering::Relaxed);
             match res {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if !corrupt_legs.is_empty() {
+                        self.repair(ctx, offset, buf.len(), i, &corrupt_legs).await;
+                    }
+                    return Ok(());
+                }
+                Err(e @ Error::Corrupt { .. }) => {
+                    leg.read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(leg = i, offset, "mirror read: {e}; trying the next leg");
+                    corrupt_legs.push(i);
+                    last_err = e;
+                }
                 Err(e @ (Error::OutOfRange | Error::Unsupported)) => return Err(e),
                 Err(e) => {
                     leg.read_errors.fetch_add(1, Ordering::Relaxed);
@@ -195,11 +295,15 @@ impl Layer for Mirror {
         offset: u64,
         buf: &'a [u8],
     ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.on_all("write", move |leg| leg.write(ctx, offset, buf)))
+        Box::pin(
+            self.on_all("write", Some((offset, buf.len() as u64)), move |leg| {
+                leg.write(ctx, offset, buf)
+            }),
+        )
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.on_all("flush", move |leg| leg.flush(ctx)))
+        Box::pin(self.on_all("flush", None, move |leg| leg.flush(ctx)))
     }
 
     fn discard<'a>(
@@ -208,7 +312,9 @@ impl Layer for Mirror {
         offset: u64,
         len: u64,
     ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.on_all("discard", move |leg| leg.discard(ctx, offset, len)))
+        Box::pin(self.on_all("discard", Some((offset, len)), move |leg| {
+            leg.discard(ctx, offset, len)
+        }))
     }
 
     fn write_zeroes<'a>(
@@ -217,13 +323,30 @@ impl Layer for Mirror {
         offset: u64,
         len: u64,
     ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.on_all("write_zeroes", move |leg| {
-            leg.write_zeroes(ctx, offset, len)
-        }))
+        Box::pin(
+            self.on_all("write_zeroes", Some((offset, len)), move |leg| {
+                leg.write_zeroes(ctx, offset, len)
+            }),
+        )
     }
 
     fn discard_frees_space(&self) -> bool {
         self.legs.iter().all(|l| l.layer.discard_frees_space())
+    }
+
+    fn apply_live<'a>(
+        &'a self,
+        _ctx: &'a IoCtx,
+        change: &'a LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        let res = match change {
+            LiveChange::ReadPolicy(p) => {
+                self.set_read_policy(*p);
+                Ok(())
+            }
+            other => Err(format!("{other:?} does not apply to a mirror")),
+        };
+        Box::pin(std::future::ready(res))
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {
@@ -233,14 +356,15 @@ impl Layer for Mirror {
             .enumerate()
             .map(|(i, l)| {
                 format!(
-                    "{i}:{}(read_errors={},write_errors={})",
+                    "{i}:{}(read_errors={},write_errors={},repaired={})",
                     if l.failed.load(Ordering::Relaxed) {
                         "failed"
                     } else {
                         "ok"
                     },
                     l.read_errors.load(Ordering::Relaxed),
-                    l.write_errors.load(Ordering::Relaxed)
+                    l.write_errors.load(Ordering::Relaxed),
+                    l.repaired.load(Ordering::Relaxed)
                 )
             })
             .collect();

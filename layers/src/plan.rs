@@ -280,6 +280,15 @@ impl Default for FaultKnobs {
     }
 }
 
+/// A change of a live key, applied to a running layer without pausing I/O.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LiveChange {
+    ReadPolicy(ReadPolicy),
+    CacheCapacity(u64),
+    CacheMode(CacheMode),
+    Fault(FaultKnobs),
+}
+
 impl Plan {
     /// Layer ids from `top` downwards, parents before children.
     pub fn walk(&self) -> Vec<LayerId> {

@@ -154,6 +154,24 @@ pub enum Op {
         offset: u64,
         len: u64,
     },
+    /// Complete after `nanos` nanoseconds (the CQE result is -ETIME).
+    Sleep { nanos: u64 },
+}
+
+/// What the kernel may still read or write for an operation in flight.
+enum Held {
+    Buf(AlignedBuf),
+    // Only kept alive for the kernel, never read by us.
+    Time(#[allow(dead_code)] Box<types::Timespec>),
+}
+
+impl Held {
+    fn into_buf(self) -> Option<AlignedBuf> {
+        match self {
+            Held::Buf(buf) => Some(buf),
+            Held::Time(_) => None,
+        }
+    }
 }
 
 enum Slot {
@@ -162,15 +180,15 @@ enum Slot {
     },
     Pending {
         waker: Option<Waker>,
-        buf: Option<AlignedBuf>,
+        held: Option<Held>,
     },
     Done {
         res: i32,
-        buf: Option<AlignedBuf>,
+        held: Option<Held>,
     },
-    /// The future was dropped before the CQE; the buffer waits for it here.
+    /// The future was dropped before the CQE; the memory waits for it here.
     Orphaned {
-        _buf: Option<AlignedBuf>,
+        _held: Option<Held>,
     },
 }
 
@@ -225,9 +243,9 @@ impl Uring {
         &self.ring
     }
 
-    fn alloc_slot(&self, buf: Option<AlignedBuf>) -> usize {
+    fn alloc_slot(&self, held: Option<Held>) -> usize {
         let mut slots = self.slots.borrow_mut();
-        let slot = Slot::Pending { waker: None, buf };
+        let slot = Slot::Pending { waker: None, held };
         let head = self.free_head.get();
         if head == NO_SLOT {
             slots.push(slot);
@@ -262,7 +280,7 @@ impl Uring {
                 let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
                     .offset(offset)
                     .build();
-                (entry, Some(buf))
+                (entry, Some(Held::Buf(buf)))
             }
             Op::Write {
                 fd,
@@ -273,7 +291,7 @@ impl Uring {
                 let entry = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len)
                     .offset(offset)
                     .build();
-                (entry, Some(buf))
+                (entry, Some(Held::Buf(buf)))
             }
             Op::Fsync { fd, data_only } => {
                 let flags = if data_only {
@@ -295,12 +313,21 @@ impl Uring {
                     .build(),
                 None,
             ),
+            Op::Sleep { nanos } => {
+                let time = Box::new(
+                    types::Timespec::new()
+                        .sec(nanos / 1_000_000_000)
+                        .nsec((nanos % 1_000_000_000) as u32),
+                );
+                let entry = opcode::Timeout::new(&*time as *const types::Timespec).build();
+                (entry, Some(Held::Time(time)))
+            }
         };
         let slot = self.alloc_slot(buf);
         let entry = entry.user_data(slot as u64);
-        // SAFETY: the buffer the SQE points at is owned by slot `slot` and stays
-        // there (heap memory, never moved or freed) until `reap` sees this SQE's
-        // CQE, even if the future is dropped. The fd belongs to a leaf of the
+        // SAFETY: the buffer or timespec the SQE points at is owned by slot `slot`
+        // and stays there (heap memory, never moved or freed) until `reap` sees
+        // this SQE's CQE, even if the future is dropped. The fd belongs to a leaf of the
         // compiled stack, which outlives every queue's ring.
         unsafe { self.push(&entry) };
         self.in_flight.set(self.in_flight.get() + 1);
@@ -389,8 +416,8 @@ impl Uring {
         let mut slots = self.slots.borrow_mut();
         let old = std::mem::replace(&mut slots[index], Slot::Free { next: NO_SLOT });
         match old {
-            Slot::Pending { waker, buf } => {
-                slots[index] = Slot::Done { res, buf };
+            Slot::Pending { waker, held } => {
+                slots[index] = Slot::Done { res, held };
                 drop(slots);
                 if let Some(waker) = waker {
                     waker.wake();
@@ -445,7 +472,7 @@ impl Future for OpFuture<'_> {
                 Poll::Pending
             }
             Slot::Done { .. } => {
-                let Slot::Done { res, buf } =
+                let Slot::Done { res, held } =
                     std::mem::replace(&mut slots[self.slot], Slot::Free { next: NO_SLOT })
                 else {
                     unreachable!()
@@ -453,7 +480,7 @@ impl Future for OpFuture<'_> {
                 self.uring.free_slot(&mut slots, self.slot);
                 drop(slots);
                 self.finished = true;
-                Poll::Ready((res, buf))
+                Poll::Ready((res, held.and_then(Held::into_buf)))
             }
             Slot::Free { .. } | Slot::Orphaned { .. } => unreachable!("polled a finished op"),
         }
@@ -468,7 +495,7 @@ impl Drop for OpFuture<'_> {
         let mut slots = self.uring.slots.borrow_mut();
         let old = std::mem::replace(&mut slots[self.slot], Slot::Free { next: NO_SLOT });
         match old {
-            Slot::Pending { buf, .. } => slots[self.slot] = Slot::Orphaned { _buf: buf },
+            Slot::Pending { held, .. } => slots[self.slot] = Slot::Orphaned { _held: held },
             Slot::Done { .. } => self.uring.free_slot(&mut slots, self.slot),
             other => slots[self.slot] = other,
         }

@@ -26,30 +26,13 @@ impl Reader<'_> {
     }
 
     pub fn wrong_type(&mut self, name: &str, expected: &str, item: &Item) {
-        if matches!(item.value, Value::Invalid) {
+        if let Value::Invalid(reason) = &item.value {
+            self.report(&item.span, format!("{name}: {reason}"));
             return;
         }
         let mut message = format!("{name} must be {expected}, not {}", item.value.kind());
-        if let Value::String(text) = &item.value {
-            // The key as written inside its table: `queues`, not `device.queues`.
-            let key = name.rsplit('.').next().unwrap_or(name);
-            let bare = text.trim();
-            let numeric = bare.parse::<i64>().is_ok() || bare.parse::<f64>().is_ok();
-            let flag = match bare.to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" => Some("true"),
-                "false" | "no" | "off" => Some("false"),
-                _ => None,
-            };
-            if numeric && !expected.contains("string") {
-                message.push_str(&format!(" (write {key} = {bare}, without quotes)"));
-            } else if let (Some(flag), "true or false") = (flag, expected) {
-                message.push_str(&format!(" (write {key} = {flag}, without quotes)"));
-            }
-        }
-        if let (Value::Integer(number @ (0 | 1)), "true or false") = (&item.value, expected) {
-            let key = name.rsplit('.').next().unwrap_or(name);
-            let flag = *number == 1;
-            message.push_str(&format!(" (write {key} = {flag})"));
+        if let Some(hint) = literal_hint(name, expected, &item.value) {
+            message.push_str(&hint);
         }
         self.report(&item.span, message);
     }
@@ -171,12 +154,18 @@ impl Reader<'_> {
         if let Some(choice) = parse(text) {
             return Some(choice);
         }
-        let hint = did_you_mean(text, names.iter().copied());
-        let options = names.join(", ");
-        self.report(
-            &item.span,
-            format!("{name} \"{text}\" is not one of: {options}{hint}"),
-        );
+        let message = match names {
+            [only] => format!(
+                "{name} \"{text}\" is not supported; this version knows only \"{only}\" \
+                 (or leave {name} out)"
+            ),
+            _ => format!(
+                "{name} \"{text}\" is not one of: {}{}",
+                names.join(", "),
+                did_you_mean(text, names.iter().copied())
+            ),
+        };
+        self.report(&item.span, message);
         None
     }
 
@@ -317,5 +306,33 @@ impl Reader<'_> {
             return None;
         }
         Some(base_dir.join(text))
+    }
+}
+
+/// ` (write queues = 2, without quotes)` when the value the user meant is
+/// obvious: a quoted number or boolean, or 0/1 for a boolean.
+fn literal_hint(name: &str, expected: &str, value: &Value) -> Option<String> {
+    // The key as written inside its table: `queues`, not `device.queues`.
+    let key = name.rsplit('.').next().unwrap_or(name);
+    let wants_boolean = expected == "true or false";
+    match value {
+        Value::String(text) if wants_boolean => {
+            let flag = match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" => "true",
+                "false" | "no" | "off" => "false",
+                _ => return None,
+            };
+            Some(format!(" (write {key} = {flag}, without quotes)"))
+        }
+        Value::String(text) => {
+            let bare = text.trim();
+            let numeric = bare.parse::<i64>().is_ok() || bare.parse::<f64>().is_ok();
+            (numeric && !expected.contains("string"))
+                .then(|| format!(" (write {key} = {bare}, without quotes)"))
+        }
+        Value::Integer(number @ (0 | 1)) if wants_boolean => {
+            Some(format!(" (write {key} = {})", *number == 1))
+        }
+        _ => None,
     }
 }

@@ -38,7 +38,27 @@ pub fn check(nodes: &[Node], top: Option<&Reference>, problems: &mut Problems) {
         .enumerate()
         .map(|(id, node)| (node.name.as_str(), id))
         .collect();
-    let names = || nodes.iter().map(|node| node.name.as_str());
+    // Names that nothing refers to yet: a misspelt reference most likely
+    // meant one of these, so they are suggested first.
+    let mut referenced = vec![false; nodes.len()];
+    let all_references = nodes
+        .iter()
+        .flat_map(|node| node.references.iter())
+        .chain(top);
+    for reference in all_references {
+        if let Some(&id) = index.get(reference.name.as_str()) {
+            referenced[id] = true;
+        }
+    }
+    let suggest = |name: &str| {
+        let unreferenced = nodes
+            .iter()
+            .zip(&referenced)
+            .filter(|(_, referenced)| !**referenced)
+            .map(|(node, _)| node.name.as_str());
+        closest(name, unreferenced)
+            .or_else(|| closest(name, nodes.iter().map(|node| node.name.as_str())))
+    };
 
     // Resolved edges (parent, child, reference); dangling ones are reported.
     let mut edges: Vec<Vec<(usize, &Reference)>> = vec![Vec::new(); nodes.len()];
@@ -57,7 +77,7 @@ pub fn check(nodes: &[Node], top: Option<&Reference>, problems: &mut Problems) {
                 None => problems.at_layer(
                     &reference.span,
                     &node.name,
-                    dangling_message(reference, closest(&reference.name, names()), nodes),
+                    dangling_message(reference, suggest(&reference.name), nodes),
                 ),
             }
         }
@@ -67,7 +87,7 @@ pub fn check(nodes: &[Node], top: Option<&Reference>, problems: &mut Problems) {
         if found.is_none() && !nodes.is_empty() {
             problems.at(
                 &reference.span,
-                dangling_message(reference, closest(&reference.name, names()), nodes),
+                dangling_message(reference, suggest(&reference.name), nodes),
             );
         }
         found
@@ -315,6 +335,17 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("layer \"x\": is not used"), "{found:?}");
         assert!(found[0].contains("below it: y"), "{found:?}");
+    }
+
+    #[test]
+    fn misspelt_reference_suggests_the_layer_nothing_uses_yet() {
+        let nodes = [
+            node("m", 10, &[("disk0", 11), ("disk2", 12)]),
+            node("disk0", 20, &[]),
+            node("disk1", 30, &[]),
+        ];
+        let found = messages(&nodes, "m");
+        assert!(found[0].contains("(did you mean \"disk1\"?)"), "{found:?}");
     }
 
     #[test]

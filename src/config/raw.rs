@@ -22,8 +22,10 @@ pub enum Value {
     /// An inline table or sub-table; its contents are never a valid value here.
     Table,
     Datetime,
-    /// Already reported (an integer beyond the TOML range); say nothing more.
-    Invalid,
+    /// A value TOML accepts but that cannot be held (an integer beyond 64
+    /// bits), with the reason; reported when validation reads the key, so the
+    /// message names the layer.
+    Invalid(String),
 }
 
 impl Value {
@@ -37,7 +39,7 @@ impl Value {
             Value::Array(_) => "a list",
             Value::Table => "a table",
             Value::Datetime => "a date",
-            Value::Invalid => "an invalid value",
+            Value::Invalid(_) => "an invalid value",
         }
     }
 }
@@ -138,7 +140,7 @@ pub fn parse(text: &str, problems: &mut Problems) -> Option<RawConfig> {
                 raw.version = Some(Field {
                     key: top_key,
                     key_span: key.span(),
-                    item: item(value, problems),
+                    item: item(value),
                 });
             }
             TopKey::Device => raw.device = table_part(key, value, "[device]", problems),
@@ -176,7 +178,7 @@ fn table_part<K: KeyName>(
     problems: &mut Problems,
 ) -> Part<Section<K>> {
     match value.get_ref() {
-        DeValue::Table(table) => Part::Found(section(value.span(), table, problems)),
+        DeValue::Table(table) => Part::Found(section(value.span(), table)),
         other => {
             problems.at(
                 &key.span(),
@@ -191,7 +193,7 @@ fn table_part<K: KeyName>(
     }
 }
 
-fn section<K: KeyName>(span: Span, table: &DeTable<'_>, problems: &mut Problems) -> Section<K> {
+fn section<K: KeyName>(span: Span, table: &DeTable<'_>) -> Section<K> {
     let mut section = Section {
         span,
         fields: Vec::new(),
@@ -202,7 +204,7 @@ fn section<K: KeyName>(span: Span, table: &DeTable<'_>, problems: &mut Problems)
             Some(known) => section.fields.push(Field {
                 key: known,
                 key_span: key.span(),
-                item: item(value, problems),
+                item: item(value),
             }),
             None => section.unknown.push(unknown(key, value)),
         }
@@ -241,7 +243,7 @@ fn layers(
             DeValue::Table(layer) => layers.push(RawLayer {
                 name: name.get_ref().to_string(),
                 name_span: name.span(),
-                section: section(value.span(), layer, problems),
+                section: section(value.span(), layer),
             }),
             other => problems.at_layer(
                 &name.span(),
@@ -254,10 +256,14 @@ fn layers(
             ),
         }
     }
+    if layers.is_empty() && !table.is_empty() {
+        // Every entry was reported as not a table; "no layers" would repeat it.
+        return Part::Broken;
+    }
     Part::Found(layers)
 }
 
-fn item(value: &Spanned<DeValue<'_>>, problems: &mut Problems) -> Item {
+fn item(value: &Spanned<DeValue<'_>>) -> Item {
     let span = value.span();
     let value = match value.get_ref() {
         DeValue::String(text) => Value::String(text.to_string()),
@@ -265,31 +271,20 @@ fn item(value: &Spanned<DeValue<'_>>, problems: &mut Problems) -> Item {
             let digits = integer.as_str().replace('_', "");
             match i64::from_str_radix(&digits, integer.radix()) {
                 Ok(number) => Value::Integer(number),
-                Err(_) => {
-                    problems.at(
-                        &span,
-                        "this integer does not fit in 64 bits; TOML integers range from \
-                         -2^63 to 2^63-1 (for large sizes write a string like \"4TiB\")",
-                    );
-                    Value::Invalid
-                }
+                Err(_) => Value::Invalid(
+                    "this integer does not fit in 64 bits; TOML integers range from \
+                     -2^63 to 2^63-1 (for large sizes write a string like \"4TiB\")"
+                        .into(),
+                ),
             }
         }
         DeValue::Float(float) => match float.as_str().replace('_', "").parse::<f64>() {
             Ok(number) => Value::Float(number),
-            Err(_) => {
-                problems.at(&span, "this number cannot be read as a decimal number");
-                Value::Invalid
-            }
+            Err(_) => Value::Invalid("this number cannot be read as a decimal number".into()),
         },
         DeValue::Boolean(flag) => Value::Boolean(*flag),
         DeValue::Datetime(_) => Value::Datetime,
-        DeValue::Array(array) => Value::Array(
-            array
-                .iter()
-                .map(|element| item(element, problems))
-                .collect(),
-        ),
+        DeValue::Array(array) => Value::Array(array.iter().map(item).collect()),
         DeValue::Table(_) => Value::Table,
     };
     Item { span, value }
@@ -391,13 +386,11 @@ mod tests {
     }
 
     #[test]
-    fn integer_beyond_64_bits_is_reported() {
-        let mut problems = Problems::default();
-        let text = "version = 99999999999999999999\n";
-        assert!(parse(text, &mut problems).is_some());
-        assert!(problems
-            .into_errors("x", text)
-            .to_string()
-            .contains("64 bits"));
+    fn integer_beyond_64_bits_is_kept_as_invalid_with_its_reason() {
+        let raw = parse_ok("version = 99999999999999999999\n");
+        let version = raw.version.expect("version");
+        assert!(
+            matches!(&version.item.value, Value::Invalid(reason) if reason.contains("64 bits"))
+        );
     }
 }

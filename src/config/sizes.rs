@@ -312,6 +312,15 @@ fn disk_size(
             return None;
         }
     };
+    if bytes == 0 {
+        report(
+            Some(LayerKey::Path),
+            format!(
+                "block device {shown} is empty (0 bytes); is its medium or backing file attached?"
+            ),
+        );
+        return None;
+    }
     // A partial last block cannot be addressed by the device above.
     let usable = bytes - bytes % block_size;
     if usable == 0 {
@@ -372,7 +381,7 @@ fn raid0_size(
         report(
             Some(LayerKey::Chunk),
             format!(
-                "each stripe ({}) is smaller than one chunk ({})",
+                "each stripe ({}) is smaller than one chunk ({}); use a smaller chunk or larger stripes",
                 format_human(stripe_bytes),
                 format_exact(chunk_bytes)
             ),

@@ -103,7 +103,14 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, problems: &mut Problems) -> Op
 
 fn device_part(raw: &RawConfig, problems: &mut Problems) -> Option<Device> {
     match &raw.device {
-        Part::Found(section) => Some(device(section, problems)),
+        Part::Found(section) => {
+            let misplaced: Vec<DeviceKey> = raw
+                .unknown
+                .iter()
+                .filter_map(|unknown| DeviceKey::from_str(&unknown.name))
+                .collect();
+            Some(device(section, &misplaced, problems))
+        }
         Part::Missing => {
             problems.at(
                 &(0..0),
@@ -119,6 +126,7 @@ fn device_part(raw: &RawConfig, problems: &mut Problems) -> Option<Device> {
 fn layer_tables<'r>(raw: &'r RawConfig, problems: &mut Problems) -> &'r [RawLayer] {
     match &raw.layers {
         Part::Found(layers) if !layers.is_empty() => layers,
+        Part::Found(_) | Part::Missing if misplaced_layers(raw) => &[],
         Part::Found(_) | Part::Missing => {
             problems.at(
                 &(0..0),
@@ -129,6 +137,14 @@ fn layer_tables<'r>(raw: &'r RawConfig, problems: &mut Problems) -> &'r [RawLaye
         }
         Part::Broken => &[],
     }
+}
+
+/// Whether a top-level unknown key explains the missing layers: a table such
+/// as `[cache]` or a misspelling such as `[layer.a]` (each already reported).
+fn misplaced_layers(raw: &RawConfig) -> bool {
+    raw.unknown.iter().any(|unknown| {
+        unknown.is_table || closest(&unknown.name, [TopKey::Layers.as_str()]).is_some()
+    })
 }
 
 /// The plan from parts that were each validated without a problem.
@@ -170,7 +186,6 @@ fn check_version(raw: &RawConfig, problems: &mut Problems) -> bool {
             );
             false
         }
-        Value::Invalid => true,
         _ => {
             let mut reader = Reader {
                 problems,
@@ -233,7 +248,13 @@ fn report_unknown<K: KeyName>(section: &Section<K>, table: &str, reader: &mut Re
     }
 }
 
-fn device(section: &Section<DeviceKey>, problems: &mut Problems) -> Device {
+/// `misplaced`: device keys written at the top of the file, already reported
+/// as belonging in `[device]`; they are not reported missing as well.
+fn device(
+    section: &Section<DeviceKey>,
+    misplaced: &[DeviceKey],
+    problems: &mut Problems,
+) -> Device {
     let mut reader = Reader {
         problems,
         layer: None,
@@ -245,7 +266,7 @@ fn device(section: &Section<DeviceKey>, problems: &mut Problems) -> Device {
         Some(item) => reader
             .string("device.name", item)
             .and_then(|name| device_name(name, &item.span, &mut reader)),
-        None if misspelt(section, DeviceKey::Name) => None,
+        None if misspelt(section, DeviceKey::Name) || misplaced.contains(&DeviceKey::Name) => None,
         None => {
             reader.report(
                 &section.span,
@@ -260,7 +281,7 @@ fn device(section: &Section<DeviceKey>, problems: &mut Problems) -> Device {
             span: item.span.clone(),
             key: "device.top",
         }),
-        None if misspelt(section, DeviceKey::Top) => None,
+        None if misspelt(section, DeviceKey::Top) || misplaced.contains(&DeviceKey::Top) => None,
         None => {
             reader.report(
                 &section.span,

@@ -223,44 +223,54 @@ pub fn up(config: &Path) -> u8 {
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
 
-    let down_client = wait_for_stop(&device, &events);
+    let stop = wait_for_stop(&device, &events);
     let result = teardown(device, &stack);
     drop(std::fs::remove_file(&socket));
     let reply = match &result {
         Ok(()) => json!({"ok": true}),
         Err(e) => json!({"ok": false, "error": e}),
     };
-    if let Some(client) = down_client {
-        drop(control::reply_to(client, &reply));
-    }
-    match result {
-        Ok(()) => 0,
-        Err(e) => fail(e),
+    match (stop, result) {
+        (Stop::Down(client), result) => {
+            drop(control::reply_to(client, &reply));
+            result.map_or_else(fail, |()| 0)
+        }
+        (Stop::Signal, result) => result.map_or_else(fail, |()| 0),
+        (Stop::QueueEnded, Ok(())) => fail(format!(
+            "{name}: a queue stopped on its own; device removed"
+        )),
+        (Stop::QueueEnded, Err(e)) => fail(e),
     }
 }
 
-/// Block until a signal, `down`, or a queue ending on its own. Returns the
-/// `down` connection to answer, if that is what stopped us.
-fn wait_for_stop(
-    device: &Device,
-    events: &mpsc::Receiver<Event>,
-) -> Option<std::os::unix::net::UnixStream> {
+/// Why the daemon stops.
+enum Stop {
+    Signal,
+    /// `down`: answer on this connection once the device is gone.
+    Down(std::os::unix::net::UnixStream),
+    /// A queue thread ended without being asked (the device was stopped from
+    /// outside, or a queue failed): the daemon exits 1 after cleaning up.
+    QueueEnded,
+}
+
+/// Block until a signal, `down`, or a queue ending on its own.
+fn wait_for_stop(device: &Device, events: &mpsc::Receiver<Event>) -> Stop {
     loop {
         match events.recv_timeout(Duration::from_millis(250)) {
             Ok(Event::Signal(signal)) => {
                 tracing::info!("signal {signal}: stopping");
-                return None;
+                return Stop::Signal;
             }
             Ok(Event::Down(client)) => {
                 tracing::info!("down requested: stopping");
-                return Some(client);
+                return Stop::Down(client);
             }
             Err(mpsc::RecvTimeoutError::Timeout) if device.any_queue_ended() => {
                 tracing::error!("a queue ended on its own: stopping");
-                return None;
+                return Stop::QueueEnded;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Stop::Signal,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod ctrl;
 pub mod device;
 pub mod queue;
+mod shared_memory;
 pub mod signals;
 pub mod sys;
 

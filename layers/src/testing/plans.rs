@@ -99,6 +99,10 @@ impl PlanBuilder {
         )
     }
 
+    pub fn fault(&mut self, name: &str, over: LayerId, knobs: FaultKnobs) -> LayerId {
+        self.add(name, LayerSpec::Fault(FaultParams { over, knobs }))
+    }
+
     pub fn build(self, top: LayerId) -> Plan {
         Plan {
             device: DeviceParams {

@@ -1,6 +1,7 @@
 # kill -9 of a daemon under load: the application's I/O fails instead of hanging,
 # the kernel removes /dev/ublkbN, and the next `up` of the same config (same fixed
-# id) works: it deletes the dead daemon's leftover /dev/ublkcN first.
+# id) works: it deletes the dead daemon's leftover /dev/ublkcN first. SIGTERM
+# then stops that daemon cleanly.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
 
@@ -44,6 +45,12 @@ up_device /work/k.toml
 dd if="$DEV" of=/dev/null bs=1M count=8 iflag=direct status=none
 dd if=/dev/urandom of="$DEV" bs=1M count=8 oflag=direct status=none
 ublk-stack list
-down_device k9
+
+step "SIGTERM stops cleanly"
+kill -TERM "$DAEMON_PID"
+rc=0
+wait "$DAEMON_PID" || rc=$?
+((rc == 0)) || { cat /work/daemon.err; fail "daemon exited $rc on SIGTERM"; }
 no_ublk_devices
+[[ ! -e /run/ublk-stack/k9.sock ]] || fail "control socket left behind"
 step "ok"

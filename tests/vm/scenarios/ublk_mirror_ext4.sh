@@ -36,6 +36,15 @@ up_device /work/mirror.toml
 [[ $(blockdev --getsize64 "$DEV") == $((256 << 20)) ]] || fail "wrong size"
 [[ $(stat -c %a /run/ublk-stack/mirror0.sock) == 600 ]] || fail "control socket is not mode 0600"
 
+step "an idle daemon sleeps"
+# utime + stime of the whole process, in clock ticks (100 per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$DAEMON_PID/stat"; }
+before=$(cpu_ticks)
+sleep 2
+used=$(($(cpu_ticks) - before))
+echo "idle daemon used $used ticks in 2 s"
+((used < 40)) || fail "idle daemon used $used of 200 ticks in 2 s (spinning?)"
+
 step "list and status"
 ublk-stack list | tee /work/list.out
 grep -q "^mirror0	$DEV	256 MiB	running$" /work/list.out || fail "list does not show the device"

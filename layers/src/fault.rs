@@ -1,0 +1,194 @@
+//! `fault`: injects errors and latency, to rehearse failures from the config file
+//! (in the manner of dm-flakey, dm-dust and dm-delay).
+//!
+//! Every knob is live (see [`Fault::set_knobs`]):
+//! - `read_error_rate`: probability (0..=1) that a read fails with EIO;
+//! - `write_error_rate`: probability that a write, discard, write_zeroes or flush
+//!   fails with EIO (a failed write is not passed down: nothing is written);
+//! - `delay`: added latency per request (an io_uring timeout, so the queue keeps
+//!   serving other requests meanwhile);
+//! - `range`: `[start, end)` bytes the faults apply to (flushes always qualify);
+//!   requests outside it pass untouched.
+//!
+//! No on-disk format; FLUSH passes down (unless it is failed on purpose).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::exec::IoCtx;
+use crate::plan::{FaultKnobs, LiveChange};
+use crate::uring::Op;
+use crate::{Error, Layer, LocalBoxFuture, Result};
+
+pub struct Fault {
+    lower: Arc<dyn Layer>,
+    knobs: RwLock<FaultKnobs>,
+    /// Lock-free random stream (SplitMix64 over an atomic counter).
+    state: AtomicU64,
+    injected: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Read,
+    Write,
+}
+
+impl Fault {
+    pub fn new(lower: Arc<dyn Layer>, knobs: FaultKnobs) -> Fault {
+        Fault {
+            lower,
+            knobs: RwLock::new(knobs),
+            state: AtomicU64::new(0x5EED_F0F0_1234_5678),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// Live knob change: takes effect for the next request.
+    pub fn set_knobs(&self, knobs: FaultKnobs) {
+        *self.knobs.write().unwrap_or_else(|e| e.into_inner()) = knobs;
+    }
+
+    pub fn knobs(&self) -> FaultKnobs {
+        self.knobs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Uniform in [0, 1).
+    fn random(&self) -> f64 {
+        let mut z = self
+            .state
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Delay, then decide whether this request fails.
+    async fn gate(&self, ctx: &IoCtx, kind: Kind, range: Option<(u64, u64)>) -> Result<()> {
+        let knobs = self.knobs();
+        let hit = match (range, knobs.range) {
+            (Some((offset, len)), Some((start, end))) => offset < end && start < offset + len,
+            _ => true,
+        };
+        if !hit {
+            return Ok(());
+        }
+        if knobs.delay_us > 0 {
+            let (res, _) = ctx
+                .uring()
+                .submit(Op::Sleep {
+                    nanos: knobs.delay_us * 1000,
+                })
+                .await;
+            debug_assert!(res == -libc::ETIME || res == 0, "timeout result {res}");
+        }
+        let rate = match kind {
+            Kind::Read => knobs.read_error_rate,
+            Kind::Write => knobs.write_error_rate,
+        };
+        if rate > 0.0 && self.random() < rate {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Io(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+impl Layer for Fault {
+    fn size(&self) -> u64 {
+        self.lower.size()
+    }
+
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate(ctx, Kind::Read, Some((offset, buf.len() as u64)))
+                .await?;
+            self.lower.read(ctx, offset, buf).await
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate(ctx, Kind::Write, Some((offset, buf.len() as u64)))
+                .await?;
+            self.lower.write(ctx, offset, buf).await
+        })
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate(ctx, Kind::Write, None).await?;
+            self.lower.flush(ctx).await
+        })
+    }
+
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate(ctx, Kind::Write, Some((offset, len))).await?;
+            self.lower.discard(ctx, offset, len).await
+        })
+    }
+
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate(ctx, Kind::Write, Some((offset, len))).await?;
+            self.lower.write_zeroes(ctx, offset, len).await
+        })
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        self.lower.discard_frees_space()
+    }
+
+    fn apply_live<'a>(
+        &'a self,
+        _ctx: &'a IoCtx,
+        change: &'a LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        let res = match change {
+            LiveChange::Fault(knobs) => {
+                self.set_knobs(knobs.clone());
+                Ok(())
+            }
+            other => Err(format!("{other:?} does not apply to a fault layer")),
+        };
+        Box::pin(std::future::ready(res))
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let k = self.knobs();
+        let mut out = vec![
+            ("read_error_rate", k.read_error_rate.to_string()),
+            ("write_error_rate", k.write_error_rate.to_string()),
+            ("delay_us", k.delay_us.to_string()),
+            (
+                "injected_errors",
+                self.injected.load(Ordering::Relaxed).to_string(),
+            ),
+        ];
+        if let Some((start, end)) = k.range {
+            out.push(("range", format!("{start}..{end}")));
+        }
+        out
+    }
+}
