@@ -32,6 +32,7 @@ fio --enghelp 2>/dev/null | grep -qw nbd || { echo "run.sh: this fio has no nbd 
 work=$(mktemp -d /tmp/nbd-bench.XXXXXX)
 shm=$(mktemp -d /dev/shm/nbd-bench.XXXXXX)
 pids=()
+declare -A server_pid
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -65,17 +66,24 @@ serve() {
         ;;
     esac
     pids+=($!)
+    server_pid[$name]=$!
     wait_socket "$sock"
 }
 
-# run SERVER PATTERN: prints IOPS (4K) or MiB/s (1M).
+# CPU time (user + system, clock ticks) the server process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${server_pid[$1]}/stat"; }
+
+# run SERVER PATTERN: prints "RATE CPU" — IOPS (4K) or MiB/s (1M), and the
+# server's CPU microseconds per request (the cost that a busy, shared machine
+# does not blur as much as the rate).
 run() {
-    local sock=$work/$1.sock args
+    local sock=$work/$1.sock args before after
     case $2 in
     randread) args=(--rw=randread --bs=4k --iodepth=32) ;;
     randwrite) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
     seqread) args=(--rw=read --bs=1M --iodepth=8) ;;
     esac
+    before=$(cpu_ticks "$1")
     if ! fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" "${args[@]}" \
         --size=$((size_mib * 3 / 4))M --time_based --runtime="$secs" --ramp_time=0.5 \
         --output-format=json >"$work/fio.json" 2>"$work/fio.err"; then
@@ -83,12 +91,17 @@ run() {
         cat "$work/fio.err" "$work/$1.log" >&2
         exit 1
     fi
+    after=$(cpu_ticks "$1")
     python3 -c '
-import json, sys
+import json, os, sys
 text = sys.stdin.read()
 job = json.loads(text[text.index("{"):])["jobs"][0]
 side = job["write"] if job["write"]["io_bytes"] else job["read"]
-print(round(side["bw"] / 1024) if sys.argv[1] == "seqread" else round(side["iops"]))' "$2" <"$work/fio.json"
+rate = round(side["bw"] / 1024) if sys.argv[1] == "seqread" else round(side["iops"])
+ticks = int(sys.argv[2]) - int(sys.argv[3])
+ops = job["read"]["total_ios"] + job["write"]["total_ios"]
+per_op_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(ops, 1)
+print(f"{rate}/{per_op_us:.1f}")' "$2" "$after" "$before" <"$work/fio.json"
 }
 
 # Leaves: the plain file on tmpfs, and for the crypt comparison a file leaf under
@@ -147,25 +160,38 @@ for round in $(seq "$rounds"); do
     echo "round $round done" >&2
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+rates() { tr ' ' '\n' | grep -v '^$' | cut -d/ -f1 | median; }
+cpus() { tr ' ' '\n' | grep -v '^$' | cut -d/ -f2 | median; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
 echo
-echo "fio nbd engine, ${secs}s per run, median of $rounds alternating rounds; 4K: IOPS, 1M: MiB/s"
+echo "fio nbd engine, ${secs}s per run, median of $rounds alternating rounds; 4K: IOPS, 1M: MiB/s;"
+echo "cpu: the server's CPU microseconds per request (user + system, all its threads)"
 echo
-echo "| pattern | ublk-stack | qemu-nbd | nbdkit file | ours/qemu-nbd | ours/nbdkit | ublk-stack crypt | qemu-nbd LUKS | crypt/LUKS |"
+echo "| pattern | ublk-stack | qemu-nbd | nbdkit file | ours/qemu-nbd | ours/nbdkit | cpu ours | cpu qemu-nbd | cpu nbdkit |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-for pattern in "${patterns[@]}"; do
-    o=$(median <<<"${results[ours.$pattern]}")
-    q=$(median <<<"${results[qemu-nbd.$pattern]}")
-    k=$(median <<<"${results[nbdkit.$pattern]}")
-    oc=$(median <<<"${results[ours-crypt.$pattern]}")
-    ql=$(median <<<"${results[qemu-luks.$pattern]}")
-    label=$pattern
-    case $pattern in
-    randread) label="4K randread QD32" ;;
-    randwrite) label="4K randwrite QD32" ;;
-    seqread) label="1M seqread QD8" ;;
+label() {
+    case $1 in
+    randread) echo "4K randread QD32" ;;
+    randwrite) echo "4K randwrite QD32" ;;
+    seqread) echo "1M seqread QD8" ;;
     esac
-    echo "| $label | $o | $q | $k | $(ratio "$o" "$q") | $(ratio "$o" "$k") | $oc | $ql | $(ratio "$oc" "$ql") |"
+}
+for pattern in "${patterns[@]}"; do
+    o=$(rates <<<"${results[ours.$pattern]}")
+    q=$(rates <<<"${results[qemu-nbd.$pattern]}")
+    k=$(rates <<<"${results[nbdkit.$pattern]}")
+    echo "| $(label "$pattern") | $o | $q | $k | $(ratio "$o" "$q") | $(ratio "$o" "$k") |" \
+        "$(cpus <<<"${results[ours.$pattern]}") | $(cpus <<<"${results[qemu-nbd.$pattern]}") |" \
+        "$(cpus <<<"${results[nbdkit.$pattern]}") |"
+done
+echo
+echo "| pattern | ublk-stack crypt | qemu-nbd LUKS | crypt/LUKS | cpu crypt | cpu LUKS |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+for pattern in "${patterns[@]}"; do
+    oc=$(rates <<<"${results[ours-crypt.$pattern]}")
+    ql=$(rates <<<"${results[qemu-luks.$pattern]}")
+    echo "| $(label "$pattern") | $oc | $ql | $(ratio "$oc" "$ql") |" \
+        "$(cpus <<<"${results[ours-crypt.$pattern]}") | $(cpus <<<"${results[qemu-luks.$pattern]}") |"
 done
