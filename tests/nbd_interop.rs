@@ -565,3 +565,19 @@ fn random_and_truncated_bytes_never_crash_the_daemon_or_corrupt_the_device() {
     let status = daemon.cli(&["status", "fuzz"]);
     assert!(status.status.success(), "{}", describe(&status));
 }
+
+#[test]
+fn stop_does_not_wait_forever_for_a_client_that_stopped_reading() {
+    let mut daemon = Daemon::start("stuck", 1);
+    let mut s = handshake(&daemon.socket);
+    // 64 MiB of replies the client never reads: the server's sends block.
+    for cookie in 0..64u64 {
+        s.write_all(&request(0, 0, cookie, 0, 1 << 20)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(), 0);
+    assert!(started.elapsed() < Duration::from_secs(25));
+    drop(s);
+}

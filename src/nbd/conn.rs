@@ -181,6 +181,15 @@ impl Conn {
         }
     }
 
+    /// Shut the socket down (a stop's grace period ran out): receives and
+    /// sends in flight fail, and the connection ends.
+    pub async fn force_close(&self, queue: &Queue) {
+        queue
+            .sockets
+            .shutdown(&queue.ctx, self.socket.as_raw_fd())
+            .await;
+    }
+
     fn reply(&self, cookie: u64, error: u32, data: Option<AlignedBuf>) {
         if !self.broken.get() {
             self.pending.borrow_mut().push(Reply {

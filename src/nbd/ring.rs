@@ -112,6 +112,9 @@ impl Outgoing {
 pub enum Owned {
     Recv(AlignedBuf),
     Send(Outgoing),
+    /// Held only so the kernel's pointer stays valid until the CQE.
+    Timer(#[allow(dead_code)] Box<types::Timespec>),
+    Nothing,
 }
 
 enum Slot {
@@ -206,6 +209,35 @@ impl SocketRing {
         // reply headers and data they point at all belong to the Outgoing owned
         // by slot `index`, unchanged and unmoved on the heap until the CQE. The
         // socket outlives the operation as for `recv`.
+        unsafe { ctx.uring().push(&entry) };
+        self.started(index)
+    }
+
+    /// A timer: completes (with -ETIME) after `duration`, or when cancelled.
+    pub fn sleep<'a>(&'a self, ctx: &'a IoCtx, duration: std::time::Duration) -> SocketOp<'a> {
+        let timespec = Box::new(
+            types::Timespec::new()
+                .sec(duration.as_secs())
+                .nsec(duration.subsec_nanos()),
+        );
+        let ptr: *const types::Timespec = &*timespec;
+        let index = self.alloc(Owned::Timer(timespec));
+        let entry = opcode::Timeout::new(ptr)
+            .build()
+            .user_data(FOREIGN_BIT | index as u64);
+        // SAFETY: the timespec is boxed and owned by slot `index` until the CQE.
+        unsafe { ctx.uring().push(&entry) };
+        self.started(index)
+    }
+
+    /// shutdown(2) both directions of a socket: its pending receives and
+    /// sends fail, so a connection that a client stopped reading can end.
+    pub fn shutdown<'a>(&'a self, ctx: &'a IoCtx, fd: RawFd) -> SocketOp<'a> {
+        let index = self.alloc(Owned::Nothing);
+        let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
+            .build()
+            .user_data(FOREIGN_BIT | index as u64);
+        // SAFETY: no memory; the caller keeps the socket open until the CQE.
         unsafe { ctx.uring().push(&entry) };
         self.started(index)
     }

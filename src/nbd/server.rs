@@ -42,6 +42,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffers up to this size go back to the queue's pool; bigger ones (rare
 /// large READs and WRITEs) are freed.
 const POOLED_BUF_BYTES: usize = 1 << 20;
+/// How long a stop waits for connections to drain before shutting their
+/// sockets down (a client that stopped reading its replies must not keep the
+/// daemon up).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Where to listen: `unix:PATH` or `HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +103,8 @@ pub struct Queue {
     /// Every queue's inbox (this one's at `ctx.queue()`), for offloaded jobs.
     peers: Vec<Arc<Inbox>>,
     next_peer: Cell<usize>,
+    /// The stop's grace timer, cancelled when the last connection ends.
+    grace_timer: Cell<Option<u64>>,
 }
 
 impl Queue {
@@ -132,9 +138,21 @@ impl Queue {
 
     /// A connection ended: drop it from the list `stop` walks.
     pub fn forget(&self, conn: &Rc<Conn>) {
+        let mut conns = self.conns.borrow_mut();
+        conns.retain(|c| c.upgrade().is_some_and(|c| !Rc::ptr_eq(&c, conn)));
+        if conns.is_empty() {
+            if let Some(token) = self.grace_timer.take() {
+                self.sockets.cancel(&self.ctx, token);
+            }
+        }
+    }
+
+    fn live_conns(&self) -> Vec<Rc<Conn>> {
         self.conns
-            .borrow_mut()
-            .retain(|c| c.upgrade().is_some_and(|c| !Rc::ptr_eq(&c, conn)));
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 }
 
@@ -216,6 +234,7 @@ fn run_queue(
         stopping: Cell::new(false),
         peers,
         next_peer: Cell::new(0),
+        grace_timer: Cell::new(None),
     });
     queue.exec.spawn(take_connections(queue.clone(), inbox));
     while queue.exec.live_tasks() > 0 || queue.sockets.in_flight() > 0 {
@@ -253,17 +272,34 @@ async fn take_connections(queue: Rc<Queue>, inbox: Arc<Inbox>) {
         }
         if closed {
             queue.stopping.set(true);
-            let conns: Vec<Rc<Conn>> = queue
-                .conns
-                .borrow()
-                .iter()
-                .filter_map(Weak::upgrade)
-                .collect();
-            for conn in conns {
+            for conn in queue.live_conns() {
                 conn.stop(&queue);
             }
+            queue.exec.spawn(close_after_grace(queue.clone()));
             return;
         }
+    }
+}
+
+/// During a stop: after [`STOP_GRACE`], shut down the sockets of connections
+/// still draining. Ends at once when none is left.
+async fn close_after_grace(queue: Rc<Queue>) {
+    if queue.live_conns().is_empty() {
+        return;
+    }
+    let timer = queue.sockets.sleep(&queue.ctx, STOP_GRACE);
+    queue.grace_timer.set(Some(timer.token()));
+    let (res, _) = timer.await;
+    queue.grace_timer.set(None);
+    if res == -libc::ECANCELED {
+        return;
+    }
+    for conn in queue.live_conns() {
+        tracing::warn!(
+            queue = queue.ctx.queue(),
+            "NBD: a connection did not drain in time; closing it"
+        );
+        conn.force_close(&queue).await;
     }
 }
 
