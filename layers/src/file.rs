@@ -132,15 +132,16 @@ impl FileLeaf {
                 ctx.put_buf(bounce);
                 return Err(Error::from_res(res));
             }
-            let done = if res == 0 { len } else { res as usize };
-            let (head, tail) = std::mem::take(&mut buf).split_at_mut(done);
             if res == 0 {
-                // Past the end of a file that shrank behind our back: zeros, as a
-                // sparse hole would read.
-                head.fill(0);
-            } else {
-                head.copy_from_slice(&bounce.as_slice()[..done]);
+                // End of file inside the device: the file was truncated, or the
+                // block device below went away. Never pass that off as zeros.
+                ctx.put_buf(bounce);
+                tracing::error!(kind = self.kind, offset, "read past the end of the leaf");
+                return Err(Error::Io(libc::EIO));
             }
+            let done = res as usize;
+            let (head, tail) = std::mem::take(&mut buf).split_at_mut(done);
+            head.copy_from_slice(&bounce.as_slice()[..done]);
             ctx.put_buf(bounce);
             buf = tail;
             offset += head.len() as u64;
@@ -164,10 +165,17 @@ impl FileLeaf {
             if let Some(bounce) = bounce {
                 ctx.put_buf(bounce);
             }
+            if res == -libc::ENOSPC && self.kind == "disk" {
+                // A block device has no free space to run out of: ENOSPC means
+                // the write fell past its end, i.e. the device shrank or vanished.
+                tracing::error!(offset, "write past the end of the disk leaf");
+                return Err(Error::Io(libc::EIO));
+            }
             if res < 0 {
                 return Err(Error::from_res(res));
             }
             if res == 0 {
+                tracing::error!(kind = self.kind, offset, "write made no progress");
                 return Err(Error::Io(libc::EIO));
             }
             buf = &buf[res as usize..];

@@ -10,7 +10,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -61,7 +61,14 @@ fn is_root() -> bool {
 fn open_control() -> Result<Control, String> {
     match Control::open() {
         Err(CtrlError::NotLoaded) => {
-            drop(Command::new("modprobe").arg("ublk_drv").status());
+            // modprobe's own complaint would make the error two lines; ours says it.
+            drop(
+                Command::new("modprobe")
+                    .arg("ublk_drv")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status(),
+            );
             Control::open().map_err(|e| match e {
                 CtrlError::NotLoaded => NO_UBLK.to_string(),
                 other => other.to_string(),
@@ -394,6 +401,31 @@ fn render_status(reply: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_reports_every_layer_with_counters_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.memory("a", 1 << 20);
+        let b = plan.memory("b", 1 << 20);
+        let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
+        let stack = Arc::new(layers::compile(&plan.build(mirror)).unwrap());
+        let report = DeviceReport {
+            name: "test".into(),
+            path: PathBuf::from("/dev/ublkb9"),
+            queues: 2,
+            stack,
+        };
+        let status = report.status();
+        assert_eq!(status["ok"], true);
+        assert_eq!(status["size"], 1u64 << 20);
+        let layers = status["layers"].as_array().unwrap();
+        let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["m", "a", "b"]);
+        assert_eq!(layers[1]["depth"], 1);
+        assert_eq!(layers[0]["stats"]["errors"], 0);
+        assert_eq!(report.info()["path"], "/dev/ublkb9");
+    }
 
     #[test]
     fn sizes_read_like_the_config() {

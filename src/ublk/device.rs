@@ -248,12 +248,13 @@ impl Device {
     /// STOP_DEV and wait for the queues: the kernel drains in-flight requests
     /// (which the queues keep serving), removes /dev/ublkbN and aborts every tag.
     pub fn stop(&mut self) -> Result<Vec<QueueReport>, DeviceError> {
-        let stop = if self.stopped {
-            Ok(())
-        } else {
-            self.ctrl.stop_dev(self.info.dev_id)
-        };
-        self.stopped = true;
+        if !self.stopped {
+            // Without STOP_DEV the tags are never aborted and joining the queues
+            // would wait forever; leave them running (the kernel cleans up when
+            // the process exits) and report.
+            self.ctrl.stop_dev(self.info.dev_id)?;
+            self.stopped = true;
+        }
         let mut reports = Vec::new();
         let mut first_error = None;
         for (queue, handle) in self.queues.drain(..).enumerate() {
@@ -270,7 +271,6 @@ impl Device {
                 }
             }
         }
-        stop?;
         match first_error {
             Some(e) => Err(e),
             None => Ok(reports),

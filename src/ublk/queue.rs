@@ -146,7 +146,10 @@ impl Queue {
     /// completion and its COMMIT. Then nothing else touches the buffer: the kernel
     /// copies in before completing the FETCH and copies out only after the COMMIT
     /// is submitted (the task's last act), the tag has no other request until
-    /// then, and the buffer stays mapped for the queue's life.
+    /// then (the kernel re-arms a tag only through that COMMIT, and
+    /// `on_command_done` refuses a request on a tag that is not armed), and the
+    /// buffer stays mapped for the queue's life (or forever, see
+    /// `TagBuffers::leak`).
     #[allow(clippy::mut_from_ref)]
     unsafe fn buffer(&self, tag: u16, len: usize) -> &mut [u8] {
         debug_assert!(len <= self.buffers.per_tag());
@@ -279,7 +282,21 @@ fn on_command_done<T: TopLayer>(
     }
     match res {
         sys::UBLK_IO_RES_OK => {
-            if let Some(state) = queue.tags.borrow_mut().get_mut(usize::from(tag)) {
+            {
+                let mut tags = queue.tags.borrow_mut();
+                let Some(state) = tags.get_mut(usize::from(tag)) else {
+                    return;
+                };
+                if *state != TagState::Armed {
+                    // A second request on a tag we are still serving would alias
+                    // its buffer (see Queue::buffer): refuse to start it.
+                    tracing::error!(
+                        queue = queue.setup.queue,
+                        tag,
+                        "request on a tag that is not armed; ignored"
+                    );
+                    return;
+                }
                 *state = TagState::Serving;
             }
             let desc = queue.descs.get(tag);
