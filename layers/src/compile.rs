@@ -56,6 +56,9 @@ pub struct NodeStatus {
 pub struct Stack {
     plan: Plan,
     nodes: Vec<Option<Arc<Counted>>>,
+    /// The mirrors by layer id, for their maintenance calls (re-add, resync,
+    /// scrub), which are no `Layer` operations.
+    mirrors: Vec<(LayerId, Arc<Mirror>)>,
 }
 
 impl Stack {
@@ -80,6 +83,13 @@ impl Stack {
     pub fn layer(&self, name: &str) -> Option<&Arc<dyn Layer>> {
         let id = self.plan.layers.iter().position(|l| l.name == name)?;
         self.nodes[id].as_ref().map(|c| &c.node.layer)
+    }
+
+    /// The mirror layer named `name`, for `readd`, `resync_step` and
+    /// `scrub_step`.
+    pub fn mirror(&self, name: &str) -> Option<&Arc<Mirror>> {
+        let id = self.plan.layers.iter().position(|l| l.name == name)?;
+        self.mirrors.iter().find(|(m, _)| *m == id).map(|(_, m)| m)
     }
 
     /// Apply a live change to the layer named `name`.
@@ -148,6 +158,7 @@ pub fn compile_with(
     let open_ctx = IoCtx::new(0, 64).map_err(io_error)?;
     let open_exec = Executor::new().map_err(io_error)?;
     let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
+    let mut mirrors = Vec::new();
     // Children before parents: reverse of the top-down walk.
     for id in plan.walk().into_iter().rev() {
         let layer_plan = &plan.layers[id];
@@ -172,10 +183,23 @@ pub fn compile_with(
                     raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
                         .map_err(fail)?,
                 ),
-                LayerSpec::Mirror(p) => Arc::new(
-                    Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
-                        .map_err(fail)?,
-                ),
+                LayerSpec::Mirror(p) => {
+                    let mirror = Arc::new(
+                        open_exec
+                            .block_on(
+                                &open_ctx,
+                                Mirror::open(
+                                    &open_ctx,
+                                    p.legs.iter().map(|&c| child(c)).collect(),
+                                    p.read_policy,
+                                    block_size,
+                                ),
+                            )
+                            .map_err(fail)?,
+                    );
+                    mirrors.push((id, mirror.clone()));
+                    mirror
+                }
                 LayerSpec::Fault(p) => Arc::new(Fault::new(child(p.over), p.knobs.clone())),
                 LayerSpec::Checksum(_) => Arc::new(
                     open_exec
@@ -222,12 +246,6 @@ pub fn compile_with(
                         mode: p.mode,
                     },
                 )),
-                other => {
-                    return Err(fail(format!(
-                        "layer type \"{}\" is not available in this version of ublk-stack",
-                        other.type_name()
-                    )))
-                }
             },
         };
         nodes[id] = Some(Arc::new(Counted {
@@ -245,6 +263,7 @@ pub fn compile_with(
     Ok(Stack {
         plan: plan.clone(),
         nodes,
+        mirrors,
     })
 }
 
