@@ -75,6 +75,10 @@ pub enum Command {
 pub fn run(args: Args) -> u8 {
     match args.command {
         Command::Up { config, nbd: None } => up(&config),
+        Command::Up {
+            config,
+            nbd: Some(address),
+        } => crate::nbd::up(&config, &address),
         Command::Down { name } => down(&name),
         Command::List => list(),
         Command::Status { name, json } => status(&name, json),
