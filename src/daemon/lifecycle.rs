@@ -118,6 +118,14 @@ impl Report for DeviceReport {
         info
     }
 
+    fn scrub(&self) -> Value {
+        super::repair::scrub(&self.stack)
+    }
+
+    fn readd(&self, layer: &str, leg: usize) -> Value {
+        super::repair::readd(&self.stack, layer, leg)
+    }
+
     fn reload(&self) -> Value {
         let outcome = self.reloader.reload(super::reload::Trigger::Command);
         let mut reply = outcome.to_json();
@@ -182,6 +190,8 @@ pub fn up(config: &Path) -> u8 {
     // Absolute, so that reloads find the file whatever the working directory.
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let reloader = Arc::new(Reloader::new(config, plan, stack.clone(), set_log_level));
+    // A rebuild cut short by a restart goes on.
+    super::repair::resume_resync(stack.clone());
     let report = DeviceReport {
         name: name.clone(),
         path: device.block_path(),

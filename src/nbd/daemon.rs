@@ -73,6 +73,8 @@ pub fn up(config: &Path, address: &str) -> u8 {
     // Absolute, so that reloads find the file whatever the working directory.
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let reloader = Arc::new(Reloader::new(config, plan, stack.clone(), set_log_level));
+    // A rebuild cut short by a restart goes on.
+    crate::daemon::repair::resume_resync(stack.clone());
     let report = DeviceReport {
         name: name.clone(),
         path: PathBuf::from(&uri),
