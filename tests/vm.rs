@@ -40,6 +40,8 @@ scenarios!(
     ublk_crypt,
     ublk_secure_ext4,
     reload_live,
+    mirror_fault_readd,
+    mirror_scrub,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
