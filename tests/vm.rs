@@ -39,6 +39,7 @@ scenarios!(
     ublk_checksum_flip,
     ublk_crypt,
     ublk_secure_ext4,
+    ublk_recovery,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
