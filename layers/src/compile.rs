@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::checksum::Checksum;
+use crate::compress::Compress;
 use crate::crypt::{self, Crypt};
 use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
@@ -188,6 +189,20 @@ pub fn compile_with(
                         )
                         .map_err(fail)?,
                 ),
+                LayerSpec::Compress(p) => Arc::new(
+                    open_exec
+                        .block_on(
+                            &open_ctx,
+                            Compress::open(
+                                &open_ctx,
+                                child(p.over),
+                                block_size,
+                                &p.algorithm,
+                                p.size_bytes,
+                            ),
+                        )
+                        .map_err(fail)?,
+                ),
                 LayerSpec::Crypt(p) => {
                     let key = crypt::load_key(&p.key).map_err(fail)?;
                     Arc::new(
@@ -199,6 +214,14 @@ pub fn compile_with(
                             .map_err(fail)?,
                     )
                 }
+                LayerSpec::Cache(p) => Arc::new(crate::cache::Cache::new(
+                    child(p.over),
+                    block_size,
+                    crate::cache::CacheKnobs {
+                        capacity_bytes: p.capacity_bytes,
+                        mode: p.mode,
+                    },
+                )),
                 other => {
                     return Err(fail(format!(
                         "layer type \"{}\" is not available in this version of ublk-stack",

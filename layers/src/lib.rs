@@ -13,8 +13,10 @@
 #![deny(unsafe_code)]
 
 pub mod async_lock;
+pub mod cache;
 pub mod checksum;
 pub mod compile;
+pub mod compress;
 pub mod crypt;
 pub mod disk;
 pub mod error;

@@ -266,7 +266,7 @@ pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), Stri
     let Some(path) = top_file(plan) else {
         let ours = run_stack(&stack, opts)?;
         print_line("stack", &ours, "");
-        compare_primitives(plan, &ours, opts);
+        compare_primitives(plan, stack.size(), &ours, opts);
         return Ok(());
     };
     let round = Options {
@@ -318,19 +318,24 @@ fn prefill(stack: &Stack, data: DataKind) -> Result<(), String> {
 
 /// Time the raw primitive of every transformation layer in the stack on the same
 /// kind of buffers; with exactly one, print the layer's ratio to it.
-fn compare_primitives(plan: &Plan, ours: &Figures, opts: &Options) {
+fn compare_primitives(plan: &Plan, size: u64, ours: &Figures, opts: &Options) {
     let found: Vec<primitives::Primitive> = plan
         .walk()
         .into_iter()
         .filter_map(|id| primitives::Primitive::for_layer(plan.layers[id].spec.type_name()))
         .collect();
+    if found.is_empty() {
+        return;
+    }
     let block = plan.device.block_size as usize;
-    let mut data = vec![0u8; opts.bs as usize];
+    let span = size.min(256 << 20) / opts.bs * opts.bs;
+    let mut data = vec![0u8; span.max(opts.bs) as usize];
     opts.data.fill(1, &mut data);
     for &p in &found {
         let f = primitives::run(
             p,
             &data,
+            opts.bs as usize,
             block,
             opts.pattern.is_write(),
             opts.seconds.min(3.0),
@@ -344,7 +349,7 @@ fn compare_primitives(plan: &Plan, ours: &Figures, opts: &Options) {
         if p == primitives::Primitive::Lz4 {
             println!(
                 "  raw lz4 saves {:.1}% on this data in {block}-byte pieces",
-                100.0 * primitives::lz4_saving(&data, block)
+                100.0 * primitives::lz4_saving(&data[..data.len().min(16 << 20)], block)
             );
         }
     }

@@ -36,17 +36,23 @@ impl Primitive {
     }
 }
 
-/// Run `primitive` over `data` (one `bs`-sized operation per pass, in pieces of
-/// `block` bytes) for `seconds`; `write` = the direction a write takes (crc,
-/// encrypt, compress), otherwise the read direction (crc, decrypt, decompress).
-pub fn run(primitive: Primitive, data: &[u8], block: usize, write: bool, seconds: f64) -> Figures {
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let mut ops = 0u64;
+/// Run `primitive` for `seconds` over `data` (as large as the device, or
+/// 256 MiB), one `bs`-sized operation at a time at random `bs`-aligned places,
+/// each processed in `block`-sized pieces as the layer does: the same buffers the
+/// stack moves, cold in cache as theirs are. `write` = the direction a write takes
+/// (crc, encrypt, compress), otherwise the read direction (crc, decrypt,
+/// decompress, from prepared sealed or packed copies of `data`).
+pub fn run(
+    primitive: Primitive,
+    data: &[u8],
+    bs: usize,
+    block: usize,
+    write: bool,
+    seconds: f64,
+) -> Figures {
     let cipher = Aes256Gcm::new_from_slice(&[0x11; 32]).expect("32-byte key");
     let nonce = [7u8; 12];
-    let mut work = data.to_vec();
-    // Prepared inputs for the read direction.
+    // Prepared inputs for the read direction, one per block of `data`.
     let sealed: Vec<(Vec<u8>, aes_gcm::Tag)> = if primitive == Primitive::AesGcm && !write {
         data.chunks(block)
             .map(|piece| {
@@ -65,20 +71,32 @@ pub fn run(primitive: Primitive, data: &[u8], block: usize, write: bool, seconds
     } else {
         Vec::new()
     };
+    let slots = (data.len() / bs).max(1);
+    let per_op = bs / block;
+    let mut rng = layers::rng::Rng::new(3);
+    let mut work = vec![0u8; bs];
     let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(block)];
     let mut sink = 0u64;
+    let mut ops = 0u64;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
     while Instant::now() < deadline {
         for _ in 0..16 {
+            let slot = rng.below(slots as u64) as usize;
+            let at = slot * bs;
+            let first_block = at / block;
+            let src = &data[at..at + bs];
             match (primitive, write) {
                 (Primitive::Crc32, _) => {
-                    for (i, piece) in data.chunks(block).enumerate() {
+                    for (i, piece) in src.chunks(block).enumerate() {
                         let mut h = crc32fast::Hasher::new();
-                        h.update(&(i as u64).to_le_bytes());
+                        h.update(&((first_block + i) as u64).to_le_bytes());
                         h.update(piece);
                         sink = sink.wrapping_add(u64::from(h.finalize()));
                     }
                 }
                 (Primitive::AesGcm, true) => {
+                    work.copy_from_slice(src);
                     for piece in work.chunks_mut(block) {
                         let tag = cipher
                             .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"aad", piece)
@@ -87,7 +105,8 @@ pub fn run(primitive: Primitive, data: &[u8], block: usize, write: bool, seconds
                     }
                 }
                 (Primitive::AesGcm, false) => {
-                    for (piece, (sealed, tag)) in work.chunks_mut(block).zip(&sealed) {
+                    for (i, piece) in work.chunks_mut(block).enumerate() {
+                        let (sealed, tag) = &sealed[first_block + i];
                         piece.copy_from_slice(sealed);
                         let ok = cipher
                             .decrypt_in_place_detached(
@@ -101,14 +120,15 @@ pub fn run(primitive: Primitive, data: &[u8], block: usize, write: bool, seconds
                     }
                 }
                 (Primitive::Lz4, true) => {
-                    for piece in data.chunks(block) {
+                    for piece in src.chunks(block) {
                         let n = lz4_flex::block::compress_into(piece, &mut out).unwrap_or(0);
                         sink = sink.wrapping_add(n as u64);
                     }
                 }
                 (Primitive::Lz4, false) => {
-                    for (piece, packed) in work.chunks_mut(block).zip(&packed) {
-                        let n = lz4_flex::block::decompress_into(packed, piece).unwrap_or(0);
+                    for (i, piece) in work.chunks_mut(block).enumerate().take(per_op) {
+                        let n = lz4_flex::block::decompress_into(&packed[first_block + i], piece)
+                            .unwrap_or(0);
                         sink = sink.wrapping_add(n as u64);
                     }
                 }
@@ -119,7 +139,7 @@ pub fn run(primitive: Primitive, data: &[u8], block: usize, write: bool, seconds
     std::hint::black_box(sink);
     Figures {
         ops,
-        bytes: ops * data.len() as u64,
+        bytes: ops * bs as u64,
         elapsed: start.elapsed(),
     }
 }

@@ -48,7 +48,9 @@ pub fn exposed_sizes(plan: &Plan) -> Result<Vec<u64>, ConfigErrors> {
 pub fn exposed_over(spec: &LayerSpec, lower_bytes: u64, block_size: u64) -> u64 {
     let block_size = block_size as u32;
     match spec {
-        LayerSpec::Compress(params) => params.size_bytes.unwrap_or(lower_bytes),
+        LayerSpec::Compress(params) => {
+            layers::compress::exposed_size(lower_bytes, block_size, params.size_bytes)
+        }
         LayerSpec::Checksum(_) => layers::checksum::exposed_size(lower_bytes, block_size),
         LayerSpec::Crypt(_) => layers::crypt::exposed_size(lower_bytes, block_size),
         _ => lower_bytes,

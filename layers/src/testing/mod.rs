@@ -9,5 +9,5 @@ pub mod plans;
 pub use crate::rng;
 
 pub use crate::rng::Rng;
-pub use model::{check_stack, verify_image, ModelConfig};
+pub use model::{check_stack, fill_text, verify_image, ModelConfig};
 pub use plans::PlanBuilder;

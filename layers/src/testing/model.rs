@@ -22,6 +22,9 @@ pub struct ModelConfig {
     pub max_blocks: u64,
     /// Queue threads, each with its own ring and region.
     pub queues: usize,
+    /// Share of writes filled with text-like bytes ([`fill_text`]) instead of
+    /// random ones, for layers whose space use depends on the data.
+    pub compressible_percent: u64,
 }
 
 impl Default for ModelConfig {
@@ -31,6 +34,7 @@ impl Default for ModelConfig {
             max_in_flight: 32,
             max_blocks: 64,
             queues: 2,
+            compressible_percent: 0,
         }
     }
 }
@@ -186,7 +190,12 @@ fn run_queue(
             .map(|op| {
                 let mut buf = vec![0u8; op.len as usize];
                 if let Kind::Write = op.kind {
-                    rng.fill(&mut buf);
+                    // Only draw when asked, so existing seeds keep their ops.
+                    if cfg.compressible_percent > 0 && rng.chance(cfg.compressible_percent) {
+                        fill_text(&mut rng, &mut buf);
+                    } else {
+                        rng.fill(&mut buf);
+                    }
                 } else if let Kind::Read = op.kind {
                     buf.fill(0xA5); // a read must overwrite every byte
                 }
@@ -222,6 +231,50 @@ fn run_queue(
         .map_err(|e| format!("final read: {e}"))?;
     compare(&got, &image, start).map_err(|e| format!("final read-back: {e}"))?;
     Ok(image)
+}
+
+/// Text-like bytes: log lines from a few templates with varying numbers, which
+/// lz4 shrinks to about a third, as it does real logs.
+pub fn fill_text(rng: &mut Rng, buf: &mut [u8]) {
+    const LEVELS: [&str; 4] = ["INFO", "INFO", "WARN", "DEBUG"];
+    const EVENTS: [&str; 8] = [
+        "queue {} wrote block {} ok",
+        "queue {} read block {} ok",
+        "mirror leg {} resynced {} blocks",
+        "cache hit for block {} on queue {}",
+        "flush completed in {} us after {} writes",
+        "stripe {} chunk {} remapped",
+        "device ready with {} queues of depth {}",
+        "checksum verified {} blocks in {} ms",
+    ];
+    let mut line = String::with_capacity(128);
+    let mut second = rng.below(86400);
+    let mut at = 0;
+    while at < buf.len() {
+        let r = rng.next_u64();
+        line.clear();
+        let event = EVENTS[(r % 8) as usize];
+        let mut numbers = [r >> 8 & 15, r >> 16 & 4095].into_iter();
+        let mut parts = event.split("{}");
+        // Time moves forward a little each line, as in a real log.
+        second += r >> 32 & 1;
+        line.push_str(&format!(
+            "2026-11-25 {:02}:{:02}:{:02} {} ",
+            second / 3600 % 24,
+            second / 60 % 60,
+            second % 60,
+            LEVELS[(r >> 48 & 3) as usize]
+        ));
+        line.push_str(parts.next().unwrap_or(""));
+        for part in parts {
+            line.push_str(&numbers.next().unwrap_or(0).to_string());
+            line.push_str(part);
+        }
+        line.push('\n');
+        let n = line.len().min(buf.len() - at);
+        buf[at..at + n].copy_from_slice(&line.as_bytes()[..n]);
+        at += n;
+    }
 }
 
 fn issue<'a>(

@@ -99,6 +99,23 @@ impl PlanBuilder {
         )
     }
 
+    pub fn cache(
+        &mut self,
+        name: &str,
+        over: LayerId,
+        capacity_bytes: u64,
+        mode: CacheMode,
+    ) -> LayerId {
+        self.add(
+            name,
+            LayerSpec::Cache(CacheParams {
+                over,
+                capacity_bytes,
+                mode,
+            }),
+        )
+    }
+
     pub fn fault(&mut self, name: &str, over: LayerId, knobs: FaultKnobs) -> LayerId {
         self.add(name, LayerSpec::Fault(FaultParams { over, knobs }))
     }

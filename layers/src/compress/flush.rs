@@ -1,0 +1,154 @@
+//! FLUSH for `compress`: make everything durable below, then return the space
+//! that versions no longer needed occupy (discarded below, then reused).
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use crate::exec::IoCtx;
+use crate::join::join_all;
+use crate::Result;
+
+use super::entry::{decode_entry, encode_entry, Extent, Kind};
+use super::{Compress, WRITING};
+
+/// Discards issued at once when a flush returns space.
+const DISCARD_BATCH: usize = 64;
+
+impl Compress {
+    /// FLUSH: make everything durable below, then return freed space.
+    pub(super) async fn flush_all(&self, ctx: &IoCtx) -> Result<()> {
+        let _serial = self.flush_lock.lock().await;
+        let (epoch, freed, to_clean) = {
+            // Every map update is wholly before this point or wholly after it.
+            let _closed = self.gate.close().await;
+            (
+                self.epoch.fetch_add(1, Ordering::SeqCst),
+                take_all(&self.freed),
+                take_all(&self.to_clean),
+            )
+        };
+        if let Err(e) = self.table.flush(ctx, &*self.lower).await {
+            self.freed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(freed);
+            self.to_clean
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(to_clean);
+            return Err(e);
+        }
+        self.completed.store(epoch, Ordering::SeqCst);
+        // The map that dropped these is durable now.
+        self.release(ctx, freed).await;
+        let cleared = self
+            .clear_prevs(ctx, to_clean, &|unit| {
+                let written = self.epochs[unit as usize].load(Ordering::SeqCst);
+                written != WRITING && written <= epoch
+            })
+            .await;
+        self.release(ctx, cleared).await;
+        Ok(())
+    }
+
+    /// Set `prev = empty` for each of `units` whose `cur` `durable` vouches for,
+    /// one page write per map page; the others wait for the next flush. Returns the
+    /// cleared extents (their data is no longer needed).
+    pub(super) async fn clear_prevs(
+        &self,
+        ctx: &IoCtx,
+        mut units: Vec<u64>,
+        durable: &dyn Fn(u64) -> bool,
+    ) -> Vec<Extent> {
+        units.sort_unstable();
+        units.dedup();
+        let (mut ready, mut later): (Vec<u64>, Vec<u64>) =
+            units.into_iter().partition(|&u| durable(u));
+        ready.retain(|&u| matches!(self.entry(u), Ok((_, prev)) if prev.kind != Kind::Empty));
+        let per_page = self.entries_per_page;
+        let mut cleared = Vec::new();
+        for page in ready.chunk_by(|a, b| a / per_page == b / per_page) {
+            let (first, last) = (page[0], page[page.len() - 1]);
+            let res = self
+                .table
+                .update(
+                    ctx,
+                    &*self.lower,
+                    first,
+                    last - first + 1,
+                    &mut |unit, bytes| {
+                        if page.binary_search(&unit).is_err() {
+                            return;
+                        }
+                        // Re-checked under the page's lock: a write may have begun since.
+                        if !durable(unit) {
+                            later.push(unit);
+                            return;
+                        }
+                        if let Ok((cur, prev)) = decode_entry(bytes, &self.geo.limits(unit)) {
+                            encode_entry(&cur, &Extent::EMPTY, bytes);
+                            if prev.holds_data() {
+                                cleared.push(prev);
+                            }
+                        }
+                    },
+                )
+                .await;
+            if let Err(e) = res {
+                // The entries are cleared in memory and their `cur` is durable: the
+                // old page on disk only keeps a stale fallback.
+                tracing::warn!(
+                    unit = first,
+                    "compress: cannot write a cleaned map page: {e}"
+                );
+            }
+        }
+        self.to_clean
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(later);
+        cleared
+    }
+
+    /// Discard extents below (merged into runs), then hand them to the allocator.
+    pub(super) async fn release(&self, ctx: &IoCtx, mut extents: Vec<Extent>) {
+        let granule_bytes = self.geo.granule_bytes;
+        extents.sort_unstable_by_key(|e| e.granule);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for e in &extents {
+            let count = e.granules(granule_bytes);
+            match runs.last_mut() {
+                Some((start, len)) if *start + *len == e.granule => *len += count,
+                _ => runs.push((e.granule, count)),
+            }
+        }
+        for batch in runs.chunks(DISCARD_BATCH) {
+            let futs = batch
+                .iter()
+                .map(|&(start, count)| {
+                    self.lower.discard(
+                        ctx,
+                        self.geo.granule_offset(start),
+                        count * u64::from(granule_bytes),
+                    )
+                })
+                .collect();
+            for (&(start, count), res) in batch.iter().zip(join_all(futs).await) {
+                if let Err(e) = res {
+                    tracing::warn!(granule = start, "compress: discard below failed: {e}");
+                }
+                if !self.alloc.release(start, count) {
+                    tracing::error!(
+                        granule = start,
+                        count,
+                        "compress: freed space that was free; the map has overlapping extents"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn take_all<T>(list: &Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *list.lock().unwrap_or_else(|e| e.into_inner()))
+}

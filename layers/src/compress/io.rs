@@ -1,0 +1,377 @@
+//! The data path of `compress`: reading and writing units.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use crate::exec::IoCtx;
+use crate::join::try_join_all;
+use crate::uring::AlignedBuf;
+use crate::{Error, LocalBoxFuture, Result};
+
+use super::codec::{self, Old, PIECE_BYTES};
+use super::entry::{decode_entry, encode_entry, Extent, Kind, ENTRY_BYTES};
+use super::{Compress, WRITING};
+
+/// Flushes (which return freed space) tried before a write reports `NoSpace`.
+const NO_SPACE_RETRIES: usize = 4;
+
+impl Compress {
+    pub(super) fn entry(&self, unit: u64) -> std::result::Result<(Extent, Extent), &'static str> {
+        let mut bytes = [0u8; ENTRY_BYTES];
+        self.table.get(unit, &mut bytes);
+        decode_entry(&bytes, &self.geo.limits(unit))
+    }
+
+    fn corrupt(&self, unit: u64, why: &str) -> Error {
+        let offset = unit * self.unit_bytes();
+        self.counters.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(unit, offset, why, "compress: unit does not verify");
+        Error::Corrupt { offset }
+    }
+
+    /// Fill `out` from `extent`: `Ok(None)` when the stored bytes do not verify;
+    /// else how the unit is stored (packed bytes kept for a write to reuse).
+    async fn load_extent(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        extent: &Extent,
+        out: &mut [u8],
+        want: Range<usize>,
+    ) -> Result<Option<Stored>> {
+        if !extent.holds_data() {
+            out.fill(0);
+            return Ok(Some(Stored::Zeros));
+        }
+        let granule_bytes = u64::from(self.geo.granule_bytes);
+        let mut stored =
+            ctx.take_buf((extent.granules(self.geo.granule_bytes) * granule_bytes) as usize);
+        let offset = self.geo.granule_offset(extent.granule);
+        let verified = match self.lower.read(ctx, offset, stored.as_mut_slice()).await {
+            Ok(()) => codec::decode_range(unit, extent, stored.as_slice(), out, want),
+            // A checksumming layer below caught what our crc would: a torn or
+            // lost write, so the fallback may still hold the unit.
+            Err(Error::Corrupt { .. }) => false,
+            Err(e) => {
+                ctx.put_buf(stored);
+                return Err(e);
+            }
+        };
+        Ok(match (verified, extent.kind) {
+            (true, Kind::Lz4) => Some(Stored::Packed(stored, extent.stored_bytes as usize)),
+            (true, _) => {
+                ctx.put_buf(stored);
+                Some(Stored::Raw)
+            }
+            (false, _) => {
+                ctx.put_buf(stored);
+                None
+            }
+        })
+    }
+
+    /// The whole unit into `out`; the caller holds the unit's lock and gives the
+    /// returned buffer back with [`Stored::recycle`].
+    /// Only the bytes in `want` are sure to be filled.
+    async fn load_unit(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        out: &mut [u8],
+        want: Range<usize>,
+    ) -> Result<Stored> {
+        let (cur, prev) = self.entry(unit).map_err(|why| self.corrupt(unit, why))?;
+        if let Some(stored) = self.load_extent(ctx, unit, &cur, out, want.clone()).await? {
+            return Ok(stored);
+        }
+        // Only a crash leaves a `cur` whose data never reached the disk.
+        if prev.kind != Kind::Empty {
+            if let Some(stored) = self.load_extent(ctx, unit, &prev, out, want).await? {
+                tracing::warn!(
+                    unit,
+                    "compress: newest version of the unit lost; read the previous one"
+                );
+                return Ok(stored);
+            }
+        }
+        Err(self.corrupt(unit, "stored bytes fail their crc"))
+    }
+
+    pub(super) async fn read_range(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut futs: Vec<LocalBoxFuture<'_, Result<()>>> = Vec::new();
+        let mut rest = buf;
+        for (unit, inner, n) in self.pieces(offset, rest.len() as u64) {
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            futs.push(Box::pin(self.read_piece(ctx, unit, inner, part)));
+        }
+        try_join_all(futs).await
+    }
+
+    async fn read_piece(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        inner: usize,
+        part: &mut [u8],
+    ) -> Result<()> {
+        let _guard = self.lock(unit).lock().await;
+        let len = self.geo.unit_len(unit);
+        if part.len() == len {
+            return self
+                .load_unit(ctx, unit, part, 0..len)
+                .await
+                .map(|s| s.recycle(ctx));
+        }
+        let mut plain = ctx.take_buf(len);
+        let want = inner..inner + part.len();
+        let res = self.load_unit(ctx, unit, plain.as_mut_slice(), want).await;
+        if res.is_ok() {
+            part.copy_from_slice(&plain.as_slice()[inner..inner + part.len()]);
+        }
+        ctx.put_buf(plain);
+        res.map(|s| s.recycle(ctx))
+    }
+
+    /// Write `data` (`None`: zeros) over `[offset, offset+len)`.
+    pub(super) async fn write_range(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let mut futs: Vec<LocalBoxFuture<'_, Result<()>>> = Vec::new();
+        let mut done = 0;
+        for (unit, inner, n) in self.pieces(offset, len) {
+            let src = data.map(|d| &d[done..done + n]);
+            done += n;
+            futs.push(Box::pin(self.write_piece(ctx, unit, inner, n, src)));
+        }
+        try_join_all(futs).await
+    }
+
+    async fn write_piece(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        inner: usize,
+        n: usize,
+        src: Option<&[u8]>,
+    ) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            match self.try_write_piece(ctx, unit, inner, n, src).await {
+                // Freed space comes back at a flush; the unit lock is not held here,
+                // so the flush can clean this unit too.
+                Err(Error::NoSpace) if attempt < NO_SPACE_RETRIES => {
+                    attempt += 1;
+                    self.flush_all(ctx).await?;
+                }
+                Err(Error::NoSpace) => {
+                    self.counters.no_space.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(unit, "compress: no space left below");
+                    return Err(Error::NoSpace);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_write_piece(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        inner: usize,
+        n: usize,
+        src: Option<&[u8]>,
+    ) -> Result<()> {
+        let _guard = self.lock(unit).lock().await;
+        let len = self.geo.unit_len(unit);
+        if src.is_none() {
+            match self.entry(unit) {
+                Ok((cur, _)) if !cur.holds_data() => return Ok(()), // already zeros
+                _ if n == len => return self.commit(ctx, unit, Extent::ZERO).await,
+                _ => {}
+            }
+        }
+        let mut plain = ctx.take_buf(len);
+        let mut scratch = ctx.take_buf(codec::scratch_bytes(len));
+        let res = async {
+            let plain = plain.as_mut_slice();
+            let before = match n == len {
+                true => Stored::Zeros,
+                false => self.load_unit(ctx, unit, plain, 0..len).await?,
+            };
+            match src {
+                Some(d) => plain[inner..inner + n].copy_from_slice(d),
+                None => plain[inner..inner + n].fill(0),
+            }
+            // Pieces outside the written range keep their stored bytes.
+            let (first, last) = (inner / PIECE_BYTES, (inner + n - 1) / PIECE_BYTES);
+            let dirty = |piece: usize| (first..=last).contains(&piece);
+            let old = match &before {
+                Stored::Zeros => Old::Plain,
+                Stored::Raw => Old::Raw,
+                Stored::Packed(buf, len) => Old::Packed(&buf.as_slice()[..*len]),
+            };
+            let res = self
+                .store(ctx, unit, plain, old, &dirty, scratch.as_mut_slice())
+                .await;
+            before.recycle(ctx);
+            res
+        }
+        .await;
+        ctx.put_buf(scratch);
+        ctx.put_buf(plain);
+        res
+    }
+
+    /// Compress `plain` into fresh granules, then point the map at them.
+    async fn store(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        plain: &[u8],
+        old: Old<'_>,
+        dirty: &dyn Fn(usize) -> bool,
+        scratch: &mut [u8],
+    ) -> Result<()> {
+        let granule_bytes = self.geo.granule_bytes;
+        let mut new = codec::encode(unit, plain, old, dirty, scratch, granule_bytes);
+        if new.holds_data() {
+            let granules = new.granules(granule_bytes);
+            let at = self
+                .alloc
+                .alloc(granules, u64::from(ctx.queue()))
+                .ok_or(Error::NoSpace)?;
+            new.granule = at;
+            let offset = self.geo.granule_offset(at);
+            let res = if new.kind == Kind::Raw {
+                // A unit is a whole number of blocks: write it as it is.
+                self.lower.write(ctx, offset, plain).await
+            } else {
+                let stored = new.stored_bytes as usize;
+                let mut out = ctx.take_buf((granules * u64::from(granule_bytes)) as usize);
+                out.as_mut_slice()[..stored].copy_from_slice(&scratch[..stored]);
+                out.as_mut_slice()[stored..].fill(0);
+                let res = self.lower.write(ctx, offset, out.as_slice()).await;
+                ctx.put_buf(out);
+                res
+            };
+            if let Err(e) = res {
+                // Never referenced by the map: free at once.
+                let released = self.alloc.release(at, granules);
+                debug_assert!(released, "a fresh extent was ours alone");
+                return Err(e);
+            }
+        }
+        self.commit(ctx, unit, new).await
+    }
+
+    /// Map `unit` to `new`. The fallback (`prev`) is always a version at least as
+    /// new as the unit's last flushed one: the current `cur` if a flush has made
+    /// it durable, else the current `prev` (a `cur` written since the last flush
+    /// began is dropped). A write that finds its `cur` under a running flush waits
+    /// for that flush, after which `cur` is the flushed version.
+    async fn commit(&self, ctx: &IoCtx, unit: u64, new: Extent) -> Result<()> {
+        let mut waited = false;
+        let (inside, epoch, keep_prev) = loop {
+            let inside = self.gate.enter().await;
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let written = self.epochs[unit as usize].load(Ordering::SeqCst);
+            let completed = self.completed.load(Ordering::SeqCst);
+            if written > completed && written < epoch && !waited {
+                drop(inside);
+                drop(self.flush_lock.lock().await);
+                waited = true;
+                continue;
+            }
+            break (inside, epoch, written == epoch);
+        };
+        self.epochs[unit as usize].store(WRITING, Ordering::SeqCst);
+        let limits = self.geo.limits(unit);
+        let mut old = None;
+        let mut dropped = Extent::EMPTY;
+        let res = self
+            .table
+            .update(ctx, &*self.lower, unit, 1, &mut |_, bytes| {
+                old = decode_entry(bytes, &limits).ok();
+                let prev = match old {
+                    Some((cur, prev)) if keep_prev => {
+                        dropped = cur;
+                        prev
+                    }
+                    Some((cur, prev)) => {
+                        dropped = prev;
+                        if cur.kind == Kind::Empty {
+                            Extent::ZERO
+                        } else {
+                            cur
+                        }
+                    }
+                    // A damaged entry: its old extents are unknown and stay unused.
+                    None => Extent::EMPTY,
+                };
+                encode_entry(&new, &prev, bytes);
+            })
+            .await;
+        // The map in memory holds `new` even if its page write failed: account
+        // for it as written (the request still fails).
+        if dropped.holds_data() {
+            self.freed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(dropped);
+        }
+        if let Some((cur, _)) = old {
+            self.account(unit, &cur, false);
+        }
+        self.account(unit, &new, true);
+        self.epochs[unit as usize].store(epoch, Ordering::SeqCst);
+        {
+            let mut to_clean = self.to_clean.lock().unwrap_or_else(|e| e.into_inner());
+            to_clean.push(unit);
+            // Without flushes the list would grow with every write: keep it to
+            // about one entry per unit.
+            if to_clean.len() as u64 > 2 * self.geo.units + 1024 {
+                to_clean.sort_unstable();
+                to_clean.dedup();
+            }
+        }
+        drop(inside);
+        res
+    }
+
+    pub(super) fn account(&self, unit: u64, extent: &Extent, add: bool) {
+        if !extent.holds_data() {
+            return;
+        }
+        let stored = extent.granules(self.geo.granule_bytes) * u64::from(self.geo.granule_bytes);
+        let logical = self.geo.unit_len(unit) as u64;
+        let c = &self.counters;
+        if add {
+            c.stored_bytes.fetch_add(stored, Ordering::Relaxed);
+            c.logical_bytes.fetch_add(logical, Ordering::Relaxed);
+        } else {
+            c.stored_bytes.fetch_sub(stored, Ordering::Relaxed);
+            c.logical_bytes.fetch_sub(logical, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a loaded unit is stored below.
+enum Stored {
+    Zeros,
+    Raw,
+    /// The stored bytes as read (granule-rounded) and their length.
+    Packed(AlignedBuf, usize),
+}
+
+impl Stored {
+    fn recycle(self, ctx: &IoCtx) {
+        if let Stored::Packed(buf, _) = self {
+            ctx.put_buf(buf);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Opening `compress`: check or write the superblock, load the map and rebuild
+//! the allocator from it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::async_lock::AsyncLock;
+use crate::exec::IoCtx;
+use crate::meta_table::MetaTable;
+use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
+use crate::Layer;
+
+use super::alloc::Allocator;
+use super::entry::ENTRY_BYTES;
+use super::format::{self, Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
+use super::{Compress, Counters, FORMAT_VERSION, UNIT_LOCKS};
+
+pub(super) async fn open(
+    ctx: &IoCtx,
+    lower: Arc<dyn Layer>,
+    block_size: u32,
+    algorithm: &str,
+    size: Option<u64>,
+) -> Result<Compress, String> {
+    if algorithm != ALGORITHM {
+        return Err(format!(
+            "algorithm {algorithm:?} is not available (only {ALGORITHM:?})"
+        ));
+    }
+    let lower_bytes = lower.size();
+    let params = Params {
+        algorithm: ALGORITHM.into(),
+        unit_bytes: UNIT_BYTES,
+        granule_bytes: GRANULE_BYTES,
+        lower_bytes,
+    };
+    let geo = Geometry::new(lower_bytes, block_size, size)?;
+    let existing = superblock::read(ctx, &*lower).await?;
+    if let Some(sb) = &existing {
+        check(sb, &params, &geo, block_size, size.is_some())?;
+    }
+    let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, geo.units, ENTRY_BYTES)
+        .await
+        .map_err(|e| format!("cannot read the compress map: {e}"))?;
+    let layer = Compress {
+        alloc: Allocator::new(geo.data_granules),
+        unit_locks: (0..UNIT_LOCKS).map(|_| AsyncLock::default()).collect(),
+        epochs: (0..geo.units).map(|_| AtomicU64::new(0)).collect(),
+        epoch: AtomicU64::new(1),
+        completed: AtomicU64::new(0),
+        gate: Default::default(),
+        entries_per_page: format::entries_per_page(),
+        flush_lock: AsyncLock::default(),
+        freed: Mutex::new(Vec::new()),
+        to_clean: Mutex::new(Vec::new()),
+        counters: Counters::default(),
+        lower,
+        geo,
+        table,
+    };
+    match existing {
+        Some(_) => rebuild(ctx, &layer).await?,
+        None => {
+            let sb = Superblock {
+                layer_type: "compress".into(),
+                version: FORMAT_VERSION,
+                block_size,
+                uuid: superblock::random_bytes(),
+                size: layer.geo.size,
+                params: params.encode(),
+            };
+            superblock::write(ctx, &*layer.lower, &sb)
+                .await
+                .map_err(|e| format!("cannot write the superblock: {e}"))?;
+        }
+    }
+    Ok(layer)
+}
+
+/// Refuse a superblock that disagrees with the config (nothing is written).
+fn check(
+    sb: &Superblock,
+    want: &Params,
+    geo: &Geometry,
+    block_size: u32,
+    size_given: bool,
+) -> Result<(), String> {
+    sb.expect("compress", FORMAT_VERSION, block_size)?;
+    let got = Params::decode(&sb.params)?;
+    if got.algorithm != want.algorithm {
+        return Err(format!(
+            "formatted with algorithm {:?}, the config says {:?}",
+            got.algorithm, want.algorithm
+        ));
+    }
+    if (got.unit_bytes, got.granule_bytes) != (want.unit_bytes, want.granule_bytes) {
+        return Err(format!(
+            "formatted with {}-byte units and {}-byte granules; this build uses {} and {}",
+            got.unit_bytes, got.granule_bytes, want.unit_bytes, want.granule_bytes
+        ));
+    }
+    if got.lower_bytes != want.lower_bytes {
+        return Err(format!(
+            "formatted over {} bytes but the device below now has {}; \
+             the layer below changed size",
+            got.lower_bytes, want.lower_bytes
+        ));
+    }
+    if sb.size != geo.size {
+        let hint = if size_given {
+            ""
+        } else {
+            " (the default; set `size` to the formatted value)"
+        };
+        return Err(format!(
+            "formatted with size {} but the config asks for {}{hint}",
+            sb.size, geo.size
+        ));
+    }
+    Ok(())
+}
+
+/// Mark every extent of the map used. A `prev` other than `empty` is a crash
+/// leftover (or a cleared page that never reached the disk). It is stale, and
+/// cleared, when it overlaps an extent in use: its granules were reused, which
+/// happens only after its unit's `cur` was flushed. Otherwise it is kept, as the
+/// fallback, until the unit's next write: reading `cur` once cannot prove it
+/// durable (a mirror below may return another leg's bytes next time).
+async fn rebuild(ctx: &IoCtx, layer: &Compress) -> Result<(), String> {
+    let granule_bytes = layer.geo.granule_bytes;
+    let mut prevs = Vec::new();
+    for unit in 0..layer.geo.units {
+        match layer.entry(unit) {
+            Ok((cur, prev)) => {
+                let count = cur.granules(granule_bytes);
+                if cur.holds_data() && !layer.alloc.mark_used(cur.granule, count) {
+                    damaged(layer, unit, "its extent overlaps another unit's");
+                }
+                layer.account(unit, &cur, true);
+                if prev.holds_data() {
+                    prevs.push((unit, prev));
+                }
+            }
+            Err(why) => damaged(layer, unit, why),
+        }
+    }
+    let mut stale = Vec::new();
+    for (unit, prev) in prevs {
+        let count = prev.granules(granule_bytes);
+        if layer.alloc.all_free(prev.granule, count) {
+            layer.alloc.mark_used(prev.granule, count);
+        } else {
+            stale.push(unit);
+        }
+    }
+    if !stale.is_empty() {
+        tracing::info!(units = stale.len(), "compress: clearing stale fallbacks");
+        // Their granules belong to other extents: nothing is released.
+        let _ = layer.clear_prevs(ctx, stale, &|_| true).await;
+    }
+    let free_bytes = layer.alloc.free_granules() * u64::from(granule_bytes);
+    tracing::info!(free_bytes, "compress: map loaded");
+    Ok(())
+}
+
+fn damaged(layer: &Compress, unit: u64, why: &str) {
+    layer
+        .counters
+        .damaged_entries
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        unit,
+        why,
+        "compress: damaged map entry; the unit reads as EIO"
+    );
+}

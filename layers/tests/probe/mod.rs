@@ -1,0 +1,166 @@
+//! A leaf for cache tests: memory-backed, counting its I/O, failing on demand,
+//! and holding reads and writes at a gate until the test opens it.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use layers::memory::MemoryLeaf;
+use layers::{Error, IoCtx, Layer, LocalBoxFuture, Result};
+
+pub struct Probe {
+    inner: MemoryLeaf,
+    pub reads: AtomicU64,
+    pub flushes: AtomicU64,
+    /// Reads and writes that reached the gate.
+    pub arrived: AtomicU64,
+    pub fail_reads: AtomicBool,
+    pub fail_writes: AtomicBool,
+    pub fail_discards: AtomicBool,
+    /// While set, reads and writes wait at the gate.
+    pub hold: AtomicBool,
+    held: Mutex<Vec<Waker>>,
+}
+
+impl Probe {
+    pub fn new(size: u64) -> Probe {
+        Probe {
+            inner: MemoryLeaf::new(size),
+            reads: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            arrived: AtomicU64::new(0),
+            fail_reads: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
+            fail_discards: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Let held I/O go on, and stop holding.
+    pub fn open(&self) {
+        let mut held = self.held.lock().unwrap();
+        self.hold.store(false, SeqCst);
+        for w in held.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Wait (up to 5 s) until `n` operations reached the gate.
+    pub fn wait_for_held(&self, n: u64) {
+        let start = Instant::now();
+        while self.arrived.load(SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "nothing reached the gate"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The leaf's bytes, bypassing the cache.
+    pub fn image(&self, offset: usize, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        let ctx = IoCtx::new(9, 4).unwrap();
+        let fut = self.inner.read(&ctx, offset as u64, &mut buf);
+        layers::Executor::new()
+            .unwrap()
+            .block_on(&ctx, fut)
+            .unwrap();
+        buf
+    }
+
+    /// Put bytes on the leaf, bypassing the cache.
+    pub fn put(&self, offset: usize, data: &[u8]) {
+        let ctx = IoCtx::new(9, 4).unwrap();
+        let fut = self.inner.write(&ctx, offset as u64, data);
+        layers::Executor::new()
+            .unwrap()
+            .block_on(&ctx, fut)
+            .unwrap();
+    }
+
+    async fn gate(&self) {
+        self.arrived.fetch_add(1, SeqCst);
+        poll_fn(|cx| {
+            let mut held = self.held.lock().unwrap();
+            if !self.hold.load(SeqCst) {
+                return Poll::Ready(());
+            }
+            held.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn fails(flag: &AtomicBool) -> Result<()> {
+        match flag.load(SeqCst) {
+            true => Err(Error::Io(libc::EIO)),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Layer for Probe {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.reads.fetch_add(1, SeqCst);
+            Self::fails(&self.fail_reads)?;
+            self.inner.read(ctx, offset, buf).await
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate().await;
+            Self::fails(&self.fail_writes)?;
+            self.inner.write(ctx, offset, buf).await
+        })
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        self.flushes.fetch_add(1, SeqCst);
+        self.inner.flush(ctx)
+    }
+
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            Self::fails(&self.fail_discards)?;
+            self.inner.discard(ctx, offset, len).await
+        })
+    }
+
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            Self::fails(&self.fail_discards)?;
+            self.inner.write_zeroes(ctx, offset, len).await
+        })
+    }
+}
