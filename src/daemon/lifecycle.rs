@@ -17,10 +17,13 @@
 //! `UBLK_STACK_USER_RECOVERY=off` in the environment creates devices without
 //! recovery (a killed daemon's device then goes away with its I/O failed).
 //!
-//! Recovery keeps every write the dead daemon had completed only if the stack
-//! holds no acknowledged data in the daemon's memory alone: a write-back `cache`
-//! loses its dirty blocks with the process, as a disk's volatile cache does on
-//! power loss, but here the filesystem keeps running on top.
+//! Recovery is only asked for when every write the daemon acknowledged is in the
+//! kernel's hands (leaf files and disks, the on-disk tables of `checksum`, `crypt`
+//! and `compress`) and so survives the process: not with a `memory` leaf, whose
+//! data dies with the process, nor with a `cache`, whose `mode` may become
+//! write-back (dirty blocks in the daemon's memory only). Recovering those would
+//! let the filesystem run on over writes it was told were done and that are gone;
+//! without recovery it sees the loss as I/O errors instead.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -29,7 +32,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use layers::{Executor, IoCtx, Layer, Plan, Stack};
+use layers::{Executor, IoCtx, Layer, LayerSpec, Plan, Stack};
 use serde_json::{json, Value};
 
 use super::control::{self, Event, Report};
@@ -145,8 +148,27 @@ fn ids_held_for_others(name: &str) -> Vec<u32> {
         .collect()
 }
 
-fn recovery_wanted() -> bool {
-    std::env::var("UBLK_STACK_USER_RECOVERY").as_deref() != Ok("off")
+fn recovery_wanted(plan: &Plan) -> bool {
+    if std::env::var("UBLK_STACK_USER_RECOVERY").as_deref() == Ok("off") {
+        return false;
+    }
+    match layer_lost_with_the_daemon(plan) {
+        Some(layer) => {
+            tracing::info!(
+                "user recovery off: layer \"{layer}\" keeps acknowledged writes in the daemon's memory"
+            );
+            false
+        }
+        None => true,
+    }
+}
+
+/// The first layer whose acknowledged writes may exist only in this process.
+fn layer_lost_with_the_daemon(plan: &Plan) -> Option<&str> {
+    plan.layers
+        .iter()
+        .find(|layer| matches!(layer.spec, LayerSpec::Memory { .. } | LayerSpec::Cache(_)))
+        .map(|layer| layer.name.as_str())
 }
 
 /// Take over the device a killed daemon of this name left, or create a new one.
@@ -274,7 +296,7 @@ pub fn up(config: &Path) -> u8 {
         block_size: stack.block_size(),
         size_bytes: stack.size(),
         discard: stack.discard_frees_space(),
-        recovery: recovery_wanted(),
+        recovery: recovery_wanted(&plan),
         held_ids: ids_held_for_others(&name),
     };
     let record = device_record_path(&name);
@@ -522,6 +544,21 @@ mod tests {
         assert_eq!(layers[1]["depth"], 1);
         assert_eq!(layers[0]["stats"]["errors"], 0);
         assert_eq!(report.info()["path"], "/dev/ublkb9");
+    }
+
+    #[test]
+    fn recovery_is_off_when_a_layer_keeps_writes_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.memory("a", 1 << 20);
+        let b = plan.memory("b", 1 << 20);
+        let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
+        assert_eq!(layer_lost_with_the_daemon(&plan.build(mirror)), Some("a"));
+
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.file("a", 1 << 20);
+        let checksum = plan.checksum("c", a);
+        assert_eq!(layer_lost_with_the_daemon(&plan.build(checksum)), None);
     }
 
     #[test]
