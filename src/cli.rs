@@ -63,6 +63,12 @@ pub enum Command {
         /// Write the whole device once before a read workload.
         #[arg(long)]
         prefill: bool,
+        /// Confine the workload to the first SIZE bytes (a hot set).
+        #[arg(long)]
+        hot: Option<String>,
+        /// Warm the hot set, scan the whole device once, then measure.
+        #[arg(long)]
+        scan: bool,
     },
 }
 
@@ -73,6 +79,7 @@ pub fn run(args: Args) -> u8 {
         Command::List => list(),
         Command::Status { name, json } => status(&name, json),
         Command::Validate { configs } => validate(&configs),
+        Command::Reload { name } => reload(&name),
         Command::Bench {
             config,
             seconds,
@@ -82,7 +89,22 @@ pub fn run(args: Args) -> u8 {
             queues,
             data,
             prefill,
-        } => bench(&config, seconds, &pattern, &bs, qd, queues, &data, prefill),
+            hot,
+            scan,
+        } => bench(
+            &config,
+            &BenchArgs {
+                seconds,
+                pattern,
+                bs,
+                qd,
+                queues,
+                data,
+                prefill,
+                hot,
+                scan,
+            },
+        ),
         other => {
             eprintln!("ublk-stack: {other:?}: not available in this build");
             1
@@ -103,7 +125,11 @@ fn list() -> u8 {
 }
 
 fn status(name: &str, json: bool) -> u8 {
-    crate::daemon::lifecycle::status(name, json)
+    crate::daemon::status::show(name, json)
+}
+
+fn reload(name: &str) -> u8 {
+    crate::daemon::reload::command(name)
 }
 
 /// `validate CONFIG...`: prints each valid file's tree to stdout and each invalid
@@ -130,39 +156,52 @@ fn validate(paths: &[PathBuf]) -> u8 {
     u8::from(!all_valid)
 }
 
-/// `bench CONFIG ...`: compile the stack in-process and drive it.
-#[allow(clippy::too_many_arguments)] // one parameter per command-line option
-fn bench(
-    config: &std::path::Path,
+/// The options of `bench`, as typed.
+struct BenchArgs {
     seconds: f64,
-    pattern: &str,
-    bs: &str,
+    pattern: String,
+    bs: String,
     qd: u32,
     queues: u16,
-    data: &str,
+    data: String,
     prefill: bool,
-) -> u8 {
+    hot: Option<String>,
+    scan: bool,
+}
+
+/// `bench CONFIG ...`: compile the stack in-process and drive it.
+fn bench(config: &std::path::Path, args: &BenchArgs) -> u8 {
     use crate::bench::{DataKind, Options, Pattern};
     let fail = |msg: String| {
         eprintln!("ublk-stack bench: {msg}");
         1
     };
-    let Some(pattern) = Pattern::parse(pattern) else {
+    let Some(pattern) = Pattern::parse(&args.pattern) else {
         return fail(format!(
-            "--pattern {pattern}: use one of {}",
+            "--pattern {}: use one of {}",
+            args.pattern,
             Pattern::NAMES.join(", ")
         ));
     };
-    let Some(data) = DataKind::parse(data) else {
+    let Some(data) = DataKind::parse(&args.data) else {
         return fail(format!(
-            "--data {data}: use one of {}",
+            "--data {}: use one of {}",
+            args.data,
             DataKind::NAMES.join(", ")
         ));
     };
-    let bs = match crate::config::size::parse_size(bs) {
-        Ok(bs) => bs,
-        Err(e) => return fail(format!("--bs {bs}: {e}")),
+    let size = |flag: &str, text: &str| {
+        crate::config::size::parse_size(text).map_err(|e| format!("--{flag} {text}: {e}"))
     };
+    let bs = match size("bs", &args.bs) {
+        Ok(bs) => bs,
+        Err(e) => return fail(e),
+    };
+    let hot = match args.hot.as_deref().map(|h| size("hot", h)).transpose() {
+        Ok(hot) => hot,
+        Err(e) => return fail(e),
+    };
+    let (seconds, qd, queues) = (args.seconds, args.qd, args.queues);
     if !(seconds > 0.0 && seconds <= 3600.0) || qd == 0 || qd > 4096 || queues == 0 || queues > 64 {
         return fail("--seconds must be in (0, 3600], --qd in 1..=4096, --queues in 1..=64".into());
     }
@@ -184,7 +223,9 @@ fn bench(
         qd,
         queues,
         data,
-        prefill,
+        prefill: args.prefill,
+        hot,
+        scan: args.scan,
     };
     match crate::bench::report(&plan, stack, &opts) {
         Ok(()) => 0,

@@ -320,13 +320,14 @@ type = "memory"
 size = "100KiB"
 [layers.n]
 type = "null"
-size = "100KiB"
+size = "88KiB"
 "#;
     let checked = match config::check(text, Path::new("t.toml"), Path::new("/")) {
         Ok(checked) => checked,
         Err(errors) => panic!("{errors}"),
     };
-    // Each stripe holds one whole 64 KiB chunk of its 100 KiB; two stripes.
+    // The mirror keeps 12 KiB of its legs for its metadata; each stripe holds
+    // one whole 64 KiB chunk of its 88 KiB; two stripes.
     let raid0 = 2 * (64 << 10);
     assert_eq!(
         checked.sizes,
@@ -334,10 +335,10 @@ size = "100KiB"
             1 << 30,
             1 << 30,
             raid0,
+            88 << 10,
             100 << 10,
             100 << 10,
-            100 << 10,
-            100 << 10
+            88 << 10
         ]
     );
     assert_eq!(
@@ -378,23 +379,23 @@ fn tree_shows_types_sizes_and_live_keys() {
     let lines: Vec<&str> = tree.lines().collect();
     assert_eq!(
         lines[0],
-        "configs/mirror.toml: ok: device \"mirror0\", 4 GiB, 2 queues x 128, block 4096, id 7 (/dev/ublkb7)"
+        "configs/mirror.toml: ok: device \"mirror0\", 4.0 GiB, 2 queues x 128, block 4096, id 7 (/dev/ublkb7)"
     );
     assert_eq!(lines[1], "  live: log.level=info");
     assert_eq!(
         lines[2],
-        "  cache      cache   4 GiB  live: capacity=256MiB mode=write-through"
+        "  cache      cache   4.0 GiB  live: capacity=256MiB mode=write-through"
     );
     assert_eq!(
         lines[3],
-        "  └─ mirror  mirror  4 GiB  live: read_policy=round-robin"
+        "  └─ mirror  mirror  4.0 GiB  live: read_policy=round-robin"
     );
     assert!(
-        lines[4].starts_with("     ├─ a    file    4 GiB  "),
+        lines[4].starts_with("     ├─ a    file      4 GiB  "),
         "{tree}"
     );
     assert!(
-        lines[5].starts_with("     └─ b    file    4 GiB  "),
+        lines[5].starts_with("     └─ b    file      4 GiB  "),
         "{tree}"
     );
 }

@@ -40,6 +40,7 @@ scenarios!(
     ublk_crypt,
     ublk_secure_ext4,
     ublk_recovery,
+    reload_live,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

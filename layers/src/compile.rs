@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::checksum::Checksum;
 use crate::compress::Compress;
@@ -11,7 +12,7 @@ use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, LiveChange, Plan};
-use crate::stats::{LayerStats, StatsSnapshot};
+use crate::stats::{LatencySnapshot, LayerStats, StatsSnapshot};
 use crate::{disk, file, memory, null, raid0};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
@@ -49,6 +50,7 @@ pub struct NodeStatus {
     pub depth: usize,
     pub size: u64,
     pub stats: StatsSnapshot,
+    pub latency: LatencySnapshot,
     pub details: Vec<(&'static str, String)>,
 }
 
@@ -56,6 +58,9 @@ pub struct NodeStatus {
 pub struct Stack {
     plan: Plan,
     nodes: Vec<Option<Arc<Counted>>>,
+    /// The mirrors by layer id, for their maintenance calls (re-add, resync,
+    /// scrub), which are no `Layer` operations.
+    mirrors: Vec<(LayerId, Arc<Mirror>)>,
 }
 
 impl Stack {
@@ -80,6 +85,13 @@ impl Stack {
     pub fn layer(&self, name: &str) -> Option<&Arc<dyn Layer>> {
         let id = self.plan.layers.iter().position(|l| l.name == name)?;
         self.nodes[id].as_ref().map(|c| &c.node.layer)
+    }
+
+    /// The mirror layer named `name`, for `readd`, `resync_step` and
+    /// `scrub_step`.
+    pub fn mirror(&self, name: &str) -> Option<&Arc<Mirror>> {
+        let id = self.plan.layers.iter().position(|l| l.name == name)?;
+        self.mirrors.iter().find(|(m, _)| *m == id).map(|(_, m)| m)
     }
 
     /// Apply a live change to the layer named `name`.
@@ -120,6 +132,7 @@ impl Stack {
                 depth,
                 size: node.layer.size(),
                 stats: node.stats.snapshot(),
+                latency: node.stats.latency(),
                 details: node.layer.details(),
             });
             stack.extend(node.children.iter().rev().map(|&c| (c, depth + 1)));
@@ -148,6 +161,7 @@ pub fn compile_with(
     let open_ctx = IoCtx::new(0, 64).map_err(io_error)?;
     let open_exec = Executor::new().map_err(io_error)?;
     let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
+    let mut mirrors = Vec::new();
     // Children before parents: reverse of the top-down walk.
     for id in plan.walk().into_iter().rev() {
         let layer_plan = &plan.layers[id];
@@ -172,10 +186,23 @@ pub fn compile_with(
                     raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
                         .map_err(fail)?,
                 ),
-                LayerSpec::Mirror(p) => Arc::new(
-                    Mirror::new(p.legs.iter().map(|&c| child(c)).collect(), p.read_policy)
-                        .map_err(fail)?,
-                ),
+                LayerSpec::Mirror(p) => {
+                    let mirror = Arc::new(
+                        open_exec
+                            .block_on(
+                                &open_ctx,
+                                Mirror::open(
+                                    &open_ctx,
+                                    p.legs.iter().map(|&c| child(c)).collect(),
+                                    p.read_policy,
+                                    block_size,
+                                ),
+                            )
+                            .map_err(fail)?,
+                    );
+                    mirrors.push((id, mirror.clone()));
+                    mirror
+                }
                 LayerSpec::Fault(p) => Arc::new(Fault::new(child(p.over), p.knobs.clone())),
                 LayerSpec::Checksum(_) => Arc::new(
                     open_exec
@@ -222,12 +249,6 @@ pub fn compile_with(
                         mode: p.mode,
                     },
                 )),
-                other => {
-                    return Err(fail(format!(
-                        "layer type \"{}\" is not available in this version of ublk-stack",
-                        other.type_name()
-                    )))
-                }
             },
         };
         nodes[id] = Some(Arc::new(Counted {
@@ -245,6 +266,7 @@ pub fn compile_with(
     Ok(Stack {
         plan: plan.clone(),
         nodes,
+        mirrors,
     })
 }
 
@@ -280,6 +302,23 @@ impl Counted {
             res
         })
     }
+
+    /// [`Self::count`], and the time from the call to the completion goes to `took`.
+    fn timed<'a>(
+        &'a self,
+        took: fn(&LayerStats, Duration),
+        fut: LocalBoxFuture<'a, Result<()>>,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        let start = Instant::now();
+        Box::pin(async move {
+            let res = fut.await;
+            took(&self.node.stats, start.elapsed());
+            if res.is_err() {
+                self.node.stats.error();
+            }
+            res
+        })
+    }
 }
 
 impl Layer for Counted {
@@ -297,7 +336,10 @@ impl Layer for Counted {
             return self.refuse(offset, buf.len() as u64);
         }
         self.node.stats.read(buf.len());
-        self.count(self.node.layer.read(ctx, offset, buf))
+        self.timed(
+            LayerStats::read_took,
+            self.node.layer.read(ctx, offset, buf),
+        )
     }
 
     fn write<'a>(
@@ -310,7 +352,10 @@ impl Layer for Counted {
             return self.refuse(offset, buf.len() as u64);
         }
         self.node.stats.write(buf.len());
-        self.count(self.node.layer.write(ctx, offset, buf))
+        self.timed(
+            LayerStats::write_took,
+            self.node.layer.write(ctx, offset, buf),
+        )
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {

@@ -1,50 +1,120 @@
-//! `mirror`: every leg holds the whole device.
+//! `mirror`: every leg holds the whole device, and the legs' health survives a
+//! restart.
 //!
-//! - Writes, discards and write_zeroes go to every healthy leg concurrently and are
-//!   acknowledged once all of them finished and at least one succeeded. A leg that
-//!   fails a write is marked failed (degraded mode) and skipped from then on, and
-//!   the failure is logged and shown in `status`; when no leg is left, EIO.
-//! - Reads go to one healthy leg chosen by `read_policy` (live); a failed read is
-//!   retried on the next healthy leg, so one bad leg never fails a read that
-//!   another leg can serve.
-//! - FLUSH flushes every healthy leg; a leg whose flush fails is marked failed.
-//! - Self-healing: when a leg's read fails verification (`Corrupt`, from a
-//!   `checksum` or `crypt` layer in the leg) and another leg serves the block,
-//!   the good copy is written back over the bad one, counted as `repaired`. The
-//!   repair re-reads the good copy while holding its region exclusively (writes
-//!   hold their regions shared), so it can never put back data older than a
+//! On-disk layout of every leg (format version 1; details and byte tables in
+//! `docs/formats/mirror.md` and [`state`]):
+//!
+//! | bytes           | contents                                                |
+//! |-----------------|---------------------------------------------------------|
+//! | 0..4096         | superblock (`superblock.rs`), type `mirror`; its uuid is |
+//! |                 | the mirror's; params: leg index u16, leg count u16,     |
+//! |                 | region bytes u64                                        |
+//! | 4096..12288     | state record, two 4096-byte slots: generation, health   |
+//! |                 | of every leg (ok / failed / rebuilding), write-intent   |
+//! |                 | bitmap                                                  |
+//! | 12288..         | the mirrored data; the exposed size is the leg size     |
+//! |                 | minus 12 KiB, rounded down to the block size            |
+//!
+//! - **State.** Every change (a leg failed, re-added or rebuilt, intent bits set
+//!   or cleared) writes a new record, generation +1, to every leg that is not
+//!   failed, and flushes it, under one lock. At open the newest generation on
+//!   any leg wins; a leg marked failed stays failed and is never read, since its
+//!   data is stale. A leg holding another mirror's superblock (uuid) or another
+//!   leg index is refused without writing anything.
+//! - **Writes** (also discard and write_zeroes) go to every leg that is ok or
+//!   rebuilding. A leg that fails one is marked failed in the record *before*
+//!   the write is acknowledged, and I/O continues on the others; a write is
+//!   acknowledged when it succeeded on at least one ok leg, otherwise EIO.
+//! - **Write intent.** Before the first write to a clear region, its bit is set
+//!   in the record (written and flushed); bits are cleared lazily at FLUSH
+//!   ([`bitmap`]). After a crash, open copies every dirty region from the first
+//!   ok leg that reads it to the other ok legs, so the legs end up identical.
+//! - **Reads** go to one ok leg chosen by `read_policy` (live) and fall back to
+//!   the next. [`READ_ERRORS_TO_FAIL`] consecutive non-`Corrupt` read errors
+//!   fail a leg. A `Corrupt` copy (from a `checksum` or `crypt` layer in the leg)
+//!   served by another leg is rewritten from the good copy (self-healing) while
+//!   holding its region exclusively, so it never puts back data older than a
 //!   concurrent write; a region busy with writes is left for the next read.
-//! - Legs must be the same size. No on-disk metadata in this format version.
+//! - **FLUSH** flushes every leg that is not failed (a leg whose flush fails is
+//!   marked failed), then clears idle intent bits.
+//!
+//! Maintenance, driven by the daemon from a thread with its own `IoCtx` and
+//! `Executor` (every call is an ordinary async call on that context, running
+//! alongside the queues' I/O):
+//! - [`Mirror::readd`] marks a failed leg rebuilding: from then on it receives
+//!   every write but serves no read.
+//! - [`Mirror::resync_step`] copies the next [`STEP_BYTES`] to the rebuilding
+//!   legs while holding that range exclusively (writes hold it shared, and new
+//!   writes to it wait behind a waiting step), so a concurrent write is never
+//!   overwritten by older data and the step makes progress under load; it returns
+//!   `Ok(false)` once nothing is left, after marking the legs ok. Call it in a
+//!   loop: `while mirror.resync_step(&ctx).await? {}`. Progress shows in
+//!   `details()` as `resync=37%`. A restart during a rebuild starts over.
+//! - [`Mirror::scrub_step`] reads step `i` (of [`Mirror::scrub_steps`]) from every
+//!   ok leg, rewrites corrupt or differing copies from a good one, and reports
+//!   what it found ([`ScrubReport`]).
+//!
+//! The daemon finds a mirror with `Stack::mirror(name)`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+mod bitmap;
+mod open;
+mod persist;
+mod read;
+mod regions;
+mod resync;
+mod scrub;
+pub mod state;
 
-use crate::async_lock::{SharedGuard, SharedLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::async_lock::{AsyncLock, SharedLock};
 use crate::exec::IoCtx;
 use crate::join::join_all;
 use crate::plan::{LiveChange, ReadPolicy};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
+use bitmap::WriteIntent;
+pub use scrub::ScrubReport;
+pub use state::{exposed_size, Health, DATA_START};
+
+/// Consecutive read errors (other than `Corrupt`) that fail a leg.
+pub const READ_ERRORS_TO_FAIL: u32 = 32;
+/// Unit of a resync or scrub step.
+pub const STEP_BYTES: u64 = 1 << 20;
+/// Granularity of the write/repair exclusion: requests hold the regions they
+/// touch (hashed into `REGION_LOCKS` locks).
+const REGION_BYTES: u64 = STEP_BYTES;
+const REGION_LOCKS: usize = 256;
+
 struct Leg {
     layer: Arc<dyn Layer>,
-    failed: AtomicBool,
+    health: AtomicU8,
     pending: AtomicUsize,
+    consecutive_read_errors: AtomicU32,
     read_errors: AtomicU64,
     write_errors: AtomicU64,
     repaired: AtomicU64,
 }
 
-/// Granularity of the write/repair exclusion: requests hold the regions they
-/// touch (hashed into `REGION_LOCKS` locks).
-const REGION_BYTES: u64 = 1 << 20;
-const REGION_LOCKS: usize = 256;
-
 pub struct Mirror {
     legs: Vec<Leg>,
     size: u64,
+    block_size: u32,
+    uuid: [u8; 16],
     read_policy: AtomicU8,
     next: AtomicUsize,
     regions: Vec<SharedLock>,
+    /// One per region lock: see `regions.rs`.
+    turnstiles: Vec<AsyncLock>,
+    /// Serialises record writes; held while one is written and flushed.
+    meta_lock: AsyncLock,
+    generation: AtomicU64,
+    intent: Mutex<WriteIntent>,
+    /// Serialises resync steps; `resync_at` is the next byte to copy.
+    resync_lock: AsyncLock,
+    resync_at: AtomicU64,
+    resync_unreadable: AtomicU64,
 }
 
 fn policy_code(p: ReadPolicy) -> u8 {
@@ -64,34 +134,6 @@ fn policy_from(code: u8) -> ReadPolicy {
 }
 
 impl Mirror {
-    pub fn new(
-        legs: Vec<Arc<dyn Layer>>,
-        read_policy: ReadPolicy,
-    ) -> std::result::Result<Mirror, String> {
-        let size = legs.first().map(|l| l.size()).unwrap_or(0);
-        if legs.iter().any(|l| l.size() != size) {
-            let sizes: Vec<String> = legs.iter().map(|l| l.size().to_string()).collect();
-            return Err(format!("legs differ in size ({} bytes)", sizes.join(", ")));
-        }
-        Ok(Mirror {
-            legs: legs
-                .into_iter()
-                .map(|layer| Leg {
-                    layer,
-                    failed: AtomicBool::new(false),
-                    pending: AtomicUsize::new(0),
-                    read_errors: AtomicU64::new(0),
-                    write_errors: AtomicU64::new(0),
-                    repaired: AtomicU64::new(0),
-                })
-                .collect(),
-            size,
-            read_policy: AtomicU8::new(policy_code(read_policy)),
-            next: AtomicUsize::new(0),
-            regions: (0..REGION_LOCKS).map(|_| SharedLock::default()).collect(),
-        })
-    }
-
     /// Live knob: change the read policy.
     pub fn set_read_policy(&self, policy: ReadPolicy) {
         self.read_policy
@@ -102,15 +144,49 @@ impl Mirror {
         policy_from(self.read_policy.load(Ordering::Relaxed))
     }
 
-    fn healthy(&self) -> Vec<usize> {
+    pub fn leg_count(&self) -> usize {
+        self.legs.len()
+    }
+
+    /// The health of leg `index` (as persisted).
+    pub fn health(&self, index: usize) -> Option<Health> {
+        let leg = self.legs.get(index)?;
+        Health::from_code(leg.health.load(Ordering::SeqCst))
+    }
+
+    fn health_of(&self, index: usize) -> Health {
+        self.health(index).unwrap_or(Health::Failed)
+    }
+
+    fn set_health(&self, index: usize, health: Health) {
+        self.legs[index]
+            .health
+            .store(health.code(), Ordering::SeqCst);
+    }
+
+    /// Legs that serve reads.
+    fn ok_legs(&self) -> Vec<usize> {
         (0..self.legs.len())
-            .filter(|&i| !self.legs[i].failed.load(Ordering::Relaxed))
+            .filter(|&i| self.health_of(i) == Health::Ok)
             .collect()
     }
 
-    /// Healthy legs in the order a read should try them.
+    /// Legs that receive writes: ok and rebuilding.
+    fn writable_legs(&self) -> Vec<usize> {
+        (0..self.legs.len())
+            .filter(|&i| self.health_of(i) != Health::Failed)
+            .collect()
+    }
+
+    fn rebuilding_legs(&self) -> Vec<usize> {
+        (0..self.legs.len())
+            .filter(|&i| self.health_of(i) == Health::Rebuilding)
+            .collect()
+    }
+
+    /// Ok legs in the order a read should try them.
     fn read_order(&self) -> Vec<usize> {
-        let mut legs = self.healthy();
+        let mut legs = self.ok_legs();
         if legs.len() < 2 {
             return legs;
         }
@@ -125,48 +201,76 @@ impl Mirror {
         legs
     }
 
-    fn fail_leg(&self, index: usize, what: &str, err: Error) {
-        if !self.legs[index].failed.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                leg = index,
-                "mirror leg failed on {what}: {err}; continuing degraded"
-            );
-        }
-    }
-
-    /// Run `op` on every healthy leg; legs that fail are marked failed. Ok when at
-    /// least one leg succeeded.
-    async fn on_all<'a, F>(
+    /// Run `op` (given a leg and the byte offset on it) on every writable leg
+    /// under the write intent; legs that fail are marked failed. Ok when an ok
+    /// leg succeeded.
+    async fn write_legs<'a, F>(
         &'a self,
+        ctx: &'a IoCtx,
         what: &'static str,
-        range: Option<(u64, u64)>,
+        offset: u64,
+        len: u64,
         op: F,
     ) -> Result<()>
     where
-        F: Fn(&'a dyn Layer) -> LocalBoxFuture<'a, Result<()>>,
+        F: Fn(&'a dyn Layer, u64) -> LocalBoxFuture<'a, Result<()>>,
     {
-        let legs = self.healthy();
-        if legs.is_empty() {
-            return Err(Error::Io(libc::EIO));
-        }
-        let _regions = match range {
-            Some((offset, len)) => self.share_regions(offset, len).await,
-            None => Vec::new(),
+        let _regions = self.share_regions(offset, len).await;
+        let span = {
+            let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
+            intent.regions_of(offset, len)
         };
-        let results = join_all(legs.iter().map(|&i| op(&*self.legs[i].layer)).collect()).await;
+        let missing = self
+            .intent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin(span.clone());
+        let res = self.write_intended(ctx, what, &missing, offset, op).await;
+        self.intent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .end(span);
+        res
+    }
+
+    async fn write_intended<'a, F>(
+        &'a self,
+        ctx: &'a IoCtx,
+        what: &'static str,
+        missing: &[usize],
+        offset: u64,
+        op: F,
+    ) -> Result<()>
+    where
+        F: Fn(&'a dyn Layer, u64) -> LocalBoxFuture<'a, Result<()>>,
+    {
+        if !missing.is_empty() {
+            self.set_dirty(ctx, missing).await?;
+        }
+        // Chosen under the region lock, so a leg re-added meanwhile is either
+        // written here or copied by the resync after this write.
+        let legs = self.writable_legs();
+        let results = join_all(
+            legs.iter()
+                .map(|&i| op(&*self.legs[i].layer, DATA_START + offset))
+                .collect(),
+        )
+        .await;
         let mut ok = false;
+        let mut failed = Vec::new();
         let mut last_err = Error::Io(libc::EIO);
         for (&i, res) in legs.iter().zip(results) {
             match res {
-                Ok(()) => ok = true,
+                Ok(()) => ok |= self.health_of(i) == Health::Ok,
                 Err(e @ (Error::OutOfRange | Error::Unsupported)) => return Err(e),
                 Err(e) => {
                     self.legs[i].write_errors.fetch_add(1, Ordering::Relaxed);
-                    self.fail_leg(i, what, e);
+                    failed.push(i);
                     last_err = e;
                 }
             }
         }
+        self.fail_legs(ctx, &failed, what, last_err).await;
         if ok {
             Ok(())
         } else {
@@ -174,104 +278,57 @@ impl Mirror {
         }
     }
 
-    /// Region lock indices covering `[offset, offset+len)`, ascending, distinct.
-    fn region_locks(offset: u64, len: u64) -> Vec<usize> {
-        let first = offset / REGION_BYTES;
-        let last = (offset + len.max(1) - 1) / REGION_BYTES;
-        if last - first + 1 >= REGION_LOCKS as u64 {
-            return (0..REGION_LOCKS).collect();
-        }
-        let mut locks: Vec<usize> = (first..=last)
-            .map(|r| (r % REGION_LOCKS as u64) as usize)
-            .collect();
-        locks.sort_unstable();
-        locks.dedup();
-        locks
-    }
-
-    async fn share_regions(&self, offset: u64, len: u64) -> Vec<SharedGuard<'_>> {
-        let mut guards = Vec::new();
-        for i in Self::region_locks(offset, len) {
-            guards.push(self.regions[i].share().await);
-        }
-        guards
-    }
-
-    /// Rewrite the legs in `bad` with leg `good`'s copy of the range, if the range
-    /// has no write in flight; otherwise leave it for a later read.
-    async fn repair(&self, ctx: &IoCtx, offset: u64, len: usize, good: usize, bad: &[usize]) {
-        let mut guards = Vec::new();
-        for i in Self::region_locks(offset, len as u64) {
-            match self.regions[i].try_exclusive() {
-                Some(g) => guards.push(g),
-                None => return,
-            }
-        }
-        let mut fresh = ctx.take_buf(len);
-        if self.legs[good]
-            .layer
-            .read(ctx, offset, fresh.as_mut_slice())
-            .await
-            .is_ok()
-        {
-            for &i in bad {
-                match self.legs[i]
-                    .layer
-                    .write(ctx, offset, fresh.as_slice())
-                    .await
-                {
-                    Ok(()) => {
-                        self.legs[i].repaired.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            leg = i,
-                            offset,
-                            len,
-                            "mirror: repaired a corrupt copy from leg {good}"
-                        );
-                    }
-                    Err(e) => tracing::error!(leg = i, offset, "mirror: repair write failed: {e}"),
-                }
-            }
-        }
-        ctx.put_buf(fresh);
-        drop(guards);
-    }
-
-    async fn read_any(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let order = self.read_order();
+    async fn flush_legs(&self, ctx: &IoCtx) -> Result<()> {
+        let epoch = self
+            .intent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_epoch();
+        let legs = self.writable_legs();
+        let results = join_all(
+            legs.iter()
+                .map(|&i| self.legs[i].layer.flush(ctx))
+                .collect(),
+        )
+        .await;
+        let mut ok = false;
+        let mut failed = Vec::new();
         let mut last_err = Error::Io(libc::EIO);
-        let mut corrupt_legs: Vec<usize> = Vec::new();
-        for i in order {
-            let leg = &self.legs[i];
-            leg.pending.fetch_add(1, Ordering::Relaxed);
-            let res = leg.layer.read(ctx, offset, buf).await;
-            leg.pending.fetch_sub(1, Ordering::Relaxed);
+        for (&i, res) in legs.iter().zip(results) {
             match res {
-                Ok(()) => {
-                    if !corrupt_legs.is_empty() {
-                        self.repair(ctx, offset, buf.len(), i, &corrupt_legs).await;
-                    }
-                    return Ok(());
-                }
-                Err(e @ Error::Corrupt { .. }) => {
-                    leg.read_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(leg = i, offset, "mirror read: {e}; trying the next leg");
-                    corrupt_legs.push(i);
-                    last_err = e;
-                }
-                Err(e @ (Error::OutOfRange | Error::Unsupported)) => return Err(e),
+                Ok(()) => ok |= self.health_of(i) == Health::Ok,
                 Err(e) => {
-                    leg.read_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        leg = i,
-                        offset,
-                        "mirror read failed: {e}; trying the next leg"
-                    );
+                    self.legs[i].write_errors.fetch_add(1, Ordering::Relaxed);
+                    failed.push(i);
                     last_err = e;
                 }
             }
         }
-        Err(last_err)
+        self.fail_legs(ctx, &failed, "flush", last_err).await;
+        if !ok {
+            self.intent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_epoch(&epoch);
+            return Err(last_err);
+        }
+        self.clear_idle(ctx, &epoch).await
+    }
+
+    /// Whether a leg is rebuilding: the daemon drives [`Mirror::resync_step`]
+    /// until it returns `Ok(false)` (also after a restart, which starts the
+    /// copy over).
+    pub fn is_rebuilding(&self) -> bool {
+        !self.rebuilding_legs().is_empty()
+    }
+
+    /// Resync progress in percent while a leg is rebuilding.
+    pub fn resync_percent(&self) -> Option<u64> {
+        if self.rebuilding_legs().is_empty() {
+            return None;
+        }
+        let at = self.resync_at.load(Ordering::Relaxed).min(self.size);
+        Some((at * 100).checked_div(self.size).unwrap_or(100))
     }
 }
 
@@ -296,14 +353,14 @@ impl Layer for Mirror {
         buf: &'a [u8],
     ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(
-            self.on_all("write", Some((offset, buf.len() as u64)), move |leg| {
-                leg.write(ctx, offset, buf)
+            self.write_legs(ctx, "write", offset, buf.len() as u64, move |leg, at| {
+                leg.write(ctx, at, buf)
             }),
         )
     }
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.on_all("flush", None, move |leg| leg.flush(ctx)))
+        Box::pin(self.flush_legs(ctx))
     }
 
     fn discard<'a>(
@@ -312,9 +369,11 @@ impl Layer for Mirror {
         offset: u64,
         len: u64,
     ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.on_all("discard", Some((offset, len)), move |leg| {
-            leg.discard(ctx, offset, len)
-        }))
+        Box::pin(
+            self.write_legs(ctx, "discard", offset, len, move |leg, at| {
+                leg.discard(ctx, at, len)
+            }),
+        )
     }
 
     fn write_zeroes<'a>(
@@ -324,8 +383,8 @@ impl Layer for Mirror {
         len: u64,
     ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(
-            self.on_all("write_zeroes", Some((offset, len)), move |leg| {
-                leg.write_zeroes(ctx, offset, len)
+            self.write_legs(ctx, "write_zeroes", offset, len, move |leg, at| {
+                leg.write_zeroes(ctx, at, len)
             }),
         )
     }
@@ -357,20 +416,35 @@ impl Layer for Mirror {
             .map(|(i, l)| {
                 format!(
                     "{i}:{}(read_errors={},write_errors={},repaired={})",
-                    if l.failed.load(Ordering::Relaxed) {
-                        "failed"
-                    } else {
-                        "ok"
-                    },
+                    self.health_of(i).as_str(),
                     l.read_errors.load(Ordering::Relaxed),
                     l.write_errors.load(Ordering::Relaxed),
                     l.repaired.load(Ordering::Relaxed)
                 )
             })
             .collect();
-        vec![
+        let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = vec![
             ("read_policy", self.read_policy().as_str().to_string()),
             ("legs", legs.join(" ")),
-        ]
+            (
+                "generation",
+                self.generation.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "dirty_regions",
+                format!("{}/{}", intent.dirty_count(), intent.regions()),
+            ),
+            ("region_bytes", intent.region_bytes().to_string()),
+            ("uuid", state::hex(&self.uuid)),
+        ];
+        if let Some(percent) = self.resync_percent() {
+            out.push(("resync", format!("{percent}%")));
+        }
+        let unreadable = self.resync_unreadable.load(Ordering::Relaxed);
+        if unreadable > 0 {
+            out.push(("resync_unreadable_blocks", unreadable.to_string()));
+        }
+        out
     }
 }

@@ -74,11 +74,12 @@ fn corrupt_copy_is_served_from_the_other_leg_and_rewritten() {
         details.contains("0:ok(read_errors=3,write_errors=0,repaired=3)"),
         "{details}"
     );
-    // Leg 0 alone now holds good copies: reading it directly verifies.
+    // Leg 0 alone now holds good copies: reading it directly verifies (the
+    // mirror's data starts after its metadata on each leg).
     let c0 = stack.layer("c0").unwrap();
     for block in [3usize, 17, 30] {
-        exec.block_on(&ctx, c0.read(&ctx, (block * BLOCK) as u64, &mut got))
-            .unwrap();
+        let at = layers::mirror::DATA_START + (block * BLOCK) as u64;
+        exec.block_on(&ctx, c0.read(&ctx, at, &mut got)).unwrap();
         assert!(got == data[block * BLOCK..(block + 1) * BLOCK]);
     }
 }

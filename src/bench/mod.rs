@@ -110,6 +110,11 @@ pub struct Options {
     pub data: DataKind,
     /// Write the whole device before a read workload.
     pub prefill: bool,
+    /// Confine the workload to the first `hot` bytes (a hot set).
+    pub hot: Option<u64>,
+    /// Warm the hot set, read the whole device once in order (a scan), then
+    /// measure: shows whether a cache keeps its hot set through a scan.
+    pub scan: bool,
 }
 
 /// Operations completed and time taken by one run.
@@ -210,7 +215,8 @@ fn run_queue(stack: Arc<Stack>, queue: u16, opts: &Options) -> Result<(u64, u64)
     for task in 0..opts.qd {
         let (stack, ctx, ops, failed) = (stack.clone(), ctx.clone(), ops.clone(), failed.clone());
         let seed = u64::from(queue) << 32 | u64::from(task);
-        let mut offsets = Offsets::new(seed, stack.size(), opts.bs, opts.pattern.is_random());
+        let span = opts.hot.unwrap_or(stack.size()).min(stack.size());
+        let mut offsets = Offsets::new(seed, span, opts.bs, opts.pattern.is_random());
         let pattern = opts.pattern;
         let mut buf = vec![0u8; opts.bs as usize];
         opts.data.fill(seed, &mut buf);
@@ -263,9 +269,20 @@ pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), Stri
     if opts.prefill {
         prefill(&stack, opts.data)?;
     }
+    if opts.scan {
+        let warm = Options {
+            seconds: opts.seconds.min(2.0),
+            ..opts.clone()
+        };
+        run_stack(&stack, &warm)?;
+        scan(&stack)?;
+        println!("  (hot set warmed, then the whole device read once in order)");
+    }
     let Some(path) = top_file(plan) else {
+        let before = cache_counters(&stack);
         let ours = run_stack(&stack, opts)?;
         print_line("stack", &ours, "");
+        print_hit_rates(&before, &cache_counters(&stack));
         compare_primitives(plan, stack.size(), &ours, opts);
         return Ok(());
     };
@@ -295,6 +312,22 @@ pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), Stri
         ratios[1],
         shown.join(", ")
     );
+    Ok(())
+}
+
+/// Read the whole device once, in order, 128 KiB at a time.
+fn scan(stack: &Stack) -> Result<(), String> {
+    let ctx = IoCtx::new(0, 64).map_err(|e| e.to_string())?;
+    let exec = Executor::new().map_err(|e| e.to_string())?;
+    let chunk = (128u64 << 10).min(stack.size());
+    let mut buf = vec![0u8; chunk as usize];
+    let mut offset = 0;
+    while offset < stack.size() {
+        let n = chunk.min(stack.size() - offset) as usize;
+        exec.block_on(&ctx, stack.top().read(&ctx, offset, &mut buf[..n]))
+            .map_err(|e| format!("scan at byte {offset}: {e}"))?;
+        offset += n as u64;
+    }
     Ok(())
 }
 
@@ -355,6 +388,35 @@ fn compare_primitives(plan: &Plan, size: u64, ours: &Figures, opts: &Options) {
     }
     if opts.queues > 1 && !found.is_empty() {
         println!("  (primitives run on one thread; use --queues 1 to compare per core)");
+    }
+}
+
+/// (layer name, hits, misses) of every cache layer in the stack.
+fn cache_counters(stack: &Stack) -> Vec<(String, u64, u64)> {
+    stack
+        .status()
+        .into_iter()
+        .filter(|n| n.type_name == "cache")
+        .map(|n| {
+            let get = |key: &str| {
+                n.details
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            (n.name.clone(), get("hits"), get("misses"))
+        })
+        .collect()
+}
+
+fn print_hit_rates(before: &[(String, u64, u64)], after: &[(String, u64, u64)]) {
+    for ((name, h0, m0), (_, h1, m1)) in before.iter().zip(after) {
+        let (hits, misses) = (h1 - h0, m1 - m0);
+        let rate = 100.0 * hits as f64 / (hits + misses).max(1) as f64;
+        println!(
+            "  cache \"{name}\": hit rate {rate:.1}% ({hits} hits, {misses} misses, in blocks)"
+        );
     }
 }
 

@@ -37,6 +37,17 @@ pub fn parse_duration_us(text: &str) -> Result<u64, String> {
         .ok_or_else(|| "is far too long".to_string())
 }
 
+/// The largest whole unit that fits, as a file would say it: `10ms`, `1s`, `250us`.
+pub fn format_duration_us(micros: u64) -> String {
+    if micros != 0 && micros % 1_000_000 == 0 {
+        format!("{}s", micros / 1_000_000)
+    } else if micros != 0 && micros % 1_000 == 0 {
+        format!("{}ms", micros / 1_000)
+    } else {
+        format!("{micros}us")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,10 @@
 //! [`validate`] turns that into a `Plan` (typed parameters, references resolved
 //! to indices), and [`sizes`] measures the tree against the leaves on disk
 //! without changing them. Every mistake in a file is reported, each as
-//! `file:line:col: layer "x": message`.
+//! `file:line:col: layer "x": message`. On reload, [`diff`] compares the
+//! running plan with the edited one.
 
+pub mod diff;
 mod duration;
 mod error;
 mod fields;

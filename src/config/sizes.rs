@@ -52,6 +52,7 @@ pub fn exposed_over(spec: &LayerSpec, lower_bytes: u64, block_size: u64) -> u64 
             layers::compress::exposed_size(lower_bytes, block_size, params.size_bytes)
         }
         LayerSpec::Checksum(_) => layers::checksum::exposed_size(lower_bytes, block_size),
+        LayerSpec::Mirror(_) => layers::mirror::exposed_size(lower_bytes, block_size),
         LayerSpec::Crypt(_) => layers::crypt::exposed_size(lower_bytes, block_size),
         _ => lower_bytes,
     }
@@ -150,6 +151,7 @@ fn layer_size(
             let children = children?;
             let names = child_names(layers, &params.legs);
             equal_sizes(&names, &children, LayerKey::Legs, "mirror", &mut report)
+                .map(|leg| exposed_over(spec, leg, block_size))
         }
         LayerSpec::Fault(params) => {
             let lower = children?.first().copied()?;

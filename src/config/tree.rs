@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use layers::plan::{KeySource, LayerId, LayerSpec};
 
+use super::duration::format_duration_us;
 use super::size::{format_exact, format_human};
 use super::{shown, Checked};
 
@@ -134,7 +135,7 @@ fn details(spec: &LayerSpec) -> String {
                 "read_error_rate={} write_error_rate={} delay={} range={range}",
                 knobs.read_error_rate,
                 knobs.write_error_rate,
-                format_duration(knobs.delay_us)
+                format_duration_us(knobs.delay_us)
             )
         }
         _ => String::new(),
@@ -143,15 +144,5 @@ fn details(spec: &LayerSpec) -> String {
         (_, true) => fixed,
         (true, false) => format!("live: {live}"),
         (false, false) => format!("{fixed}  live: {live}"),
-    }
-}
-
-fn format_duration(micros: u64) -> String {
-    if micros != 0 && micros % 1_000_000 == 0 {
-        format!("{}s", micros / 1_000_000)
-    } else if micros != 0 && micros % 1_000 == 0 {
-        format!("{}ms", micros / 1_000)
-    } else {
-        format!("{micros}us")
     }
 }

@@ -1,11 +1,12 @@
 //! The control socket of a running device, `$UBLK_STACK_RUN_DIR/NAME.sock`
 //! (default /run/ublk-stack, mode 0600), and the client side used by `down`,
-//! `list` and `status`.
+//! `list`, `status` and `reload`.
 //!
 //! Protocol: the client sends one JSON object on one line, `{"cmd": "info"}`,
-//! `{"cmd": "status"}` or `{"cmd": "down"}`, and reads one JSON line back. Every
-//! reply has `"ok"`; failures carry `"error"`. `down` is answered only once the
-//! device is gone, so the client's exit status tells the truth.
+//! `{"cmd": "status"}`, `{"cmd": "reload"}` or `{"cmd": "down"}`, and reads one
+//! JSON line back. Every reply has `"ok"`; failures carry `"error"`. `down` is
+//! answered only once the device is gone, so the client's exit status tells the
+//! truth; `reload` once the reload is applied or refused.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -36,6 +37,10 @@ pub trait Report: Send + Sync + 'static {
     fn info(&self) -> Value;
     /// `info` plus the layer tree with counters.
     fn status(&self) -> Value;
+    /// Re-read the config now and say what was applied and what refused.
+    fn reload(&self) -> Value {
+        json!({"ok": false, "error": "reload is not available"})
+    }
 }
 
 /// Bind the device's socket. A socket file left by a daemon that died is
@@ -80,7 +85,7 @@ pub fn serve(
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if let Err(e) = handle(stream, &*report, &down) {
+                if let Err(e) = handle(stream, &report, &down) {
                     tracing::debug!("control connection: {e}");
                 }
             }
@@ -88,7 +93,7 @@ pub fn serve(
     Ok(())
 }
 
-fn handle(stream: UnixStream, report: &dyn Report, down: &Sender<Event>) -> io::Result<()> {
+fn handle(stream: UnixStream, report: &Arc<dyn Report>, down: &Sender<Event>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
@@ -96,6 +101,15 @@ fn handle(stream: UnixStream, report: &dyn Report, down: &Sender<Event>) -> io::
     let reply = match request.get("cmd").and_then(Value::as_str) {
         Some("info") => report.info(),
         Some("status") => report.status(),
+        // A reload may write back a cache: on a thread of its own, so that
+        // `status` keeps answering meanwhile.
+        Some("reload") => {
+            let report = report.clone();
+            std::thread::Builder::new()
+                .name("control-reload".into())
+                .spawn(move || reply_to(stream, &report.reload()))?;
+            return Ok(());
+        }
         Some("down") => {
             return down
                 .send(Event::Down(stream))

@@ -1,4 +1,4 @@
-//! `up`, `down`, `list` and `status`.
+//! `up`, `down` and `list` (`status` and `reload` have files of their own).
 //!
 //! `up` runs in the foreground: load and compile the config, create the ublk device
 //! (one pinned thread per queue), print `NAME: /dev/ublkbN ready (SIZE, Q queues)`,
@@ -36,6 +36,8 @@ use layers::{Executor, IoCtx, Layer, LayerSpec, Plan, Stack};
 use serde_json::{json, Value};
 
 use super::control::{self, Event, Report};
+use super::reload::Reloader;
+use super::{logging, status, watch};
 use crate::ublk::{self, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
@@ -55,17 +57,6 @@ fn fail(message: impl std::fmt::Display) -> u8 {
 
 fn load_plan(config: &Path) -> Result<Plan, String> {
     crate::config::load(config).map_err(|errors| errors.to_string())
-}
-
-fn init_logging(plan: &Plan) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(plan.log_level.as_str()));
-    drop(
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init(),
-    );
 }
 
 fn is_root() -> bool {
@@ -205,6 +196,7 @@ struct DeviceReport {
     path: PathBuf,
     queues: u16,
     stack: Arc<Stack>,
+    reloader: Arc<Reloader>,
 }
 
 impl Report for DeviceReport {
@@ -222,36 +214,22 @@ impl Report for DeviceReport {
     }
 
     fn status(&self) -> Value {
-        let layers: Vec<Value> = self
-            .stack
-            .status()
-            .into_iter()
-            .map(|node| {
-                let details: serde_json::Map<String, Value> = node
-                    .details
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), Value::String(v)))
-                    .collect();
-                let s = node.stats;
-                json!({
-                    "name": node.name,
-                    "type": node.type_name,
-                    "depth": node.depth,
-                    "size": node.size,
-                    "stats": {
-                        "reads": s.reads, "writes": s.writes, "flushes": s.flushes,
-                        "discards": s.discards, "write_zeroes": s.write_zeroes,
-                        "read_bytes": s.read_bytes, "written_bytes": s.written_bytes,
-                        "errors": s.errors,
-                    },
-                    "details": details,
-                })
-            })
-            .collect();
         let mut info = self.info();
-        info["generation"] = json!(1);
-        info["layers"] = Value::Array(layers);
+        let (generation, last_reload) = status::reload_json(&self.reloader.record());
+        info["generation"] = generation;
+        info["last_reload"] = last_reload;
+        info["layers"] = status::layers_json(&self.stack);
         info
+    }
+
+    fn reload(&self) -> Value {
+        let outcome = self.reloader.reload(super::reload::Trigger::Command);
+        let mut reply = outcome.to_json();
+        reply["ok"] = json!(outcome.refused.is_empty());
+        if !outcome.refused.is_empty() {
+            reply["error"] = json!(format!("reload {}", outcome.verdict.as_str()));
+        }
+        reply
     }
 }
 
@@ -272,7 +250,7 @@ pub fn up(config: &Path) -> u8 {
             return 1;
         }
     };
-    init_logging(&plan);
+    let set_log_level = logging::init(&plan);
     if !is_root() {
         return fail("ublk devices need root: run `ublk-stack up` as root");
     }
@@ -315,27 +293,44 @@ pub fn up(config: &Path) -> u8 {
         }
     };
     let (events_tx, events) = mpsc::channel();
+    // Absolute, so that reloads find the file whatever the working directory.
+    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    let reloader = Arc::new(Reloader::new(config, plan, stack.clone(), set_log_level));
     let report = DeviceReport {
         name: name.clone(),
         path: device.block_path(),
         queues: device.queues(),
         stack: stack.clone(),
+        reloader: reloader.clone(),
     };
-    let started = control::serve(listener, Arc::new(report), events_tx.clone()).and_then(|()| {
+    let started = watch::start(reloader).and_then(|watch| {
+        control::serve(listener, Arc::new(report), events_tx.clone())?;
+        let sighup = watch.waker();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 while let Ok(signal) = ublk::signals::wait_termination_signal() {
+                    if signal == libc::SIGHUP {
+                        if sighup.send(watch::Wake::Sighup).is_err() {
+                            tracing::warn!("SIGHUP: the reload thread has stopped");
+                        }
+                        continue;
+                    }
                     if events_tx.send(Event::Signal(signal)).is_err() {
                         break;
                     }
                 }
-            })
+            })?;
+        Ok(watch)
     });
-    if let Err(e) = started {
-        drop(std::fs::remove_file(&socket));
-        return fail(format!("starting the control threads: {e}"));
-    }
+    // Kept until the daemon exits: dropping it stops watching the config.
+    let _watch = match started {
+        Ok(watch) => watch,
+        Err(e) => {
+            drop(std::fs::remove_file(&socket));
+            return fail(format!("starting the control threads: {e}"));
+        }
+    };
     println!(
         "{name}: {} ready ({}, {} queues{})",
         device.block_path().display(),
@@ -455,68 +450,6 @@ pub fn list() -> u8 {
     0
 }
 
-/// `ublk-stack status NAME [--json]`.
-pub fn status(name: &str, as_json: bool) -> u8 {
-    let socket = control::socket_path(name);
-    let reply = match control::request(&socket, "status", Duration::from_secs(5)) {
-        Ok(reply) => reply,
-        Err(_) => return fail(format!("no running device named \"{name}\"")),
-    };
-    if reply["ok"] != true {
-        return fail(format!(
-            "{name}: {}",
-            reply["error"].as_str().unwrap_or("status failed")
-        ));
-    }
-    if as_json {
-        println!("{reply}");
-    } else {
-        print!("{}", render_status(&reply));
-    }
-    0
-}
-
-fn render_status(reply: &Value) -> String {
-    let mut out = format!(
-        "{}  {}  {}  {}  generation {}\n",
-        reply["name"].as_str().unwrap_or("?"),
-        reply["path"].as_str().unwrap_or("?"),
-        format_size(reply["size"].as_u64().unwrap_or(0)),
-        reply["state"].as_str().unwrap_or("?"),
-        reply["generation"],
-    );
-    out.push_str(&format!(
-        "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7}\n",
-        "LAYER", "TYPE", "SIZE", "READS", "WRITES", "FLUSHES", "ERRORS"
-    ));
-    for layer in reply["layers"].as_array().into_iter().flatten() {
-        let depth = layer["depth"].as_u64().unwrap_or(0) as usize;
-        let stats = &layer["stats"];
-        let name = format!(
-            "{}{}",
-            "  ".repeat(depth),
-            layer["name"].as_str().unwrap_or("?")
-        );
-        out.push_str(&format!(
-            "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7}",
-            name,
-            layer["type"].as_str().unwrap_or("?"),
-            format_size(layer["size"].as_u64().unwrap_or(0)),
-            stats["reads"].as_u64().unwrap_or(0),
-            stats["writes"].as_u64().unwrap_or(0),
-            stats["flushes"].as_u64().unwrap_or(0),
-            stats["errors"].as_u64().unwrap_or(0),
-        ));
-        if let Some(details) = layer["details"].as_object() {
-            for (key, value) in details {
-                out.push_str(&format!("  {key}={}", value.as_str().unwrap_or("")));
-            }
-        }
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,16 +461,22 @@ mod tests {
         let a = plan.memory("a", 1 << 20);
         let b = plan.memory("b", 1 << 20);
         let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
-        let stack = Arc::new(layers::compile(&plan.build(mirror)).unwrap());
+        let plan = plan.build(mirror);
+        let stack = Arc::new(layers::compile(&plan).unwrap());
+        let config = dir.path().join("test.toml");
+        let reloader = Reloader::new(config, plan, stack.clone(), Box::new(|_| Ok(())));
         let report = DeviceReport {
             name: "test".into(),
             path: PathBuf::from("/dev/ublkb9"),
             queues: 2,
             stack,
+            reloader: Arc::new(reloader),
         };
         let status = report.status();
         assert_eq!(status["ok"], true);
         assert_eq!(status["size"], 1u64 << 20);
+        assert_eq!(status["generation"], 1);
+        assert!(status["last_reload"].is_null());
         let layers = status["layers"].as_array().unwrap();
         let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["m", "a", "b"]);
@@ -578,25 +517,5 @@ mod tests {
         assert_eq!(format_size(4 << 30), "4 GiB");
         assert_eq!(format_size(1536 << 10), "1.5 MiB");
         assert_eq!(format_size(512), "512 B");
-    }
-
-    #[test]
-    fn status_renders_the_tree_indented() {
-        let reply = json!({
-            "name": "m", "path": "/dev/ublkb0", "size": 1u64 << 30, "state": "running", "generation": 1,
-            "layers": [
-                {"name": "mirror", "type": "mirror", "depth": 0, "size": 1u64 << 30,
-                 "stats": {"reads": 1, "writes": 2, "flushes": 3, "errors": 0}, "details": {}},
-                {"name": "a", "type": "file", "depth": 1, "size": 1u64 << 30,
-                 "stats": {"reads": 1, "writes": 2, "flushes": 3, "errors": 0}, "details": {"health": "ok"}},
-            ]
-        });
-        let text = render_status(&reply);
-        assert!(text.contains("\n  a "), "{text}");
-        assert!(
-            text.contains("         1          2        3       0"),
-            "{text}"
-        );
-        assert!(text.contains("health=ok"), "{text}");
     }
 }

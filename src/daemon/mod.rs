@@ -1,5 +1,10 @@
-//! The daemon: bringing a device up and down (`lifecycle`) and talking to a
-//! running one through its control socket (`control`).
+//! The daemon: bringing a device up and down (`lifecycle`), talking to a
+//! running one through its control socket (`control`), its config reloads
+//! (`reload`, triggered by `watch` and SIGHUP) and `status`.
 
 pub mod control;
 pub mod lifecycle;
+pub mod logging;
+pub mod reload;
+pub mod status;
+pub mod watch;

@@ -1,6 +1,6 @@
-//! SIGINT / SIGTERM as events: the signals are blocked in every thread and a
-//! dedicated thread takes them with sigwait(2), so no handler runs in the middle of
-//! the I/O path. This sits in `ublk/` only because it is the crate's unsafe
+//! SIGINT / SIGTERM (and SIGHUP, which reloads the config) as events: the signals
+//! are blocked in every thread and a dedicated thread takes them with sigwait(2),
+//! so no handler runs in the middle of the I/O path. This sits in `ublk/` only because it is the crate's unsafe
 //! boundary.
 
 use std::io;
@@ -13,11 +13,12 @@ fn termination_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Block SIGINT and SIGTERM in the calling thread and every thread it starts
+/// Block SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it starts
 /// afterwards. Call first thing, before any thread exists.
 pub fn block_termination_signals() -> io::Result<()> {
     let set = termination_set();
@@ -29,7 +30,7 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Wait for SIGINT or SIGTERM (blocked beforehand) and return its number.
+/// Wait for SIGINT, SIGTERM or SIGHUP (blocked beforehand) and return its number.
 pub fn wait_termination_signal() -> io::Result<i32> {
     let set = termination_set();
     let mut signal = 0;

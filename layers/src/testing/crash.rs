@@ -207,6 +207,18 @@ pub fn crash_replay(
     ops: usize,
     crash_points: usize,
 ) -> std::result::Result<CrashReport, String> {
+    crash_replay_with(plan, seed, ops, crash_points, &|_| Ok(()))
+}
+
+/// [`crash_replay`], also running `after_reopen` on the stack reopened after
+/// each crash (e.g. to check that a mirror's legs came out identical).
+pub fn crash_replay_with(
+    plan: &Plan,
+    seed: u64,
+    ops: usize,
+    crash_points: usize,
+    after_reopen: &dyn Fn(&crate::Stack) -> std::result::Result<(), String>,
+) -> std::result::Result<CrashReport, String> {
     let fail = |e: String| format!("seed {seed}: {e} (replay: UBLK_STACK_SEED={seed})");
     let journal = Arc::new(Journal::default());
     let initial: Vec<Vec<u8>> = leaf_sizes(plan)
@@ -295,7 +307,7 @@ pub fn crash_replay(
     points.truncate(crash_points.max(1));
     for k in points {
         let images = crash_images(&initial, &events[..k], &mut rng);
-        check_crash(plan, images, &history, k, block, &mut report)
+        check_crash(plan, images, &history, k, block, &mut report, after_reopen)
             .map_err(|e| fail(format!("crash at event {k}: {e}")))?;
         report.crash_points += 1;
     }
@@ -351,6 +363,7 @@ fn check_crash(
     k: usize,
     block: u64,
     report: &mut CrashReport,
+    after_reopen: &dyn Fn(&crate::Stack) -> std::result::Result<(), String>,
 ) -> std::result::Result<(), String> {
     let journal = Arc::new(Journal::default());
     let stack = compile_over(plan, images, &journal).map_err(|e| format!("reopen failed: {e}"))?;
@@ -408,5 +421,5 @@ fn check_crash(
         }
         report.blocks_checked += 1;
     }
-    Ok(())
+    after_reopen(&stack)
 }

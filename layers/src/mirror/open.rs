@@ -1,0 +1,388 @@
+//! Opening a mirror: read every leg's superblock and state records, refuse legs
+//! that belong elsewhere (before writing anything), take the newest state,
+//! format blank legs, and copy the regions a crash left dirty.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use super::bitmap::WriteIntent;
+use super::state::{
+    exposed_size, hex, region_bytes_for, Health, LegParams, Record, FORMAT_VERSION, MAX_LEGS,
+    MAX_REGIONS, RECORD_AT, RECORD_BYTES, SUPERBLOCK_AT,
+};
+use super::{policy_code, Leg, Mirror, ScrubReport, REGION_LOCKS, STEP_BYTES};
+use crate::async_lock::{AsyncLock, SharedLock};
+use crate::exec::IoCtx;
+use crate::plan::ReadPolicy;
+use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
+use crate::Layer;
+
+/// What open found on one leg.
+enum Found {
+    /// An all-zero superblock: a new or replaced leg.
+    Blank,
+    /// A leg of this mirror, with its valid records.
+    Member {
+        uuid: [u8; 16],
+        params: LegParams,
+        records: Vec<Record>,
+    },
+    /// The leg cannot be read at all: it counts as failed.
+    Unreadable(String),
+}
+
+impl Mirror {
+    /// Open (formatting all-zero legs) the mirror over `legs`.
+    pub async fn open(
+        ctx: &IoCtx,
+        legs: Vec<Arc<dyn Layer>>,
+        read_policy: ReadPolicy,
+        block_size: u32,
+    ) -> Result<Mirror, String> {
+        if legs.is_empty() || legs.len() > MAX_LEGS {
+            return Err(format!(
+                "a mirror has 1 to {MAX_LEGS} legs, not {}",
+                legs.len()
+            ));
+        }
+        let leg_size = legs[0].size();
+        if legs.iter().any(|l| l.size() != leg_size) {
+            let sizes: Vec<String> = legs.iter().map(|l| l.size().to_string()).collect();
+            return Err(format!("legs differ in size ({} bytes)", sizes.join(", ")));
+        }
+        let size = exposed_size(leg_size, block_size);
+        if size == 0 {
+            return Err(format!("the legs ({leg_size} bytes) are too small"));
+        }
+        // Everything is read and checked before anything is written.
+        let mut found = Vec::with_capacity(legs.len());
+        for (i, leg) in legs.iter().enumerate() {
+            found.push(inspect(ctx, &**leg, i, block_size, size).await?);
+        }
+        check_members(&found, legs.len())?;
+        let member = found.iter().find_map(|f| match f {
+            Found::Member { uuid, params, .. } => Some((*uuid, params.region_bytes)),
+            _ => None,
+        });
+        let Some((uuid, region_bytes)) = member else {
+            return format(ctx, legs, read_policy, block_size, size, &found).await;
+        };
+        let newest = found
+            .iter()
+            .filter_map(|f| match f {
+                Found::Member { records, .. } => records.iter().max_by_key(|r| r.generation),
+                _ => None,
+            })
+            .filter(|r| {
+                r.health.len() == legs.len() && r.dirty.len() as u64 == size.div_ceil(region_bytes)
+            })
+            .max_by_key(|r| r.generation)
+            .cloned()
+            .ok_or(
+                "no leg holds a readable mirror state; refusing to guess which leg is current",
+            )?;
+        let mirror = Mirror::build(
+            legs,
+            read_policy,
+            block_size,
+            size,
+            uuid,
+            region_bytes,
+            &newest,
+        );
+        mirror
+            .recover(ctx, &found, region_bytes, &newest)
+            .await
+            .map(|()| mirror)
+    }
+
+    fn build(
+        legs: Vec<Arc<dyn Layer>>,
+        read_policy: ReadPolicy,
+        block_size: u32,
+        size: u64,
+        uuid: [u8; 16],
+        region_bytes: u64,
+        record: &Record,
+    ) -> Mirror {
+        Mirror {
+            legs: legs
+                .into_iter()
+                .zip(&record.health)
+                .map(|(layer, health)| Leg {
+                    layer,
+                    health: AtomicU8::new(health.code()),
+                    pending: AtomicUsize::new(0),
+                    consecutive_read_errors: AtomicU32::new(0),
+                    read_errors: AtomicU64::new(0),
+                    write_errors: AtomicU64::new(0),
+                    repaired: AtomicU64::new(0),
+                })
+                .collect(),
+            size,
+            block_size,
+            uuid,
+            read_policy: AtomicU8::new(policy_code(read_policy)),
+            next: AtomicUsize::new(0),
+            regions: (0..REGION_LOCKS).map(|_| SharedLock::default()).collect(),
+            turnstiles: (0..REGION_LOCKS).map(|_| AsyncLock::default()).collect(),
+            meta_lock: AsyncLock::default(),
+            generation: AtomicU64::new(record.generation),
+            intent: Mutex::new(WriteIntent::new(region_bytes, record.dirty.clone())),
+            resync_lock: AsyncLock::default(),
+            resync_at: AtomicU64::new(0),
+            resync_unreadable: AtomicU64::new(0),
+        }
+    }
+
+    /// After a restart: blank and unreadable legs become failed members, and the
+    /// regions a crash left dirty are copied from the first ok leg that reads
+    /// them to the other ok legs. Then the state is written once.
+    async fn recover(
+        &self,
+        ctx: &IoCtx,
+        found: &[Found],
+        region_bytes: u64,
+        newest: &Record,
+    ) -> Result<(), String> {
+        let mut changed = false;
+        for (i, f) in found.iter().enumerate() {
+            match f {
+                Found::Member { .. } => {}
+                Found::Blank => {
+                    tracing::warn!(
+                        leg = i,
+                        "mirror: leg is blank; it joins as failed (re-add it to rebuild)"
+                    );
+                    let sb = leg_superblock(
+                        self.uuid,
+                        i,
+                        self.legs.len(),
+                        region_bytes,
+                        self.block_size,
+                        self.size,
+                    );
+                    if let Err(e) = superblock::write(ctx, &*self.legs[i].layer, &sb).await {
+                        tracing::error!(
+                            leg = i,
+                            "mirror: cannot write the superblock of a blank leg: {e}"
+                        );
+                    }
+                    changed |= self.health_of(i) != Health::Failed;
+                    self.set_health(i, Health::Failed);
+                }
+                Found::Unreadable(e) => {
+                    tracing::error!(leg = i, "mirror: leg cannot be read ({e}); it is failed");
+                    changed |= self.health_of(i) != Health::Failed;
+                    self.set_health(i, Health::Failed);
+                }
+            }
+        }
+        let dirty: Vec<usize> = (0..newest.dirty.len())
+            .filter(|&r| newest.dirty[r])
+            .collect();
+        if !dirty.is_empty() {
+            let sources = self.ok_legs();
+            if sources.len() > 1 {
+                tracing::info!(
+                    regions = dirty.len(),
+                    "mirror: resyncing the regions left dirty by a crash"
+                );
+                let mut report = ScrubReport::default();
+                for r in dirty {
+                    let start = r as u64 * region_bytes;
+                    let end = (start + region_bytes).min(self.size);
+                    let mut at = start;
+                    while at < end {
+                        let len = STEP_BYTES.min(end - at);
+                        report.add(&self.scrub_range(ctx, at, len).await?);
+                        at += len;
+                    }
+                }
+                tracing::info!(?report, "mirror: crash resync done");
+                let mut failed = Vec::new();
+                for &i in &sources {
+                    if let Err(e) = self.legs[i].layer.flush(ctx).await {
+                        tracing::error!(
+                            leg = i,
+                            "mirror: flush after the crash resync failed: {e}"
+                        );
+                        failed.push(i);
+                    }
+                }
+                for i in failed {
+                    self.set_health(i, Health::Failed);
+                }
+            }
+            self.intent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear_all();
+            changed = true;
+        }
+        if changed {
+            let _meta = self.meta_lock.lock().await;
+            self.persist_locked(ctx, &self.dirty_snapshot())
+                .await
+                .map_err(|e| format!("cannot record the mirror state on any leg: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn leg_superblock(
+    uuid: [u8; 16],
+    index: usize,
+    legs: usize,
+    region_bytes: u64,
+    block_size: u32,
+    size: u64,
+) -> Superblock {
+    Superblock {
+        layer_type: "mirror".into(),
+        version: FORMAT_VERSION,
+        block_size,
+        uuid,
+        size,
+        params: LegParams {
+            index: index as u16,
+            legs: legs as u16,
+            region_bytes,
+        }
+        .encode(),
+    }
+}
+
+/// Read leg `index`'s superblock and records. Errors refuse the whole mirror.
+async fn inspect(
+    ctx: &IoCtx,
+    leg: &dyn Layer,
+    index: usize,
+    block_size: u32,
+    size: u64,
+) -> Result<Found, String> {
+    let mut block = vec![0u8; SUPERBLOCK_BYTES as usize];
+    if let Err(e) = leg.read(ctx, SUPERBLOCK_AT, &mut block).await {
+        return Ok(Found::Unreadable(e.to_string()));
+    }
+    let Some(sb) = Superblock::decode(&block).map_err(|e| format!("leg {index}: {e}"))? else {
+        return Ok(Found::Blank);
+    };
+    sb.expect("mirror", FORMAT_VERSION, block_size)
+        .map_err(|e| format!("leg {index}: {e}"))?;
+    let params = LegParams::decode(&sb.params).map_err(|e| format!("leg {index}: {e}"))?;
+    if sb.size != size {
+        return Err(format!(
+            "leg {index}: formatted for {} bytes but the legs now give {size}; a leg changed size",
+            sb.size
+        ));
+    }
+    if size.div_ceil(params.region_bytes) > MAX_REGIONS {
+        return Err(format!("leg {index}: the mirror parameters are damaged"));
+    }
+    let mut records = Vec::with_capacity(2);
+    let mut slot = vec![0u8; RECORD_BYTES];
+    for s in 0..2u64 {
+        // A slot torn under a checksummed leg reads as an error: it is just
+        // not a record, and must not hide its twin.
+        if leg
+            .read(ctx, RECORD_AT + s * RECORD_BYTES as u64, &mut slot)
+            .await
+            .is_ok()
+        {
+            records.extend(Record::decode(&slot));
+        }
+    }
+    Ok(Found::Member {
+        uuid: sb.uuid,
+        params,
+        records,
+    })
+}
+
+/// Every member must be this mirror's leg at its own position.
+fn check_members(found: &[Found], legs: usize) -> Result<(), String> {
+    let mut first: Option<(usize, [u8; 16], u64)> = None;
+    for (i, f) in found.iter().enumerate() {
+        let Found::Member { uuid, params, .. } = f else {
+            continue;
+        };
+        if usize::from(params.legs) != legs {
+            return Err(format!(
+                "leg {i} was formatted as one of {} legs, but the config lists {legs}",
+                params.legs
+            ));
+        }
+        if usize::from(params.index) != i {
+            return Err(format!(
+                "leg {i} holds leg {} of this mirror: the legs are listed in another order \
+                 than when the mirror was formatted",
+                params.index
+            ));
+        }
+        match first {
+            None => first = Some((i, *uuid, params.region_bytes)),
+            Some((j, other, _)) if other != *uuid => {
+                return Err(format!(
+                    "leg {i} belongs to another mirror (uuid {}) than leg {j} (uuid {}); \
+                     refusing to mix them",
+                    hex(uuid),
+                    hex(&other)
+                ))
+            }
+            Some((j, _, region)) if region != params.region_bytes => {
+                return Err(format!(
+                    "leg {i} and leg {j} disagree on the region size; the superblock is damaged"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if first.is_none() {
+        if let Some(i) = found.iter().position(|f| matches!(f, Found::Unreadable(_))) {
+            return Err(format!(
+                "leg {i} cannot be read; refusing to format a new mirror over it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every leg is blank: a new mirror. Records first, then the superblocks (each
+/// written and flushed), so a crash while formatting leaves blank legs.
+async fn format(
+    ctx: &IoCtx,
+    legs: Vec<Arc<dyn Layer>>,
+    read_policy: ReadPolicy,
+    block_size: u32,
+    size: u64,
+    found: &[Found],
+) -> Result<Mirror, String> {
+    debug_assert!(found.iter().all(|f| matches!(f, Found::Blank)));
+    let uuid = superblock::random_bytes();
+    let region_bytes = region_bytes_for(size);
+    let record = Record {
+        generation: 1,
+        health: vec![Health::Ok; legs.len()],
+        dirty: vec![false; size.div_ceil(region_bytes) as usize],
+    };
+    let bytes = record.encode();
+    for (i, leg) in legs.iter().enumerate() {
+        let at = RECORD_AT + record.slot() * RECORD_BYTES as u64;
+        let sb = leg_superblock(uuid, i, legs.len(), region_bytes, block_size, size);
+        let res = match leg.write(ctx, at, &bytes).await {
+            Ok(()) => superblock::write(ctx, &**leg, &sb).await,
+            Err(e) => Err(e),
+        };
+        res.map_err(|e| format!("leg {i}: cannot format: {e}"))?;
+    }
+    Ok(Mirror::build(
+        legs,
+        read_policy,
+        block_size,
+        size,
+        uuid,
+        region_bytes,
+        &record,
+    ))
+}

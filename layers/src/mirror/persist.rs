@@ -1,0 +1,130 @@
+//! Writing the state record: every change of health or of the write-intent
+//! bits becomes a new record (generation +1) on every leg that is not failed,
+//! written and flushed under `meta_lock`, so records never interleave and the
+//! other slot always holds the previous durable one.
+
+use std::sync::atomic::Ordering;
+
+use super::state::{Record, RECORD_AT, RECORD_BYTES};
+use super::{Health, Mirror};
+use crate::exec::IoCtx;
+use crate::join::join_all;
+use crate::{Error, LocalBoxFuture, Result};
+
+impl Mirror {
+    pub(super) fn dirty_snapshot(&self) -> Vec<bool> {
+        self.intent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dirty()
+            .to_vec()
+    }
+
+    /// Write the current health and `dirty` as a new record to every leg that is
+    /// not failed, and flush it. A leg that fails this is marked failed and the
+    /// record rewritten without it. Caller holds `meta_lock`.
+    pub(super) async fn persist_locked(&self, ctx: &IoCtx, dirty: &[bool]) -> Result<()> {
+        loop {
+            let targets = self.writable_legs();
+            if targets.is_empty() {
+                return Err(Error::Io(libc::EIO));
+            }
+            let record = Record {
+                generation: self.generation.load(Ordering::SeqCst) + 1,
+                health: (0..self.legs.len()).map(|i| self.health_of(i)).collect(),
+                dirty: dirty.to_vec(),
+            };
+            self.generation.store(record.generation, Ordering::SeqCst);
+            let bytes = record.encode();
+            let at = RECORD_AT + record.slot() * RECORD_BYTES as u64;
+            let results = join_all(
+                targets
+                    .iter()
+                    .map(|&i| {
+                        let layer = &*self.legs[i].layer;
+                        let bytes = &bytes;
+                        Box::pin(async move {
+                            layer.write(ctx, at, bytes).await?;
+                            layer.flush(ctx).await
+                        }) as LocalBoxFuture<'_, Result<()>>
+                    })
+                    .collect(),
+            )
+            .await;
+            let mut all_ok = true;
+            for (&i, res) in targets.iter().zip(results) {
+                if let Err(e) = res {
+                    all_ok = false;
+                    self.legs[i].write_errors.fetch_add(1, Ordering::Relaxed);
+                    self.set_health(i, Health::Failed);
+                    tracing::error!(
+                        leg = i,
+                        "mirror leg failed writing the mirror state: {e}; continuing degraded"
+                    );
+                }
+            }
+            if all_ok {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Mark `legs` failed and persist that before returning (so a write they
+    /// failed is acknowledged only once the failure is on disk).
+    pub(super) async fn fail_legs(&self, ctx: &IoCtx, legs: &[usize], what: &str, err: Error) {
+        if legs.is_empty() {
+            return;
+        }
+        let _meta = self.meta_lock.lock().await;
+        let mut changed = false;
+        for &i in legs {
+            if self.health_of(i) != Health::Failed {
+                self.set_health(i, Health::Failed);
+                changed = true;
+                tracing::error!(
+                    leg = i,
+                    "mirror leg failed on {what}: {err}; continuing degraded"
+                );
+            }
+        }
+        if changed {
+            if let Err(e) = self.persist_locked(ctx, &self.dirty_snapshot()).await {
+                tracing::error!("mirror: no leg left to record the failure on: {e}");
+            }
+        }
+    }
+
+    /// Make the intent bits of `regions` durable before a write touches a leg.
+    pub(super) async fn set_dirty(&self, ctx: &IoCtx, regions: &[usize]) -> Result<()> {
+        let _meta = self.meta_lock.lock().await;
+        let (missing, dirty) = {
+            let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
+            let missing = intent.still_missing(regions);
+            let dirty = intent.with_set(&missing);
+            (missing, dirty)
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.persist_locked(ctx, &dirty).await?;
+        self.intent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(&missing);
+        Ok(())
+    }
+
+    /// After a successful FLUSH: clear the bits of regions idle since the
+    /// previous one.
+    pub(super) async fn clear_idle(&self, ctx: &IoCtx, epoch: &[bool]) -> Result<()> {
+        let _meta = self.meta_lock.lock().await;
+        let dirty = {
+            let mut intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
+            if intent.clear_idle(epoch) == 0 {
+                return Ok(());
+            }
+            intent.dirty().to_vec()
+        };
+        self.persist_locked(ctx, &dirty).await
+    }
+}

@@ -1,0 +1,229 @@
+//! A compiled in-memory stack, its config file edited on disk, and what a
+//! reload does to each.
+
+use std::sync::{Arc, Mutex};
+
+use layers::plan::LogLevel;
+
+use super::{Reloader, Trigger, Verdict};
+
+const CONFIG: &str = r#"version = 1
+[device]
+name = "r0"
+top = "mirror"
+queues = 1
+
+[log]
+level = "info"
+
+[layers.mirror]
+type = "mirror"
+legs = ["slow", "b"]
+read_policy = "round-robin"
+
+[layers.slow]
+type = "fault"
+over = "a"
+delay = "0us"
+
+[layers.a]
+type = "memory"
+size = "1MiB"
+
+[layers.b]
+type = "memory"
+size = "1MiB"
+"#;
+
+struct Running {
+    dir: tempfile::TempDir,
+    reloader: Reloader,
+    stack: Arc<layers::Stack>,
+    levels: Arc<Mutex<Vec<LogLevel>>>,
+}
+
+impl Running {
+    fn up() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let plan = crate::config::load(&path).unwrap();
+        let stack = Arc::new(layers::compile(&plan).unwrap());
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let seen = levels.clone();
+        let set_log_level = Box::new(move |level| {
+            seen.lock().unwrap().push(level);
+            Ok(())
+        });
+        let reloader = Reloader::new(path, plan, stack.clone(), set_log_level);
+        Running {
+            dir,
+            reloader,
+            stack,
+            levels,
+        }
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(self.dir.path().join("r0.toml"), text).unwrap();
+    }
+
+    fn edit(&self, from: &str, to: &str) {
+        let path = self.dir.path().join("r0.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from}");
+        self.write(&text.replacen(from, to, 1));
+    }
+
+    fn detail(&self, layer: &str, key: &str) -> String {
+        let node = self.stack.status().into_iter().find(|n| n.name == layer);
+        let details = node.unwrap().details;
+        details.into_iter().find(|(k, _)| *k == key).unwrap().1
+    }
+}
+
+#[test]
+fn a_live_edit_is_applied_and_counted() {
+    let running = Running::up();
+    running.edit("read_policy = \"round-robin\"", "read_policy = \"first\"");
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Applied, "{outcome:?}");
+    assert_eq!(
+        outcome.applied,
+        ["layers.mirror.read_policy: round-robin -> first"]
+    );
+    assert_eq!(outcome.generation, 2);
+    assert_eq!(running.detail("mirror", "read_policy"), "first");
+    let record = running.reloader.record();
+    assert_eq!(record.generation, 2);
+    assert_eq!(record.last.unwrap().verdict, Verdict::Applied);
+}
+
+#[test]
+fn fault_knobs_and_log_level_apply_together() {
+    let running = Running::up();
+    running.edit("delay = \"0us\"", "delay = \"2ms\"");
+    running.edit("level = \"info\"", "level = \"debug\"");
+    let outcome = running.reloader.reload(Trigger::Sighup);
+    assert_eq!(outcome.verdict, Verdict::Applied, "{outcome:?}");
+    assert_eq!(outcome.applied.len(), 2);
+    assert_eq!(running.detail("slow", "delay_us"), "2000");
+    assert_eq!(*running.levels.lock().unwrap(), [LogLevel::Debug]);
+}
+
+#[test]
+fn a_structural_edit_touches_nothing() {
+    let running = Running::up();
+    running.edit("read_policy = \"round-robin\"", "read_policy = \"first\"");
+    running.edit("size = \"1MiB\"", "size = \"2MiB\"");
+    let outcome = running.reloader.reload(Trigger::FileChanged);
+    assert_eq!(outcome.verdict, Verdict::Refused);
+    assert_eq!(
+        outcome.refused,
+        ["layers.a.size: structural, needs down/up"]
+    );
+    assert!(outcome.applied.is_empty());
+    assert_eq!(outcome.generation, 1);
+    assert_eq!(running.detail("mirror", "read_policy"), "round-robin");
+}
+
+#[test]
+fn a_syntax_error_is_refused_with_its_position() {
+    let running = Running::up();
+    running.edit("read_policy = \"round-robin\"", "read_policy = \"first");
+    let outcome = running.reloader.reload(Trigger::FileChanged);
+    assert_eq!(outcome.verdict, Verdict::Refused);
+    assert!(
+        outcome.refused.iter().any(|r| r.contains("r0.toml:13:")),
+        "{:?}",
+        outcome.refused
+    );
+    assert_eq!(running.detail("mirror", "read_policy"), "round-robin");
+    assert_eq!(running.reloader.record().generation, 1);
+}
+
+#[test]
+fn a_missing_file_is_refused() {
+    let running = Running::up();
+    std::fs::remove_file(running.dir.path().join("r0.toml")).unwrap();
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Refused);
+    assert!(outcome.refused[0].contains("cannot read"), "{outcome:?}");
+}
+
+#[test]
+fn an_unchanged_file_changes_nothing() {
+    let running = Running::up();
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Unchanged);
+    assert_eq!(outcome.generation, 1);
+}
+
+#[test]
+fn later_reloads_diff_against_what_runs_now() {
+    let running = Running::up();
+    running.edit("read_policy = \"round-robin\"", "read_policy = \"first\"");
+    assert_eq!(
+        running.reloader.reload(Trigger::Command).verdict,
+        Verdict::Applied
+    );
+    // A refused edit in between does not move the baseline.
+    running.edit("size = \"1MiB\"", "size = \"4MiB\"");
+    assert_eq!(
+        running.reloader.reload(Trigger::Command).verdict,
+        Verdict::Refused
+    );
+    running.edit("size = \"4MiB\"", "size = \"1MiB\"");
+    running.edit("read_policy = \"first\"", "read_policy = \"least-pending\"");
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(
+        outcome.applied,
+        ["layers.mirror.read_policy: first -> least-pending"]
+    );
+    assert_eq!(outcome.generation, 3);
+}
+
+#[test]
+fn outcome_json_gives_time_in_seconds_and_every_list() {
+    let running = Running::up();
+    running.edit("read_policy = \"round-robin\"", "read_policy = \"first\"");
+    let json = running.reloader.reload(Trigger::Command).to_json();
+    assert_eq!(json["result"], "applied");
+    assert_eq!(json["trigger"], "reload command");
+    assert_eq!(json["generation"], 2);
+    assert!(json["time"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(json["refused"].as_array().unwrap().len(), 0);
+    assert!(json["took_s"].as_f64().unwrap() < 5.0);
+}
+
+#[test]
+fn the_reload_command_prints_each_key_and_reason() {
+    let reply = serde_json::json!({
+        "result": "refused", "generation": 1, "applied": [],
+        "refused": ["layers.a.path: structural, needs down/up"],
+    });
+    assert_eq!(
+        super::render("d0", &reply),
+        "d0: refused (generation 1): the running device is unchanged\n\
+         refused: layers.a.path: structural, needs down/up\n"
+    );
+    let reply = serde_json::json!({
+        "result": "applied", "generation": 2, "refused": [],
+        "applied": ["layers.m.read_policy: round-robin -> first"],
+    });
+    assert_eq!(
+        super::render("d0", &reply),
+        "d0: applied (generation 2)\napplied: layers.m.read_policy: round-robin -> first\n"
+    );
+}
+
+#[test]
+fn a_file_event_without_a_change_keeps_the_last_outcome() {
+    let running = Running::up();
+    running.edit("read_policy = \"round-robin\"", "read_policy = \"first\"");
+    running.reloader.reload(Trigger::Command);
+    let unchanged = running.reloader.reload(Trigger::FileChanged);
+    assert_eq!(unchanged.verdict, Verdict::Unchanged);
+    let last = running.reloader.record().last.unwrap();
+    assert_eq!(last.verdict, Verdict::Applied);
+}
