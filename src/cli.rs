@@ -43,6 +43,14 @@ pub enum Command {
     Reload { name: String },
     /// Read everything, verify checksums, repair from mirrors.
     Scrub { name: String },
+    /// Put a failed leg of a mirror back and rebuild it while the device runs.
+    Readd {
+        name: String,
+        /// The mirror layer's name in the config.
+        mirror: String,
+        /// The leg's position in the mirror's `legs` (0 for the first).
+        leg: usize,
+    },
     /// Run a workload against the compiled stack in-process and print throughput.
     Bench {
         config: PathBuf,
@@ -75,10 +83,18 @@ pub enum Command {
 pub fn run(args: Args) -> u8 {
     match args.command {
         Command::Up { config, nbd: None } => up(&config),
+        Command::Up {
+            config,
+            nbd: Some(address),
+        } => crate::nbd::up(&config, &address),
         Command::Down { name } => down(&name),
         Command::List => list(),
         Command::Status { name, json } => status(&name, json),
         Command::Validate { configs } => validate(&configs),
+        Command::Scrub { name } => crate::daemon::repair::scrub_command(&name),
+        Command::Readd { name, mirror, leg } => {
+            crate::daemon::repair::readd_command(&name, &mirror, leg)
+        }
         Command::Reload { name } => reload(&name),
         Command::Bench {
             config,
@@ -105,10 +121,6 @@ pub fn run(args: Args) -> u8 {
                 scan,
             },
         ),
-        other => {
-            eprintln!("ublk-stack: {other:?}: not available in this build");
-            1
-        }
     }
 }
 

@@ -5,5 +5,6 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod nbd;
 #[allow(unsafe_code)]
 pub mod ublk;

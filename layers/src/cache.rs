@@ -349,7 +349,13 @@ impl Layer for Cache {
                 LiveChange::CacheMode(mode) => self.set_mode(*mode),
                 other => return Err(format!("{other:?} does not apply to a cache")),
             }
-            self.settle(ctx).await.map_err(|e| {
+            let settled = self.settle(ctx).await;
+            if matches!(change, LiveChange::CacheCapacity(_)) {
+                // Evicted block buffers go back to the allocator; hand its free
+                // pages back to the system so that RSS follows the capacity.
+                crate::os::release_free_memory();
+            }
+            settled.map_err(|e| {
                 format!(
                     "capacity {} bytes and mode {} are in effect, but writing back dirty \
                      blocks failed ({e}); they stay dirty and the next FLUSH retries them",

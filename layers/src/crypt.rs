@@ -107,12 +107,11 @@ pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
 }
 
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
-    let room = lower_size.saturating_sub(SUPERBLOCK_BYTES);
-    let mut n = room / (block + ENTRY_BYTES as u64);
-    while n > 0 && MetaTable::bytes_for(n, ENTRY_BYTES) + n * block > room {
-        n -= 1;
-    }
-    n
+    MetaTable::blocks_that_fit(
+        lower_size.saturating_sub(SUPERBLOCK_BYTES),
+        block,
+        ENTRY_BYTES,
+    )
 }
 
 fn key_check(cipher: &Aes256Gcm, uuid: &[u8; 16], nonce: [u8; 12]) -> Vec<u8> {

@@ -89,6 +89,16 @@ impl MetaTable {
         entries.div_ceil(per_page(entry_bytes)) * 2 * PAGE_BYTES as u64
     }
 
+    /// How many `block`-byte blocks, each with an `entry_bytes` entry, fit in
+    /// `room` bytes together with their table.
+    pub fn blocks_that_fit(room: u64, block: u64, entry_bytes: usize) -> u64 {
+        let mut n = room / (block + entry_bytes as u64);
+        while n > 0 && Self::bytes_for(n, entry_bytes) + n * block > room {
+            n -= 1;
+        }
+        n
+    }
+
     /// Load the table from `lower` at byte `start` (a fresh device reads as zeros).
     pub async fn load(
         ctx: &IoCtx,

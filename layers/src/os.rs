@@ -29,3 +29,14 @@ pub fn block_device_size(file: &File) -> io::Result<u64> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Return the allocator's free pages to the system (glibc keeps them otherwise),
+/// e.g. after a cache shrank.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no
+    // pointers and may be called at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

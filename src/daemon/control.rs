@@ -41,6 +41,14 @@ pub trait Report: Send + Sync + 'static {
     fn reload(&self) -> Value {
         json!({"ok": false, "error": "reload is not available"})
     }
+    /// Read every copy, verify and repair (see `repair.rs`).
+    fn scrub(&self) -> Value {
+        json!({"ok": false, "error": "scrub is not available"})
+    }
+    /// Re-add a failed mirror leg and rebuild it.
+    fn readd(&self, _layer: &str, _leg: usize) -> Value {
+        json!({"ok": false, "error": "readd is not available"})
+    }
 }
 
 /// Bind the device's socket. A socket file left by a daemon that died is
@@ -110,6 +118,23 @@ fn handle(stream: UnixStream, report: &Arc<dyn Report>, down: &Sender<Event>) ->
                 .spawn(move || reply_to(stream, &report.reload()))?;
             return Ok(());
         }
+        // Scrubs and re-adds read or write the whole device: on threads of their own.
+        Some("scrub") => {
+            let report = report.clone();
+            std::thread::Builder::new()
+                .name("control-scrub".into())
+                .spawn(move || reply_to(stream, &report.scrub()))?;
+            return Ok(());
+        }
+        Some("readd") => {
+            let layer = request["layer"].as_str().unwrap_or_default().to_string();
+            let leg = request["leg"].as_u64().unwrap_or(u64::MAX) as usize;
+            let report = report.clone();
+            std::thread::Builder::new()
+                .name("control-readd".into())
+                .spawn(move || reply_to(stream, &report.readd(&layer, leg)))?;
+            return Ok(());
+        }
         Some("down") => {
             return down
                 .send(Event::Down(stream))
@@ -130,9 +155,14 @@ pub fn reply_to(mut stream: UnixStream, reply: &Value) -> io::Result<()> {
 /// Client side: send `cmd` to the daemon behind `socket` and read its reply.
 /// `timeout` bounds the wait for the reply (`down` waits for a whole teardown).
 pub fn request(socket: &Path, cmd: &str, timeout: Duration) -> io::Result<Value> {
+    request_value(socket, &json!({ "cmd": cmd }), timeout)
+}
+
+/// Client side: send a request with arguments and read the reply.
+pub fn request_value(socket: &Path, request: &Value, timeout: Duration) -> io::Result<Value> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(format!("{}\n", json!({ "cmd": cmd })).as_bytes())?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     if line.is_empty() {

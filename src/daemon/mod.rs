@@ -6,5 +6,6 @@ pub mod control;
 pub mod lifecycle;
 pub mod logging;
 pub mod reload;
+pub mod repair;
 pub mod status;
 pub mod watch;

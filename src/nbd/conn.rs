@@ -1,0 +1,577 @@
+//! One NBD connection in the transmission phase, on its queue thread.
+//!
+//! Two tasks per connection. The *reader* receives into a 256 KiB buffer and
+//! parses every complete request in it (one recv often carries a whole batch
+//! from a client with a deep queue), checks each one, and spawns one task per
+//! request on the queue's executor; requests run concurrently and finish in
+//! any order. Each request task queues its reply and wakes the *writer*, which
+//! runs after the executor's current batch of tasks, so the replies finished
+//! in one turn go out in one sendmsg.
+//!
+//! Bounds: at most `queue_depth` requests and [`MAX_IN_FLIGHT_BYTES`] of
+//! payload in flight per connection; the reader stops reading until that
+//! drops, so a client cannot make the daemon buffer without limit.
+//!
+//! Ending: on EOF, a receive error, NBD_CMD_DISC, a bad magic, or a server stop,
+//! the reader stops; the requests in flight finish and their replies are sent
+//! (after a stop, requests already received get ESHUTDOWN); then the writer
+//! closes the socket. The socket is closed only after every operation on it has
+//! completed.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use layers::uring::AlignedBuf;
+use layers::Layer;
+
+use super::offload::transfer;
+use super::proto::{self, Request, REQUEST_BYTES};
+use super::ring::{Outgoing, Owned, Reply};
+use super::server::Queue;
+
+/// Receive buffer of each connection: room for a few hundred request headers.
+const RECV_BUF_BYTES: usize = 256 << 10;
+/// Payload bytes (write data received plus read data being produced) allowed
+/// in flight on one connection.
+const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// Largest piece of TRIM / WRITE_ZEROES handed to the stack at once (the ublk
+/// front end's limit for those).
+const ZERO_PIECE_BYTES: u64 = 64 << 20;
+
+/// A single-threaded wake-up flag with one waiter.
+#[derive(Default)]
+pub struct Notify {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.flag.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once `notify` was called since the last wait returned.
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.flag.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// What a checked request asks of the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
+    Flush,
+    Trim {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u32,
+        fua: bool,
+        no_hole: bool,
+    },
+    Disconnect,
+}
+
+/// Check a request against the export: the protocol error for a bad one.
+/// WRITE payloads are received before this is acted on either way.
+pub fn check(req: &Request, size: u64, block_size: u32) -> Result<Action, u32> {
+    let allowed = match req.kind {
+        proto::CMD_WRITE | proto::CMD_TRIM => proto::CMD_FLAG_FUA,
+        proto::CMD_WRITE_ZEROES => proto::CMD_FLAG_FUA | proto::CMD_FLAG_NO_HOLE,
+        _ => 0,
+    };
+    if req.flags & !allowed != 0 {
+        return Err(proto::EINVAL);
+    }
+    let fua = req.flags & proto::CMD_FLAG_FUA != 0;
+    let (offset, len) = (req.offset, req.length);
+    let ranged = |too_far: u32| -> Result<(), u32> {
+        let block = u64::from(block_size);
+        if len == 0 || offset % block != 0 || u64::from(len) % block != 0 {
+            return Err(proto::EINVAL);
+        }
+        match offset.checked_add(u64::from(len)) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(too_far),
+        }
+    };
+    match req.kind {
+        proto::CMD_READ | proto::CMD_WRITE if len > proto::MAX_PAYLOAD_BYTES => {
+            Err(proto::EOVERFLOW)
+        }
+        proto::CMD_READ => ranged(proto::EINVAL).map(|()| Action::Read { offset, len }),
+        proto::CMD_WRITE => ranged(proto::ENOSPC).map(|()| Action::Write { offset, len, fua }),
+        proto::CMD_FLUSH => Ok(Action::Flush),
+        proto::CMD_TRIM => ranged(proto::EINVAL).map(|()| Action::Trim { offset, len, fua }),
+        proto::CMD_WRITE_ZEROES => ranged(proto::ENOSPC).map(|()| Action::WriteZeroes {
+            offset,
+            len,
+            fua,
+            no_hole: req.flags & proto::CMD_FLAG_NO_HOLE != 0,
+        }),
+        proto::CMD_DISC => Ok(Action::Disconnect),
+        _ => Err(proto::EINVAL),
+    }
+}
+
+/// State shared by a connection's tasks (all on one queue thread).
+pub struct Conn {
+    socket: OwnedFd,
+    in_flight: Cell<usize>,
+    in_flight_bytes: Cell<u64>,
+    pending: RefCell<Vec<Reply>>,
+    /// Wakes the writer: a reply is queued, or the reader finished.
+    writer_wake: Notify,
+    /// Wakes the reader: a request finished (credit is back).
+    reader_wake: Notify,
+    reader_done: Cell<bool>,
+    /// The client is gone (a send failed): replies are dropped.
+    broken: Cell<bool>,
+    /// The server is stopping: read no more.
+    stopping: Cell<bool>,
+    /// The reader's receive in flight, to cancel on stop.
+    recv_token: Cell<Option<u64>>,
+}
+
+impl Conn {
+    pub fn new(socket: OwnedFd) -> Conn {
+        Conn {
+            socket,
+            in_flight: Cell::new(0),
+            in_flight_bytes: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
+            writer_wake: Notify::default(),
+            reader_wake: Notify::default(),
+            reader_done: Cell::new(false),
+            broken: Cell::new(false),
+            stopping: Cell::new(false),
+            recv_token: Cell::new(None),
+        }
+    }
+
+    /// Stop reading (server shutdown): cancel the receive in flight, if any.
+    pub fn stop(&self, queue: &Queue) {
+        self.stopping.set(true);
+        if let Some(token) = self.recv_token.get() {
+            queue.sockets.cancel(&queue.ctx, token);
+        }
+    }
+
+    /// Shut the socket down (a stop's grace period ran out): receives and
+    /// sends in flight fail, and the connection ends.
+    pub async fn force_close(&self, queue: &Queue) {
+        queue
+            .sockets
+            .shutdown(&queue.ctx, self.socket.as_raw_fd())
+            .await;
+    }
+
+    fn reply(&self, cookie: u64, error: u32, data: Option<AlignedBuf>) {
+        if !self.broken.get() {
+            self.pending.borrow_mut().push(Reply {
+                header: proto::simple_reply(cookie, error),
+                data,
+            });
+        }
+        self.writer_wake.notify();
+    }
+}
+
+/// Serve `conn` until it ends; spawned once per connection.
+pub async fn run(queue: Rc<Queue>, conn: Rc<Conn>) {
+    queue.exec.spawn(write_loop(queue.clone(), conn.clone()));
+    if let Err(why) = read_loop(&queue, &conn).await {
+        tracing::debug!(queue = queue.ctx.queue(), "NBD connection: {why}");
+    }
+    conn.reader_done.set(true);
+    conn.recv_token.set(None);
+    conn.writer_wake.notify();
+}
+
+/// The reader's receive window: bytes `start..end` of `buf` are unparsed.
+struct Window {
+    buf: Option<AlignedBuf>,
+    start: usize,
+    end: usize,
+}
+
+impl Window {
+    fn available(&self) -> &[u8] {
+        &self
+            .buf
+            .as_ref()
+            .expect("window holds its buffer")
+            .as_slice()[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// Receive more bytes into the window; `Ok(false)` at end of stream.
+async fn fill(queue: &Queue, conn: &Conn, window: &mut Window) -> Result<bool, String> {
+    let mut buf = window.buf.take().expect("window holds its buffer");
+    if window.start > 0 {
+        buf.as_mut_slice().copy_within(window.start..window.end, 0);
+        window.end -= window.start;
+        window.start = 0;
+    }
+    let op = queue
+        .sockets
+        .recv(&queue.ctx, conn.socket.as_raw_fd(), buf, window.end, false);
+    conn.recv_token.set(Some(op.token()));
+    let (res, owned) = op.await;
+    conn.recv_token.set(None);
+    let Owned::Recv(buf) = owned else {
+        unreachable!("a recv hands back its buffer")
+    };
+    window.buf = Some(buf);
+    match res {
+        0 => Ok(false),
+        n if n > 0 => {
+            window.end += n as usize;
+            Ok(true)
+        }
+        e if e == -libc::ECANCELED => Ok(false),
+        e => Err(format!("recv: {}", std::io::Error::from_raw_os_error(-e))),
+    }
+}
+
+async fn read_loop(queue: &Rc<Queue>, conn: &Rc<Conn>) -> Result<(), String> {
+    let mut window = Window {
+        buf: Some(AlignedBuf::new(RECV_BUF_BYTES)),
+        start: 0,
+        end: 0,
+    };
+    let (size, block_size) = (queue.stack.size(), queue.stack.block_size());
+    loop {
+        while window.available().len() < REQUEST_BYTES {
+            if conn.stopping.get() || !fill(queue, conn, &mut window).await? {
+                return Ok(());
+            }
+        }
+        let header: &[u8; REQUEST_BYTES] = window.available()[..REQUEST_BYTES]
+            .try_into()
+            .expect("sliced to the header size");
+        let req = Request::decode(header).map_err(|m| format!("bad request magic {:#x}", m.0))?;
+        window.consume(REQUEST_BYTES);
+        let checked = check(&req, size, block_size);
+        let payload = if req.kind == proto::CMD_WRITE {
+            // The payload follows whatever the checks say; an oversized one
+            // cannot be skipped safely, so the connection ends.
+            if req.length > proto::MAX_PAYLOAD_BYTES {
+                return Err(format!("write of {} bytes", req.length));
+            }
+            match receive_payload(queue, conn, &mut window, req.length as usize).await? {
+                Some(payload) => Some(payload),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
+        let action = match checked {
+            Ok(Action::Disconnect) => return Ok(()),
+            Ok(action) if !conn.stopping.get() => action,
+            // Received after a stop began, or refused by the checks: answered
+            // without touching the stack.
+            other => {
+                if let Some(payload) = payload {
+                    queue.recycle(payload);
+                }
+                let error = other.err().unwrap_or(proto::ESHUTDOWN);
+                conn.reply(req.cookie, error, None);
+                continue;
+            }
+        };
+        let bytes = match action {
+            Action::Read { len, .. } | Action::Write { len, .. } => u64::from(len),
+            _ => 0,
+        };
+        while conn.in_flight.get() >= queue.limits.queue_depth
+            || (conn.in_flight.get() > 0
+                && conn.in_flight_bytes.get() + bytes > MAX_IN_FLIGHT_BYTES)
+        {
+            conn.reader_wake.wait().await;
+        }
+        conn.in_flight.set(conn.in_flight.get() + 1);
+        conn.in_flight_bytes.set(conn.in_flight_bytes.get() + bytes);
+        queue.exec.spawn(serve(
+            queue.clone(),
+            conn.clone(),
+            req.cookie,
+            action,
+            payload,
+        ));
+    }
+}
+
+/// A WRITE's payload: what the window already holds, then the rest received
+/// straight into the payload buffer. `None` if the stream ended first.
+async fn receive_payload(
+    queue: &Queue,
+    conn: &Conn,
+    window: &mut Window,
+    len: usize,
+) -> Result<Option<AlignedBuf>, String> {
+    let mut payload = queue.take_buf(len);
+    let have = window.available().len().min(len);
+    payload.as_mut_slice()[..have].copy_from_slice(&window.available()[..have]);
+    window.consume(have);
+    let mut filled = have;
+    while filled < len {
+        if conn.stopping.get() {
+            return Ok(None);
+        }
+        let op = queue
+            .sockets
+            .recv(&queue.ctx, conn.socket.as_raw_fd(), payload, filled, true);
+        conn.recv_token.set(Some(op.token()));
+        let (res, owned) = op.await;
+        conn.recv_token.set(None);
+        let Owned::Recv(buf) = owned else {
+            unreachable!("a recv hands back its buffer")
+        };
+        payload = buf;
+        match res {
+            n if n > 0 => filled += n as usize,
+            0 => return Ok(None),
+            e if e == -libc::ECANCELED => return Ok(None),
+            e => return Err(format!("recv: {}", std::io::Error::from_raw_os_error(-e))),
+        }
+    }
+    Ok(Some(payload))
+}
+
+/// Run one request on the stack and queue its reply.
+async fn serve(
+    queue: Rc<Queue>,
+    conn: Rc<Conn>,
+    cookie: u64,
+    action: Action,
+    payload: Option<AlignedBuf>,
+) {
+    let top = queue.stack.top();
+    let ctx = &queue.ctx;
+    let (result, data) = match action {
+        Action::Read { len, .. } => {
+            let buf = queue.take_buf(len as usize);
+            match transfer(&queue, action, buf).await {
+                (Ok(()), buf) => (Ok(()), Some(buf)),
+                (Err(e), buf) => {
+                    queue.recycle(buf);
+                    (Err(e), None)
+                }
+            }
+        }
+        Action::Write { fua, .. } => {
+            let buf = payload.expect("a WRITE carries its payload");
+            let (mut result, buf) = transfer(&queue, action, buf).await;
+            queue.recycle(buf);
+            if fua && result.is_ok() {
+                result = top.flush(ctx).await;
+            }
+            (result, None)
+        }
+        Action::Flush => (top.flush(ctx).await, None),
+        Action::Trim { offset, len, fua } => {
+            (zero(&queue, top, offset, len, true, fua).await, None)
+        }
+        Action::WriteZeroes {
+            offset,
+            len,
+            fua,
+            no_hole,
+        } => {
+            // Without NO_HOLE the client does not mind a hole: punch one when
+            // that frees space (discard reads back as zeros on every layer).
+            let discard = !no_hole && queue.stack.discard_frees_space();
+            (zero(&queue, top, offset, len, discard, fua).await, None)
+        }
+        Action::Disconnect => (Ok(()), None),
+    };
+    let error = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::debug!(queue = ctx.queue(), ?action, "NBD request failed: {e}");
+            proto::error_value(e.errno())
+        }
+    };
+    conn.reply(cookie, error, data);
+    let bytes = match action {
+        Action::Read { len, .. } | Action::Write { len, .. } => u64::from(len),
+        _ => 0,
+    };
+    conn.in_flight.set(conn.in_flight.get() - 1);
+    conn.in_flight_bytes.set(conn.in_flight_bytes.get() - bytes);
+    conn.reader_wake.notify();
+}
+
+async fn zero(
+    queue: &Queue,
+    top: &dyn Layer,
+    offset: u64,
+    len: u32,
+    discard: bool,
+    fua: bool,
+) -> layers::Result<()> {
+    let ctx = &queue.ctx;
+    let end = offset + u64::from(len);
+    let mut at = offset;
+    while at < end {
+        let piece = (end - at).min(ZERO_PIECE_BYTES);
+        if discard {
+            top.discard(ctx, at, piece).await?;
+        } else {
+            top.write_zeroes(ctx, at, piece).await?;
+        }
+        at += piece;
+    }
+    if fua {
+        top.flush(ctx).await?;
+    }
+    Ok(())
+}
+
+/// Send queued replies until the reader is done and nothing is left in flight.
+async fn write_loop(queue: Rc<Queue>, conn: Rc<Conn>) {
+    let mut spare = Vec::new();
+    loop {
+        let batch = std::mem::replace(&mut *conn.pending.borrow_mut(), spare);
+        if batch.is_empty() {
+            spare = batch;
+            if conn.reader_done.get() && conn.in_flight.get() == 0 {
+                break;
+            }
+            conn.writer_wake.wait().await;
+            continue;
+        }
+        let mut out = Outgoing::new(batch);
+        while !out.finished() && !conn.broken.get() {
+            let op = queue.sockets.send(&queue.ctx, conn.socket.as_raw_fd(), out);
+            let (res, owned) = op.await;
+            let Owned::Send(back) = owned else {
+                unreachable!("a send hands back its replies")
+            };
+            out = back;
+            if res <= 0 {
+                tracing::debug!(queue = queue.ctx.queue(), "NBD send failed: {res}");
+                conn.broken.set(true);
+                conn.stop(&queue);
+            } else {
+                out.advance(res as usize);
+            }
+        }
+        let mut replies = std::mem::take(&mut out.replies);
+        for reply in replies.drain(..) {
+            if let Some(data) = reply.data {
+                queue.recycle(data);
+            }
+        }
+        spare = replies;
+        if conn.broken.get() {
+            conn.pending.borrow_mut().clear();
+        }
+    }
+    queue.forget(&conn);
+    // Every operation on the socket has completed: the reader returned and so
+    // did the last send. Dropping the last Rc closes it.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(kind: u16, flags: u16, offset: u64, length: u32) -> Request {
+        Request {
+            flags,
+            kind,
+            cookie: 1,
+            offset,
+            length,
+        }
+    }
+
+    const SIZE: u64 = 1 << 20;
+
+    #[test]
+    fn requests_inside_the_device_and_on_the_block_grid_pass() {
+        assert_eq!(
+            check(&req(proto::CMD_READ, 0, 4096, 8192), SIZE, 4096),
+            Ok(Action::Read {
+                offset: 4096,
+                len: 8192
+            })
+        );
+        assert_eq!(
+            check(
+                &req(proto::CMD_WRITE, proto::CMD_FLAG_FUA, SIZE - 4096, 4096),
+                SIZE,
+                4096
+            ),
+            Ok(Action::Write {
+                offset: SIZE - 4096,
+                len: 4096,
+                fua: true
+            })
+        );
+        assert_eq!(
+            check(&req(proto::CMD_FLUSH, 0, 0, 0), SIZE, 4096),
+            Ok(Action::Flush)
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_protocol_errors() {
+        let cases = [
+            (req(proto::CMD_READ, 0, 512, 4096), proto::EINVAL),
+            (req(proto::CMD_READ, 0, 0, 100), proto::EINVAL),
+            (req(proto::CMD_READ, 0, 0, 0), proto::EINVAL),
+            (req(proto::CMD_READ, 0, SIZE, 4096), proto::EINVAL),
+            (req(proto::CMD_WRITE, 0, SIZE, 4096), proto::ENOSPC),
+            (
+                req(proto::CMD_READ, 0, u64::MAX - 4095, 4096),
+                proto::EINVAL,
+            ),
+            (req(proto::CMD_READ, 0, 0, 64 << 20), proto::EOVERFLOW),
+            (
+                req(proto::CMD_READ, proto::CMD_FLAG_FUA, 0, 4096),
+                proto::EINVAL,
+            ),
+            (req(proto::CMD_WRITE, 1 << 4, 0, 4096), proto::EINVAL),
+            (req(7, 0, 0, 4096), proto::EINVAL),
+            (req(99, 0, 0, 0), proto::EINVAL),
+        ];
+        for (request, error) in cases {
+            assert_eq!(check(&request, SIZE, 4096), Err(error), "{request:?}");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The NBD front end: `ublk-stack up CONFIG --nbd unix:PATH | HOST:PORT` serves
+//! the compiled stack over the NBD protocol instead of ublk, for hosts without
+//! `ublk_drv` and for remote clients.
+//!
+//! - `proto`: the wire format (fixed-size messages, magics, codes).
+//! - `handshake`: fixed-newstyle option haggling, on a thread per handshake.
+//! - `server`: listener, accept thread, one thread per queue of the config;
+//!   connections are spread over the queues round-robin.
+//! - `conn`: one connection in the transmission phase: many requests in flight,
+//!   replies in completion order.
+//! - `offload`: large READs and WRITEs run on another queue thread, so one
+//!   streaming client uses more than one core.
+//! - `ring`: socket receives and sends as io_uring operations on the queue's
+//!   ring (the module's only unsafe code).
+//! - `daemon`: `up --nbd`: control socket, signals, clean stop with a flush.
+//!
+//! Offsets are bytes here as everywhere; a request is checked (inside the
+//! device, aligned to the block size, payload at most 32 MiB) before it reaches
+//! the stack, and a client that breaks the protocol loses its connection, never
+//! the daemon.
+
+mod conn;
+mod daemon;
+mod handshake;
+mod offload;
+mod proto;
+#[allow(unsafe_code)]
+mod ring;
+mod server;
+
+pub use daemon::up;
+pub use server::{Address, Limits, Server};
