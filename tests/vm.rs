@@ -39,6 +39,7 @@ scenarios!(
     ublk_checksum_flip,
     ublk_crypt,
     ublk_secure_ext4,
+    ublk_recovery,
     reload_live,
     mirror_fault_readd,
     mirror_scrub,

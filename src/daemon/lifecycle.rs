@@ -7,20 +7,38 @@
 //! aborts every tag), join the queue threads, flush the stack so every
 //! acknowledged write is durable on every leaf, DEL_DEV (removes /dev/ublkcN), and
 //! only then answer `down` and exit 0.
+//!
+//! Crash recovery: when the kernel offers user recovery (see `ublk::device`), `up`
+//! records the device's id in `$UBLK_STACK_RUN_DIR/NAME.device`. If the daemon is
+//! killed, the kernel keeps /dev/ublkbN with its I/O held; the next `up` of the
+//! same name finds the id there, checks the device still has the config's size
+//! and block size (refusing otherwise), takes it over, and prints the ready line
+//! with "recovered" in it. A clean stop deletes the device and the record.
+//! `UBLK_STACK_USER_RECOVERY=off` in the environment creates devices without
+//! recovery (a killed daemon's device then goes away with its I/O failed).
+//!
+//! Recovery is only asked for when every write the daemon acknowledged is in the
+//! kernel's hands (leaf files and disks, the on-disk tables of `checksum`, `crypt`
+//! and `compress`) and so survives the process: not with a `memory` leaf, whose
+//! data dies with the process, nor with a `cache`, whose `mode` may become
+//! write-back (dirty blocks in the daemon's memory only). Recovering those would
+//! let the filesystem run on over writes it was told were done and that are gone;
+//! without recovery it sees the loss as I/O errors instead.
 
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use layers::{Executor, IoCtx, Layer, Plan, Stack};
+use layers::{Executor, IoCtx, Layer, LayerSpec, Plan, Stack};
 use serde_json::{json, Value};
 
 use super::control::{self, Event, Report};
 use super::reload::Reloader;
 use super::{logging, status, watch};
-use crate::ublk::{self, Control, CtrlError, Device, DeviceConfig, TopLayer};
+use crate::ublk::{self, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
 const NO_UBLK: &str =
@@ -83,6 +101,93 @@ pub fn format_size(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// `$UBLK_STACK_RUN_DIR/NAME.device`: which ublk device serves NAME, so that the
+/// next `up` after a crash can find the device the kernel kept for recovery.
+fn device_record_path(name: &str) -> PathBuf {
+    control::run_dir().join(format!("{name}.device"))
+}
+
+/// The id in a device record; `None` when there is none or it is unreadable
+/// (then there is nothing to recover and a new device is created).
+fn read_device_record(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("id "))
+        .and_then(|id| id.trim().parse().ok())
+}
+
+fn write_device_record(path: &Path, dev_id: u32) -> io::Result<()> {
+    // Written whole then renamed, so a crash never leaves half a record.
+    let partial = path.with_extension("device.partial");
+    std::fs::write(&partial, format!("id {dev_id}\n"))?;
+    std::fs::rename(&partial, path)
+}
+
+/// Ids recorded for other names: their devices may be waiting for their own
+/// daemon to recover them, so this `up` must not reap them.
+fn ids_held_for_others(name: &str) -> Vec<u32> {
+    let own = device_record_path(name);
+    std::fs::read_dir(control::run_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "device") && *path != own)
+        .filter_map(|path| read_device_record(&path))
+        .collect()
+}
+
+fn recovery_wanted(plan: &Plan) -> bool {
+    if std::env::var("UBLK_STACK_USER_RECOVERY").as_deref() == Ok("off") {
+        return false;
+    }
+    match layer_lost_with_the_daemon(plan) {
+        Some(layer) => {
+            tracing::info!(
+                "user recovery off: layer \"{layer}\" keeps acknowledged writes in the daemon's memory"
+            );
+            false
+        }
+        None => true,
+    }
+}
+
+/// The first layer whose acknowledged writes may exist only in this process.
+fn layer_lost_with_the_daemon(plan: &Plan) -> Option<&str> {
+    plan.layers
+        .iter()
+        .find(|layer| matches!(layer.spec, LayerSpec::Memory { .. } | LayerSpec::Cache(_)))
+        .map(|layer| layer.name.as_str())
+}
+
+/// Take over the device a killed daemon of this name left, or create a new one.
+/// Returns the device and whether it was recovered.
+fn start_device(
+    mut ctrl: Control,
+    config: &DeviceConfig,
+    stack: Arc<Stack>,
+    record: &Path,
+) -> Result<(Device, bool), DeviceError> {
+    if let Some(dev_id) = read_device_record(record) {
+        if let Some(info) = Device::find_recoverable(&mut ctrl, dev_id)? {
+            tracing::info!(dev_id, "recovering the device left by a killed daemon");
+            return Device::recover(ctrl, info, config, stack).map(|device| (device, true));
+        }
+        // Deleted or stopped since the record was written: nothing to recover.
+        drop(std::fs::remove_file(record));
+    }
+    let device = Device::create(ctrl, config, stack)?;
+    if device.recoverable() {
+        if let Err(e) = write_device_record(record, device.dev_id()) {
+            tracing::warn!(
+                "{}: {e}: a later `up` could not recover this device after a crash",
+                record.display()
+            );
+        }
+    }
+    Ok((device, false))
 }
 
 /// What the control socket reports about this daemon's device (also used by
@@ -178,12 +283,22 @@ pub fn up(config: &Path) -> u8 {
         block_size: stack.block_size(),
         size_bytes: stack.size(),
         discard: stack.discard_frees_space(),
+        recovery: recovery_wanted(&plan),
+        held_ids: ids_held_for_others(&name),
     };
-    let device = match Device::create(ctrl, &device_config, stack.clone()) {
-        Ok(device) => device,
+    let record = device_record_path(&name);
+    let (device, recovered) = match start_device(ctrl, &device_config, stack.clone(), &record) {
+        Ok(started) => started,
+        Err(e @ DeviceError::Mismatch(_)) => {
+            drop(std::fs::remove_file(&socket));
+            return fail(format!(
+                "{name}: {e} (restore the config, or remove {} so that the next `up` deletes that device, failing its held I/O)",
+                record.display()
+            ));
+        }
         Err(e) => {
             drop(std::fs::remove_file(&socket));
-            return fail(e);
+            return fail(format!("{name}: {e}"));
         }
     };
     let (events_tx, events) = mpsc::channel();
@@ -228,15 +343,16 @@ pub fn up(config: &Path) -> u8 {
         }
     };
     println!(
-        "{name}: {} ready ({}, {} queues)",
+        "{name}: {} ready ({}, {} queues{})",
         device.block_path().display(),
         format_size(stack.size()),
-        device.queues()
+        device.queues(),
+        if recovered { ", recovered" } else { "" }
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
 
     let stop = wait_for_stop(&device, &events);
-    let result = teardown(device, &stack);
+    let result = teardown(device, &stack, &record);
     drop(std::fs::remove_file(&socket));
     let reply = match &result {
         Ok(()) => json!({"ok": true}),
@@ -287,7 +403,7 @@ fn wait_for_stop(device: &Device, events: &mpsc::Receiver<Event>) -> Stop {
     }
 }
 
-fn teardown(mut device: Device, stack: &Stack) -> Result<(), String> {
+fn teardown(mut device: Device, stack: &Stack, record: &Path) -> Result<(), String> {
     let stopped = device.stop();
     if let Ok(reports) = &stopped {
         let requests: u64 = reports.iter().map(|r| r.requests).sum();
@@ -296,6 +412,10 @@ fn teardown(mut device: Device, stack: &Stack) -> Result<(), String> {
     }
     let flushed = flush_stack(stack);
     let deleted = device.delete();
+    if deleted.is_ok() {
+        // The device is gone: nothing is left to recover.
+        drop(std::fs::remove_file(record));
+    }
     stopped.map_err(|e| e.to_string())?;
     flushed.map_err(|e| format!("flushing the stack: {e}"))?;
     deleted.map_err(|e| e.to_string())
@@ -381,6 +501,33 @@ mod tests {
         assert_eq!(layers[1]["depth"], 1);
         assert_eq!(layers[0]["stats"]["errors"], 0);
         assert_eq!(report.info()["path"], "/dev/ublkb9");
+    }
+
+    #[test]
+    fn recovery_is_off_when_a_layer_keeps_writes_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.memory("a", 1 << 20);
+        let b = plan.memory("b", 1 << 20);
+        let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
+        assert_eq!(layer_lost_with_the_daemon(&plan.build(mirror)), Some("a"));
+
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.file("a", 1 << 20);
+        let checksum = plan.checksum("c", a);
+        assert_eq!(layer_lost_with_the_daemon(&plan.build(checksum)), None);
+    }
+
+    #[test]
+    fn device_record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k9.device");
+        assert_eq!(read_device_record(&path), None);
+        write_device_record(&path, 5).unwrap();
+        assert_eq!(read_device_record(&path), Some(5));
+        assert!(!dir.path().join("k9.device.partial").exists());
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert_eq!(read_device_record(&path), None);
     }
 
     #[test]

@@ -279,6 +279,58 @@ impl Control {
             .map_err(|e| command_error(what, e))
     }
 
+    /// GET_PARAMS: the parameters the device was started with (what a recovering
+    /// daemon compares its config against).
+    pub fn get_params(&mut self, dev_id: u32) -> Result<Params, CtrlError> {
+        let mut params = Params {
+            // The kernel copies at most `len` bytes: the size we know.
+            len: std::mem::size_of::<Params>() as u32,
+            ..Params::default()
+        };
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            len: std::mem::size_of::<Params>() as u16,
+            addr: std::ptr::addr_of_mut!(params) as u64,
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(sys::UBLK_CMD_GET_PARAMS, sys::UBLK_U_CMD_GET_PARAMS);
+        self.submit(op, cmd)
+            .map_err(|e| command_error("GET_PARAMS", e))?;
+        Ok(params)
+    }
+
+    /// START_USER_RECOVERY: forget the dead daemon's queues so a new process may
+    /// open /dev/ublkcN and FETCH again. The kernel answers EBUSY until the old
+    /// process has fully gone (char device closed) and the device is quiesced;
+    /// that error is returned as is for the caller to retry.
+    pub fn start_user_recovery(&mut self, dev_id: u32) -> Result<(), CtrlError> {
+        self.simple(
+            dev_id,
+            sys::UBLK_CMD_START_USER_RECOVERY,
+            sys::UBLK_U_CMD_START_USER_RECOVERY,
+            "START_USER_RECOVERY",
+        )
+    }
+
+    /// END_USER_RECOVERY: blocks until every queue has armed every tag, records
+    /// the new server pid and lets the held requests through.
+    pub fn end_user_recovery(&mut self, dev_id: u32, server_pid: i32) -> Result<(), CtrlError> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            data: [server_pid as u64],
+            ..CtrlCmd::default()
+        };
+        let op = self.opcode(
+            sys::UBLK_CMD_END_USER_RECOVERY,
+            sys::UBLK_U_CMD_END_USER_RECOVERY,
+        );
+        self.submit(op, cmd)
+            .map(drop)
+            .map_err(|e| command_error("END_USER_RECOVERY", e))
+    }
+
     /// GET_DEV_INFO; `Ok(None)` when no device has this id.
     pub fn dev_info(&mut self, dev_id: u32) -> Result<Option<DevInfo>, CtrlError> {
         let mut info = DevInfo::default();

@@ -1,5 +1,27 @@
 //! A ublk device from creation to deletion: ADD_DEV, SET_PARAMS, one thread per
 //! queue, START_DEV; and on the way out STOP_DEV, join the queues, DEL_DEV.
+//!
+//! User recovery: when the kernel offers UBLK_F_USER_RECOVERY together with
+//! UBLK_F_USER_RECOVERY_REISSUE, devices are created with both. If the daemon then
+//! dies without deleting its device, the kernel keeps /dev/ublkbN, quiesces its
+//! queue and holds every request (new ones, and with REISSUE also the ones the dead
+//! daemon had fetched but not committed) until a new daemon takes over with
+//! [`Device::recover`]: START_USER_RECOVERY, open /dev/ublkcN, arm every tag, and
+//! END_USER_RECOVERY, which lets the held requests through.
+//!
+//! Why REISSUE rather than failing the requests that were in flight at the crash:
+//! none of them had been completed, so the layer above (a filesystem) has not seen
+//! them finish and cannot have ordered anything after them; it only relies on the
+//! order of completions, and of FLUSH against completed writes. A re-issued write
+//! writes the same data to the same sectors again, which is idempotent, and a
+//! write the dead daemon may have partly done is overwritten in full. Failing them
+//! instead would hand the filesystem an EIO for a device that has recovered, which
+//! ext4 answers by going read-only.
+//!
+//! Without those features (kernels that cannot report them, before 6.5's
+//! GET_FEATURES, or when the caller turns recovery off) a killed daemon's device
+//! is stopped by the kernel, its I/O fails, and the next `up` deletes the leftover
+//! /dev/ublkcN.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -31,6 +53,11 @@ pub struct DeviceConfig {
     pub size_bytes: u64,
     /// Advertise discard (only when a discard really frees space below).
     pub discard: bool,
+    /// Ask for user recovery (used when the kernel offers it).
+    pub recovery: bool,
+    /// Devices held for recovery by another device's daemon: never reaped as
+    /// stale, and a fixed `id` among them is taken.
+    pub held_ids: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -42,6 +69,10 @@ pub enum DeviceError {
     Geometry(String),
     CharDevice(PathBuf, io::Error),
     Queue(u16, io::Error),
+    /// The device left by a killed daemon does not match the config.
+    Mismatch(String),
+    /// The device left by a killed daemon cannot be taken over (yet).
+    Recovery(u32, String),
 }
 
 impl fmt::Display for DeviceError {
@@ -54,6 +85,8 @@ impl fmt::Display for DeviceError {
             DeviceError::Geometry(why) => write!(f, "device geometry: {why}"),
             DeviceError::CharDevice(path, e) => write!(f, "{}: {e}", path.display()),
             DeviceError::Queue(q, e) => write!(f, "queue {q}: {e}"),
+            DeviceError::Mismatch(why) => write!(f, "{why}"),
+            DeviceError::Recovery(id, why) => write!(f, "recovering /dev/ublkb{id}: {why}"),
         }
     }
 }
@@ -123,6 +156,10 @@ pub struct Device {
     queues: Vec<JoinHandle<io::Result<QueueReport>>>,
     stopped: bool,
     deleted: bool,
+    /// On drop, leave the device to the kernel instead of stopping and deleting
+    /// it: set while a recovery is under way, so that a failed attempt leaves the
+    /// device (and the I/O it holds) for the next one.
+    keep_on_drop: bool,
 }
 
 impl Device {
@@ -132,7 +169,7 @@ impl Device {
         config: &DeviceConfig,
         stack: Arc<T>,
     ) -> Result<Device, DeviceError> {
-        reap_stale(&mut ctrl, config.id)?;
+        reap_stale(&mut ctrl, config.id, &config.held_ids)?;
         let params = device_params(config, MAX_IO_BUF_BYTES)?;
         let mut info = DevInfo {
             nr_hw_queues: config.queues,
@@ -142,7 +179,7 @@ impl Device {
             // Stored by ADD_DEV as given: lets a later `up` tell a device whose
             // daemon died before START_DEV from one being set up right now.
             ublksrv_pid: std::process::id() as i32,
-            flags: ctrl.features() & sys::UBLK_F_CMD_IOCTL_ENCODE,
+            flags: ctrl.features() & (sys::UBLK_F_CMD_IOCTL_ENCODE | recovery_flags(&ctrl, config)),
             ublksrv_flags: DAEMON_MARK,
             ..DevInfo::default()
         };
@@ -158,6 +195,7 @@ impl Device {
             queues: Vec::new(),
             stopped: false,
             deleted: false,
+            keep_on_drop: false,
         };
         // From here on, dropping `device` on an error stops and deletes it.
         let max_io = device.info.max_io_buf_bytes.min(MAX_IO_BUF_BYTES);
@@ -173,6 +211,61 @@ impl Device {
             .start_dev(device.info.dev_id, std::process::id() as i32)?;
         wait_for_path(&device.block_path(), Duration::from_secs(5));
         Ok(device)
+    }
+
+    /// The device `dev_id` if it was left by a daemon of ours that died, with
+    /// user recovery on, so that [`Device::recover`] can take it over. `None`
+    /// when there is nothing to recover: no such device, another server's, one
+    /// created without recovery, or one the kernel has already stopped.
+    pub fn find_recoverable(
+        ctrl: &mut Control,
+        dev_id: u32,
+    ) -> Result<Option<DevInfo>, DeviceError> {
+        let Some(info) = ctrl.dev_info(dev_id)? else {
+            return Ok(None);
+        };
+        let recoverable = info.ublksrv_flags == DAEMON_MARK
+            && info.flags & sys::UBLK_F_USER_RECOVERY != 0
+            && info.state != sys::UBLK_S_DEV_DEAD;
+        Ok(recoverable.then_some(info))
+    }
+
+    /// Take over a device found by [`Device::find_recoverable`]: check it
+    /// matches `config`, START_USER_RECOVERY (retried while the dead daemon's
+    /// process is still going away), arm every queue on the device's own queue
+    /// count and depth, END_USER_RECOVERY. Requests held by the kernel, including
+    /// the ones in flight at the crash, are then served by `stack`.
+    pub fn recover<T: TopLayer>(
+        mut ctrl: Control,
+        info: DevInfo,
+        config: &DeviceConfig,
+        stack: Arc<T>,
+    ) -> Result<Device, DeviceError> {
+        let dev_id = info.dev_id;
+        let params = ctrl.get_params(dev_id)?;
+        check_same_geometry(dev_id, &params, config)?;
+        start_recovery_when_quiesced(&mut ctrl, &info, Duration::from_secs(30))?;
+        let mut device = Device {
+            ctrl,
+            info,
+            queues: Vec::new(),
+            stopped: false,
+            deleted: false,
+            keep_on_drop: true,
+        };
+        device.start_queues(config, stack)?;
+        device
+            .ctrl
+            .end_user_recovery(dev_id, std::process::id() as i32)?;
+        device.keep_on_drop = false;
+        wait_for_path(&device.block_path(), Duration::from_secs(5));
+        Ok(device)
+    }
+
+    /// Whether the kernel will hold this device's I/O for a new daemon if this
+    /// one dies (the device was created with user recovery).
+    pub fn recoverable(&self) -> bool {
+        self.info.flags & sys::UBLK_F_USER_RECOVERY != 0
     }
 
     fn start_queues<T: TopLayer>(
@@ -287,7 +380,7 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        if self.deleted {
+        if self.deleted || self.keep_on_drop {
             return;
         }
         if let Err(e) = self.stop() {
@@ -295,6 +388,89 @@ impl Drop for Device {
         }
         if let Err(e) = self.ctrl.del_dev(self.info.dev_id) {
             tracing::warn!("deleting ublk device {}: {e}", self.info.dev_id);
+        }
+    }
+}
+
+/// USER_RECOVERY with REISSUE when the kernel offers both and the caller wants
+/// them; nothing otherwise (recovery that fails the in-flight requests would
+/// show the filesystem errors, which is what recovery is meant to avoid).
+fn recovery_flags(ctrl: &Control, config: &DeviceConfig) -> u64 {
+    let wanted = sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE;
+    if config.recovery && ctrl.features() & wanted == wanted {
+        wanted
+    } else {
+        0
+    }
+}
+
+/// Refuse to serve a device with another size or block size than the config's:
+/// the filesystem on it was laid out for the old geometry.
+fn check_same_geometry(
+    dev_id: u32,
+    params: &Params,
+    config: &DeviceConfig,
+) -> Result<(), DeviceError> {
+    let size_bytes = params.basic.dev_sectors.saturating_mul(512);
+    let block_size = 1u32
+        .checked_shl(u32::from(params.basic.logical_bs_shift))
+        .unwrap_or(0);
+    let mut differences = Vec::new();
+    if let Some(id) = config.id {
+        if id != dev_id {
+            differences.push(format!("id {dev_id} (config: {id})"));
+        }
+    }
+    if size_bytes != config.size_bytes {
+        differences.push(format!(
+            "size {size_bytes} bytes (config: {})",
+            config.size_bytes
+        ));
+    }
+    if block_size != config.block_size {
+        differences.push(format!(
+            "block size {block_size} (config: {})",
+            config.block_size
+        ));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(DeviceError::Mismatch(format!(
+        "/dev/ublkb{dev_id}, left by a killed daemon with its I/O held, has {}; refusing to recover it with this config",
+        differences.join(", ")
+    )))
+}
+
+/// START_USER_RECOVERY, retried while the kernel says EBUSY: right after a
+/// kill -9 the old process may still be closing /dev/ublkcN (its io_uring is torn
+/// down asynchronously) and the device may not be quiesced yet.
+fn start_recovery_when_quiesced(
+    ctrl: &mut Control,
+    info: &DevInfo,
+    limit: Duration,
+) -> Result<(), DeviceError> {
+    let dev_id = info.dev_id;
+    let deadline = Instant::now() + limit;
+    loop {
+        match ctrl.start_user_recovery(dev_id) {
+            Ok(()) => return Ok(()),
+            Err(CtrlError::Command { error, .. })
+                if error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(CtrlError::Command { error, .. }) if error.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(DeviceError::Recovery(
+                    dev_id,
+                    format!(
+                        "still not quiesced after {} s (is pid {} still serving it?)",
+                        limit.as_secs(),
+                        info.ublksrv_pid
+                    ),
+                ))
+            }
+            Err(e) => return Err(DeviceError::Recovery(dev_id, e.to_string())),
         }
     }
 }
@@ -324,7 +500,9 @@ fn wait_for_path(path: &Path, limit: Duration) {
 /// could delete them: the kernel stops such a device but keeps /dev/ublkcN and
 /// its id). Only devices carrying [`DAEMON_MARK`] are touched. With a fixed `id`,
 /// a live device there is an error.
-fn reap_stale(ctrl: &mut Control, id: Option<u32>) -> Result<(), DeviceError> {
+///
+/// Devices in `held` wait for their own daemon to recover them and are left alone.
+fn reap_stale(ctrl: &mut Control, id: Option<u32>, held: &[u32]) -> Result<(), DeviceError> {
     let mut ids: Vec<u32> = std::fs::read_dir("/sys/class/ublk-char")
         .into_iter()
         .flatten()
@@ -347,6 +525,12 @@ fn reap_stale(ctrl: &mut Control, id: Option<u32>) -> Result<(), DeviceError> {
         let Some(info) = ctrl.dev_info(dev_id)? else {
             continue;
         };
+        if held.contains(&dev_id) {
+            if Some(dev_id) == id {
+                return Err(DeviceError::IdTaken(dev_id));
+            }
+            continue;
+        }
         let ours = info.ublksrv_flags == DAEMON_MARK;
         let server_gone =
             info.ublksrv_pid <= 0 || !Path::new(&format!("/proc/{}", info.ublksrv_pid)).exists();
@@ -374,6 +558,8 @@ mod tests {
             block_size: 4096,
             size_bytes: 1 << 30,
             discard,
+            recovery: true,
+            held_ids: Vec::new(),
         }
     }
 
@@ -396,6 +582,30 @@ mod tests {
         let params = device_params(&config(true), MAX_IO_BUF_BYTES).unwrap();
         assert_ne!(params.discard.max_discard_sectors, 0);
         assert_eq!(params.discard.max_discard_segments, 1);
+    }
+
+    #[test]
+    fn recovery_refuses_another_geometry() {
+        let config = config(false);
+        let params = device_params(&config, MAX_IO_BUF_BYTES).unwrap();
+        assert!(check_same_geometry(3, &params, &config).is_ok());
+        let mut bigger = config.clone();
+        bigger.size_bytes *= 2;
+        let why = check_same_geometry(3, &params, &bigger)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains("size 1073741824 bytes (config: 2147483648)"),
+            "{why}"
+        );
+        let mut small_blocks = config.clone();
+        small_blocks.block_size = 512;
+        small_blocks.id = Some(4);
+        let why = check_same_geometry(3, &params, &small_blocks)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("block size 4096 (config: 512)"), "{why}");
+        assert!(why.contains("id 3 (config: 4)"), "{why}");
     }
 
     #[test]

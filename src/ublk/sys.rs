@@ -27,6 +27,8 @@ pub const UBLK_CMD_START_DEV: u32 = 0x06;
 pub const UBLK_CMD_STOP_DEV: u32 = 0x07;
 pub const UBLK_CMD_SET_PARAMS: u32 = 0x08;
 pub const UBLK_CMD_GET_PARAMS: u32 = 0x09;
+pub const UBLK_CMD_START_USER_RECOVERY: u32 = 0x10;
+pub const UBLK_CMD_END_USER_RECOVERY: u32 = 0x11;
 pub const UBLK_CMD_GET_FEATURES: u32 = 0x13;
 
 const CTRL_CMD_SIZE: usize = std::mem::size_of::<CtrlCmd>();
@@ -39,6 +41,8 @@ pub const UBLK_U_CMD_STOP_DEV: u32 = iowr(UBLK_CMD_STOP_DEV, CTRL_CMD_SIZE);
 pub const UBLK_U_CMD_SET_PARAMS: u32 = iowr(UBLK_CMD_SET_PARAMS, CTRL_CMD_SIZE);
 pub const UBLK_U_CMD_GET_PARAMS: u32 = ior(UBLK_CMD_GET_PARAMS, CTRL_CMD_SIZE);
 pub const UBLK_U_CMD_GET_FEATURES: u32 = ior(UBLK_CMD_GET_FEATURES, CTRL_CMD_SIZE);
+pub const UBLK_U_CMD_START_USER_RECOVERY: u32 = iowr(UBLK_CMD_START_USER_RECOVERY, CTRL_CMD_SIZE);
+pub const UBLK_U_CMD_END_USER_RECOVERY: u32 = iowr(UBLK_CMD_END_USER_RECOVERY, CTRL_CMD_SIZE);
 
 // I/O commands on /dev/ublkcN.
 pub const UBLK_IO_FETCH_REQ: u32 = 0x20;
@@ -314,6 +318,8 @@ mod tests {
         assert_eq!(UBLK_U_IO_COMMIT_AND_FETCH_REQ, 0xc010_7521);
         assert_eq!(UBLK_U_CMD_GET_FEATURES, 0x8020_7513);
         assert_eq!(UBLK_U_CMD_ADD_DEV, 0xc020_7504);
+        assert_eq!(UBLK_U_CMD_START_USER_RECOVERY, 0xc020_7510);
+        assert_eq!(UBLK_U_CMD_END_USER_RECOVERY, 0xc020_7511);
     }
 
     #[test]

@@ -1,9 +1,11 @@
-# kill -9 of a daemon under load: the application's I/O fails instead of hanging,
-# the kernel removes /dev/ublkbN, and the next `up` of the same config (same fixed
-# id) works: it deletes the dead daemon's leftover /dev/ublkcN first. SIGTERM
-# then stops that daemon cleanly.
+# kill -9 of a daemon under load, without user recovery (the fallback for kernels
+# that do not offer it; ublk_recovery.sh covers recovery): the application's I/O
+# fails instead of hanging, the kernel removes /dev/ublkbN, and the next `up` of
+# the same config (same fixed id) works: it deletes the dead daemon's leftover
+# /dev/ublkcN first. SIGTERM then stops that daemon cleanly.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
+export UBLK_STACK_USER_RECOVERY=off
 
 cat >/work/k.toml <<'TOML'
 version = 1
@@ -53,4 +55,5 @@ wait "$DAEMON_PID" || rc=$?
 ((rc == 0)) || { cat /work/daemon.err; fail "daemon exited $rc on SIGTERM"; }
 no_ublk_devices
 [[ ! -e /run/ublk-stack/k9.sock ]] || fail "control socket left behind"
+[[ ! -e /run/ublk-stack/k9.device ]] || fail "device record written without recovery"
 step "ok"
