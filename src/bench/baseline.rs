@@ -45,7 +45,12 @@ fn run_queue(path: &Path, size: u64, queue: u16, opts: &Options) -> Result<u64, 
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let fd = types::Fd(file.as_raw_fd());
-    let mut ring = IoUring::new((opts.qd * 2).max(64)).map_err(|e| e.to_string())?;
+    // The same ring setup as the queues' (layers/src/uring.rs), so only the stack differs.
+    let mut ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .build((opts.qd * 2).max(64))
+        .or_else(|_| IoUring::new((opts.qd * 2).max(64)))
+        .map_err(|e| e.to_string())?;
     let mut bufs: Vec<Vec<u8>> = (0..opts.qd)
         .map(|_| vec![0x5Au8; opts.bs as usize])
         .collect();
