@@ -314,26 +314,7 @@ pub fn up(config: &Path) -> u8 {
         stack: stack.clone(),
         reloader: reloader.clone(),
     };
-    let started = watch::start(reloader).and_then(|watch| {
-        control::serve(listener, Arc::new(report), events_tx.clone())?;
-        let sighup = watch.waker();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                while let Ok(signal) = ublk::signals::wait_termination_signal() {
-                    if signal == libc::SIGHUP {
-                        if sighup.send(watch::Wake::Sighup).is_err() {
-                            tracing::warn!("SIGHUP: the reload thread has stopped");
-                        }
-                        continue;
-                    }
-                    if events_tx.send(Event::Signal(signal)).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(watch)
-    });
+    let started = start_control_threads(reloader, listener, report, events_tx);
     // Kept until the daemon exits: dropping it stops watching the config.
     let _watch = match started {
         Ok(watch) => watch,
@@ -419,6 +400,36 @@ fn teardown(mut device: Device, stack: &Stack, record: &Path) -> Result<(), Stri
     stopped.map_err(|e| e.to_string())?;
     flushed.map_err(|e| format!("flushing the stack: {e}"))?;
     deleted.map_err(|e| e.to_string())
+}
+
+/// Start what every front end runs beside its queues: the config watch, the
+/// control socket, and the thread that turns SIGINT/SIGTERM into a stop and
+/// SIGHUP into a reload. The returned watch must be kept until the daemon exits.
+pub(crate) fn start_control_threads(
+    reloader: Arc<Reloader>,
+    listener: std::os::unix::net::UnixListener,
+    report: DeviceReport,
+    events_tx: mpsc::Sender<Event>,
+) -> io::Result<watch::Watch> {
+    let watch = watch::start(reloader)?;
+    control::serve(listener, Arc::new(report), events_tx.clone())?;
+    let sighup = watch.waker();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(signal) = ublk::signals::wait_termination_signal() {
+                if signal == libc::SIGHUP {
+                    if sighup.send(watch::Wake::Sighup).is_err() {
+                        tracing::warn!("SIGHUP: the reload thread has stopped");
+                    }
+                    continue;
+                }
+                if events_tx.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(watch)
 }
 
 /// The final flush of a clean stop. It runs twice: a mirror clears the

@@ -15,7 +15,6 @@ use super::server::{Address, Limits, Server};
 use crate::daemon::control::{self, Event};
 use crate::daemon::lifecycle::{self, DeviceReport};
 use crate::daemon::reload::Reloader;
-use crate::daemon::watch;
 
 fn fail(message: impl std::fmt::Display) -> u8 {
     eprintln!("ublk-stack: {message}");
@@ -83,26 +82,7 @@ pub fn up(config: &Path, address: &str) -> u8 {
         reloader: reloader.clone(),
     };
     let (events_tx, events) = mpsc::channel();
-    let started = watch::start(reloader).and_then(|watch| {
-        control::serve(control_listener, Arc::new(report), events_tx.clone())?;
-        let sighup = watch.waker();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                while let Ok(signal) = crate::ublk::signals::wait_termination_signal() {
-                    if signal == libc::SIGHUP {
-                        if sighup.send(watch::Wake::Sighup).is_err() {
-                            tracing::warn!("SIGHUP: the reload thread has stopped");
-                        }
-                        continue;
-                    }
-                    if events_tx.send(Event::Signal(signal)).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(watch)
-    });
+    let started = lifecycle::start_control_threads(reloader, control_listener, report, events_tx);
     // Kept until the daemon exits: dropping it stops watching the config.
     let _watch = match started {
         Ok(watch) => watch,
