@@ -332,7 +332,7 @@ pub fn up(config: &Path) -> u8 {
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
 
-    let stop = wait_for_stop(&device, &events);
+    let stop = wait_for_stop(&events, &|| device.any_queue_ended());
     let result = teardown(device, &stack, &record);
     drop(std::fs::remove_file(&socket));
     let reply = match &result {
@@ -353,7 +353,7 @@ pub fn up(config: &Path) -> u8 {
 }
 
 /// Why the daemon stops.
-enum Stop {
+pub(crate) enum Stop {
     Signal,
     /// `down`: answer on this connection once the device is gone.
     Down(std::os::unix::net::UnixStream),
@@ -362,8 +362,12 @@ enum Stop {
     QueueEnded,
 }
 
-/// Block until a signal, `down`, or a queue ending on its own.
-fn wait_for_stop(device: &Device, events: &mpsc::Receiver<Event>) -> Stop {
+/// Block until a signal, `down`, or a queue ending on its own (polled with
+/// `queue_ended`, for either front end).
+pub(crate) fn wait_for_stop(
+    events: &mpsc::Receiver<Event>,
+    queue_ended: &dyn Fn() -> bool,
+) -> Stop {
     loop {
         match events.recv_timeout(Duration::from_millis(250)) {
             Ok(Event::Signal(signal)) => {
@@ -374,7 +378,7 @@ fn wait_for_stop(device: &Device, events: &mpsc::Receiver<Event>) -> Stop {
                 tracing::info!("down requested: stopping");
                 return Stop::Down(client);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) if device.any_queue_ended() => {
+            Err(mpsc::RecvTimeoutError::Timeout) if queue_ended() => {
                 tracing::error!("a queue ended on its own: stopping");
                 return Stop::QueueEnded;
             }

@@ -7,25 +7,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
 use serde_json::json;
 
 use super::server::{Address, Limits, Server};
-use crate::daemon::control::{self, Event};
-use crate::daemon::lifecycle::{self, DeviceReport};
+use crate::daemon::control;
+use crate::daemon::lifecycle::{self, DeviceReport, Stop};
 use crate::daemon::reload::Reloader;
 
 fn fail(message: impl std::fmt::Display) -> u8 {
     eprintln!("ublk-stack: {message}");
     1
-}
-
-/// Why serving ended.
-enum Stop {
-    Signal,
-    Down(std::os::unix::net::UnixStream),
-    QueueEnded,
 }
 
 pub fn up(config: &Path, address: &str) -> u8 {
@@ -98,7 +90,7 @@ pub fn up(config: &Path, address: &str) -> u8 {
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
 
-    let stop = wait_for_stop(&server, &events);
+    let stop = lifecycle::wait_for_stop(&events, &|| server.any_queue_ended());
     let stopped = server.stop();
     let flushed = lifecycle::flush_stack(&stack).map_err(|e| format!("flushing the stack: {e}"));
     drop(std::fs::remove_file(&socket));
@@ -118,26 +110,5 @@ pub fn up(config: &Path, address: &str) -> u8 {
         (Stop::Signal, result) => result.map_or_else(fail, |()| 0),
         (Stop::QueueEnded, Ok(())) => fail(format!("{name}: an NBD queue stopped on its own")),
         (Stop::QueueEnded, Err(e)) => fail(e),
-    }
-}
-
-fn wait_for_stop(server: &Server, events: &mpsc::Receiver<Event>) -> Stop {
-    loop {
-        match events.recv_timeout(Duration::from_millis(250)) {
-            Ok(Event::Signal(signal)) => {
-                tracing::info!("signal {signal}: stopping");
-                return Stop::Signal;
-            }
-            Ok(Event::Down(client)) => {
-                tracing::info!("down requested: stopping");
-                return Stop::Down(client);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) if server.any_queue_ended() => {
-                tracing::error!("an NBD queue ended on its own: stopping");
-                return Stop::QueueEnded;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Stop::Signal,
-        }
     }
 }
