@@ -7,13 +7,19 @@
 //!   aligned, so any block-aligned request qualifies.
 //! - No on-disk metadata: the file holds the device's bytes at their offsets.
 //! - An exclusive `flock` keeps a second daemon off the same file.
+//! - A file on tmpfs or ramfs (not opened `direct`) is read and written with
+//!   plain `pread`/`pwrite` on the queue thread, straight into the caller's
+//!   buffer. Those filesystems cannot complete buffered I/O inline in io_uring, so
+//!   each request would be handed to an io-wq worker thread and back: two context
+//!   switches around a copy that is the whole cost. The kernel's loop driver
+//!   serves such files the same way, synchronously in its worker.
 //!
 //! The same I/O path serves `disk` leaves (see `disk.rs`): `fallocate` on a block
 //! device discards or zeroes the range.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::exec::IoCtx;
@@ -32,6 +38,8 @@ pub struct FileLeaf {
     punch_ok: AtomicBool,
     zero_range_ok: AtomicBool,
     kind: &'static str,
+    /// Serve I/O synchronously (tmpfs/ramfs; see the module comment).
+    sync_io: bool,
 }
 
 /// Open (and with `create`, create) the file of a `file` leaf.
@@ -97,7 +105,10 @@ pub fn open(params: &FileParams, block_size: u32) -> std::result::Result<FileLea
             path.display()
         ));
     }
-    Ok(FileLeaf::new(file, size, "file"))
+    let sync_io = !params.direct && os::is_memory_backed(&file);
+    let mut leaf = FileLeaf::new(file, size, "file");
+    leaf.sync_io = sync_io;
+    Ok(leaf)
 }
 
 impl FileLeaf {
@@ -108,7 +119,56 @@ impl FileLeaf {
             punch_ok: AtomicBool::new(true),
             zero_range_ok: AtomicBool::new(true),
             kind,
+            sync_io: false,
         }
+    }
+
+    /// Serve I/O with synchronous syscalls instead of io_uring. Chosen at open for
+    /// tmpfs and ramfs files; tests use it to run both paths on any filesystem.
+    pub fn set_sync_io(&mut self, sync_io: bool) {
+        self.sync_io = sync_io;
+    }
+
+    pub fn sync_io(&self) -> bool {
+        self.sync_io
+    }
+
+    /// `pread` until `buf` is full; end of file inside the device is EIO.
+    fn read_sync(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
+        while !buf.is_empty() {
+            match self.file.read_at(buf, offset) {
+                Ok(0) => {
+                    tracing::error!(kind = self.kind, offset, "read past the end of the leaf");
+                    return Err(Error::Io(libc::EIO));
+                }
+                Ok(done) => {
+                    buf = &mut std::mem::take(&mut buf)[done..];
+                    offset += done as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::from(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `pwrite` until all of `buf` is written.
+    fn write_sync(&self, mut offset: u64, mut buf: &[u8]) -> Result<()> {
+        while !buf.is_empty() {
+            match self.file.write_at(buf, offset) {
+                Ok(0) => {
+                    tracing::error!(kind = self.kind, offset, "write made no progress");
+                    return Err(Error::Io(libc::EIO));
+                }
+                Ok(done) => {
+                    buf = &buf[done..];
+                    offset += done as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::from(e)),
+            }
+        }
+        Ok(())
     }
 
     fn fd(&self) -> RawFd {
@@ -116,6 +176,9 @@ impl FileLeaf {
     }
 
     async fn read_at(&self, ctx: &IoCtx, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
+        if self.sync_io {
+            return self.read_sync(offset, buf);
+        }
         while !buf.is_empty() {
             let len = buf.len().min(MAX_IO_BYTES);
             let bounce = ctx.take_buf(len);
@@ -150,6 +213,9 @@ impl FileLeaf {
     }
 
     async fn write_at(&self, ctx: &IoCtx, mut offset: u64, mut buf: &[u8]) -> Result<()> {
+        if self.sync_io {
+            return self.write_sync(offset, buf);
+        }
         while !buf.is_empty() {
             let len = buf.len().min(MAX_IO_BYTES);
             let mut bounce = ctx.take_buf(len);
@@ -185,6 +251,9 @@ impl FileLeaf {
     }
 
     async fn fallocate(&self, ctx: &IoCtx, mode: i32, offset: u64, len: u64) -> i32 {
+        if self.sync_io {
+            return os::fallocate(&self.file, mode, offset, len);
+        }
         let (res, _) = ctx
             .uring()
             .submit(Op::Fallocate {
@@ -263,6 +332,9 @@ impl Layer for FileLeaf {
 
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            if self.sync_io {
+                return self.file.sync_data().map_err(|e| Error::from(e));
+            }
             let (res, _) = ctx
                 .uring()
                 .submit(Op::Fsync {
@@ -300,6 +372,9 @@ impl Layer for FileLeaf {
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {
-        vec![("kind", self.kind.to_string())]
+        vec![
+            ("kind", self.kind.to_string()),
+            ("io", if self.sync_io { "sync" } else { "io_uring" }.to_string()),
+        ]
     }
 }

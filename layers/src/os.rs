@@ -40,3 +40,38 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Whether `file` lives on a filesystem whose pages are memory (tmpfs, ramfs):
+/// reading or writing it is a copy that never waits for a device.
+pub fn is_memory_backed(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs fills the statfs it points to, which is live and writable
+    // for the call; the fd is open.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so it initialised the struct (it was zeroed anyway).
+    let magic = unsafe { stat.assume_init() }.f_type as i64;
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
+}
+
+/// `fallocate(2)` on the calling thread; returns 0 or a negative errno, like a CQE.
+pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> i32 {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return -libc::EINVAL;
+    };
+    loop {
+        // SAFETY: fallocate takes no memory arguments; the fd is open for the call.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) };
+        if rc == 0 {
+            return 0;
+        }
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return -errno;
+        }
+    }
+}

@@ -281,7 +281,19 @@ impl Device {
         let ioctl_encode = self.info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
         let (armed_tx, armed_rx) = mpsc::channel();
         for queue in 0..self.info.nr_hw_queues {
-            let cpus = self.ctrl.queue_affinity(dev_id, queue)?;
+            // Queue threads are left to the scheduler unless asked otherwise.
+            // Pinned to its queue's CPUs, a queue thread shares that CPU with the
+            // submitter whose requests it serves, and each request becomes two
+            // context switches on one CPU while the others idle: on the 2-vCPU
+            // test VM, fio 4K randread QD32 on 2 pinned queues ran at 0.63x of
+            // the same queues unpinned (22k vs 35k IOPS).
+            // UBLK_STACK_PIN_QUEUES=1 restores pinning, for hosts that run a
+            // submitter per CPU and want each queue's work kept there.
+            let cpus = if pin_queues() {
+                self.ctrl.queue_affinity(dev_id, queue)?
+            } else {
+                Vec::new()
+            };
             let setup = QueueSetup {
                 queue,
                 depth: self.info.queue_depth,
@@ -546,6 +558,12 @@ fn reap_stale(ctrl: &mut Control, id: Option<u32>, held: &[u32]) -> Result<(), D
     Ok(())
 }
 
+/// Whether `UBLK_STACK_PIN_QUEUES=1` asks for queue threads pinned to their
+/// queue's CPUs (see `start_queues`).
+fn pin_queues() -> bool {
+    std::env::var("UBLK_STACK_PIN_QUEUES").as_deref() == Ok("1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,3 +636,4 @@ mod tests {
         assert!(device_params(&bad, MAX_IO_BUF_BYTES).is_err());
     }
 }
+

@@ -20,6 +20,8 @@
 #   VM_CACHE             kernel cache made by setup.sh (tests/vm/cache)
 #   VM_GUEST_ENV         "NAME=VALUE ..." exported to the scenarios (seeds, sizes);
 #                        values cannot hold spaces
+#   VM_EXTRA_BINS        "PATH ..." more static executables (peers compared in
+#                        benches/vm), installed in the guest's /bin by their names
 #
 # Exit status: 0 when every scenario printed "VMTEST NAME PASS" (read from the
 # guest's second serial port, which nothing else writes to); 1 when any failed,
@@ -105,6 +107,13 @@ if [[ $binary != - ]]; then
     # Debug info is not needed in the guest and would only grow the initramfs.
     strip "$root/bin/ublk-stack" 2>/dev/null || true
 fi
+read -ra extra_bins <<<"${VM_EXTRA_BINS:-}"
+for extra in "${extra_bins[@]}"; do
+    [[ -x $extra ]] || die "VM_EXTRA_BINS: $extra is not an executable file"
+    ! ldd "$extra" 2>/dev/null | grep -q "=>" || die "VM_EXTRA_BINS: $extra is not static"
+    cp "$extra" "$root/bin/$(basename "$extra")"
+    strip "$root/bin/$(basename "$extra")" 2>/dev/null || true
+done
 # Everything next to the scenarios (helpers, fixtures) and the example configs.
 [[ -d $here/scenarios ]] && cp -r "$here/scenarios/." "$root/vmtest/scenarios/"
 [[ -d $repo/configs ]] && cp -r "$repo/configs" "$root/configs"
