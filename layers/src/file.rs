@@ -333,7 +333,7 @@ impl Layer for FileLeaf {
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(async move {
             if self.sync_io {
-                return self.file.sync_data().map_err(|e| Error::from(e));
+                return self.file.sync_data().map_err(Error::from);
             }
             let (res, _) = ctx
                 .uring()
@@ -374,7 +374,10 @@ impl Layer for FileLeaf {
     fn details(&self) -> Vec<(&'static str, String)> {
         vec![
             ("kind", self.kind.to_string()),
-            ("io", if self.sync_io { "sync" } else { "io_uring" }.to_string()),
+            (
+                "io",
+                if self.sync_io { "sync" } else { "io_uring" }.to_string(),
+            ),
         ]
     }
 }

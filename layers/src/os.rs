@@ -54,7 +54,7 @@ pub fn is_memory_backed(file: &File) -> bool {
         return false;
     }
     // SAFETY: fstatfs succeeded, so it initialised the struct (it was zeroed anyway).
-    let magic = unsafe { stat.assume_init() }.f_type as i64;
+    let magic = unsafe { stat.assume_init() }.f_type;
     magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
@@ -69,7 +69,9 @@ pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> i32 {
         if rc == 0 {
             return 0;
         }
-        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         if errno != libc::EINTR {
             return -errno;
         }

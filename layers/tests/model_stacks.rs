@@ -33,6 +33,38 @@ fn file_leaf_matches_model() {
     }
 }
 
+/// Files on tmpfs take the synchronous pread/pwrite path; the same model must
+/// hold there, alone and under raid0 and mirror.
+#[test]
+fn tmpfs_file_leaves_match_model() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm here; skipped");
+        return;
+    }
+    for block in [512, 4096] {
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let mut b = PlanBuilder::new(dir.path(), block);
+        let top = b.file("a", 8 * MIB);
+        let plan = b.build(top);
+        let stack = compile(&plan).unwrap();
+        let details = stack.layer("a").unwrap().details();
+        assert!(
+            details.contains(&("io", "sync".to_string())),
+            "a tmpfs file leaf must use the synchronous path: {details:?}"
+        );
+        drop(stack);
+        run("tmpfs file", plan, 40, cfg());
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let stripes: Vec<_> = (0..2).map(|i| b.file(&format!("s{i}"), 4 * MIB)).collect();
+    let r = b.raid0("r", &stripes, 8192);
+    let other = b.file("c", 8 * MIB);
+    let top = b.mirror("m", &[r, other], ReadPolicy::RoundRobin);
+    run("mirror of tmpfs raid0", b.build(top), 41, cfg());
+}
+
 #[test]
 fn memory_leaf_matches_model() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! Large READs and WRITEs run on another queue thread.
 //!
 //! One connection lives on one queue thread, and a 1 MiB READ costs that thread
-//! three copies (leaf to bounce buffer, bounce buffer to the reply, reply to
-//! the socket), so a single client streaming large requests would keep one core
+//! two or three copies (leaf to the reply, through a bounce buffer unless the
+//! leaf is a tmpfs file, then reply to the socket), so a single client streaming large requests would keep one core
 //! busy while the others idle. A request of at least [`OFFLOAD_MIN_BYTES`]
 //! therefore runs its stack part on the next queue thread (round-robin over
 //! the others): its buffer travels there in a [`Job`], that thread's executor

@@ -636,4 +636,3 @@ mod tests {
         assert!(device_params(&bad, MAX_IO_BUF_BYTES).is_err());
     }
 }
-

@@ -15,6 +15,7 @@
 #   VM_TIMEOUT           host-side limit per boot in seconds, qemu is killed after it (400)
 #   VM_SCENARIO_TIMEOUT  guest-side limit for the scenario script (300)
 #   VM_MEM, VM_SMP       guest memory and cpus (2G, 2)
+#   VM_CPU               qemu -cpu model (max)
 #   VM_LOG_DIR           where the serial logs go (a new temp dir); one NAME.log per scenario
 #   VM_VERBOSE=1         also stream the serial console to stderr while it runs
 #   VM_CACHE             kernel cache made by setup.sh (tests/vm/cache)
@@ -22,6 +23,9 @@
 #                        values cannot hold spaces
 #   VM_EXTRA_BINS        "PATH ..." more static executables (peers compared in
 #                        benches/vm), installed in the guest's /bin by their names
+#   VM_EXTRA_TOOLS       "NAME ..." more host tools copied with their libraries
+#                        (perf, for benches/vm/profile.sh)
+#   VM_KEEP_SYMBOLS=1    do not strip the ublk-stack binary (for profiles)
 #
 # Exit status: 0 when every scenario printed "VMTEST NAME PASS" (read from the
 # guest's second serial port, which nothing else writes to); 1 when any failed,
@@ -37,6 +41,7 @@ vm_timeout=${VM_TIMEOUT:-400}
 scenario_timeout=${VM_SCENARIO_TIMEOUT:-300}
 mem=${VM_MEM:-2G}
 smp=${VM_SMP:-2}
+cpu=${VM_CPU:-max}
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 
@@ -75,6 +80,8 @@ copy_elf() { # $1 = source path; copies it to the same path and records its libr
     while read -r lib; do libs+=("$lib"); done < <(ldd "$src" 2>/dev/null |
         awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}')
 }
+read -ra extra_tools <<<"${VM_EXTRA_TOOLS:-}"
+tools+=("${extra_tools[@]}")
 for t in "${tools[@]}"; do
     p=$(command -v "$t") || die "host tool $t missing; run: bash tests/vm/setup.sh"
     copy_elf "$p"
@@ -105,7 +112,7 @@ rm -f "$root/vmtest/init"
 if [[ $binary != - ]]; then
     cp "$binary" "$root/bin/ublk-stack"
     # Debug info is not needed in the guest and would only grow the initramfs.
-    strip "$root/bin/ublk-stack" 2>/dev/null || true
+    [[ ${VM_KEEP_SYMBOLS:-} == 1 ]] || strip "$root/bin/ublk-stack" 2>/dev/null || true
 fi
 read -ra extra_bins <<<"${VM_EXTRA_BINS:-}"
 for extra in "${extra_bins[@]}"; do
@@ -147,7 +154,7 @@ for name in "${names[@]}"; do
     # timeout kills qemu if the guest hangs without panicking.
     # shellcheck disable=SC2054 # the commas belong to qemu options
     cmd=(timeout -k 5 "$vm_timeout" qemu-system-x86_64
-        -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem"
+        -accel tcg,thread=multi -cpu "$cpu" -smp "$smp" -m "$mem"
         -nographic -no-reboot -nic none
         -serial mon:stdio -serial "file:$result"
         -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.cpio"
@@ -174,7 +181,7 @@ for name in "${names[@]}"; do
         reason="no result marker (qemu exit $rc)"
     fi
     # Measurements printed by scenarios (bench_randread) are the caller's result.
-    grep '^BENCH ' <<<"$clean" || true
+    grep -E '^(BENCH|PROFILE) ' <<<"$clean" || true
     if [[ -z $reason ]]; then
         echo "run.sh: $name PASS (${elapsed}s, log $log)"
     else

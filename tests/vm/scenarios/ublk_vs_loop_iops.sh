@@ -1,7 +1,9 @@
 # 4 KiB random-read IOPS at QD32 of a ublk device with one file leaf on tmpfs
 # against /dev/loopN on the same file, in the same boot: three alternating rounds
 # each (the host is shared, so single runs are noisy), medians and their ratio.
-# A measurement, not a threshold: it passes when every run completes.
+# A measurement, not a threshold: it passes when every run completes. The guest
+# CPU is qemu's `max`, whose byte-at-a-time `rep movsb` emulation weighs on
+# ublk's user-memory copies; benches/vm/ measures without it and against rublk.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
 
