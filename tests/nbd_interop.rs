@@ -637,6 +637,37 @@ fn structured_replies_on_the_wire() {
 }
 
 #[test]
+fn structured_read_errors_and_a_stack_that_cannot_tell_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let config = "version = 1\n[device]\nname = \"flaky\"\ntop = \"f\"\nqueues = 2\n\
+                  [layers.f]\ntype = \"fault\"\nover = \"leaf\"\nread_error_rate = 1.0\n\
+                  range = [0, 65536]\n\
+                  [layers.leaf]\ntype = \"memory\"\nsize = \"16MiB\"\n";
+    let daemon = Daemon::start_with(dir, "flaky", config, &format!("unix:{}", socket.display()));
+    let mut s = handshake_with(&daemon.socket, true);
+    // A failed read: one ERROR chunk with EIO, and the connection goes on.
+    s.write_all(&request(0, 0, 1, 0, 4096)).unwrap();
+    let (flags, kind, cookie, payload) = chunk(&mut s);
+    assert_eq!((flags, kind, cookie), (1, 0x8001, 1));
+    assert_eq!(payload, [0, 0, 0, 5, 0, 0]);
+    // A large read (run on the other queue thread): one chunk with all data.
+    s.write_all(&request(1, 0, 2, 1 << 20, 1 << 20)).unwrap();
+    s.write_all(&vec![0x77; 1 << 20]).unwrap();
+    assert_eq!(reply(&mut s), (0, 2));
+    s.write_all(&request(0, 0, 3, 1 << 20, 1 << 20)).unwrap();
+    let (flags, kind, cookie, payload) = chunk(&mut s);
+    assert_eq!((flags, kind, cookie), (1, 1, 3));
+    assert_eq!(&payload[..8], &(1u64 << 20).to_be_bytes());
+    assert!(payload[8..].len() == 1 << 20 && payload[8..].iter().all(|&b| b == 0x77));
+    // The top layer cannot tell holes: all data, in one descriptor.
+    s.write_all(&request(7, 0, 4, 0, 8 << 20)).unwrap();
+    let (_, kind, _, payload) = chunk(&mut s);
+    assert_eq!(kind, 5);
+    assert_eq!(descriptors(&payload), [(8 << 20, 0)]);
+}
+
+#[test]
 fn bad_requests_get_errors_and_the_connection_goes_on() {
     let daemon = Daemon::start("bad", 1);
     let mut s = handshake(&daemon.socket);
