@@ -210,7 +210,9 @@ pub fn allocation_descriptors(
         .iter()
         .fold(offset, |at, &(run, _)| at.saturating_add(run));
     if !runs.is_empty() && covered < end {
-        end = round_up(covered).clamp(offset + block, size).min(end);
+        // At least one block (the client must make progress); no clamp(),
+        // which panics when the export ends inside that block.
+        end = round_up(covered).max(offset + block).min(end);
     }
     // (length, hole) with neighbours of one kind merged.
     let mut extents: Vec<(u64, bool)> = Vec::new();
@@ -810,6 +812,15 @@ mod tests {
                 false
             ),
             [(4096, 0), (4096, HOLE), (4096, 0)]
+        );
+        // An export that ends inside a block: its tail is described as is.
+        assert_eq!(
+            allocation_descriptors(Some(vec![(100, false)]), 8192, 1000, 9192, 4096, false),
+            [(1000, 0)]
+        );
+        assert_eq!(
+            allocation_descriptors(Some(vec![(1000, true)]), 8192, 1000, 9192, 4096, false),
+            [(1000, 0)]
         );
         // Never past the export's end.
         assert_eq!(
