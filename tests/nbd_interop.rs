@@ -1,5 +1,7 @@
 //! `ublk-stack up --nbd` against the established NBD clients: qemu-io,
-//! qemu-img, nbdinfo, nbdcopy and fio's nbd engine, plus a hostile client that
+//! qemu-img, nbdinfo, nbdcopy and fio's nbd engine (all of them negotiate
+//! structured replies, and qemu-img and nbdinfo read the allocation map with
+//! BLOCK_STATUS), plus a hostile client that
 //! throws malformed and random bytes at the server and then checks the device
 //! still works, and the clean stops (SIGTERM, `down`).
 //!
@@ -274,6 +276,80 @@ fn nbdinfo_shows_size_block_sizes_and_flags() {
     assert!(list.contains("info"), "{list}");
 }
 
+/// Extents of the device as (start, length, is_hole) from `nbdinfo --map`.
+fn nbdinfo_map(uri: &str) -> Vec<(u64, u64, bool)> {
+    let out = ok(Command::new("nbdinfo").args(["--map", uri]));
+    out.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let type_bits: u32 = f[2].parse().unwrap();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), type_bits == 3)
+        })
+        .collect()
+}
+
+/// Extents of the device as (start, length, is_hole) from `qemu-img map`.
+fn qemu_img_map(uri: &str) -> Vec<(u64, u64, bool)> {
+    let out = ok(Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", uri]));
+    let map: serde_json::Value = serde_json::from_str(&out).unwrap();
+    map.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let hole = !e["data"].as_bool().unwrap();
+            assert_eq!(e["zero"].as_bool().unwrap(), hole, "{out}");
+            (
+                e["start"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                hole,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn block_status_maps_data_and_holes_of_a_sparse_file_leaf() {
+    if !have(&["qemu-io", "qemu-img", "nbdinfo"]) {
+        return;
+    }
+    let daemon = Daemon::start("map", 2);
+    let all_hole = vec![(0, DEVICE_BYTES, true)];
+    assert_eq!(nbdinfo_map(&daemon.uri), all_hole);
+    qemu_io(
+        &daemon.uri,
+        &[
+            "write -P 0x11 1M 64k",
+            "write -P 0x22 10M 4k",
+            "write -P 0x33 20M 256k",
+            "discard 20M 128k", // punched again: a hole
+        ],
+    );
+    let expected = vec![
+        (0, 1 << 20, true),
+        (1 << 20, 64 << 10, false),
+        ((1 << 20) + (64 << 10), (9 << 20) - (64 << 10), true),
+        (10 << 20, 4 << 10, false),
+        ((10 << 20) + (4 << 10), (10 << 20) + (124 << 10), true),
+        ((20 << 20) + (128 << 10), 128 << 10, false),
+        (
+            (20 << 20) + (256 << 10),
+            DEVICE_BYTES - (20 << 20) - (256 << 10),
+            true,
+        ),
+    ];
+    assert_eq!(nbdinfo_map(&daemon.uri), expected);
+    assert_eq!(qemu_img_map(&daemon.uri), expected);
+    // Holes read as zeros, data as written.
+    qemu_io(
+        &daemon.uri,
+        &[
+            "read -P 0 0 1M",
+            "read -P 0x11 1M 64k",
+            "read -P 0 20M 128k",
+        ],
+    );
+}
+
 #[test]
 fn nbdcopy_over_four_connections_round_trips() {
     if !have(&["nbdcopy"]) {
@@ -394,12 +470,49 @@ const REQUEST_MAGIC: u32 = 0x2560_9513;
 
 /// Connect and finish the handshake with NBD_OPT_GO.
 fn handshake(socket: &Path) -> UnixStream {
+    handshake_with(socket, false)
+}
+
+/// Send one option and read its replies up to the final one: their types.
+fn option(s: &mut UnixStream, code: u32, data: &[u8]) -> Vec<u32> {
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend_from_slice(&code.to_be_bytes());
+    opt.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    opt.extend_from_slice(data);
+    s.write_all(&opt).unwrap();
+    let mut kinds = Vec::new();
+    loop {
+        let mut header = [0u8; 20];
+        s.read_exact(&mut header).unwrap();
+        let kind = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data).unwrap();
+        kinds.push(kind);
+        if kind != 4 {
+            return kinds;
+        }
+    }
+}
+
+/// [`handshake`], first negotiating structured replies and `base:allocation`
+/// when `structured`.
+fn handshake_with(socket: &Path, structured: bool) -> UnixStream {
     let mut s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut greeting = [0u8; 18];
     s.read_exact(&mut greeting).unwrap();
     assert_eq!(&greeting[..8], b"NBDMAGIC");
     s.write_all(&3u32.to_be_bytes()).unwrap();
+    if structured {
+        assert_eq!(option(&mut s, 8, &[]), [1]);
+        let context = b"base:allocation";
+        let mut set = 0u32.to_be_bytes().to_vec(); // default export
+        set.extend_from_slice(&1u32.to_be_bytes());
+        set.extend_from_slice(&(context.len() as u32).to_be_bytes());
+        set.extend_from_slice(context);
+        assert_eq!(option(&mut s, 10, &set), [4, 1]);
+    }
     let mut go = Vec::new();
     go.extend_from_slice(b"IHAVEOPT");
     go.extend_from_slice(&7u32.to_be_bytes());
@@ -442,6 +555,116 @@ fn reply(s: &mut UnixStream) -> (u32, u64) {
         u32::from_be_bytes(r[4..8].try_into().unwrap()),
         u64::from_be_bytes(r[8..16].try_into().unwrap()),
     )
+}
+
+/// Read one structured reply chunk: (flags, type, cookie, payload).
+fn chunk(s: &mut UnixStream) -> (u16, u16, u64, Vec<u8>) {
+    let mut h = [0u8; 20];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(&h[..4], &0x668e_33efu32.to_be_bytes());
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).unwrap();
+    (
+        u16::from_be_bytes(h[4..6].try_into().unwrap()),
+        u16::from_be_bytes(h[6..8].try_into().unwrap()),
+        u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        payload,
+    )
+}
+
+/// BLOCK_STATUS descriptors of a chunk's payload: (length, flags).
+fn descriptors(payload: &[u8]) -> Vec<(u32, u32)> {
+    assert_eq!(&payload[..4], &1u32.to_be_bytes(), "context id");
+    payload[4..]
+        .chunks_exact(8)
+        .map(|d| {
+            (
+                u32::from_be_bytes(d[..4].try_into().unwrap()),
+                u32::from_be_bytes(d[4..].try_into().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn structured_replies_on_the_wire() {
+    let daemon = Daemon::start("chunks", 1);
+    // Without the context, BLOCK_STATUS is refused (a simple error reply).
+    let mut plain = handshake(&daemon.socket);
+    plain.write_all(&request(7, 0, 1, 0, 4096)).unwrap();
+    assert_eq!(reply(&mut plain), (22, 1));
+    drop(plain);
+    let mut s = handshake_with(&daemon.socket, true);
+    // A write keeps its simple reply.
+    s.write_all(&request(1, 0, 10, 8192, 4096)).unwrap();
+    s.write_all(&[0x42; 4096]).unwrap();
+    assert_eq!(reply(&mut s), (0, 10));
+    // A read: one OFFSET_DATA chunk, DONE, offset then the data.
+    s.write_all(&request(0, 0, 11, 8192, 4096)).unwrap();
+    let (flags, kind, cookie, payload) = chunk(&mut s);
+    assert_eq!((flags, kind, cookie, payload.len()), (1, 1, 11, 8 + 4096));
+    assert_eq!(&payload[..8], &8192u64.to_be_bytes());
+    assert!(payload[8..].iter().all(|&b| b == 0x42));
+    // A bad read: one ERROR chunk, DONE, EINVAL, no message.
+    s.write_all(&request(0, 0, 12, 512, 4096)).unwrap();
+    let (flags, kind, cookie, payload) = chunk(&mut s);
+    assert_eq!((flags, kind, cookie), (1, 0x8001, 12));
+    assert_eq!(payload, [0, 0, 0, 22, 0, 0]);
+    // Block status: data where written, holes (HOLE|ZERO) around it.
+    s.write_all(&request(7, 0, 13, 0, 64 << 10)).unwrap();
+    let (flags, kind, cookie, payload) = chunk(&mut s);
+    assert_eq!((flags, kind, cookie), (1, 5, 13));
+    assert_eq!(
+        descriptors(&payload),
+        [(8192, 3), (4096, 0), ((64 << 10) - 12288, 3)]
+    );
+    // REQ_ONE: one descriptor, within the request.
+    s.write_all(&request(7, 8, 14, 0, 1 << 20)).unwrap();
+    let (_, _, _, payload) = chunk(&mut s);
+    assert_eq!(descriptors(&payload), [(8192, 3)]);
+    // An unaligned length: the last descriptor ends on the block grid.
+    s.write_all(&request(7, 0, 15, 12288, 100)).unwrap();
+    let (_, _, _, payload) = chunk(&mut s);
+    assert_eq!(descriptors(&payload), [(4096, 3)]);
+    // Past the end, or off the grid: a simple EINVAL.
+    s.write_all(&request(7, 0, 16, DEVICE_BYTES - 4096, 8192))
+        .unwrap();
+    assert_eq!(reply(&mut s), (22, 16));
+    s.write_all(&request(7, 0, 17, 100, 4096)).unwrap();
+    assert_eq!(reply(&mut s), (22, 17));
+    s.write_all(&request(2, 0, 0, 0, 0)).unwrap(); // DISC
+}
+
+#[test]
+fn structured_read_errors_and_a_stack_that_cannot_tell_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let config = "version = 1\n[device]\nname = \"flaky\"\ntop = \"f\"\nqueues = 2\n\
+                  [layers.f]\ntype = \"fault\"\nover = \"leaf\"\nread_error_rate = 1.0\n\
+                  range = [0, 65536]\n\
+                  [layers.leaf]\ntype = \"memory\"\nsize = \"16MiB\"\n";
+    let daemon = Daemon::start_with(dir, "flaky", config, &format!("unix:{}", socket.display()));
+    let mut s = handshake_with(&daemon.socket, true);
+    // A failed read: one ERROR chunk with EIO, and the connection goes on.
+    s.write_all(&request(0, 0, 1, 0, 4096)).unwrap();
+    let (flags, kind, cookie, payload) = chunk(&mut s);
+    assert_eq!((flags, kind, cookie), (1, 0x8001, 1));
+    assert_eq!(payload, [0, 0, 0, 5, 0, 0]);
+    // A large read (run on the other queue thread): one chunk with all data.
+    s.write_all(&request(1, 0, 2, 1 << 20, 1 << 20)).unwrap();
+    s.write_all(&vec![0x77; 1 << 20]).unwrap();
+    assert_eq!(reply(&mut s), (0, 2));
+    s.write_all(&request(0, 0, 3, 1 << 20, 1 << 20)).unwrap();
+    let (flags, kind, cookie, payload) = chunk(&mut s);
+    assert_eq!((flags, kind, cookie), (1, 1, 3));
+    assert_eq!(&payload[..8], &(1u64 << 20).to_be_bytes());
+    assert!(payload[8..].len() == 1 << 20 && payload[8..].iter().all(|&b| b == 0x77));
+    // The top layer cannot tell holes: all data, in one descriptor.
+    s.write_all(&request(7, 0, 4, 0, 8 << 20)).unwrap();
+    let (_, kind, _, payload) = chunk(&mut s);
+    assert_eq!(kind, 5);
+    assert_eq!(descriptors(&payload), [(8 << 20, 0)]);
 }
 
 #[test]
@@ -519,9 +742,9 @@ fn random_and_truncated_bytes_never_crash_the_daemon_or_corrupt_the_device() {
         } else {
             // Random bytes, or mangled requests, in the transmission phase.
             // Reads and trims only, and writes only past the 16 known blocks.
-            let s = handshake(&daemon.socket);
+            let s = handshake_with(&daemon.socket, round % 4 == 3);
             if round % 3 == 0 {
-                let kind = [0u16, 4, 3, 1][(next() % 4) as usize];
+                let kind = [0u16, 4, 3, 1, 7][(next() % 5) as usize];
                 let offset = if kind == 1 || kind == 4 {
                     (16 + next() % 1000) * 4096
                 } else {
@@ -529,7 +752,7 @@ fn random_and_truncated_bytes_never_crash_the_daemon_or_corrupt_the_device() {
                 };
                 let mut r = request(
                     kind,
-                    (next() % 4) as u16,
+                    (next() % 16) as u16,
                     1,
                     offset,
                     (next() % (1 << 20)) as u32,

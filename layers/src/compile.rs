@@ -412,6 +412,15 @@ impl Layer for Counted {
         self.node.layer.discard_frees_space()
     }
 
+    fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
+        // Unlike data requests, a query may end off the block grid; it must
+        // still lie inside the layer.
+        if offset.checked_add(len)? > self.size {
+            return None;
+        }
+        self.node.layer.allocation(offset, len)
+    }
+
     fn apply_live<'a>(
         &'a self,
         ctx: &'a IoCtx,

@@ -6,6 +6,8 @@
 //! - `direct = true` opens with O_DIRECT; the queue's bounce buffers are 4 KiB
 //!   aligned, so any block-aligned request qualifies.
 //! - No on-disk metadata: the file holds the device's bytes at their offsets.
+//! - Holes in the file are reported by `allocation` (SEEK_DATA / SEEK_HOLE), for
+//!   NBD BLOCK_STATUS.
 //! - An exclusive `flock` keeps a second daemon off the same file.
 //! - A file on tmpfs or ramfs (not opened `direct`) is read and written with
 //!   plain `pread`/`pwrite` on the queue thread, straight into the caller's
@@ -29,6 +31,9 @@ use crate::{os, Error, Layer, LocalBoxFuture, Result};
 
 /// Largest single leaf I/O; bigger requests are issued in pieces.
 const MAX_IO_BYTES: usize = 1 << 20;
+/// Most runs one allocation query returns: bounds its lseeks on a file
+/// fragmented into many small extents (the caller asks again for the rest).
+const MAX_ALLOCATION_RUNS: usize = 512;
 
 /// A leaf over an open file descriptor (regular file or block device).
 pub struct FileLeaf {
@@ -371,6 +376,38 @@ impl Layer for FileLeaf {
         self.punch_ok.load(Ordering::Relaxed)
     }
 
+    /// Holes found with SEEK_DATA / SEEK_HOLE; they read as zeros. Block
+    /// devices (`disk`) cannot tell, and neither can a failed lseek.
+    fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
+        if self.kind != "file" {
+            return None;
+        }
+        let end = offset.checked_add(len)?.min(self.size);
+        let mut runs = Vec::new();
+        let mut at = offset;
+        while at < end && runs.len() < MAX_ALLOCATION_RUNS {
+            let data = os::seek_data_or_hole(&self.file, at, true)
+                .ok()?
+                .map_or(end, |d| d.min(end));
+            if data > at {
+                runs.push((data - at, true));
+                at = data;
+            }
+            if at >= end {
+                break;
+            }
+            // Past the end of the file (it shrank under us) reads as EIO,
+            // never as a hole: stop rather than guess.
+            let hole = os::seek_data_or_hole(&self.file, at, false).ok()??.min(end);
+            if hole <= at {
+                break;
+            }
+            runs.push((hole - at, false));
+            at = hole;
+        }
+        (!runs.is_empty()).then_some(runs)
+    }
+
     fn details(&self) -> Vec<(&'static str, String)> {
         vec![
             ("kind", self.kind.to_string()),
@@ -379,5 +416,47 @@ impl Layer for FileLeaf {
                 if self.sync_io { "sync" } else { "io_uring" }.to_string(),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_reports_holes_and_data_of_a_sparse_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = FileParams {
+            path: dir.path().join("leaf.img"),
+            size_bytes: Some(4 << 20),
+            create: true,
+            direct: false,
+        };
+        let leaf = open(&params, 4096).unwrap();
+        assert_eq!(leaf.allocation(0, 4 << 20), Some(vec![(4 << 20, true)]));
+        leaf.file.write_at(&[0xaa; 8192], 1 << 20).unwrap();
+        let runs = leaf.allocation(0, 4 << 20).unwrap();
+        // The filesystem may allocate more than was written, never less.
+        let mut at = 0;
+        let mut data = Vec::new();
+        for &(len, hole) in &runs {
+            if !hole {
+                data.push((at, at + len));
+            }
+            at += len;
+        }
+        assert_eq!(at, 4 << 20, "{runs:?}");
+        assert_eq!(data.len(), 1, "{runs:?}");
+        assert!(
+            data[0].0 <= 1 << 20 && data[0].1 >= (1 << 20) + 8192,
+            "{runs:?}"
+        );
+        assert!(runs[0].1, "the file starts with a hole: {runs:?}");
+        // A query inside the data, and one starting in the last hole.
+        assert_eq!(leaf.allocation(1 << 20, 4096), Some(vec![(4096, false)]));
+        assert_eq!(
+            leaf.allocation(3 << 20, 1 << 20),
+            Some(vec![(1 << 20, true)])
+        );
     }
 }

@@ -116,6 +116,16 @@ pub trait Layer: Send + Sync {
         ))))
     }
 
+    /// Which parts of `offset..offset + len` are holes: runs of (length,
+    /// is_hole) in order from `offset`, where a hole is unallocated below and
+    /// reads as zeros. The runs may stop short of `len` (the caller asks again
+    /// from there) and need not follow the block grid. `None`: this layer cannot
+    /// tell, so everything counts as data, which is always a safe answer.
+    /// Synchronous: meant for cheap metadata lookups (NBD BLOCK_STATUS).
+    fn allocation(&self, _offset: u64, _len: u64) -> Option<Vec<(u64, bool)>> {
+        None
+    }
+
     /// Health and type-specific details for `status`, as (key, value) pairs.
     fn details(&self) -> Vec<(&'static str, String)> {
         Vec::new()

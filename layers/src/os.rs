@@ -1,5 +1,5 @@
-//! The few synchronous syscalls leaves need at open time (locking, block-device
-//! size), kept apart from the data path.
+//! The few synchronous syscalls leaves need outside the data path (locking,
+//! block-device size, finding holes).
 
 use std::fs::File;
 use std::io;
@@ -75,5 +75,30 @@ pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> i32 {
         if errno != libc::EINTR {
             return -errno;
         }
+    }
+}
+
+/// `lseek(2)` with SEEK_DATA (`data`) or SEEK_HOLE from `offset`: the offset
+/// found, or `None` on ENXIO (for SEEK_DATA: no data at or after `offset`, so a
+/// hole to the end; for either: `offset` is at or past the end of the file).
+pub fn seek_data_or_hole(file: &File, offset: u64, data: bool) -> io::Result<Option<u64>> {
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
+    // SAFETY: lseek takes no memory arguments; the fd is open for the call. It
+    // moves the file position, which no user of these files relies on (all
+    // their I/O gives its offset).
+    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if found >= 0 {
+        return Ok(Some(found as u64));
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(error)
     }
 }

@@ -8,6 +8,12 @@
 //! runs after the executor's current batch of tasks, so the replies finished
 //! in one turn go out in one sendmsg.
 //!
+//! With structured replies negotiated, a READ is answered with one
+//! OFFSET_DATA chunk (its buffer still sent as it is, after the chunk header)
+//! or one ERROR chunk; every other command keeps the simple reply, which the
+//! protocol allows for replies without payload. BLOCK_STATUS (only with
+//! `base:allocation` selected) gets one BLOCK_STATUS chunk.
+//!
 //! Bounds: at most `queue_depth` requests and [`MAX_IN_FLIGHT_BYTES`] of
 //! payload in flight per connection; the reader stops reading until that
 //! drops, so a client cannot make the daemon buffer without limit.
@@ -27,6 +33,7 @@ use std::task::{Poll, Waker};
 use layers::uring::AlignedBuf;
 use layers::Layer;
 
+use super::handshake::Negotiated;
 use super::offload::transfer;
 use super::proto::{self, Request, REQUEST_BYTES};
 use super::ring::{Outgoing, Owned, Reply};
@@ -40,6 +47,9 @@ const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Largest piece of TRIM / WRITE_ZEROES handed to the stack at once (the ublk
 /// front end's limit for those).
 const ZERO_PIECE_BYTES: u64 = 64 << 20;
+/// Most descriptors in one BLOCK_STATUS reply; the protocol lets the server
+/// describe less than asked, and clients ask again from where it stopped.
+const MAX_DESCRIPTORS: usize = 1024;
 
 /// A single-threaded wake-up flag with one waiter.
 #[derive(Default)]
@@ -93,15 +103,26 @@ pub enum Action {
         fua: bool,
         no_hole: bool,
     },
+    BlockStatus {
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    },
     Disconnect,
 }
 
 /// Check a request against the export: the protocol error for a bad one.
 /// WRITE payloads are received before this is acted on either way.
-pub fn check(req: &Request, size: u64, block_size: u32) -> Result<Action, u32> {
+pub fn check(
+    req: &Request,
+    size: u64,
+    block_size: u32,
+    negotiated: Negotiated,
+) -> Result<Action, u32> {
     let allowed = match req.kind {
         proto::CMD_WRITE | proto::CMD_TRIM => proto::CMD_FLAG_FUA,
         proto::CMD_WRITE_ZEROES => proto::CMD_FLAG_FUA | proto::CMD_FLAG_NO_HOLE,
+        proto::CMD_BLOCK_STATUS => proto::CMD_FLAG_REQ_ONE,
         _ => 0,
     };
     if req.flags & !allowed != 0 {
@@ -133,14 +154,122 @@ pub fn check(req: &Request, size: u64, block_size: u32) -> Result<Action, u32> {
             fua,
             no_hole: req.flags & proto::CMD_FLAG_NO_HOLE != 0,
         }),
+        proto::CMD_BLOCK_STATUS if negotiated.allocation => {
+            // The length need not be on the block grid (libnbd asks for
+            // whatever is left, capped at 2^31 - 1): the reply rounds instead.
+            let block = u64::from(block_size);
+            if len == 0 || offset % block != 0 {
+                return Err(proto::EINVAL);
+            }
+            match offset.checked_add(u64::from(len)) {
+                Some(end) if end <= size => Ok(Action::BlockStatus {
+                    offset,
+                    len,
+                    req_one: req.flags & proto::CMD_FLAG_REQ_ONE != 0,
+                }),
+                _ => Err(proto::EINVAL),
+            }
+        }
         proto::CMD_DISC => Ok(Action::Disconnect),
         _ => Err(proto::EINVAL),
     }
 }
 
+/// The end of what a BLOCK_STATUS for `offset..+len` describes: the request
+/// rounded up to the block grid, inside the export.
+pub fn status_end(offset: u64, len: u32, size: u64, block: u64) -> u64 {
+    (offset + u64::from(len))
+        .div_ceil(block)
+        .saturating_mul(block)
+        .min(size)
+}
+
+/// base:allocation descriptors, (length, flags), for the range `offset..+len`
+/// of an export of `size` bytes, from a layer's runs of (length, is_hole)
+/// starting at `offset` and asked for up to [`status_end`] (`None`:
+/// everything is data).
+///
+/// Holes shrink to the block grid and data grows to it, so a partly allocated
+/// block is data, every length is a multiple of `block` (except at the export
+/// end), and the last descriptor may reach past an unaligned `len` to the
+/// next block boundary, as the protocol allows; with `req_one`, exactly one
+/// descriptor no longer than `len`. Runs that stop short of the range end the
+/// reply where they stop (the client asks again from there).
+pub fn allocation_descriptors(
+    runs: Option<Vec<(u64, bool)>>,
+    offset: u64,
+    len: u32,
+    size: u64,
+    block: u64,
+    req_one: bool,
+) -> Vec<(u32, u32)> {
+    let round_up = |x: u64| x.div_ceil(block).saturating_mul(block);
+    let mut end = status_end(offset, len, size, block);
+    let runs = runs.unwrap_or_default();
+    let covered = runs
+        .iter()
+        .fold(offset, |at, &(run, _)| at.saturating_add(run));
+    if !runs.is_empty() && covered < end {
+        // At least one block (the client must make progress); no clamp(),
+        // which panics when the export ends inside that block.
+        end = round_up(covered).max(offset + block).min(end);
+    }
+    // (length, hole) with neighbours of one kind merged.
+    let mut extents: Vec<(u64, bool)> = Vec::new();
+    let mut push = |length: u64, hole: bool| match extents.last_mut() {
+        Some((last, kind)) if *kind == hole => *last += length,
+        _ if length > 0 => extents.push((length, hole)),
+        _ => {}
+    };
+    let (mut pos, mut at) = (offset, offset);
+    for (run, hole) in runs {
+        let (start, stop) = (pos, pos.saturating_add(run));
+        pos = stop;
+        if !hole {
+            continue;
+        }
+        let hole_start = round_up(start).max(at);
+        let hole_end = (stop / block * block).min(end);
+        if hole_start < hole_end {
+            push(hole_start - at, false);
+            push(hole_end - hole_start, true);
+            at = hole_end;
+        }
+        if at >= end {
+            break;
+        }
+    }
+    push(end.saturating_sub(at), false);
+    let flags = |hole: bool| {
+        if hole {
+            proto::STATE_HOLE | proto::STATE_ZERO
+        } else {
+            0
+        }
+    };
+    if req_one {
+        let first = extents.first().copied().unwrap_or((end - offset, false));
+        let aligned = u64::from(len) / block * block;
+        let cap = if aligned > 0 { aligned } else { u64::from(len) };
+        return vec![(first.0.min(cap) as u32, flags(first.1))];
+    }
+    // A descriptor length is a u32: split longer extents on the block grid.
+    let max_piece = u64::from(u32::MAX) / block * block;
+    let mut out = Vec::new();
+    for (mut length, hole) in extents {
+        while length > 0 && out.len() < MAX_DESCRIPTORS {
+            let piece = length.min(max_piece);
+            out.push((piece as u32, flags(hole)));
+            length -= piece;
+        }
+    }
+    out
+}
+
 /// State shared by a connection's tasks (all on one queue thread).
 pub struct Conn {
     socket: OwnedFd,
+    negotiated: Negotiated,
     in_flight: Cell<usize>,
     in_flight_bytes: Cell<u64>,
     pending: RefCell<Vec<Reply>>,
@@ -158,9 +287,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(socket: OwnedFd) -> Conn {
+    pub fn new(socket: OwnedFd, negotiated: Negotiated) -> Conn {
         Conn {
             socket,
+            negotiated,
             in_flight: Cell::new(0),
             in_flight_bytes: Cell::new(0),
             pending: RefCell::new(Vec::new()),
@@ -190,14 +320,32 @@ impl Conn {
             .await;
     }
 
-    fn reply(&self, cookie: u64, error: u32, data: Option<AlignedBuf>) {
+    /// Queue a reply: `header` then `data` as they are.
+    fn queue_reply(&self, header: &[u8], data: Option<AlignedBuf>) {
         if !self.broken.get() {
-            self.pending.borrow_mut().push(Reply {
-                header: proto::simple_reply(cookie, error),
-                data,
-            });
+            self.pending.borrow_mut().push(Reply::new(header, data));
         }
         self.writer_wake.notify();
+    }
+
+    /// A simple reply (to anything but a READ when structured replies are on).
+    fn reply(&self, cookie: u64, error: u32) {
+        self.queue_reply(&proto::simple_reply(cookie, error), None);
+    }
+
+    /// The reply to a READ at `offset`: `data` on success.
+    fn read_reply(&self, cookie: u64, offset: u64, error: u32, data: Option<AlignedBuf>) {
+        match (self.negotiated.structured, data) {
+            (true, Some(data)) => {
+                let header = proto::read_chunk(cookie, offset, data.len() as u32);
+                self.queue_reply(&header, Some(data));
+            }
+            (true, None) => {
+                let error = if error == 0 { proto::EIO } else { error };
+                self.queue_reply(&proto::error_chunk(cookie, error), None);
+            }
+            (false, data) => self.queue_reply(&proto::simple_reply(cookie, error), data),
+        }
     }
 }
 
@@ -273,6 +421,7 @@ async fn read_loop(queue: &Rc<Queue>, conn: &Rc<Conn>) -> Result<(), String> {
         end: 0,
     };
     let (size, block_size) = (queue.stack.size(), queue.stack.block_size());
+    let negotiated = conn.negotiated;
     loop {
         while window.available().len() < REQUEST_BYTES {
             if conn.stopping.get() || !fill(queue, conn, &mut window).await? {
@@ -284,7 +433,7 @@ async fn read_loop(queue: &Rc<Queue>, conn: &Rc<Conn>) -> Result<(), String> {
             .expect("sliced to the header size");
         let req = Request::decode(header).map_err(|m| format!("bad request magic {:#x}", m.0))?;
         window.consume(REQUEST_BYTES);
-        let checked = check(&req, size, block_size);
+        let checked = check(&req, size, block_size, negotiated);
         let payload = if req.kind == proto::CMD_WRITE {
             // The payload follows whatever the checks say; an oversized one
             // cannot be skipped safely, so the connection ends.
@@ -308,7 +457,11 @@ async fn read_loop(queue: &Rc<Queue>, conn: &Rc<Conn>) -> Result<(), String> {
                     queue.recycle(payload);
                 }
                 let error = other.err().unwrap_or(proto::ESHUTDOWN);
-                conn.reply(req.cookie, error, None);
+                if req.kind == proto::CMD_READ {
+                    conn.read_reply(req.cookie, req.offset, error, None);
+                } else {
+                    conn.reply(req.cookie, error);
+                }
                 continue;
             }
         };
@@ -382,6 +535,22 @@ async fn serve(
     let top = queue.stack.top();
     let ctx = &queue.ctx;
     let (result, data) = match action {
+        Action::BlockStatus {
+            offset,
+            len,
+            req_one,
+        } => {
+            // Synchronous: a few lseeks on a file leaf, nothing elsewhere.
+            let (size, block) = (queue.stack.size(), u64::from(queue.stack.block_size()));
+            let runs = top.allocation(offset, status_end(offset, len, size, block) - offset);
+            let descriptors = allocation_descriptors(runs, offset, len, size, block, req_one);
+            let mut buf = queue.take_buf(descriptors.len() * 8);
+            for (slot, (length, flags)) in buf.as_mut_slice().chunks_exact_mut(8).zip(descriptors) {
+                slot[..4].copy_from_slice(&length.to_be_bytes());
+                slot[4..].copy_from_slice(&flags.to_be_bytes());
+            }
+            (Ok(()), Some(buf))
+        }
         Action::Read { len, .. } => {
             let buf = queue.take_buf(len as usize);
             match transfer(&queue, action, buf).await {
@@ -425,7 +594,20 @@ async fn serve(
             proto::error_value(e.errno())
         }
     };
-    conn.reply(cookie, error, data);
+    match (action, data) {
+        (Action::Read { offset, .. }, data) => conn.read_reply(cookie, offset, error, data),
+        (Action::BlockStatus { .. }, Some(data)) => {
+            let count = data.len() / 8;
+            let header = proto::block_status_chunk(cookie, proto::ALLOCATION_CONTEXT_ID, count);
+            conn.queue_reply(&header, Some(data));
+        }
+        (_, data) => {
+            if let Some(data) = data {
+                queue.recycle(data);
+            }
+            conn.reply(cookie, error);
+        }
+    }
     let bytes = match action {
         Action::Read { len, .. } | Action::Write { len, .. } => u64::from(len),
         _ => 0,
@@ -521,11 +703,152 @@ mod tests {
     }
 
     const SIZE: u64 = 1 << 20;
+    const PLAIN: Negotiated = Negotiated {
+        structured: false,
+        allocation: false,
+    };
+    const ALLOCATION: Negotiated = Negotiated {
+        structured: true,
+        allocation: true,
+    };
+
+    #[test]
+    fn block_status_needs_the_context_and_a_range_inside_the_device() {
+        let bs = |flags, offset, len| req(proto::CMD_BLOCK_STATUS, flags, offset, len);
+        assert_eq!(
+            check(&bs(0, 0, 4096), SIZE, 4096, PLAIN),
+            Err(proto::EINVAL)
+        );
+        let structured_only = Negotiated {
+            structured: true,
+            allocation: false,
+        };
+        assert_eq!(
+            check(&bs(0, 0, 4096), SIZE, 4096, structured_only),
+            Err(proto::EINVAL)
+        );
+        assert_eq!(
+            check(
+                &bs(proto::CMD_FLAG_REQ_ONE, 8192, 100),
+                SIZE,
+                4096,
+                ALLOCATION
+            ),
+            Ok(Action::BlockStatus {
+                offset: 8192,
+                len: 100,
+                req_one: true
+            })
+        );
+        for bad in [
+            bs(0, 512, 4096),
+            bs(0, 0, 0),
+            bs(0, SIZE - 4096, 8192),
+            bs(0, u64::MAX - 4095, 4096),
+            bs(proto::CMD_FLAG_FUA, 0, 4096),
+        ] {
+            assert_eq!(
+                check(&bad, SIZE, 4096, ALLOCATION),
+                Err(proto::EINVAL),
+                "{bad:?}"
+            );
+        }
+    }
+
+    const HOLE: u32 = proto::STATE_HOLE | proto::STATE_ZERO;
+
+    #[test]
+    fn descriptors_round_to_blocks_conservatively() {
+        // No information: all data, the unaligned tail rounded up.
+        assert_eq!(
+            allocation_descriptors(None, 0, 10_000, SIZE, 4096, false),
+            [(12288, 0)]
+        );
+        // A hole that covers only part of a block leaves that block data; a
+        // data run inside a block makes the whole block data.
+        let runs = vec![(6000, true), (100, false), (20_000, true), (SIZE, false)];
+        assert_eq!(
+            allocation_descriptors(Some(runs.clone()), 0, 65536, SIZE, 4096, false),
+            [(4096, HOLE), (4096, 0), (16384, HOLE), (40960, 0)]
+        );
+        // REQ_ONE: the first extent only, never past the request.
+        assert_eq!(
+            allocation_descriptors(Some(runs.clone()), 0, 65536, SIZE, 4096, true),
+            [(4096, HOLE)]
+        );
+        assert_eq!(
+            allocation_descriptors(Some(vec![(SIZE, true)]), 0, 10_000, SIZE, 4096, true),
+            [(8192, HOLE)]
+        );
+        assert_eq!(
+            allocation_descriptors(Some(vec![(SIZE, true)]), 0, 100, SIZE, 4096, true),
+            [(100, HOLE)]
+        );
+        // An unaligned length is described to the end of its block.
+        assert_eq!(
+            allocation_descriptors(Some(vec![(4096, true)]), 0, 100, SIZE, 4096, false),
+            [(4096, HOLE)]
+        );
+        // Neighbours of one kind merge; runs past the range are ignored.
+        assert_eq!(
+            allocation_descriptors(
+                Some(vec![(4096, true), (4096, true), (SIZE, false)]),
+                4096,
+                8192,
+                SIZE,
+                4096,
+                false
+            ),
+            [(8192, HOLE)]
+        );
+        // Runs that stop short end the reply where they stop.
+        assert_eq!(
+            allocation_descriptors(
+                Some(vec![(4096, false), (5000, true)]),
+                0,
+                65536,
+                SIZE,
+                4096,
+                false
+            ),
+            [(4096, 0), (4096, HOLE), (4096, 0)]
+        );
+        // An export that ends inside a block: its tail is described as is.
+        assert_eq!(
+            allocation_descriptors(Some(vec![(100, false)]), 8192, 1000, 9192, 4096, false),
+            [(1000, 0)]
+        );
+        assert_eq!(
+            allocation_descriptors(Some(vec![(1000, true)]), 8192, 1000, 9192, 4096, false),
+            [(1000, 0)]
+        );
+        // Never past the export's end.
+        assert_eq!(
+            allocation_descriptors(
+                Some(vec![(4096, true)]),
+                SIZE - 4096,
+                4096,
+                SIZE,
+                4096,
+                false
+            ),
+            [(4096, HOLE)]
+        );
+    }
+
+    #[test]
+    fn long_extents_split_on_the_block_grid() {
+        let size = 8u64 << 30;
+        let out = allocation_descriptors(Some(vec![(size, true)]), 0, u32::MAX, size, 4096, false);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], ((u32::MAX / 4096 * 4096), HOLE));
+        assert_eq!(u64::from(out[0].0) + u64::from(out[1].0), 1 << 32);
+    }
 
     #[test]
     fn requests_inside_the_device_and_on_the_block_grid_pass() {
         assert_eq!(
-            check(&req(proto::CMD_READ, 0, 4096, 8192), SIZE, 4096),
+            check(&req(proto::CMD_READ, 0, 4096, 8192), SIZE, 4096, PLAIN),
             Ok(Action::Read {
                 offset: 4096,
                 len: 8192
@@ -535,7 +858,8 @@ mod tests {
             check(
                 &req(proto::CMD_WRITE, proto::CMD_FLAG_FUA, SIZE - 4096, 4096),
                 SIZE,
-                4096
+                4096,
+                PLAIN
             ),
             Ok(Action::Write {
                 offset: SIZE - 4096,
@@ -544,7 +868,7 @@ mod tests {
             })
         );
         assert_eq!(
-            check(&req(proto::CMD_FLUSH, 0, 0, 0), SIZE, 4096),
+            check(&req(proto::CMD_FLUSH, 0, 0, 0), SIZE, 4096, PLAIN),
             Ok(Action::Flush)
         );
     }
@@ -567,11 +891,15 @@ mod tests {
                 proto::EINVAL,
             ),
             (req(proto::CMD_WRITE, 1 << 4, 0, 4096), proto::EINVAL),
-            (req(7, 0, 0, 4096), proto::EINVAL),
+            (req(proto::CMD_BLOCK_STATUS, 0, 0, 4096), proto::EINVAL),
             (req(99, 0, 0, 0), proto::EINVAL),
         ];
         for (request, error) in cases {
-            assert_eq!(check(&request, SIZE, 4096), Err(error), "{request:?}");
+            assert_eq!(
+                check(&request, SIZE, 4096, PLAIN),
+                Err(error),
+                "{request:?}"
+            );
         }
     }
 }

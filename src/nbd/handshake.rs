@@ -2,10 +2,12 @@
 //! thread of its own (it is a handful of small messages, and a client that
 //! stalls here must not hold up a queue thread).
 //!
-//! Options served: EXPORT_NAME, GO, INFO, LIST and ABORT. Everything else
-//! (STARTTLS, STRUCTURED_REPLY, metadata contexts, extended headers) gets
-//! NBD_REP_ERR_UNSUP, so clients fall back to simple replies. The one export is
-//! the device: it answers to the empty (default) name and to the device's name.
+//! Options served: EXPORT_NAME, GO, INFO, LIST, ABORT, STRUCTURED_REPLY, and
+//! LIST_META_CONTEXT / SET_META_CONTEXT for the one context `base:allocation`
+//! (which enables NBD_CMD_BLOCK_STATUS). Everything else (STARTTLS, extended
+//! headers) gets NBD_REP_ERR_UNSUP. What was negotiated travels with the
+//! connection to the transmission phase. The one export is the device: it
+//! answers to the empty (default) name and to the device's name.
 
 use std::io::{self, Read, Write};
 
@@ -43,11 +45,20 @@ impl Export {
     }
 }
 
+/// What the client negotiated for the transmission phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// NBD_OPT_STRUCTURED_REPLY: READs are answered with structured replies.
+    pub structured: bool,
+    /// `base:allocation` was selected: BLOCK_STATUS is allowed.
+    pub allocation: bool,
+}
+
 /// How a handshake ended without error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The client chose the export: the transmission phase starts.
-    Transmission,
+    Transmission(Negotiated),
     /// The client aborted or named an unknown export with EXPORT_NAME.
     Closed,
 }
@@ -69,6 +80,7 @@ pub fn negotiate<S: Read + Write>(stream: &mut S, export: &Export) -> io::Result
         return Err(protocol("unknown client flags"));
     }
     let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+    let mut negotiated = Negotiated::default();
     for _ in 0..MAX_OPTIONS {
         let header: [u8; OPTION_HEADER_BYTES] = read_array(stream)?;
         if u64::from_be_bytes(take(&header, 0)) != OPTS_MAGIC {
@@ -93,7 +105,7 @@ pub fn negotiate<S: Read + Write>(stream: &mut S, export: &Export) -> io::Result
                     reply.resize(10 + 124, 0);
                 }
                 stream.write_all(&reply)?;
-                return Ok(Outcome::Transmission);
+                return Ok(Outcome::Transmission(negotiated));
             }
             OPT_ABORT => {
                 // The client may already be gone; that is fine.
@@ -110,8 +122,18 @@ pub fn negotiate<S: Read + Write>(stream: &mut S, export: &Export) -> io::Result
             }
             OPT_INFO | OPT_GO => {
                 if info(stream, export, option, &data)? && option == OPT_GO {
-                    return Ok(Outcome::Transmission);
+                    return Ok(Outcome::Transmission(negotiated));
                 }
+            }
+            OPT_STRUCTURED_REPLY if !data.is_empty() => {
+                send_reply(stream, option, REP_ERR_INVALID, &[])?
+            }
+            OPT_STRUCTURED_REPLY => {
+                negotiated.structured = true;
+                send_reply(stream, option, REP_ACK, &[])?;
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                meta_context(stream, export, option, &data, &mut negotiated)?
             }
             _ => send_reply(stream, option, REP_ERR_UNSUP, &[])?,
         }
@@ -150,6 +172,69 @@ fn info<S: Write>(stream: &mut S, export: &Export, option: u32, data: &[u8]) -> 
     }
     send_reply(stream, option, REP_ACK, &[])?;
     Ok(true)
+}
+
+/// Answer LIST_META_CONTEXT or SET_META_CONTEXT: a META_CONTEXT reply for
+/// `base:allocation` when a query selects it, then ACK. A SET replaces what an
+/// earlier SET selected, even when it fails.
+fn meta_context<S: Write>(
+    stream: &mut S,
+    export: &Export,
+    option: u32,
+    data: &[u8],
+    negotiated: &mut Negotiated,
+) -> io::Result<()> {
+    let set = option == OPT_SET_META_CONTEXT;
+    if set {
+        negotiated.allocation = false;
+        if !negotiated.structured {
+            return send_reply(stream, option, REP_ERR_INVALID, &[]);
+        }
+    }
+    let Some((name, queries)) = parse_meta(data) else {
+        return send_reply(stream, option, REP_ERR_INVALID, &[]);
+    };
+    if !export.knows(name) {
+        return send_reply(stream, option, REP_ERR_UNKNOWN, &[]);
+    }
+    let context = ALLOCATION_CONTEXT.as_bytes();
+    let selected = if set {
+        queries.contains(&context)
+    } else {
+        // LIST: no query lists every context; so does a bare namespace.
+        queries.is_empty() || queries.iter().any(|q| *q == context || *q == b"base:")
+    };
+    if selected {
+        // Ids mean nothing in a LIST reply; 0 there, as is customary.
+        let id = if set { ALLOCATION_CONTEXT_ID } else { 0 };
+        let mut reply = id.to_be_bytes().to_vec();
+        reply.extend_from_slice(context);
+        send_reply(stream, option, REP_META_CONTEXT, &reply)?;
+        negotiated.allocation = set;
+    }
+    send_reply(stream, option, REP_ACK, &[])
+}
+
+/// LIST / SET_META_CONTEXT data: u32 name length, name, u32 query count, then
+/// count × (u32 length, query). `None` when the lengths disagree.
+fn parse_meta(data: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
+    let (name, mut rest) = split_string(data)?;
+    let count = u32::from_be_bytes(rest.get(0..4)?.try_into().ok()?);
+    rest = &rest[4..];
+    let mut queries = Vec::new();
+    for _ in 0..count {
+        let (query, after) = split_string(rest)?;
+        queries.push(query);
+        rest = after;
+    }
+    rest.is_empty().then_some((name, queries))
+}
+
+/// A u32-length-prefixed string at the start of `data`, and what follows it.
+fn split_string(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+    let end = 4usize.checked_add(len)?;
+    Some((data.get(4..end)?, data.get(end..)?))
 }
 
 /// INFO / GO data: u32 name length, name, u16 count, count × u16 requests.
@@ -270,10 +355,13 @@ mod tests {
     #[test]
     fn go_reports_size_flags_and_block_sizes() {
         let mut client = 3u32.to_be_bytes().to_vec();
-        client.extend(option(8, &[])); // STRUCTURED_REPLY: unsupported
+        client.extend(option(5, &[])); // STARTTLS: unsupported
         client.extend(option(OPT_GO, &go_data("", &[INFO_BLOCK_SIZE, INFO_NAME])));
         let (result, out) = run(client);
-        assert_eq!(result.unwrap(), Outcome::Transmission);
+        assert_eq!(
+            result.unwrap(),
+            Outcome::Transmission(Negotiated::default())
+        );
         let replies = replies(&out);
         assert_eq!(replies[0].1, REP_ERR_UNSUP);
         let (_, kind, data) = &replies[1];
@@ -316,9 +404,109 @@ mod tests {
         let mut client = 1u32.to_be_bytes().to_vec(); // no NO_ZEROES
         client.extend(option(OPT_EXPORT_NAME, b"dev0"));
         let (result, out) = run(client);
-        assert_eq!(result.unwrap(), Outcome::Transmission);
+        assert_eq!(
+            result.unwrap(),
+            Outcome::Transmission(Negotiated::default())
+        );
         assert_eq!(out.len(), 18 + 8 + 2 + 124);
         assert_eq!(u64::from_be_bytes(take(&out, 18)), 1 << 20);
+    }
+
+    fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
+        let mut out = (name.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for q in queries {
+            out.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            out.extend_from_slice(q.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn structured_replies_and_base_allocation_are_negotiated() {
+        let mut client = 3u32.to_be_bytes().to_vec();
+        // SET before STRUCTURED_REPLY is refused; a STRUCTURED_REPLY with
+        // payload too.
+        client.extend(option(
+            OPT_SET_META_CONTEXT,
+            &meta_data("", &["base:allocation"]),
+        ));
+        client.extend(option(OPT_STRUCTURED_REPLY, &[1]));
+        client.extend(option(OPT_STRUCTURED_REPLY, &[]));
+        // LIST with no query, with the namespace, and with an unknown context.
+        client.extend(option(OPT_LIST_META_CONTEXT, &meta_data("dev0", &[])));
+        client.extend(option(OPT_LIST_META_CONTEXT, &meta_data("", &["base:"])));
+        client.extend(option(
+            OPT_LIST_META_CONTEXT,
+            &meta_data("", &["qemu:dirty-bitmap:x"]),
+        ));
+        // SET of an unknown context selects nothing; a wrong export or a
+        // malformed payload is an error; then the real one.
+        client.extend(option(OPT_SET_META_CONTEXT, &meta_data("", &["base:"])));
+        client.extend(option(
+            OPT_SET_META_CONTEXT,
+            &meta_data("other", &["base:allocation"]),
+        ));
+        client.extend(option(OPT_SET_META_CONTEXT, &[0, 0, 0, 0, 0, 0, 0, 9]));
+        client.extend(option(
+            OPT_SET_META_CONTEXT,
+            &meta_data("dev0", &["x:y", "base:allocation"]),
+        ));
+        client.extend(option(OPT_GO, &go_data("", &[])));
+        let (result, out) = run(client);
+        assert_eq!(
+            result.unwrap(),
+            Outcome::Transmission(Negotiated {
+                structured: true,
+                allocation: true
+            })
+        );
+        let replies = replies(&out);
+        let kinds: Vec<u32> = replies.iter().map(|r| r.1).collect();
+        assert_eq!(
+            kinds,
+            [
+                REP_ERR_INVALID,
+                REP_ERR_INVALID,
+                REP_ACK,
+                REP_META_CONTEXT,
+                REP_ACK,
+                REP_META_CONTEXT,
+                REP_ACK,
+                REP_ACK, // unknown context: nothing listed
+                REP_ACK, // unknown context: nothing selected
+                REP_ERR_UNKNOWN,
+                REP_ERR_INVALID,
+                REP_META_CONTEXT,
+                REP_ACK,
+                REP_INFO,
+                REP_INFO,
+                REP_ACK,
+            ]
+        );
+        let (_, _, context) = &replies[11];
+        assert_eq!(u32::from_be_bytes(take(context, 0)), ALLOCATION_CONTEXT_ID);
+        assert_eq!(&context[4..], b"base:allocation");
+        assert_eq!(&replies[3].2[4..], b"base:allocation");
+    }
+
+    #[test]
+    fn a_failed_set_clears_the_context() {
+        let mut client = 3u32.to_be_bytes().to_vec();
+        client.extend(option(OPT_STRUCTURED_REPLY, &[]));
+        let set = meta_data("", &["base:allocation"]);
+        client.extend(option(OPT_SET_META_CONTEXT, &set));
+        client.extend(option(OPT_SET_META_CONTEXT, &meta_data("", &["x:y"])));
+        client.extend(option(OPT_EXPORT_NAME, b""));
+        let (result, _) = run(client);
+        assert_eq!(
+            result.unwrap(),
+            Outcome::Transmission(Negotiated {
+                structured: true,
+                allocation: false
+            })
+        );
     }
 
     #[test]
@@ -338,6 +526,14 @@ mod tests {
             }
             if round % 3 == 0 {
                 client.extend(option(OPT_INFO, &[0xff; 12]));
+            }
+            if round % 3 == 1 {
+                client.extend(option(OPT_STRUCTURED_REPLY, &[]));
+                let mut meta = meta_data("", &["base:allocation", "base:"]);
+                let at = (seed >> 40) as usize % meta.len();
+                meta[at] ^= (seed >> 16) as u8 | 1;
+                client.extend(option(OPT_SET_META_CONTEXT, &meta));
+                client.extend(option(OPT_LIST_META_CONTEXT, &meta));
             }
             let (_result, _out) = run(client);
         }

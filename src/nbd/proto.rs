@@ -11,6 +11,7 @@ pub const OPTS_MAGIC: u64 = 0x4948_4156_454f_5054;
 pub const REP_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 // Handshake flags (server) and client flags.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -32,11 +33,15 @@ pub const OPT_ABORT: u32 = 2;
 pub const OPT_LIST: u32 = 3;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+pub const OPT_SET_META_CONTEXT: u32 = 10;
 
 // Option replies.
 pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
+pub const REP_META_CONTEXT: u32 = 4;
 const REP_ERROR: u32 = 1 << 31;
 pub const REP_ERR_UNSUP: u32 = REP_ERROR | 1;
 pub const REP_ERR_INVALID: u32 = REP_ERROR | 3;
@@ -54,8 +59,22 @@ pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
 pub const CMD_WRITE_ZEROES: u16 = 6;
+pub const CMD_BLOCK_STATUS: u16 = 7;
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+// Structured reply chunks: flags, types, and base:allocation's status bits.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
+pub const STATE_HOLE: u32 = 1 << 0;
+pub const STATE_ZERO: u32 = 1 << 1;
+
+/// The one metadata context served, and the id it has in BLOCK_STATUS replies.
+pub const ALLOCATION_CONTEXT: &str = "base:allocation";
+pub const ALLOCATION_CONTEXT_ID: u32 = 1;
 
 // Error values of replies (the protocol's own numbering).
 pub const EPERM: u32 = 1;
@@ -77,6 +96,12 @@ pub const MAX_PAYLOAD_BYTES: u32 = 32 << 20;
 pub const REQUEST_BYTES: usize = 28;
 /// A simple reply: magic, error, cookie.
 pub const SIMPLE_REPLY_BYTES: usize = 16;
+/// A structured reply chunk header: magic, flags, type, cookie, length.
+pub const CHUNK_HEADER_BYTES: usize = 20;
+/// Room for the longest fixed part of any reply the server sends: a chunk
+/// header and the fixed fields of its payload (OFFSET_DATA's offset, ERROR's
+/// error and message length, BLOCK_STATUS's context id).
+pub const MAX_REPLY_HEADER_BYTES: usize = 32;
 /// An option header after the client's IHAVEOPT: magic, option, length.
 pub const OPTION_HEADER_BYTES: usize = 16;
 /// An option reply header: magic, option, type, length.
@@ -84,6 +109,9 @@ pub const OPTION_REPLY_BYTES: usize = 20;
 
 const _: () = assert!(REQUEST_BYTES == 4 + 2 + 2 + 8 + 8 + 4);
 const _: () = assert!(SIMPLE_REPLY_BYTES == 4 + 4 + 8);
+const _: () = assert!(CHUNK_HEADER_BYTES == 4 + 2 + 2 + 8 + 4);
+const _: () = assert!(CHUNK_HEADER_BYTES + 8 <= MAX_REPLY_HEADER_BYTES);
+const _: () = assert!(CHUNK_HEADER_BYTES + 4 + 2 <= MAX_REPLY_HEADER_BYTES);
 const _: () = assert!(OPTION_HEADER_BYTES == 8 + 4 + 4);
 const _: () = assert!(OPTION_REPLY_BYTES == 8 + 4 + 4 + 4);
 
@@ -136,6 +164,63 @@ pub fn simple_reply(cookie: u64, error: u32) -> [u8; SIMPLE_REPLY_BYTES] {
     out[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
     out[4..8].copy_from_slice(&error.to_be_bytes());
     out[8..16].copy_from_slice(&cookie.to_be_bytes());
+    out
+}
+
+/// A structured reply chunk header; `length` bytes of payload follow.
+pub fn chunk_header(cookie: u64, flags: u16, kind: u16, length: u32) -> [u8; CHUNK_HEADER_BYTES] {
+    let mut out = [0u8; CHUNK_HEADER_BYTES];
+    out[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out[6..8].copy_from_slice(&kind.to_be_bytes());
+    out[8..16].copy_from_slice(&cookie.to_be_bytes());
+    out[16..20].copy_from_slice(&length.to_be_bytes());
+    out
+}
+
+/// The single, final chunk of a successful structured READ reply, up to its
+/// data: the `len` bytes read at `offset` follow it as they are.
+pub fn read_chunk(cookie: u64, offset: u64, len: u32) -> [u8; CHUNK_HEADER_BYTES + 8] {
+    let mut out = [0u8; CHUNK_HEADER_BYTES + 8];
+    out[..CHUNK_HEADER_BYTES].copy_from_slice(&chunk_header(
+        cookie,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        8 + len,
+    ));
+    out[CHUNK_HEADER_BYTES..].copy_from_slice(&offset.to_be_bytes());
+    out
+}
+
+/// A final NBD_REPLY_TYPE_ERROR chunk without a message.
+pub fn error_chunk(cookie: u64, error: u32) -> [u8; CHUNK_HEADER_BYTES + 6] {
+    let mut out = [0u8; CHUNK_HEADER_BYTES + 6];
+    out[..CHUNK_HEADER_BYTES].copy_from_slice(&chunk_header(
+        cookie,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        6,
+    ));
+    out[CHUNK_HEADER_BYTES..CHUNK_HEADER_BYTES + 4].copy_from_slice(&error.to_be_bytes());
+    out
+}
+
+/// The header of a final BLOCK_STATUS chunk carrying `descriptors` (each 8
+/// bytes, sent after it): chunk header and context id.
+pub fn block_status_chunk(
+    cookie: u64,
+    context: u32,
+    descriptors: usize,
+) -> [u8; CHUNK_HEADER_BYTES + 4] {
+    let mut out = [0u8; CHUNK_HEADER_BYTES + 4];
+    let length = 4 + 8 * descriptors as u32;
+    out[..CHUNK_HEADER_BYTES].copy_from_slice(&chunk_header(
+        cookie,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        length,
+    ));
+    out[CHUNK_HEADER_BYTES..].copy_from_slice(&context.to_be_bytes());
     out
 }
 
@@ -201,6 +286,29 @@ mod tests {
         let rep = option_reply(OPT_GO, REP_ERR_UNSUP, 3);
         assert_eq!(&rep[0..8], &REP_MAGIC.to_be_bytes());
         assert_eq!(&rep[12..16], &[0x80, 0, 0, 1]);
+    }
+
+    #[test]
+    fn structured_chunks_are_laid_out_as_the_protocol_says() {
+        let read = read_chunk(0x1122, 1 << 33, 4096);
+        assert_eq!(&read[0..4], &[0x66, 0x8e, 0x33, 0xef]);
+        assert_eq!(u16::from_be_bytes(take(&read, 4)), REPLY_FLAG_DONE);
+        assert_eq!(u16::from_be_bytes(take(&read, 6)), REPLY_TYPE_OFFSET_DATA);
+        assert_eq!(u64::from_be_bytes(take(&read, 8)), 0x1122);
+        assert_eq!(u32::from_be_bytes(take(&read, 16)), 8 + 4096);
+        assert_eq!(u64::from_be_bytes(take(&read, 20)), 1 << 33);
+        let error = error_chunk(9, EIO);
+        assert_eq!(&error[6..8], &[0x80, 0x01]);
+        assert_eq!(u32::from_be_bytes(take(&error, 16)), 6);
+        assert_eq!(u32::from_be_bytes(take(&error, 20)), EIO);
+        assert_eq!(&error[24..26], &[0, 0]);
+        let status = block_status_chunk(3, ALLOCATION_CONTEXT_ID, 2);
+        assert_eq!(
+            u16::from_be_bytes(take(&status, 6)),
+            REPLY_TYPE_BLOCK_STATUS
+        );
+        assert_eq!(u32::from_be_bytes(take(&status, 16)), 4 + 16);
+        assert_eq!(u32::from_be_bytes(take(&status, 20)), ALLOCATION_CONTEXT_ID);
     }
 
     #[test]

@@ -19,23 +19,39 @@ use io_uring::{opcode, types};
 use layers::uring::{AlignedBuf, FOREIGN_BIT};
 use layers::IoCtx;
 
-use super::proto::SIMPLE_REPLY_BYTES;
+use super::proto::MAX_REPLY_HEADER_BYTES;
 
 /// `user_data` of cancel requests: their CQEs carry nothing we need.
 const CANCEL_TAG: u64 = FOREIGN_BIT | (1 << 62);
 /// Most iovecs handed to one sendmsg (the kernel's UIO_MAXIOV is 1024).
 const MAX_IOVECS: usize = 1024;
 
-/// One reply on its way out: the simple-reply header and, for a successful
-/// READ, the data.
+/// One reply on its way out: a header (simple reply, or a structured chunk
+/// header with the fixed fields of its payload), kept inline, and the buffer
+/// sent after it as it is (READ data, BLOCK_STATUS descriptors).
 pub struct Reply {
-    pub header: [u8; SIMPLE_REPLY_BYTES],
+    header: [u8; MAX_REPLY_HEADER_BYTES],
+    header_len: u8,
     pub data: Option<AlignedBuf>,
 }
 
 impl Reply {
+    pub fn new(header: &[u8], data: Option<AlignedBuf>) -> Reply {
+        let mut inline = [0u8; MAX_REPLY_HEADER_BYTES];
+        inline[..header.len()].copy_from_slice(header);
+        Reply {
+            header: inline,
+            header_len: header.len() as u8,
+            data,
+        }
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
+
     fn len(&self) -> usize {
-        SIMPLE_REPLY_BYTES + self.data.as_ref().map_or(0, AlignedBuf::len)
+        self.header().len() + self.data.as_ref().map_or(0, AlignedBuf::len)
     }
 }
 
@@ -90,7 +106,7 @@ impl Outgoing {
                 break;
             }
             let data = reply.data.as_ref().map_or(&[][..], AlignedBuf::as_slice);
-            for part in [&reply.header[..], data] {
+            for part in [reply.header(), data] {
                 if skip >= part.len() {
                     skip -= part.len();
                     continue;
@@ -351,10 +367,7 @@ mod tests {
     use super::*;
 
     fn reply(data_len: usize) -> Reply {
-        Reply {
-            header: [1; SIMPLE_REPLY_BYTES],
-            data: (data_len > 0).then(|| AlignedBuf::new(data_len)),
-        }
+        Reply::new(&[1; 16], (data_len > 0).then(|| AlignedBuf::new(data_len)))
     }
 
     #[test]
@@ -369,6 +382,22 @@ mod tests {
         assert_eq!(out.iovecs.len(), 3);
         assert_eq!(out.iovecs[0].iov_len, 6);
         out.advance(6 + 4096 + 16);
+        assert!(out.finished());
+    }
+
+    #[test]
+    fn headers_of_any_length_are_sent_whole() {
+        let mut out = Outgoing::new(vec![
+            Reply::new(&[2; 28], Some(AlignedBuf::new(512))),
+            Reply::new(&[3; 26], None),
+        ]);
+        out.prepare();
+        let lens: Vec<usize> = out.iovecs.iter().map(|v| v.iov_len).collect();
+        assert_eq!(lens, [28, 512, 26]);
+        out.advance(30);
+        out.prepare();
+        assert_eq!(out.iovecs[0].iov_len, 510);
+        out.advance(510 + 26);
         assert!(out.finished());
     }
 }

@@ -31,7 +31,7 @@ use layers::uring::AlignedBuf;
 use layers::{Executor, IoCtx, Stack};
 
 use super::conn::{self, Conn};
-use super::handshake::{self, Export, Outcome};
+use super::handshake::{self, Export, Negotiated, Outcome};
 use super::offload::{run_job, Job};
 use super::ring::SocketRing;
 
@@ -164,7 +164,8 @@ pub struct Inbox {
 
 #[derive(Default)]
 struct InboxState {
-    sockets: VecDeque<OwnedFd>,
+    /// Sockets past their handshake, with what each negotiated.
+    sockets: VecDeque<(OwnedFd, Negotiated)>,
     jobs: VecDeque<Job>,
     waker: Option<Waker>,
     closed: bool,
@@ -177,12 +178,12 @@ impl Inbox {
 
     /// Hand a connection to the queue; false (and the socket is closed) once
     /// the queue is stopping.
-    fn push(&self, socket: OwnedFd) -> bool {
+    fn push(&self, socket: OwnedFd, negotiated: Negotiated) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
         }
-        state.sockets.push_back(socket);
+        state.sockets.push_back((socket, negotiated));
         if let Some(waker) = state.waker.take() {
             waker.wake();
         }
@@ -265,8 +266,8 @@ async fn take_connections(queue: Rc<Queue>, inbox: Arc<Inbox>) {
         for job in jobs {
             queue.exec.spawn(run_job(queue.clone(), job));
         }
-        for socket in sockets {
-            let conn = Rc::new(Conn::new(socket));
+        for (socket, negotiated) in sockets {
+            let conn = Rc::new(Conn::new(socket, negotiated));
             queue.conns.borrow_mut().push(Rc::downgrade(&conn));
             queue.exec.spawn(conn::run(queue.clone(), conn));
         }
@@ -554,20 +555,20 @@ fn handshake_then_hand_off(
         tracing::debug!("NBD handshake: {e}");
         return;
     }
-    match handshake::negotiate(&mut stream, export) {
-        Ok(Outcome::Transmission) => {}
+    let negotiated = match handshake::negotiate(&mut stream, export) {
+        Ok(Outcome::Transmission(negotiated)) => negotiated,
         Ok(Outcome::Closed) => return,
         Err(e) => {
             tracing::debug!("NBD handshake failed: {e}");
             return;
         }
-    }
+    };
     if let Err(e) = stream.set_timeouts(None) {
         tracing::debug!("NBD handshake: {e}");
         return;
     }
     let queue = next.fetch_add(1, Ordering::Relaxed) % inboxes.len();
-    if !inboxes[queue].push(stream.into_fd()) {
+    if !inboxes[queue].push(stream.into_fd(), negotiated) {
         tracing::debug!("NBD: connection arrived while stopping; closed");
     }
 }
