@@ -1,8 +1,15 @@
 # fio with crc32c verification (random writes, 4-64 KiB, iodepth 32, two jobs)
 # over raid0 of two mirrors with two queues; then the data is verified again
-# after down and up.
+# after down and up. Legs a and c are on tmpfs (the file leaf's synchronous
+# path), b and d on ext4 over a loop device (its io_uring path).
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
+
+truncate -s 400M /work/ext4.img
+mkfs.ext4 -q -F /work/ext4.img || fail "mkfs.ext4"
+ext4_loop=$(losetup -f --show /work/ext4.img)
+mkdir -p /work/ext4
+mount -t ext4 "$ext4_loop" /work/ext4 || fail "mount ext4"
 
 cat >/work/raid.toml <<'TOML'
 version = 1
@@ -34,7 +41,7 @@ create = true
 
 [layers.b]
 type = "file"
-path = "b.img"
+path = "ext4/b.img"
 size = "128MiB"
 create = true
 
@@ -46,7 +53,7 @@ create = true
 
 [layers.d]
 type = "file"
-path = "d.img"
+path = "ext4/d.img"
 size = "128MiB"
 create = true
 TOML
@@ -65,6 +72,11 @@ up_device /work/raid.toml
 # Each mirror leg keeps 12 KiB of metadata, so each mirror loses a 64 KiB chunk.
 [[ $(blockdev --getsize64 "$DEV") == $(((256 << 20) - (128 << 10))) ]] || fail "wrong size"
 
+ublk-stack status raid0m >/work/status.txt || fail "status"
+for leaf in a:sync b:io_uring c:sync d:io_uring; do
+    grep -Eq "^ +${leaf%%:*} +file .* io=${leaf#*:} " /work/status.txt ||
+        { cat /work/status.txt; fail "leaf ${leaf%%:*} does not use ${leaf#*:} I/O"; }
+done
 step "fio randwrite + verify"
 fio_job --do_verify=1
 
@@ -74,8 +86,10 @@ no_ublk_devices
 up_device /work/raid.toml
 fio_job --verify_only
 # The data after each leg's 12 KiB of mirror metadata.
-[[ $(tail -c +12289 a.img | sha256sum) == $(tail -c +12289 b.img | sha256sum) ]] || fail "legs of m1 differ"
-[[ $(tail -c +12289 c.img | sha256sum) == $(tail -c +12289 d.img | sha256sum) ]] || fail "legs of m2 differ"
+[[ $(tail -c +12289 a.img | sha256sum) == $(tail -c +12289 ext4/b.img | sha256sum) ]] || fail "legs of m1 differ"
+[[ $(tail -c +12289 c.img | sha256sum) == $(tail -c +12289 ext4/d.img | sha256sum) ]] || fail "legs of m2 differ"
 down_device raid0m
 no_ublk_devices
+umount /work/ext4
+losetup -d "$ext4_loop"
 step "ok"
