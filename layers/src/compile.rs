@@ -303,14 +303,16 @@ impl Counted {
         })
     }
 
-    /// [`Self::count`], and for one call in [`TIMING_SAMPLE`] the time from the
-    /// call to the completion goes to `took`.
+    /// [`Self::count`], and when `nth` (this layer's count of such calls) is a
+    /// multiple of [`TIMING_SAMPLE`], the time from the call to the completion
+    /// goes to `took`.
     fn timed<'a>(
         &'a self,
+        nth: u64,
         took: fn(&LayerStats, Duration),
         fut: LocalBoxFuture<'a, Result<()>>,
     ) -> LocalBoxFuture<'a, Result<()>> {
-        let start = sample_timing().then(Instant::now);
+        let start = (nth % TIMING_SAMPLE == 0).then(Instant::now);
         Box::pin(async move {
             let res = fut.await;
             if let Some(start) = start {
@@ -324,21 +326,10 @@ impl Counted {
     }
 }
 
-/// Latency is recorded for one request in this many per layer and queue thread:
-/// two clock reads per layer per request were a few percent of a queue
-/// thread's time on small requests, and percentiles need only a sample.
-const TIMING_SAMPLE: u32 = 8;
-
-fn sample_timing() -> bool {
-    thread_local! {
-        static TICK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-    }
-    TICK.with(|tick| {
-        let n = tick.get().wrapping_add(1);
-        tick.set(n);
-        n % TIMING_SAMPLE == 0
-    })
-}
+/// Latency is recorded for one read (and one write) in this many per layer: two
+/// clock reads per layer per request were a few percent of a queue thread's
+/// time on small requests, and percentiles need only a sample.
+const TIMING_SAMPLE: u64 = 8;
 
 impl Layer for Counted {
     fn size(&self) -> u64 {
@@ -354,8 +345,9 @@ impl Layer for Counted {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
-        self.node.stats.read(buf.len());
+        let nth = self.node.stats.read(buf.len());
         self.timed(
+            nth,
             LayerStats::read_took,
             self.node.layer.read(ctx, offset, buf),
         )
@@ -370,8 +362,9 @@ impl Layer for Counted {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
-        self.node.stats.write(buf.len());
+        let nth = self.node.stats.write(buf.len());
         self.timed(
+            nth,
             LayerStats::write_took,
             self.node.layer.write(ctx, offset, buf),
         )

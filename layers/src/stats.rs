@@ -32,14 +32,16 @@ pub struct StatsSnapshot {
 }
 
 impl LayerStats {
-    pub fn read(&self, bytes: usize) {
-        self.reads.fetch_add(1, Relaxed);
+    /// Count a read; returns how many reads this layer has seen, this one included.
+    pub fn read(&self, bytes: usize) -> u64 {
         self.read_bytes.fetch_add(bytes as u64, Relaxed);
+        self.reads.fetch_add(1, Relaxed) + 1
     }
 
-    pub fn write(&self, bytes: usize) {
-        self.writes.fetch_add(1, Relaxed);
+    /// Count a write; returns how many writes this layer has seen, this one included.
+    pub fn write(&self, bytes: usize) -> u64 {
         self.written_bytes.fetch_add(bytes as u64, Relaxed);
+        self.writes.fetch_add(1, Relaxed) + 1
     }
 
     pub fn flush(&self) {
