@@ -62,13 +62,10 @@ for round in $(seq "$rounds"); do
 done
 losetup -d "$loop"
 
-median() {
-    sed -n 's/.* iops=\([0-9.]*\).*/\1/p' "$1" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'
-}
-loop_iops=$(median /work/loop.bench)
-q1_iops=$(median /work/ours-q1.bench)
-ours_iops=$(median /work/ours.bench)
-rublk_iops=$(median /work/rublk.bench)
+loop_iops=$(bench_median /work/loop.bench)
+q1_iops=$(bench_median /work/ours-q1.bench)
+ours_iops=$(bench_median /work/ours.bench)
+rublk_iops=$(bench_median /work/rublk.bench)
 [[ -n $loop_iops && -n $q1_iops && -n $ours_iops && -n $rublk_iops ]] || fail "missing measurements"
 awk -v l="$loop_iops" -v q="$q1_iops" -v o="$ours_iops" -v r="$rublk_iops" -v n="$rounds" 'BEGIN {
     printf "BENCH peers randread-4k-qd32 rounds=%d loop=%d ours_q1=%d ours=%d rublk=%d\n", n, l, q, o, r

@@ -128,52 +128,26 @@ impl FileLeaf {
         }
     }
 
-    /// Serve I/O with synchronous syscalls instead of io_uring. Chosen at open for
-    /// tmpfs and ramfs files; tests use it to run both paths on any filesystem.
-    pub fn set_sync_io(&mut self, sync_io: bool) {
-        self.sync_io = sync_io;
-    }
-
-    pub fn sync_io(&self) -> bool {
-        self.sync_io
-    }
-
     /// `pread` until `buf` is full; end of file inside the device is EIO.
-    fn read_sync(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
-        while !buf.is_empty() {
-            match self.file.read_at(buf, offset) {
-                Ok(0) => {
-                    tracing::error!(kind = self.kind, offset, "read past the end of the leaf");
-                    return Err(Error::Io(libc::EIO));
-                }
-                Ok(done) => {
-                    buf = &mut std::mem::take(&mut buf)[done..];
-                    offset += done as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::from(e)),
+    fn read_sync(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                tracing::error!(kind = self.kind, offset, "read past the end of the leaf");
+                return Error::Io(libc::EIO);
             }
-        }
-        Ok(())
+            Error::from(e)
+        })
     }
 
     /// `pwrite` until all of `buf` is written.
-    fn write_sync(&self, mut offset: u64, mut buf: &[u8]) -> Result<()> {
-        while !buf.is_empty() {
-            match self.file.write_at(buf, offset) {
-                Ok(0) => {
-                    tracing::error!(kind = self.kind, offset, "write made no progress");
-                    return Err(Error::Io(libc::EIO));
-                }
-                Ok(done) => {
-                    buf = &buf[done..];
-                    offset += done as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::from(e)),
+    fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.file.write_all_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WriteZero {
+                tracing::error!(kind = self.kind, offset, "write made no progress");
+                return Error::Io(libc::EIO);
             }
-        }
-        Ok(())
+            Error::from(e)
+        })
     }
 
     fn fd(&self) -> RawFd {

@@ -130,9 +130,10 @@ pub fn check(
     }
     let fua = req.flags & proto::CMD_FLAG_FUA != 0;
     let (offset, len) = (req.offset, req.length);
-    let ranged = |too_far: u32| -> Result<(), u32> {
+    // `whole_blocks`: the length must be on the block grid too.
+    let ranged = |too_far: u32, whole_blocks: bool| -> Result<(), u32> {
         let block = u64::from(block_size);
-        if len == 0 || offset % block != 0 || u64::from(len) % block != 0 {
+        if len == 0 || offset % block != 0 || (whole_blocks && u64::from(len) % block != 0) {
             return Err(proto::EINVAL);
         }
         match offset.checked_add(u64::from(len)) {
@@ -144,11 +145,13 @@ pub fn check(
         proto::CMD_READ | proto::CMD_WRITE if len > proto::MAX_PAYLOAD_BYTES => {
             Err(proto::EOVERFLOW)
         }
-        proto::CMD_READ => ranged(proto::EINVAL).map(|()| Action::Read { offset, len }),
-        proto::CMD_WRITE => ranged(proto::ENOSPC).map(|()| Action::Write { offset, len, fua }),
+        proto::CMD_READ => ranged(proto::EINVAL, true).map(|()| Action::Read { offset, len }),
+        proto::CMD_WRITE => {
+            ranged(proto::ENOSPC, true).map(|()| Action::Write { offset, len, fua })
+        }
         proto::CMD_FLUSH => Ok(Action::Flush),
-        proto::CMD_TRIM => ranged(proto::EINVAL).map(|()| Action::Trim { offset, len, fua }),
-        proto::CMD_WRITE_ZEROES => ranged(proto::ENOSPC).map(|()| Action::WriteZeroes {
+        proto::CMD_TRIM => ranged(proto::EINVAL, true).map(|()| Action::Trim { offset, len, fua }),
+        proto::CMD_WRITE_ZEROES => ranged(proto::ENOSPC, true).map(|()| Action::WriteZeroes {
             offset,
             len,
             fua,
@@ -157,18 +160,11 @@ pub fn check(
         proto::CMD_BLOCK_STATUS if negotiated.allocation => {
             // The length need not be on the block grid (libnbd asks for
             // whatever is left, capped at 2^31 - 1): the reply rounds instead.
-            let block = u64::from(block_size);
-            if len == 0 || offset % block != 0 {
-                return Err(proto::EINVAL);
-            }
-            match offset.checked_add(u64::from(len)) {
-                Some(end) if end <= size => Ok(Action::BlockStatus {
-                    offset,
-                    len,
-                    req_one: req.flags & proto::CMD_FLAG_REQ_ONE != 0,
-                }),
-                _ => Err(proto::EINVAL),
-            }
+            ranged(proto::EINVAL, false).map(|()| Action::BlockStatus {
+                offset,
+                len,
+                req_one: req.flags & proto::CMD_FLAG_REQ_ONE != 0,
+            })
         }
         proto::CMD_DISC => Ok(Action::Disconnect),
         _ => Err(proto::EINVAL),

@@ -240,12 +240,9 @@ fn split_string(data: &[u8]) -> Option<(&[u8], &[u8])> {
 /// INFO / GO data: u32 name length, name, u16 count, count × u16 requests.
 /// `None` when the lengths disagree.
 fn parse_info(data: &[u8]) -> Option<(&[u8], Vec<u16>)> {
-    let name_len = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
-    let name_end = 4usize.checked_add(name_len)?;
-    let name = data.get(4..name_end)?;
-    let count_bytes = data.get(name_end..name_end.checked_add(2)?)?;
-    let count = u16::from_be_bytes(count_bytes.try_into().ok()?) as usize;
-    let rest = data.get(name_end + 2..)?;
+    let (name, rest) = split_string(data)?;
+    let count = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
+    let rest = &rest[2..];
     if rest.len() != count * 2 {
         return None;
     }

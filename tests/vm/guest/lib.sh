@@ -28,6 +28,12 @@ bench_randread() {
         '{printf "BENCH %s randread-4k-qd32 iops=%s bw_kib_s=%s clat_mean_us=%s\n", label, $8, $7, $16}' <<<"$terse"
 }
 
+# bench_median FILE: the median iops= value of the BENCH lines in FILE (the upper
+# one of the middle two for an even count).
+bench_median() {
+    sed -n 's/.* iops=\([0-9.]*\).*/\1/p' "$1" | sort -n | awk '{v[NR] = $1} END {print v[int(NR / 2) + 1]}'
+}
+
 # wait_for PATH [SECONDS]: wait until PATH exists (a device node, a socket),
 # polling every 0.1 s; fails after SECONDS (default 30; TCG is slow).
 wait_for() {

@@ -30,9 +30,8 @@ done
 losetup -d "$loop"
 down_device iops
 
-median() { sed -n 's/.* iops=\([0-9.]*\).*/\1/p' "$1" | sort -n | sed -n 2p; }
-ublk_iops=$(median /work/ublk.bench)
-loop_iops=$(median /work/loop.bench)
+ublk_iops=$(bench_median /work/ublk.bench)
+loop_iops=$(bench_median /work/loop.bench)
 [[ -n $ublk_iops && -n $loop_iops ]] || fail "missing measurements"
 awk -v u="$ublk_iops" -v l="$loop_iops" \
     'BEGIN { printf "BENCH ratio ublk/loop randread-4k-qd32 median_ublk_iops=%d median_loop_iops=%d ratio=%.2f\n", u, l, u / l }'
