@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use zeroize::Zeroizing;
+
 use crate::checksum::Checksum;
 use crate::compress::Compress;
 use crate::crypt::{self, Crypt};
@@ -160,6 +162,7 @@ pub fn compile_with(
     };
     let open_ctx = IoCtx::new(0, 64).map_err(io_error)?;
     let open_exec = Executor::new().map_err(io_error)?;
+    let mut keys = load_keys(plan)?;
     let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
     let mut mirrors = Vec::new();
     // Children before parents: reverse of the top-down walk.
@@ -180,7 +183,9 @@ pub fn compile_with(
             (None, spec) => match spec {
                 LayerSpec::File(p) => Arc::new(file::open(p, block_size).map_err(fail)?),
                 LayerSpec::Disk(p) => Arc::new(disk::open(p, block_size).map_err(fail)?),
-                LayerSpec::Memory { size_bytes } => Arc::new(memory::MemoryLeaf::new(*size_bytes)),
+                LayerSpec::Memory { size_bytes } => {
+                    Arc::new(memory::MemoryLeaf::new(*size_bytes).map_err(fail)?)
+                }
                 LayerSpec::Null { size_bytes } => Arc::new(null::NullLeaf::new(*size_bytes)),
                 LayerSpec::Raid0(p) => Arc::new(
                     raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
@@ -231,7 +236,9 @@ pub fn compile_with(
                         .map_err(fail)?,
                 ),
                 LayerSpec::Crypt(p) => {
-                    let key = crypt::load_key(&p.key).map_err(fail)?;
+                    let key = keys[id]
+                        .take()
+                        .ok_or_else(|| fail("its key was not loaded".into()))?;
                     Arc::new(
                         open_exec
                             .block_on(
@@ -268,6 +275,26 @@ pub fn compile_with(
         nodes,
         mirrors,
     })
+}
+
+/// Every crypt layer's key, indexed like `plan.layers`. Read before any layer
+/// is opened, so that a missing, short or exposed key refuses the plan before
+/// a leaf is created or a layer formatted.
+fn load_keys(plan: &Plan) -> std::result::Result<Vec<Option<Zeroizing<[u8; 32]>>>, CompileError> {
+    plan.layers
+        .iter()
+        .map(|layer| match &layer.spec {
+            LayerSpec::Crypt(p) => {
+                crypt::load_key(&p.key)
+                    .map(Some)
+                    .map_err(|message| CompileError {
+                        layer: layer.name.clone(),
+                        message,
+                    })
+            }
+            _ => Ok(None),
+        })
+        .collect()
 }
 
 /// A layer wrapped with its counters.

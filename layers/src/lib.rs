@@ -29,7 +29,7 @@ pub mod meta_table;
 pub mod mirror;
 pub mod null;
 #[allow(unsafe_code)]
-mod os;
+pub mod os;
 pub mod plan;
 pub mod raid0;
 pub mod rng;

@@ -55,8 +55,13 @@ fn fail(message: impl std::fmt::Display) -> u8 {
     1
 }
 
+/// The plan of `config` after every check `validate` makes (sizes, memory,
+/// keys, distinct leaf files, O_DIRECT alignment), so that `up` refuses what
+/// `validate` refuses, with the same messages, before it opens any leaf.
 pub(crate) fn load_plan(config: &Path) -> Result<Plan, String> {
-    crate::config::load(config).map_err(|errors| errors.to_string())
+    crate::config::check_file(config)
+        .map(|checked| checked.plan)
+        .map_err(|errors| errors.to_string())
 }
 
 fn is_root() -> bool {
