@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::checksum::Checksum;
 use crate::compress::Compress;
 use crate::crypt::{self, Crypt};
+use crate::escape::escape_controls;
 use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
 use crate::mirror::Mirror;
@@ -28,7 +29,12 @@ pub struct CompileError {
 
 impl fmt::Display for CompileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "layer \"{}\": {}", self.layer, self.message)
+        write!(
+            f,
+            "layer \"{}\": {}",
+            escape_controls(&self.layer),
+            escape_controls(&self.message)
+        )
     }
 }
 

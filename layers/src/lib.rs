@@ -20,6 +20,7 @@ pub mod compress;
 pub mod crypt;
 pub mod disk;
 pub mod error;
+pub mod escape;
 pub mod exec;
 pub mod fault;
 pub mod file;
