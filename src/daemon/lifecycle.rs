@@ -481,10 +481,12 @@ pub fn list() -> u8 {
     let run_dir = control::run_dir();
     let sockets = match control::sockets() {
         Ok(sockets) => sockets,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return fail(format!(
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return fail(format!(
             "permission denied: cannot read {}; run as root or as the user that runs the devices",
             run_dir.display()
-        )),
+        ))
+        }
         Err(e) => return fail(format!("{}: {e}", run_dir.display())),
     };
     if sockets.is_empty() {
