@@ -459,3 +459,45 @@ impl Layer for Counted {
         self.node.layer.details()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::PlanBuilder;
+
+    /// A key that cannot be loaded refuses the plan before the leaf below it is
+    /// created (and so before anything is formatted).
+    #[test]
+    fn a_missing_key_refuses_the_plan_before_any_leaf_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), 4096);
+        let leaf = b.file("leaf", 1 << 20);
+        let top = b.crypt("x", leaf, "UBLK_STACK_TEST_KEY_THAT_IS_NEVER_SET");
+        let error = compile(&b.build(top)).err().expect("refused");
+        assert_eq!(error.layer, "x");
+        assert!(error.message.contains("not set"), "{error}");
+        assert!(
+            !dir.path().join("leaf.img").exists(),
+            "the leaf was created"
+        );
+    }
+
+    /// A memory device too large to even index is an error, not an abort.
+    #[test]
+    fn an_impossible_memory_device_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), 4096);
+        let top = b.memory("m", u64::MAX / 4096 * 4096);
+        let error = compile(&b.build(top)).err().expect("refused");
+        assert!(error.message.contains("cannot allocate"), "{error}");
+    }
+
+    #[test]
+    fn names_and_messages_are_shown_escaped() {
+        let error = CompileError {
+            layer: "a\nb".into(),
+            message: "bad\x1b[2J".into(),
+        };
+        assert_eq!(error.to_string(), "layer \"a\\nb\": bad\\u{1b}[2J");
+    }
+}

@@ -132,6 +132,15 @@ fn check_key(source: &KeySource, report: &mut impl FnMut(Option<LayerKey>, Strin
         KeySource::File(_) => LayerKey::KeyFile,
         KeySource::Env(_) => LayerKey::KeyEnv,
     };
+    if let KeySource::File(path) = source {
+        if fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            report(
+                Some(key),
+                format!("key_file {} does not exist", shown(path)),
+            );
+            return;
+        }
+    }
     if let Err(message) = layers::crypt::load_key(source) {
         report(Some(key), message);
     }

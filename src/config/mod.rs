@@ -7,6 +7,7 @@
 //! `file:line:col: layer "x": message`. On reload, [`diff`] compares the
 //! running plan with the edited one.
 
+mod chain;
 pub mod diff;
 mod duration;
 mod error;
