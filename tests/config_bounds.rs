@@ -247,3 +247,72 @@ fn up_refuses_before_creating_a_leaf_and_never_aborts() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("does not fit in memory"), "{stderr}");
 }
+
+/// Detaches the loop device when the test ends, however it ends.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        drop(Command::new("losetup").args(["-d", &self.0]).status());
+    }
+}
+
+/// O_DIRECT to a disk needs requests of at least its logical sector size: a
+/// 4096-byte-sector disk under block_size = 512 is refused at `direct`. Needs
+/// root and a loop device to make such a disk.
+#[test]
+fn disk_with_sectors_larger_than_the_block_size_is_refused_for_o_direct() {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").expect("/proc/self").uid() != 0 {
+        eprintln!("not root: cannot attach a loop device with 4096-byte sectors");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
+    let attached = Command::new("losetup")
+        .args(["-f", "--show", "--sector-size", "4096"])
+        .arg(&image)
+        .output()
+        .expect("losetup");
+    assert!(attached.status.success(), "losetup: {attached:?}");
+    let device = Loop(String::from_utf8_lossy(&attached.stdout).trim().to_string());
+    for (block_size, direct, refused) in [
+        (512, "true", true),
+        (4096, "true", false),
+        (512, "false", false),
+    ] {
+        let config = write(
+            dir.path(),
+            "disk.toml",
+            &format!(
+                "version = 1\n[device]\nname = \"d0\"\ntop = \"d\"\nblock_size = {block_size}\n[layers.d]\n\
+                 type = \"disk\"\npath = \"{}\"\ndirect = {direct}\n",
+                device.0
+            ),
+        );
+        let (output, _) = run(
+            &["validate".as_ref(), config.as_os_str()],
+            &[],
+            Duration::from_secs(30),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if refused {
+            assert_eq!(output.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.starts_with(&format!(
+                    "{}:9:10: layer \"d\": {} has 4096-byte logical sectors, more than device.block_size (512)",
+                    config.display(),
+                    device.0
+                )),
+                "{stderr}"
+            );
+        } else {
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{block_size} {direct}: {stderr}"
+            );
+        }
+    }
+}
