@@ -140,7 +140,7 @@ fn stacked_checksums_open_in_bounded_time_or_are_refused() {
     // A reader thread, so a hung open cannot hang the test.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        while stdout.read(&mut line).map_or(false, |n| n == 1) && line[0] != b'\n' {
+        while stdout.read(&mut line).is_ok_and(|n| n == 1) && line[0] != b'\n' {
             ready.push(line[0]);
         }
         drop(tx.send(String::from_utf8_lossy(&ready).into_owned()));

@@ -107,7 +107,10 @@ pub fn memory_total() -> io::Result<u64> {
     }
     // SAFETY: sysinfo succeeded, so it initialised the struct (zeroed anyway).
     let info = unsafe { info.assume_init() };
-    Ok(u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit.max(1))))
+    // c_ulong is u32 on 32-bit targets, where the conversion is not useless.
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(info.totalram);
+    Ok(total.saturating_mul(u64::from(info.mem_unit.max(1))))
 }
 
 /// `MemTotal:  16318480 kB` → bytes.
