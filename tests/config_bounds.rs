@@ -261,12 +261,14 @@ impl Drop for Loop {
 /// 4096-byte-sector disk under block_size = 512 is refused at `direct`. Needs
 /// root and a loop device to make such a disk.
 #[test]
+#[ignore = "needs root and losetup, to attach a loop device with 4096-byte sectors"]
 fn disk_with_sectors_larger_than_the_block_size_is_refused_for_o_direct() {
     use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").expect("/proc/self").uid() != 0 {
-        eprintln!("not root: cannot attach a loop device with 4096-byte sectors");
-        return;
-    }
+    let root = std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
+    assert!(
+        root,
+        "run as root: the test attaches a loop device (losetup)"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("disk.img");
     std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
