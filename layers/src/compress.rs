@@ -85,7 +85,7 @@ pub fn exposed_size(lower_size: u64, block_size: u32, size: Option<u64>) -> u64 
     size.unwrap_or_else(|| format::default_size(lower_size, block_size))
 }
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
 const UNIT_LOCKS: usize = 1024;
 /// A unit whose map entry is being written (see `epochs`).
