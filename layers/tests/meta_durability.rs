@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use layers::checksum::Checksum;
+use layers::compress::Compress;
 use layers::crypt::Crypt;
 use layers::exec::{Executor, IoCtx};
 use layers::join::join_all;
@@ -515,7 +516,7 @@ fn a_flush_waits_for_the_data_of_writes_in_its_epoch() {
 #[test]
 fn version_1_devices_are_refused_naming_both_versions() {
     let rig = Rig::new();
-    for (name, open) in [("checksum", Kind::Checksum), ("crypt", Kind::Crypt)] {
+    for name in ["checksum", "crypt", "compress"] {
         let mut image = vec![0u8; LEAF as usize];
         let sb = Superblock {
             layer_type: name.into(),
@@ -530,10 +531,14 @@ fn version_1_devices_are_refused_naming_both_versions() {
         image[4096..4104].copy_from_slice(&[1, 2, 3, 4, 0, 0, 0, 0]);
         let leaf = TestLeaf::new(image.clone());
         let lower: Arc<dyn Layer> = leaf.clone();
-        let err = rig.exec.block_on(&rig.ctx, async {
-            match open {
-                Kind::Checksum => Checksum::open(&rig.ctx, lower, BLOCK as u32).await.err(),
-                Kind::Crypt => Crypt::open(&rig.ctx, lower, BLOCK as u32, &KEY).await.err(),
+        let ctx = &rig.ctx;
+        let err = rig.exec.block_on(ctx, async {
+            match name {
+                "checksum" => Checksum::open(ctx, lower, BLOCK as u32).await.err(),
+                "crypt" => Crypt::open(ctx, lower, BLOCK as u32, &KEY).await.err(),
+                _ => Compress::open(ctx, lower, BLOCK as u32, "lz4", None)
+                    .await
+                    .err(),
             }
         });
         let err = err.unwrap_or_else(|| panic!("{name}: a version 1 device was opened"));
