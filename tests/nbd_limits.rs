@@ -179,7 +179,10 @@ struct PeakRss {
 
 impl PeakRss {
     fn watch(pid: u32) -> PeakRss {
-        let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, peak) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let thread = {
             let (stop, peak) = (stop.clone(), peak.clone());
             std::thread::spawn(move || {
@@ -205,10 +208,13 @@ impl PeakRss {
     }
 }
 
-#[test]
-fn a_client_that_never_reads_its_replies_is_held_back_and_memory_stays_bounded() {
+/// The attack: READs of 64 KiB, pipelined 500 to a write, replies never read,
+/// 32,000 requests or until the server stops reading. Asserts that it did
+/// stop, that the daemon stayed under 256 MiB, that another client is served
+/// meanwhile, and that the memory goes back once the client leaves.
+fn never_reading_client(name: &str, options: &[&str]) {
     const REQUESTS: u64 = 32_000;
-    let daemon = Daemon::start("greedy", &[]);
+    let daemon = Daemon::start(name, options);
     let before = daemon.rss();
     let peak = PeakRss::watch(daemon.child.id());
     let mut greedy = handshake(&daemon.socket).unwrap();
@@ -246,7 +252,7 @@ fn a_client_that_never_reads_its_replies_is_held_back_and_memory_stays_bounded()
         after = daemon.rss();
     }
     eprintln!(
-        "RSS before {} MiB, peak {} MiB, {:.1} s after the client left {} MiB; \
+        "{options:?}: RSS before {} MiB, peak {} MiB, {:.1} s after the client left {} MiB; \
          {sent} of {REQUESTS} requests sent in {:.1} s; a normal client served in {served_in:?}",
         before / MIB,
         peak / MIB,
@@ -263,6 +269,18 @@ fn a_client_that_never_reads_its_replies_is_held_back_and_memory_stays_bounded()
         after / MIB,
         before / MIB
     );
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_held_back_by_the_request_limit() {
+    // 128 requests (the default queue_depth) of 64 KiB: 8 MiB at most.
+    never_reading_client("greedy", &[]);
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_held_back_by_the_byte_limit() {
+    // 4096 requests of 64 KiB would be 256 MiB: the 64 MiB default holds it.
+    never_reading_client("greedy2", &["--nbd-max-inflight", "4096"]);
 }
 
 #[test]
