@@ -20,11 +20,47 @@ use std::time::{Duration, Instant};
 use super::handshake::{self, Export, Negotiated, Outcome};
 use super::keepalive;
 use super::limits::{Connections, Limits, Permit};
-use super::server::Address;
 
 /// Where a connection goes once its handshake is done: the socket, what it
 /// negotiated, and its place in the count.
 pub type HandOff = dyn Fn(OwnedFd, Negotiated, Permit) + Send + Sync;
+
+/// Where to listen: `unix:PATH` or `HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Address {
+    pub fn parse(text: &str) -> Result<Address, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("--nbd unix:PATH needs a path".into());
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Address::Tcp(text.to_string()))
+            }
+            _ => Err(format!(
+                "--nbd {text}: expected unix:PATH or HOST:PORT (e.g. 127.0.0.1:10809)"
+            )),
+        }
+    }
+
+    /// The NBD URI clients can use (nbdinfo, nbdcopy, qemu).
+    pub fn uri(&self, listening_on: Option<std::net::SocketAddr>) -> String {
+        match self {
+            Address::Unix(path) => format!("nbd+unix:///?socket={}", path.display()),
+            Address::Tcp(text) => match listening_on {
+                Some(addr) => format!("nbd://{addr}"),
+                None => format!("nbd://{text}"),
+            },
+        }
+    }
+}
 
 pub enum Listener {
     Unix(UnixListener, PathBuf),
@@ -250,6 +286,26 @@ fn handshake(mut stream: Stream, export: &Export, limits: Limits) -> Option<(Own
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            Address::parse("unix:/tmp/x.sock"),
+            Ok(Address::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!(
+            Address::parse("127.0.0.1:10809"),
+            Ok(Address::Tcp("127.0.0.1:10809".into()))
+        );
+        assert!(Address::parse("[::1]:10809").is_ok());
+        assert!(Address::parse("unix:").is_err());
+        assert!(Address::parse("localhost").is_err());
+        assert!(Address::parse("host:notaport").is_err());
+        assert_eq!(
+            Address::Unix("/s".into()).uri(None),
+            "nbd+unix:///?socket=/s"
+        );
+    }
 
     #[test]
     fn tcp_connections_get_keepalive() {

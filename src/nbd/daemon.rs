@@ -10,8 +10,9 @@ use std::sync::{mpsc, Arc};
 
 use serde_json::json;
 
+use super::accept::Address;
 use super::limits::NbdOptions;
-use super::server::{Address, Server};
+use super::server::Server;
 use crate::daemon::control;
 use crate::daemon::lifecycle::{self, DeviceReport, Stop};
 use crate::daemon::reload::Reloader;

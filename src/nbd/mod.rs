@@ -38,6 +38,7 @@ mod proto;
 mod ring;
 mod server;
 
+pub use accept::Address;
 pub use daemon::up;
 pub use limits::{Limits, NbdOptions};
-pub use server::{Address, Server};
+pub use server::Server;

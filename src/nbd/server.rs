@@ -17,7 +17,6 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ use std::time::Duration;
 use layers::uring::AlignedBuf;
 use layers::{Executor, IoCtx, Stack};
 
-use super::accept::{accept_loop, HandOff, Listener};
+use super::accept::{accept_loop, Address, HandOff, Listener};
 use super::conn::{self, Conn};
 use super::handshake::{Export, Negotiated};
 use super::limits::{Limits, Permit};
@@ -42,43 +41,6 @@ const POOLED_BUF_BYTES: usize = 1 << 20;
 /// sockets down (a client that stopped reading its replies must not keep the
 /// daemon up).
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// Where to listen: `unix:PATH` or `HOST:PORT`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-impl Address {
-    pub fn parse(text: &str) -> Result<Address, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("--nbd unix:PATH needs a path".into());
-            }
-            return Ok(Address::Unix(PathBuf::from(path)));
-        }
-        match text.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                Ok(Address::Tcp(text.to_string()))
-            }
-            _ => Err(format!(
-                "--nbd {text}: expected unix:PATH or HOST:PORT (e.g. 127.0.0.1:10809)"
-            )),
-        }
-    }
-
-    /// The NBD URI clients can use (nbdinfo, nbdcopy, qemu).
-    pub fn uri(&self, listening_on: Option<std::net::SocketAddr>) -> String {
-        match self {
-            Address::Unix(path) => format!("nbd+unix:///?socket={}", path.display()),
-            Address::Tcp(text) => match listening_on {
-                Some(addr) => format!("nbd://{addr}"),
-                None => format!("nbd://{text}"),
-            },
-        }
-    }
-}
 
 /// State of one queue thread, shared by its tasks.
 pub struct Queue {
@@ -403,29 +365,4 @@ fn hand_off_round_robin(inboxes: Vec<Arc<Inbox>>) -> Arc<HandOff> {
             tracing::debug!("NBD: connection arrived while stopping; closed");
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_parse() {
-        assert_eq!(
-            Address::parse("unix:/tmp/x.sock"),
-            Ok(Address::Unix("/tmp/x.sock".into()))
-        );
-        assert_eq!(
-            Address::parse("127.0.0.1:10809"),
-            Ok(Address::Tcp("127.0.0.1:10809".into()))
-        );
-        assert!(Address::parse("[::1]:10809").is_ok());
-        assert!(Address::parse("unix:").is_err());
-        assert!(Address::parse("localhost").is_err());
-        assert!(Address::parse("host:notaport").is_err());
-        assert_eq!(
-            Address::Unix("/s".into()).uri(None),
-            "nbd+unix:///?socket=/s"
-        );
-    }
 }
