@@ -1,6 +1,7 @@
 //! `ublk-stack up --nbd` against hostile clients: one that never reads its
-//! replies, slow handshakes that try to hold every slot, handshakes that
-//! trickle forever, and a flood of connections past the limit. Each test
+//! replies (to READs, or to requests refused at once), slow handshakes that
+//! try to hold every slot, handshakes that trickle forever, and a flood of
+//! connections past the limit. Each test
 //! starts the real binary over a 16 MiB `memory` leaf in a tempdir with its
 //! own run dir (UBLK_STACK_RUN_DIR), and is bounded in time.
 
@@ -419,4 +420,44 @@ fn the_connection_limit_refuses_with_one_log_line_and_frees_slots() {
         read_block(s, i as u64, 0).unwrap();
     }
     drop((other, fourth));
+}
+
+#[test]
+fn refused_requests_count_too_when_their_replies_are_not_read() {
+    // Requests the server answers with an error at once (an unknown command)
+    // still wait for their reply to go out: a client that never reads gets
+    // backpressure, not an ever-growing queue of error replies.
+    const REQUESTS: u64 = 200_000;
+    let daemon = Daemon::start("refused", &[]);
+    let peak = PeakRss::watch(daemon.child.id());
+    let mut client = handshake(&daemon.socket).unwrap();
+    client
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < REQUESTS && started.elapsed() < Duration::from_secs(20) {
+        let batch: Vec<u8> = (sent..sent + 1000)
+            .flat_map(|cookie| request(9, cookie, 0, 0))
+            .collect();
+        if client.write_all(&batch).is_err() {
+            break;
+        }
+        sent += 1000;
+    }
+    // The connection still works once its replies are read.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = [0u8; 16];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[4..8], &22u32.to_be_bytes(), "EINVAL");
+    let peak = peak.finish();
+    eprintln!(
+        "{sent} of {REQUESTS} refused requests sent in {:.1} s; peak RSS {} MiB",
+        started.elapsed().as_secs_f64(),
+        peak / MIB
+    );
+    assert!(sent < REQUESTS, "the server read every request it was sent");
+    assert!(peak < 256 * MIB, "the daemon grew to {} MiB", peak / MIB);
 }
