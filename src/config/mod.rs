@@ -9,7 +9,7 @@
 
 mod chain;
 pub mod diff;
-mod duration;
+pub mod duration;
 mod error;
 mod fields;
 mod graph;
