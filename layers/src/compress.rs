@@ -90,9 +90,9 @@ pub fn exposed_size(lower_size: u64, block_size: u32, size: Option<u64>) -> u64 
     size.unwrap_or_else(|| format::default_size(lower_size, block_size))
 }
 
-/// The memory an open layer of this geometry keeps (its map, one epoch per
-/// unit, one allocator bit per granule), or why the geometry does not fit the
-/// device below. Lets `validate` refuse what `open` would.
+/// The memory an open layer of this geometry keeps (its map and one
+/// allocator bit per granule), or why the geometry does not fit the device
+/// below. Lets `validate` refuse what `open` would.
 pub fn open_footprint(
     lower_size: u64,
     block_size: u32,
@@ -100,10 +100,7 @@ pub fn open_footprint(
 ) -> std::result::Result<u64, String> {
     let geo = Geometry::new(lower_size, block_size, size)?;
     let map = geo.units.saturating_mul(entry::ENTRY_BYTES as u64);
-    let epochs = geo.units.saturating_mul(8);
-    Ok(map
-        .saturating_add(epochs)
-        .saturating_add(geo.data_granules / 8))
+    Ok(map.saturating_add(geo.data_granules / 8))
 }
 
 const FORMAT_VERSION: u32 = 2;
