@@ -260,7 +260,11 @@ impl SimWorld {
 
     /// The writes completed since the last call, as (leaf, offset, length).
     pub fn take_trace(&self) -> Vec<(usize, u64, usize)> {
-        self.lock().trace.as_mut().map(std::mem::take).unwrap_or_default()
+        self.lock()
+            .trace
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Faults armed that have not fired yet.

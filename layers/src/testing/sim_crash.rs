@@ -50,8 +50,8 @@ impl Default for SimCrashConfig {
         SimCrashConfig {
             queues: 3,
             tasks_per_queue: 6,
-            ops: 400,
-            crash_every: 12,
+            ops: 600,
+            crash_every: 6,
             images_per_crash: 2,
         }
     }
@@ -134,10 +134,7 @@ pub fn sim_leaves(plan: &Plan) -> Vec<(LayerId, u64)> {
 
 /// Compile `plan` with its `memory` leaves served by the disks of `world`, in
 /// the order of [`sim_leaves`].
-pub fn compile_over_sim(
-    plan: &Plan,
-    world: &Arc<SimWorld>,
-) -> std::result::Result<Stack, String> {
+pub fn compile_over_sim(plan: &Plan, world: &Arc<SimWorld>) -> std::result::Result<Stack, String> {
     let leaves = sim_leaves(plan);
     compile_with(plan, &mut |id| {
         let index = leaves.iter().position(|&(l, _)| l == id)?;
