@@ -260,3 +260,17 @@ fn mirror_of_crypt_legs_under_concurrent_crashes() {
         legs_identical(s, &["c0", "c1"])
     });
 }
+
+#[test]
+fn compress_with_little_free_space_under_concurrent_crashes() {
+    // Space freed by overwrites is reused soon: the allocator wraps often.
+    let (_d, mut b) = builder(4096);
+    let leaf = b.memory("leaf", 256 * KIB);
+    let top = b.compress("z", leaf, Some(112 * KIB));
+    let cfg = SimCrashConfig {
+        ops: 1200,
+        crash_every: 4,
+        ..SimCrashConfig::default()
+    };
+    replay("compress/tight", &b.build(top), 123, 3, &cfg);
+}
