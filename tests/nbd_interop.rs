@@ -6,9 +6,10 @@
 //! still works, and the clean stops (SIGTERM, `down`).
 //!
 //! Each test starts the real binary with a config over file leaves in a
-//! tempdir and its own run dir (UBLK_STACK_RUN_DIR). A missing client tool
-//! skips the test saying why, unless `CI` is set: then it fails
-//! (`bash tests/nbd/setup.sh` installs them).
+//! tempdir and its own run dir (UBLK_STACK_RUN_DIR). The tests that drive an
+//! outside client tool are `#[ignore]`d, so a plain `cargo nextest run` lists
+//! them as skipped; `--run-ignored all` (what `.ci/run` passes) runs them, and
+//! then a missing tool fails the test (`bash tests/nbd/setup.sh` installs them).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -20,12 +21,8 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_ublk-stack");
 const DEVICE_BYTES: u64 = 64 << 20;
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
-/// True when every tool runs; otherwise skip (or fail in CI).
-fn have(tools: &[&str]) -> bool {
+/// Panics unless every tool runs: a test that runs never passes unrun.
+fn need(tools: &[&str]) {
     for tool in tools {
         let found = Command::new(tool)
             .arg("--version")
@@ -34,13 +31,9 @@ fn have(tools: &[&str]) -> bool {
             .status()
             .is_ok();
         if !found {
-            let why = format!("{tool} is not installed (bash tests/nbd/setup.sh)");
-            assert!(!in_ci(), "{why}");
-            eprintln!("skipping: {why}");
-            return false;
+            panic!("{tool} is not installed (bash tests/nbd/setup.sh)");
         }
     }
-    true
 }
 
 fn describe(output: &Output) -> String {
@@ -177,10 +170,9 @@ fn qemu_io(uri: &str, commands: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs qemu-io (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn qemu_io_writes_reads_discards_and_zeroes() {
-    if !have(&["qemu-io"]) {
-        return;
-    }
+    need(&["qemu-io"]);
     let mut daemon = Daemon::start("qio", 2);
     qemu_io(
         &daemon.uri,
@@ -223,10 +215,9 @@ fn random_file(path: &Path, bytes: usize, seed: u64) {
 }
 
 #[test]
+#[ignore = "needs qemu-img (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn qemu_img_convert_then_compare() {
-    if !have(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let daemon = Daemon::start("qimg", 1);
     let source = daemon.dir.path().join("source.img");
     random_file(&source, DEVICE_BYTES as usize, 7);
@@ -252,10 +243,9 @@ fn qemu_img_convert_then_compare() {
 }
 
 #[test]
+#[ignore = "needs nbdinfo (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn nbdinfo_shows_size_block_sizes_and_flags() {
-    if !have(&["nbdinfo"]) {
-        return;
-    }
+    need(&["nbdinfo"]);
     let daemon = Daemon::start("info", 1);
     let json = ok(Command::new("nbdinfo").args(["--json", &daemon.uri]));
     let info: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -308,10 +298,9 @@ fn qemu_img_map(uri: &str) -> Vec<(u64, u64, bool)> {
 }
 
 #[test]
+#[ignore = "needs qemu-io, qemu-img, nbdinfo (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn block_status_maps_data_and_holes_of_a_sparse_file_leaf() {
-    if !have(&["qemu-io", "qemu-img", "nbdinfo"]) {
-        return;
-    }
+    need(&["qemu-io", "qemu-img", "nbdinfo"]);
     let daemon = Daemon::start("map", 2);
     let all_hole = vec![(0, DEVICE_BYTES, true)];
     assert_eq!(nbdinfo_map(&daemon.uri), all_hole);
@@ -351,10 +340,9 @@ fn block_status_maps_data_and_holes_of_a_sparse_file_leaf() {
 }
 
 #[test]
+#[ignore = "needs nbdcopy (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn nbdcopy_over_four_connections_round_trips() {
-    if !have(&["nbdcopy"]) {
-        return;
-    }
+    need(&["nbdcopy"]);
     let daemon = Daemon::start("copy", 2);
     let source = daemon.dir.path().join("source.img");
     let back = daemon.dir.path().join("back.img");
@@ -370,16 +358,14 @@ fn nbdcopy_over_four_connections_round_trips() {
 }
 
 #[test]
+#[ignore = "needs fio (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn fio_nbd_engine_verifies_crc32c() {
-    if !have(&["fio"]) {
-        return;
-    }
+    need(&["fio"]);
     let engines = ok(Command::new("fio").arg("--enghelp"));
-    if !engines.contains("nbd") {
-        assert!(!in_ci(), "this fio has no nbd engine");
-        eprintln!("skipping: this fio has no nbd engine");
-        return;
-    }
+    assert!(
+        engines.contains("nbd"),
+        "this fio has no nbd engine (bash tests/nbd/setup.sh)"
+    );
     let daemon = Daemon::start("fio", 2);
     let out = ok(Command::new("fio").current_dir(daemon.dir.path()).args([
         "--name=verify",
@@ -399,10 +385,9 @@ fn fio_nbd_engine_verifies_crc32c() {
 }
 
 #[test]
+#[ignore = "needs qemu-io (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn down_and_list_and_status_work_for_an_nbd_device() {
-    if !have(&["qemu-io"]) {
-        return;
-    }
+    need(&["qemu-io"]);
     let mut daemon = Daemon::start("ctl", 1);
     qemu_io(&daemon.uri, &["write -P 0x5a 0 256k"]);
     let list = daemon.cli(&["list"]);
@@ -422,10 +407,9 @@ fn down_and_list_and_status_work_for_an_nbd_device() {
 }
 
 #[test]
+#[ignore = "needs fio (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn sigterm_under_load_drains_and_exits_zero() {
-    if !have(&["fio"]) {
-        return;
-    }
+    need(&["fio"]);
     let mut daemon = Daemon::start("drain", 2);
     let mut fio = Command::new("fio")
         .current_dir(daemon.dir.path())
@@ -452,10 +436,9 @@ fn sigterm_under_load_drains_and_exits_zero() {
 }
 
 #[test]
+#[ignore = "needs qemu-io (bash tests/nbd/setup.sh); run with --run-ignored all"]
 fn tcp_on_loopback_serves_the_same_stack() {
-    if !have(&["qemu-io"]) {
-        return;
-    }
+    need(&["qemu-io"]);
     let dir = tempfile::tempdir().unwrap();
     let config = "version = 1\n[device]\nname = \"tcp\"\ntop = \"leaf\"\n\
                   [layers.leaf]\ntype = \"memory\"\nsize = \"16MiB\"\n";

@@ -2,9 +2,11 @@
 //! cloud kernel under qemu with `ublk_drv` loaded and a static ublk-stack as
 //! `/bin/ublk-stack` (see `tests/vm/README.md`).
 //!
-//! Without qemu or the kernel cache (`bash tests/vm/setup.sh`) the tests say why
-//! and pass, unless `CI` is set: then they run setup.sh themselves and fail if
-//! that does not help. `VM_TESTS=skip` skips them outside CI.
+//! The scenarios are `#[ignore]`d, so a plain `cargo nextest run` lists them as
+//! skipped; `--run-ignored all` (what `.ci/run` passes) runs them. A scenario
+//! that runs but cannot boot its VM fails: without qemu or the kernel cache it
+//! runs `bash tests/vm/setup.sh` when `CI` is set (to anything but empty, `0`
+//! or `false`) and panics saying why otherwise, so it never passes unrun.
 //!
 //! nextest runs each test in its own process, so the static build cannot be
 //! shared through a `Once`; every test runs the same `cargo build` into
@@ -21,6 +23,7 @@ macro_rules! scenarios {
         const SCENARIOS: &[&str] = &[$(stringify!($name)),*];
         $(
             #[test]
+            #[ignore = "boots a VM: needs qemu and the guest kernel (bash tests/vm/setup.sh); run with --run-ignored all"]
             fn $name() {
                 run_scenario(stringify!($name));
             }
@@ -51,8 +54,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `CI` set to anything but empty, `0` or `false` (any case).
 fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|value| !value.is_empty())
+    std::env::var("CI").is_ok_and(|value| {
+        let value = value.trim();
+        !(value.is_empty() || value == "0" || value.eq_ignore_ascii_case("false"))
+    })
 }
 
 /// Why the VM cannot run here, or `None` when it can.
@@ -80,19 +87,15 @@ fn describe(output: &Output) -> String {
     )
 }
 
-/// Returns false when the test should be skipped.
-fn ensure_prerequisites() -> bool {
-    if std::env::var("VM_TESTS").as_deref() == Ok("skip") && !in_ci() {
-        eprintln!("skipping VM test: VM_TESTS=skip");
-        return false;
-    }
+/// Panics unless the VM can boot: a scenario that runs never passes unrun.
+fn ensure_prerequisites() {
     let Some(reason) = missing_prerequisite() else {
-        return true;
+        return;
     };
-    if !in_ci() {
-        eprintln!("skipping VM test: {reason}; run `bash tests/vm/setup.sh` to enable it");
-        return false;
-    }
+    assert!(
+        in_ci(),
+        "the VM scenario cannot run: {reason}; run `bash tests/vm/setup.sh` first"
+    );
     let cache = repo().join("tests/vm/cache");
     std::fs::create_dir_all(&cache).expect("create tests/vm/cache");
     let output = Command::new("flock")
@@ -109,7 +112,6 @@ fn ensure_prerequisites() -> bool {
     if let Some(reason) = missing_prerequisite() {
         panic!("CI is set and the VM tests cannot run: {reason} (even after setup.sh)");
     }
-    true
 }
 
 /// Builds the statically linked binary the guest runs and returns its path.
@@ -142,9 +144,7 @@ fn static_binary() -> PathBuf {
 }
 
 fn run_scenario(name: &str) {
-    if !ensure_prerequisites() {
-        return;
-    }
+    ensure_prerequisites();
     let binary = static_binary();
     let scenario = repo().join(format!("tests/vm/scenarios/{name}.sh"));
     let log_dir = repo().join("target/vm/logs");
