@@ -17,7 +17,7 @@ const KIB: u64 = 1024;
 const RUNS: usize = 3;
 
 /// The plan of `dir/name` with every leaf a small `memory` leaf (served by a
-/// simulated disk), a compressed size of half a leaf and crypt keys taken from a test variable.
+/// simulated disk), a compressed size of a third of a leaf and crypt keys taken from a test variable.
 fn small_plan(dir: &str, name: &str) -> Plan {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(name);
     let mut plan = config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -38,8 +38,8 @@ fn small_plan(dir: &str, name: &str) -> Plan {
                 layer.spec = LayerSpec::Memory { size_bytes: leaf }
             }
             LayerSpec::Memory { size_bytes } => *size_bytes = leaf,
-            // Half the disk: incompressible writes and the map must fit.
-            LayerSpec::Compress(p) => p.size_bytes = Some(leaf / 2),
+            // A third of the disk: incompressible writes and the map must fit.
+            LayerSpec::Compress(p) => p.size_bytes = Some(leaf / 3 / 4096 * 4096),
             LayerSpec::Crypt(p) => p.key = KeySource::Env("SIM_CONFIG_KEY".into()),
             _ => {}
         }
@@ -131,15 +131,11 @@ stack_tests! {
     config_mirror: "configs" / "mirror.toml", 502;
     config_raid0_of_mirrors: "configs" / "raid0-of-mirrors.toml", 503;
     config_raid0: "configs" / "raid0.toml", 504;
-    #[ignore = "checksum/crypt lose flushed table entries under concurrent flushes (MetaTable)"]
     config_secure: "configs" / "secure.toml", 505;
     bench_cache: "benches" / "cache.toml", 601;
-    #[ignore = "checksum/crypt lose flushed table entries under concurrent flushes (MetaTable)"]
     bench_checksum_null: "benches" / "checksum-null.toml", 602;
-    #[ignore = "checksum/crypt lose flushed table entries under concurrent flushes (MetaTable)"]
     bench_checksum: "benches" / "checksum.toml", 603;
     bench_compress: "benches" / "compress.toml", 604;
-    #[ignore = "checksum/crypt lose flushed table entries under concurrent flushes (MetaTable)"]
     bench_crypt: "benches" / "crypt.toml", 605;
     bench_file_tmpfs: "benches" / "file-tmpfs.toml", 606;
     bench_null: "benches" / "null.toml", 607;

@@ -331,7 +331,7 @@ fn key() -> &'static str {
 }
 
 #[test]
-#[ignore = "a block's previous version still verifies (lost, misdirected, rolled-back writes; crypt reads an erased entry as zeros)"]
+
 fn checksum_detects_every_fault() {
     measure(
         "checksum",
@@ -339,14 +339,14 @@ fn checksum_detects_every_fault() {
             let (_d, mut b) = builder();
             let leaf = b.memory("l0", 256 * KIB);
             let top = b.checksum("c0", leaf);
-            Rig::new(b.build(top), "c0", "l0", 8, false)
+            Rig::new(b.build(top), "c0", "l0", 16, false)
         },
         701,
     );
 }
 
 #[test]
-#[ignore = "a block's previous version still verifies (lost, misdirected, rolled-back writes; crypt reads an erased entry as zeros)"]
+
 fn crypt_detects_every_fault() {
     measure(
         "crypt",
@@ -361,7 +361,7 @@ fn crypt_detects_every_fault() {
 }
 
 #[test]
-#[ignore = "a block's previous version still verifies (lost, misdirected, rolled-back writes; crypt reads an erased entry as zeros)"]
+
 fn mirror_of_checksum_legs_repairs_every_fault() {
     measure(
         "mirror/checksum",
@@ -370,14 +370,14 @@ fn mirror_of_checksum_legs_repairs_every_fault() {
             let (l0, l1) = (b.memory("l0", 320 * KIB), b.memory("l1", 320 * KIB));
             let (c0, c1) = (b.checksum("c0", l0), b.checksum("c1", l1));
             let top = b.mirror("m", &[c0, c1], ReadPolicy::First);
-            Rig::new(b.build(top), "c0", "l0", 8, true)
+            Rig::new(b.build(top), "c0", "l0", 16, true)
         },
         703,
     );
 }
 
 #[test]
-#[ignore = "a block's previous version still verifies (lost, misdirected, rolled-back writes; crypt reads an erased entry as zeros)"]
+
 fn mirror_of_crypt_legs_repairs_every_fault() {
     measure(
         "mirror/crypt",
