@@ -51,7 +51,7 @@ impl Default for SimCrashConfig {
             queues: 3,
             tasks_per_queue: 6,
             ops: 600,
-            crash_every: 6,
+            crash_every: 4,
             images_per_crash: 2,
         }
     }
