@@ -1,35 +1,46 @@
 //! `checksum`: a crc32 per block, verified on every read.
 //!
-//! On-disk layout of the layer below (format version 1, little endian):
+//! On-disk layout of the layer below (format version 2, little endian; the full
+//! description is `docs/formats/checksum.md`):
 //!
 //! | bytes                 | contents                                          |
 //! |-----------------------|---------------------------------------------------|
 //! | 0..4096               | superblock (`superblock.rs`), params = `crc32`    |
-//! | 4096..4096+T          | table (`meta_table.rs`): 8 bytes per block:       |
-//! |                       | `cur` u32, `prev` u32                             |
-//! | 4096+T..              | data blocks, in order                             |
+//! | 4096..12288           | table header: the flushed epoch (`meta_table.rs`) |
+//! | 12288..12288+T        | table pages: 16 bytes per block: `cur` u32,       |
+//! |                       | `prev` u32, epoch of `cur` u64                    |
+//! | 12288+T..             | data blocks, in order                             |
 //!
 //! A block's value is `crc32(block index as u64 LE ‖ data)`, so a block written to
 //! the wrong place is caught too; an all-zero block has value 0 (never written,
 //! discarded or zeroed) and a computed 0 is stored as 1.
 //!
-//! Write ordering: the table page with `cur = new, prev = old cur` is written
-//! before the data. After a crash a block whose data write was lost reads as its
-//! previous contents (it matches `prev`); one whose data was torn matches neither
-//! and reads as EIO. A read that matches neither is EIO for the request, logged
-//! with its block, and counted in `status`. FLUSH flushes the layer below, which
-//! holds both table and data. No live keys.
+//! Write ordering and flushes follow the table's protocol (`meta_table.rs`): the
+//! table page with `cur = new` (and `prev` = the last version a flush may have
+//! made durable) is written before the data. A read matches the data against
+//! `cur`, or against `prev` only while no FLUSH covered `cur`'s write. So after a
+//! crash a block whose unflushed data write was lost reads as its previous
+//! contents, one whose data was torn reads as EIO, and a block that is lost,
+//! misdirected, flipped or rolled back after a FLUSH covered its write reads as
+//! EIO: never as old data. A read that matches neither is EIO for the request,
+//! logged with its block, and counted in `status` (`mismatches`). At open, the
+//! blocks a crash left unflushed are settled (read, and their entry set to the
+//! version they hold) and flushed, so a later FLUSH cannot turn a block that
+//! reads as its previous contents into an error. No live keys.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::exec::IoCtx;
-use crate::meta_table::MetaTable;
+use crate::meta_table::{MetaTable, Stamp, HEADER_BYTES};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
-const FORMAT_VERSION: u32 = 1;
-const ENTRY_BYTES: usize = 8;
+const FORMAT_VERSION: u32 = 2;
+/// `cur` u32, `prev` u32 and the table's epoch u64.
+const ENTRY_BYTES: usize = 16;
+/// Times a block that does not verify is read again while writes race it.
+const RACE_RETRIES: usize = 8;
 
 pub struct Checksum {
     lower: Arc<dyn Layer>,
@@ -48,7 +59,7 @@ pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
 
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
     MetaTable::blocks_that_fit(
-        lower_size.saturating_sub(SUPERBLOCK_BYTES),
+        lower_size.saturating_sub(SUPERBLOCK_BYTES + HEADER_BYTES),
         block,
         ENTRY_BYTES,
     )
@@ -112,40 +123,85 @@ impl Checksum {
             superblock::write(ctx, &*lower, &sb)
                 .await
                 .map_err(|e| format!("cannot write the superblock: {e}"))?;
-        } else {
-            // What a crash left in the table is what later writes build on.
-            lower
-                .flush(ctx)
-                .await
-                .map_err(|e| format!("cannot flush the device below: {e}"))?;
         }
-        Ok(Checksum {
-            data_start: SUPERBLOCK_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
+        let layer = Checksum {
+            data_start: SUPERBLOCK_BYTES + HEADER_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
             lower,
             table,
             block,
             size,
             mismatches: AtomicU64::new(0),
-        })
+        };
+        if existing.is_some() {
+            layer
+                .settle(ctx)
+                .await
+                .map_err(|e| format!("cannot settle the blocks a crash left unflushed: {e}"))?;
+        }
+        Ok(layer)
     }
 
-    fn entry(&self, index: u64) -> (u32, u32) {
-        let mut e = [0u8; ENTRY_BYTES];
-        self.table.get(index, &mut e);
+    /// At open: give every block whose last write no flush covered the entry of
+    /// the version it holds, then flush (what a crash left is what later writes
+    /// build on, and a later FLUSH must not turn it into an error).
+    async fn settle(&self, ctx: &IoCtx) -> Result<()> {
+        let mut data = vec![0u8; self.block as usize];
+        for index in self.table.unflushed() {
+            let offset = self.data_start + index * self.block;
+            match self.lower.read(ctx, offset, &mut data).await {
+                Ok(()) => {}
+                Err(Error::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            let value = block_value(index, &data);
+            let (cur, prev, _) = self.entry(index);
+            if value != cur && value == prev {
+                self.table
+                    .update(ctx, &*self.lower, index, 1, Stamp::Keep, &mut |_, e, _| {
+                        e[0..4].copy_from_slice(&prev.to_le_bytes())
+                    })
+                    .await?;
+            }
+        }
+        self.table.flush(ctx, &*self.lower).await
+    }
+
+    /// `(cur, prev, epoch of cur)`.
+    fn entry(&self, index: u64) -> (u32, u32, u64) {
+        let mut e = [0u8; ENTRY_BYTES - 8];
+        let epoch = self.table.get(index, &mut e);
         (
-            u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")),
-            u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
+            u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+            u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            epoch,
         )
     }
 
+    fn verifies(&self, index: u64, data: &[u8]) -> bool {
+        let value = block_value(index, data);
+        let (cur, prev, epoch) = self.entry(index);
+        value == cur || (value == prev && self.table.prev_allowed(epoch))
+    }
+
     async fn read_verified(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut finished = self.table.writes_finished();
         self.lower.read(ctx, self.data_start + offset, buf).await?;
         let first = offset / self.block;
-        for (i, data) in buf.chunks(self.block as usize).enumerate() {
+        for (i, data) in buf.chunks_mut(self.block as usize).enumerate() {
             let index = first + i as u64;
-            let value = block_value(index, data);
-            let (cur, prev) = self.entry(index);
-            if value != cur && value != prev {
+            let mut ok = self.verifies(index, data);
+            // A write in flight may have changed the entry or the data half way
+            // through this read: read the block again.
+            let mut retries = 0;
+            while !ok && retries < RACE_RETRIES && self.table.raced_since(finished) {
+                retries += 1;
+                finished = self.table.writes_finished();
+                self.lower
+                    .read(ctx, self.data_start + index * self.block, data)
+                    .await?;
+                ok = self.verifies(index, data);
+            }
+            if !ok {
                 self.mismatches.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     block = index,
@@ -164,6 +220,7 @@ impl Checksum {
     async fn set_values(
         &self,
         ctx: &IoCtx,
+        epoch: u64,
         offset: u64,
         len: u64,
         data: Option<&[u8]>,
@@ -172,29 +229,41 @@ impl Checksum {
         let count = len / self.block;
         let block = self.block as usize;
         self.table
-            .update(ctx, &*self.lower, first, count, &mut |index, entry| {
-                let value = match data {
-                    Some(d) => {
-                        let at = (index - first) as usize * block;
-                        block_value(index, &d[at..at + block])
+            .update(
+                ctx,
+                &*self.lower,
+                first,
+                count,
+                Stamp::Write(epoch),
+                &mut |index, entry, carry| {
+                    let value = match data {
+                        Some(d) => {
+                            let at = (index - first) as usize * block;
+                            block_value(index, &d[at..at + block])
+                        }
+                        None => 0,
+                    };
+                    if carry {
+                        entry.copy_within(0..4, 4);
                     }
-                    None => 0,
-                };
-                let cur = u32::from_le_bytes(entry[0..4].try_into().expect("4 bytes"));
-                entry[4..8].copy_from_slice(&cur.to_le_bytes());
-                entry[0..4].copy_from_slice(&value.to_le_bytes());
-            })
+                    entry[0..4].copy_from_slice(&value.to_le_bytes());
+                },
+            )
             .await
     }
 
     async fn write_ordered(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
-        self.set_values(ctx, offset, buf.len() as u64, Some(buf))
+        // Inside the epoch until the data is written: a flush waits for it.
+        let writer = self.table.begin_write();
+        self.set_values(ctx, writer.epoch, offset, buf.len() as u64, Some(buf))
             .await?;
         self.lower.write(ctx, self.data_start + offset, buf).await
     }
 
     async fn zero(&self, ctx: &IoCtx, offset: u64, len: u64, discard: bool) -> Result<()> {
-        self.set_values(ctx, offset, len, None).await?;
+        let writer = self.table.begin_write();
+        self.set_values(ctx, writer.epoch, offset, len, None)
+            .await?;
         if discard {
             self.lower.discard(ctx, self.data_start + offset, len).await
         } else {
@@ -273,9 +342,10 @@ mod tests {
     fn table_and_data_fit_below() {
         for (lower, block) in [(1 << 20, 4096), (1 << 30, 4096), ((1 << 20) + 12345, 512)] {
             let n = fit_blocks(lower, block);
-            assert!(SUPERBLOCK_BYTES + MetaTable::bytes_for(n, ENTRY_BYTES) + n * block <= lower);
+            let head = SUPERBLOCK_BYTES + HEADER_BYTES;
+            assert!(head + MetaTable::bytes_for(n, ENTRY_BYTES) + n * block <= lower);
             let n1 = n + 1;
-            assert!(SUPERBLOCK_BYTES + MetaTable::bytes_for(n1, ENTRY_BYTES) + n1 * block > lower);
+            assert!(head + MetaTable::bytes_for(n1, ENTRY_BYTES) + n1 * block > lower);
         }
     }
 

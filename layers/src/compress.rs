@@ -1,18 +1,20 @@
 //! `compress`: lz4 per 32 KiB unit, copy-on-write into a thin data area.
 //!
-//! On-disk layout of the layer below (format version 1, little endian; the full
+//! On-disk layout of the layer below (format version 2, little endian; the full
 //! description is `docs/formats/compress.md`):
 //!
 //! | bytes        | contents                                                      |
 //! |--------------|---------------------------------------------------------------|
-//! | 0..4096      | superblock (`superblock.rs`), type `compress`, version 1;     |
+//! | 0..4096      | superblock (`superblock.rs`), type `compress`, version 2;     |
 //! |              | params: algorithm (16 bytes, `lz4`), unit bytes u32 (32768),  |
 //! |              | granule bytes u32 (4096), lower size u64, 16 reserved         |
-//! | 4096..4096+T | map (`meta_table.rs`: pages of 127 entries in two 4 KiB       |
+//! | 4096..12288  | map header: the flushed epoch (`meta_table.rs`)               |
+//! | 12288..+T    | map (`meta_table.rs`: pages of 102 entries in two 4 KiB       |
 //! |              | slots); entry = `cur` ‖ `prev`, 16 bytes each: first granule  |
 //! |              | u48, kind u8 (0 empty, 1 zero, 2 raw, 3 lz4), 0, stored       |
-//! |              | length u32, crc32(unit index u64 ‖ stored bytes) u32          |
-//! | 4096+T..     | data area: 4 KiB granules; an extent is a run of them         |
+//! |              | length u32, crc32(unit index u64 ‖ stored bytes) u32; then    |
+//! |              | the table's epoch u64                                         |
+//! | 12288+T..    | data area: 4 KiB granules; an extent is a run of them         |
 //!
 //! **Unit.** The device is cut into 32 KiB units, each stored as one extent:
 //! nothing when all zeros; `lz4` when that saves at least one granule; raw
@@ -85,7 +87,7 @@ pub fn exposed_size(lower_size: u64, block_size: u32, size: Option<u64>) -> u64 
     size.unwrap_or_else(|| format::default_size(lower_size, block_size))
 }
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
 const UNIT_LOCKS: usize = 1024;
 /// A unit whose map entry is being written (see `epochs`).

@@ -1,13 +1,15 @@
 //! `crypt`: AES-256-GCM per block; the layer below sees only ciphertext.
 //!
-//! On-disk layout of the layer below (format version 1, little endian):
+//! On-disk layout of the layer below (format version 2, little endian; the full
+//! description is `docs/formats/crypt.md`):
 //!
 //! | bytes          | contents                                                 |
 //! |----------------|----------------------------------------------------------|
 //! | 0..4096        | superblock; params below                                 |
-//! | 4096..4096+T   | table (`meta_table.rs`), 64 bytes per block: `cur` = nonce(12) ‖ tag(16),  |
-//! |                | `prev` = nonce(12) ‖ tag(16), 8 bytes zero               |
-//! | 4096+T..       | ciphertext blocks, same size as the plaintext            |
+//! | 4096..12288    | table header: the flushed epoch (`meta_table.rs`)        |
+//! | 12288..12288+T | table pages, 64 bytes per block: `cur` = nonce(12) ‖     |
+//! |                | tag(16), `prev` = nonce(12) ‖ tag(16), epoch of `cur` u64 |
+//! | 12288+T..      | ciphertext blocks, same size as the plaintext            |
 //!
 //! Superblock params: cipher name (16 bytes, zero padded, `aes-256-gcm`), then a
 //! key check: nonce(12) ‖ ciphertext(32) ‖ tag(16) of 32 zero bytes, with the
@@ -17,12 +19,12 @@
 //! Each write draws a fresh 96-bit nonce (a random 32-bit prefix per open and a
 //! 64-bit counter starting at a random value). The associated data of a block is
 //! `uuid ‖ block index (u64 LE)`, so ciphertext moved to another block or device
-//! fails authentication. An all-zero entry means the block is zeros (never
-//! written, discarded or zeroed). Write ordering and crash behaviour are those of
-//! `checksum`: table page first, then data; a block whose data write was lost
-//! authenticates against `prev` (or, if `prev` is the zero entry, reads as zeros
-//! only while its ciphertext is all zero); a torn block reads as EIO. The key is
-//! zeroed in memory when the layer is dropped.
+//! fails authentication. An all-zero seal means the block is zeros (never
+//! written, discarded or zeroed): it verifies only an all-zero ciphertext, so an
+//! erased entry over written data is an error, not zeros. Write ordering, flushes,
+//! crash behaviour and the settling of unflushed blocks at open are those of
+//! `checksum`: table page first, then data; `prev` opens a block only while no
+//! FLUSH covered its `cur`. The key is zeroed in memory when the layer is dropped.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,13 +35,16 @@ use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::Zeroizing;
 
 use crate::exec::IoCtx;
-use crate::meta_table::MetaTable;
+use crate::meta_table::{MetaTable, Stamp, HEADER_BYTES};
 use crate::plan::KeySource;
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// `cur` and `prev` seals and the table's epoch (u64).
 const ENTRY_BYTES: usize = 64;
+/// Times a block that does not open is read again while writes race it.
+const RACE_RETRIES: usize = 8;
 const SEAL_BYTES: usize = 28;
 const CIPHER: &str = "aes-256-gcm";
 
@@ -108,7 +113,7 @@ pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
 
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
     MetaTable::blocks_that_fit(
-        lower_size.saturating_sub(SUPERBLOCK_BYTES),
+        lower_size.saturating_sub(SUPERBLOCK_BYTES + HEADER_BYTES),
         block,
         ENTRY_BYTES,
     )
@@ -203,15 +208,9 @@ impl Crypt {
             superblock::write(ctx, &*lower, &sb)
                 .await
                 .map_err(|e| format!("cannot write the superblock: {e}"))?;
-        } else {
-            // What a crash left in the table is what later writes build on.
-            lower
-                .flush(ctx)
-                .await
-                .map_err(|e| format!("cannot flush the device below: {e}"))?;
         }
-        Ok(Crypt {
-            data_start: SUPERBLOCK_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
+        let layer = Crypt {
+            data_start: SUPERBLOCK_BYTES + HEADER_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
             lower,
             cipher,
             uuid,
@@ -221,7 +220,40 @@ impl Crypt {
             nonce_prefix: superblock::random_bytes(),
             nonce_counter: AtomicU64::new(u64::from_le_bytes(superblock::random_bytes())),
             auth_failures: AtomicU64::new(0),
-        })
+        };
+        if existing.is_some() {
+            layer
+                .settle(ctx)
+                .await
+                .map_err(|e| format!("cannot settle the blocks a crash left unflushed: {e}"))?;
+        }
+        Ok(layer)
+    }
+
+    /// At open: as `checksum` does, give every block whose last write no flush
+    /// covered the seal of the version it holds, then flush.
+    async fn settle(&self, ctx: &IoCtx) -> Result<()> {
+        let mut data = vec![0u8; self.block as usize];
+        let mut entry = [0u8; ENTRY_BYTES - 8];
+        for index in self.table.unflushed() {
+            let offset = self.data_start + index * self.block;
+            match self.lower.read(ctx, offset, &mut data).await {
+                Ok(()) => {}
+                Err(Error::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            self.table.get(index, &mut entry);
+            let (cur, prev) = entry.split_at(SEAL_BYTES);
+            if self.open_seal(index, cur, &mut data) || !self.open_seal(index, prev, &mut data) {
+                continue;
+            }
+            self.table
+                .update(ctx, &*self.lower, index, 1, Stamp::Keep, &mut |_, e, _| {
+                    e.copy_within(SEAL_BYTES..2 * SEAL_BYTES, 0)
+                })
+                .await?;
+        }
+        self.table.flush(ctx, &*self.lower).await
     }
 
     fn aad(&self, index: u64) -> [u8; 24] {
@@ -252,28 +284,43 @@ impl Crypt {
             .is_ok()
     }
 
+    /// Open a block with `seal`; an all-zero seal opens only an all-zero block.
+    fn open_seal(&self, index: u64, seal: &[u8], data: &mut [u8]) -> bool {
+        if seal.iter().all(|&b| b == 0) {
+            return data.iter().all(|&b| b == 0);
+        }
+        self.open_block(index, seal, data)
+    }
+
+    /// Decrypt block `index` in place with `cur`, or with `prev` while no flush
+    /// covered `cur`'s write.
+    fn open_verified(&self, index: u64, data: &mut [u8]) -> bool {
+        let mut entry = [0u8; ENTRY_BYTES - 8];
+        let epoch = self.table.get(index, &mut entry);
+        let (cur, prev) = entry.split_at(SEAL_BYTES);
+        self.open_seal(index, cur, data)
+            || (self.table.prev_allowed(epoch) && self.open_seal(index, prev, data))
+    }
+
     async fn read_decrypt(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut finished = self.table.writes_finished();
         self.lower.read(ctx, self.data_start + offset, buf).await?;
         let first = offset / self.block;
-        let mut entry = [0u8; ENTRY_BYTES];
         for (i, data) in buf.chunks_mut(self.block as usize).enumerate() {
             let index = first + i as u64;
-            self.table.get(index, &mut entry);
-            let (cur, prev) = (&entry[..SEAL_BYTES], &entry[SEAL_BYTES..2 * SEAL_BYTES]);
-            let zero_seal = |s: &[u8]| s.iter().all(|&b| b == 0);
-            if zero_seal(cur) {
-                data.fill(0);
-                continue;
+            let mut ok = self.open_verified(index, data);
+            // A write in flight may have changed the seal or the data half way
+            // through this read: read the block again.
+            let mut retries = 0;
+            while !ok && retries < RACE_RETRIES && self.table.raced_since(finished) {
+                retries += 1;
+                finished = self.table.writes_finished();
+                self.lower
+                    .read(ctx, self.data_start + index * self.block, data)
+                    .await?;
+                ok = self.open_verified(index, data);
             }
-            if self.open_block(index, cur, data) {
-                continue;
-            }
-            // Only after a crash: the data write of the newest version was lost.
-            if zero_seal(prev) {
-                if data.iter().all(|&b| b == 0) {
-                    continue;
-                }
-            } else if self.open_block(index, prev, data) {
+            if ok {
                 continue;
             }
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -312,7 +359,9 @@ impl Crypt {
             seals.push(seal);
         }
         let res = async {
-            self.set_seals(ctx, first, seals.len() as u64, Some(&seals))
+            // Inside the epoch until the data is written: a flush waits for it.
+            let writer = self.table.begin_write();
+            self.set_seals(ctx, writer.epoch, first, seals.len() as u64, Some(&seals))
                 .await?;
             self.lower
                 .write(ctx, self.data_start + offset, out.as_slice())
@@ -326,25 +375,42 @@ impl Crypt {
     async fn set_seals(
         &self,
         ctx: &IoCtx,
+        epoch: u64,
         first: u64,
         count: u64,
         seals: Option<&[[u8; SEAL_BYTES]]>,
     ) -> Result<()> {
         self.table
-            .update(ctx, &*self.lower, first, count, &mut |index, entry| {
-                let (cur, rest) = entry.split_at_mut(SEAL_BYTES);
-                rest[..SEAL_BYTES].copy_from_slice(cur);
-                match seals {
-                    Some(s) => cur.copy_from_slice(&s[(index - first) as usize]),
-                    None => cur.fill(0),
-                }
-            })
+            .update(
+                ctx,
+                &*self.lower,
+                first,
+                count,
+                Stamp::Write(epoch),
+                &mut |index, entry, carry| {
+                    let (cur, rest) = entry.split_at_mut(SEAL_BYTES);
+                    if carry {
+                        rest[..SEAL_BYTES].copy_from_slice(cur);
+                    }
+                    match seals {
+                        Some(s) => cur.copy_from_slice(&s[(index - first) as usize]),
+                        None => cur.fill(0),
+                    }
+                },
+            )
             .await
     }
 
     async fn zero(&self, ctx: &IoCtx, offset: u64, len: u64, discard: bool) -> Result<()> {
-        self.set_seals(ctx, offset / self.block, len / self.block, None)
-            .await?;
+        let writer = self.table.begin_write();
+        self.set_seals(
+            ctx,
+            writer.epoch,
+            offset / self.block,
+            len / self.block,
+            None,
+        )
+        .await?;
         if discard {
             self.lower.discard(ctx, self.data_start + offset, len).await
         } else {

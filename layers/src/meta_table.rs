@@ -1,33 +1,60 @@
 //! A table of fixed-size per-block entries stored in 4 KiB pages on the layer
-//! below, with a full copy in memory.
+//! below, with a full copy in memory, and the flush protocol of the layers that
+//! keep one.
 //!
 //! Used by `checksum` (crc per block), `crypt` (nonce and tag per block) and
 //! `compress` (where each block lives). Reads come from memory; an update changes
-//! the entries in memory, then writes their whole page below.
+//! the entries in memory, then writes their whole page below. The full format is
+//! `docs/formats/superblock.md`.
 //!
-//! Every page has two slots on disk, side by side, so a torn or lost page write
-//! can never destroy its last flushed version:
+//! Layout below, from byte `start`:
 //!
-//! | bytes of a slot | contents                                        |
-//! |-----------------|-------------------------------------------------|
-//! | 0..4080         | entries, `4080 / entry size` of them            |
-//! | 4080..4088      | sequence number, u64 LE, +1 per page write      |
-//! | 4088..4092      | crc32 of bytes 0..4088, u32 LE                  |
-//! | 4092..4096      | zero                                            |
+//! | bytes                 | contents                                         |
+//! |-----------------------|--------------------------------------------------|
+//! | 0..8192               | header, two 4 KiB slots (`meta_table/header.rs`) |
+//! | 8192..                | pages, each two 4 KiB slots side by side          |
 //!
-//! An all-zero slot is a valid, empty page with sequence 0. Page writes always go
-//! to the slot that does *not* hold the last flushed version; [`MetaTable::flush`]
-//! holds the locks of the pages written since the previous flush while the layer
-//! below flushes, then marks their newest slot as the flushed one. At load, the
-//! valid slot with the higher sequence number wins; a slot that fails its crc (or
-//! reads as EIO from a checksummed layer below) is the torn one.
+//! | bytes of a page slot  | contents                                        |
+//! |-----------------------|-------------------------------------------------|
+//! | 0..4080               | entries, `4080 / entry size` of them            |
+//! | 4080..4088            | sequence number, u64 LE, +1 per page write      |
+//! | 4088..4092            | crc32 of bytes 0..4088, u32 LE                  |
+//! | 4092..4096            | zero                                            |
+//!
+//! The last 8 bytes of every entry are the table's: the flush epoch (u64 LE) in
+//! which the entry's `cur` was written; the layer owns the rest (`cur`, `prev`).
+//!
+//! **Flush protocol.** Every write of the layer holds a [`Writer`] of the current
+//! epoch from before its table update until its data write below finished, and
+//! stamps the entries it changes with that epoch. [`MetaTable::flush`] runs one
+//! at a time: it closes the epoch (new writes enter the next one), waits for the
+//! writes of the closed epoch, flushes below (their data and table pages are
+//! durable), writes the header with the closed epoch as the *flushed epoch* and
+//! flushes below again. Only then is the FLUSH acknowledged. A read may accept a
+//! block's `prev` only while its `cur` is newer than the flushed epoch: once a
+//! flush covered a write, the version before it never verifies again, so a
+//! rolled back or lost block is an error, not old data. A write that replaces a
+//! `cur` of its own epoch keeps the older `prev`, so `prev` is always the last
+//! version a flush may have made durable. A FLUSH with nothing written since the
+//! previous one is a single flush below.
+//!
+//! Torn page writes: every page has two slots; page writes always go to the slot
+//! that does *not* hold the last flushed version, and a flush holds the locks of
+//! the pages written since the previous flush while the layer below flushes, then
+//! marks their newest slot as the flushed one. At load, the valid slot with the
+//! higher sequence number wins; a slot that fails its crc (or reads as EIO from a
+//! checksummed layer below) is the torn one. The header works the same way.
 //!
 //! Writes of one page are serialised by a per-page [`AsyncLock`], and each
 //! carries the page as it is when its write starts, so the newest write to reach
 //! the disk always holds the newest entries. Memory: the table's entries (e.g.
-//! 8 bytes per 4 KiB block for `checksum` = 2 MiB per GiB).
+//! 16 bytes per 4 KiB block for `checksum` = 4 MiB per GiB).
+
+mod epochs;
+mod header;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::async_lock::AsyncLock;
@@ -35,7 +62,17 @@ use crate::exec::IoCtx;
 use crate::join::try_join_all;
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
+pub use epochs::Writer;
+pub use header::{decode_header, Header};
+
+use epochs::Epochs;
+use header::{encode_header, newest};
+
 pub const PAGE_BYTES: usize = 4096;
+/// Bytes of the header in front of the pages.
+pub const HEADER_BYTES: u64 = 2 * PAGE_BYTES as u64;
+/// Bytes at the end of every entry that hold its epoch.
+pub const EPOCH_BYTES: usize = 8;
 const ENTRIES_BYTES: usize = 4080;
 const SEQ_AT: usize = 4080;
 const CRC_AT: usize = 4088;
@@ -49,23 +86,46 @@ struct Page {
     last_slot: Option<u8>,
 }
 
+/// How an update stamps the entries it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// A write of epoch `e`: the entry's epoch becomes `e`; the closure is told
+    /// to move `cur` to `prev` unless `cur` was written in epoch `e` too.
+    Write(u64),
+    /// Leave the epoch as it is (a change that does not replace `cur`).
+    Keep,
+}
+
 pub struct MetaTable {
     entry_bytes: usize,
     entries: u64,
-    /// Byte offset of page 0, slot 0, on the layer below.
+    /// Byte offset of the header, slot 0, on the layer below.
     start: u64,
     pages: Vec<Mutex<Page>>,
     locks: Vec<AsyncLock>,
     /// Pages written since the last flush.
     dirty: Mutex<BTreeSet<usize>>,
+    epochs: Epochs,
+    /// The flushed epoch of the header on disk.
+    flushed: AtomicU64,
+    /// Entries on disk carry epochs newer than the header's (a crash's
+    /// leftovers): the next flush writes the header even if nothing was written.
+    uncovered: AtomicBool,
+    /// The header as last written, and the slot it went to.
+    header: Mutex<(Header, u8)>,
+    /// One flush at a time.
+    flush_lock: AsyncLock,
 }
 
 fn per_page(entry_bytes: usize) -> u64 {
     (ENTRIES_BYTES / entry_bytes) as u64
 }
 
-/// Decode one slot: `Some((seq, entries))` when valid.
-fn decode_slot(slot: &[u8]) -> Option<(u64, &[u8])> {
+/// Decode one page slot: `Some((seq, entries))` when valid. Never panics.
+pub fn decode_slot(slot: &[u8]) -> Option<(u64, &[u8])> {
+    if slot.len() != PAGE_BYTES {
+        return None;
+    }
     if slot.iter().all(|&b| b == 0) {
         return Some((0, &slot[..ENTRIES_BYTES]));
     }
@@ -83,14 +143,30 @@ fn encode_slot(entries: &[u8], seq: u64) -> Vec<u8> {
     slot
 }
 
+/// Read two 4 KiB slots at `at` alone each (a slot torn under a checksummed
+/// layer reads as EIO, and must not hide its twin); `None` for a bad slot.
+async fn read_pair(ctx: &IoCtx, lower: &dyn Layer, at: u64, pair: &mut [u8]) -> Result<[bool; 2]> {
+    let mut ok = [false; 2];
+    for slot in 0..2usize {
+        let buf = &mut pair[slot * PAGE_BYTES..(slot + 1) * PAGE_BYTES];
+        match lower.read(ctx, at + (slot * PAGE_BYTES) as u64, buf).await {
+            Ok(()) => ok[slot] = true,
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ok)
+}
+
 impl MetaTable {
-    /// Bytes the table of `entries` entries of `entry_bytes` takes below.
+    /// Bytes the pages of a table of `entries` entries of `entry_bytes` take
+    /// below (the header, [`HEADER_BYTES`], comes in front of them).
     pub fn bytes_for(entries: u64, entry_bytes: usize) -> u64 {
         entries.div_ceil(per_page(entry_bytes)) * 2 * PAGE_BYTES as u64
     }
 
     /// How many `block`-byte blocks, each with an `entry_bytes` entry, fit in
-    /// `room` bytes together with their table.
+    /// `room` bytes together with their table's pages.
     pub fn blocks_that_fit(room: u64, block: u64, entry_bytes: usize) -> u64 {
         let mut n = room / (block + entry_bytes as u64);
         while n > 0 && Self::bytes_for(n, entry_bytes) + n * block > room {
@@ -99,7 +175,8 @@ impl MetaTable {
         n
     }
 
-    /// Load the table from `lower` at byte `start` (a fresh device reads as zeros).
+    /// Load the table from `lower` at byte `start` (a fresh device reads as
+    /// zeros). `entry_bytes` includes the [`EPOCH_BYTES`] of each entry.
     pub async fn load(
         ctx: &IoCtx,
         lower: &dyn Layer,
@@ -107,28 +184,29 @@ impl MetaTable {
         entries: u64,
         entry_bytes: usize,
     ) -> Result<MetaTable> {
-        assert!(entry_bytes <= ENTRIES_BYTES && entry_bytes > 0);
+        assert!(entry_bytes <= ENTRIES_BYTES && entry_bytes > EPOCH_BYTES);
+        let mut pair = vec![0u8; 2 * PAGE_BYTES];
+        let ok = read_pair(ctx, lower, start, &mut pair).await?;
+        let decode = |s: usize| {
+            ok[s]
+                .then(|| decode_header(&pair[s * PAGE_BYTES..(s + 1) * PAGE_BYTES]))
+                .flatten()
+        };
+        let Some(header) = newest([decode(0), decode(1)]) else {
+            tracing::error!("metadata table header: both copies are damaged");
+            return Err(Error::Corrupt { offset: start });
+        };
         let page_count = entries.div_ceil(per_page(entry_bytes)) as usize;
         let mut pages = Vec::with_capacity(page_count);
-        let mut pair = vec![0u8; 2 * PAGE_BYTES];
+        let mut newest_epoch = header.0.flushed;
         for page in 0..page_count {
-            let at = start + (page * 2 * PAGE_BYTES) as u64;
-            // Read each slot alone: a slot torn under a checksummed layer reads as
-            // EIO, and must not hide its twin.
+            let at = start + HEADER_BYTES + (page * 2 * PAGE_BYTES) as u64;
+            let ok = read_pair(ctx, lower, at, &mut pair).await?;
             let mut valid: Vec<(u64, u8)> = Vec::with_capacity(2);
             for slot in 0..2u8 {
-                let buf = &mut pair[slot as usize * PAGE_BYTES..(slot as usize + 1) * PAGE_BYTES];
-                match lower
-                    .read(ctx, at + u64::from(slot) * PAGE_BYTES as u64, buf)
-                    .await
-                {
-                    Ok(()) => {
-                        if let Some((seq, _)) = decode_slot(buf) {
-                            valid.push((seq, slot));
-                        }
-                    }
-                    Err(Error::Corrupt { .. }) => {}
-                    Err(e) => return Err(e),
+                let bytes = &pair[slot as usize * PAGE_BYTES..(slot as usize + 1) * PAGE_BYTES];
+                if let (true, Some((seq, _))) = (ok[slot as usize], decode_slot(bytes)) {
+                    valid.push((seq, slot));
                 }
             }
             let Some(&(seq, slot)) = valid.iter().max() else {
@@ -136,6 +214,9 @@ impl MetaTable {
                 return Err(Error::Corrupt { offset: at });
             };
             let bytes = &pair[slot as usize * PAGE_BYTES..(slot as usize + 1) * PAGE_BYTES];
+            for entry in bytes[..ENTRIES_BYTES].chunks_exact(entry_bytes) {
+                newest_epoch = newest_epoch.max(entry_epoch(entry));
+            }
             pages.push(Mutex::new(Page {
                 entries: bytes[..ENTRIES_BYTES].to_vec().into_boxed_slice(),
                 seq,
@@ -150,6 +231,13 @@ impl MetaTable {
             locks: (0..page_count).map(|_| AsyncLock::default()).collect(),
             pages,
             dirty: Mutex::new(BTreeSet::new()),
+            // Epochs on disk newer than the header's are a crash's leftovers:
+            // new writes must never share them.
+            epochs: Epochs::new(newest_epoch.saturating_add(1)),
+            flushed: AtomicU64::new(header.0.flushed),
+            uncovered: AtomicBool::new(newest_epoch > header.0.flushed),
+            header: Mutex::new(header),
+            flush_lock: AsyncLock::default(),
         })
     }
 
@@ -166,22 +254,74 @@ impl MetaTable {
         )
     }
 
-    /// A copy of entry `index`.
-    pub fn get(&self, index: u64, out: &mut [u8]) {
+    /// A copy of entry `index` without its epoch (`out` is `entry_bytes -
+    /// EPOCH_BYTES` long), and the epoch.
+    pub fn get(&self, index: u64, out: &mut [u8]) -> u64 {
         let (page, at) = self.locate(index);
         let page = self.pages[page].lock().unwrap_or_else(|e| e.into_inner());
-        out.copy_from_slice(&page.entries[at..at + self.entry_bytes]);
+        let entry = &page.entries[at..at + self.entry_bytes];
+        out.copy_from_slice(&entry[..self.entry_bytes - EPOCH_BYTES]);
+        entry_epoch(entry)
     }
 
-    /// Change entries `first..first+count` with `f(index, entry)` and write their
-    /// pages below. Returns once every touched page is written (not flushed).
+    /// Whether a block whose `cur` was written in `epoch` may still read as its
+    /// `prev`: only while no flush covered that write.
+    pub fn prev_allowed(&self, epoch: u64) -> bool {
+        epoch > self.flushed.load(Ordering::SeqCst)
+    }
+
+    /// The flushed epoch: writes of this epoch and older are durable.
+    pub fn flushed(&self) -> u64 {
+        self.flushed.load(Ordering::SeqCst)
+    }
+
+    /// Enter the current epoch for a write; hold it until the data is written.
+    pub fn begin_write(&self) -> Writer<'_> {
+        self.epochs.enter()
+    }
+
+    /// Writes finished so far (see [`MetaTable::raced_since`]).
+    pub fn writes_finished(&self) -> u64 {
+        self.epochs.finished()
+    }
+
+    /// Whether a write was in flight since [`MetaTable::writes_finished`]
+    /// returned `finished`: a block that does not verify may then have been
+    /// read half way through its write, and is read again.
+    pub fn raced_since(&self, finished: u64) -> bool {
+        self.epochs.raced_since(finished)
+    }
+
+    /// Indices of the entries written in an epoch no flush covered (a crash's
+    /// leftovers, at open).
+    pub fn unflushed(&self) -> Vec<u64> {
+        let flushed = self.flushed();
+        let per = per_page(self.entry_bytes);
+        let mut out = Vec::new();
+        for (p, page) in self.pages.iter().enumerate() {
+            let page = page.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, entry) in page.entries.chunks_exact(self.entry_bytes).enumerate() {
+                let index = p as u64 * per + i as u64;
+                if index < self.entries && entry_epoch(entry) > flushed {
+                    out.push(index);
+                }
+            }
+        }
+        out
+    }
+
+    /// Change entries `first..first+count` with `f(index, entry, carry)` (entry
+    /// without its epoch; `carry`: `cur` must move to `prev`, see [`Stamp`]) and
+    /// write their pages below. Returns once every touched page is written (not
+    /// flushed).
     pub async fn update(
         &self,
         ctx: &IoCtx,
         lower: &dyn Layer,
         first: u64,
         count: u64,
-        f: &mut dyn FnMut(u64, &mut [u8]),
+        stamp: Stamp,
+        f: &mut dyn FnMut(u64, &mut [u8], bool),
     ) -> Result<()> {
         if count == 0 {
             return Ok(());
@@ -194,6 +334,7 @@ impl MetaTable {
         for page in first_page..=last_page {
             guards.push(self.locks[page].lock().await);
         }
+        let layer_bytes = self.entry_bytes - EPOCH_BYTES;
         let mut writes: Vec<(u64, Vec<u8>)> = Vec::with_capacity(guards.len());
         for page_index in first_page..=last_page {
             let mut page = self.pages[page_index]
@@ -203,7 +344,16 @@ impl MetaTable {
             let hi = ((page_index as u64 + 1) * per).min(first + count);
             for index in lo..hi {
                 let at = (index % per) as usize * self.entry_bytes;
-                f(index, &mut page.entries[at..at + self.entry_bytes]);
+                let entry = &mut page.entries[at..at + self.entry_bytes];
+                let old = entry_epoch(entry);
+                let (body, epoch) = entry.split_at_mut(layer_bytes);
+                match stamp {
+                    Stamp::Write(e) => {
+                        f(index, body, old != e);
+                        epoch.copy_from_slice(&old.max(e).to_le_bytes());
+                    }
+                    Stamp::Keep => f(index, body, false),
+                }
             }
             page.seq += 1;
             let slot = match page.durable_slot {
@@ -211,7 +361,7 @@ impl MetaTable {
                 None => 0,
             };
             page.last_slot = Some(slot);
-            let offset = self.start + ((page_index * 2 + slot as usize) * PAGE_BYTES) as u64;
+            let offset = self.page_offset(page_index, slot);
             writes.push((offset, encode_slot(&page.entries, page.seq)));
         }
         self.dirty
@@ -227,36 +377,78 @@ impl MetaTable {
         res
     }
 
-    /// Flush `lower` and, once it succeeded, make the pages written before it the
-    /// flushed versions. Layers call this instead of flushing `lower` directly.
+    fn page_offset(&self, page: usize, slot: u8) -> u64 {
+        self.start + HEADER_BYTES + ((page * 2 + slot as usize) * PAGE_BYTES) as u64
+    }
+
+    /// FLUSH for the layer (see the module doc): layers call this instead of
+    /// flushing `lower` directly.
     pub async fn flush(&self, ctx: &IoCtx, lower: &dyn Layer) -> Result<()> {
+        self.flush_then(ctx, lower, &mut |_| {}).await
+    }
+
+    /// [`MetaTable::flush`], calling `closed(epoch)` once the writes of the closed
+    /// epoch are done and before anything is flushed.
+    pub async fn flush_then(
+        &self,
+        ctx: &IoCtx,
+        lower: &dyn Layer,
+        closed: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let _serial = self.flush_lock.lock().await;
+        let (epoch, wrote) = self.epochs.close();
+        self.epochs.drained(epoch).await;
+        closed(epoch);
         let dirty: Vec<usize> =
             std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()
                 .collect();
+        if !wrote && dirty.is_empty() && !self.uncovered.load(Ordering::SeqCst) {
+            // Nothing written since the last flush: the header already covers it.
+            return lower.flush(ctx).await;
+        }
         // Hold the dirty pages so that no write lands in a slot between the flush
         // and its marking as flushed.
         let mut guards = Vec::with_capacity(dirty.len());
         for &page in &dirty {
             guards.push(self.locks[page].lock().await);
         }
-        let res = lower.flush(ctx).await;
-        match res {
-            Ok(()) => {
-                for &page in &dirty {
-                    let mut page = self.pages[page].lock().unwrap_or_else(|e| e.into_inner());
-                    page.durable_slot = page.last_slot;
-                }
-            }
-            Err(_) => self
-                .dirty
+        if let Err(e) = lower.flush(ctx).await {
+            self.dirty
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .extend(dirty),
+                .extend(dirty);
+            return Err(e);
+        }
+        for &page in &dirty {
+            let mut page = self.pages[page].lock().unwrap_or_else(|e| e.into_inner());
+            page.durable_slot = page.last_slot;
         }
         drop(guards);
-        res
+        // Data and pages of the closed epoch are durable: record it.
+        let (header, slot) = {
+            let (last, slot) = *self.header.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                Header {
+                    seq: last.seq + 1,
+                    flushed: epoch,
+                },
+                1 - slot,
+            )
+        };
+        let at = self.start + u64::from(slot) * PAGE_BYTES as u64;
+        lower.write(ctx, at, &encode_header(&header)).await?;
+        lower.flush(ctx).await?;
+        *self.header.lock().unwrap_or_else(|e| e.into_inner()) = (header, slot);
+        self.flushed.store(epoch, Ordering::SeqCst);
+        self.uncovered.store(false, Ordering::SeqCst);
+        Ok(())
     }
+}
+
+fn entry_epoch(entry: &[u8]) -> u64 {
+    let at = entry.len() - EPOCH_BYTES;
+    u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| entry[at + i]))
 }
 
 #[cfg(test)]
@@ -271,12 +463,13 @@ mod tests {
         assert_eq!(decode_slot(&[0u8; PAGE_BYTES]).map(|s| s.0), Some(0));
         slot[100] ^= 1;
         assert_eq!(decode_slot(&slot), None);
+        assert_eq!(decode_slot(&slot[..10]), None);
     }
 
     #[test]
     fn table_size_counts_both_slots() {
-        assert_eq!(MetaTable::bytes_for(510, 8), 8192);
-        assert_eq!(MetaTable::bytes_for(511, 8), 16384);
+        assert_eq!(MetaTable::bytes_for(255, 16), 8192);
+        assert_eq!(MetaTable::bytes_for(256, 16), 16384);
         assert_eq!(MetaTable::bytes_for(63, 64), 8192);
     }
 }

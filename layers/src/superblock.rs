@@ -102,8 +102,18 @@ impl Superblock {
             ));
         }
         if self.version != version {
+            let what = if self.version < version {
+                format!(
+                    "copy the data off with a build that reads version {}, then format \
+                     the device again",
+                    self.version
+                )
+            } else {
+                "use the newer build that wrote it".to_string()
+            };
             return Err(format!(
-                "{layer_type} format version {} on disk; this build reads version {version}",
+                "formatted with {layer_type} format version {}; this build reads version \
+                 {version}: {what} (nothing was written)",
                 self.version
             ));
         }

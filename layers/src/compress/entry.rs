@@ -37,6 +37,8 @@ pub struct Extent {
 
 pub const EXTENT_BYTES: usize = 16;
 pub const ENTRY_BYTES: usize = 2 * EXTENT_BYTES;
+/// An entry as the map table stores it: with the table's epoch after it.
+pub const TABLE_ENTRY_BYTES: usize = ENTRY_BYTES + crate::meta_table::EPOCH_BYTES;
 const MAX_GRANULE: u64 = (1 << 48) - 1;
 
 /// What a decoded extent must fit in.

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use crate::exec::IoCtx;
 use crate::join::join_all;
+use crate::meta_table::Stamp;
 use crate::Result;
 
 use super::entry::{decode_entry, encode_entry, Extent, Kind};
@@ -76,7 +77,8 @@ impl Compress {
                     &*self.lower,
                     first,
                     last - first + 1,
-                    &mut |unit, bytes| {
+                    Stamp::Keep,
+                    &mut |unit, bytes, _| {
                         if page.binary_search(&unit).is_err() {
                             return;
                         }

@@ -10,10 +10,10 @@
 //! | 24..32 | size of the layer below when formatted (u64)  |
 //! | 32..48 | reserved, 0                                   |
 
-use crate::meta_table::MetaTable;
+use crate::meta_table::{MetaTable, HEADER_BYTES};
 use crate::superblock::SUPERBLOCK_BYTES;
 
-use super::entry::{Limits, ENTRY_BYTES};
+use super::entry::{Limits, TABLE_ENTRY_BYTES};
 
 pub const ALGORITHM: &str = "lz4";
 /// Compression unit: see the module doc of `compress` for why 32 KiB.
@@ -93,7 +93,8 @@ impl Geometry {
             ));
         }
         let units = size.div_ceil(u64::from(UNIT_BYTES));
-        let data_start = SUPERBLOCK_BYTES + MetaTable::bytes_for(units, ENTRY_BYTES);
+        let data_start =
+            SUPERBLOCK_BYTES + HEADER_BYTES + MetaTable::bytes_for(units, TABLE_ENTRY_BYTES);
         let data_granules = lower_bytes.saturating_sub(data_start) / u64::from(GRANULE_BYTES);
         if data_granules < u64::from(UNIT_BYTES / GRANULE_BYTES) {
             return Err(format!(
@@ -134,9 +135,9 @@ impl Geometry {
 /// Map entries in one page of the table (found from the table's own sizing, as
 /// pages also hold a header).
 pub fn entries_per_page() -> u64 {
-    let one = MetaTable::bytes_for(1, ENTRY_BYTES);
+    let one = MetaTable::bytes_for(1, TABLE_ENTRY_BYTES);
     let mut n = 1;
-    while MetaTable::bytes_for(n + 1, ENTRY_BYTES) == one {
+    while MetaTable::bytes_for(n + 1, TABLE_ENTRY_BYTES) == one {
         n += 1;
     }
     n
@@ -147,9 +148,9 @@ pub fn entries_per_page() -> u64 {
 /// old one is freed, and freed space returns only after a flush).
 pub fn default_size(lower_bytes: u64, block_size: u32) -> u64 {
     let units = lower_bytes.div_ceil(u64::from(UNIT_BYTES));
-    let data = lower_bytes
-        .saturating_sub(SUPERBLOCK_BYTES + MetaTable::bytes_for(units, ENTRY_BYTES))
-        / u64::from(GRANULE_BYTES)
+    let data = lower_bytes.saturating_sub(
+        SUPERBLOCK_BYTES + HEADER_BYTES + MetaTable::bytes_for(units, TABLE_ENTRY_BYTES),
+    ) / u64::from(GRANULE_BYTES)
         * u64::from(GRANULE_BYTES);
     // Room for in-flight copy-on-write: 1/16, and at least 8 units on small devices.
     let reserve = (data / 16).max(8 * u64::from(UNIT_BYTES)).min(data / 2);
@@ -184,7 +185,7 @@ mod tests {
         let pages = 2048u64.div_ceil(entries_per_page());
         assert_eq!(
             geo.data_start,
-            4096 + MetaTable::bytes_for(2048, ENTRY_BYTES)
+            4096 + HEADER_BYTES + MetaTable::bytes_for(2048, TABLE_ENTRY_BYTES)
         );
         assert!(geo.data_start >= 4096 + pages * 4096);
         assert!((100..=128).contains(&entries_per_page()));

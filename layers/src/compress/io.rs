@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
+use crate::meta_table::Stamp;
 use crate::uring::AlignedBuf;
 use crate::{Error, LocalBoxFuture, Result};
 
@@ -295,26 +296,33 @@ impl Compress {
         let mut dropped = Extent::EMPTY;
         let res = self
             .table
-            .update(ctx, &*self.lower, unit, 1, &mut |_, bytes| {
-                old = decode_entry(bytes, &limits).ok();
-                let prev = match old {
-                    Some((cur, prev)) if keep_prev => {
-                        dropped = cur;
-                        prev
-                    }
-                    Some((cur, prev)) => {
-                        dropped = prev;
-                        if cur.kind == Kind::Empty {
-                            Extent::ZERO
-                        } else {
-                            cur
+            .update(
+                ctx,
+                &*self.lower,
+                unit,
+                1,
+                Stamp::Keep,
+                &mut |_, bytes, _| {
+                    old = decode_entry(bytes, &limits).ok();
+                    let prev = match old {
+                        Some((cur, prev)) if keep_prev => {
+                            dropped = cur;
+                            prev
                         }
-                    }
-                    // A damaged entry: its old extents are unknown and stay unused.
-                    None => Extent::EMPTY,
-                };
-                encode_entry(&new, &prev, bytes);
-            })
+                        Some((cur, prev)) => {
+                            dropped = prev;
+                            if cur.kind == Kind::Empty {
+                                Extent::ZERO
+                            } else {
+                                cur
+                            }
+                        }
+                        // A damaged entry: its old extents are unknown and stay unused.
+                        None => Extent::EMPTY,
+                    };
+                    encode_entry(&new, &prev, bytes);
+                },
+            )
             .await;
         // The map in memory holds `new` even if its page write failed: account
         // for it as written (the request still fails).

@@ -11,7 +11,7 @@ use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::Layer;
 
 use super::alloc::Allocator;
-use super::entry::ENTRY_BYTES;
+use super::entry::TABLE_ENTRY_BYTES;
 use super::format::{self, Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
 use super::{Compress, Counters, FORMAT_VERSION, UNIT_LOCKS};
 
@@ -39,7 +39,7 @@ pub(super) async fn open(
     if let Some(sb) = &existing {
         check(sb, &params, &geo, block_size, size.is_some())?;
     }
-    let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, geo.units, ENTRY_BYTES)
+    let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, geo.units, TABLE_ENTRY_BYTES)
         .await
         .map_err(|e| format!("cannot read the compress map: {e}"))?;
     let layer = Compress {
