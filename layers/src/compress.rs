@@ -58,10 +58,10 @@
 //! writing anything; it then rebuilds the allocator from the map. No live keys.
 
 mod alloc;
-mod codec;
-mod entry;
+pub(crate) mod codec;
+pub(crate) mod entry;
 mod flush;
-mod format;
+pub(crate) mod format;
 mod gate;
 mod io;
 mod open;

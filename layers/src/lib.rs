@@ -23,6 +23,8 @@ pub mod error;
 pub mod exec;
 pub mod fault;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod join;
 pub mod memory;
 pub mod meta_table;

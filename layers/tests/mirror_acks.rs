@@ -324,11 +324,11 @@ fn check(
         ctx,
         Mirror::open(ctx, legs, ReadPolicy::First, BLOCK as u32),
     )?;
-    let mut buf = vec![0u8; BLOCK];
+    let mut data = vec![0u8; DATA_BYTES as usize];
+    exec.block_on(ctx, mirror.read(ctx, 0, &mut data))
+        .map_err(|e| format!("reopened mirror: read: {e}"))?;
     for (block, tags) in allowed.0.iter().enumerate() {
-        exec.block_on(ctx, mirror.read(ctx, (block * BLOCK) as u64, &mut buf))
-            .map_err(|e| format!("reopened mirror: block {block}: {e}"))?;
-        let tag = tag_of(&buf);
+        let tag = tag_of(&data[block * BLOCK..][..BLOCK]);
         if !tag.is_some_and(|t| tags.contains(&t)) {
             return Err(format!(
                 "reopened mirror reads {tag:?} at block {block}, not one of {tags:?}"

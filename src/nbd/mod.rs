@@ -21,6 +21,8 @@
 
 mod conn;
 mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod offload;
 mod proto;
