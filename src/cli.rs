@@ -23,6 +23,8 @@ pub enum Command {
         /// Serve over NBD instead of ublk: unix:PATH or HOST:PORT.
         #[arg(long)]
         nbd: Option<String>,
+        #[command(flatten)]
+        nbd_limits: crate::nbd::NbdOptions,
     },
     /// Flush and remove a running device, and stop its daemon.
     Down { name: String },
@@ -82,11 +84,14 @@ pub enum Command {
 
 pub fn run(args: Args) -> u8 {
     match args.command {
-        Command::Up { config, nbd: None } => up(&config),
+        Command::Up {
+            config, nbd: None, ..
+        } => up(&config),
         Command::Up {
             config,
             nbd: Some(address),
-        } => crate::nbd::up(&config, &address),
+            nbd_limits,
+        } => crate::nbd::up(&config, &address, &nbd_limits),
         Command::Down { name } => down(&name),
         Command::List => list(),
         Command::Status { name, json } => status(&name, json),

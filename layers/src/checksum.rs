@@ -235,7 +235,7 @@ impl Checksum {
                 first,
                 count,
                 Stamp::Write(epoch),
-                &mut |index, entry, carry| {
+                &mut |index, entry, old| {
                     let value = match data {
                         Some(d) => {
                             let at = (index - first) as usize * block;
@@ -243,7 +243,7 @@ impl Checksum {
                         }
                         None => 0,
                     };
-                    if carry {
+                    if old != epoch {
                         entry.copy_within(0..4, 4);
                     }
                     entry[0..4].copy_from_slice(&value.to_le_bytes());

@@ -39,30 +39,33 @@
 //! flushes (which returns freed space) and retries, then fails with `NoSpace`
 //! having changed nothing: the unit keeps its previous contents.
 //!
-//! **Write ordering.** A write puts the unit's new version into newly allocated
-//! granules, then writes the map entry: `cur = new`, `prev =` the unit's last
-//! flushed version (the old `cur` once a flush made it durable, else the old
-//! `prev`; a write that finds its `cur` under a running flush waits for it). Reads
-//! verify `cur`'s crc and fall back to `prev`, which only a crash can make
-//! necessary; neither verifying is `Corrupt` (EIO). So after a crash a unit reads
-//! as its last flushed contents or newer, never EIO. An extent leaving the map is
-//! reused only after a FLUSH made the map that dropped it durable. FLUSH: flush
-//! below (the map table marks its pages flushed); discard and release the extents
-//! freed before it; clear `prev` of every unit whose `cur` it made durable and
-//! release those too (the cleared pages are written, not flushed: a `prev` left
-//! by a crash is dropped at the next open once its space is seen reused). A gate orders map updates against the
-//! start of a flush, so each update is wholly inside one flush epoch.
+//! **Write ordering.** The flush protocol is the map table's (`meta_table.rs`):
+//! a write holds a writer of the current flush epoch from its data write to its
+//! map update, and a FLUSH waits for the writers of the epoch it closes. A write
+//! puts the unit's new version into newly allocated granules, then writes the
+//! map entry: `cur = new`, `prev =` the last version a flush may have made
+//! durable (the old `cur` when it was written in an earlier epoch, else the old
+//! `prev`). Reads verify `cur`'s crc and fall back to `prev` only while no flush
+//! covered `cur`'s write, which only a crash can make necessary; neither
+//! verifying is `Corrupt` (EIO). So after a crash a unit reads as its last
+//! flushed contents or newer, and once a flush covered a write, an older version
+//! is an error. An extent leaving the map is reused only after a FLUSH made the
+//! map update that dropped it durable. FLUSH: the table's flush; discard and
+//! release the extents dropped in the epochs it covered; clear `prev` of every
+//! unit whose `cur` it made durable and release those too (the cleared pages
+//! are written, not flushed).
 //!
 //! Open formats an all-zero device, or checks the superblock (type, version,
 //! block size, algorithm, unit, granule, sizes) and refuses a mismatch before
-//! writing anything; it then rebuilds the allocator from the map. No live keys.
+//! writing anything; it then settles the units a crash left unflushed (`prev`
+//! becomes `cur` when only it verifies), rebuilds the allocator from the map and
+//! flushes, which clears every fallback left. No live keys.
 
 mod alloc;
 pub(crate) mod codec;
 pub(crate) mod entry;
 mod flush;
 pub(crate) mod format;
-mod gate;
 mod io;
 mod open;
 
@@ -90,8 +93,6 @@ pub fn exposed_size(lower_size: u64, block_size: u32, size: Option<u64>) -> u64 
 const FORMAT_VERSION: u32 = 2;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
 const UNIT_LOCKS: usize = 1024;
-/// A unit whose map entry is being written (see `epochs`).
-const WRITING: u64 = u64::MAX;
 
 pub struct Compress {
     lower: Arc<dyn Layer>,
@@ -100,20 +101,13 @@ pub struct Compress {
     alloc: Allocator,
     /// Serialise reads and writes of one unit (a partial write is read-modify-write).
     unit_locks: Vec<AsyncLock>,
-    /// Per unit: the flush epoch in which its `cur` was written, or [`WRITING`].
-    epochs: Vec<AtomicU64>,
-    /// The current epoch: incremented when a flush starts.
-    epoch: AtomicU64,
-    /// The epoch of the last flush that succeeded: its writes are durable.
-    completed: AtomicU64,
-    /// Map updates pass it; a flush closes it to switch epochs.
-    gate: gate::Gate,
-    /// One flush at a time.
+    /// One flush (and its release of space) at a time.
     flush_lock: AsyncLock,
     /// Map entries per page of the table (pages are written whole).
     entries_per_page: u64,
-    /// Extents no longer in the map, released after the next flush.
-    freed: Mutex<Vec<Extent>>,
+    /// Extents no longer in the map, with the flush epoch of the map update that
+    /// dropped them: released once that epoch is flushed.
+    freed: Mutex<Vec<(u64, Extent)>>,
     /// Units whose `prev` the next flush may clear.
     to_clean: Mutex<Vec<u64>>,
     counters: Counters,

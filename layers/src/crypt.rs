@@ -387,9 +387,9 @@ impl Crypt {
                 first,
                 count,
                 Stamp::Write(epoch),
-                &mut |index, entry, carry| {
+                &mut |index, entry, old| {
                     let (cur, rest) = entry.split_at_mut(SEAL_BYTES);
-                    if carry {
+                    if old != epoch {
                         rest[..SEAL_BYTES].copy_from_slice(cur);
                     }
                     match seals {

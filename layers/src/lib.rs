@@ -48,6 +48,7 @@ use std::pin::Pin;
 pub use compile::{compile, compile_with, CompileError, Stack};
 pub use error::{Error, Result};
 pub use exec::{Executor, IoCtx};
+pub use os::release_free_memory;
 pub use plan::{LayerSpec, Plan};
 pub use stats::{LayerStats, StatsSnapshot};
 

@@ -89,8 +89,9 @@ struct Page {
 /// How an update stamps the entries it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stamp {
-    /// A write of epoch `e`: the entry's epoch becomes `e`; the closure is told
-    /// to move `cur` to `prev` unless `cur` was written in epoch `e` too.
+    /// A write of epoch `e`: the entry's epoch becomes `e`. The layer moves `cur`
+    /// to `prev` unless `cur` was written in epoch `e` too (then `prev` already
+    /// is the last version a flush may have made durable).
     Write(u64),
     /// Leave the epoch as it is (a change that does not replace `cur`).
     Keep,
@@ -310,9 +311,9 @@ impl MetaTable {
         out
     }
 
-    /// Change entries `first..first+count` with `f(index, entry, carry)` (entry
-    /// without its epoch; `carry`: `cur` must move to `prev`, see [`Stamp`]) and
-    /// write their pages below. Returns once every touched page is written (not
+    /// Change entries `first..first+count` with `f(index, entry, epoch)` (entry
+    /// without its epoch; `epoch`: the one its `cur` was written in, see
+    /// [`Stamp`]) and write their pages below. Returns once every touched page is written (not
     /// flushed).
     pub async fn update(
         &self,
@@ -321,7 +322,7 @@ impl MetaTable {
         first: u64,
         count: u64,
         stamp: Stamp,
-        f: &mut dyn FnMut(u64, &mut [u8], bool),
+        f: &mut dyn FnMut(u64, &mut [u8], u64),
     ) -> Result<()> {
         if count == 0 {
             return Ok(());
@@ -347,12 +348,9 @@ impl MetaTable {
                 let entry = &mut page.entries[at..at + self.entry_bytes];
                 let old = entry_epoch(entry);
                 let (body, epoch) = entry.split_at_mut(layer_bytes);
-                match stamp {
-                    Stamp::Write(e) => {
-                        f(index, body, old != e);
-                        epoch.copy_from_slice(&old.max(e).to_le_bytes());
-                    }
-                    Stamp::Keep => f(index, body, false),
+                f(index, body, old);
+                if let Stamp::Write(e) = stamp {
+                    epoch.copy_from_slice(&old.max(e).to_le_bytes());
                 }
             }
             page.seq += 1;
@@ -384,21 +382,9 @@ impl MetaTable {
     /// FLUSH for the layer (see the module doc): layers call this instead of
     /// flushing `lower` directly.
     pub async fn flush(&self, ctx: &IoCtx, lower: &dyn Layer) -> Result<()> {
-        self.flush_then(ctx, lower, &mut |_| {}).await
-    }
-
-    /// [`MetaTable::flush`], calling `closed(epoch)` once the writes of the closed
-    /// epoch are done and before anything is flushed.
-    pub async fn flush_then(
-        &self,
-        ctx: &IoCtx,
-        lower: &dyn Layer,
-        closed: &mut dyn FnMut(u64),
-    ) -> Result<()> {
         let _serial = self.flush_lock.lock().await;
         let (epoch, wrote) = self.epochs.close();
         self.epochs.drained(epoch).await;
-        closed(epoch);
         let dirty: Vec<usize> =
             std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()

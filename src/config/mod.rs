@@ -8,7 +8,7 @@
 //! running plan with the edited one.
 
 pub mod diff;
-mod duration;
+pub mod duration;
 mod error;
 mod fields;
 mod graph;

@@ -14,9 +14,13 @@
 //! protocol allows for replies without payload. BLOCK_STATUS (only with
 //! `base:allocation` selected) gets one BLOCK_STATUS chunk.
 //!
-//! Bounds: at most `queue_depth` requests and [`MAX_IN_FLIGHT_BYTES`] of
-//! payload in flight per connection; the reader stops reading until that
-//! drops, so a client cannot make the daemon buffer without limit.
+//! Bounds: a request is in flight from the moment its header is read until
+//! its reply has been sent, so replies waiting for a client that does not
+//! read them count. At most `max_in_flight` requests and
+//! `max_in_flight_bytes` of their payload (WRITE data received, READ data
+//! produced) are in flight per connection; at either limit the reader stops
+//! reading until a reply goes out, so a client cannot make the daemon buffer
+//! without limit: it gets backpressure instead.
 //!
 //! Ending: on EOF, a receive error, NBD_CMD_DISC, a bad magic, or a server stop,
 //! the reader stops; the requests in flight finish and their replies are sent
@@ -34,6 +38,7 @@ use layers::uring::AlignedBuf;
 use layers::Layer;
 
 use super::handshake::Negotiated;
+use super::limits::{Limits, Permit};
 use super::offload::transfer;
 use super::proto::{self, Request, REQUEST_BYTES};
 use super::ring::{Outgoing, Owned, Reply};
@@ -41,9 +46,6 @@ use super::server::Queue;
 
 /// Receive buffer of each connection: room for a few hundred request headers.
 const RECV_BUF_BYTES: usize = 256 << 10;
-/// Payload bytes (write data received plus read data being produced) allowed
-/// in flight on one connection.
-const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Largest piece of TRIM / WRITE_ZEROES handed to the stack at once (the ublk
 /// front end's limit for those).
 const ZERO_PIECE_BYTES: u64 = 64 << 20;
@@ -266,8 +268,10 @@ pub fn allocation_descriptors(
 pub struct Conn {
     socket: OwnedFd,
     negotiated: Negotiated,
+    /// Requests read whose reply is not sent yet, and their payload bytes.
     in_flight: Cell<usize>,
     in_flight_bytes: Cell<u64>,
+    /// Replies queued for the writer.
     pending: RefCell<Vec<Reply>>,
     /// Wakes the writer: a reply is queued, or the reader finished.
     writer_wake: Notify,
@@ -280,10 +284,12 @@ pub struct Conn {
     stopping: Cell<bool>,
     /// The reader's receive in flight, to cancel on stop.
     recv_token: Cell<Option<u64>>,
+    /// This connection's place in the server's count, freed with it.
+    _permit: Permit,
 }
 
 impl Conn {
-    pub fn new(socket: OwnedFd, negotiated: Negotiated) -> Conn {
+    pub fn new(socket: OwnedFd, negotiated: Negotiated, permit: Permit) -> Conn {
         Conn {
             socket,
             negotiated,
@@ -296,7 +302,28 @@ impl Conn {
             broken: Cell::new(false),
             stopping: Cell::new(false),
             recv_token: Cell::new(None),
+            _permit: permit,
         }
+    }
+
+    /// Wait until one more request of `bytes` fits within `limits`, and count
+    /// it. One request larger than the byte limit still runs, alone.
+    async fn acquire(&self, limits: &Limits, bytes: u64) {
+        while self.in_flight.get() >= limits.max_in_flight
+            || (self.in_flight.get() > 0
+                && self.in_flight_bytes.get() + bytes > limits.max_in_flight_bytes)
+        {
+            self.reader_wake.wait().await;
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.in_flight_bytes.set(self.in_flight_bytes.get() + bytes);
+    }
+
+    /// A request counted by `acquire` is done: its reply was sent or dropped.
+    fn release(&self, bytes: u64) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.in_flight_bytes.set(self.in_flight_bytes.get() - bytes);
+        self.reader_wake.notify();
     }
 
     /// Stop reading (server shutdown): cancel the receive in flight, if any.
@@ -316,31 +343,42 @@ impl Conn {
             .await;
     }
 
-    /// Queue a reply: `header` then `data` as they are.
-    fn queue_reply(&self, header: &[u8], data: Option<AlignedBuf>) {
-        if !self.broken.get() {
-            self.pending.borrow_mut().push(Reply::new(header, data));
+    /// Queue a reply: `header` then `data` as they are; its request counted
+    /// `charge` bytes.
+    fn queue_reply(&self, header: &[u8], data: Option<AlignedBuf>, charge: u64) {
+        if self.broken.get() {
+            self.release(charge);
+        } else {
+            let reply = Reply::new(header, data).charged(charge);
+            self.pending.borrow_mut().push(reply);
         }
         self.writer_wake.notify();
     }
 
     /// A simple reply (to anything but a READ when structured replies are on).
-    fn reply(&self, cookie: u64, error: u32) {
-        self.queue_reply(&proto::simple_reply(cookie, error), None);
+    fn reply(&self, cookie: u64, error: u32, charge: u64) {
+        self.queue_reply(&proto::simple_reply(cookie, error), None, charge);
     }
 
     /// The reply to a READ at `offset`: `data` on success.
-    fn read_reply(&self, cookie: u64, offset: u64, error: u32, data: Option<AlignedBuf>) {
+    fn read_reply(
+        &self,
+        cookie: u64,
+        offset: u64,
+        error: u32,
+        data: Option<AlignedBuf>,
+        charge: u64,
+    ) {
         match (self.negotiated.structured, data) {
             (true, Some(data)) => {
                 let header = proto::read_chunk(cookie, offset, data.len() as u32);
-                self.queue_reply(&header, Some(data));
+                self.queue_reply(&header, Some(data), charge);
             }
             (true, None) => {
                 let error = if error == 0 { proto::EIO } else { error };
-                self.queue_reply(&proto::error_chunk(cookie, error), None);
+                self.queue_reply(&proto::error_chunk(cookie, error), None, charge);
             }
-            (false, data) => self.queue_reply(&proto::simple_reply(cookie, error), data),
+            (false, data) => self.queue_reply(&proto::simple_reply(cookie, error), data, charge),
         }
     }
 }
@@ -430,21 +468,35 @@ async fn read_loop(queue: &Rc<Queue>, conn: &Rc<Conn>) -> Result<(), String> {
         let req = Request::decode(header).map_err(|m| format!("bad request magic {:#x}", m.0))?;
         window.consume(REQUEST_BYTES);
         let checked = check(&req, size, block_size, negotiated);
-        let payload = if req.kind == proto::CMD_WRITE {
-            // The payload follows whatever the checks say; an oversized one
-            // cannot be skipped safely, so the connection ends.
-            if req.length > proto::MAX_PAYLOAD_BYTES {
-                return Err(format!("write of {} bytes", req.length));
-            }
-            match receive_payload(queue, conn, &mut window, req.length as usize).await? {
-                Some(payload) => Some(payload),
-                None => return Ok(()),
+        if checked == Ok(Action::Disconnect) {
+            return Ok(());
+        }
+        // The payload follows whatever the checks say; an oversized one
+        // cannot be skipped safely, so the connection ends.
+        let write = req.kind == proto::CMD_WRITE;
+        if write && req.length > proto::MAX_PAYLOAD_BYTES {
+            return Err(format!("write of {} bytes", req.length));
+        }
+        // Every request waits for room before anything is received or
+        // produced for it, and holds it until its reply is sent.
+        let bytes = match checked {
+            _ if write => u64::from(req.length),
+            Ok(Action::Read { len, .. }) => u64::from(len),
+            _ => 0,
+        };
+        conn.acquire(&queue.limits, bytes).await;
+        let payload = if write {
+            match receive_payload(queue, conn, &mut window, req.length as usize).await {
+                Ok(Some(payload)) => Some(payload),
+                ended => {
+                    conn.release(bytes);
+                    return ended.map(|_| ());
+                }
             }
         } else {
             None
         };
         let action = match checked {
-            Ok(Action::Disconnect) => return Ok(()),
             Ok(action) if !conn.stopping.get() => action,
             // Received after a stop began, or refused by the checks: answered
             // without touching the stack.
@@ -454,30 +506,21 @@ async fn read_loop(queue: &Rc<Queue>, conn: &Rc<Conn>) -> Result<(), String> {
                 }
                 let error = other.err().unwrap_or(proto::ESHUTDOWN);
                 if req.kind == proto::CMD_READ {
-                    conn.read_reply(req.cookie, req.offset, error, None);
+                    conn.read_reply(req.cookie, req.offset, error, None, bytes);
                 } else {
-                    conn.reply(req.cookie, error);
+                    conn.reply(req.cookie, error, bytes);
                 }
                 continue;
             }
         };
-        let bytes = match action {
-            Action::Read { len, .. } | Action::Write { len, .. } => u64::from(len),
-            _ => 0,
-        };
-        while conn.in_flight.get() >= queue.limits.queue_depth
-            || (conn.in_flight.get() > 0
-                && conn.in_flight_bytes.get() + bytes > MAX_IN_FLIGHT_BYTES)
-        {
-            conn.reader_wake.wait().await;
-        }
-        conn.in_flight.set(conn.in_flight.get() + 1);
-        conn.in_flight_bytes.set(conn.in_flight_bytes.get() + bytes);
         queue.exec.spawn(serve(
             queue.clone(),
             conn.clone(),
-            req.cookie,
-            action,
+            Charged {
+                cookie: req.cookie,
+                action,
+                bytes,
+            },
             payload,
         ));
     }
@@ -520,14 +563,20 @@ async fn receive_payload(
     Ok(Some(payload))
 }
 
-/// Run one request on the stack and queue its reply.
-async fn serve(
-    queue: Rc<Queue>,
-    conn: Rc<Conn>,
+/// A request admitted by [`Conn::acquire`], with the bytes it counted.
+struct Charged {
     cookie: u64,
     action: Action,
-    payload: Option<AlignedBuf>,
-) {
+    bytes: u64,
+}
+
+/// Run one request on the stack and queue its reply.
+async fn serve(queue: Rc<Queue>, conn: Rc<Conn>, request: Charged, payload: Option<AlignedBuf>) {
+    let Charged {
+        cookie,
+        action,
+        bytes,
+    } = request;
     let top = queue.stack.top();
     let ctx = &queue.ctx;
     let (result, data) = match action {
@@ -591,26 +640,19 @@ async fn serve(
         }
     };
     match (action, data) {
-        (Action::Read { offset, .. }, data) => conn.read_reply(cookie, offset, error, data),
+        (Action::Read { offset, .. }, data) => conn.read_reply(cookie, offset, error, data, bytes),
         (Action::BlockStatus { .. }, Some(data)) => {
             let count = data.len() / 8;
             let header = proto::block_status_chunk(cookie, proto::ALLOCATION_CONTEXT_ID, count);
-            conn.queue_reply(&header, Some(data));
+            conn.queue_reply(&header, Some(data), bytes);
         }
         (_, data) => {
             if let Some(data) = data {
                 queue.recycle(data);
             }
-            conn.reply(cookie, error);
+            conn.reply(cookie, error, bytes);
         }
     }
-    let bytes = match action {
-        Action::Read { len, .. } | Action::Write { len, .. } => u64::from(len),
-        _ => 0,
-    };
-    conn.in_flight.set(conn.in_flight.get() - 1);
-    conn.in_flight_bytes.set(conn.in_flight_bytes.get() - bytes);
-    conn.reader_wake.notify();
 }
 
 async fn zero(
@@ -668,20 +710,30 @@ async fn write_loop(queue: Rc<Queue>, conn: Rc<Conn>) {
                 out.advance(res as usize);
             }
         }
+        // Sent (or dropped with the client): their requests are done.
         let mut replies = std::mem::take(&mut out.replies);
         for reply in replies.drain(..) {
+            conn.release(reply.charge);
             if let Some(data) = reply.data {
                 queue.recycle(data);
             }
         }
         spare = replies;
         if conn.broken.get() {
-            conn.pending.borrow_mut().clear();
+            let dropped = std::mem::take(&mut *conn.pending.borrow_mut());
+            for reply in dropped {
+                conn.release(reply.charge);
+            }
         }
     }
     queue.forget(&conn);
     // Every operation on the socket has completed: the reader returned and so
     // did the last send. Dropping the last Rc closes it.
+    drop(conn);
+    // What the connection's requests and replies held is free now; hand it
+    // back to the system, or the daemon stays as large as its busiest client
+    // made it.
+    layers::release_free_memory();
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ use std::sync::{mpsc, Arc};
 
 use serde_json::json;
 
-use super::server::{Address, Limits, Server};
+use super::accept::Address;
+use super::limits::NbdOptions;
+use super::server::Server;
 use crate::daemon::control;
 use crate::daemon::lifecycle::{self, DeviceReport, Stop};
 use crate::daemon::reload::Reloader;
@@ -20,7 +22,7 @@ fn fail(message: impl std::fmt::Display) -> u8 {
     1
 }
 
-pub fn up(config: &Path, address: &str) -> u8 {
+pub fn up(config: &Path, address: &str, options: &NbdOptions) -> u8 {
     // Before any thread exists, so that only the signal thread takes them.
     if let Err(e) = crate::ublk::signals::block_termination_signals() {
         return fail(format!("blocking signals: {e}"));
@@ -49,9 +51,7 @@ pub fn up(config: &Path, address: &str) -> u8 {
         Ok(bound) => bound,
         Err(e) => return fail(e),
     };
-    let limits = Limits {
-        queue_depth: usize::from(plan.device.queue_depth),
-    };
+    let limits = options.limits(plan.device.queue_depth);
     let queues = plan.device.queues;
     let server = match Server::start(&address, stack.clone(), queues, limits, &name) {
         Ok(server) => server,

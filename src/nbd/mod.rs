@@ -4,8 +4,13 @@
 //!
 //! - `proto`: the wire format (fixed-size messages, magics, codes).
 //! - `handshake`: fixed-newstyle option haggling, on a thread per handshake.
-//! - `server`: listener, accept thread, one thread per queue of the config;
-//!   connections are spread over the queues round-robin.
+//! - `accept`: listener, accept thread, the connection limit, and the
+//!   handshake's deadline.
+//! - `limits`: what bounds memory and time per connection, and the `up`
+//!   options that set it.
+//! - `keepalive`: TCP keepalive, so that dead peers are noticed.
+//! - `server`: one thread per queue of the config; connections are spread
+//!   over the queues round-robin.
 //! - `conn`: one connection in the transmission phase: many requests in flight,
 //!   replies in completion order.
 //! - `offload`: large READs and WRITEs run on another queue thread, so one
@@ -17,18 +22,25 @@
 //! Offsets are bytes here as everywhere; a request is checked (inside the
 //! device, aligned to the block size, payload at most 32 MiB) before it reaches
 //! the stack, and a client that breaks the protocol loses its connection, never
-//! the daemon.
+//! the daemon. What a client can make the daemon hold is bounded by
+//! [`Limits`], never by what it sends.
 
+mod accept;
 mod conn;
 mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
+#[allow(unsafe_code)]
+mod keepalive;
+mod limits;
 mod offload;
 mod proto;
 #[allow(unsafe_code)]
 mod ring;
 mod server;
 
+pub use accept::Address;
 pub use daemon::up;
-pub use server::{Address, Limits, Server};
+pub use limits::{Limits, NbdOptions};
+pub use server::Server;

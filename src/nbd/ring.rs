@@ -33,6 +33,9 @@ pub struct Reply {
     header: [u8; MAX_REPLY_HEADER_BYTES],
     header_len: u8,
     pub data: Option<AlignedBuf>,
+    /// Bytes its request counts against the connection's limit until the
+    /// reply is sent (the ring itself ignores it).
+    pub charge: u64,
 }
 
 impl Reply {
@@ -43,7 +46,12 @@ impl Reply {
             header: inline,
             header_len: header.len() as u8,
             data,
+            charge: 0,
         }
+    }
+
+    pub fn charged(self, charge: u64) -> Reply {
+        Reply { charge, ..self }
     }
 
     fn header(&self) -> &[u8] {

@@ -1,5 +1,5 @@
-//! The NBD server: a listener, an accept thread, a short-lived thread per
-//! handshake, and one thread per queue of the config.
+//! The NBD server: the listener and accept thread of [`super::accept`], and
+//! one thread per queue of the config.
 //!
 //! Each queue thread owns an [`IoCtx`] (its io_uring) and an [`Executor`], like
 //! a ublk queue, and serves the connections handed to it: after its handshake a
@@ -15,11 +15,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,15 +27,13 @@ use std::time::Duration;
 use layers::uring::AlignedBuf;
 use layers::{Executor, IoCtx, Stack};
 
+use super::accept::{accept_loop, Address, HandOff, Listener};
 use super::conn::{self, Conn};
-use super::handshake::{self, Export, Negotiated, Outcome};
+use super::handshake::{Export, Negotiated};
+use super::limits::{Limits, Permit};
 use super::offload::{run_job, Job};
 use super::ring::SocketRing;
 
-/// Handshakes running at once; connections beyond this are closed at once.
-const MAX_HANDSHAKES: usize = 64;
-/// A client must finish each handshake message within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffers up to this size go back to the queue's pool; bigger ones (rare
 /// large READs and WRITEs) are freed.
 const POOLED_BUF_BYTES: usize = 1 << 20;
@@ -46,50 +41,6 @@ const POOLED_BUF_BYTES: usize = 1 << 20;
 /// sockets down (a client that stopped reading its replies must not keep the
 /// daemon up).
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// Where to listen: `unix:PATH` or `HOST:PORT`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-impl Address {
-    pub fn parse(text: &str) -> Result<Address, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("--nbd unix:PATH needs a path".into());
-            }
-            return Ok(Address::Unix(PathBuf::from(path)));
-        }
-        match text.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                Ok(Address::Tcp(text.to_string()))
-            }
-            _ => Err(format!(
-                "--nbd {text}: expected unix:PATH or HOST:PORT (e.g. 127.0.0.1:10809)"
-            )),
-        }
-    }
-
-    /// The NBD URI clients can use (nbdinfo, nbdcopy, qemu).
-    pub fn uri(&self, listening_on: Option<std::net::SocketAddr>) -> String {
-        match self {
-            Address::Unix(path) => format!("nbd+unix:///?socket={}", path.display()),
-            Address::Tcp(text) => match listening_on {
-                Some(addr) => format!("nbd://{addr}"),
-                None => format!("nbd://{text}"),
-            },
-        }
-    }
-}
-
-/// What one queue thread serves with.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Requests in flight per connection (the config's `queue_depth`).
-    pub queue_depth: usize,
-}
 
 /// State of one queue thread, shared by its tasks.
 pub struct Queue {
@@ -164,8 +115,9 @@ pub struct Inbox {
 
 #[derive(Default)]
 struct InboxState {
-    /// Sockets past their handshake, with what each negotiated.
-    sockets: VecDeque<(OwnedFd, Negotiated)>,
+    /// Sockets past their handshake, with what each negotiated and its
+    /// place in the connection count.
+    sockets: VecDeque<(OwnedFd, Negotiated, Permit)>,
     jobs: VecDeque<Job>,
     waker: Option<Waker>,
     closed: bool,
@@ -178,12 +130,12 @@ impl Inbox {
 
     /// Hand a connection to the queue; false (and the socket is closed) once
     /// the queue is stopping.
-    fn push(&self, socket: OwnedFd, negotiated: Negotiated) -> bool {
+    fn push(&self, socket: OwnedFd, negotiated: Negotiated, permit: Permit) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
         }
-        state.sockets.push_back((socket, negotiated));
+        state.sockets.push_back((socket, negotiated, permit));
         if let Some(waker) = state.waker.take() {
             waker.wake();
         }
@@ -222,7 +174,7 @@ fn run_queue(
     let inbox = peers[usize::from(index)].clone();
     // Room for the connections' sends and receives plus the leaves' I/O;
     // overflow waits in the engine's backlog.
-    let entries = (limits.queue_depth as u32 * 2)
+    let entries = (limits.max_in_flight.min(2048) as u32 * 2)
         .next_power_of_two()
         .clamp(64, 4096);
     let queue = Rc::new(Queue {
@@ -266,8 +218,8 @@ async fn take_connections(queue: Rc<Queue>, inbox: Arc<Inbox>) {
         for job in jobs {
             queue.exec.spawn(run_job(queue.clone(), job));
         }
-        for (socket, negotiated) in sockets {
-            let conn = Rc::new(Conn::new(socket, negotiated));
+        for (socket, negotiated, permit) in sockets {
+            let conn = Rc::new(Conn::new(socket, negotiated, permit));
             queue.conns.borrow_mut().push(Rc::downgrade(&conn));
             queue.exec.spawn(conn::run(queue.clone(), conn));
         }
@@ -304,105 +256,6 @@ async fn close_after_grace(queue: Rc<Queue>) {
     }
 }
 
-enum Listener {
-    Unix(UnixListener, PathBuf),
-    Tcp(TcpListener),
-}
-
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Stream {
-    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s
-                .set_read_timeout(timeout)
-                .and(s.set_write_timeout(timeout)),
-            Stream::Tcp(s) => s
-                .set_read_timeout(timeout)
-                .and(s.set_write_timeout(timeout)),
-        }
-    }
-
-    fn into_fd(self) -> OwnedFd {
-        match self {
-            Stream::Unix(s) => s.into(),
-            Stream::Tcp(s) => s.into(),
-        }
-    }
-}
-
-impl Listener {
-    fn bind(address: &Address) -> Result<Listener, String> {
-        match address {
-            Address::Unix(path) => {
-                if path.exists() {
-                    if UnixStream::connect(path).is_ok() {
-                        return Err(format!(
-                            "{}: another server is listening there",
-                            path.display()
-                        ));
-                    }
-                    std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                }
-                let listener =
-                    UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Listener::Unix(listener, path.clone()))
-            }
-            Address::Tcp(text) => TcpListener::bind(text)
-                .map(Listener::Tcp)
-                .map_err(|e| format!("{text}: {e}")),
-        }
-    }
-
-    fn accept(&self) -> io::Result<Stream> {
-        match self {
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                // Replies are small and latency-bound: no Nagle delay.
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
-            }
-        }
-    }
-
-    /// Connect to ourselves, to wake a blocked `accept` at stop.
-    fn poke(&self) {
-        match self {
-            Listener::Unix(_, path) => drop(UnixStream::connect(path)),
-            Listener::Tcp(l) => {
-                if let Ok(addr) = l.local_addr() {
-                    drop(TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
-                }
-            }
-        }
-    }
-}
-
 /// A running server.
 pub struct Server {
     listener: Arc<Listener>,
@@ -423,10 +276,7 @@ impl Server {
         name: &str,
     ) -> Result<Server, String> {
         let listener = Arc::new(Listener::bind(address)?);
-        let local_addr = match &*listener {
-            Listener::Tcp(l) => l.local_addr().ok(),
-            Listener::Unix(..) => None,
-        };
+        let local_addr = listener.local_addr();
         let export = Arc::new(Export {
             name: name.to_string(),
             size_bytes: stack.size(),
@@ -450,10 +300,11 @@ impl Server {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
-            let (listener, stop, inboxes) = (listener.clone(), stop.clone(), inboxes.clone());
+            let (listener, stop) = (listener.clone(), stop.clone());
+            let hand_off = hand_off_round_robin(inboxes.clone());
             std::thread::Builder::new()
                 .name("nbd-accept".into())
-                .spawn(move || accept_loop(&listener, &stop, &inboxes, &export))
+                .spawn(move || accept_loop(&listener, &stop, &export, limits, &hand_off))
                 .map_err(|e| format!("starting accept thread: {e}"))?
         };
         Ok(Server {
@@ -494,7 +345,7 @@ impl Server {
                 Err(_) => failed.push(format!("queue {index} panicked")),
             }
         }
-        if let Listener::Unix(_, path) = &*self.listener {
+        if let Some(path) = self.listener.path() {
             drop(std::fs::remove_file(path));
         }
         if failed.is_empty() {
@@ -505,95 +356,13 @@ impl Server {
     }
 }
 
-fn accept_loop(
-    listener: &Listener,
-    stop: &AtomicBool,
-    inboxes: &[Arc<Inbox>],
-    export: &Arc<Export>,
-) {
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let next = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
-        let stream = match listener.accept() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!("NBD accept: {e}");
-                // Out of fds and the like: do not spin.
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        if stop.load(Ordering::SeqCst) {
-            break;
+/// Hand connections past their handshake to the queues in turn.
+fn hand_off_round_robin(inboxes: Vec<Arc<Inbox>>) -> Arc<HandOff> {
+    let next = AtomicUsize::new(0);
+    Arc::new(move |socket, negotiated, permit| {
+        let queue = next.fetch_add(1, Ordering::Relaxed) % inboxes.len();
+        if !inboxes[queue].push(socket, negotiated, permit) {
+            tracing::debug!("NBD: connection arrived while stopping; closed");
         }
-        if handshakes.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
-            handshakes.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("NBD: too many handshakes in progress; closing a new connection");
-            continue;
-        }
-        let (handshakes, next, export) = (handshakes.clone(), next.clone(), export.clone());
-        let inboxes = inboxes.to_vec();
-        let spawned = std::thread::Builder::new()
-            .name("nbd-handshake".into())
-            .spawn(move || {
-                handshake_then_hand_off(stream, &export, &inboxes, &next);
-                handshakes.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("NBD: cannot start a handshake thread: {e}");
-        }
-    }
-}
-
-fn handshake_then_hand_off(
-    mut stream: Stream,
-    export: &Export,
-    inboxes: &[Arc<Inbox>],
-    next: &AtomicUsize,
-) {
-    if let Err(e) = stream.set_timeouts(Some(HANDSHAKE_TIMEOUT)) {
-        tracing::debug!("NBD handshake: {e}");
-        return;
-    }
-    let negotiated = match handshake::negotiate(&mut stream, export) {
-        Ok(Outcome::Transmission(negotiated)) => negotiated,
-        Ok(Outcome::Closed) => return,
-        Err(e) => {
-            tracing::debug!("NBD handshake failed: {e}");
-            return;
-        }
-    };
-    if let Err(e) = stream.set_timeouts(None) {
-        tracing::debug!("NBD handshake: {e}");
-        return;
-    }
-    let queue = next.fetch_add(1, Ordering::Relaxed) % inboxes.len();
-    if !inboxes[queue].push(stream.into_fd(), negotiated) {
-        tracing::debug!("NBD: connection arrived while stopping; closed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_parse() {
-        assert_eq!(
-            Address::parse("unix:/tmp/x.sock"),
-            Ok(Address::Unix("/tmp/x.sock".into()))
-        );
-        assert_eq!(
-            Address::parse("127.0.0.1:10809"),
-            Ok(Address::Tcp("127.0.0.1:10809".into()))
-        );
-        assert!(Address::parse("[::1]:10809").is_ok());
-        assert!(Address::parse("unix:").is_err());
-        assert!(Address::parse("localhost").is_err());
-        assert!(Address::parse("host:notaport").is_err());
-        assert_eq!(
-            Address::Unix("/s".into()).uri(None),
-            "nbd+unix:///?socket=/s"
-        );
-    }
+    })
 }

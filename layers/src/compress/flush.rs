@@ -1,7 +1,6 @@
 //! FLUSH for `compress`: make everything durable below, then return the space
 //! that versions no longer needed occupy (discarded below, then reused).
 
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use crate::exec::IoCtx;
@@ -10,61 +9,50 @@ use crate::meta_table::Stamp;
 use crate::Result;
 
 use super::entry::{decode_entry, encode_entry, Extent, Kind};
-use super::{Compress, WRITING};
+use super::Compress;
 
 /// Discards issued at once when a flush returns space.
 const DISCARD_BATCH: usize = 64;
 
 impl Compress {
-    /// FLUSH: make everything durable below, then return freed space.
+    /// FLUSH: make everything durable below (the table's flush protocol), then
+    /// return freed space.
     pub(super) async fn flush_all(&self, ctx: &IoCtx) -> Result<()> {
         let _serial = self.flush_lock.lock().await;
-        let (epoch, freed, to_clean) = {
-            // Every map update is wholly before this point or wholly after it.
-            let _closed = self.gate.close().await;
-            (
-                self.epoch.fetch_add(1, Ordering::SeqCst),
-                take_all(&self.freed),
-                take_all(&self.to_clean),
-            )
+        self.table.flush(ctx, &*self.lower).await?;
+        let flushed = self.table.flushed();
+        // The map updates that dropped these are durable now.
+        let freed: Vec<Extent> = {
+            let mut list = self.freed.lock().unwrap_or_else(|e| e.into_inner());
+            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)
+                .into_iter()
+                .partition(|&(epoch, _)| epoch <= flushed);
+            *list = later;
+            ready.into_iter().map(|(_, extent)| extent).collect()
         };
-        if let Err(e) = self.table.flush(ctx, &*self.lower).await {
-            self.freed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(freed);
-            self.to_clean
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(to_clean);
-            return Err(e);
-        }
-        self.completed.store(epoch, Ordering::SeqCst);
-        // The map that dropped these is durable now.
         self.release(ctx, freed).await;
-        let cleared = self
-            .clear_prevs(ctx, to_clean, &|unit| {
-                let written = self.epochs[unit as usize].load(Ordering::SeqCst);
-                written != WRITING && written <= epoch
-            })
-            .await;
+        let to_clean = take_all(&self.to_clean);
+        let cleared = self.clear_prevs(ctx, to_clean, true).await;
         self.release(ctx, cleared).await;
         Ok(())
     }
 
-    /// Set `prev = empty` for each of `units` whose `cur` `durable` vouches for,
-    /// one page write per map page; the others wait for the next flush. Returns the
-    /// cleared extents (their data is no longer needed).
+    /// Set `prev = empty` for each of `units` (with `only_flushed`: whose `cur` a
+    /// flush made durable), one page write per map page; the others wait for the
+    /// next flush. Returns the cleared extents (their data is no longer needed).
     pub(super) async fn clear_prevs(
         &self,
         ctx: &IoCtx,
         mut units: Vec<u64>,
-        durable: &dyn Fn(u64) -> bool,
+        only_flushed: bool,
     ) -> Vec<Extent> {
         units.sort_unstable();
         units.dedup();
-        let (mut ready, mut later): (Vec<u64>, Vec<u64>) =
-            units.into_iter().partition(|&u| durable(u));
+        let flushed = self.table.flushed();
+        let durable = |written: u64| !only_flushed || written <= flushed;
+        let (mut ready, mut later): (Vec<u64>, Vec<u64>) = units
+            .into_iter()
+            .partition(|&u| durable(self.entry_with_epoch(u).1));
         ready.retain(|&u| matches!(self.entry(u), Ok((_, prev)) if prev.kind != Kind::Empty));
         let per_page = self.entries_per_page;
         let mut cleared = Vec::new();
@@ -78,12 +66,12 @@ impl Compress {
                     first,
                     last - first + 1,
                     Stamp::Keep,
-                    &mut |unit, bytes, _| {
+                    &mut |unit, bytes, written| {
                         if page.binary_search(&unit).is_err() {
                             return;
                         }
                         // Re-checked under the page's lock: a write may have begun since.
-                        if !durable(unit) {
+                        if !durable(written) {
                             later.push(unit);
                             return;
                         }

@@ -11,16 +11,41 @@ use crate::{Error, LocalBoxFuture, Result};
 
 use super::codec::{self, Old, PIECE_BYTES};
 use super::entry::{decode_entry, encode_entry, Extent, Kind, ENTRY_BYTES};
-use super::{Compress, WRITING};
+use super::Compress;
 
 /// Flushes (which return freed space) tried before a write reports `NoSpace`.
 const NO_SPACE_RETRIES: usize = 4;
 
 impl Compress {
     pub(super) fn entry(&self, unit: u64) -> std::result::Result<(Extent, Extent), &'static str> {
+        self.entry_with_epoch(unit).0
+    }
+
+    /// The entry and the flush epoch its `cur` was written in.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn entry_with_epoch(
+        &self,
+        unit: u64,
+    ) -> (std::result::Result<(Extent, Extent), &'static str>, u64) {
         let mut bytes = [0u8; ENTRY_BYTES];
-        self.table.get(unit, &mut bytes);
-        decode_entry(&bytes, &self.geo.limits(unit))
+        let epoch = self.table.get(unit, &mut bytes);
+        (decode_entry(&bytes, &self.geo.limits(unit)), epoch)
+    }
+
+    /// Whether `extent` holds a version of `unit` that verifies.
+    pub(super) async fn extent_verifies(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        extent: &Extent,
+    ) -> Result<bool> {
+        let len = self.geo.unit_len(unit);
+        let mut plain = ctx.take_buf(len);
+        let res = self
+            .load_extent(ctx, unit, extent, plain.as_mut_slice(), 0..len)
+            .await;
+        ctx.put_buf(plain);
+        Ok(res?.map(|s| s.recycle(ctx)).is_some())
     }
 
     fn corrupt(&self, unit: u64, why: &str) -> Error {
@@ -81,12 +106,14 @@ impl Compress {
         out: &mut [u8],
         want: Range<usize>,
     ) -> Result<Stored> {
-        let (cur, prev) = self.entry(unit).map_err(|why| self.corrupt(unit, why))?;
+        let (entry, epoch) = self.entry_with_epoch(unit);
+        let (cur, prev) = entry.map_err(|why| self.corrupt(unit, why))?;
         if let Some(stored) = self.load_extent(ctx, unit, &cur, out, want.clone()).await? {
             return Ok(stored);
         }
-        // Only a crash leaves a `cur` whose data never reached the disk.
-        if prev.kind != Kind::Empty {
+        // Only a crash leaves a `cur` whose data never reached the disk, and only
+        // until a flush covers its write: after that, an older version is an error.
+        if prev.kind != Kind::Empty && self.table.prev_allowed(epoch) {
             if let Some(stored) = self.load_extent(ctx, unit, &prev, out, want).await? {
                 tracing::warn!(
                     unit,
@@ -192,7 +219,10 @@ impl Compress {
         if src.is_none() {
             match self.entry(unit) {
                 Ok((cur, _)) if !cur.holds_data() => return Ok(()), // already zeros
-                _ if n == len => return self.commit(ctx, unit, Extent::ZERO).await,
+                _ if n == len => {
+                    let writer = self.table.begin_write();
+                    return self.commit(ctx, unit, Extent::ZERO, writer.epoch).await;
+                }
                 _ => {}
             }
         }
@@ -239,6 +269,9 @@ impl Compress {
         scratch: &mut [u8],
     ) -> Result<()> {
         let granule_bytes = self.geo.granule_bytes;
+        // Inside the flush epoch from the data write to the map update: a flush
+        // waits for both.
+        let writer = self.table.begin_write();
         let mut new = codec::encode(unit, plain, old, dirty, scratch, granule_bytes);
         if new.holds_data() {
             let granules = new.granules(granule_bytes);
@@ -267,30 +300,14 @@ impl Compress {
                 return Err(e);
             }
         }
-        self.commit(ctx, unit, new).await
+        self.commit(ctx, unit, new, writer.epoch).await
     }
 
-    /// Map `unit` to `new`. The fallback (`prev`) is always a version at least as
-    /// new as the unit's last flushed one: the current `cur` if a flush has made
-    /// it durable, else the current `prev` (a `cur` written since the last flush
-    /// began is dropped). A write that finds its `cur` under a running flush waits
-    /// for that flush, after which `cur` is the flushed version.
-    async fn commit(&self, ctx: &IoCtx, unit: u64, new: Extent) -> Result<()> {
-        let mut waited = false;
-        let (inside, epoch, keep_prev) = loop {
-            let inside = self.gate.enter().await;
-            let epoch = self.epoch.load(Ordering::SeqCst);
-            let written = self.epochs[unit as usize].load(Ordering::SeqCst);
-            let completed = self.completed.load(Ordering::SeqCst);
-            if written > completed && written < epoch && !waited {
-                drop(inside);
-                drop(self.flush_lock.lock().await);
-                waited = true;
-                continue;
-            }
-            break (inside, epoch, written == epoch);
-        };
-        self.epochs[unit as usize].store(WRITING, Ordering::SeqCst);
+    /// Map `unit` to `new` in flush epoch `epoch` (the caller holds a writer of
+    /// it). The fallback (`prev`) is the last version a flush may have made
+    /// durable: the current `cur` when it was written in an earlier epoch, else
+    /// the current `prev` (a `cur` of this same epoch is dropped).
+    async fn commit(&self, ctx: &IoCtx, unit: u64, new: Extent, epoch: u64) -> Result<()> {
         let limits = self.geo.limits(unit);
         let mut old = None;
         let mut dropped = Extent::EMPTY;
@@ -301,11 +318,11 @@ impl Compress {
                 &*self.lower,
                 unit,
                 1,
-                Stamp::Keep,
-                &mut |_, bytes, _| {
+                Stamp::Write(epoch),
+                &mut |_, bytes, written| {
                     old = decode_entry(bytes, &limits).ok();
                     let prev = match old {
-                        Some((cur, prev)) if keep_prev => {
+                        Some((cur, prev)) if written == epoch => {
                             dropped = cur;
                             prev
                         }
@@ -330,13 +347,12 @@ impl Compress {
             self.freed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(dropped);
+                .push((epoch, dropped));
         }
         if let Some((cur, _)) = old {
             self.account(unit, &cur, false);
         }
         self.account(unit, &new, true);
-        self.epochs[unit as usize].store(epoch, Ordering::SeqCst);
         {
             let mut to_clean = self.to_clean.lock().unwrap_or_else(|e| e.into_inner());
             to_clean.push(unit);
@@ -347,7 +363,6 @@ impl Compress {
                 to_clean.dedup();
             }
         }
-        drop(inside);
         res
     }
 

@@ -1,17 +1,17 @@
 //! Opening `compress`: check or write the superblock, load the map and rebuild
 //! the allocator from it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
-use crate::meta_table::MetaTable;
+use crate::meta_table::{MetaTable, Stamp};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::Layer;
 
 use super::alloc::Allocator;
-use super::entry::TABLE_ENTRY_BYTES;
+use super::entry::{encode_entry, Extent, Kind, TABLE_ENTRY_BYTES};
 use super::format::{self, Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
 use super::{Compress, Counters, FORMAT_VERSION, UNIT_LOCKS};
 
@@ -45,10 +45,6 @@ pub(super) async fn open(
     let layer = Compress {
         alloc: Allocator::new(geo.data_granules),
         unit_locks: (0..UNIT_LOCKS).map(|_| AsyncLock::default()).collect(),
-        epochs: (0..geo.units).map(|_| AtomicU64::new(0)).collect(),
-        epoch: AtomicU64::new(1),
-        completed: AtomicU64::new(0),
-        gate: Default::default(),
         entries_per_page: format::entries_per_page(),
         flush_lock: AsyncLock::default(),
         freed: Mutex::new(Vec::new()),
@@ -120,13 +116,22 @@ fn check(
     Ok(())
 }
 
-/// Mark every extent of the map used. A `prev` other than `empty` is a crash
-/// leftover (or a cleared page that never reached the disk). It is stale, and
-/// cleared, when it overlaps an extent in use: its granules were reused, which
-/// happens only after its unit's `cur` was flushed. Otherwise it is kept, as the
-/// fallback, until the unit's next write: reading `cur` once cannot prove it
-/// durable (a mirror below may return another leg's bytes next time).
+/// At open: settle the units a crash left unflushed, rebuild the allocator from
+/// the map, then flush, which clears every fallback left.
+///
+/// A unit whose last write no flush covered holds either that version or its
+/// `prev`: if only `prev` verifies it becomes `cur` (and the lost version's
+/// extent is left free). Then every `cur` extent is marked used. A `prev` other
+/// than `empty` is a crash leftover (or a cleared page that never reached the
+/// disk); it is stale, and cleared without releasing anything, when it overlaps
+/// an extent in use (its granules were reused, which happens only after its
+/// unit's `cur` was flushed). The flush at the end makes every `cur` durable,
+/// after which no `prev` would be accepted: the others are cleared and
+/// released.
 async fn rebuild(ctx: &IoCtx, layer: &Compress) -> Result<(), String> {
+    settle(ctx, layer)
+        .await
+        .map_err(|e| format!("cannot settle the units a crash left unflushed: {e}"))?;
     let granule_bytes = layer.geo.granule_bytes;
     let mut prevs = Vec::new();
     for unit in 0..layer.geo.units {
@@ -137,18 +142,21 @@ async fn rebuild(ctx: &IoCtx, layer: &Compress) -> Result<(), String> {
                     damaged(layer, unit, "its extent overlaps another unit's");
                 }
                 layer.account(unit, &cur, true);
-                if prev.holds_data() {
+                if prev.kind != Kind::Empty {
                     prevs.push((unit, prev));
                 }
             }
             Err(why) => damaged(layer, unit, why),
         }
     }
-    let mut stale = Vec::new();
+    let (mut stale, mut kept) = (Vec::new(), Vec::new());
     for (unit, prev) in prevs {
         let count = prev.granules(granule_bytes);
-        if layer.alloc.all_free(prev.granule, count) {
-            layer.alloc.mark_used(prev.granule, count);
+        if !prev.holds_data() || layer.alloc.all_free(prev.granule, count) {
+            if prev.holds_data() {
+                layer.alloc.mark_used(prev.granule, count);
+            }
+            kept.push(unit);
         } else {
             stale.push(unit);
         }
@@ -156,10 +164,50 @@ async fn rebuild(ctx: &IoCtx, layer: &Compress) -> Result<(), String> {
     if !stale.is_empty() {
         tracing::info!(units = stale.len(), "compress: clearing stale fallbacks");
         // Their granules belong to other extents: nothing is released.
-        let _ = layer.clear_prevs(ctx, stale, &|_| true).await;
+        let _ = layer.clear_prevs(ctx, stale, false).await;
     }
+    layer
+        .to_clean
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(kept);
+    layer
+        .flush_all(ctx)
+        .await
+        .map_err(|e| format!("cannot flush the device below: {e}"))?;
     let free_bytes = layer.alloc.free_granules() * u64::from(granule_bytes);
     tracing::info!(free_bytes, "compress: map loaded");
+    Ok(())
+}
+
+/// Make `prev` the current version of every unflushed unit whose `cur` does not
+/// verify but whose `prev` does.
+async fn settle(ctx: &IoCtx, layer: &Compress) -> crate::Result<()> {
+    for unit in layer.table.unflushed() {
+        let Ok((cur, prev)) = layer.entry(unit) else {
+            continue;
+        };
+        if prev.kind == Kind::Empty || layer.extent_verifies(ctx, unit, &cur).await? {
+            continue;
+        }
+        if layer.extent_verifies(ctx, unit, &prev).await? {
+            tracing::warn!(
+                unit,
+                "compress: newest version of the unit lost in a crash; keeping the previous one"
+            );
+            layer
+                .table
+                .update(
+                    ctx,
+                    &*layer.lower,
+                    unit,
+                    1,
+                    Stamp::Keep,
+                    &mut |_, bytes, _| encode_entry(&prev, &Extent::EMPTY, bytes),
+                )
+                .await?;
+        }
+    }
     Ok(())
 }
 

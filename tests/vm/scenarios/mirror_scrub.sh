@@ -45,10 +45,7 @@ down_device scrub0
 step "corrupt 20 blocks of leg 0"
 # docs/formats/checksum.md and mirror.md: checksum superblock and table, then
 # the checksum's data blocks, the first 3 of which hold the mirror's metadata.
-room=$(((64 << 20) - 4096))
-n=$((room / (4096 + 8)))
-while (((n + 509) / 510 * 8192 + n * 4096 > room)); do n=$((n - 1)); done
-data_start=$((4096 + (n + 509) / 510 * 8192 + 3 * 4096))
+data_start=$(($(checksum_data_start $((64 << 20))) + 3 * 4096))
 for i in $(seq 1 20); do
     block=$((i * 197 % 4096))
     printf 'CORRUPT' | dd of=/work/data/l0.img bs=1 seek=$((data_start + block * 4096 + 100)) conv=notrunc status=none

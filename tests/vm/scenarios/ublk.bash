@@ -37,3 +37,13 @@ no_ublk_devices() {
     left=$(ls /dev/ublkb* /dev/ublkc* 2>/dev/null || true)
     [[ -z $left ]] || fail "ublk devices left behind: $left"
 }
+
+# Byte offset of the first data block of a `checksum` layer (4 KiB blocks) over
+# a device of $1 bytes, per docs/formats/checksum.md (version 2): superblock,
+# table header, table pages (two 4 KiB slots per 255 entries), data blocks.
+checksum_data_start() {
+    local room=$(($1 - 4096 - 8192)) n
+    n=$((room / (4096 + 16)))
+    while (((n + 254) / 255 * 8192 + n * 4096 > room)); do n=$((n - 1)); done
+    echo $((4096 + 8192 + (n + 254) / 255 * 8192))
+}

@@ -32,12 +32,7 @@ done
 down_device sum0
 
 step "flip one byte of block 17 on the leaf"
-# docs/formats/checksum.md: superblock, then the table (two 4 KiB slots per
-# 510 entries), then the data blocks.
-room=$(((64 << 20) - 4096))
-n=$((room / (4096 + 8)))
-while (((n + 509) / 510 * 8192 + n * 4096 > room)); do n=$((n - 1)); done
-at=$((4096 + (n + 509) / 510 * 8192 + 17 * 4096))
+at=$(($(checksum_data_start $((64 << 20))) + 17 * 4096))
 [[ $(dd if=/work/data/sum0.img bs=1 skip="$at" count=13 status=none) == BLOCK-000017- ]] ||
     fail "block 17 is not where the format puts it"
 byte=$(dd if=/work/data/sum0.img bs=1 skip=$((at + 2000)) count=1 status=none | od -An -tu1 | tr -d ' ')
