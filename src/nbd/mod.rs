@@ -11,6 +11,9 @@
 //! - `keepalive`: TCP keepalive, so that dead peers are noticed.
 //! - `server`: one thread per queue of the config; connections are spread
 //!   over the queues round-robin.
+//! - `queue`: what a queue thread's tasks share, and its inbox.
+//! - `request`: a request checked against the export, and BLOCK_STATUS
+//!   descriptors.
 //! - `conn`: one connection in the transmission phase: many requests in flight,
 //!   replies in completion order.
 //! - `offload`: large READs and WRITEs run on another queue thread, so one
@@ -36,6 +39,8 @@ mod keepalive;
 mod limits;
 mod offload;
 mod proto;
+mod queue;
+mod request;
 #[allow(unsafe_code)]
 mod ring;
 mod server;

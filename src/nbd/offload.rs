@@ -11,63 +11,20 @@
 //! requests stay where they are: for them the hand-off would cost more than it
 //! spreads.
 
-use std::future::poll_fn;
-use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::sync::Arc;
 
 use layers::join::try_join_all;
 use layers::uring::AlignedBuf;
 use layers::LocalBoxFuture;
 
-use super::conn::Action;
-use super::server::Queue;
+use super::queue::{Job, JobDone, Queue};
+use super::request::Action;
 
 /// Requests at least this large run on another queue thread.
 pub const OFFLOAD_MIN_BYTES: usize = 256 << 10;
 /// Largest piece one READ or WRITE is cut into on its way down the stack (the
 /// ublk front end's maximum request); the pieces of one request run concurrently.
 const PIECE_BYTES: usize = 512 << 10;
-
-/// A READ or WRITE handed to another queue thread.
-pub struct Job {
-    pub action: Action,
-    pub buf: AlignedBuf,
-    pub done: Arc<JobDone>,
-}
-
-/// What a job hands back: the stack's result and the buffer.
-type Finished = (layers::Result<()>, AlignedBuf);
-
-/// Where the other thread leaves the result, and the waker of the task
-/// waiting for it.
-#[derive(Default)]
-pub struct JobDone {
-    state: Mutex<(Option<Finished>, Option<Waker>)>,
-}
-
-impl JobDone {
-    fn complete(&self, result: layers::Result<()>, buf: AlignedBuf) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = Some((result, buf));
-        if let Some(waker) = state.1.take() {
-            waker.wake();
-        }
-    }
-
-    async fn wait(&self) -> Finished {
-        poll_fn(|cx| {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            match state.0.take() {
-                Some(done) => Poll::Ready(done),
-                None => {
-                    state.1 = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
-    }
-}
 
 /// Run a READ (into `buf`) or WRITE (from `buf`) on the stack, on another
 /// queue thread when it is large and there is one; returns the buffer.

@@ -4,8 +4,11 @@
 //! in-memory reference image.
 
 pub mod crash;
+pub mod faults;
 pub mod model;
 pub mod plans;
+pub mod sim;
+pub mod sim_crash;
 pub use crate::rng;
 
 pub use crate::rng::Rng;
