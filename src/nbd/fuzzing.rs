@@ -4,9 +4,9 @@
 
 use std::io::{self, Read, Write};
 
-use super::conn::{allocation_descriptors, check, Action};
 use super::handshake::{negotiate, Export, Negotiated, Outcome};
 use super::proto::{Request, CMD_WRITE, MAX_PAYLOAD_BYTES, REQUEST_BYTES};
+use super::request::{allocation_descriptors, check, Action};
 
 /// A client that sends `input` and then hangs up; what the server sends it is
 /// counted and dropped.
