@@ -306,13 +306,9 @@ impl Mirror {
         }
         self.fail_legs(ctx, &failed, "flush", last_err).await;
         if !ok {
-            self.intent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .restore_epoch(&epoch);
             return Err(last_err);
         }
-        self.clear_idle(ctx, &epoch).await
+        self.clear_idle(ctx, epoch).await
     }
 
     /// Whether a leg is rebuilding: the daemon drives [`Mirror::resync_step`]
