@@ -217,7 +217,11 @@ mod tests {
         assert_eq!(w.dirty(), [false, true], "region 1 has a write in flight");
         w.end(1..2);
         let e = w.take_epoch();
-        assert_eq!(w.clear_idle(e), 0, "region 1 finished a write in this epoch");
+        assert_eq!(
+            w.clear_idle(e),
+            0,
+            "region 1 finished a write in this epoch"
+        );
         let e = w.take_epoch();
         assert_eq!(w.clear_idle(e), 1);
     }
