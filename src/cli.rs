@@ -222,8 +222,8 @@ fn bench(config: &std::path::Path, args: &BenchArgs) -> u8 {
     if !(seconds > 0.0 && seconds <= 3600.0) || qd == 0 || qd > 4096 || queues == 0 || queues > 64 {
         return fail("--seconds must be in (0, 3600], --qd in 1..=4096, --queues in 1..=64".into());
     }
-    let plan = match crate::config::load(config) {
-        Ok(plan) => plan,
+    let plan = match crate::config::check_file(config) {
+        Ok(checked) => checked.plan,
         Err(errors) => {
             eprintln!("{errors}");
             return 1;

@@ -1150,7 +1150,12 @@ fn validate_command_accepts_every_example_config() {
     paths.sort();
     assert!(paths.len() >= 3, "{paths:?}");
     for path in paths {
-        let output = ublk_stack(&["validate".as_ref(), path.as_os_str()]);
+        // secure.toml reads its key from SECURE0_KEY, as the README says.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ublk-stack"))
+            .args(["validate".as_ref(), path.as_os_str()])
+            .env("SECURE0_KEY", "ab".repeat(32))
+            .output()
+            .expect("run ublk-stack");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
             output.status.code(),
@@ -1235,4 +1240,162 @@ fn validate_command_reports_each_bad_config_file_where_it_says() {
             "wanted a line starting with\n{wanted}\ngot\n{stderr}"
         );
     }
+}
+
+/// A crypt layer over a 1 GiB memory device whose key is `key`, line 8.
+fn crypt_with(key: &str) -> String {
+    format!(
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"x\"\n[layers.x]\ntype = \"crypt\"\nover = \"m\"\n\
+         {key}\n[layers.m]\ntype = \"memory\"\nsize = \"1GiB\"\n"
+    )
+}
+
+fn write_key(path: &Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).expect("write key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Every key `up` would refuse is refused by validate at the key's line.
+#[test]
+fn keys_that_up_would_refuse_are_refused_at_their_line() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let key = base.path().join("k.key");
+    let line = crypt_with("key_file = \"k.key\"");
+    write_key(&key, b"short", 0o600);
+    let errors = errors_in(&line, base.path()).expect("refused");
+    assert!(
+        errors[0].starts_with("bad.toml:8:12: layer \"x\": key_file")
+            && errors[0].contains("must hold 32 raw bytes or 64 hex characters (5 bytes found)"),
+        "{errors:?}"
+    );
+    write_key(&key, "ab".repeat(32).as_bytes(), 0o640);
+    let errors = errors_in(&line, base.path()).expect("refused");
+    assert!(
+        errors[0].starts_with("bad.toml:8:12: layer \"x\": key_file")
+            && errors[0].contains("mode 0640 lets others read the key; chmod 600 it"),
+        "{errors:?}"
+    );
+    write_key(&key, "ab".repeat(32).as_bytes(), 0o600);
+    assert!(
+        errors_in(&line, base.path()).is_err(),
+        "a good key is accepted"
+    );
+    let errors = errors_in(
+        &crypt_with("key_env = \"UBLK_STACK_TEST_KEY_NEVER_SET\""),
+        base.path(),
+    )
+    .expect("refused");
+    assert_eq!(
+        errors,
+        ["bad.toml:8:11: layer \"x\": key_env: environment variable UBLK_STACK_TEST_KEY_NEVER_SET is not set"]
+    );
+}
+
+/// A key file of another user: only root can make one (the owner check itself
+/// is unit-tested in the layers crate).
+#[test]
+#[ignore = "needs root, to chown a key file to another user"]
+fn key_file_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
+    assert!(root, "run as root: the test chowns a key file to uid 65534");
+    let base = tempfile::tempdir().expect("tempdir");
+    let key = base.path().join("k.key");
+    write_key(&key, "ab".repeat(32).as_bytes(), 0o600);
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534)).expect("chown");
+    let errors = errors_in(&crypt_with("key_file = \"k.key\""), base.path()).expect("refused");
+    assert!(
+        errors[0].starts_with("bad.toml:8:12: layer \"x\": key_file")
+            && errors[0].contains("owned by uid 65534, not by this user (uid 0); chown it"),
+        "{errors:?}"
+    );
+}
+
+/// A mirror of legs `a` and `b`, each a file leaf with the given lines.
+fn mirror_of(a: &str, b: &str) -> String {
+    format!(
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"m\"\n[layers.m]\ntype = \"mirror\"\nlegs = [\"a\", \"b\"]\n\
+         [layers.a]\ntype = \"file\"\n{a}\n[layers.b]\ntype = \"file\"\n{b}\n"
+    )
+}
+
+/// Two legs that are one file, however it is named, are refused at the second
+/// leg's path (line 13).
+#[test]
+fn legs_that_are_the_same_file_are_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let dir = base.path();
+    std::fs::write(dir.join("f.img"), vec![0u8; 1 << 20]).expect("write");
+    std::os::unix::fs::symlink(dir.join("f.img"), dir.join("link.img")).expect("symlink");
+    std::fs::hard_link(dir.join("f.img"), dir.join("hard.img")).expect("hard link");
+    std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink(dir.join("sub"), dir.join("alias")).expect("symlink");
+    let cases = [
+        ("path = \"f.img\"", "path = \"link.img\""),
+        ("path = \"f.img\"", "path = \"hard.img\""),
+        ("path = \"f.img\"", "path = \"sub/../f.img\""),
+        // Not created yet: the same path through a symlinked folder.
+        (
+            "path = \"sub/new.img\"\nsize = \"1MiB\"\ncreate = true",
+            "path = \"alias/new.img\"\nsize = \"1MiB\"\ncreate = true",
+        ),
+    ];
+    for (a, b) in cases {
+        let errors = errors_in(&mirror_of(a, b), dir).expect("refused");
+        let at = if a.contains("create") { "15:8" } else { "13:8" };
+        assert!(
+            errors.len() == 1
+                && errors[0].starts_with(&format!("bad.toml:{at}: layer \"b\":"))
+                && errors[0].contains("is the same file as")
+                && errors[0].contains("of layer \"a\"; each leaf needs a file of its own"),
+            "{a} / {b}: {errors:?}"
+        );
+    }
+    let distinct = mirror_of(
+        "path = \"sub/one.img\"\nsize = \"1MiB\"\ncreate = true",
+        "path = \"alias/two.img\"\nsize = \"1MiB\"\ncreate = true",
+    );
+    assert!(
+        errors_in(&distinct, dir).is_err(),
+        "distinct files are accepted"
+    );
+}
+
+/// Names and values from the file are shown with control characters escaped:
+/// a layer name cannot print a line of its own or a terminal escape.
+#[test]
+fn control_characters_from_the_file_are_escaped_in_errors_and_in_the_tree() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let evil = "a\\nbad.toml:1:1: fake\\u001b[31m";
+    let text = format!(
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"m\"\n[layers.m]\ntype = \"memory\"\nsize = \"1MiB\"\n\
+         [layers.\"{evil}\"]\ntype = \"null\"\nsize = \"1MiB\"\n"
+    );
+    let errors = errors_in(&text, base.path()).expect("refused");
+    let shown = errors.join("\n");
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    assert!(!shown.contains('\u{1b}'), "{shown}");
+    assert!(
+        shown.contains("layer \"a\\nbad.toml:1:1: fake\\u{1b}[31m\": is not used"),
+        "{shown}"
+    );
+
+    // The same name, used, in the tree `validate` prints.
+    let folder = tempfile::tempdir().expect("tempdir");
+    let path = folder.path().join("x.toml");
+    let text = format!(
+        "version = 1\n[device]\nname = \"d0\"\ntop = \"f\"\n[layers.f]\ntype = \"fault\"\nover = \"{evil}\"\n\
+         [layers.\"{evil}\"]\ntype = \"null\"\nsize = \"1MiB\"\n"
+    );
+    std::fs::write(&path, text).expect("write");
+    let output = ublk_stack(&["validate".as_ref(), path.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "{stdout}");
+    assert!(!stdout.contains("\nbad.toml"), "{stdout}");
+    assert!(
+        stdout.contains("└─ a\\nbad.toml:1:1: fake\\u{1b}[31m"),
+        "{stdout}"
+    );
 }

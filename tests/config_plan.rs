@@ -305,7 +305,7 @@ capacity = "1MiB"
 [layers.z]
 type = "compress"
 over = "r"
-size = "1GiB"
+size = "1MiB"
 [layers.r]
 type = "raid0"
 stripes = ["m", "n"]
@@ -327,13 +327,14 @@ size = "88KiB"
         Err(errors) => panic!("{errors}"),
     };
     // The mirror keeps 12 KiB of its legs for its metadata; each stripe holds
-    // one whole 64 KiB chunk of its 88 KiB; two stripes.
+    // one whole 64 KiB chunk of its 88 KiB; two stripes. The compress layer
+    // is thin: 1 MiB over 128 KiB (its map of 32 units fits below).
     let raid0 = 2 * (64 << 10);
     assert_eq!(
         checked.sizes,
         [
-            1 << 30,
-            1 << 30,
+            1 << 20,
+            1 << 20,
             raid0,
             88 << 10,
             100 << 10,

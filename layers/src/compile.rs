@@ -5,9 +5,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use zeroize::Zeroizing;
+
 use crate::checksum::Checksum;
 use crate::compress::Compress;
 use crate::crypt::{self, Crypt};
+use crate::escape::escape_controls;
 use crate::exec::{Executor, IoCtx};
 use crate::fault::Fault;
 use crate::mirror::Mirror;
@@ -26,7 +29,12 @@ pub struct CompileError {
 
 impl fmt::Display for CompileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "layer \"{}\": {}", self.layer, self.message)
+        write!(
+            f,
+            "layer \"{}\": {}",
+            escape_controls(&self.layer),
+            escape_controls(&self.message)
+        )
     }
 }
 
@@ -160,6 +168,7 @@ pub fn compile_with(
     };
     let open_ctx = IoCtx::new(0, 64).map_err(io_error)?;
     let open_exec = Executor::new().map_err(io_error)?;
+    let mut keys = load_keys(plan)?;
     let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
     let mut mirrors = Vec::new();
     // Children before parents: reverse of the top-down walk.
@@ -180,7 +189,9 @@ pub fn compile_with(
             (None, spec) => match spec {
                 LayerSpec::File(p) => Arc::new(file::open(p, block_size).map_err(fail)?),
                 LayerSpec::Disk(p) => Arc::new(disk::open(p, block_size).map_err(fail)?),
-                LayerSpec::Memory { size_bytes } => Arc::new(memory::MemoryLeaf::new(*size_bytes)),
+                LayerSpec::Memory { size_bytes } => {
+                    Arc::new(memory::MemoryLeaf::new(*size_bytes).map_err(fail)?)
+                }
                 LayerSpec::Null { size_bytes } => Arc::new(null::NullLeaf::new(*size_bytes)),
                 LayerSpec::Raid0(p) => Arc::new(
                     raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
@@ -231,7 +242,9 @@ pub fn compile_with(
                         .map_err(fail)?,
                 ),
                 LayerSpec::Crypt(p) => {
-                    let key = crypt::load_key(&p.key).map_err(fail)?;
+                    let key = keys[id]
+                        .take()
+                        .ok_or_else(|| fail("its key was not loaded".into()))?;
                     Arc::new(
                         open_exec
                             .block_on(
@@ -268,6 +281,26 @@ pub fn compile_with(
         nodes,
         mirrors,
     })
+}
+
+/// Every crypt layer's key, indexed like `plan.layers`. Read before any layer
+/// is opened, so that a missing, short or exposed key refuses the plan before
+/// a leaf is created or a layer formatted.
+fn load_keys(plan: &Plan) -> std::result::Result<Vec<Option<Zeroizing<[u8; 32]>>>, CompileError> {
+    plan.layers
+        .iter()
+        .map(|layer| match &layer.spec {
+            LayerSpec::Crypt(p) => {
+                crypt::load_key(&p.key)
+                    .map(Some)
+                    .map_err(|message| CompileError {
+                        layer: layer.name.clone(),
+                        message,
+                    })
+            }
+            _ => Ok(None),
+        })
+        .collect()
 }
 
 /// A layer wrapped with its counters.
@@ -424,5 +457,47 @@ impl Layer for Counted {
 
     fn details(&self) -> Vec<(&'static str, String)> {
         self.node.layer.details()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::PlanBuilder;
+
+    /// A key that cannot be loaded refuses the plan before the leaf below it is
+    /// created (and so before anything is formatted).
+    #[test]
+    fn a_missing_key_refuses_the_plan_before_any_leaf_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), 4096);
+        let leaf = b.file("leaf", 1 << 20);
+        let top = b.crypt("x", leaf, "UBLK_STACK_TEST_KEY_THAT_IS_NEVER_SET");
+        let error = compile(&b.build(top)).err().expect("refused");
+        assert_eq!(error.layer, "x");
+        assert!(error.message.contains("not set"), "{error}");
+        assert!(
+            !dir.path().join("leaf.img").exists(),
+            "the leaf was created"
+        );
+    }
+
+    /// A memory device too large to even index is an error, not an abort.
+    #[test]
+    fn an_impossible_memory_device_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PlanBuilder::new(dir.path(), 4096);
+        let top = b.memory("m", u64::MAX / 4096 * 4096);
+        let error = compile(&b.build(top)).err().expect("refused");
+        assert!(error.message.contains("cannot allocate"), "{error}");
+    }
+
+    #[test]
+    fn names_and_messages_are_shown_escaped() {
+        let error = CompileError {
+            layer: "a\nb".into(),
+            message: "bad\x1b[2J".into(),
+        };
+        assert_eq!(error.to_string(), "layer \"a\\nb\": bad\\u{1b}[2J");
     }
 }

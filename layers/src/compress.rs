@@ -90,6 +90,19 @@ pub fn exposed_size(lower_size: u64, block_size: u32, size: Option<u64>) -> u64 
     size.unwrap_or_else(|| format::default_size(lower_size, block_size))
 }
 
+/// The memory an open layer of this geometry keeps (its map and one
+/// allocator bit per granule), or why the geometry does not fit the device
+/// below. Lets `validate` refuse what `open` would.
+pub fn open_footprint(
+    lower_size: u64,
+    block_size: u32,
+    size: Option<u64>,
+) -> std::result::Result<u64, String> {
+    let geo = Geometry::new(lower_size, block_size, size)?;
+    let map = geo.units.saturating_mul(entry::ENTRY_BYTES as u64);
+    Ok(map.saturating_add(geo.data_granules / 8))
+}
+
 const FORMAT_VERSION: u32 = 2;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
 const UNIT_LOCKS: usize = 1024;

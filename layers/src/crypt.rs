@@ -94,8 +94,12 @@ pub fn load_key(source: &KeySource) -> std::result::Result<Zeroizing<[u8; 32]>, 
 }
 
 fn read_key_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(path).map_err(|e| format!("key_file {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("key_file {}: not a regular file", path.display()));
+    }
+    check_key_owner(path, meta.uid(), crate::os::effective_uid())?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -104,6 +108,18 @@ fn read_key_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
         ));
     }
     std::fs::read(path).map_err(|e| format!("key_file {}: {e}", path.display()))
+}
+
+/// A key file owned by another user could be replaced by them with a key of
+/// their choosing: only the daemon's own user may own it.
+fn check_key_owner(path: &Path, owner: u32, me: u32) -> std::result::Result<(), String> {
+    if owner == me {
+        return Ok(());
+    }
+    Err(format!(
+        "key_file {}: owned by uid {owner}, not by this user (uid {me}); chown it",
+        path.display()
+    ))
 }
 
 /// The size this layer exposes over a lower device of `lower_size` bytes.
@@ -494,6 +510,17 @@ mod tests {
         assert!(check_key(&a, &uuid, &stored));
         assert!(!check_key(&b, &uuid, &stored));
         assert!(!check_key(&a, &[8u8; 16], &stored));
+    }
+
+    #[test]
+    fn a_key_file_of_another_user_is_refused() {
+        let path = Path::new("k.key");
+        assert!(check_key_owner(path, 1000, 1000).is_ok());
+        let error = check_key_owner(path, 0, 1000).unwrap_err();
+        assert_eq!(
+            error,
+            "key_file k.key: owned by uid 0, not by this user (uid 1000); chown it"
+        );
     }
 
     #[test]

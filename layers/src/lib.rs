@@ -20,6 +20,7 @@ pub mod compress;
 pub mod crypt;
 pub mod disk;
 pub mod error;
+pub mod escape;
 pub mod exec;
 pub mod fault;
 pub mod file;
@@ -29,7 +30,7 @@ pub mod meta_table;
 pub mod mirror;
 pub mod null;
 #[allow(unsafe_code)]
-mod os;
+pub mod os;
 pub mod plan;
 pub mod raid0;
 pub mod rng;

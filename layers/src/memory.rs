@@ -18,12 +18,15 @@ pub struct MemoryLeaf {
 }
 
 impl MemoryLeaf {
-    pub fn new(size: u64) -> MemoryLeaf {
-        let count = size.div_ceil(EXTENT_BYTES) as usize;
-        MemoryLeaf {
-            size,
-            extents: (0..count).map(|_| RwLock::new(None)).collect(),
-        }
+    /// Fails, rather than aborting the process, when even the table of extents
+    /// (24 bytes per MiB of `size`) cannot be allocated.
+    pub fn new(size: u64) -> std::result::Result<MemoryLeaf, String> {
+        let refuse = || format!("cannot allocate the extent table of a {size}-byte memory device");
+        let count = usize::try_from(size.div_ceil(EXTENT_BYTES)).map_err(|_| refuse())?;
+        let mut extents = Vec::new();
+        extents.try_reserve_exact(count).map_err(|_| refuse())?;
+        extents.extend((0..count).map(|_| RwLock::new(None)));
+        Ok(MemoryLeaf { size, extents })
     }
 
     /// Split `[offset, offset+len)` into (extent index, offset in extent, length).

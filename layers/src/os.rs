@@ -1,9 +1,13 @@
 //! The few synchronous syscalls leaves need outside the data path (locking,
-//! block-device size, finding holes).
+//! block-device size and sector size, O_DIRECT alignment, finding holes, the
+//! machine's memory).
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// Take an exclusive advisory lock so that two daemons never serve one leaf.
 pub fn lock_exclusive(file: &File) -> io::Result<()> {
@@ -27,6 +31,97 @@ pub fn block_device_size(file: &File) -> io::Result<u64> {
         Ok(size)
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Logical sector size of an open block device (BLKSSZGET): the smallest
+/// offset and length O_DIRECT I/O to it may use.
+pub fn logical_sector_size(file: &File) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points at a
+    // live, properly aligned c_int for the duration of the call.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::BLKSSZGET,
+            &mut size as *mut libc::c_int,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The file-offset alignment O_DIRECT I/O to the file at `path` needs, from
+/// statx(STATX_DIOALIGN) (Linux 6.1+): `Ok(None)` when the kernel or the
+/// filesystem does not say, `Ok(Some(0))` when the file does not support
+/// O_DIRECT at all.
+pub fn dio_offset_align(path: &Path) -> io::Result<Option<u32>> {
+    let name = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the path is a live NUL-terminated string and statx fills the
+    // struct it points to, which is live and writable for the call.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            0,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx succeeded, so it initialised the struct (it was zeroed anyway).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Ok(None);
+    }
+    Ok(Some(stx.stx_dio_offset_align))
+}
+
+/// The process's effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The machine's memory in bytes: MemTotal from /proc/meminfo, else sysinfo(2).
+pub fn memory_total() -> io::Result<u64> {
+    if let Some(bytes) = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .as_deref()
+        .and_then(mem_total_from_meminfo)
+    {
+        return Ok(bytes);
+    }
+    let mut info = std::mem::MaybeUninit::<libc::sysinfo>::zeroed();
+    // SAFETY: sysinfo fills the struct it points to, which is live and writable
+    // for the call.
+    let rc = unsafe { libc::sysinfo(info.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sysinfo succeeded, so it initialised the struct (zeroed anyway).
+    let info = unsafe { info.assume_init() };
+    // c_ulong is u32 on 32-bit targets, where the conversion is not useless.
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(info.totalram);
+    Ok(total.saturating_mul(u64::from(info.mem_unit.max(1))))
+}
+
+/// `MemTotal:  16318480 kB` → bytes.
+fn mem_total_from_meminfo(text: &str) -> Option<u64> {
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
     }
 }
 
@@ -100,5 +195,30 @@ pub fn seek_data_or_hole(file: &File, offset: u64, data: bool) -> io::Result<Opt
         Ok(None)
     } else {
         Err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_is_read_in_bytes() {
+        let text = "MemFree:  1 kB\nMemTotal:       16318480 kB\nSwapTotal: 0 kB\n";
+        assert_eq!(mem_total_from_meminfo(text), Some(16_318_480 * 1024));
+        assert_eq!(mem_total_from_meminfo("MemFree: 1 kB\n"), None);
+        assert!(memory_total().unwrap() > 0);
+    }
+
+    #[test]
+    fn dio_alignment_of_a_file_is_a_power_of_two_or_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        match dio_offset_align(&path).unwrap() {
+            None | Some(0) => {}
+            Some(align) => assert!(align.is_power_of_two(), "{align}"),
+        }
+        assert!(dio_offset_align(&dir.path().join("missing")).is_err());
     }
 }

@@ -200,7 +200,7 @@ fn queues_racing_on_the_same_blocks_leave_cache_and_layer_below_agreeing() {
             (CacheMode::WriteBack, 16 * KIB),
             (CacheMode::WriteBack, MIB),
         ] {
-            let leaf = Arc::new(MemoryLeaf::new(MIB));
+            let leaf = Arc::new(MemoryLeaf::new(MIB).expect("memory leaf"));
             let knobs = CacheKnobs {
                 capacity_bytes: capacity,
                 mode,

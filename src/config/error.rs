@@ -4,6 +4,8 @@
 use std::fmt;
 use std::ops::Range;
 
+use layers::escape::escape_controls;
+
 /// Byte offsets into the config text.
 pub type Span = Range<usize>;
 
@@ -29,17 +31,19 @@ pub struct Position {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names, paths and values in a message come from the file: escaped,
+        // so that they cannot start a line of their own or drive the terminal.
         if !self.file.is_empty() {
-            write!(f, "{}:", self.file)?;
+            write!(f, "{}:", escape_controls(&self.file))?;
             if let Some(position) = self.position {
                 write!(f, "{}:{}:", position.line, position.column)?;
             }
             write!(f, " ")?;
         }
         if let Some(layer) = &self.layer {
-            write!(f, "layer \"{layer}\": ")?;
+            write!(f, "layer \"{}\": ", escape_controls(layer))?;
         }
-        write!(f, "{}", self.message)
+        write!(f, "{}", escape_controls(&self.message))
     }
 }
 

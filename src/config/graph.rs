@@ -97,6 +97,53 @@ pub fn check(nodes: &[Node], top: Option<&Reference>, problems: &mut Problems) {
     report_reuse(nodes, &edges, &cycle_edges, top_id, top, problems);
     if let Some(top_id) = top_id {
         report_unused(nodes, &edges, top_id, problems);
+        report_depth(nodes, &edges, top_id, problems);
+    }
+}
+
+/// The most layers a device may stack, counting `device.top` and the leaf.
+/// Opening, flushing and every request walk the tree, so its depth bounds
+/// their cost and the stack they use.
+pub const MAX_DEPTH: usize = 64;
+
+/// A tree deeper than [`MAX_DEPTH`] is reported once, at the reference that
+/// goes one layer too deep.
+fn report_depth(
+    nodes: &[Node],
+    edges: &[Vec<(usize, &Reference)>],
+    top_id: usize,
+    problems: &mut Problems,
+) {
+    // Breadth first from the top; a node seen twice (a cycle or a reuse,
+    // both reported already) is not walked again.
+    let mut seen = vec![false; nodes.len()];
+    seen[top_id] = true;
+    let mut level = vec![top_id];
+    for depth in 1..=nodes.len() {
+        let mut next = Vec::new();
+        for &parent in &level {
+            for &(child, reference) in &edges[parent] {
+                if std::mem::replace(&mut seen[child], true) {
+                    continue;
+                }
+                if depth == MAX_DEPTH {
+                    problems.at_layer(
+                        &reference.span,
+                        &nodes[parent].name,
+                        format!(
+                            "the layer tree is more than {MAX_DEPTH} layers deep here; \
+                             at most {MAX_DEPTH} layers can be stacked"
+                        ),
+                    );
+                    return;
+                }
+                next.push(child);
+            }
+        }
+        if next.is_empty() {
+            return;
+        }
+        level = next;
     }
 }
 
@@ -346,6 +393,32 @@ mod tests {
         ];
         let found = messages(&nodes, "m");
         assert!(found[0].contains("(did you mean \"disk1\"?)"), "{found:?}");
+    }
+
+    /// `count` layers, each over the next: `l0` (the top) over `l1` … over
+    /// the last.
+    fn chain(count: usize) -> Vec<Node> {
+        (0..count)
+            .map(|i| {
+                let below = format!("l{}", i + 1);
+                let references = if i + 1 < count {
+                    vec![(below.as_str(), i * 10 + 1)]
+                } else {
+                    vec![]
+                };
+                node(&format!("l{i}"), i * 10, &references)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tree_of_the_maximum_depth_is_allowed_and_one_more_is_refused() {
+        assert!(messages(&chain(MAX_DEPTH), "l0").is_empty());
+        let found = messages(&chain(MAX_DEPTH + 1), "l0");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let parent = format!("layer \"l{}\"", MAX_DEPTH - 1);
+        assert!(found[0].contains(&parent), "{found:?}");
+        assert!(found[0].contains("more than 64 layers deep"), "{found:?}");
     }
 
     #[test]

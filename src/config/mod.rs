@@ -7,12 +7,14 @@
 //! `file:line:col: layer "x": message`. On reload, [`diff`] compares the
 //! running plan with the edited one.
 
+mod chain;
 pub mod diff;
 pub mod duration;
 mod error;
 mod fields;
 mod graph;
 mod layer;
+mod machine;
 mod raw;
 mod schema;
 pub mod size;
@@ -62,8 +64,10 @@ pub fn check_file(path: &Path) -> Result<Checked, ConfigErrors> {
     check(&text, path, &base_dir)
 }
 
-/// [`parse`] plus the size checks of [`check_file`]. Leaves are measured even
-/// when other parts of the file are wrong, so every mistake shows at once.
+/// [`parse`] plus the size checks of [`check_file`], and what the config asks
+/// of this machine (memory, keys, distinct leaf files, O_DIRECT alignment):
+/// everything `up` would refuse before opening a leaf. Leaves are measured
+/// even when other parts of the file are wrong, so every mistake shows at once.
 pub fn check(
     text: &str,
     path_for_messages: &Path,
@@ -80,7 +84,9 @@ pub fn check(
         .iter()
         .map(|layer| layer.as_ref().map(|(plan, _)| plan))
         .collect();
-    let (sizes, size_problems) = sizes::measure_layers(&layers, u64::from(validated.block_size));
+    let block_size = u64::from(validated.block_size);
+    let (sizes, mut size_problems) = sizes::measure_layers(&layers, block_size);
+    size_problems.extend(machine::check(&layers, &sizes, block_size));
     for problem in size_problems {
         if let Some((layer, spans)) = &validated.layers[problem.layer] {
             problems.at_layer(&spans.of(problem.key), &layer.name, problem.message);

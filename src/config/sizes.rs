@@ -7,7 +7,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use layers::plan::{FileParams, KeySource, LayerId, LayerPlan, LayerSpec, Plan};
+use layers::plan::{FileParams, LayerId, LayerPlan, LayerSpec, Plan};
 
 use super::error::{ConfigError, ConfigErrors};
 use super::schema::{KeyName, LayerKey};
@@ -151,7 +151,7 @@ fn layer_size(
             let children = children?;
             let names = child_names(layers, &params.legs);
             equal_sizes(&names, &children, LayerKey::Legs, "mirror", &mut report)
-                .map(|leg| exposed_over(spec, leg, block_size))
+                .and_then(|leg| not_empty(spec, leg, block_size, &mut report))
         }
         LayerSpec::Fault(params) => {
             let lower = children?.first().copied()?;
@@ -170,18 +170,47 @@ fn layer_size(
                 _ => Some(exposed_over(spec, lower, block_size)),
             }
         }
-        LayerSpec::Crypt(params) => {
-            if let KeySource::File(path) = &params.key {
-                check_key_file(path, &mut report);
+        LayerSpec::Compress(params) => {
+            let lower = children?.first().copied()?;
+            let fits =
+                layers::compress::open_footprint(lower, block_size as u32, params.size_bytes);
+            if let Err(reason) = fits {
+                let key = params.size_bytes.map(|_| LayerKey::Size);
+                report(key, reason);
+                return None;
             }
-            children?
-                .first()
-                .map(|&lower| exposed_over(spec, lower, block_size))
+            not_empty(spec, lower, block_size, &mut report)
         }
-        LayerSpec::Cache(_) | LayerSpec::Compress(_) | LayerSpec::Checksum(_) => children?
-            .first()
-            .map(|&lower| exposed_over(spec, lower, block_size)),
+        LayerSpec::Crypt(_) | LayerSpec::Checksum(_) => {
+            let lower = children?.first().copied()?;
+            not_empty(spec, lower, block_size, &mut report)
+        }
+        LayerSpec::Cache(_) => children?.first().copied(),
     }
+}
+
+/// The size of a layer that keeps metadata below; a layer below too small for
+/// that metadata and one block would expose nothing, which `up` refuses.
+fn not_empty(
+    spec: &LayerSpec,
+    lower: u64,
+    block_size: u64,
+    report: &mut impl FnMut(Option<LayerKey>, String),
+) -> Option<u64> {
+    let size = exposed_over(spec, lower, block_size);
+    if size == 0 {
+        report(
+            Some(LayerKey::Over),
+            format!(
+                "the layer below ({}, {lower} bytes) is too small to hold this {} layer's \
+                 metadata and one block: it would expose 0 bytes",
+                format_human(lower),
+                spec.type_name()
+            ),
+        );
+        return None;
+    }
+    Some(size)
 }
 
 fn child_names<'p>(layers: &[Option<&'p LayerPlan>], ids: &[LayerId]) -> Vec<&'p str> {
@@ -402,22 +431,4 @@ fn raid0_size(
         );
     }
     total
-}
-
-fn check_key_file(path: &Path, report: &mut impl FnMut(Option<LayerKey>, String)) {
-    match fs::metadata(path) {
-        Ok(metadata) if metadata.is_file() => {}
-        Ok(_) => report(
-            Some(LayerKey::KeyFile),
-            format!("key_file {} is not a regular file", shown(path)),
-        ),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => report(
-            Some(LayerKey::KeyFile),
-            format!("key_file {} does not exist", shown(path)),
-        ),
-        Err(error) => report(
-            Some(LayerKey::KeyFile),
-            format!("cannot look at key_file {}: {error}", shown(path)),
-        ),
-    }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use layers::escape::escape_controls;
 use layers::plan::{KeySource, LayerId, LayerSpec};
 
 use super::duration::format_duration_us;
@@ -22,8 +23,9 @@ pub fn render(file: &str, checked: &Checked) -> String {
     let plan = &checked.plan;
     let device = &plan.device;
     let mut out = format!(
-        "{file}: ok: device \"{}\", {}, {} queues x {}, block {}",
-        device.name,
+        "{}: ok: device \"{}\", {}, {} queues x {}, block {}",
+        escape_controls(file),
+        escape_controls(&device.name),
         format_human(checked.sizes[plan.top]),
         device.queues,
         device.queue_depth,
@@ -65,10 +67,12 @@ pub fn render(file: &str, checked: &Checked) -> String {
 fn collect_rows(checked: &Checked, id: LayerId, lead: String, indent: String, rows: &mut Vec<Row>) {
     let layer = &checked.plan.layers[id];
     rows.push(Row {
-        label: format!("{lead}{}", layer.name),
+        // Names and paths come from the file: escaped, so that they cannot
+        // print lines of their own or drive the terminal.
+        label: format!("{lead}{}", escape_controls(&layer.name)),
         type_name: layer.spec.type_name(),
         size: format_human(checked.sizes[id]),
-        details: details(&layer.spec),
+        details: escape_controls(&details(&layer.spec)).into_owned(),
     });
     let children = layer.spec.children();
     for (index, &child) in children.iter().enumerate() {

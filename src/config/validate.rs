@@ -88,6 +88,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, problems: &mut Problems) -> Op
             Some((plan, spans))
         })
         .collect();
+    super::chain::check(&layers, problems);
 
     let plan = if problems.is_empty() {
         assemble(device, log_level, &layers, &index)

@@ -174,11 +174,42 @@ pub fn request_value(socket: &Path, request: &Value, timeout: Duration) -> io::R
     serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// Why the control socket of device `name` could not be reached, as one line:
+/// no such device, or no permission (the socket is 0600 and its folder may be
+/// closed to other users), which must not read as "nothing is running".
+pub fn unreachable(name: &str, socket: &Path, error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => format!(
+            "permission denied: cannot reach {} (the control socket of \"{name}\"); \
+             run as root or as the user that runs the device",
+            socket.display()
+        ),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            format!("no running device named \"{name}\"")
+        }
+        _ => format!("{name}: {}: {error}", socket.display()),
+    }
+}
+
+/// The control socket of device `name`, or why there is none to talk to.
+pub fn find(name: &str) -> Result<PathBuf, String> {
+    let socket = socket_path(name);
+    match std::fs::symlink_metadata(&socket) {
+        Ok(_) => Ok(socket),
+        Err(error) => Err(unreachable(name, &socket, &error)),
+    }
+}
+
 /// Every `*.sock` in the run directory, with the device name it stands for.
-pub fn sockets() -> Vec<(String, PathBuf)> {
-    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(run_dir())
-        .into_iter()
-        .flatten()
+/// No run directory means no devices; one that cannot be read is an error
+/// (permission denied), not an empty list.
+pub fn sockets() -> io::Result<Vec<(String, PathBuf)>> {
+    let entries = match std::fs::read_dir(run_dir()) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut found: Vec<(String, PathBuf)> = entries
         .flatten()
         .filter_map(|entry| {
             let path = entry.path();
@@ -191,7 +222,7 @@ pub fn sockets() -> Vec<(String, PathBuf)> {
         })
         .collect();
     found.sort();
-    found
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use layers::escape::escape_controls;
 use layers::{Executor, IoCtx, Layer, LayerSpec, Plan, Stack};
 use serde_json::{json, Value};
 
@@ -51,12 +52,18 @@ impl TopLayer for Stack {
 }
 
 fn fail(message: impl std::fmt::Display) -> u8 {
-    eprintln!("ublk-stack: {message}");
+    // Layer names and paths in a message may come from a config file.
+    eprintln!("ublk-stack: {}", escape_controls(&message.to_string()));
     1
 }
 
+/// The plan of `config` after every check `validate` makes (sizes, memory,
+/// keys, distinct leaf files, O_DIRECT alignment), so that `up` refuses what
+/// `validate` refuses, with the same messages, before it opens any leaf.
 pub(crate) fn load_plan(config: &Path) -> Result<Plan, String> {
-    crate::config::load(config).map_err(|errors| errors.to_string())
+    crate::config::check_file(config)
+        .map(|checked| checked.plan)
+        .map_err(|errors| errors.to_string())
 }
 
 fn is_root() -> bool {
@@ -451,10 +458,10 @@ pub(crate) fn flush_stack(stack: &Stack) -> Result<(), String> {
 
 /// `ublk-stack down NAME`.
 pub fn down(name: &str) -> u8 {
-    let socket = control::socket_path(name);
-    if !socket.exists() {
-        return fail(format!("no running device named \"{name}\""));
-    }
+    let socket = match control::find(name) {
+        Ok(socket) => socket,
+        Err(reason) => return fail(reason),
+    };
     // Teardown flushes every leaf; give it time.
     match control::request(&socket, "down", Duration::from_secs(600)) {
         Ok(reply) if reply["ok"] == true => 0,
@@ -462,24 +469,56 @@ pub fn down(name: &str) -> u8 {
             "{name}: {}",
             reply["error"].as_str().unwrap_or("down failed")
         )),
-        Err(e) => fail(format!("{name}: {e}")),
+        Err(e) => fail(control::unreachable(name, &socket, &e)),
     }
 }
 
-/// `ublk-stack list`.
+/// `ublk-stack list`: one line per running device, "no devices running" when
+/// there is none. Exit 1 when a device could not be asked for lack of
+/// permission (its socket is 0600): an empty or partial list must not pass
+/// for the truth.
 pub fn list() -> u8 {
-    for (name, socket) in control::sockets() {
+    let run_dir = control::run_dir();
+    let sockets = match control::sockets() {
+        Ok(sockets) => sockets,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return fail(format!(
+            "permission denied: cannot read {}; run as root or as the user that runs the devices",
+            run_dir.display()
+        ))
+        }
+        Err(e) => return fail(format!("{}: {e}", run_dir.display())),
+    };
+    if sockets.is_empty() {
+        println!("no devices running");
+        return 0;
+    }
+    let mut denied = Vec::new();
+    for (name, socket) in sockets {
         match control::request(&socket, "info", Duration::from_secs(5)) {
             Ok(info) => println!(
-                "{name}\t{}\t{}\t{}",
-                info["path"].as_str().unwrap_or("-"),
+                "{}\t{}\t{}\t{}",
+                escape_controls(&name),
+                escape_controls(info["path"].as_str().unwrap_or("-")),
                 format_size(info["size"].as_u64().unwrap_or(0)),
-                info["state"].as_str().unwrap_or("unknown")
+                escape_controls(info["state"].as_str().unwrap_or("unknown"))
             ),
-            Err(_) => println!("{name}\t-\t-\tnot responding"),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied.push(name),
+            Err(_) => println!("{}\t-\t-\tnot responding", escape_controls(&name)),
         }
     }
-    0
+    if denied.is_empty() {
+        return 0;
+    }
+    fail(format!(
+        "permission denied: cannot reach the control socket of {} in {}; run as root or as the user that runs the devices",
+        denied
+            .iter()
+            .map(|name| format!("\"{}\"", escape_controls(name)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        run_dir.display()
+    ))
 }
 
 #[cfg(test)]

@@ -278,16 +278,18 @@ fn log(outcome: &Outcome) {
 /// `ublk-stack reload NAME`: prints what was applied and what refused; exit 0
 /// when applied (or nothing to do), 1 when refused or failed.
 pub fn command(name: &str) -> u8 {
-    let socket = control::socket_path(name);
-    if !socket.exists() {
-        eprintln!("ublk-stack: no running device named \"{name}\"");
-        return 1;
-    }
+    let socket = match control::find(name) {
+        Ok(socket) => socket,
+        Err(reason) => {
+            eprintln!("ublk-stack: {reason}");
+            return 1;
+        }
+    };
     // A cache mode switch writes dirty data back before it answers.
     let reply = match control::request(&socket, "reload", Duration::from_secs(600)) {
         Ok(reply) => reply,
         Err(e) => {
-            eprintln!("ublk-stack: {name}: {e}");
+            eprintln!("ublk-stack: {}", control::unreachable(name, &socket, &e));
             return 1;
         }
     };

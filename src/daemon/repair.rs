@@ -186,11 +186,9 @@ pub fn readd_command(name: &str, mirror: &str, leg: usize) -> u8 {
 }
 
 fn ask(name: &str, request: Value, timeout: Duration) -> Result<Value, String> {
-    let socket = control::socket_path(name);
-    if !socket.exists() {
-        return Err(format!("no running device named \"{name}\""));
-    }
-    let reply = control::request_value(&socket, &request, timeout).map_err(|e| e.to_string())?;
+    let socket = control::find(name)?;
+    let reply = control::request_value(&socket, &request, timeout)
+        .map_err(|e| control::unreachable(name, &socket, &e))?;
     if reply["ok"] == json!(true) {
         Ok(reply)
     } else {

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use layers::escape::escape_controls;
 use layers::Stack;
 use serde_json::{json, Map, Value};
 
@@ -75,7 +76,7 @@ pub fn show(name: &str, as_json: bool) -> u8 {
     let socket = control::socket_path(name);
     let reply = match control::request(&socket, "status", Duration::from_secs(5)) {
         Ok(reply) => reply,
-        Err(_) => return fail(format!("no running device named \"{name}\"")),
+        Err(error) => return fail(control::unreachable(name, &socket, &error)),
     };
     if reply["ok"] != true {
         let error = reply["error"].as_str().unwrap_or("status failed");
@@ -90,15 +91,21 @@ pub fn show(name: &str, as_json: bool) -> u8 {
 }
 
 fn fail(message: String) -> u8 {
-    eprintln!("ublk-stack: {message}");
+    eprintln!("ublk-stack: {}", escape_controls(&message));
     1
+}
+
+/// A string of the reply for a terminal: names, paths and messages may come
+/// from a config file, so control characters in them are escaped.
+fn text(value: &Value) -> String {
+    escape_controls(value.as_str().unwrap_or("?")).into_owned()
 }
 
 fn render(reply: &Value, now: SystemTime) -> String {
     let mut out = format!(
         "{}  {}  {}  {}  generation {}\n",
-        reply["name"].as_str().unwrap_or("?"),
-        reply["path"].as_str().unwrap_or("?"),
+        text(&reply["name"]),
+        text(&reply["path"]),
         format_size(reply["size"].as_u64().unwrap_or(0)),
         reply["state"].as_str().unwrap_or("?"),
         reply["generation"],
@@ -119,11 +126,7 @@ fn render(reply: &Value, now: SystemTime) -> String {
     for layer in reply["layers"].as_array().into_iter().flatten() {
         let depth = layer["depth"].as_u64().unwrap_or(0) as usize;
         let stats = &layer["stats"];
-        let name = format!(
-            "{}{}",
-            "  ".repeat(depth),
-            layer["name"].as_str().unwrap_or("?")
-        );
+        let name = format!("{}{}", "  ".repeat(depth), text(&layer["name"]));
         out.push_str(&format!(
             "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>15} {:>15}",
             name,
@@ -138,8 +141,9 @@ fn render(reply: &Value, now: SystemTime) -> String {
         ));
         if let Some(details) = layer["details"].as_object() {
             for (key, value) in details {
+                let key = escape_controls(key);
                 match value.as_str() {
-                    Some(text) => out.push_str(&format!("  {key}={text}")),
+                    Some(_) => out.push_str(&format!("  {key}={}", text(value))),
                     None => out.push_str(&format!("  {key}={value}")),
                 }
             }
@@ -164,7 +168,7 @@ fn render_last_reload(last: &Value, now: SystemTime) -> String {
     );
     for (list, word) in [("applied", "applied"), ("refused", "refused")] {
         for item in last[list].as_array().into_iter().flatten() {
-            out.push_str(&format!("  {word}: {}\n", item.as_str().unwrap_or("?")));
+            out.push_str(&format!("  {word}: {}\n", text(item)));
         }
     }
     out

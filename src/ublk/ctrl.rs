@@ -75,6 +75,9 @@ pub struct Control {
     ioctl_encode: bool,
     /// What GET_FEATURES reported (0 on kernels without it).
     features: u64,
+    /// A command is stuck in the submission queue (the kernel refused to take
+    /// it): entering the ring again would submit it with a stale buffer.
+    broken: bool,
 }
 
 impl Control {
@@ -103,6 +106,7 @@ impl Control {
             file,
             ioctl_encode: true,
             features: 0,
+            broken: false,
         };
         ctrl.features = ctrl.query_features()?;
         ctrl.ioctl_encode = ctrl.features & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
@@ -154,41 +158,36 @@ impl Control {
 
     /// Issue one command and wait for its completion; a negative result becomes the
     /// error. Buffers named by `cmd.addr` are borrowed by the caller for this call,
-    /// which returns only after the CQE.
+    /// which returns only after the CQE (see [`wait_for_cqe`]).
     fn submit(&mut self, cmd_op: u32, cmd: CtrlCmd) -> io::Result<i32> {
+        if self.broken {
+            return Err(io::Error::other(
+                "the control ring holds a command the kernel never took; reopen it",
+            ));
+        }
         let entry = opcode::UringCmd80::new(types::Fd(self.file.as_raw_fd()), cmd_op)
             .cmd(cmd.to_sqe_cmd())
             .build()
             .user_data(1);
         // SAFETY: the command payload is copied into the SQE; `cmd.addr`, when set,
         // points at a buffer of `cmd.len` bytes that the caller keeps alive across
-        // this call, and we wait for the CQE below before returning. The fd is ours
-        // for the life of `self`.
+        // this call, and `wait_for_cqe` returns only once the kernel has posted the
+        // command's CQE or never took the SQE (then the ring is marked broken and
+        // never entered again, so the SQE is never submitted). The fd is ours for
+        // the life of `self`.
         unsafe {
             self.ring
                 .submission()
                 .push(&entry)
                 .map_err(|_| io::Error::other("control ring full"))?;
         }
-        loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
+        match wait_for_cqe(&mut self.ring) {
+            Ok(res) if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+            Ok(res) => Ok(res),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
             }
-        }
-        let cqe = loop {
-            if let Some(cqe) = self.ring.completion().next() {
-                break cqe;
-            }
-            // EINTR during the wait can return before the CQE is posted.
-            self.ring.submit_and_wait(1)?;
-        };
-        let res = cqe.result();
-        if res < 0 {
-            Err(io::Error::from_raw_os_error(-res))
-        } else {
-            Ok(res)
         }
     }
 
@@ -372,6 +371,68 @@ impl Control {
     }
 }
 
+/// The two things [`wait_for_cqe`] does with a ring: enter it, and look for
+/// the command's completion. A trait so that the waiting is tested without the
+/// kernel.
+trait CommandRing {
+    /// Submit what is queued and wait for a completion (`io_uring_enter`).
+    fn enter(&mut self) -> io::Result<usize>;
+    /// The result of the command's CQE, once posted.
+    fn reap(&mut self) -> Option<i32>;
+    /// Whether the kernel has taken the queued SQE (the submission queue is empty).
+    fn taken(&mut self) -> bool;
+}
+
+impl CommandRing for IoUring<squeue::Entry128, cqueue::Entry> {
+    fn enter(&mut self) -> io::Result<usize> {
+        self.submit_and_wait(1)
+    }
+
+    fn reap(&mut self) -> Option<i32> {
+        self.completion().next().map(|cqe| cqe.result())
+    }
+
+    fn taken(&mut self) -> bool {
+        self.submission().is_empty()
+    }
+}
+
+/// Wait for the CQE of the one command queued on `ring`, whatever interrupts.
+///
+/// Once the kernel has taken the SQE it owns the command's buffer (`cmd.addr`,
+/// on the caller's stack) until it posts the CQE, and it may write there at
+/// any moment until then. So an `io_uring_enter` that fails after that point
+/// (EINTR when a signal arrives while waiting: a SIGINT, SIGHUP or a profiler's
+/// signal during a STOP_DEV that drains I/O, say) must not end the wait, or the
+/// caller would free a buffer the kernel is about to fill. Entering again does
+/// not resubmit: the SQE has left the queue, so only the wait is repeated.
+/// Only an error while the SQE is still queued (the kernel never saw the
+/// command, so no buffer is lent) is returned; the caller must then never
+/// enter the ring again, since that would submit the stale SQE.
+fn wait_for_cqe(ring: &mut impl CommandRing) -> io::Result<i32> {
+    let mut complained = false;
+    loop {
+        if let Some(res) = ring.reap() {
+            return Ok(res);
+        }
+        match ring.enter() {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if !ring.taken() => return Err(e),
+            Err(e) => {
+                // Not expected with one command on a ring of four; waiting is
+                // the only safe answer, but not a busy one.
+                if !std::mem::replace(&mut complained, true) {
+                    tracing::error!(
+                        "ublk control ring: {e} while a command is in flight; waiting for it"
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 fn mask_to_cpus(mask: &[u64]) -> Vec<usize> {
     let mut cpus = Vec::new();
     for (word_index, word) in mask.iter().enumerate() {
@@ -394,6 +455,74 @@ mod tests {
         mask[0] = 0b101;
         mask[1] = 1;
         assert_eq!(mask_to_cpus(&mask), vec![0, 2, 64]);
+    }
+
+    /// A ring that answers `enter` from a script; the command is taken by the
+    /// kernel at the first `enter` unless `refuse` says otherwise, and its CQE
+    /// is posted after the script runs out.
+    struct Scripted {
+        script: Vec<io::Result<usize>>,
+        refuse: bool,
+        taken: bool,
+        enters: usize,
+    }
+
+    impl Scripted {
+        fn new(script: Vec<io::Result<usize>>) -> Scripted {
+            Scripted {
+                script,
+                refuse: false,
+                taken: false,
+                enters: 0,
+            }
+        }
+    }
+
+    impl CommandRing for Scripted {
+        fn enter(&mut self) -> io::Result<usize> {
+            self.enters += 1;
+            if !self.refuse {
+                self.taken = true;
+            }
+            if self.script.is_empty() {
+                return Ok(0);
+            }
+            self.script.remove(0)
+        }
+
+        fn reap(&mut self) -> Option<i32> {
+            (self.taken && self.script.is_empty()).then_some(-libc::ENODEV)
+        }
+
+        fn taken(&mut self) -> bool {
+            self.taken
+        }
+    }
+
+    fn errno(code: i32) -> io::Result<usize> {
+        Err(io::Error::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn eintr_while_in_flight_waits_on_for_the_completion() {
+        let mut ring = Scripted::new(vec![Ok(1), errno(libc::EINTR), errno(libc::EINTR)]);
+        assert_eq!(wait_for_cqe(&mut ring).unwrap(), -libc::ENODEV);
+        assert_eq!(ring.enters, 3);
+    }
+
+    #[test]
+    fn other_errors_while_in_flight_wait_for_the_completion_too() {
+        let mut ring = Scripted::new(vec![errno(libc::EINTR), errno(libc::EBUSY)]);
+        assert_eq!(wait_for_cqe(&mut ring).unwrap(), -libc::ENODEV);
+    }
+
+    #[test]
+    fn an_error_before_the_kernel_takes_the_command_is_returned() {
+        let mut ring = Scripted::new(vec![errno(libc::ENOMEM)]);
+        ring.refuse = true;
+        let error = wait_for_cqe(&mut ring).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOMEM));
+        assert_eq!(ring.enters, 1);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct Probe {
 impl Probe {
     pub fn new(size: u64) -> Probe {
         Probe {
-            inner: MemoryLeaf::new(size),
+            inner: MemoryLeaf::new(size).expect("memory leaf"),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             arrived: AtomicU64::new(0),
