@@ -127,8 +127,7 @@ macro_rules! stack_tests {
 }
 
 stack_tests! {
-    #[ignore = "compress: a block whose writes were all flushed reads as EIO after a crash (since the shared flush epochs)"]
-    config_compressed: "configs" / "compressed.toml", 501;
+        config_compressed: "configs" / "compressed.toml", 501;
     config_mirror: "configs" / "mirror.toml", 502;
     config_raid0_of_mirrors: "configs" / "raid0-of-mirrors.toml", 503;
     config_raid0: "configs" / "raid0.toml", 504;
@@ -136,8 +135,7 @@ stack_tests! {
     bench_cache: "benches" / "cache.toml", 601;
     bench_checksum_null: "benches" / "checksum-null.toml", 602;
     bench_checksum: "benches" / "checksum.toml", 603;
-    #[ignore = "compress: a block whose writes were all flushed reads as EIO after a crash (since the shared flush epochs)"]
-    bench_compress: "benches" / "compress.toml", 604;
+        bench_compress: "benches" / "compress.toml", 604;
     bench_crypt: "benches" / "crypt.toml", 605;
     bench_file_tmpfs: "benches" / "file-tmpfs.toml", 606;
     bench_null: "benches" / "null.toml", 607;

@@ -62,10 +62,10 @@
 //! flushes, which clears every fallback left. No live keys.
 
 mod alloc;
-mod codec;
-mod entry;
+pub(crate) mod codec;
+pub(crate) mod entry;
 mod flush;
-mod format;
+pub(crate) mod format;
 mod io;
 mod open;
 

@@ -24,6 +24,8 @@ pub mod escape;
 pub mod exec;
 pub mod fault;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod join;
 pub mod memory;
 pub mod meta_table;

@@ -292,6 +292,15 @@ impl MetaTable {
         self.flushed.load(Ordering::SeqCst)
     }
 
+    /// Wait until no flush is still running for epoch `epoch`, so that
+    /// [`MetaTable::flushed`] tells for good whether writes of `epoch` are
+    /// durable. A write replacing a `cur` of an earlier epoch waits here
+    /// before it picks the `prev` it keeps: while that flush runs, either the
+    /// old `cur` or the old `prev` may turn out to be the durable version.
+    pub async fn settled(&self, epoch: u64) {
+        self.epochs.settled(epoch).await
+    }
+
     /// Enter the current epoch for a write; hold it until the data is written.
     pub fn begin_write(&self) -> Writer<'_> {
         self.epochs.enter()
@@ -400,6 +409,8 @@ impl MetaTable {
     pub async fn flush(&self, ctx: &IoCtx, lower: &dyn Layer) -> Result<()> {
         let _serial = self.flush_lock.lock().await;
         let (epoch, wrote) = self.epochs.close();
+        // However this flush ends, writers waiting in `settled` learn it.
+        let _ended = FlushEnded(&self.epochs, epoch);
         self.epochs.drained(epoch).await;
         let dirty: Vec<usize> =
             std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
@@ -445,6 +456,14 @@ impl MetaTable {
         self.flushed.store(epoch, Ordering::SeqCst);
         self.uncovered.store(false, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+struct FlushEnded<'a>(&'a Epochs, u64);
+
+impl Drop for FlushEnded<'_> {
+    fn drop(&mut self) {
+        self.0.flush_ended(self.1);
     }
 }
 

@@ -22,9 +22,11 @@
 //!   data is stale. A leg holding another mirror's superblock (uuid) or another
 //!   leg index is refused without writing anything.
 //! - **Writes** (also discard and write_zeroes) go to every leg that is ok or
-//!   rebuilding. A leg that fails one is marked failed in the record *before*
-//!   the write is acknowledged, and I/O continues on the others; a write is
-//!   acknowledged when it succeeded on at least one ok leg, otherwise EIO.
+//!   rebuilding. A write is acknowledged only when it succeeded on at least one
+//!   ok leg and every leg that missed it (failed it, or was skipped as failed)
+//!   is recorded failed in a record written and flushed on every leg not failed,
+//!   so a crash at any point never leaves a leg recorded ok that misses an
+//!   acknowledged write; otherwise EIO. I/O continues on the remaining legs.
 //! - **Write intent.** Before the first write to a clear region, its bit is set
 //!   in the record (written and flushed); bits are cleared lazily at FLUSH
 //!   ([`bitmap`]). After a crash, open copies every dirty region from the first
@@ -35,8 +37,9 @@
 //!   served by another leg is rewritten from the good copy (self-healing) while
 //!   holding its region exclusively, so it never puts back data older than a
 //!   concurrent write; a region busy with writes is left for the next read.
-//! - **FLUSH** flushes every leg that is not failed (a leg whose flush fails is
-//!   marked failed), then clears idle intent bits.
+//! - **FLUSH** flushes every leg that is not failed and, like a write, is
+//!   acknowledged only once every leg that did not flush is durably recorded
+//!   failed; then it clears idle intent bits.
 //!
 //! Maintenance, driven by the daemon from a thread with its own `IoCtx` and
 //! `Executor` (every call is an ordinary async call on that context, running
@@ -90,6 +93,8 @@ const REGION_LOCKS: usize = 256;
 struct Leg {
     layer: Arc<dyn Layer>,
     health: AtomicU8,
+    /// The health in the newest record known durable on every leg not failed.
+    recorded: AtomicU8,
     pending: AtomicUsize,
     consecutive_read_errors: AtomicU32,
     read_errors: AtomicU64,
@@ -156,6 +161,26 @@ impl Mirror {
 
     fn health_of(&self, index: usize) -> Health {
         self.health(index).unwrap_or(Health::Failed)
+    }
+
+    fn recorded_health(&self, index: usize) -> Health {
+        let code = self.legs[index].recorded.load(Ordering::SeqCst);
+        Health::from_code(code).unwrap_or(Health::Failed)
+    }
+
+    /// A request done on the legs `done` (the others missed it) is acknowledged
+    /// only once every other leg is recorded failed in a durable record on the
+    /// legs that are still not failed, and at least one of those that has it is
+    /// ok: after a crash at any point no leg recorded ok misses an acknowledged
+    /// request. Otherwise Err (EIO).
+    async fn acknowledge(&self, ctx: &IoCtx, done: &[usize], what: &str, err: Error) -> Result<()> {
+        let missed: Vec<usize> = (0..self.legs.len()).filter(|i| !done.contains(i)).collect();
+        self.record_failed(ctx, &missed, what, err).await?;
+        if done.iter().any(|&i| self.health_of(i) == Health::Ok) {
+            Ok(())
+        } else {
+            Err(err)
+        }
     }
 
     fn set_health(&self, index: usize, health: Health) {
@@ -256,26 +281,19 @@ impl Mirror {
                 .collect(),
         )
         .await;
-        let mut ok = false;
-        let mut failed = Vec::new();
+        let mut done = Vec::new();
         let mut last_err = Error::Io(libc::EIO);
         for (&i, res) in legs.iter().zip(results) {
             match res {
-                Ok(()) => ok |= self.health_of(i) == Health::Ok,
+                Ok(()) => done.push(i),
                 Err(e @ (Error::OutOfRange | Error::Unsupported)) => return Err(e),
                 Err(e) => {
                     self.legs[i].write_errors.fetch_add(1, Ordering::Relaxed);
-                    failed.push(i);
                     last_err = e;
                 }
             }
         }
-        self.fail_legs(ctx, &failed, what, last_err).await;
-        if ok {
-            Ok(())
-        } else {
-            Err(last_err)
-        }
+        self.acknowledge(ctx, &done, what, last_err).await
     }
 
     async fn flush_legs(&self, ctx: &IoCtx) -> Result<()> {
@@ -291,23 +309,18 @@ impl Mirror {
                 .collect(),
         )
         .await;
-        let mut ok = false;
-        let mut failed = Vec::new();
+        let mut done = Vec::new();
         let mut last_err = Error::Io(libc::EIO);
         for (&i, res) in legs.iter().zip(results) {
             match res {
-                Ok(()) => ok |= self.health_of(i) == Health::Ok,
+                Ok(()) => done.push(i),
                 Err(e) => {
                     self.legs[i].write_errors.fetch_add(1, Ordering::Relaxed);
-                    failed.push(i);
                     last_err = e;
                 }
             }
         }
-        self.fail_legs(ctx, &failed, "flush", last_err).await;
-        if !ok {
-            return Err(last_err);
-        }
+        self.acknowledge(ctx, &done, "flush", last_err).await?;
         self.clear_idle(ctx, epoch).await
     }
 

@@ -78,6 +78,11 @@ impl Superblock {
         let u32_at = |at: usize| u32::from_le_bytes(block[at..at + 4].try_into().expect("4 bytes"));
         let type_bytes = &block[8..24];
         let type_len = type_bytes.iter().position(|&b| b == 0).unwrap_or(16);
+        // ASCII only, as written: anything else is damage (and would not fit
+        // the 16 bytes again once decoded).
+        if !type_bytes[..type_len].is_ascii() {
+            return Err("the superblock is damaged (layer type)".into());
+        }
         let params_len = u32_at(56) as usize;
         if params_len > MAX_PARAMS {
             return Err("the superblock is damaged (parameter length)".into());
@@ -205,6 +210,19 @@ mod tests {
             .expect("checksum", 1, 512)
             .unwrap_err()
             .contains("block_size"));
+    }
+
+    /// Found by the `superblock` fuzz target: a non-ASCII type decoded to a
+    /// longer (lossy) string that no longer fit the 16 bytes.
+    #[test]
+    fn non_ascii_layer_type_is_damage() {
+        let mut block = sample().encode();
+        block[8..24].fill(0xff);
+        let crc = crc32fast::hash(&block[..CRC_AT]);
+        block[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Superblock::decode(&block)
+            .unwrap_err()
+            .contains("layer type"));
     }
 
     #[test]

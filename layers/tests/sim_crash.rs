@@ -133,7 +133,6 @@ fn crypt_4096_under_concurrent_crashes() {
 }
 
 #[test]
-#[ignore = "compress: a block whose writes were all flushed reads as EIO after a crash (since the shared flush epochs)"]
 fn compress_512_under_concurrent_crashes() {
     let (_d, mut b) = builder(512);
     let leaf = b.memory("leaf", 512 * KIB);
@@ -148,7 +147,6 @@ fn compress_512_under_concurrent_crashes() {
 }
 
 #[test]
-#[ignore = "compress: a block whose writes were all flushed reads as EIO after a crash (since the shared flush epochs)"]
 fn compress_4096_under_concurrent_crashes() {
     let (_d, mut b) = builder(4096);
     let leaf = b.memory("leaf", 512 * KIB);
@@ -276,7 +274,6 @@ fn mirror_of_crypt_legs_are_identical_after_concurrent_crashes() {
 }
 
 #[test]
-#[ignore = "compress: a block whose writes were all flushed reads as EIO after a crash (since the shared flush epochs)"]
 fn compress_with_little_free_space_under_concurrent_crashes() {
     // Space freed by overwrites is reused soon: the allocator wraps often.
     let (_d, mut b) = builder(4096);

@@ -31,6 +31,8 @@
 mod accept;
 mod conn;
 mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 #[allow(unsafe_code)]
 mod keepalive;

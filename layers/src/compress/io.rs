@@ -304,11 +304,21 @@ impl Compress {
     }
 
     /// Map `unit` to `new` in flush epoch `epoch` (the caller holds a writer of
-    /// it). The fallback (`prev`) is the last version a flush may have made
-    /// durable: the current `cur` when it was written in an earlier epoch, else
-    /// the current `prev` (a `cur` of this same epoch is dropped).
+    /// it and the unit's lock). The fallback (`prev`) is the last version a
+    /// flush made durable: the current `cur` when a flush covered it, else the
+    /// current `prev` (the `cur` is then dropped). While a flush of the `cur`'s
+    /// epoch still runs, the write waits for its outcome: taking the `cur` as the
+    /// fallback before that flush ends would let a crash lose both versions.
     async fn commit(&self, ctx: &IoCtx, unit: u64, new: Extent, epoch: u64) -> Result<()> {
         let limits = self.geo.limits(unit);
+        // The caller holds the unit's lock, so its entry's epoch cannot change
+        // under us; a flush still running for that epoch decides which version
+        // is the durable one, so wait for its outcome first.
+        let (_, written) = self.entry_with_epoch(unit);
+        if written < epoch {
+            self.table.settled(written).await;
+        }
+        let flushed = self.table.flushed();
         let mut old = None;
         let mut dropped = Extent::EMPTY;
         let res = self
@@ -322,7 +332,9 @@ impl Compress {
                 &mut |_, bytes, written| {
                     old = decode_entry(bytes, &limits).ok();
                     let prev = match old {
-                        Some((cur, prev)) if written == epoch => {
+                        // `cur` is not durable (written in this epoch, or its
+                        // flush failed): the fallback stays the older version.
+                        Some((cur, prev)) if written == epoch || written > flushed => {
                             dropped = cur;
                             prev
                         }

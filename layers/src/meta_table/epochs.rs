@@ -28,6 +28,9 @@ struct State {
     entered: u64,
     /// Writes inside, per epoch (the current one and those being closed).
     inside: BTreeMap<u64, usize>,
+    /// The newest epoch whose flush has ended, successfully or not. Epochs
+    /// after it and before `current` are closed with their flush still running.
+    ended: u64,
     waiters: Vec<Waker>,
 }
 
@@ -45,6 +48,7 @@ impl Epochs {
                 current,
                 entered: 0,
                 inside: BTreeMap::new(),
+                ended: current.saturating_sub(1),
                 waiters: Vec::new(),
             }),
             started: AtomicU64::new(0),
@@ -83,6 +87,27 @@ impl Epochs {
     /// Ready once no write of epoch `epoch` or older is inside.
     pub fn drained(&self, epoch: u64) -> Drained<'_> {
         Drained {
+            epochs: self,
+            epoch,
+        }
+    }
+
+    /// The flush that closed `epoch` has ended (the caller ran it).
+    pub fn flush_ended(&self, epoch: u64) {
+        let waiters = {
+            let mut state = self.state();
+            state.ended = state.ended.max(epoch);
+            std::mem::take(&mut state.waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    /// Ready once no flush is still running for `epoch`: either it ended, or
+    /// `epoch` is still open (no flush has closed it yet).
+    pub fn settled(&self, epoch: u64) -> Settled<'_> {
+        Settled {
             epochs: self,
             epoch,
         }
@@ -140,6 +165,26 @@ impl Future for Drained<'_> {
     }
 }
 
+pub struct Settled<'a> {
+    epochs: &'a Epochs,
+    epoch: u64,
+}
+
+impl Future for Settled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.epochs.state();
+        if self.epoch >= state.current || self.epoch <= state.ended {
+            return Poll::Ready(());
+        }
+        if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            state.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +223,23 @@ mod tests {
         drop(new);
         assert_eq!(epochs.close(), (7, false));
         assert!(poll(&mut epochs.drained(7), &flag).is_ready());
+    }
+
+    #[test]
+    fn settled_waits_for_the_flush_that_closed_the_epoch() {
+        let epochs = Epochs::new(3);
+        let flag = Arc::new(Flag(Mutex::new(false)));
+        assert!(
+            poll(&mut epochs.settled(2), &flag).is_ready(),
+            "before the start"
+        );
+        assert!(poll(&mut epochs.settled(3), &flag).is_ready(), "still open");
+        assert_eq!(epochs.close(), (3, false));
+        let mut settled = epochs.settled(3);
+        assert!(poll(&mut settled, &flag).is_pending(), "its flush runs");
+        epochs.flush_ended(3);
+        assert!(*flag.0.lock().unwrap(), "the waiter was woken");
+        assert!(poll(&mut settled, &flag).is_ready());
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl Mirror {
                 .map(|(layer, health)| Leg {
                     layer,
                     health: AtomicU8::new(health.code()),
+                    recorded: AtomicU8::new(health.code()),
                     pending: AtomicUsize::new(0),
                     consecutive_read_errors: AtomicU32::new(0),
                     read_errors: AtomicU64::new(0),

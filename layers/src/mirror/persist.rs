@@ -64,34 +64,57 @@ impl Mirror {
                 }
             }
             if all_ok {
+                for (leg, health) in self.legs.iter().zip(&record.health) {
+                    leg.recorded.store(health.code(), Ordering::SeqCst);
+                }
                 return Ok(());
             }
         }
     }
 
-    /// Mark `legs` failed and persist that before returning (so a write they
-    /// failed is acknowledged only once the failure is on disk).
+    /// Mark `legs` failed and persist that before returning; for the callers
+    /// that go on whether or not it could be recorded (repairs, resync, reads).
     pub(super) async fn fail_legs(&self, ctx: &IoCtx, legs: &[usize], what: &str, err: Error) {
-        if legs.is_empty() {
-            return;
+        // A failure is logged by `record_failed`.
+        let _ = self.record_failed(ctx, legs, what, err).await;
+    }
+
+    /// Make sure every leg of `legs` is recorded as failed in a durable record
+    /// on every leg that is not failed: marks them failed and writes the record
+    /// unless the newest durable one already says so (a concurrent request may
+    /// have marked them failed and still be writing it). Err (EIO) when no leg
+    /// is left to hold the record: then a request that a leg of `legs` missed
+    /// must not be acknowledged.
+    pub(super) async fn record_failed(
+        &self,
+        ctx: &IoCtx,
+        legs: &[usize],
+        what: &str,
+        err: Error,
+    ) -> Result<()> {
+        let recorded = |i: usize| self.recorded_health(i) == Health::Failed;
+        if legs.iter().all(|&i| recorded(i)) {
+            return Ok(());
         }
         let _meta = self.meta_lock.lock().await;
-        let mut changed = false;
         for &i in legs {
             if self.health_of(i) != Health::Failed {
                 self.set_health(i, Health::Failed);
-                changed = true;
                 tracing::error!(
                     leg = i,
                     "mirror leg failed on {what}: {err}; continuing degraded"
                 );
             }
         }
-        if changed {
-            if let Err(e) = self.persist_locked(ctx, &self.dirty_snapshot()).await {
-                tracing::error!("mirror: no leg left to record the failure on: {e}");
-            }
+        if legs.iter().all(|&i| recorded(i)) {
+            return Ok(());
         }
+        self.persist_locked(ctx, &self.dirty_snapshot())
+            .await
+            .map_err(|e| {
+                tracing::error!("mirror: no leg left to record the failure on: {e}");
+                Error::Io(libc::EIO)
+            })
     }
 
     /// Make the intent bits of `regions` durable before a write touches a leg.

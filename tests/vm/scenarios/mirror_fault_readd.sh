@@ -83,10 +83,7 @@ step "legs identical"
 # Each leg is checksum over a file: its own superblock and table (which differ),
 # then data blocks; the first 3 data blocks hold the mirror's metadata, which
 # names the leg. Everything after that must match.
-room=$(((128 << 20) - 4096))
-n=$((room / (4096 + 8)))
-while (((n + 509) / 510 * 8192 + n * 4096 > room)); do n=$((n - 1)); done
-skip=$((4096 + (n + 509) / 510 * 8192 + 3 * 4096))
+skip=$(($(checksum_data_start $((128 << 20))) + 3 * 4096))
 [[ $(tail -c +$((skip + 1)) /work/data/l0.img | sha256sum) == $(tail -c +$((skip + 1)) /work/data/l1.img | sha256sum) ]] ||
     fail "legs differ after the resync"
 no_ublk_devices

@@ -1,0 +1,170 @@
+//! Pinned on-disk formats: small images of every format (superblock, checksum
+//! and crypt tables, compress map and pieces, mirror state), written once and
+//! checked into `tests/data/formats/`, with the data they hold. Each test
+//! copies its image to a temp dir, opens it with the current code and reads
+//! every block back, so a change of a format without a version bump fails here.
+//! After a deliberate bump, regenerate them (see `tests/data/formats/README.md`):
+//! `UBLK_STACK_WRITE_FORMATS=1` makes each test write its image first.
+
+use std::path::{Path, PathBuf};
+
+use layers::compile;
+use layers::exec::{Executor, IoCtx};
+use layers::plan::{Plan, ReadPolicy};
+use layers::testing::PlanBuilder;
+
+const KIB: u64 = 1024;
+/// A fixed key for the pinned crypt image (test data, not a secret).
+const CRYPT_KEY_ENV: &str = "UBLK_STACK_PINNED_FORMAT_KEY";
+const CRYPT_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn images_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/data/formats/{name}"))
+}
+
+/// The stack of image `name` over files in `dir`.
+fn plan(name: &str, dir: &Path) -> Plan {
+    match name {
+        "checksum" => {
+            let mut b = PlanBuilder::new(dir, 512);
+            let leaf = b.file("leaf", 64 * KIB);
+            let top = b.checksum("c", leaf);
+            b.build(top)
+        }
+        "crypt" => {
+            std::env::set_var(CRYPT_KEY_ENV, CRYPT_KEY_HEX);
+            let mut b = PlanBuilder::new(dir, 4096);
+            let leaf = b.file("leaf", 64 * KIB);
+            let top = b.crypt("x", leaf, CRYPT_KEY_ENV);
+            b.build(top)
+        }
+        "compress" => {
+            let mut b = PlanBuilder::new(dir, 4096);
+            let leaf = b.file("leaf", 192 * KIB);
+            let top = b.compress("z", leaf, None);
+            b.build(top)
+        }
+        "mirror" => {
+            let mut b = PlanBuilder::new(dir, 512);
+            let (l0, l1) = (b.file("leg0", 44 * KIB), b.file("leg1", 44 * KIB));
+            let top = b.mirror("m", &[l0, l1], ReadPolicy::First);
+            b.build(top)
+        }
+        other => panic!("no pinned image {other}"),
+    }
+}
+
+/// Block `i` as written in round `round`: zeros, text, noise or a constant by
+/// `i % 4`, so compress stores zero, lz4 and raw pieces.
+fn pattern(i: u64, round: u64, block: usize) -> Vec<u8> {
+    let seed = i * 2 + round;
+    match (i + round) % 4 {
+        0 => vec![0; block],
+        1 => format!("block {i} round {round} of a pinned image; ")
+            .bytes()
+            .cycle()
+            .take(block)
+            .collect(),
+        2 => {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..block)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        }
+        _ => vec![seed as u8 | 1; block],
+    }
+}
+
+/// What block `i` holds in the image: round 0 everywhere, then round 1 on odd
+/// blocks (so the tables also hold previous versions).
+fn expected(i: u64, block: usize) -> Vec<u8> {
+    pattern(i, i % 2, block)
+}
+
+fn with_stack<T>(plan: &Plan, f: impl FnOnce(&layers::Stack, &IoCtx, &Executor) -> T) -> T {
+    let stack = compile(plan).unwrap_or_else(|e| panic!("cannot open the image: {e}"));
+    let ctx = IoCtx::new(0, 16).unwrap();
+    let exec = Executor::new().unwrap();
+    f(&stack, &ctx, &exec)
+}
+
+fn write_image(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(name, dir.path());
+    with_stack(&plan, |stack, ctx, exec| {
+        let top = stack.top();
+        let block = stack.block_size() as usize;
+        let blocks = top.size() / block as u64;
+        for round in 0..2 {
+            for i in (0..blocks).filter(|i| round == 0 || i % 2 == 1) {
+                let data = pattern(i, round, block);
+                exec.block_on(ctx, top.write(ctx, i * block as u64, &data))
+                    .unwrap();
+            }
+            exec.block_on(ctx, stack.flush(ctx)).unwrap();
+        }
+    });
+    let out = images_dir(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, out.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+fn reads_back(name: &str) {
+    if std::env::var_os("UBLK_STACK_WRITE_FORMATS").is_some_and(|v| v == "1") {
+        write_image(name);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = images_dir(name);
+    let mut copied = 0;
+    for entry in std::fs::read_dir(&source).unwrap_or_else(|e| panic!("{}: {e}", source.display()))
+    {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        copied += 1;
+    }
+    assert!(copied > 0, "no image in {}", source.display());
+    let plan = plan(name, dir.path());
+    with_stack(&plan, |stack, ctx, exec| {
+        let top = stack.top();
+        let block = stack.block_size() as usize;
+        let blocks = top.size() / block as u64;
+        assert!(blocks >= 8, "{name}: only {blocks} blocks");
+        let mut buf = vec![0u8; block];
+        for i in 0..blocks {
+            exec.block_on(ctx, top.read(ctx, i * block as u64, &mut buf))
+                .unwrap_or_else(|e| panic!("{name}: block {i} does not read: {e}"));
+            assert!(
+                buf == expected(i, block),
+                "{name}: block {i} reads other data than the image holds"
+            );
+        }
+    });
+}
+
+#[test]
+fn checksum_image_reads_back() {
+    reads_back("checksum");
+}
+
+#[test]
+fn crypt_image_reads_back() {
+    reads_back("crypt");
+}
+
+#[test]
+fn compress_image_reads_back() {
+    reads_back("compress");
+}
+
+#[test]
+fn mirror_image_reads_back() {
+    reads_back("mirror");
+}
