@@ -320,14 +320,8 @@ impl Mirror {
                 }
             }
         }
-        if let Err(e) = self.acknowledge(ctx, &done, "flush", last_err).await {
-            self.intent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .restore_epoch(&epoch);
-            return Err(e);
-        }
-        self.clear_idle(ctx, &epoch).await
+        self.acknowledge(ctx, &done, "flush", last_err).await?;
+        self.clear_idle(ctx, epoch).await
     }
 
     /// Whether a leg is rebuilding: the daemon drives [`Mirror::resync_step`]

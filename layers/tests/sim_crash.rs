@@ -161,7 +161,6 @@ fn compress_4096_under_concurrent_crashes() {
 }
 
 #[test]
-#[ignore = "mirror: legs differ after the open-time resync of a crash image (write-intent bitmap)"]
 fn mirror_under_concurrent_crashes() {
     let (_d, mut b) = builder(4096);
     let (l0, l1) = (b.memory("l0", 384 * KIB), b.memory("l1", 384 * KIB));
@@ -267,7 +266,6 @@ fn mirror_of_crypt_legs_under_concurrent_crashes() {
 }
 
 #[test]
-#[ignore = "mirror: legs differ after the open-time resync of a crash image (write-intent bitmap)"]
 fn mirror_of_crypt_legs_are_identical_after_concurrent_crashes() {
     let (_d, plan) = mirror_of_crypt_legs();
     replay_with("mirror/crypt", &plan, 171, 2, &SMALL, &|s| {

@@ -7,12 +7,15 @@
 //! written). A write therefore proceeds without touching the record when its
 //! regions are set here, and otherwise has the record rewritten first.
 //!
-//! Clearing is lazy: a FLUSH clears the regions that had no write in flight and
-//! none started or finished since the previous FLUSH began ([`take_epoch`]), so
-//! a region written steadily stays set instead of costing a record write per
-//! FLUSH. Every write to a cleared region finished before the current FLUSH
-//! started (a write marks its region at start *and* at completion), so that
-//! FLUSH made it durable on every leg.
+//! Clearing is lazy: every FLUSH starts a new epoch ([`take_epoch`]), and a
+//! write stamps its regions with the current epoch when it starts *and* when it
+//! finishes. A FLUSH that began epoch `e + 1` and made every leg durable clears
+//! the regions with no write in flight whose stamp is older than `e`: their
+//! last write finished before the previous FLUSH began, hence before this one
+//! flushed the legs, and a region written steadily stays set instead of costing
+//! a record write per FLUSH. The stamps, not a per-epoch set, decide, because
+//! FLUSHes overlap: one that began earlier may finish after a later one began,
+//! and a write that finished in between is not covered by its leg flushes.
 //!
 //! [`take_epoch`]: WriteIntent::take_epoch
 
@@ -22,8 +25,10 @@ pub struct WriteIntent {
     region_bytes: u64,
     dirty: Vec<bool>,
     in_flight: Vec<u32>,
-    /// Regions whose writes started or finished since the last `take_epoch`.
-    written: Vec<bool>,
+    /// The epoch in which a write to each region last started or finished.
+    touched: Vec<u64>,
+    /// The current epoch; +1 when a FLUSH starts.
+    epoch: u64,
 }
 
 impl WriteIntent {
@@ -35,7 +40,8 @@ impl WriteIntent {
             region_bytes,
             dirty,
             in_flight: vec![0; regions],
-            written: vec![false; regions],
+            touched: vec![0; regions],
+            epoch: 1,
         }
     }
 
@@ -61,7 +67,7 @@ impl WriteIntent {
         let mut missing = Vec::new();
         for r in regions {
             self.in_flight[r] += 1;
-            self.written[r] = true;
+            self.touched[r] = self.epoch;
             if !self.dirty[r] {
                 missing.push(r);
             }
@@ -74,7 +80,7 @@ impl WriteIntent {
         for r in regions {
             debug_assert!(self.in_flight[r] > 0);
             self.in_flight[r] = self.in_flight[r].saturating_sub(1);
-            self.written[r] = true;
+            self.touched[r] = self.epoch;
         }
     }
 
@@ -103,26 +109,21 @@ impl WriteIntent {
         }
     }
 
-    /// Start a FLUSH: returns the regions written in the closing epoch.
-    pub fn take_epoch(&mut self) -> Vec<bool> {
-        std::mem::replace(&mut self.written, vec![false; self.dirty.len()])
+    /// A FLUSH starts, before it flushes any leg: returns the epoch it closes.
+    /// Writes stamped with it or earlier finished or started before now.
+    pub fn take_epoch(&mut self) -> u64 {
+        let closed = self.epoch;
+        self.epoch += 1;
+        closed
     }
 
-    /// A FLUSH failed: its epoch's writes are not known durable.
-    pub fn restore_epoch(&mut self, previous: &[bool]) {
-        for (w, &p) in self.written.iter_mut().zip(previous) {
-            *w |= p;
-        }
-    }
-
-    /// After a FLUSH succeeded: clear the regions idle since the previous FLUSH
-    /// (`previous` is what `take_epoch` returned). Returns how many it cleared.
-    pub fn clear_idle(&mut self, previous: &[bool]) -> usize {
+    /// After the FLUSH that closed epoch `closed` made every leg durable: clear
+    /// the regions with no write in flight and none started or finished since
+    /// the previous FLUSH began. Returns how many it cleared.
+    pub fn clear_idle(&mut self, closed: u64) -> usize {
         let mut cleared = 0;
         for r in 0..self.dirty.len() {
-            let idle = self.in_flight[r] == 0
-                && !self.written[r]
-                && !previous.get(r).copied().unwrap_or(true);
+            let idle = self.in_flight[r] == 0 && self.touched[r] < closed;
             if self.dirty[r] && idle {
                 self.dirty[r] = false;
                 cleared += 1;
@@ -170,32 +171,58 @@ mod tests {
         w.set(&[0]);
         // Flush 1 while the write is in flight: nothing clears.
         let e1 = w.take_epoch();
-        assert_eq!(w.clear_idle(&e1), 0);
+        assert_eq!(w.clear_idle(e1), 0);
         w.end(0..1);
         // Flush 2: the write finished during epoch 2, still not idle.
         let e2 = w.take_epoch();
-        assert_eq!(w.clear_idle(&e2), 0);
+        assert_eq!(w.clear_idle(e2), 0);
         // Flush 3: idle since flush 2 began.
         let e3 = w.take_epoch();
-        assert_eq!(w.clear_idle(&e3), 1);
+        assert_eq!(w.clear_idle(e3), 1);
         assert_eq!(w.dirty_count(), 0);
     }
 
     #[test]
-    fn a_failed_flush_keeps_its_epoch() {
+    fn an_earlier_flush_finishing_late_keeps_a_write_it_did_not_cover() {
+        let mut w = WriteIntent::new(1 << 16, vec![false; 2]);
+        // The write starts before flush 0 and is in flight all through epoch 2.
+        w.begin(0..1);
+        w.set(&[0]);
+        let e0 = w.take_epoch();
+        assert_eq!(w.clear_idle(e0), 0);
+        // Flush 1 starts (its leg flushes may miss the write), then the write
+        // finishes, then flush 2 starts.
+        let e1 = w.take_epoch();
+        w.end(0..1);
+        let e2 = w.take_epoch();
+        // Flush 1 finishes first: the write is not durable yet.
+        assert_eq!(w.clear_idle(e1), 0);
+        assert_eq!(w.dirty(), [true, false]);
+        // Flush 2 covered it, but the region was written during its epoch.
+        assert_eq!(w.clear_idle(e2), 0);
+        let e3 = w.take_epoch();
+        assert_eq!(w.clear_idle(e3), 1);
+    }
+
+    #[test]
+    fn a_failed_flush_clears_nothing() {
         let mut w = WriteIntent::new(1 << 16, vec![true; 2]);
         w.begin(1..2);
         w.end(1..2);
+        // The failed flush takes its epoch and returns without clear_idle.
+        let _failed = w.take_epoch();
+        w.begin(1..2);
         let e = w.take_epoch();
-        w.restore_epoch(&e);
+        assert_eq!(w.clear_idle(e), 1, "only region 0 was idle");
+        assert_eq!(w.dirty(), [false, true], "region 1 has a write in flight");
+        w.end(1..2);
         let e = w.take_epoch();
-        assert_eq!(w.clear_idle(&e), 1, "only region 0 was idle");
         assert_eq!(
-            w.dirty(),
-            [false, true],
-            "region 1 was written before the failed flush"
+            w.clear_idle(e),
+            0,
+            "region 1 finished a write in this epoch"
         );
         let e = w.take_epoch();
-        assert_eq!(w.clear_idle(&e), 1);
+        assert_eq!(w.clear_idle(e), 1);
     }
 }

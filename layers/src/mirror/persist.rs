@@ -137,9 +137,9 @@ impl Mirror {
         Ok(())
     }
 
-    /// After a successful FLUSH: clear the bits of regions idle since the
-    /// previous one.
-    pub(super) async fn clear_idle(&self, ctx: &IoCtx, epoch: &[bool]) -> Result<()> {
+    /// After a successful FLUSH, which closed epoch `epoch`: clear the bits of
+    /// regions idle since the previous one began.
+    pub(super) async fn clear_idle(&self, ctx: &IoCtx, epoch: u64) -> Result<()> {
         let _meta = self.meta_lock.lock().await;
         let dirty = {
             let mut intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
