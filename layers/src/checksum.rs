@@ -39,8 +39,6 @@ use crate::{Error, Layer, LocalBoxFuture, Result};
 const FORMAT_VERSION: u32 = 2;
 /// `cur` u32, `prev` u32 and the table's epoch u64.
 const ENTRY_BYTES: usize = 16;
-/// Times a block that does not verify is read again while writes race it.
-const RACE_RETRIES: usize = 8;
 
 pub struct Checksum {
     lower: Arc<dyn Layer>,
@@ -184,34 +182,27 @@ impl Checksum {
     }
 
     async fn read_verified(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut finished = self.table.writes_finished();
-        self.lower.read(ctx, self.data_start + offset, buf).await?;
-        let first = offset / self.block;
-        for (i, data) in buf.chunks_mut(self.block as usize).enumerate() {
-            let index = first + i as u64;
-            let mut ok = self.verifies(index, data);
-            // A write in flight may have changed the entry or the data half way
-            // through this read: read the block again.
-            let mut retries = 0;
-            while !ok && retries < RACE_RETRIES && self.table.raced_since(finished) {
-                retries += 1;
-                finished = self.table.writes_finished();
-                self.lower
-                    .read(ctx, self.data_start + index * self.block, data)
-                    .await?;
-                ok = self.verifies(index, data);
-            }
-            if !ok {
-                self.mismatches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    block = index,
-                    offset = index * self.block,
-                    "checksum mismatch"
-                );
-                return Err(Error::Corrupt {
-                    offset: index * self.block,
-                });
-            }
+        let failed = self
+            .table
+            .read_checked(
+                ctx,
+                &*self.lower,
+                self.block,
+                offset,
+                buf,
+                &|index, data| self.verifies(index, data),
+            )
+            .await?;
+        if let Some(index) = failed {
+            self.mismatches.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                block = index,
+                offset = index * self.block,
+                "checksum mismatch"
+            );
+            return Err(Error::Corrupt {
+                offset: index * self.block,
+            });
         }
         Ok(())
     }

@@ -43,8 +43,6 @@ use crate::{Error, Layer, LocalBoxFuture, Result};
 const FORMAT_VERSION: u32 = 2;
 /// `cur` and `prev` seals and the table's epoch (u64).
 const ENTRY_BYTES: usize = 64;
-/// Times a block that does not open is read again while writes race it.
-const RACE_RETRIES: usize = 8;
 const SEAL_BYTES: usize = 28;
 const CIPHER: &str = "aes-256-gcm";
 
@@ -319,26 +317,18 @@ impl Crypt {
     }
 
     async fn read_decrypt(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut finished = self.table.writes_finished();
-        self.lower.read(ctx, self.data_start + offset, buf).await?;
-        let first = offset / self.block;
-        for (i, data) in buf.chunks_mut(self.block as usize).enumerate() {
-            let index = first + i as u64;
-            let mut ok = self.open_verified(index, data);
-            // A write in flight may have changed the seal or the data half way
-            // through this read: read the block again.
-            let mut retries = 0;
-            while !ok && retries < RACE_RETRIES && self.table.raced_since(finished) {
-                retries += 1;
-                finished = self.table.writes_finished();
-                self.lower
-                    .read(ctx, self.data_start + index * self.block, data)
-                    .await?;
-                ok = self.open_verified(index, data);
-            }
-            if ok {
-                continue;
-            }
+        let failed = self
+            .table
+            .read_checked(
+                ctx,
+                &*self.lower,
+                self.block,
+                offset,
+                buf,
+                &|index, data| self.open_verified(index, data),
+            )
+            .await?;
+        if let Some(index) = failed {
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 block = index,

@@ -69,6 +69,8 @@ use epochs::Epochs;
 use header::{encode_header, newest};
 
 pub const PAGE_BYTES: usize = 4096;
+/// Reads again of a block that failed while writes were in flight.
+const RACE_RETRIES: usize = 8;
 /// Bytes of the header in front of the pages.
 pub const HEADER_BYTES: u64 = 2 * PAGE_BYTES as u64;
 /// Bytes at the end of every entry that hold its epoch.
@@ -306,16 +308,41 @@ impl MetaTable {
         self.epochs.enter()
     }
 
-    /// Writes finished so far (see [`MetaTable::raced_since`]).
-    pub fn writes_finished(&self) -> u64 {
-        self.epochs.finished()
-    }
-
-    /// Whether a write was in flight since [`MetaTable::writes_finished`]
-    /// returned `finished`: a block that does not verify may then have been
-    /// read half way through its write, and is read again.
-    pub fn raced_since(&self, finished: u64) -> bool {
-        self.epochs.raced_since(finished)
+    /// Read the data blocks of `offset..offset + buf.len()`, which lie right
+    /// after the table (block `i` at `end + i * block` below), and check each
+    /// with `check`. A block
+    /// that fails while a write was in flight may have been read half way
+    /// through that write (entry or data), so it is read again, up to
+    /// [`RACE_RETRIES`] times. Returns the first block that still fails.
+    pub async fn read_checked(
+        &self,
+        ctx: &IoCtx,
+        lower: &dyn Layer,
+        block: u64,
+        offset: u64,
+        buf: &mut [u8],
+        check: &dyn Fn(u64, &mut [u8]) -> bool,
+    ) -> Result<Option<u64>> {
+        let data_start =
+            self.start + HEADER_BYTES + Self::bytes_for(self.entries, self.entry_bytes);
+        let mut finished = self.epochs.finished();
+        lower.read(ctx, data_start + offset, buf).await?;
+        let first = offset / block;
+        for (i, data) in buf.chunks_mut(block as usize).enumerate() {
+            let index = first + i as u64;
+            let mut ok = check(index, data);
+            let mut retries = 0;
+            while !ok && retries < RACE_RETRIES && self.epochs.raced_since(finished) {
+                retries += 1;
+                finished = self.epochs.finished();
+                lower.read(ctx, data_start + index * block, data).await?;
+                ok = check(index, data);
+            }
+            if !ok {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
     }
 
     /// Indices of the entries written in an epoch no flush covered (a crash's
