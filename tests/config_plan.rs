@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use layers::plan::{
     CacheMode, CacheParams, CompressParams, CryptParams, DiskParams, FaultKnobs, FaultParams,
-    FileParams, KeySource, LayerSpec, LogLevel, MirrorParams, Raid0Params, ReadPolicy,
+    FileParams, KeySource, LayerSpec, LogLevel, MirrorParams, NullParams, Raid0Params, ReadPolicy,
 };
 use ublk_stack::config;
 
@@ -235,9 +235,9 @@ size = "1024M"
     );
     assert_eq!(
         spec(&plan, "n"),
-        LayerSpec::Null {
+        LayerSpec::Null(NullParams {
             size_bytes: 1 << 30
-        }
+        })
     );
 }
 

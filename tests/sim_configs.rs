@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use layers::plan::{KeySource, LayerSpec, Plan};
+use layers::plan::{KeySource, LayerSpec, MemoryParams, Plan};
 use layers::testing::rng::seeds;
 use layers::testing::sim_crash::{sim_crash_replay, SimCrashConfig, SimCrashReport};
 use ublk_stack::config;
@@ -35,9 +35,9 @@ fn small_plan(dir: &str, name: &str) -> Plan {
     for layer in &mut plan.layers {
         match &mut layer.spec {
             LayerSpec::File(_) | LayerSpec::Disk(_) | LayerSpec::Null { .. } => {
-                layer.spec = LayerSpec::Memory { size_bytes: leaf }
+                layer.spec = LayerSpec::Memory(MemoryParams { size_bytes: leaf })
             }
-            LayerSpec::Memory { size_bytes } => *size_bytes = leaf,
+            LayerSpec::Memory(p) => p.size_bytes = leaf,
             // A third of the disk: incompressible writes and the map must fit.
             LayerSpec::Compress(p) => p.size_bytes = Some(leaf / 3 / 4096 * 4096),
             LayerSpec::Crypt(p) => p.key = KeySource::Env("SIM_CONFIG_KEY".into()),

@@ -1,22 +1,17 @@
-//! `Plan` → `Stack`: open the leaves and build the layer tree. This is the only
-//! `match` on the layer type that builds layers.
+//! `Plan` → `Stack`: open the leaves and build the layer tree, children
+//! first, each layer opened by its kind ([`crate::kinds::Kind::open`]).
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zeroize::Zeroizing;
-
-use crate::checksum::Checksum;
-use crate::compress::Compress;
-use crate::crypt::{self, Crypt};
 use crate::escape::escape_controls;
 use crate::exec::{Executor, IoCtx};
-use crate::fault::Fault;
+use crate::kinds::Opening;
 use crate::mirror::Mirror;
-use crate::plan::{LayerId, LayerSpec, LiveChange, Plan};
+use crate::plan::{LayerId, LiveChange, Plan};
 use crate::stats::{LatencySnapshot, LayerStats, StatsSnapshot};
-use crate::{disk, file, memory, null, raid0};
 use crate::{Error, Layer, LocalBoxFuture, Result};
 
 /// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
@@ -66,9 +61,9 @@ pub struct NodeStatus {
 pub struct Stack {
     plan: Plan,
     nodes: Vec<Option<Arc<Counted>>>,
-    /// The mirrors by layer id, for their maintenance calls (re-add, resync,
-    /// scrub), which are no `Layer` operations.
-    mirrors: Vec<(LayerId, Arc<Mirror>)>,
+    /// What each layer's kind kept at open for calls that are no `Layer`
+    /// operation (a mirror's re-add, resync and scrub), by layer id.
+    handles: Vec<Option<Box<dyn Any + Send + Sync>>>,
 }
 
 impl Stack {
@@ -99,7 +94,7 @@ impl Stack {
     /// `scrub_step`.
     pub fn mirror(&self, name: &str) -> Option<&Arc<Mirror>> {
         let id = self.plan.layers.iter().position(|l| l.name == name)?;
-        self.mirrors.iter().find(|(m, _)| *m == id).map(|(_, m)| m)
+        self.handles[id].as_ref()?.downcast_ref::<Arc<Mirror>>()
     }
 
     /// Apply a live change to the layer named `name`.
@@ -168,101 +163,55 @@ pub fn compile_with(
     };
     let open_ctx = IoCtx::new(0, 64).map_err(io_error)?;
     let open_exec = Executor::new().map_err(io_error)?;
-    let mut keys = load_keys(plan)?;
+    // Before any layer is opened (a crypt layer's key): a plan that cannot
+    // start fails before a leaf is created or a layer formatted.
+    let mut prepared = plan
+        .layers
+        .iter()
+        .map(|layer| {
+            layer.spec.prepare().map_err(|message| CompileError {
+                layer: layer.name.clone(),
+                message,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
-    let mut mirrors = Vec::new();
+    let mut handles: Vec<Option<Box<dyn Any + Send + Sync>>> =
+        (0..plan.layers.len()).map(|_| None).collect();
+    let block_size = plan.device.block_size;
     // Children before parents: reverse of the top-down walk.
     for id in plan.walk().into_iter().rev() {
         let layer_plan = &plan.layers[id];
-        let fail = |message: String| CompileError {
-            layer: layer_plan.name.clone(),
-            message,
-        };
-        let child = |c: LayerId| -> Arc<dyn Layer> {
-            nodes[c]
-                .clone()
-                .expect("children are compiled before parents")
-        };
-        let block_size = plan.device.block_size;
-        let layer: Arc<dyn Layer> = match (supply(id), &layer_plan.spec) {
-            (Some(layer), _) => layer,
-            (None, spec) => match spec {
-                LayerSpec::File(p) => Arc::new(file::open(p, block_size).map_err(fail)?),
-                LayerSpec::Disk(p) => Arc::new(disk::open(p, block_size).map_err(fail)?),
-                LayerSpec::Memory { size_bytes } => {
-                    Arc::new(memory::MemoryLeaf::new(*size_bytes).map_err(fail)?)
-                }
-                LayerSpec::Null { size_bytes } => Arc::new(null::NullLeaf::new(*size_bytes)),
-                LayerSpec::Raid0(p) => Arc::new(
-                    raid0::Raid0::new(p.stripes.iter().map(|&c| child(c)).collect(), p.chunk_bytes)
-                        .map_err(fail)?,
-                ),
-                LayerSpec::Mirror(p) => {
-                    let mirror = Arc::new(
-                        open_exec
-                            .block_on(
-                                &open_ctx,
-                                Mirror::open(
-                                    &open_ctx,
-                                    p.legs.iter().map(|&c| child(c)).collect(),
-                                    p.read_policy,
-                                    block_size,
-                                ),
-                            )
-                            .map_err(fail)?,
-                    );
-                    mirrors.push((id, mirror.clone()));
-                    mirror
-                }
-                LayerSpec::Fault(p) => Arc::new(Fault::new(child(p.over), p.knobs.clone())),
-                LayerSpec::Checksum(_) => Arc::new(
-                    open_exec
-                        .block_on(
-                            &open_ctx,
-                            Checksum::open(
-                                &open_ctx,
-                                child(layer_plan.spec.children()[0]),
-                                block_size,
-                            ),
-                        )
-                        .map_err(fail)?,
-                ),
-                LayerSpec::Compress(p) => Arc::new(
-                    open_exec
-                        .block_on(
-                            &open_ctx,
-                            Compress::open(
-                                &open_ctx,
-                                child(p.over),
-                                block_size,
-                                &p.algorithm,
-                                p.size_bytes,
-                            ),
-                        )
-                        .map_err(fail)?,
-                ),
-                LayerSpec::Crypt(p) => {
-                    let key = keys[id]
-                        .take()
-                        .ok_or_else(|| fail("its key was not loaded".into()))?;
-                    Arc::new(
-                        open_exec
-                            .block_on(
-                                &open_ctx,
-                                Crypt::open(&open_ctx, child(p.over), block_size, &key),
-                            )
-                            .map_err(fail)?,
-                    )
-                }
-                LayerSpec::Cache(p) => Arc::new(crate::cache::Cache::new(
-                    child(p.over),
+        let children = layer_plan.spec.children();
+        let layer: Arc<dyn Layer> = match supply(id) {
+            Some(layer) => layer,
+            None => {
+                let below = children
+                    .iter()
+                    .map(|&c| {
+                        let child: Arc<dyn Layer> = nodes[c]
+                            .clone()
+                            .expect("children are compiled before parents");
+                        child
+                    })
+                    .collect();
+                let mut opening = Opening::new(
                     block_size,
-                    crate::cache::CacheKnobs {
-                        capacity_bytes: p.capacity_bytes,
-                        mode: p.mode,
-                    },
-                )),
-            },
+                    below,
+                    &open_ctx,
+                    &open_exec,
+                    prepared[id].take(),
+                );
+                let layer = layer_plan
+                    .spec
+                    .open(&mut opening)
+                    .map_err(|message| CompileError {
+                        layer: layer_plan.name.clone(),
+                        message,
+                    })?;
+                handles[id] = opening.into_kept();
+                layer
+            }
         };
         nodes[id] = Some(Arc::new(Counted {
             size: layer.size(),
@@ -270,7 +219,7 @@ pub fn compile_with(
             node: Node {
                 name: layer_plan.name.clone(),
                 type_name: layer_plan.spec.type_name(),
-                children: layer_plan.spec.children(),
+                children,
                 layer,
                 stats: LayerStats::default(),
             },
@@ -279,28 +228,8 @@ pub fn compile_with(
     Ok(Stack {
         plan: plan.clone(),
         nodes,
-        mirrors,
+        handles,
     })
-}
-
-/// Every crypt layer's key, indexed like `plan.layers`. Read before any layer
-/// is opened, so that a missing, short or exposed key refuses the plan before
-/// a leaf is created or a layer formatted.
-fn load_keys(plan: &Plan) -> std::result::Result<Vec<Option<Zeroizing<[u8; 32]>>>, CompileError> {
-    plan.layers
-        .iter()
-        .map(|layer| match &layer.spec {
-            LayerSpec::Crypt(p) => {
-                crypt::load_key(&p.key)
-                    .map(Some)
-                    .map_err(|message| CompileError {
-                        layer: layer.name.clone(),
-                        message,
-                    })
-            }
-            _ => Ok(None),
-        })
-        .collect()
 }
 
 /// A layer wrapped with its counters.

@@ -27,6 +27,7 @@ pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod join;
+pub mod kinds;
 pub mod memory;
 pub mod meta_table;
 pub mod mirror;
@@ -40,6 +41,7 @@ pub mod stats;
 pub mod superblock;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod units;
 #[allow(unsafe_code)]
 pub mod uring;
 

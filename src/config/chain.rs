@@ -1,5 +1,5 @@
 //! How many layers that keep per-block metadata (`checksum`, `crypt`,
-//! `compress`) are stacked on one path from the top to a leaf.
+//! `compress`: their kinds' `KEEPS_METADATA`) are stacked on one path from the top to a leaf.
 //!
 //! Each of them turns one write into two below it (its table page, then the
 //! data), so `n` of them stacked turn one write at the top into about `2^n`
@@ -8,22 +8,14 @@
 //! bounded by something a user can read in the config, and refuses a stack
 //! that `up` could never finish opening.
 
-use layers::plan::{LayerPlan, LayerSpec};
+use layers::plan::LayerPlan;
 
 use super::error::Problems;
 use super::layer::LayerSpans;
-use super::schema::LayerKey;
 
 /// The most metadata layers on one path: a write at the top then costs at
 /// most 2^8 = 256 writes at the leaf.
 pub const MAX_METADATA_CHAIN: usize = 8;
-
-fn keeps_metadata(spec: &LayerSpec) -> bool {
-    matches!(
-        spec,
-        LayerSpec::Checksum(_) | LayerSpec::Crypt(_) | LayerSpec::Compress(_)
-    )
-}
 
 /// Reports the layer that makes a chain one too long, at its `over` key.
 pub fn check(layers: &[Option<(LayerPlan, LayerSpans)>], problems: &mut Problems) {
@@ -53,10 +45,10 @@ pub fn check(layers: &[Option<(LayerPlan, LayerSpans)>], problems: &mut Problems
                     })
                     .max()
                     .unwrap_or(0);
-                let count = below + usize::from(keeps_metadata(&layer.spec));
+                let count = below + usize::from(layer.spec.keeps_metadata());
                 if count == MAX_METADATA_CHAIN + 1 && below == MAX_METADATA_CHAIN {
                     problems.at_layer(
-                        &spans.of(Some(LayerKey::Over)),
+                        &spans.of(Some("over")),
                         &layer.name,
                         format!(
                             "this is the {}th layer keeping per-block metadata (checksum, crypt, \

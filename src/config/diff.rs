@@ -1,8 +1,10 @@
 //! Reload: what an edit of the config file changes on the running device.
 //!
-//! [`diff`] compares the running [`Plan`] with the edited one key by key. Live
+//! [`diff`] compares the running [`Plan`] with the edited one key by key, by
+//! the values each layer's kind gives ([`layers::kinds::Kind::values`]). Live
 //! keys (DESIGN.md §1: mirror `read_policy`, cache `capacity` and `mode`, the
-//! fault knobs, `log.level`) become typed [`LiveChange`]s; any other difference
+//! fault knobs, `log.level`) become the typed [`LiveChange`]s the kind makes;
+//! any other difference
 //! refuses the whole edit, with one reason per key, so that a device never runs
 //! half of an edit.
 //!
@@ -12,13 +14,7 @@
 
 use std::fmt;
 
-use layers::plan::{
-    CacheParams, FaultKnobs, KeySource, LayerId, LayerPlan, LayerSpec, LiveChange, LogLevel,
-    MirrorParams, Plan,
-};
-
-use super::duration::format_duration_us;
-use super::size::format_exact;
+use layers::plan::{LayerPlan, LiveChange, LogLevel, Plan};
 
 /// One live key that changes: `layers.m.read_policy: round-robin -> first`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,15 +115,8 @@ pub fn diff(old: &Plan, new: &Plan) -> Result<Changes, Refusal> {
 /// `plan` with `change` applied to the layer named `layer`: what the device
 /// runs once that change alone went through (used when a later one fails).
 pub fn patch(plan: &mut Plan, layer: &str, change: &LiveChange) {
-    let Some(target) = plan.layers.iter_mut().find(|l| l.name == layer) else {
-        return;
-    };
-    match (&mut target.spec, change) {
-        (LayerSpec::Mirror(p), LiveChange::ReadPolicy(policy)) => p.read_policy = *policy,
-        (LayerSpec::Cache(p), LiveChange::CacheCapacity(bytes)) => p.capacity_bytes = *bytes,
-        (LayerSpec::Cache(p), LiveChange::CacheMode(mode)) => p.mode = *mode,
-        (LayerSpec::Fault(p), LiveChange::Fault(knobs)) => p.knobs = knobs.clone(),
-        _ => {}
+    if let Some(target) = plan.layers.iter_mut().find(|l| l.name == layer) {
+        target.spec.apply_live(change);
     }
 }
 
@@ -162,168 +151,45 @@ fn compare_device(old: &Plan, new: &Plan, found: &mut Found) {
     }
 }
 
-/// The names of the layers `ids` point at, for comparing references across plans.
-fn names(plan: &Plan, ids: &[LayerId]) -> Vec<String> {
-    ids.iter().map(|&id| plan.layers[id].name.clone()).collect()
-}
-
+/// Structural keys that differ are refused; live ones become the kind's
+/// changes, each with an edit per key of it that differs.
 fn compare_layer(old: &Plan, a: &LayerPlan, new: &Plan, b: &LayerPlan, found: &mut Found) {
     let name = &a.name;
-    // Each entry: key, whether it differs. Live keys are handled after.
-    let fixed: Vec<(&str, bool)> = match (&a.spec, &b.spec) {
-        (LayerSpec::File(x), LayerSpec::File(y)) => vec![
-            ("path", x.path != y.path),
-            ("size", x.size_bytes != y.size_bytes),
-            ("create", x.create != y.create),
-            ("direct", x.direct != y.direct),
-        ],
-        (LayerSpec::Disk(x), LayerSpec::Disk(y)) => {
-            vec![("path", x.path != y.path), ("direct", x.direct != y.direct)]
-        }
-        (LayerSpec::Memory { size_bytes: x }, LayerSpec::Memory { size_bytes: y })
-        | (LayerSpec::Null { size_bytes: x }, LayerSpec::Null { size_bytes: y }) => {
-            vec![("size", x != y)]
-        }
-        (LayerSpec::Raid0(x), LayerSpec::Raid0(y)) => vec![
-            ("stripes", names(old, &x.stripes) != names(new, &y.stripes)),
-            ("chunk", x.chunk_bytes != y.chunk_bytes),
-        ],
-        (LayerSpec::Mirror(x), LayerSpec::Mirror(y)) => {
-            mirror_live(name, x, y, found);
-            vec![("legs", names(old, &x.legs) != names(new, &y.legs))]
-        }
-        (LayerSpec::Cache(x), LayerSpec::Cache(y)) => {
-            cache_live(name, x, y, found);
-            vec![("over", names(old, &[x.over]) != names(new, &[y.over]))]
-        }
-        (LayerSpec::Compress(x), LayerSpec::Compress(y)) => vec![
-            ("over", names(old, &[x.over]) != names(new, &[y.over])),
-            ("algorithm", x.algorithm != y.algorithm),
-            ("size", x.size_bytes != y.size_bytes),
-        ],
-        (LayerSpec::Crypt(x), LayerSpec::Crypt(y)) => {
-            let mut keys = vec![
-                ("over", names(old, &[x.over]) != names(new, &[y.over])),
-                ("cipher", x.cipher != y.cipher),
-            ];
-            keys.extend(key_source_keys(&x.key, &y.key));
-            keys
-        }
-        (LayerSpec::Checksum(x), LayerSpec::Checksum(y)) => vec![
-            ("over", names(old, &[x.over]) != names(new, &[y.over])),
-            ("algorithm", x.algorithm != y.algorithm),
-        ],
-        (LayerSpec::Fault(x), LayerSpec::Fault(y)) => {
-            fault_live(name, &x.knobs, &y.knobs, found);
-            vec![("over", names(old, &[x.over]) != names(new, &[y.over]))]
-        }
-        _ => vec![("type", true)],
+    if a.spec.type_name() != b.spec.type_name() {
+        found.structural(format!("layers.{name}.type"));
+        return;
+    }
+    let before = a.spec.values(&|id| old.layers[id].name.clone());
+    let after = b.spec.values(&|id| new.layers[id].name.clone());
+    let value = |values: &[(&'static str, Option<String>)], key: &str| {
+        values
+            .iter()
+            .find(|(known, _)| *known == key)
+            .and_then(|(_, value)| value.clone())
     };
-    for (key, differs) in fixed {
-        if differs {
+    let live_keys = a.spec.live_keys();
+    for (key, from) in &before {
+        if !live_keys.contains(key) && *from != value(&after, key) {
             found.structural(format!("layers.{name}.{key}"));
         }
     }
-}
-
-/// `key_file` and `key_env` are two spellings of one setting: a switch from
-/// one to the other names both.
-fn key_source_keys(a: &KeySource, b: &KeySource) -> Vec<(&'static str, bool)> {
-    match (a, b) {
-        (KeySource::File(x), KeySource::File(y)) => vec![("key_file", x != y)],
-        (KeySource::Env(x), KeySource::Env(y)) => vec![("key_env", x != y)],
-        _ => vec![("key_file", true), ("key_env", true)],
-    }
-}
-
-fn edit(layer: &str, key: &str, from: String, to: String) -> Edit {
-    Edit {
-        key: format!("layers.{layer}.{key}"),
-        from,
-        to,
-    }
-}
-
-fn push_change(found: &mut Found, layer: &str, change: LiveChange, edits: Vec<Edit>) {
-    found.changes.layers.push(LayerChange {
-        layer: layer.to_string(),
-        change,
-        edits,
-    });
-}
-
-fn mirror_live(name: &str, a: &MirrorParams, b: &MirrorParams, found: &mut Found) {
-    if a.read_policy != b.read_policy {
-        let from = a.read_policy.as_str().to_string();
-        let to = b.read_policy.as_str().to_string();
-        let edits = vec![edit(name, "read_policy", from, to)];
-        push_change(found, name, LiveChange::ReadPolicy(b.read_policy), edits);
-    }
-}
-
-fn cache_live(name: &str, a: &CacheParams, b: &CacheParams, found: &mut Found) {
-    // The mode first: a switch to write-through writes dirty data back, and a
-    // smaller capacity then has less to evict.
-    if a.mode != b.mode {
-        let edits = vec![edit(
-            name,
-            "mode",
-            a.mode.as_str().into(),
-            b.mode.as_str().into(),
-        )];
-        push_change(found, name, LiveChange::CacheMode(b.mode), edits);
-    }
-    if a.capacity_bytes != b.capacity_bytes {
-        let from = format_exact(a.capacity_bytes);
-        let edits = vec![edit(name, "capacity", from, format_exact(b.capacity_bytes))];
-        push_change(
-            found,
-            name,
-            LiveChange::CacheCapacity(b.capacity_bytes),
+    for (change, keys) in a.spec.live_changes(&b.spec) {
+        let edits = keys
+            .iter()
+            .filter_map(|key| {
+                let (from, to) = (value(&before, key), value(&after, key));
+                (from != to).then(|| Edit {
+                    key: format!("layers.{name}.{key}"),
+                    from: from.unwrap_or_default(),
+                    to: to.unwrap_or_default(),
+                })
+            })
+            .collect();
+        found.changes.layers.push(LayerChange {
+            layer: name.clone(),
+            change,
             edits,
-        );
-    }
-}
-
-fn fault_live(name: &str, a: &FaultKnobs, b: &FaultKnobs, found: &mut Found) {
-    let mut edits = Vec::new();
-    // Rates compare as bits: the same text parses to the same f64, and a NaN
-    // (refused by validation anyway) must not look like a change forever.
-    if a.read_error_rate.to_bits() != b.read_error_rate.to_bits() {
-        let (from, to) = (a.read_error_rate.to_string(), b.read_error_rate.to_string());
-        edits.push(edit(name, "read_error_rate", from, to));
-    }
-    if a.write_error_rate.to_bits() != b.write_error_rate.to_bits() {
-        let (from, to) = (
-            a.write_error_rate.to_string(),
-            b.write_error_rate.to_string(),
-        );
-        edits.push(edit(name, "write_error_rate", from, to));
-    }
-    if a.delay_us != b.delay_us {
-        let (from, to) = (
-            format_duration_us(a.delay_us),
-            format_duration_us(b.delay_us),
-        );
-        edits.push(edit(name, "delay", from, to));
-    }
-    if a.range != b.range {
-        edits.push(edit(
-            name,
-            "range",
-            range_text(a.range),
-            range_text(b.range),
-        ));
-    }
-    if !edits.is_empty() {
-        push_change(found, name, LiveChange::Fault(b.clone()), edits);
-    }
-}
-
-fn range_text(range: Option<(u64, u64)>) -> String {
-    match range {
-        Some((start, end)) => format!("[{}, {}]", format_exact(start), format_exact(end)),
-        None => "all".into(),
+        });
     }
 }
 

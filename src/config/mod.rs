@@ -9,7 +9,6 @@
 
 mod chain;
 pub mod diff;
-pub mod duration;
 mod error;
 mod fields;
 mod graph;
@@ -17,11 +16,13 @@ mod layer;
 mod machine;
 mod raw;
 mod schema;
-pub mod size;
 mod sizes;
 mod suggest;
 pub mod tree;
 mod validate;
+
+/// Sizes and durations as the file writes them (shared with the layer kinds).
+pub use layers::units::{duration, size};
 
 use std::path::{Path, PathBuf};
 
@@ -139,17 +140,6 @@ fn read(path: &Path) -> Result<(String, PathBuf), ConfigErrors> {
         ConfigErrors::whole_file(&file, format!("cannot resolve its folder: {error}"))
     })?;
     Ok((text, base_dir))
-}
-
-/// A path for messages: relative to the current directory when it is below
-/// it (shorter, and close to what the user typed), else as it is.
-pub(crate) fn shown(path: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| path.to_path_buf())
-        .display()
-        .to_string()
 }
 
 fn display(path: &Path) -> String {

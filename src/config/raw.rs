@@ -369,7 +369,7 @@ mod tests {
         assert_eq!(names, ["z", "a"]);
         assert_eq!(layers[0].section.unknown[0].name, "sise");
         assert_eq!(
-            layers[0].section.get(LayerKey::Type).map(|f| &f.item.value),
+            layers[0].section.get(LayerKey::TYPE).map(|f| &f.item.value),
             Some(&Value::String("memory".into()))
         );
     }

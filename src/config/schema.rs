@@ -1,14 +1,18 @@
-//! The words of schema v1: sections, keys, layer types, and which keys each type
-//! takes. Everything else in `config` names keys through these enums, so a key is
-//! spelt as a string in exactly one place.
+//! The words of schema v1: sections and their keys. The layer types and the
+//! keys each takes come from the kinds registered in [`layers::kinds`]; a
+//! layer key is spelt as a string only in its kind's file.
+
+use std::sync::OnceLock;
+
+use layers::kinds::{KindInfo, KINDS};
 
 /// A set of key names that can be listed and printed (for did-you-mean).
 pub trait KeyName: Copy + PartialEq + 'static {
-    const ALL: &'static [Self];
+    fn all() -> &'static [Self];
     fn as_str(self) -> &'static str;
 
     fn from_str(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|key| key.as_str() == name)
+        Self::all().iter().copied().find(|key| key.as_str() == name)
     }
 }
 
@@ -19,7 +23,9 @@ macro_rules! key_enum {
         pub enum $name { $($variant),+ }
 
         impl KeyName for $name {
-            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn all() -> &'static [Self] {
+                &[$($name::$variant),+]
+            }
             fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
             }
@@ -49,103 +55,68 @@ key_enum!(
     LogKey { Level = "level" }
 );
 
-key_enum!(
-    /// Every key any `[layers.NAME]` table may hold; [`LayerType::keys`] says
-    /// which ones a given type takes.
-    LayerKey {
-        Type = "type",
-        Path = "path",
-        Size = "size",
-        Create = "create",
-        Direct = "direct",
-        Stripes = "stripes",
-        Chunk = "chunk",
-        Legs = "legs",
-        ReadPolicy = "read_policy",
-        Over = "over",
-        Capacity = "capacity",
-        Mode = "mode",
-        Algorithm = "algorithm",
-        Cipher = "cipher",
-        KeyFile = "key_file",
-        KeyEnv = "key_env",
-        ReadErrorRate = "read_error_rate",
-        WriteErrorRate = "write_error_rate",
-        Delay = "delay",
-        Range = "range",
-    }
-);
+/// A key of a `[layers.NAME]` table: `type`, or a key some registered kind
+/// takes (see [`layers::kinds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerKey(pub &'static str);
 
-key_enum!(
-    /// The `type = "…"` words.
-    LayerType {
-        File = "file",
-        Disk = "disk",
-        Memory = "memory",
-        Null = "null",
-        Raid0 = "raid0",
-        Mirror = "mirror",
-        Cache = "cache",
-        Compress = "compress",
-        Crypt = "crypt",
-        Checksum = "checksum",
-        Fault = "fault",
-    }
-);
+impl LayerKey {
+    pub const TYPE: LayerKey = LayerKey("type");
+}
 
-impl LayerType {
-    /// The keys a layer of this type takes, `type` first.
-    pub fn keys(self) -> &'static [LayerKey] {
-        use LayerKey as K;
-        match self {
-            LayerType::File => &[K::Type, K::Path, K::Size, K::Create, K::Direct],
-            LayerType::Disk => &[K::Type, K::Path, K::Direct],
-            LayerType::Memory | LayerType::Null => &[K::Type, K::Size],
-            LayerType::Raid0 => &[K::Type, K::Stripes, K::Chunk],
-            LayerType::Mirror => &[K::Type, K::Legs, K::ReadPolicy],
-            LayerType::Cache => &[K::Type, K::Over, K::Capacity, K::Mode],
-            LayerType::Compress => &[K::Type, K::Over, K::Algorithm, K::Size],
-            LayerType::Crypt => &[K::Type, K::Over, K::Cipher, K::KeyFile, K::KeyEnv],
-            LayerType::Checksum => &[K::Type, K::Over, K::Algorithm],
-            LayerType::Fault => &[
-                K::Type,
-                K::Over,
-                K::ReadErrorRate,
-                K::WriteErrorRate,
-                K::Delay,
-                K::Range,
-            ],
-        }
-    }
-
-    /// The type a user probably means by a word from other storage tools
-    /// (`raid1`, `ramdisk`, `luks`), for "did you mean" where spelling
-    /// distance would mislead (`raid1` is one letter from `raid0`).
-    pub fn synonym(word: &str) -> Option<LayerType> {
-        Some(match word.to_ascii_lowercase().as_str() {
-            "raid1" | "mirrored" | "mirroring" => LayerType::Mirror,
-            "stripe" | "striped" | "striping" => LayerType::Raid0,
-            "image" | "img" | "loop" | "regular" => LayerType::File,
-            "block" | "blockdev" | "device" | "dev" | "raw" => LayerType::Disk,
-            "ram" | "ramdisk" | "mem" | "tmpfs" => LayerType::Memory,
-            "zero" | "zeros" | "blackhole" => LayerType::Null,
-            "encrypt" | "encrypted" | "encryption" | "luks" | "dm-crypt" => LayerType::Crypt,
-            "compression" | "compressed" | "lz4" => LayerType::Compress,
-            "crc" | "crc32" | "integrity" | "checksums" => LayerType::Checksum,
-            "error" | "errors" | "faults" | "flaky" | "delay" => LayerType::Fault,
-            "caching" | "bcache" | "writeback" => LayerType::Cache,
-            _ => return None,
+impl KeyName for LayerKey {
+    /// `type`, then every kind's keys in registry order, each once.
+    fn all() -> &'static [Self] {
+        static ALL: OnceLock<Vec<LayerKey>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let mut keys = vec![LayerKey::TYPE];
+            for key in KINDS.iter().flat_map(|kind| kind.keys) {
+                if !keys.iter().any(|known| known.0 == key.name) {
+                    keys.push(LayerKey(key.name));
+                }
+            }
+            keys
         })
     }
 
-    /// The types that take `key`, for "this key belongs to … layers" hints.
-    pub fn types_taking(key: LayerKey) -> Vec<LayerType> {
-        LayerType::ALL
-            .iter()
-            .copied()
-            .filter(|layer_type| layer_type.keys().contains(&key))
-            .collect()
+    fn as_str(self) -> &'static str {
+        self.0
     }
+}
+
+/// The keys a layer of type `kind` takes, `type` first.
+pub fn keys_of(kind: &KindInfo) -> Vec<LayerKey> {
+    std::iter::once(LayerKey::TYPE)
+        .chain(kind.keys.iter().map(|key| LayerKey(key.name)))
+        .collect()
+}
+
+/// The kind a user probably means by a word from other storage tools
+/// (`raid1`, `ramdisk`, `luks`), for "did you mean" where spelling distance
+/// would mislead (`raid1` is one letter from `raid0`).
+pub fn synonym(word: &str) -> Option<&'static KindInfo> {
+    let word = word.to_ascii_lowercase();
+    KINDS
+        .iter()
+        .find(|kind| kind.synonyms.contains(&word.as_str()))
+}
+
+/// The kinds that take `key`, for "this key belongs to … layers" hints.
+pub fn kinds_taking(key: LayerKey) -> Vec<&'static str> {
+    KINDS
+        .iter()
+        .filter(|kind| kind.key(key.0).is_some())
+        .map(|kind| kind.name)
+        .collect()
+}
+
+/// The type names, for messages: `file, disk, …`.
+pub fn type_list() -> String {
+    KINDS
+        .iter()
+        .map(|kind| kind.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Names of `items`, for messages: `a, b, c`.

@@ -1,14 +1,14 @@
 //! The tree `ublk-stack validate` prints: every layer with its type, exposed
-//! size, parameters and live keys, children drawn below their parent.
+//! size, parameters (its kind's summary) and live keys, children drawn below
+//! their parent.
 
 use std::fmt::Write as _;
 
 use layers::escape::escape_controls;
-use layers::plan::{KeySource, LayerId, LayerSpec};
+use layers::plan::{LayerId, LayerSpec};
 
-use super::duration::format_duration_us;
-use super::size::{format_exact, format_human};
-use super::{shown, Checked};
+use super::size::format_human;
+use super::Checked;
 
 /// One printed line before columns are aligned.
 struct Row {
@@ -92,58 +92,17 @@ fn collect_rows(checked: &Checked, id: LayerId, lead: String, indent: String, ro
     }
 }
 
-/// Fixed parameters, then `live: key=value …`.
+/// The kind's summary, then `live: key=value …` for its live keys.
 fn details(spec: &LayerSpec) -> String {
-    let fixed = match spec {
-        LayerSpec::File(params) => {
-            let state = if params.path.exists() {
-                "exists"
-            } else {
-                "created on up"
-            };
-            let direct = if params.direct { ", direct" } else { "" };
-            format!("{} ({state}{direct})", shown(&params.path))
-        }
-        LayerSpec::Disk(params) => {
-            let direct = if params.direct { "direct" } else { "buffered" };
-            format!("{} ({direct})", shown(&params.path))
-        }
-        LayerSpec::Memory { .. } => "in RAM".to_string(),
-        LayerSpec::Null { .. } => "reads zeros, discards writes".to_string(),
-        LayerSpec::Raid0(params) => format!("chunk={}", format_exact(params.chunk_bytes)),
-        LayerSpec::Compress(params) => format!("algorithm={}", params.algorithm),
-        LayerSpec::Crypt(params) => {
-            let key = match &params.key {
-                KeySource::File(path) => format!("key_file={}", shown(path)),
-                KeySource::Env(name) => format!("key_env={name}"),
-            };
-            format!("cipher={} {key}", params.cipher)
-        }
-        LayerSpec::Checksum(params) => format!("algorithm={}", params.algorithm),
-        LayerSpec::Mirror(_) | LayerSpec::Cache(_) | LayerSpec::Fault(_) => String::new(),
-    };
-    let live = match spec {
-        LayerSpec::Mirror(params) => format!("read_policy={}", params.read_policy.as_str()),
-        LayerSpec::Cache(params) => format!(
-            "capacity={} mode={}",
-            format_exact(params.capacity_bytes),
-            params.mode.as_str()
-        ),
-        LayerSpec::Fault(params) => {
-            let knobs = &params.knobs;
-            let range = match knobs.range {
-                Some((start, end)) => format!("[{}, {}]", format_exact(start), format_exact(end)),
-                None => "all".to_string(),
-            };
-            format!(
-                "read_error_rate={} write_error_rate={} delay={} range={range}",
-                knobs.read_error_rate,
-                knobs.write_error_rate,
-                format_duration_us(knobs.delay_us)
-            )
-        }
-        _ => String::new(),
-    };
+    let fixed = spec.summary();
+    let live_keys = spec.live_keys();
+    let live = spec
+        .values(&|_| String::new())
+        .into_iter()
+        .filter(|(key, _)| live_keys.contains(key))
+        .map(|(key, value)| format!("{key}={}", value.unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(" ");
     match (fixed.is_empty(), live.is_empty()) {
         (_, true) => fixed,
         (true, false) => format!("live: {live}"),

@@ -211,7 +211,7 @@ fn top_level_unknown(unknown: &UnknownKey) -> String {
             "\"{name}\" is a layer key: put it below the [layers.NAME] line of its layer"
         );
     }
-    let names = TopKey::ALL.iter().map(|key| key.as_str());
+    let names = TopKey::all().iter().map(|key| key.as_str());
     let hint = did_you_mean(name, names);
     if hint.is_empty() && unknown.is_table {
         format!("unknown table [{name}]; a layer is written [layers.{name}], the device [device]")
@@ -235,12 +235,12 @@ struct Device {
 
 fn report_unknown<K: KeyName>(section: &Section<K>, table: &str, reader: &mut Reader<'_>) {
     for unknown in &section.unknown {
-        let hint = did_you_mean(&unknown.name, K::ALL.iter().map(|key| key.as_str()));
+        let hint = did_you_mean(&unknown.name, K::all().iter().map(|key| key.as_str()));
         let message = if hint.is_empty() {
             format!(
                 "unknown key \"{}\" in {table}; it takes: {}",
                 unknown.name,
-                list(K::ALL)
+                list(K::all())
             )
         } else {
             format!("unknown key \"{}\" in {table}{hint}", unknown.name)

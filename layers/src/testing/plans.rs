@@ -1,5 +1,6 @@
 //! Building plans in Rust for layer tests (the binary's tests build them from TOML
-//! through the real config validation instead).
+//! through the real config validation instead). [`PlanBuilder::layer`] takes
+//! any kind's parameters; the other methods are shorthands.
 
 use std::path::{Path, PathBuf};
 
@@ -21,12 +22,17 @@ impl PlanBuilder {
         }
     }
 
-    fn add(&mut self, name: &str, spec: LayerSpec) -> LayerId {
+    /// A layer of any kind: `b.layer("n", NullParams { size_bytes })`.
+    pub fn layer(&mut self, name: &str, params: impl Into<LayerSpec>) -> LayerId {
         self.layers.push(LayerPlan {
             name: name.to_string(),
-            spec,
+            spec: params.into(),
         });
         self.layers.len() - 1
+    }
+
+    fn add(&mut self, name: &str, spec: LayerSpec) -> LayerId {
+        self.layer(name, spec)
     }
 
     pub fn file(&mut self, name: &str, size_bytes: u64) -> LayerId {
@@ -43,7 +49,7 @@ impl PlanBuilder {
     }
 
     pub fn memory(&mut self, name: &str, size_bytes: u64) -> LayerId {
-        self.add(name, LayerSpec::Memory { size_bytes })
+        self.layer(name, MemoryParams { size_bytes })
     }
 
     pub fn raid0(&mut self, name: &str, stripes: &[LayerId], chunk_bytes: u64) -> LayerId {

@@ -126,7 +126,7 @@ pub fn sim_leaves(plan: &Plan) -> Vec<(LayerId, u64)> {
     plan.walk()
         .into_iter()
         .filter_map(|id| match plan.layers[id].spec {
-            LayerSpec::Memory { size_bytes } => Some((id, size_bytes)),
+            LayerSpec::Memory(ref p) => Some((id, p.size_bytes)),
             _ => None,
         })
         .collect()

@@ -1,0 +1,108 @@
+//! `mirror`: every write goes to every leg; reads from one.
+
+use std::sync::Arc;
+
+use super::{Key, KeyReader, Kind, Opening, Sizing};
+use crate::mirror::Mirror;
+use crate::plan::{LayerId, LiveChange};
+use crate::Layer;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPolicy {
+    RoundRobin,
+    First,
+    LeastPending,
+}
+
+impl ReadPolicy {
+    pub const NAMES: [&'static str; 3] = ["round-robin", "first", "least-pending"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadPolicy::RoundRobin => "round-robin",
+            ReadPolicy::First => "first",
+            ReadPolicy::LeastPending => "least-pending",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "round-robin" => ReadPolicy::RoundRobin,
+            "first" => ReadPolicy::First,
+            "least-pending" => ReadPolicy::LeastPending,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorParams {
+    pub legs: Vec<LayerId>,
+    pub read_policy: ReadPolicy,
+}
+
+impl Kind for MirrorParams {
+    const NAME: &'static str = "mirror";
+    const KEYS: &'static [Key] = &[
+        Key::layers("legs", "the layers to mirror"),
+        Key::optional(
+            "read_policy",
+            "round-robin",
+            "which leg serves a read: round-robin, first or least-pending",
+        )
+        .live(),
+    ];
+    const SYNONYMS: &'static [&'static str] = &["raid1", "mirrored", "mirroring"];
+
+    fn read(keys: &mut dyn KeyReader) -> Option<MirrorParams> {
+        let legs = keys.children("legs", "mirror");
+        let read_policy = keys.optional("read_policy", ReadPolicy::RoundRobin, |keys, item| {
+            keys.choice(item, &ReadPolicy::NAMES)
+                .and_then(ReadPolicy::parse)
+        });
+        Some(MirrorParams {
+            legs: legs?,
+            read_policy: read_policy?,
+        })
+    }
+
+    fn children(&self) -> Vec<LayerId> {
+        self.legs.clone()
+    }
+
+    fn values(&self, name: &dyn Fn(LayerId) -> String) -> Vec<(&'static str, Option<String>)> {
+        let legs: Vec<String> = self.legs.iter().map(|&id| name(id)).collect();
+        vec![
+            ("legs", Some(format!("{legs:?}"))),
+            ("read_policy", Some(self.read_policy.as_str().into())),
+        ]
+    }
+
+    fn size(&self, sizing: &mut Sizing<'_>) -> Option<u64> {
+        let leg = sizing.equal_children("legs", Self::NAME)?;
+        let exposed = crate::mirror::exposed_size(leg, sizing.block_size as u32);
+        sizing.not_empty(Self::NAME, leg, exposed)
+    }
+
+    fn live_changes(&self, new: &Self) -> Vec<(LiveChange, &'static [&'static str])> {
+        if self.read_policy == new.read_policy {
+            return Vec::new();
+        }
+        vec![(LiveChange::ReadPolicy(new.read_policy), &["read_policy"])]
+    }
+
+    fn apply_live(&mut self, change: &LiveChange) {
+        if let LiveChange::ReadPolicy(policy) = change {
+            self.read_policy = *policy;
+        }
+    }
+
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+        let legs = std::mem::take(&mut opening.children);
+        let open = Mirror::open(opening.io(), legs, self.read_policy, opening.block_size);
+        let mirror = Arc::new(opening.block_on(open)?);
+        // For re-add, resync and scrub, which are no `Layer` operations.
+        opening.keep(mirror.clone());
+        Ok(mirror)
+    }
+}
