@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use layers::plan::Plan;
 
+pub(crate) use error::shown;
 pub use error::{ConfigError, ConfigErrors, Position};
 pub use sizes::exposed_sizes;
 
@@ -139,17 +140,6 @@ fn read(path: &Path) -> Result<(String, PathBuf), ConfigErrors> {
         ConfigErrors::whole_file(&file, format!("cannot resolve its folder: {error}"))
     })?;
     Ok((text, base_dir))
-}
-
-/// A path for messages: relative to the current directory when it is below
-/// it (shorter, and close to what the user typed), else as it is.
-pub(crate) fn shown(path: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| path.to_path_buf())
-        .display()
-        .to_string()
 }
 
 fn display(path: &Path) -> String {
