@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use layers::plan::Plan;
 
+pub(crate) use error::shown;
 pub use error::{ConfigError, ConfigErrors, Position};
 pub use sizes::exposed_sizes;
 

@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 use super::control::{self, Event, Report};
 use super::reload::Reloader;
 use super::{logging, status, watch};
+use crate::config::size::format_human;
 use crate::ublk::{self, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
@@ -91,22 +92,6 @@ fn open_control() -> Result<Control, String> {
             })
         }
         other => other.map_err(|e| e.to_string()),
-    }
-}
-
-/// Bytes as the largest binary unit that keeps them readable: "4 GiB", "1.5 MiB".
-pub fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut unit = 0;
-    let mut value = bytes as f64;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -333,7 +318,7 @@ pub fn up(config: &Path) -> u8 {
     println!(
         "{name}: {} ready ({}, {} queues{})",
         device.block_path().display(),
-        format_size(stack.size()),
+        format_human(stack.size()),
         device.queues(),
         if recovered { ", recovered" } else { "" }
     );
@@ -500,7 +485,7 @@ pub fn list() -> u8 {
                 "{}\t{}\t{}\t{}",
                 escape_controls(&name),
                 escape_controls(info["path"].as_str().unwrap_or("-")),
-                format_size(info["size"].as_u64().unwrap_or(0)),
+                format_human(info["size"].as_u64().unwrap_or(0)),
                 escape_controls(info["state"].as_str().unwrap_or("unknown"))
             ),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied.push(name),
@@ -582,12 +567,5 @@ mod tests {
         assert!(!dir.path().join("k9.device.partial").exists());
         std::fs::write(&path, "garbage\n").unwrap();
         assert_eq!(read_device_record(&path), None);
-    }
-
-    #[test]
-    fn sizes_read_like_the_config() {
-        assert_eq!(format_size(4 << 30), "4 GiB");
-        assert_eq!(format_size(1536 << 10), "1.5 MiB");
-        assert_eq!(format_size(512), "512 B");
     }
 }

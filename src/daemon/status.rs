@@ -12,8 +12,8 @@ use layers::Stack;
 use serde_json::{json, Map, Value};
 
 use super::control;
-use super::lifecycle::format_size;
 use super::reload::Record;
+use crate::config::size::format_human;
 
 /// Every layer from the top down, as `status` shows it.
 pub fn layers_json(stack: &Stack) -> Value {
@@ -106,7 +106,7 @@ fn render(reply: &Value, now: SystemTime) -> String {
         "{}  {}  {}  {}  generation {}\n",
         text(&reply["name"]),
         text(&reply["path"]),
-        format_size(reply["size"].as_u64().unwrap_or(0)),
+        format_human(reply["size"].as_u64().unwrap_or(0)),
         reply["state"].as_str().unwrap_or("?"),
         reply["generation"],
     );
@@ -131,7 +131,7 @@ fn render(reply: &Value, now: SystemTime) -> String {
             "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>15} {:>15}",
             name,
             layer["type"].as_str().unwrap_or("?"),
-            format_size(layer["size"].as_u64().unwrap_or(0)),
+            format_human(layer["size"].as_u64().unwrap_or(0)),
             stats["reads"].as_u64().unwrap_or(0),
             stats["writes"].as_u64().unwrap_or(0),
             stats["flushes"].as_u64().unwrap_or(0),

@@ -86,7 +86,7 @@ pub fn up(config: &Path, address: &str, options: &NbdOptions) -> u8 {
     };
     println!(
         "{name}: {uri} ready ({}, {queues} queues)",
-        lifecycle::format_size(stack.size())
+        crate::config::size::format_human(stack.size())
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
 
