@@ -16,6 +16,7 @@ mod host;
 mod keys;
 mod opening;
 mod sizing;
+mod text;
 
 pub mod cache;
 pub mod checksum;
@@ -31,24 +32,16 @@ pub mod raid0;
 
 use std::any::Any;
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 pub use host::{Host, Leaves};
 pub use keys::{Item, Key, KeyReader, Shape};
 pub use opening::Opening;
-pub use sizing::Sizing;
+pub use sizing::{Problem, Sizing};
+pub use text::{path_value, shown};
 
-use crate::plan::{LayerId, LiveChange};
+use crate::params::{LayerId, LiveChange};
 use crate::Layer;
-
-/// A problem found while sizing a layer or checking it against the machine,
-/// pointed at the key to fix (`None`: the layer as a whole).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub key: Option<&'static str>,
-    pub message: String,
-}
 
 /// One layer type. Implemented by the type's parameters struct, which is what
 /// a [`LayerSpec`] holds for a layer of this type.
@@ -333,22 +326,6 @@ impl LayerSpec {
             .map(|key| key.name)
             .collect()
     }
-}
-
-/// A path for messages: relative to the current directory when it is below
-/// it (shorter, and close to what the user typed), else as it is.
-pub fn shown(path: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| path.to_path_buf())
-        .display()
-        .to_string()
-}
-
-/// A path as a value to compare: exact even for names that are not UTF-8.
-pub fn path_value(path: &Path) -> String {
-    format!("{path:?}")
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub mod mirror;
 pub mod null;
 #[allow(unsafe_code)]
 pub mod os;
+pub mod params;
 pub mod plan;
 pub mod raid0;
 pub mod rng;

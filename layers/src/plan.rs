@@ -5,21 +5,19 @@
 //! layers are indices into `Plan::layers`, sizes are bytes, enums are enums.
 //! Building a `Plan` never touches the disk.
 
-pub use crate::kinds::cache::{CacheMode, CacheParams};
+pub use crate::kinds::cache::CacheParams;
 pub use crate::kinds::checksum::ChecksumParams;
 pub use crate::kinds::compress::CompressParams;
-pub use crate::kinds::crypt::{CryptParams, KeySource};
-pub use crate::kinds::disk::DiskParams;
-pub use crate::kinds::fault::{FaultKnobs, FaultParams};
-pub use crate::kinds::file::FileParams;
+pub use crate::kinds::crypt::CryptParams;
+pub use crate::kinds::fault::FaultParams;
 pub use crate::kinds::memory::MemoryParams;
-pub use crate::kinds::mirror::{MirrorParams, ReadPolicy};
+pub use crate::kinds::mirror::MirrorParams;
 pub use crate::kinds::null::NullParams;
 pub use crate::kinds::raid0::Raid0Params;
 pub use crate::kinds::LayerSpec;
-
-/// Index of a layer in [`Plan::layers`].
-pub type LayerId = usize;
+pub use crate::params::{
+    CacheMode, DiskParams, FaultKnobs, FileParams, KeySource, LayerId, LiveChange, ReadPolicy,
+};
 
 /// One device definition, validated.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,16 +78,6 @@ pub struct LayerPlan {
     /// The name after `[layers.` in the file.
     pub name: String,
     pub spec: LayerSpec,
-}
-
-/// A change of a live key, applied to a running layer without pausing I/O.
-/// Made by the kinds' [`crate::kinds::Kind::live_changes`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum LiveChange {
-    ReadPolicy(ReadPolicy),
-    CacheCapacity(u64),
-    CacheMode(CacheMode),
-    Fault(FaultKnobs),
 }
 
 impl Plan {

@@ -3,23 +3,11 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
 
 use layers::escape::escape_controls;
 
 /// Byte offsets into the config text.
 pub type Span = Range<usize>;
-
-/// A path for messages: relative to the current directory when it is below
-/// it (shorter, and close to what the user typed), else as it is.
-pub(crate) fn shown(path: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| path.to_path_buf())
-        .display()
-        .to_string()
-}
 
 /// One mistake in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]

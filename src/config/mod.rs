@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 
 use layers::plan::Plan;
 
-pub(crate) use error::shown;
 pub use error::{ConfigError, ConfigErrors, Position};
 pub use sizes::exposed_sizes;
 

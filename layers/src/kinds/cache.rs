@@ -3,34 +3,9 @@
 use std::sync::Arc;
 
 use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
-use crate::plan::{LayerId, LiveChange};
+use crate::params::{CacheMode, LayerId, LiveChange};
 use crate::units::size::{format_exact, format_human};
 use crate::Layer;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheMode {
-    WriteThrough,
-    WriteBack,
-}
-
-impl CacheMode {
-    pub const NAMES: [&'static str; 2] = ["write-through", "write-back"];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheMode::WriteThrough => "write-through",
-            CacheMode::WriteBack => "write-back",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "write-through" => CacheMode::WriteThrough,
-            "write-back" => CacheMode::WriteBack,
-            _ => return None,
-        })
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheParams {

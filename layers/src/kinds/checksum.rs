@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
 use crate::checksum::Checksum;
-use crate::plan::LayerId;
+use crate::params::LayerId;
 use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
 use crate::compress::Compress;
-use crate::plan::LayerId;
+use crate::params::LayerId;
 use crate::units::size::{format_exact, format_human};
 use crate::Layer;
 

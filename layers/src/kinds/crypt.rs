@@ -2,21 +2,14 @@
 
 use std::any::Any;
 use std::fs;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use super::{path_value, shown, Host, Key, KeyReader, Kind, Opening, Sizing};
 use crate::crypt::Crypt;
-use crate::plan::LayerId;
+use crate::params::{KeySource, LayerId};
 use crate::Layer;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    File(PathBuf),
-    Env(String),
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CryptParams {

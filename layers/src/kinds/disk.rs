@@ -3,17 +3,12 @@
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::{path_value, shown, Host, Key, KeyReader, Kind, Opening, Sizing};
+pub use crate::params::DiskParams;
 use crate::Layer;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiskParams {
-    pub path: PathBuf,
-    pub direct: bool,
-}
 
 impl Kind for DiskParams {
     const NAME: &'static str = "disk";

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{Key, KeyReader, Kind, Opening, Sizing};
 use crate::fault::Fault;
-use crate::plan::{LayerId, LiveChange};
+use crate::params::{FaultKnobs, LayerId, LiveChange};
 use crate::units::duration::format_duration_us;
 use crate::units::size::{format_exact, format_human};
 use crate::Layer;
@@ -13,30 +13,6 @@ use crate::Layer;
 pub struct FaultParams {
     pub over: LayerId,
     pub knobs: FaultKnobs,
-}
-
-/// The live knobs of a `fault` layer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FaultKnobs {
-    /// Probability in 0.0..=1.0 that a read fails with EIO.
-    pub read_error_rate: f64,
-    /// Probability in 0.0..=1.0 that a write fails with EIO.
-    pub write_error_rate: f64,
-    /// Added latency per request, in microseconds.
-    pub delay_us: u64,
-    /// Byte range `[start, end)` the faults apply to; `None` is the whole device.
-    pub range: Option<(u64, u64)>,
-}
-
-impl Default for FaultKnobs {
-    fn default() -> Self {
-        FaultKnobs {
-            read_error_rate: 0.0,
-            write_error_rate: 0.0,
-            delay_us: 0,
-            range: None,
-        }
-    }
 }
 
 const KNOBS: &[&str] = &["read_error_rate", "write_error_rate", "delay", "range"];

@@ -3,22 +3,12 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{path_value, shown, Host, Key, KeyReader, Kind, Opening, Sizing};
+pub use crate::params::FileParams;
 use crate::units::size::{format_exact, format_human};
 use crate::Layer;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileParams {
-    /// Absolute, or resolved against the config file's folder.
-    pub path: PathBuf,
-    /// Required when `create`; when given for an existing file it must match.
-    pub size_bytes: Option<u64>,
-    pub create: bool,
-    pub direct: bool,
-}
 
 impl Kind for FileParams {
     const NAME: &'static str = "file";

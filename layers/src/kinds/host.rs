@@ -8,7 +8,8 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{shown, Problem};
+use super::sizing::Problem;
+use super::text::shown;
 use crate::units::size::format_human;
 
 /// One layer being checked.

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::plan::LayerId;
+use crate::params::LayerId;
 
 /// What a key's value is, for the reference checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

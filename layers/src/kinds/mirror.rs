@@ -4,36 +4,8 @@ use std::sync::Arc;
 
 use super::{Key, KeyReader, Kind, Opening, Sizing};
 use crate::mirror::Mirror;
-use crate::plan::{LayerId, LiveChange};
+use crate::params::{LayerId, LiveChange, ReadPolicy};
 use crate::Layer;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadPolicy {
-    RoundRobin,
-    First,
-    LeastPending,
-}
-
-impl ReadPolicy {
-    pub const NAMES: [&'static str; 3] = ["round-robin", "first", "least-pending"];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReadPolicy::RoundRobin => "round-robin",
-            ReadPolicy::First => "first",
-            ReadPolicy::LeastPending => "least-pending",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "round-robin" => ReadPolicy::RoundRobin,
-            "first" => ReadPolicy::First,
-            "least-pending" => ReadPolicy::LeastPending,
-            _ => return None,
-        })
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorParams {

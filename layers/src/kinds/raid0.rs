@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{Key, KeyReader, Kind, Opening, Sizing};
-use crate::plan::LayerId;
+use crate::params::LayerId;
 use crate::units::size::{format_exact, format_human};
 use crate::Layer;
 

@@ -1,8 +1,15 @@
 //! What a kind measures its exposed size with: its children's sizes, and
 //! where to report a size that does not work.
 
-use super::Problem;
 use crate::units::size::format_human;
+
+/// A problem found while sizing a layer or checking it against the machine,
+/// pointed at the key to fix (`None`: the layer as a whole).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: Option<&'static str>,
+    pub message: String,
+}
 
 /// One layer being measured (by `validate` and before `up`).
 pub struct Sizing<'a> {

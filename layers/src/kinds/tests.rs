@@ -69,7 +69,10 @@ fn every_kind_has_a_sample_and_names_its_keys_once_with_docs() {
     let samples = samples();
     let names: Vec<_> = samples.iter().map(LayerSpec::type_name).collect();
     let registered: Vec<_> = KINDS.iter().map(|kind| kind.name).collect();
-    assert_eq!(names, registered, "samples() lacks a kind, or is out of order");
+    assert_eq!(
+        names, registered,
+        "samples() lacks a kind, or is out of order"
+    );
     for kind in KINDS {
         for (i, key) in kind.keys.iter().enumerate() {
             assert_ne!(key.name, "type", "{}: type is not a kind's key", kind.name);
