@@ -50,7 +50,7 @@ use std::task::Poll;
 
 use crate::exec::IoCtx;
 use crate::plan::{CacheMode, LiveChange};
-use crate::{Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Layer, Result};
 use shard::Shard;
 
 /// Number of shards (a power of two).
@@ -267,68 +267,44 @@ fn runs_of(sorted: impl IntoIterator<Item = usize>, max: usize) -> Vec<(usize, u
     runs
 }
 
-impl Layer for Cache {
+impl AsyncLayer for Cache {
     fn size(&self) -> u64 {
         self.lower.size()
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
         let blocks = buf.len() as u64 / self.block;
-        Box::pin(async move {
+        {
             let res = self.read_blocks(ctx, offset, buf).await;
             self.keep_within_capacity(ctx, offset / self.block, blocks)
                 .await;
             res
-        })
+        }
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let res = match self.mode() {
-                CacheMode::WriteThrough => self.write_through(ctx, offset, buf).await,
-                CacheMode::WriteBack => self.write_back(ctx, offset, buf).await,
-            };
-            let blocks = buf.len() as u64 / self.block;
-            self.keep_within_capacity(ctx, offset / self.block, blocks)
-                .await;
-            res
-        })
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        let res = match self.mode() {
+            CacheMode::WriteThrough => self.write_through(ctx, offset, buf).await,
+            CacheMode::WriteBack => self.write_back(ctx, offset, buf).await,
+        };
+        let blocks = buf.len() as u64 / self.block;
+        self.keep_within_capacity(ctx, offset / self.block, blocks)
+            .await;
+        res
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let written = self.write_back_all(ctx).await;
-            let flushed = self.lower.flush(ctx).await;
-            written.and(flushed)
-        })
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        let written = self.write_back_all(ctx).await;
+        let flushed = self.lower.flush(ctx).await;
+        written.and(flushed)
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.zero_range(ctx, offset, len, true))
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.zero_range(ctx, offset, len, true).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.zero_range(ctx, offset, len, false))
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.zero_range(ctx, offset, len, false).await
     }
 
     fn discard_frees_space(&self) -> bool {
@@ -338,31 +314,29 @@ impl Layer for Cache {
     /// The knob takes effect at once; the call returns once it is applied (the
     /// cache shrunk, or in write-through mode every dirty block written back and
     /// flushed), with the queues serving I/O meanwhile.
-    fn apply_live<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        change: &'a LiveChange,
-    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
-        Box::pin(async move {
-            match change {
-                LiveChange::CacheCapacity(bytes) => self.set_capacity(*bytes),
-                LiveChange::CacheMode(mode) => self.set_mode(*mode),
-                other => return Err(format!("{other:?} does not apply to a cache")),
-            }
-            let settled = self.settle(ctx).await;
-            if matches!(change, LiveChange::CacheCapacity(_)) {
-                // Evicted block buffers go back to the allocator; hand its free
-                // pages back to the system so that RSS follows the capacity.
-                crate::os::release_free_memory();
-            }
-            settled.map_err(|e| {
-                format!(
-                    "capacity {} bytes and mode {} are in effect, but writing back dirty \
-                     blocks failed ({e}); they stay dirty and the next FLUSH retries them",
-                    self.capacity(),
-                    self.mode().as_str()
-                )
-            })
+    async fn apply_live(
+        &self,
+        ctx: &IoCtx,
+        change: &LiveChange,
+    ) -> std::result::Result<(), String> {
+        match change {
+            LiveChange::CacheCapacity(bytes) => self.set_capacity(*bytes),
+            LiveChange::CacheMode(mode) => self.set_mode(*mode),
+            other => return Err(format!("{other:?} does not apply to a cache")),
+        }
+        let settled = self.settle(ctx).await;
+        if matches!(change, LiveChange::CacheCapacity(_)) {
+            // Evicted block buffers go back to the allocator; hand its free
+            // pages back to the system so that RSS follows the capacity.
+            crate::os::release_free_memory();
+        }
+        settled.map_err(|e| {
+            format!(
+                "capacity {} bytes and mode {} are in effect, but writing back dirty \
+                 blocks failed ({e}); they stay dirty and the next FLUSH retries them",
+                self.capacity(),
+                self.mode().as_str()
+            )
         })
     }
 

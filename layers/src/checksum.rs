@@ -34,7 +34,7 @@ use std::sync::Arc;
 use crate::exec::IoCtx;
 use crate::meta_table::{MetaTable, Stamp, HEADER_BYTES};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
-use crate::{Error, Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Error, Layer, Result};
 
 const FORMAT_VERSION: u32 = 2;
 /// `cur` u32, `prev` u32 and the table's epoch u64.
@@ -265,49 +265,29 @@ impl Checksum {
     }
 }
 
-impl Layer for Checksum {
+impl AsyncLayer for Checksum {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.read_verified(ctx, offset, buf))
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_verified(ctx, offset, buf).await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.write_ordered(ctx, offset, buf))
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_ordered(ctx, offset, buf).await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.table.flush(ctx, &*self.lower))
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        self.table.flush(ctx, &*self.lower).await
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.zero(ctx, offset, len, true))
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.zero(ctx, offset, len, true).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.zero(ctx, offset, len, false))
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.zero(ctx, offset, len, false).await
     }
 
     fn discard_frees_space(&self) -> bool {

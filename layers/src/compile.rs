@@ -2,6 +2,7 @@
 //! `match` on the layer type that builds layers.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use crate::mirror::Mirror;
 use crate::plan::{LayerId, LayerSpec, LiveChange, Plan};
 use crate::stats::{LatencySnapshot, LayerStats, StatsSnapshot};
 use crate::{disk, file, memory, null, raid0};
-use crate::{Error, Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Error, Layer, LocalBoxFuture, Result};
 
 /// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
 /// not fit). Names the layer.
@@ -320,42 +321,38 @@ impl Counted {
             && offset.checked_add(len).is_some_and(|end| end <= self.size)
     }
 
-    fn refuse<'a>(&self, offset: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
+    fn refuse(&self, offset: u64, len: u64) -> Result<()> {
         self.node.stats.error();
         tracing::error!(layer = %self.node.name, offset, len, "request out of range");
-        Box::pin(std::future::ready(Err(Error::OutOfRange)))
+        Err(Error::OutOfRange)
     }
 
-    fn count<'a>(&'a self, fut: LocalBoxFuture<'a, Result<()>>) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let res = fut.await;
-            if res.is_err() {
-                self.node.stats.error();
-            }
-            res
-        })
+    async fn count(&self, fut: impl Future<Output = Result<()>>) -> Result<()> {
+        let res = fut.await;
+        if res.is_err() {
+            self.node.stats.error();
+        }
+        res
     }
 
     /// [`Self::count`], and when `nth` (this layer's count of such calls) is a
     /// multiple of [`TIMING_SAMPLE`], the time from the call to the completion
     /// goes to `took`.
-    fn timed<'a>(
-        &'a self,
+    async fn timed(
+        &self,
         nth: u64,
         took: fn(&LayerStats, Duration),
-        fut: LocalBoxFuture<'a, Result<()>>,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+        fut: impl Future<Output = Result<()>>,
+    ) -> Result<()> {
         let start = (nth % TIMING_SAMPLE == 0).then(Instant::now);
-        Box::pin(async move {
-            let res = fut.await;
-            if let Some(start) = start {
-                took(&self.node.stats, start.elapsed());
-            }
-            if res.is_err() {
-                self.node.stats.error();
-            }
-            res
-        })
+        let res = fut.await;
+        if let Some(start) = start {
+            took(&self.node.stats, start.elapsed());
+        }
+        if res.is_err() {
+            self.node.stats.error();
+        }
+        res
     }
 }
 
@@ -364,17 +361,12 @@ impl Counted {
 /// time on small requests, and percentiles need only a sample.
 const TIMING_SAMPLE: u64 = 8;
 
-impl Layer for Counted {
+impl AsyncLayer for Counted {
     fn size(&self) -> u64 {
         self.node.layer.size()
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -384,14 +376,10 @@ impl Layer for Counted {
             LayerStats::read_took,
             self.node.layer.read(ctx, offset, buf),
         )
+        .await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -401,37 +389,29 @@ impl Layer for Counted {
             LayerStats::write_took,
             self.node.layer.write(ctx, offset, buf),
         )
+        .await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
         self.node.stats.flush();
-        self.count(self.node.layer.flush(ctx))
+        self.count(self.node.layer.flush(ctx)).await
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
         if !self.in_range(offset, len) {
             return self.refuse(offset, len);
         }
         self.node.stats.discard();
-        self.count(self.node.layer.discard(ctx, offset, len))
+        self.count(self.node.layer.discard(ctx, offset, len)).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
         if !self.in_range(offset, len) {
             return self.refuse(offset, len);
         }
         self.node.stats.write_zeroes();
         self.count(self.node.layer.write_zeroes(ctx, offset, len))
+            .await
     }
 
     fn discard_frees_space(&self) -> bool {
@@ -447,12 +427,12 @@ impl Layer for Counted {
         self.node.layer.allocation(offset, len)
     }
 
-    fn apply_live<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        change: &'a LiveChange,
-    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
-        self.node.layer.apply_live(ctx, change)
+    async fn apply_live(
+        &self,
+        ctx: &IoCtx,
+        change: &LiveChange,
+    ) -> std::result::Result<(), String> {
+        self.node.layer.apply_live(ctx, change).await
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {

@@ -75,7 +75,7 @@ use std::sync::{Arc, Mutex};
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
 use crate::meta_table::MetaTable;
-use crate::{Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Layer, Result};
 
 use alloc::Allocator;
 use entry::Extent;
@@ -171,51 +171,32 @@ impl Compress {
     }
 }
 
-impl Layer for Compress {
+impl AsyncLayer for Compress {
     fn size(&self) -> u64 {
         self.geo.size
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.read_range(ctx, offset, buf))
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_range(ctx, offset, buf).await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.write_range(ctx, offset, buf.len() as u64, Some(buf)))
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_range(ctx, offset, buf.len() as u64, Some(buf))
+            .await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.flush_all(ctx))
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        self.flush_all(ctx).await
     }
 
     /// Discard and write_zeroes both map whole units to `zero` (freeing their
     /// extents at the next flush) and rewrite partial units.
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.write_range(ctx, offset, len, None))
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.write_range(ctx, offset, len, None).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.write_range(ctx, offset, len, None))
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.write_range(ctx, offset, len, None).await
     }
 
     fn discard_frees_space(&self) -> bool {

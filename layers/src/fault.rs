@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use crate::exec::IoCtx;
 use crate::plan::{FaultKnobs, LiveChange};
 use crate::uring::Op;
-use crate::{Error, Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Error, Layer, Result};
 
 pub struct Fault {
     lower: Arc<dyn Layer>,
@@ -94,77 +94,47 @@ impl Fault {
     }
 }
 
-impl Layer for Fault {
+impl AsyncLayer for Fault {
     fn size(&self) -> u64 {
         self.lower.size()
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate(ctx, Kind::Read, Some((offset, buf.len() as u64)))
-                .await?;
-            self.lower.read(ctx, offset, buf).await
-        })
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.gate(ctx, Kind::Read, Some((offset, buf.len() as u64)))
+            .await?;
+        self.lower.read(ctx, offset, buf).await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate(ctx, Kind::Write, Some((offset, buf.len() as u64)))
-                .await?;
-            self.lower.write(ctx, offset, buf).await
-        })
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.gate(ctx, Kind::Write, Some((offset, buf.len() as u64)))
+            .await?;
+        self.lower.write(ctx, offset, buf).await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate(ctx, Kind::Write, None).await?;
-            self.lower.flush(ctx).await
-        })
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        self.gate(ctx, Kind::Write, None).await?;
+        self.lower.flush(ctx).await
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate(ctx, Kind::Write, Some((offset, len))).await?;
-            self.lower.discard(ctx, offset, len).await
-        })
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.gate(ctx, Kind::Write, Some((offset, len))).await?;
+        self.lower.discard(ctx, offset, len).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate(ctx, Kind::Write, Some((offset, len))).await?;
-            self.lower.write_zeroes(ctx, offset, len).await
-        })
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.gate(ctx, Kind::Write, Some((offset, len))).await?;
+        self.lower.write_zeroes(ctx, offset, len).await
     }
 
     fn discard_frees_space(&self) -> bool {
         self.lower.discard_frees_space()
     }
 
-    fn apply_live<'a>(
-        &'a self,
-        _ctx: &'a IoCtx,
-        change: &'a LiveChange,
-    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+    async fn apply_live(
+        &self,
+        _ctx: &IoCtx,
+        change: &LiveChange,
+    ) -> std::result::Result<(), String> {
         let res = match change {
             LiveChange::Fault(knobs) => {
                 self.set_knobs(knobs.clone());
@@ -172,7 +142,7 @@ impl Layer for Fault {
             }
             other => Err(format!("{other:?} does not apply to a fault layer")),
         };
-        Box::pin(std::future::ready(res))
+        res
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::exec::IoCtx;
 use crate::plan::FileParams;
 use crate::uring::Op;
-use crate::{os, Error, Layer, LocalBoxFuture, Result};
+use crate::{os, AsyncLayer, Error, Result};
 
 /// Largest single leaf I/O; bigger requests are issued in pieces.
 const MAX_IO_BYTES: usize = 1 << 20;
@@ -286,64 +286,42 @@ impl FileLeaf {
     }
 }
 
-impl Layer for FileLeaf {
+impl AsyncLayer for FileLeaf {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.read_at(ctx, offset, buf))
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_at(ctx, offset, buf).await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.write_at(ctx, offset, buf))
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_at(ctx, offset, buf).await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            if self.sync_io {
-                return self.file.sync_data().map_err(Error::from);
-            }
-            let (res, _) = ctx
-                .uring()
-                .submit(Op::Fsync {
-                    fd: self.fd(),
-                    data_only: true,
-                })
-                .await;
-            if res < 0 {
-                return Err(Error::from_res(res));
-            }
-            Ok(())
-        })
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        if self.sync_io {
+            return self.file.sync_data().map_err(Error::from);
+        }
+        let (res, _) = ctx
+            .uring()
+            .submit(Op::Fsync {
+                fd: self.fd(),
+                data_only: true,
+            })
+            .await;
+        if res < 0 {
+            return Err(Error::from_res(res));
+        }
+        Ok(())
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.zero_range(ctx, offset, len, true))
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.zero_range(ctx, offset, len, true).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.zero_range(ctx, offset, len, false))
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.zero_range(ctx, offset, len, false).await
     }
 
     fn discard_frees_space(&self) -> bool {
@@ -407,9 +385,12 @@ mod tests {
             direct: false,
         };
         let leaf = open(&params, 4096).unwrap();
-        assert_eq!(leaf.allocation(0, 4 << 20), Some(vec![(4 << 20, true)]));
+        assert_eq!(
+            AsyncLayer::allocation(&leaf, 0, 4 << 20),
+            Some(vec![(4 << 20, true)])
+        );
         leaf.file.write_at(&[0xaa; 8192], 1 << 20).unwrap();
-        let runs = leaf.allocation(0, 4 << 20).unwrap();
+        let runs = AsyncLayer::allocation(&leaf, 0, 4 << 20).unwrap();
         // The filesystem may allocate more than was written, never less.
         let mut at = 0;
         let mut data = Vec::new();
@@ -427,9 +408,12 @@ mod tests {
         );
         assert!(runs[0].1, "the file starts with a hole: {runs:?}");
         // A query inside the data, and one starting in the last hole.
-        assert_eq!(leaf.allocation(1 << 20, 4096), Some(vec![(4096, false)]));
         assert_eq!(
-            leaf.allocation(3 << 20, 1 << 20),
+            AsyncLayer::allocation(&leaf, 1 << 20, 4096),
+            Some(vec![(4096, false)])
+        );
+        assert_eq!(
+            AsyncLayer::allocation(&leaf, 3 << 20, 1 << 20),
             Some(vec![(1 << 20, true)])
         );
     }

@@ -56,51 +56,36 @@ pub use stats::{LayerStats, StatsSnapshot};
 /// A boxed future that stays on the queue thread that created it.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
-/// One block transformation or leaf.
+/// One block transformation or leaf, as its implementation writes it: plain
+/// `async fn`s. The stack holds layers as `Arc<dyn Layer>`; the one blanket
+/// adapter below turns every `AsyncLayer` into a [`Layer`] with boxed futures.
 ///
 /// Data operations have no default bodies: every layer states what it does with
 /// each, so an operation added later cannot slip through `crypt` or `checksum`
 /// untransformed. Ranges are block-aligned and inside `size()`; a layer splitting a
 /// request keeps that true for the layers below.
-pub trait Layer: Send + Sync {
+// The futures stay on the queue thread that polls them, so no `Send` bound is
+// wanted on them.
+#[allow(async_fn_in_trait)]
+pub trait AsyncLayer: Send + Sync {
     /// Exposed size in bytes.
     fn size(&self) -> u64;
 
     /// Fill `buf` with the bytes at `offset`.
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>>;
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()>;
 
     /// Store `buf` at `offset`. Once this returns `Ok`, a later read sees the data;
     /// it is durable only after a successful `flush`.
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>>;
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()>;
 
     /// Make every write acknowledged so far durable, on every leaf below.
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>>;
+    async fn flush(&self, ctx: &IoCtx) -> Result<()>;
 
     /// The range's contents are no longer needed; it reads back as zeros.
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>>;
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()>;
 
     /// The range reads back as zeros.
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>>;
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()>;
 
     /// Whether a discard frees space below (advertised to the kernel only when true
     /// for the whole stack). Discard is always accepted and always zeroes.
@@ -110,14 +95,12 @@ pub trait Layer: Send + Sync {
 
     /// Apply a live change (a reload of the config). Layers without live keys
     /// refuse; a layer may do I/O here (e.g. write back dirty data first).
-    fn apply_live<'a>(
-        &'a self,
-        _ctx: &'a IoCtx,
-        change: &'a plan::LiveChange,
-    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
-        Box::pin(std::future::ready(Err(format!(
-            "{change:?} is not live for this layer"
-        ))))
+    async fn apply_live(
+        &self,
+        _ctx: &IoCtx,
+        change: &plan::LiveChange,
+    ) -> std::result::Result<(), String> {
+        Err(format!("{change:?} is not live for this layer"))
     }
 
     /// Which parts of `offset..offset + len` are holes: runs of (length,
@@ -133,5 +116,122 @@ pub trait Layer: Send + Sync {
     /// Health and type-specific details for `status`, as (key, value) pairs.
     fn details(&self) -> Vec<(&'static str, String)> {
         Vec::new()
+    }
+}
+
+/// The object-safe form of [`AsyncLayer`], which is where the contract of each
+/// method is written: the same methods, returning boxed futures. Implemented
+/// only by the blanket adapter; layers implement [`AsyncLayer`].
+pub trait Layer: Send + Sync {
+    /// See [`AsyncLayer::size`].
+    fn size(&self) -> u64;
+    /// See [`AsyncLayer::read`].
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>>;
+    /// See [`AsyncLayer::write`].
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>>;
+    /// See [`AsyncLayer::flush`].
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>>;
+    /// See [`AsyncLayer::discard`].
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>>;
+    /// See [`AsyncLayer::write_zeroes`].
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>>;
+    /// See [`AsyncLayer::discard_frees_space`].
+    fn discard_frees_space(&self) -> bool;
+    /// See [`AsyncLayer::apply_live`].
+    fn apply_live<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        change: &'a plan::LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>>;
+    /// See [`AsyncLayer::allocation`].
+    fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>>;
+    /// See [`AsyncLayer::details`].
+    fn details(&self) -> Vec<(&'static str, String)>;
+}
+
+/// The one adapter: every [`AsyncLayer`] is a [`Layer`].
+impl<T: AsyncLayer> Layer for T {
+    fn size(&self) -> u64 {
+        AsyncLayer::size(self)
+    }
+
+    fn read<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(AsyncLayer::read(self, ctx, offset, buf))
+    }
+
+    fn write<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        buf: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(AsyncLayer::write(self, ctx, offset, buf))
+    }
+
+    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(AsyncLayer::flush(self, ctx))
+    }
+
+    fn discard<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(AsyncLayer::discard(self, ctx, offset, len))
+    }
+
+    fn write_zeroes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(AsyncLayer::write_zeroes(self, ctx, offset, len))
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        AsyncLayer::discard_frees_space(self)
+    }
+
+    fn apply_live<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        change: &'a plan::LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(AsyncLayer::apply_live(self, ctx, change))
+    }
+
+    fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
+        AsyncLayer::allocation(self, offset, len)
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        AsyncLayer::details(self)
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::RwLock;
 
 use crate::exec::IoCtx;
-use crate::{Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Result};
 
 const EXTENT_BYTES: u64 = 1 << 20;
 
@@ -87,53 +87,33 @@ impl MemoryLeaf {
     }
 }
 
-impl Layer for MemoryLeaf {
+impl AsyncLayer for MemoryLeaf {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_now(offset, buf);
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 
-    fn write<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
         self.write_now(offset, buf);
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 
-    fn flush<'a>(&'a self, _: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    async fn flush(&self, _: &IoCtx) -> Result<()> {
+        Ok(())
     }
 
-    fn discard<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn discard(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
         self.zero_now(offset, len);
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write_zeroes(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
         self.zero_now(offset, len);
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 
     fn discard_frees_space(&self) -> bool {

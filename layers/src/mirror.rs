@@ -75,7 +75,7 @@ use crate::async_lock::{AsyncLock, SharedLock};
 use crate::exec::IoCtx;
 use crate::join::join_all;
 use crate::plan::{LiveChange, ReadPolicy};
-use crate::{Error, Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Error, Layer, LocalBoxFuture, Result};
 
 use bitmap::WriteIntent;
 pub use scrub::ScrubReport;
@@ -341,72 +341,49 @@ impl Mirror {
     }
 }
 
-impl Layer for Mirror {
+impl AsyncLayer for Mirror {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.read_any(ctx, offset, buf))
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_any(ctx, offset, buf).await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(
-            self.write_legs(ctx, "write", offset, buf.len() as u64, move |leg, at| {
-                leg.write(ctx, at, buf)
-            }),
-        )
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_legs(ctx, "write", offset, buf.len() as u64, move |leg, at| {
+            leg.write(ctx, at, buf)
+        })
+        .await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.flush_legs(ctx))
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        self.flush_legs(ctx).await
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(
-            self.write_legs(ctx, "discard", offset, len, move |leg, at| {
-                leg.discard(ctx, at, len)
-            }),
-        )
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.write_legs(ctx, "discard", offset, len, move |leg, at| {
+            leg.discard(ctx, at, len)
+        })
+        .await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(
-            self.write_legs(ctx, "write_zeroes", offset, len, move |leg, at| {
-                leg.write_zeroes(ctx, at, len)
-            }),
-        )
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.write_legs(ctx, "write_zeroes", offset, len, move |leg, at| {
+            leg.write_zeroes(ctx, at, len)
+        })
+        .await
     }
 
     fn discard_frees_space(&self) -> bool {
         self.legs.iter().all(|l| l.layer.discard_frees_space())
     }
 
-    fn apply_live<'a>(
-        &'a self,
-        _ctx: &'a IoCtx,
-        change: &'a LiveChange,
-    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+    async fn apply_live(
+        &self,
+        _ctx: &IoCtx,
+        change: &LiveChange,
+    ) -> std::result::Result<(), String> {
         let res = match change {
             LiveChange::ReadPolicy(p) => {
                 self.set_read_policy(*p);
@@ -414,7 +391,7 @@ impl Layer for Mirror {
             }
             other => Err(format!("{other:?} does not apply to a mirror")),
         };
-        Box::pin(std::future::ready(res))
+        res
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {

@@ -2,7 +2,7 @@
 //! stack and the front end without any storage cost. FLUSH does nothing.
 
 use crate::exec::IoCtx;
-use crate::{Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Result};
 
 pub struct NullLeaf {
     size: u64,
@@ -14,35 +14,30 @@ impl NullLeaf {
     }
 }
 
-impl Layer for NullLeaf {
+impl AsyncLayer for NullLeaf {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        _: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn read(&self, _: &IoCtx, _: u64, buf: &mut [u8]) -> Result<()> {
         buf.fill(0);
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 
-    fn write<'a>(&'a self, _: &'a IoCtx, _: u64, _: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    async fn write(&self, _: &IoCtx, _: u64, _: &[u8]) -> Result<()> {
+        Ok(())
     }
 
-    fn flush<'a>(&'a self, _: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    async fn flush(&self, _: &IoCtx) -> Result<()> {
+        Ok(())
     }
 
-    fn discard<'a>(&'a self, _: &'a IoCtx, _: u64, _: u64) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    async fn discard(&self, _: &IoCtx, _: u64, _: u64) -> Result<()> {
+        Ok(())
     }
 
-    fn write_zeroes<'a>(&'a self, _: &'a IoCtx, _: u64, _: u64) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    async fn write_zeroes(&self, _: &IoCtx, _: u64, _: u64) -> Result<()> {
+        Ok(())
     }
 
     fn discard_frees_space(&self) -> bool {

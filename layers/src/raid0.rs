@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
-use crate::{Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Layer, Result};
 
 pub struct Raid0 {
     stripes: Vec<Arc<dyn Layer>>,
@@ -98,17 +98,12 @@ impl Raid0 {
     }
 }
 
-impl Layer for Raid0 {
+impl AsyncLayer for Raid0 {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
         let parts = self.parts(offset, buf.len() as u64);
         let mut rest = buf;
         let mut futs = Vec::with_capacity(parts.len());
@@ -117,15 +112,10 @@ impl Layer for Raid0 {
             futs.push(self.stripes[stripe].read(ctx, inner, head));
             rest = tail;
         }
-        Box::pin(try_join_all(futs))
+        try_join_all(futs).await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
         let parts = self.parts(offset, buf.len() as u64);
         let mut rest = buf;
         let mut futs = Vec::with_capacity(parts.len());
@@ -134,41 +124,29 @@ impl Layer for Raid0 {
             futs.push(self.stripes[stripe].write(ctx, inner, head));
             rest = tail;
         }
-        Box::pin(try_join_all(futs))
+        try_join_all(futs).await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(try_join_all(
-            self.stripes.iter().map(|s| s.flush(ctx)).collect(),
-        ))
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        (try_join_all(self.stripes.iter().map(|s| s.flush(ctx)).collect())).await
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
         let futs = self
             .stripe_ranges(offset, len)
             .into_iter()
             .map(|(s, inner, n)| self.stripes[s].discard(ctx, inner, n))
             .collect();
-        Box::pin(try_join_all(futs))
+        try_join_all(futs).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
         let futs = self
             .stripe_ranges(offset, len)
             .into_iter()
             .map(|(s, inner, n)| self.stripes[s].write_zeroes(ctx, inner, n))
             .collect();
-        Box::pin(try_join_all(futs))
+        try_join_all(futs).await
     }
 
     fn discard_frees_space(&self) -> bool {
@@ -209,9 +187,9 @@ mod tests {
                 (0, 4096),
                 (512, 100_000),
                 (4096 * 7 + 512, 4096 * 40),
-                (0, r.size()),
+                (0, Layer::size(&r)),
             ] {
-                let len = len.min(r.size() - offset);
+                let len = len.min(Layer::size(&r) - offset);
                 let mut expected: Vec<Option<(u64, u64)>> = vec![None; n];
                 for (s, inner, l) in r.parts(offset, len) {
                     let e = expected[s].get_or_insert((inner, inner + l));
@@ -238,6 +216,6 @@ mod tests {
     #[test]
     fn size_rounds_down_to_whole_chunks() {
         let r = raid(2, 65536, 65536 * 3 + 4096);
-        assert_eq!(r.size(), 65536 * 3 * 2);
+        assert_eq!(Layer::size(&r), 65536 * 3 * 2);
     }
 }

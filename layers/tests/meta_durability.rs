@@ -128,28 +128,10 @@ impl Future for HeldWrite<'_> {
     }
 }
 
-impl Layer for TestLeaf {
-    fn size(&self) -> u64 {
-        self.state.lock().unwrap().image.len() as u64
-    }
-
-    fn read<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        let s = self.state.lock().unwrap();
-        buf.copy_from_slice(&s.image[offset as usize..offset as usize + buf.len()]);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn write<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+impl TestLeaf {
+    /// Apply a write at once, unless an armed action says otherwise; true when
+    /// the write is held until released.
+    fn write_now(&self, offset: u64, buf: &[u8]) -> bool {
         let mut s = self.state.lock().unwrap();
         let action = match &s.armed {
             Some((range, action)) if range.contains(&offset) => Some(*action),
@@ -162,41 +144,49 @@ impl Layer for TestLeaf {
         match action {
             Some(Action::Hold) => {
                 s.held = Some((offset, buf.to_vec()));
-                drop(s);
-                return Box::pin(HeldWrite { leaf: self });
+                return true;
             }
-            Some(Action::Lose) => return Box::pin(std::future::ready(Ok(()))),
+            Some(Action::Lose) => return false,
             Some(Action::Redirect(to)) => at = to as usize,
             None => {}
         }
         s.image[at..at + buf.len()].copy_from_slice(buf);
-        Box::pin(std::future::ready(Ok(())))
+        false
+    }
+}
+
+impl layers::AsyncLayer for TestLeaf {
+    fn size(&self) -> u64 {
+        self.state.lock().unwrap().image.len() as u64
     }
 
-    fn flush<'a>(&'a self, _: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let s = self.state.lock().unwrap();
+        buf.copy_from_slice(&s.image[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        if self.write_now(offset, buf) {
+            return HeldWrite { leaf: self }.await;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self, _: &IoCtx) -> Result<()> {
         let mut s = self.state.lock().unwrap();
         s.durable = s.image.clone();
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        self.write_zeroes(ctx, offset, len)
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        layers::AsyncLayer::write_zeroes(self, ctx, offset, len).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write_zeroes(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
         let mut s = self.state.lock().unwrap();
         s.image[offset as usize..(offset + len) as usize].fill(0);
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 }
 

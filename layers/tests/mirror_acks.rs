@@ -20,7 +20,7 @@ use layers::join::join_all;
 use layers::mirror::state::{Record, RECORD_AT, RECORD_BYTES};
 use layers::mirror::{Health, Mirror, DATA_START};
 use layers::plan::ReadPolicy;
-use layers::{Error, Layer, LocalBoxFuture, Result};
+use layers::{Error, Layer, Result};
 
 const BLOCK: usize = 512;
 /// Four write-intent regions of 64 KiB.
@@ -114,34 +114,24 @@ impl TestLeg {
     }
 }
 
-impl Layer for TestLeg {
+impl layers::AsyncLayer for TestLeg {
     fn size(&self) -> u64 {
         LEG_BYTES
     }
-    fn read<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        at: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.run(Op::Read(at, buf)))
+    async fn read(&self, _: &IoCtx, at: u64, buf: &mut [u8]) -> Result<()> {
+        self.run(Op::Read(at, buf)).await
     }
-    fn write<'a>(&'a self, _: &'a IoCtx, at: u64, buf: &'a [u8]) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.run(Op::Write(at, buf)))
+    async fn write(&self, _: &IoCtx, at: u64, buf: &[u8]) -> Result<()> {
+        self.run(Op::Write(at, buf)).await
     }
-    fn flush<'a>(&'a self, _: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.run(Op::Flush))
+    async fn flush(&self, _: &IoCtx) -> Result<()> {
+        self.run(Op::Flush).await
     }
-    fn discard<'a>(&'a self, _: &'a IoCtx, at: u64, len: u64) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.run(Op::Zero(at, len)))
+    async fn discard(&self, _: &IoCtx, at: u64, len: u64) -> Result<()> {
+        self.run(Op::Zero(at, len)).await
     }
-    fn write_zeroes<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        at: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(self.run(Op::Zero(at, len)))
+    async fn write_zeroes(&self, _: &IoCtx, at: u64, len: u64) -> Result<()> {
+        self.run(Op::Zero(at, len)).await
     }
 }
 

@@ -19,7 +19,7 @@ use crate::exec::{Executor, IoCtx};
 use crate::join::join_all;
 use crate::plan::{LayerId, LayerSpec, Plan};
 use crate::rng::Rng;
-use crate::{compile_with, Error, Layer, LocalBoxFuture, Result};
+use crate::{compile_with, AsyncLayer, Error, Layer, LocalBoxFuture, Result};
 
 const SECTOR: usize = 512;
 
@@ -75,10 +75,6 @@ impl RecordingLeaf {
         }
     }
 
-    fn ready<'a>() -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
     fn zero(&self, offset: u64, len: u64) {
         self.image.lock().expect("image lock")[offset as usize..(offset + len) as usize].fill(0);
         self.journal.push(Event::Zero {
@@ -89,28 +85,18 @@ impl RecordingLeaf {
     }
 }
 
-impl Layer for RecordingLeaf {
+impl AsyncLayer for RecordingLeaf {
     fn size(&self) -> u64 {
         self.image.lock().expect("image lock").len() as u64
     }
 
-    fn read<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
         let image = self.image.lock().expect("image lock");
         buf.copy_from_slice(&image[offset as usize..offset as usize + buf.len()]);
-        Self::ready()
+        Ok(())
     }
 
-    fn write<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
         self.image.lock().expect("image lock")[offset as usize..offset as usize + buf.len()]
             .copy_from_slice(buf);
         self.journal.push(Event::Write {
@@ -118,32 +104,22 @@ impl Layer for RecordingLeaf {
             offset,
             data: buf.to_vec(),
         });
-        Self::ready()
+        Ok(())
     }
 
-    fn flush<'a>(&'a self, _: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+    async fn flush(&self, _: &IoCtx) -> Result<()> {
         self.journal.push(Event::Flush { leaf: self.id });
-        Self::ready()
+        Ok(())
     }
 
-    fn discard<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn discard(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
         self.zero(offset, len);
-        Self::ready()
+        Ok(())
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    async fn write_zeroes(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
         self.zero(offset, len);
-        Self::ready()
+        Ok(())
     }
 
     fn discard_frees_space(&self) -> bool {

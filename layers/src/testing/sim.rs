@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::exec::IoCtx;
 use crate::rng::Rng;
-use crate::{Error, Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Error, Result};
 
 /// The unit of atomicity of a simulated disk.
 pub const SECTOR: usize = 512;
@@ -499,78 +499,56 @@ impl Drop for SimOp<'_> {
 }
 
 impl SimLeaf {
-    fn op<'a>(&'a self, kind: Kind, out: Option<&'a mut [u8]>) -> LocalBoxFuture<'a, Result<()>> {
+    async fn op(&self, kind: Kind, out: Option<&mut [u8]>) -> Result<()> {
         let id = self.world.submit(self.index, kind);
-        Box::pin(SimOp {
+        SimOp {
             world: &self.world,
             id,
             out,
-        })
+        }
+        .await
     }
 
-    fn check(&self, offset: u64, len: u64) -> Option<LocalBoxFuture<'_, Result<()>>> {
+    fn check(&self, offset: u64, len: u64) -> Result<()> {
         let bad = offset % SECTOR as u64 != 0
             || len % SECTOR as u64 != 0
             || offset.checked_add(len).map_or(true, |end| end > self.size);
-        bad.then(|| Box::pin(std::future::ready(Err(Error::OutOfRange))) as _)
+        if bad {
+            return Err(Error::OutOfRange);
+        }
+        Ok(())
     }
 }
 
-impl Layer for SimLeaf {
+impl AsyncLayer for SimLeaf {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        if let Some(err) = self.check(offset, buf.len() as u64) {
-            return err;
-        }
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len() as u64)?;
         let len = buf.len();
-        self.op(Kind::Read { offset, len }, Some(buf))
+        self.op(Kind::Read { offset, len }, Some(buf)).await
     }
 
-    fn write<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        if let Some(err) = self.check(offset, buf.len() as u64) {
-            return err;
-        }
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.check(offset, buf.len() as u64)?;
         let data = buf.to_vec();
-        self.op(Kind::Write { offset, data }, None)
+        self.op(Kind::Write { offset, data }, None).await
     }
 
-    fn flush<'a>(&'a self, _: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
-        self.op(Kind::Flush { mark: 0 }, None)
+    async fn flush(&self, _: &IoCtx) -> Result<()> {
+        self.op(Kind::Flush { mark: 0 }, None).await
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        self.write_zeroes(ctx, offset, len)
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        AsyncLayer::write_zeroes(self, ctx, offset, len).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        _: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        if let Some(err) = self.check(offset, len) {
-            return err;
-        }
+    async fn write_zeroes(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len)?;
         let data = vec![0u8; len as usize];
-        self.op(Kind::Write { offset, data }, None)
+        self.op(Kind::Write { offset, data }, None).await
     }
 
     fn discard_frees_space(&self) -> bool {
@@ -595,9 +573,11 @@ mod tests {
         let futs: Vec<_> = bufs
             .iter()
             .enumerate()
-            .map(|(i, b)| leaf.write(&ctx, i as u64 * 512, b))
+            .map(|(i, b)| {
+                Box::pin(leaf.write(&ctx, i as u64 * 512, b))
+                    as crate::LocalBoxFuture<'_, Result<()>>
+            })
             .collect();
-        assert_eq!(world.in_flight(), 32);
         let mut all = join_all(futs);
         struct Noop;
         impl std::task::Wake for Noop {
@@ -606,6 +586,7 @@ mod tests {
         let waker = Waker::from(Arc::new(Noop));
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut all).poll(&mut cx).is_pending());
+        assert_eq!(world.in_flight(), 32);
         while world.step() {}
         let results = exec.block_on(&ctx, all);
         assert!(results.iter().all(|r| r.is_ok()));

@@ -8,7 +8,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use layers::memory::MemoryLeaf;
-use layers::{Error, IoCtx, Layer, LocalBoxFuture, Result};
+use layers::{AsyncLayer, Error, IoCtx, Result};
 
 pub struct Probe {
     inner: MemoryLeaf,
@@ -103,64 +103,36 @@ impl Probe {
     }
 }
 
-impl Layer for Probe {
+impl AsyncLayer for Probe {
     fn size(&self) -> u64 {
         self.inner.size()
     }
 
-    fn read<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate().await;
-            self.reads.fetch_add(1, SeqCst);
-            Self::fails(&self.fail_reads)?;
-            self.inner.read(ctx, offset, buf).await
-        })
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.gate().await;
+        self.reads.fetch_add(1, SeqCst);
+        Self::fails(&self.fail_reads)?;
+        self.inner.read(ctx, offset, buf).await
     }
 
-    fn write<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        buf: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate().await;
-            Self::fails(&self.fail_writes)?;
-            self.inner.write(ctx, offset, buf).await
-        })
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+        self.gate().await;
+        Self::fails(&self.fail_writes)?;
+        self.inner.write(ctx, offset, buf).await
     }
 
-    fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>> {
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
         self.flushes.fetch_add(1, SeqCst);
-        self.inner.flush(ctx)
+        self.inner.flush(ctx).await
     }
 
-    fn discard<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            Self::fails(&self.fail_discards)?;
-            self.inner.discard(ctx, offset, len).await
-        })
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        Self::fails(&self.fail_discards)?;
+        self.inner.discard(ctx, offset, len).await
     }
 
-    fn write_zeroes<'a>(
-        &'a self,
-        ctx: &'a IoCtx,
-        offset: u64,
-        len: u64,
-    ) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            Self::fails(&self.fail_discards)?;
-            self.inner.write_zeroes(ctx, offset, len).await
-        })
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        Self::fails(&self.fail_discards)?;
+        self.inner.write_zeroes(ctx, offset, len).await
     }
 }
