@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::daemon::front_end::{FrontEnd, Nbd, Ublk};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ublk-stack",
@@ -86,12 +88,12 @@ pub fn run(args: Args) -> u8 {
     match args.command {
         Command::Up {
             config, nbd: None, ..
-        } => up(&config),
+        } => up(&config, &mut Ublk::new()),
         Command::Up {
             config,
             nbd: Some(address),
             nbd_limits,
-        } => crate::nbd::up(&config, &address, &nbd_limits),
+        } => up(&config, &mut Nbd::new(&address, nbd_limits)),
         Command::Down { name } => down(&name),
         Command::List => list(),
         Command::Status { name, json } => status(&name, json),
@@ -129,8 +131,8 @@ pub fn run(args: Args) -> u8 {
     }
 }
 
-fn up(config: &std::path::Path) -> u8 {
-    crate::daemon::lifecycle::up(config)
+fn up(config: &std::path::Path, front: &mut dyn FrontEnd) -> u8 {
+    crate::daemon::lifecycle::up(config, front)
 }
 
 fn down(name: &str) -> u8 {

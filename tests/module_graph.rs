@@ -50,6 +50,30 @@ fn layers_has_no_import_cycles() {
     assert_acyclic(&Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/src/lib.rs"));
 }
 
+/// The daemon drives the front ends through one trait (`daemon/front_end.rs`);
+/// they know nothing of it: no file of `nbd/` or `ublk/` imports `daemon/`.
+#[test]
+fn front_ends_import_nothing_from_the_daemon() {
+    let graph = Graph::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"));
+    let mut wrong = Vec::new();
+    for (from, targets) in &graph.edges {
+        if !matches!(from.first().map(String::as_str), Some("nbd" | "ublk")) {
+            continue;
+        }
+        for to in targets
+            .iter()
+            .filter(|t| t.first().map(String::as_str) == Some("daemon"))
+        {
+            wrong.push(format!("{} -> {}", graph.name(from), graph.name(to)));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "front ends importing the daemon:\n  {}",
+        wrong.join("\n  ")
+    );
+}
+
 /// The test's own check: a two-file cycle written out is found.
 #[test]
 fn a_cycle_is_found() {

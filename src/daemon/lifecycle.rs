@@ -1,56 +1,30 @@
 //! `up`, `down` and `list` (`status` and `reload` have files of their own).
 //!
-//! `up` runs in the foreground: load and compile the config, create the ublk device
-//! (one pinned thread per queue), print `NAME: /dev/ublkbN ready (SIZE, Q queues)`,
-//! then wait for SIGINT/SIGTERM or `down`. Teardown: STOP_DEV (the kernel drains
-//! in-flight requests, which the queues keep serving, then removes /dev/ublkbN and
-//! aborts every tag), join the queue threads, flush the stack so every
-//! acknowledged write is durable on every leaf, DEL_DEV (removes /dev/ublkcN), and
-//! only then answer `down` and exit 0.
-//!
-//! Crash recovery: when the kernel offers user recovery (see `ublk::device`), `up`
-//! records the device's id in `$UBLK_STACK_RUN_DIR/NAME.device`. If the daemon is
-//! killed, the kernel keeps /dev/ublkbN with its I/O held; the next `up` of the
-//! same name finds the id there, checks the device still has the config's size
-//! and block size (refusing otherwise), takes it over, and prints the ready line
-//! with "recovered" in it. A clean stop deletes the device and the record.
-//! `UBLK_STACK_USER_RECOVERY=off` in the environment creates devices without
-//! recovery (a killed daemon's device then goes away with its I/O failed).
-//!
-//! Recovery is only asked for when every write the daemon acknowledged is in the
-//! kernel's hands (leaf files and disks, the on-disk tables of `checksum`, `crypt`
-//! and `compress`) and so survives the process: not with a `memory` leaf, whose
-//! data dies with the process, nor with a `cache`, whose `mode` may become
-//! write-back (dirty blocks in the daemon's memory only). Recovering those would
-//! let the filesystem run on over writes it was told were done and that are gone;
-//! without recovery it sees the loss as I/O errors instead.
+//! `up` runs in the foreground, the same for every front end (see
+//! `front_end`): load the config, prepare the front end, compile the stack,
+//! bind the control socket, start serving, print
+//! `NAME: PATH ready (SIZE, Q queues)` (PATH is /dev/ublkbN or the NBD URI),
+//! then wait for SIGINT/SIGTERM, `down`, or a queue ending on its own. The
+//! clean stop: the front end stops taking requests and finishes those in
+//! flight, the stack is flushed so every acknowledged write is durable on
+//! every leaf, the front end takes down what it set up (the ublk device), and
+//! only then is `down` answered and the exit code 0.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use layers::escape::escape_controls;
-use layers::{Executor, IoCtx, Layer, LayerSpec, Plan, Stack};
+use layers::{Executor, IoCtx, Plan, Stack};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use super::control::{self, Event, Report};
+use super::front_end::FrontEnd;
 use super::reload::Reloader;
-use super::{logging, status, watch};
+use super::{logging, signals, status, watch};
 use crate::config::size::format_human;
-use crate::ublk::{self, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
-
-/// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
-const NO_UBLK: &str =
-    "ublk_drv not loaded: modprobe ublk_drv (Linux ≥ 6.0 with CONFIG_BLK_DEV_UBLK), or serve the same stack with --nbd";
-
-impl TopLayer for Stack {
-    fn top(&self) -> &dyn Layer {
-        Stack::top(self)
-    }
-}
 
 fn fail(message: impl std::fmt::Display) -> u8 {
     // Layer names and paths in a message may come from a config file.
@@ -61,129 +35,14 @@ fn fail(message: impl std::fmt::Display) -> u8 {
 /// The plan of `config` after every check `validate` makes (sizes, memory,
 /// keys, distinct leaf files, O_DIRECT alignment), so that `up` refuses what
 /// `validate` refuses, with the same messages, before it opens any leaf.
-pub(crate) fn load_plan(config: &Path) -> Result<Plan, String> {
+fn load_plan(config: &Path) -> Result<Plan, String> {
     crate::config::check_file(config)
         .map(|checked| checked.plan)
         .map_err(|errors| errors.to_string())
 }
 
-fn is_root() -> bool {
-    // The owner of /proc/self is the process's effective uid.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-/// Open /dev/ublk-control, loading the driver first if it is missing.
-fn open_control() -> Result<Control, String> {
-    match Control::open() {
-        Err(CtrlError::NotLoaded) => {
-            // modprobe's own complaint would make the error two lines; ours says it.
-            drop(
-                Command::new("modprobe")
-                    .arg("ublk_drv")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status(),
-            );
-            Control::open().map_err(|e| match e {
-                CtrlError::NotLoaded => NO_UBLK.to_string(),
-                other => other.to_string(),
-            })
-        }
-        other => other.map_err(|e| e.to_string()),
-    }
-}
-
-/// `$UBLK_STACK_RUN_DIR/NAME.device`: which ublk device serves NAME, so that the
-/// next `up` after a crash can find the device the kernel kept for recovery.
-fn device_record_path(name: &str) -> PathBuf {
-    control::run_dir().join(format!("{name}.device"))
-}
-
-/// The id in a device record; `None` when there is none or it is unreadable
-/// (then there is nothing to recover and a new device is created).
-fn read_device_record(path: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("id "))
-        .and_then(|id| id.trim().parse().ok())
-}
-
-fn write_device_record(path: &Path, dev_id: u32) -> io::Result<()> {
-    // Written whole then renamed, so a crash never leaves half a record.
-    let partial = path.with_extension("device.partial");
-    std::fs::write(&partial, format!("id {dev_id}\n"))?;
-    std::fs::rename(&partial, path)
-}
-
-/// Ids recorded for other names: their devices may be waiting for their own
-/// daemon to recover them, so this `up` must not reap them.
-fn ids_held_for_others(name: &str) -> Vec<u32> {
-    let own = device_record_path(name);
-    std::fs::read_dir(control::run_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "device") && *path != own)
-        .filter_map(|path| read_device_record(&path))
-        .collect()
-}
-
-fn recovery_wanted(plan: &Plan) -> bool {
-    if std::env::var("UBLK_STACK_USER_RECOVERY").as_deref() == Ok("off") {
-        return false;
-    }
-    match layer_lost_with_the_daemon(plan) {
-        Some(layer) => {
-            tracing::info!(
-                "user recovery off: layer \"{layer}\" keeps acknowledged writes in the daemon's memory"
-            );
-            false
-        }
-        None => true,
-    }
-}
-
-/// The first layer whose acknowledged writes may exist only in this process.
-fn layer_lost_with_the_daemon(plan: &Plan) -> Option<&str> {
-    plan.layers
-        .iter()
-        .find(|layer| matches!(layer.spec, LayerSpec::Memory { .. } | LayerSpec::Cache(_)))
-        .map(|layer| layer.name.as_str())
-}
-
-/// Take over the device a killed daemon of this name left, or create a new one.
-/// Returns the device and whether it was recovered.
-fn start_device(
-    mut ctrl: Control,
-    config: &DeviceConfig,
-    stack: Arc<Stack>,
-    record: &Path,
-) -> Result<(Device, bool), DeviceError> {
-    if let Some(dev_id) = read_device_record(record) {
-        if let Some(info) = Device::find_recoverable(&mut ctrl, dev_id)? {
-            tracing::info!(dev_id, "recovering the device left by a killed daemon");
-            return Device::recover(ctrl, info, config, stack).map(|device| (device, true));
-        }
-        // Deleted or stopped since the record was written: nothing to recover.
-        drop(std::fs::remove_file(record));
-    }
-    let device = Device::create(ctrl, config, stack)?;
-    if device.recoverable() {
-        if let Err(e) = write_device_record(record, device.dev_id()) {
-            tracing::warn!(
-                "{}: {e}: a later `up` could not recover this device after a crash",
-                record.display()
-            );
-        }
-    }
-    Ok((device, false))
-}
-
-/// What the control socket reports about this daemon's device (also used by
-/// the NBD front end, with its URI as the path).
+/// What the control socket reports about this daemon's device, whichever
+/// front end serves it (the NBD one gives its URI as the path).
 pub(crate) struct DeviceReport {
     pub(crate) name: String,
     pub(crate) path: PathBuf,
@@ -234,11 +93,11 @@ impl Report for DeviceReport {
     }
 }
 
-/// `ublk-stack up CONFIG`.
-pub fn up(config: &Path) -> u8 {
+/// `ublk-stack up CONFIG`, served by `front`.
+pub fn up(config: &Path, front: &mut dyn FrontEnd) -> u8 {
     // Before any thread exists, so that every thread inherits the mask and only
     // the signal thread takes SIGINT/SIGTERM.
-    if let Err(e) = ublk::signals::block_termination_signals() {
+    if let Err(e) = signals::block_termination_signals() {
         return fail(format!("blocking signals: {e}"));
     }
     let plan = match load_plan(config) {
@@ -252,13 +111,9 @@ pub fn up(config: &Path) -> u8 {
         }
     };
     let set_log_level = logging::init(&plan);
-    if !is_root() {
-        return fail("ublk devices need root: run `ublk-stack up` as root");
+    if let Err(e) = front.prepare(&plan) {
+        return fail(e);
     }
-    let ctrl = match open_control() {
-        Ok(ctrl) => ctrl,
-        Err(e) => return fail(e),
-    };
     let stack = match layers::compile(&plan) {
         Ok(stack) => Arc::new(stack),
         Err(e) => return fail(format!("{}: {e}", config.display())),
@@ -268,29 +123,11 @@ pub fn up(config: &Path) -> u8 {
         Ok(bound) => bound,
         Err(e) => return fail(e),
     };
-    let device_config = DeviceConfig {
-        id: plan.device.id,
-        queues: plan.device.queues,
-        depth: plan.device.queue_depth,
-        block_size: stack.block_size(),
-        size_bytes: stack.size(),
-        discard: stack.discard_frees_space(),
-        recovery: recovery_wanted(&plan),
-        held_ids: ids_held_for_others(&name),
-    };
-    let record = device_record_path(&name);
-    let (device, recovered) = match start_device(ctrl, &device_config, stack.clone(), &record) {
-        Ok(started) => started,
-        Err(e @ DeviceError::Mismatch(_)) => {
-            drop(std::fs::remove_file(&socket));
-            return fail(format!(
-                "{name}: {e} (restore the config, or remove {} so that the next `up` deletes that device, failing its held I/O)",
-                record.display()
-            ));
-        }
+    let serving = match front.start(&plan, stack.clone()) {
+        Ok(serving) => serving,
         Err(e) => {
             drop(std::fs::remove_file(&socket));
-            return fail(format!("{name}: {e}"));
+            return fail(e);
         }
     };
     let (events_tx, events) = mpsc::channel();
@@ -301,8 +138,8 @@ pub fn up(config: &Path) -> u8 {
     super::repair::resume_resync(stack.clone());
     let report = DeviceReport {
         name: name.clone(),
-        path: device.block_path(),
-        queues: device.queues(),
+        path: serving.path.clone(),
+        queues: serving.queues,
         stack: stack.clone(),
         reloader: reloader.clone(),
     };
@@ -311,22 +148,26 @@ pub fn up(config: &Path) -> u8 {
     let _watch = match started {
         Ok(watch) => watch,
         Err(e) => {
+            drop(clean_stop(front, &stack));
             drop(std::fs::remove_file(&socket));
             return fail(format!("starting the control threads: {e}"));
         }
     };
     println!(
         "{name}: {} ready ({}, {} queues{})",
-        device.block_path().display(),
+        serving.path.display(),
         format_human(stack.size()),
-        device.queues(),
-        if recovered { ", recovered" } else { "" }
+        serving.queues,
+        serving.note
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
 
-    let stop = wait_for_stop(&events, &|| device.any_queue_ended());
-    let result = teardown(device, &stack, &record);
+    let stop = wait_for_stop(&events, &|| front.any_queue_ended());
+    let result = clean_stop(front, &stack);
     drop(std::fs::remove_file(&socket));
+    if result.is_ok() {
+        tracing::info!("{name}: stopped; every acknowledged write is flushed");
+    }
     let reply = match &result {
         Ok(()) => json!({"ok": true}),
         Err(e) => json!({"ok": false, "error": e}),
@@ -337,15 +178,23 @@ pub fn up(config: &Path) -> u8 {
             result.map_or_else(fail, |()| 0)
         }
         (Stop::Signal, result) => result.map_or_else(fail, |()| 0),
-        (Stop::QueueEnded, Ok(())) => fail(format!(
-            "{name}: a queue stopped on its own; device removed"
-        )),
+        (Stop::QueueEnded, Ok(())) => fail(front.queue_ended(&name)),
         (Stop::QueueEnded, Err(e)) => fail(e),
     }
 }
 
+/// Stop the front end, flush the stack, then let the front end take down what
+/// it set up. Each step runs even when one before it failed (a device that
+/// failed to stop is still flushed and deleted); the first error is returned.
+fn clean_stop(front: &mut dyn FrontEnd, stack: &Stack) -> Result<(), String> {
+    let stopped = front.stop();
+    let flushed = flush_stack(stack).map_err(|e| format!("flushing the stack: {e}"));
+    let removed = front.remove();
+    stopped.and(flushed).and(removed)
+}
+
 /// Why the daemon stops.
-pub(crate) enum Stop {
+enum Stop {
     Signal,
     /// `down`: answer on this connection once the device is gone.
     Down(std::os::unix::net::UnixStream),
@@ -356,10 +205,7 @@ pub(crate) enum Stop {
 
 /// Block until a signal, `down`, or a queue ending on its own (polled with
 /// `queue_ended`, for either front end).
-pub(crate) fn wait_for_stop(
-    events: &mpsc::Receiver<Event>,
-    queue_ended: &dyn Fn() -> bool,
-) -> Stop {
+fn wait_for_stop(events: &mpsc::Receiver<Event>, queue_ended: &dyn Fn() -> bool) -> Stop {
     loop {
         match events.recv_timeout(Duration::from_millis(250)) {
             Ok(Event::Signal(signal)) => {
@@ -380,28 +226,10 @@ pub(crate) fn wait_for_stop(
     }
 }
 
-fn teardown(mut device: Device, stack: &Stack, record: &Path) -> Result<(), String> {
-    let stopped = device.stop();
-    if let Ok(reports) = &stopped {
-        let requests: u64 = reports.iter().map(|r| r.requests).sum();
-        let errors: u64 = reports.iter().map(|r| r.errors).sum();
-        tracing::info!(requests, errors, "queues stopped");
-    }
-    let flushed = flush_stack(stack);
-    let deleted = device.delete();
-    if deleted.is_ok() {
-        // The device is gone: nothing is left to recover.
-        drop(std::fs::remove_file(record));
-    }
-    stopped.map_err(|e| e.to_string())?;
-    flushed.map_err(|e| format!("flushing the stack: {e}"))?;
-    deleted.map_err(|e| e.to_string())
-}
-
 /// Start what every front end runs beside its queues: the config watch, the
 /// control socket, and the thread that turns SIGINT/SIGTERM into a stop and
 /// SIGHUP into a reload. The returned watch must be kept until the daemon exits.
-pub(crate) fn start_control_threads(
+fn start_control_threads(
     reloader: Arc<Reloader>,
     listener: std::os::unix::net::UnixListener,
     report: DeviceReport,
@@ -413,14 +241,14 @@ pub(crate) fn start_control_threads(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            while let Ok(signal) = ublk::signals::wait_termination_signal() {
-                if signal == libc::SIGHUP {
+            while let Ok(signal) = signals::wait_termination_signal() {
+                if signal == Signal::SIGHUP {
                     if sighup.send(watch::Wake::Sighup).is_err() {
                         tracing::warn!("SIGHUP: the reload thread has stopped");
                     }
                     continue;
                 }
-                if events_tx.send(Event::Signal(signal)).is_err() {
+                if events_tx.send(Event::Signal(signal as i32)).is_err() {
                     break;
                 }
             }
@@ -431,7 +259,7 @@ pub(crate) fn start_control_threads(
 /// The final flush of a clean stop. It runs twice: a mirror clears the
 /// write-intent bits of regions that stayed quiet since the previous flush, so
 /// the second one leaves no region to resync at the next start.
-pub(crate) fn flush_stack(stack: &Stack) -> Result<(), String> {
+fn flush_stack(stack: &Stack) -> Result<(), String> {
     let ctx = IoCtx::new(0, 64).map_err(|e| e.to_string())?;
     let exec = Executor::new().map_err(|e| e.to_string())?;
     for _ in 0..2 {
@@ -540,32 +368,5 @@ mod tests {
         assert_eq!(layers[1]["depth"], 1);
         assert_eq!(layers[0]["stats"]["errors"], 0);
         assert_eq!(report.info()["path"], "/dev/ublkb9");
-    }
-
-    #[test]
-    fn recovery_is_off_when_a_layer_keeps_writes_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
-        let a = plan.memory("a", 1 << 20);
-        let b = plan.memory("b", 1 << 20);
-        let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
-        assert_eq!(layer_lost_with_the_daemon(&plan.build(mirror)), Some("a"));
-
-        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
-        let a = plan.file("a", 1 << 20);
-        let checksum = plan.checksum("c", a);
-        assert_eq!(layer_lost_with_the_daemon(&plan.build(checksum)), None);
-    }
-
-    #[test]
-    fn device_record_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k9.device");
-        assert_eq!(read_device_record(&path), None);
-        write_device_record(&path, 5).unwrap();
-        assert_eq!(read_device_record(&path), Some(5));
-        assert!(!dir.path().join("k9.device.partial").exists());
-        std::fs::write(&path, "garbage\n").unwrap();
-        assert_eq!(read_device_record(&path), None);
     }
 }

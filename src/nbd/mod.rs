@@ -20,7 +20,6 @@
 //!   streaming client uses more than one core.
 //! - `ring`: socket receives and sends as io_uring operations on the queue's
 //!   ring (the module's only unsafe code).
-//! - `daemon`: `up --nbd`: control socket, signals, clean stop with a flush.
 //!
 //! Offsets are bytes here as everywhere; a request is checked (inside the
 //! device, aligned to the block size, payload at most 32 MiB) before it reaches
@@ -30,11 +29,9 @@
 
 mod accept;
 mod conn;
-mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
-#[allow(unsafe_code)]
 mod keepalive;
 mod limits;
 mod offload;
@@ -46,6 +43,5 @@ mod ring;
 mod server;
 
 pub use accept::Address;
-pub use daemon::up;
 pub use limits::{Limits, NbdOptions};
 pub use server::Server;

@@ -1,15 +1,14 @@
 //! The ublk front end: the kernel UAPI (`sys`), the control device (`ctrl`), the
 //! per-queue I/O loop (`queue`) and a device's lifecycle (`device`).
 //!
-//! All of the binary's unsafe code lives here (mmap of the request descriptors,
-//! io_uring passthrough commands, CPU pinning, signal masks), each with its
-//! `// SAFETY:` argument.
+//! Most of the binary's unsafe code lives here (mmap of the request
+//! descriptors and tag buffers, io_uring passthrough commands), each with its
+//! `// SAFETY:` argument; CPU pinning and the like go through `nix`.
 
 pub mod ctrl;
 pub mod device;
 pub mod queue;
 mod shared_memory;
-pub mod signals;
 pub mod sys;
 
 pub use ctrl::{Control, CtrlError};

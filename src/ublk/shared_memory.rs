@@ -1,11 +1,14 @@
 //! The memory a queue shares with the kernel: the read-only request descriptor
 //! array mapped from /dev/ublkcN, and the per-tag data buffers the kernel copies
 //! into and out of (copy mode). Also the queue thread's CPU pinning, the other
-//! raw system call a queue makes at start.
+//! system call a queue makes at start.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
+
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::{sysconf, Pid, SysconfVar};
 
 use super::sys::{self, IoDesc};
 
@@ -135,24 +138,20 @@ impl Drop for TagBuffers {
 }
 
 pub(super) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
-    for &cpu in cpus.iter().filter(|&&cpu| cpu < max) {
-        // SAFETY: cpu is below the set's capacity, checked just above.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
+    let mut set = CpuSet::new();
+    // A CPU past the set's capacity cannot be named: it is left out.
+    for &cpu in cpus.iter().filter(|&&cpu| cpu < CpuSet::count()) {
+        set.set(cpu)?;
     }
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // Pid 0 is this thread.
+    Ok(sched_setaffinity(Pid::from_raw(0), &set)?)
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no memory arguments.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let size = sysconf(SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096);
     usize::try_from(size).unwrap_or(4096).max(4096)
 }
 

@@ -1,0 +1,47 @@
+//! What `up` needs from a front end, the part that hands the compiled stack
+//! to its users: the kernel's ublk driver ([`Ublk`]), NBD clients ([`Nbd`]).
+//! Everything else about a running daemon (config, logging, signals, the
+//! control socket, reloads, the clean stop with its final flush) is written
+//! once, in `lifecycle::up`, for all of them.
+
+mod nbd;
+mod ublk;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use layers::{Plan, Stack};
+
+pub use nbd::Nbd;
+pub use ublk::Ublk;
+
+/// What a started front end serves, for the ready line, `list` and `status`.
+pub struct Serving {
+    /// The block device node, or the NBD URI.
+    pub path: PathBuf,
+    pub queues: u16,
+    /// Said last inside the ready line's parentheses (", recovered"), or "".
+    pub note: &'static str,
+}
+
+/// One way of serving a stack. `up` calls, in order: `prepare` once the config
+/// is loaded, `start` once the stack is compiled, `any_queue_ended` while it
+/// runs, then on the way out `stop`, the stack's final flush, and `remove`.
+/// Errors are whole messages for the user.
+pub trait FrontEnd {
+    /// Refuse early what can be refused before any leaf is opened (no root,
+    /// no driver, a malformed address).
+    fn prepare(&mut self, plan: &Plan) -> Result<(), String>;
+    /// Serve `stack` until `stop`.
+    fn start(&mut self, plan: &Plan, stack: Arc<Stack>) -> Result<Serving, String>;
+    /// Whether a queue ended without being asked to (polled while serving).
+    fn any_queue_ended(&self) -> bool;
+    /// What `up` says when it stopped because a queue ended on its own.
+    fn queue_ended(&self, name: &str) -> String;
+    /// Stop taking requests and finish those in flight: after it, nothing
+    /// writes to the stack, so the flush that follows covers every write that
+    /// was acknowledged.
+    fn stop(&mut self) -> Result<(), String>;
+    /// After the final flush: take down what `start` set up for the users.
+    fn remove(&mut self) -> Result<(), String>;
+}

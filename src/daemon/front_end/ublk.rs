@@ -1,0 +1,278 @@
+//! `up CONFIG`: the stack served as /dev/ublkbN by the kernel's ublk driver
+//! (one pinned thread per queue). `stop` is STOP_DEV (the kernel drains
+//! in-flight requests, which the queues keep serving, then removes
+//! /dev/ublkbN and aborts every tag) and joins the queue threads; `remove`,
+//! after the final flush, is DEL_DEV (removes /dev/ublkcN).
+//!
+//! Crash recovery: when the kernel offers user recovery (see `ublk::device`), `up`
+//! records the device's id in `$UBLK_STACK_RUN_DIR/NAME.device`. If the daemon is
+//! killed, the kernel keeps /dev/ublkbN with its I/O held; the next `up` of the
+//! same name finds the id there, checks the device still has the config's size
+//! and block size (refusing otherwise), takes it over, and prints the ready line
+//! with "recovered" in it. A clean stop deletes the device and the record.
+//! `UBLK_STACK_USER_RECOVERY=off` in the environment creates devices without
+//! recovery (a killed daemon's device then goes away with its I/O failed).
+//!
+//! Recovery is only asked for when every write the daemon acknowledged is in the
+//! kernel's hands (leaf files and disks, the on-disk tables of `checksum`, `crypt`
+//! and `compress`) and so survives the process: not with a `memory` leaf, whose
+//! data dies with the process, nor with a `cache`, whose `mode` may become
+//! write-back (dirty blocks in the daemon's memory only). Recovering those would
+//! let the filesystem run on over writes it was told were done and that are gone;
+//! without recovery it sees the loss as I/O errors instead.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use layers::{Layer, LayerSpec, Plan, Stack};
+
+use super::{FrontEnd, Serving};
+use crate::daemon::control;
+use crate::ublk::{Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
+
+/// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
+const NO_UBLK: &str =
+    "ublk_drv not loaded: modprobe ublk_drv (Linux ≥ 6.0 with CONFIG_BLK_DEV_UBLK), or serve the same stack with --nbd";
+
+impl TopLayer for Stack {
+    fn top(&self) -> &dyn Layer {
+        Stack::top(self)
+    }
+}
+
+/// The ublk front end: the control device once `prepare` opened it, the
+/// device once `start` made it.
+#[derive(Default)]
+pub struct Ublk {
+    ctrl: Option<Control>,
+    device: Option<Device>,
+    record: PathBuf,
+}
+
+impl Ublk {
+    pub fn new() -> Ublk {
+        Ublk::default()
+    }
+}
+
+impl FrontEnd for Ublk {
+    fn prepare(&mut self, _plan: &Plan) -> Result<(), String> {
+        if !is_root() {
+            return Err("ublk devices need root: run `ublk-stack up` as root".into());
+        }
+        self.ctrl = Some(open_control()?);
+        Ok(())
+    }
+
+    fn start(&mut self, plan: &Plan, stack: Arc<Stack>) -> Result<Serving, String> {
+        let name = &plan.device.name;
+        let ctrl = self.ctrl.take().ok_or("ublk control device not open")?;
+        let device_config = DeviceConfig {
+            id: plan.device.id,
+            queues: plan.device.queues,
+            depth: plan.device.queue_depth,
+            block_size: stack.block_size(),
+            size_bytes: stack.size(),
+            discard: stack.discard_frees_space(),
+            recovery: recovery_wanted(plan),
+            held_ids: ids_held_for_others(name),
+        };
+        self.record = device_record_path(name);
+        let (device, recovered) = match start_device(ctrl, &device_config, stack, &self.record) {
+            Ok(started) => started,
+            Err(e @ DeviceError::Mismatch(_)) => {
+                return Err(format!(
+                    "{name}: {e} (restore the config, or remove {} so that the next `up` deletes that device, failing its held I/O)",
+                    self.record.display()
+                ))
+            }
+            Err(e) => return Err(format!("{name}: {e}")),
+        };
+        let serving = Serving {
+            path: device.block_path(),
+            queues: device.queues(),
+            note: if recovered { ", recovered" } else { "" },
+        };
+        self.device = Some(device);
+        Ok(serving)
+    }
+
+    fn any_queue_ended(&self) -> bool {
+        self.device.as_ref().is_some_and(Device::any_queue_ended)
+    }
+
+    fn queue_ended(&self, name: &str) -> String {
+        format!("{name}: a queue stopped on its own; device removed")
+    }
+
+    fn stop(&mut self) -> Result<(), String> {
+        let Some(device) = self.device.as_mut() else {
+            return Ok(());
+        };
+        let reports = device.stop().map_err(|e| e.to_string())?;
+        let requests: u64 = reports.iter().map(|r| r.requests).sum();
+        let errors: u64 = reports.iter().map(|r| r.errors).sum();
+        tracing::info!(requests, errors, "queues stopped");
+        Ok(())
+    }
+
+    fn remove(&mut self) -> Result<(), String> {
+        let Some(device) = self.device.take() else {
+            return Ok(());
+        };
+        device.delete().map_err(|e| e.to_string())?;
+        // The device is gone: nothing is left to recover.
+        drop(std::fs::remove_file(&self.record));
+        Ok(())
+    }
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is the process's effective uid.
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Open /dev/ublk-control, loading the driver first if it is missing.
+fn open_control() -> Result<Control, String> {
+    match Control::open() {
+        Err(CtrlError::NotLoaded) => {
+            // modprobe's own complaint would make the error two lines; ours says it.
+            drop(
+                Command::new("modprobe")
+                    .arg("ublk_drv")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status(),
+            );
+            Control::open().map_err(|e| match e {
+                CtrlError::NotLoaded => NO_UBLK.to_string(),
+                other => other.to_string(),
+            })
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// `$UBLK_STACK_RUN_DIR/NAME.device`: which ublk device serves NAME, so that the
+/// next `up` after a crash can find the device the kernel kept for recovery.
+fn device_record_path(name: &str) -> PathBuf {
+    control::run_dir().join(format!("{name}.device"))
+}
+
+/// The id in a device record; `None` when there is none or it is unreadable
+/// (then there is nothing to recover and a new device is created).
+fn read_device_record(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("id "))
+        .and_then(|id| id.trim().parse().ok())
+}
+
+fn write_device_record(path: &Path, dev_id: u32) -> io::Result<()> {
+    // Written whole then renamed, so a crash never leaves half a record.
+    let partial = path.with_extension("device.partial");
+    std::fs::write(&partial, format!("id {dev_id}\n"))?;
+    std::fs::rename(&partial, path)
+}
+
+/// Ids recorded for other names: their devices may be waiting for their own
+/// daemon to recover them, so this `up` must not reap them.
+fn ids_held_for_others(name: &str) -> Vec<u32> {
+    let own = device_record_path(name);
+    std::fs::read_dir(control::run_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "device") && *path != own)
+        .filter_map(|path| read_device_record(&path))
+        .collect()
+}
+
+fn recovery_wanted(plan: &Plan) -> bool {
+    if std::env::var("UBLK_STACK_USER_RECOVERY").as_deref() == Ok("off") {
+        return false;
+    }
+    match layer_lost_with_the_daemon(plan) {
+        Some(layer) => {
+            tracing::info!(
+                "user recovery off: layer \"{layer}\" keeps acknowledged writes in the daemon's memory"
+            );
+            false
+        }
+        None => true,
+    }
+}
+
+/// The first layer whose acknowledged writes may exist only in this process.
+fn layer_lost_with_the_daemon(plan: &Plan) -> Option<&str> {
+    plan.layers
+        .iter()
+        .find(|layer| matches!(layer.spec, LayerSpec::Memory { .. } | LayerSpec::Cache(_)))
+        .map(|layer| layer.name.as_str())
+}
+
+/// Take over the device a killed daemon of this name left, or create a new one.
+/// Returns the device and whether it was recovered.
+fn start_device(
+    mut ctrl: Control,
+    config: &DeviceConfig,
+    stack: Arc<Stack>,
+    record: &Path,
+) -> Result<(Device, bool), DeviceError> {
+    if let Some(dev_id) = read_device_record(record) {
+        if let Some(info) = Device::find_recoverable(&mut ctrl, dev_id)? {
+            tracing::info!(dev_id, "recovering the device left by a killed daemon");
+            return Device::recover(ctrl, info, config, stack).map(|device| (device, true));
+        }
+        // Deleted or stopped since the record was written: nothing to recover.
+        drop(std::fs::remove_file(record));
+    }
+    let device = Device::create(ctrl, config, stack)?;
+    if device.recoverable() {
+        if let Err(e) = write_device_record(record, device.dev_id()) {
+            tracing::warn!(
+                "{}: {e}: a later `up` could not recover this device after a crash",
+                record.display()
+            );
+        }
+    }
+    Ok((device, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_is_off_when_a_layer_keeps_writes_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.memory("a", 1 << 20);
+        let b = plan.memory("b", 1 << 20);
+        let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
+        assert_eq!(layer_lost_with_the_daemon(&plan.build(mirror)), Some("a"));
+
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.file("a", 1 << 20);
+        let checksum = plan.checksum("c", a);
+        assert_eq!(layer_lost_with_the_daemon(&plan.build(checksum)), None);
+    }
+
+    #[test]
+    fn device_record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k9.device");
+        assert_eq!(read_device_record(&path), None);
+        write_device_record(&path, 5).unwrap();
+        assert_eq!(read_device_record(&path), Some(5));
+        assert!(!dir.path().join("k9.device.partial").exists());
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert_eq!(read_device_record(&path), None);
+    }
+}
