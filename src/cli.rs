@@ -6,10 +6,18 @@ use clap::{Parser, Subcommand};
 
 use crate::daemon::front_end::{FrontEnd, Nbd, Ublk};
 
+/// `--version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("UBLK_STACK_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ublk-stack",
-    version,
+    version = VERSION,
     about = "Stacked block devices from a TOML file, served through Linux ublk"
 )]
 pub struct Args {
@@ -31,7 +39,10 @@ pub enum Command {
     /// Flush and remove a running device, and stop its daemon.
     Down { name: String },
     /// List running devices.
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a running device's layer tree, counters and health.
     Status {
         name: String,
@@ -42,6 +53,13 @@ pub enum Command {
     Validate {
         #[arg(required = true)]
         configs: Vec<PathBuf>,
+    },
+    /// Show what applying CONFIG would do (a reload of the running device of
+    /// its name, or `up`), applying nothing. Exit 0: nothing to do; 2: changes; 1: refused.
+    Plan {
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Re-read a running device's config now.
     Reload { name: String },
@@ -55,6 +73,15 @@ pub enum Command {
         /// The leg's position in the mirror's `legs` (0 for the first).
         leg: usize,
     },
+    /// Make and manage the keys of crypt layers.
+    Key {
+        #[command(subcommand)]
+        command: crate::keys::KeyCommand,
+    },
+    /// Print a shell completion script (install it where your shell looks).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), for `man -l -` or /usr/share/man/man1/ublk-stack.1.
+    Manpage,
     /// Run a workload against the compiled stack in-process and print throughput.
     Bench {
         config: PathBuf,
@@ -95,7 +122,7 @@ pub fn run(args: Args) -> u8 {
             nbd_limits,
         } => up(&config, &mut Nbd::new(&address, nbd_limits)),
         Command::Down { name } => down(&name),
-        Command::List => list(),
+        Command::List { json } => list(json),
         Command::Status { name, json } => status(&name, json),
         Command::Validate { configs } => validate(&configs),
         Command::Scrub { name } => crate::daemon::repair::scrub_command(&name),
@@ -103,6 +130,10 @@ pub fn run(args: Args) -> u8 {
             crate::daemon::repair::readd_command(&name, &mirror, leg)
         }
         Command::Reload { name } => reload(&name),
+        Command::Plan { config, json } => crate::daemon::plan::command(&config, json),
+        Command::Key { command } => crate::keys::run(command),
+        Command::Completions { shell } => completions(shell),
+        Command::Manpage => manpage(),
         Command::Bench {
             config,
             seconds,
@@ -139,12 +170,39 @@ fn down(name: &str) -> u8 {
     crate::daemon::lifecycle::down(name)
 }
 
-fn list() -> u8 {
-    crate::daemon::lifecycle::list()
+fn list(json: bool) -> u8 {
+    crate::daemon::list::list(json)
 }
 
 fn status(name: &str, json: bool) -> u8 {
     crate::daemon::status::show(name, json)
+}
+
+fn completions(shell: clap_complete::Shell) -> u8 {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Args::command(),
+        "ublk-stack",
+        &mut std::io::stdout(),
+    );
+    0
+}
+
+fn manpage() -> u8 {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut out) {
+        eprintln!("ublk-stack: rendering the man page: {e}");
+        return 1;
+    }
+    match std::io::Write::write_all(&mut std::io::stdout(), &out) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ublk-stack: {e}");
+            1
+        }
+    }
 }
 
 fn reload(name: &str) -> u8 {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod keys;
 pub mod nbd;
 #[allow(unsafe_code)]
 pub mod ublk;

@@ -931,6 +931,91 @@ create = True
 [device]
 name: "d0"
 "#),
+    case("nbd uri that is a path", "6:7", "uri: \"/dev/nbd0\" is not an NBD URI", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+uri = "/dev/nbd0"
+type = "nbd"
+"#),
+    case("nbd+unix without a socket", "6:7", "nbd+unix:// needs the socket's path", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+uri = "nbd+unix:///export"
+type = "nbd"
+size = "1GiB"
+"#),
+    case("nbd over TLS without a CA", "7:7", "an nbds:// uri needs tls_ca", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+type = "nbd"
+uri = "nbds://storage.example:10809/disk"
+size = "1GiB"
+"#),
+    case("nbd client certificate without its key", "10:12", "tls_cert needs tls_key", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+type = "nbd"
+uri = "nbds://storage.example:10809/disk"
+size = "1GiB"
+tls_ca = "/etc/ca.pem"
+tls_cert = "/etc/c.pem"
+"#),
+    case("nbds+unix without a name for the certificate", "7:7", "add &tls-hostname=NAME", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+type = "nbd"
+uri = "nbds+unix:///disk?socket=/run/nbd.sock"
+size = "1GiB"
+tls_ca = "/etc/ca.pem"
+"#),
+    case("nbd TLS keys without nbds", "9:12", "tls_cert (/etc/c.pem) is for TLS, which needs an nbds:// uri", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+type = "nbd"
+uri = "nbd://storage.example/disk"
+size = "1GiB"
+tls_cert = "/etc/c.pem"
+"#),
+    case("nbd with too many connections", "9:15", "connections must be between 1 and 16, not 64", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+type = "nbd"
+uri = "nbd://storage.example/disk"
+size = "1GiB"
+connections = 64
+"#),
+    case("nbd with a zero timeout", "9:11", "timeout must be above zero", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+type = "nbd"
+uri = "nbd://storage.example/disk"
+size = "1GiB"
+timeout = "0s"
+"#),
+    case("nbd without a uri", "5:1", "missing key \"uri\"", r#"version = 1
+[device]
+name = "d0"
+top = "n"
+[layers.n]
+type = "nbd"
+size = "1GiB"
+"#),
     case("two keys on one line", "6:16", "put each key = value, and each [table], on a line of its own", r#"version = 1
 [device]
 name = "d0"
@@ -960,6 +1045,52 @@ fn every_malformed_config_gets_its_positioned_error() {
 /// A config whose single leaf is `leaf` (the lines after `[layers.f]`), line 5.
 fn one_leaf(leaf: &str) -> String {
     format!("version = 1\n[device]\nname = \"d0\"\ntop = \"f\"\n[layers.f]\n{leaf}")
+}
+
+/// Without `size`, validate asks the server; one nobody answers for is
+/// refused at `uri`, saying how to check the config without it.
+#[test]
+fn nbd_without_size_and_without_a_server_is_refused_at_uri() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let text = one_leaf(&format!(
+        "type = \"nbd\"\nuri = \"nbd+unix:///?socket={}\"\n",
+        socket.display()
+    ));
+    let errors = errors_in(&text, dir.path()).unwrap();
+    assert!(
+        errors.iter().any(|e| e.starts_with("bad.toml:7:7: ")
+            && e.contains("cannot learn the export's size")
+            && e.contains("cannot connect")
+            && e.contains("give size")),
+        "{errors:?}"
+    );
+}
+
+/// validate reads the TLS files as `up` would: missing, not PEM, or
+/// holding no key, each is refused at its key.
+#[test]
+fn nbd_tls_files_are_read_by_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate\n").unwrap();
+    let leaf = |files: &str| {
+        one_leaf(&format!(
+            "type = \"nbd\"\nuri = \"nbds://storage.example/disk\"\nsize = \"1GiB\"\n{files}"
+        ))
+    };
+    for (files, at, says) in [
+        ("tls_ca = \"ca.pem\"\n", "9:10", "ca.pem does not exist"),
+        ("tls_ca = \"junk.pem\"\n", "9:10", "holds no certificate"),
+    ] {
+        let errors = errors_in(&leaf(files), dir.path()).unwrap();
+        let prefix = format!("bad.toml:{at}: ");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&prefix) && e.contains(says)),
+            "{files}: {errors:?}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use layers::nbd::uri::Address;
 use layers::plan::{
     CacheMode, CacheParams, CompressParams, CryptParams, DiskParams, FaultKnobs, FaultParams,
     FileParams, KeySource, LayerSpec, LogLevel, MirrorParams, NullParams, Raid0Params, ReadPolicy,
@@ -269,6 +270,50 @@ size = "64MiB"
         panic!("not fault")
     };
     assert_eq!(fault.knobs.delay_us, 250);
+}
+
+#[test]
+fn an_nbd_leaf_reads_its_uri_and_defaults() {
+    let plan = parse(
+        r#"version = 1
+[device]
+name = "d0"
+top = "m"
+[layers.m]
+type = "mirror"
+legs = ["tcp", "unix"]
+[layers.tcp]
+type = "nbd"
+uri = "nbd://[fd00::1]:10900/disk%201"
+size = "64MiB"
+connections = 4
+timeout = "5s"
+[layers.unix]
+type = "nbd"
+uri = "nbd+unix:///?socket=/run/nbd.sock"
+size = "64MiB"
+"#,
+    );
+    let LayerSpec::Nbd(tcp) = spec(&plan, "tcp") else {
+        panic!("not nbd")
+    };
+    assert_eq!(
+        tcp.uri.address,
+        Address::Tcp {
+            host: "fd00::1".into(),
+            port: 10900
+        }
+    );
+    assert_eq!(tcp.uri.export, "disk 1");
+    assert_eq!(tcp.size_bytes, Some(64 << 20));
+    assert_eq!((tcp.connections, tcp.timeout_us), (4, 5_000_000));
+    let LayerSpec::Nbd(unix) = spec(&plan, "unix") else {
+        panic!("not nbd")
+    };
+    assert_eq!(unix.uri.address, Address::Unix("/run/nbd.sock".into()));
+    assert_eq!(unix.uri.export, "");
+    assert_eq!((unix.connections, unix.timeout_us), (1, 30_000_000));
+    assert_eq!(unix.tls_ca, None);
 }
 
 #[test]

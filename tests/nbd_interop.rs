@@ -392,7 +392,24 @@ fn down_and_list_and_status_work_for_an_nbd_device() {
     qemu_io(&daemon.uri, &["write -P 0x5a 0 256k"]);
     let list = daemon.cli(&["list"]);
     let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.starts_with("NAME "), "a header first: {text}");
     assert!(text.contains("ctl") && text.contains(&daemon.uri), "{text}");
+    let list = daemon.cli(&["list", "--json"]);
+    let devices: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(devices[0]["name"], "ctl", "{devices}");
+    assert_eq!(devices[0]["path"], daemon.uri.as_str(), "{devices}");
+    assert_eq!(devices[0]["size"], DEVICE_BYTES, "{devices}");
+    // A second `up` of the running device says so before touching its leaf.
+    let config = daemon.dir.path().join("device.toml");
+    let again = daemon.cli(&[
+        "up",
+        config.to_str().unwrap(),
+        "--nbd",
+        "unix:/nonexistent/x.sock",
+    ]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{err}");
+    assert!(err.contains("\"ctl\" is already running"), "{err}");
     let status = daemon.cli(&["status", "ctl", "--json"]);
     assert!(status.status.success(), "{}", describe(&status));
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();

@@ -5,170 +5,26 @@
 //! starts the real binary over a 16 MiB `memory` leaf in a tempdir with its
 //! own run dir (UBLK_STACK_RUN_DIR), and is bounded in time.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ublk-stack");
+#[path = "support/nbd.rs"]
+mod support;
+use support::{greeted, handshake, read_block, request, rss_of, Daemon};
+
 const DEVICE_BYTES: u64 = 16 << 20;
 const MIB: u64 = 1 << 20;
 
-/// A running `ublk-stack up --nbd unix:…` and what it logged so far.
-struct Daemon {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(name: &str, options: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "version = 1\n[device]\nname = \"{name}\"\ntop = \"mem\"\nqueues = 2\n\
-             [layers.mem]\ntype = \"memory\"\nsize = {DEVICE_BYTES}\n"
-        );
-        let config_path = dir.path().join("device.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let socket = dir.path().join("nbd.sock");
-        let mut child = Command::new(BIN)
-            .arg("up")
-            .arg(&config_path)
-            .arg("--nbd")
-            .arg(format!("unix:{}", socket.display()))
-            .args(options)
-            .env("UBLK_STACK_RUN_DIR", dir.path().join("run"))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ublk-stack starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("daemon: {line}");
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            drop(BufReader::new(stdout).read_line(&mut line));
-            drop(tx.send(line));
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ublk-stack up --nbd prints its ready line");
-        let daemon = Daemon {
-            child,
-            _dir: dir,
-            socket,
-            log,
-        };
-        assert!(
-            line.contains(" ready ("),
-            "unexpected first line: {line:?}\n{}",
-            daemon.log()
-        );
-        daemon
-    }
-
-    /// The daemon's resident memory (VmRSS), in bytes.
-    fn rss(&self) -> u64 {
-        rss_of(self.child.id())
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
-    }
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-
-fn request(kind: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-    let mut r = Vec::with_capacity(28);
-    r.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    r.extend_from_slice(&0u16.to_be_bytes());
-    r.extend_from_slice(&kind.to_be_bytes());
-    r.extend_from_slice(&cookie.to_be_bytes());
-    r.extend_from_slice(&offset.to_be_bytes());
-    r.extend_from_slice(&len.to_be_bytes());
-    r
-}
-
-/// Connect and read the server's greeting.
-fn greeted(socket: &Path) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut greeting = [0u8; 18];
-    s.read_exact(&mut greeting)?;
-    assert_eq!(&greeting[..8], b"NBDMAGIC");
-    Ok(s)
-}
-
-/// Connect and finish the handshake with NBD_OPT_GO (simple replies).
-fn handshake(socket: &Path) -> std::io::Result<UnixStream> {
-    let mut s = greeted(socket)?;
-    s.write_all(&3u32.to_be_bytes())?;
-    let mut go = b"IHAVEOPT".to_vec();
-    go.extend_from_slice(&7u32.to_be_bytes());
-    go.extend_from_slice(&6u32.to_be_bytes());
-    go.extend_from_slice(&0u32.to_be_bytes()); // the default export
-    go.extend_from_slice(&0u16.to_be_bytes()); // no info requests
-    s.write_all(&go)?;
-    loop {
-        let mut header = [0u8; 20];
-        s.read_exact(&mut header)?;
-        let kind = u32::from_be_bytes(header[12..16].try_into().unwrap());
-        let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
-        let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data)?;
-        match kind {
-            1 => return Ok(s),
-            3 => {}
-            other => panic!("GO answered with {other:#x}"),
-        }
-    }
-}
-
-/// One 4 KiB READ at `offset`, answered in full.
-fn read_block(s: &mut UnixStream, cookie: u64, offset: u64) -> std::io::Result<Vec<u8>> {
-    s.write_all(&request(0, cookie, offset, 4096))?;
-    let mut header = [0u8; 16];
-    s.read_exact(&mut header)?;
-    assert_eq!(&header[..4], &0x6744_6698u32.to_be_bytes());
-    assert_eq!(&header[4..8], &[0; 4], "READ failed");
-    assert_eq!(u64::from_be_bytes(header[8..].try_into().unwrap()), cookie);
-    let mut data = vec![0u8; 4096];
-    s.read_exact(&mut data)?;
-    Ok(data)
+/// The daemon under attack: a 16 MiB `memory` leaf, two queues.
+fn start(name: &str, options: &[&str]) -> Daemon {
+    let config = format!(
+        "version = 1\n[device]\nname = \"{name}\"\ntop = \"mem\"\nqueues = 2\n\
+         [layers.mem]\ntype = \"memory\"\nsize = {DEVICE_BYTES}\n"
+    );
+    Daemon::start_temp(&config, options)
 }
 
 /// Samples a process's RSS every 20 ms and keeps the largest.
@@ -215,7 +71,7 @@ impl PeakRss {
 /// meanwhile, and that the memory goes back once the client leaves.
 fn never_reading_client(name: &str, options: &[&str]) {
     const REQUESTS: u64 = 32_000;
-    let daemon = Daemon::start(name, options);
+    let daemon = start(name, options);
     let before = daemon.rss();
     let peak = PeakRss::watch(daemon.child.id());
     let mut greedy = handshake(&daemon.socket).unwrap();
@@ -286,7 +142,7 @@ fn a_client_that_never_reads_its_replies_is_held_back_by_the_byte_limit() {
 
 #[test]
 fn slow_handshakes_do_not_lock_other_clients_out() {
-    let daemon = Daemon::start("slow", &[]);
+    let daemon = start("slow", &[]);
     // 64 clients that trickle a valid handshake one byte every 2 s.
     let slow: Vec<UnixStream> = (0..64)
         .map(|_| greeted(&daemon.socket).expect("a slow client is greeted"))
@@ -336,7 +192,7 @@ fn slow_handshakes_do_not_lock_other_clients_out() {
 
 #[test]
 fn a_handshake_has_one_deadline_however_slowly_it_trickles() {
-    let daemon = Daemon::start("deadline", &["--nbd-handshake-timeout", "2s"]);
+    let daemon = start("deadline", &["--nbd-handshake-timeout", "2s"]);
     let mut s = greeted(&daemon.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     // A valid start, then an INFO option of 4 KiB, one byte every 200 ms:
@@ -381,7 +237,7 @@ fn a_handshake_has_one_deadline_however_slowly_it_trickles() {
 
 #[test]
 fn the_connection_limit_refuses_with_one_log_line_and_frees_slots() {
-    let daemon = Daemon::start("limit", &["--nbd-max-connections", "4"]);
+    let daemon = start("limit", &["--nbd-max-connections", "4"]);
     let mut established = handshake(&daemon.socket).unwrap();
     let other = handshake(&daemon.socket).unwrap();
     let handshaking = greeted(&daemon.socket).unwrap();
@@ -428,7 +284,7 @@ fn refused_requests_count_too_when_their_replies_are_not_read() {
     // still wait for their reply to go out: a client that never reads gets
     // backpressure, not an ever-growing queue of error replies.
     const REQUESTS: u64 = 200_000;
-    let daemon = Daemon::start("refused", &[]);
+    let daemon = start("refused", &[]);
     let peak = PeakRss::watch(daemon.child.id());
     let mut client = handshake(&daemon.socket).unwrap();
     client

@@ -1,6 +1,8 @@
-//! Real-kernel tests: each scenario in `tests/vm/scenarios/` boots Debian's 6.12
-//! cloud kernel under qemu with `ublk_drv` loaded and a static ublk-stack as
-//! `/bin/ublk-stack` (see `tests/vm/README.md`).
+//! Real-kernel tests: each scenario in `tests/vm/scenarios/` boots each of the
+//! two test kernels, Debian's 6.12 and 7.3 cloud kernels, under qemu with
+//! `ublk_drv` loaded and a static ublk-stack as `/bin/ublk-stack` (see
+//! `tests/vm/README.md`). A scenario is one module with one test per kernel,
+//! `NAME::linux_6_12` and `NAME::linux_7_3`, so a failure names its kernel.
 //!
 //! The scenarios are `#[ignore]`d, so a plain `cargo nextest run` lists them as
 //! skipped; `--run-ignored all` (what `.ci/run` passes) runs them. A scenario
@@ -17,15 +19,24 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// One `#[test]` per scenario; the name is the file name without `.sh`.
+/// One module per scenario (the file name without `.sh`), holding one `#[test]`
+/// per kernel.
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         const SCENARIOS: &[&str] = &[$(stringify!($name)),*];
         $(
-            #[test]
-            #[ignore = "boots a VM: needs qemu and the guest kernel (bash tests/vm/setup.sh); run with --run-ignored all"]
-            fn $name() {
-                run_scenario(stringify!($name));
+            mod $name {
+                #[test]
+                #[ignore = "boots a VM: needs qemu and the guest kernels (bash tests/vm/setup.sh); run with --run-ignored all"]
+                fn linux_6_12() {
+                    super::run_scenario(stringify!($name), "6.12");
+                }
+
+                #[test]
+                #[ignore = "boots a VM: needs qemu and the guest kernels (bash tests/vm/setup.sh); run with --run-ignored all"]
+                fn linux_7_3() {
+                    super::run_scenario(stringify!($name), "7.3");
+                }
             }
         )*
     };
@@ -46,6 +57,7 @@ scenarios!(
     reload_live,
     mirror_fault_readd,
     mirror_scrub,
+    ublk_nbd_leg_readd,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -62,8 +74,8 @@ fn in_ci() -> bool {
     })
 }
 
-/// Why the VM cannot run here, or `None` when it can.
-fn missing_prerequisite() -> Option<String> {
+/// Why the VM cannot boot kernel `series` here, or `None` when it can.
+fn missing_prerequisite(series: &str) -> Option<String> {
     let has_qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
@@ -71,9 +83,12 @@ fn missing_prerequisite() -> Option<String> {
     if !has_qemu {
         return Some("qemu-system-x86_64 is not installed".into());
     }
-    let stamp = repo().join("tests/vm/cache/kernel/.done");
+    let stamp = repo().join(format!("tests/vm/cache/kernels/{series}/.done"));
     if !stamp.exists() {
-        return Some(format!("no guest kernel ({} missing)", stamp.display()));
+        return Some(format!(
+            "no {series} guest kernel ({} missing)",
+            stamp.display()
+        ));
     }
     None
 }
@@ -87,9 +102,10 @@ fn describe(output: &Output) -> String {
     )
 }
 
-/// Panics unless the VM can boot: a scenario that runs never passes unrun.
-fn ensure_prerequisites() {
-    let Some(reason) = missing_prerequisite() else {
+/// Panics unless the VM can boot kernel `series`: a scenario that runs never
+/// passes unrun, and a kernel that fails to set up fails its scenarios.
+fn ensure_prerequisites(series: &str) {
+    let Some(reason) = missing_prerequisite(series) else {
         return;
     };
     assert!(
@@ -109,7 +125,7 @@ fn ensure_prerequisites() {
         "tests/vm/setup.sh failed: {}",
         describe(&output)
     );
-    if let Some(reason) = missing_prerequisite() {
+    if let Some(reason) = missing_prerequisite(series) {
         panic!("CI is set and the VM tests cannot run: {reason} (even after setup.sh)");
     }
 }
@@ -143,8 +159,8 @@ fn static_binary() -> PathBuf {
     target_dir.join(TARGET).join("release/ublk-stack")
 }
 
-fn run_scenario(name: &str) {
-    ensure_prerequisites();
+fn run_scenario(name: &str, series: &str) {
+    ensure_prerequisites(series);
     let binary = static_binary();
     let scenario = repo().join(format!("tests/vm/scenarios/{name}.sh"));
     let log_dir = repo().join("target/vm/logs");
@@ -153,13 +169,14 @@ fn run_scenario(name: &str) {
         .arg(&binary)
         .arg(&scenario)
         .env("VM_LOG_DIR", &log_dir)
+        .env("VM_KERNEL", series)
         .current_dir(repo())
         .output()
         .expect("run tests/vm/run.sh");
-    let log = log_dir.join(format!("{name}.log"));
+    let log = log_dir.join(format!("{name}.{series}.log"));
     assert!(
         output.status.success(),
-        "scenario {name} failed (full serial log: {}): {}",
+        "scenario {name} failed on Linux {series} (full serial log: {}): {}",
         log.display(),
         describe(&output)
     );

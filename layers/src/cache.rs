@@ -50,7 +50,8 @@ use std::task::Poll;
 
 use crate::exec::IoCtx;
 use crate::plan::{CacheMode, LiveChange};
-use crate::{AsyncLayer, Layer, Result};
+use crate::report::{CacheReport, LayerReport};
+use crate::{AsyncLayer, IoBuf, IoBufMut, Layer, Result};
 use shard::Shard;
 
 /// Number of shards (a power of two).
@@ -239,20 +240,19 @@ impl Drop for Claims<'_> {
     }
 }
 
-/// Split `buf` (blocks of `block` bytes) into the runs `(first index, count)`,
-/// which are sorted and disjoint.
-fn carve<'b>(mut buf: &'b mut [u8], runs: &[(usize, usize)], block: usize) -> Vec<&'b mut [u8]> {
-    let mut out = Vec::with_capacity(runs.len());
+/// Split `buf` (blocks of `block` bytes) at the runs `(first index, count)`,
+/// which are sorted and disjoint: the parts alternate gap, run, gap, ..., gap,
+/// so the runs are the odd ones. `buf.join` puts the parts back.
+fn carve(buf: &mut IoBufMut, runs: &[(usize, usize)], block: usize) -> Vec<IoBufMut> {
+    let mut lens = Vec::with_capacity(runs.len() * 2 + 1);
     let mut at = 0;
     for &(first, count) in runs {
-        let rest = std::mem::take(&mut buf);
-        let (_, rest) = rest.split_at_mut((first - at) * block);
-        let (run, rest) = rest.split_at_mut(count * block);
-        out.push(run);
-        buf = rest;
+        lens.push((first - at) * block);
+        lens.push(count * block);
         at = first + count;
     }
-    out
+    lens.push(buf.len() - at * block);
+    buf.split_parts(lens)
 }
 
 /// Group sorted indexes into runs of consecutive ones, at most `max` long.
@@ -272,7 +272,7 @@ impl AsyncLayer for Cache {
         self.lower.size()
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         let blocks = buf.len() as u64 / self.block;
         {
             let res = self.read_blocks(ctx, offset, buf).await;
@@ -282,7 +282,7 @@ impl AsyncLayer for Cache {
         }
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         let res = match self.mode() {
             CacheMode::WriteThrough => self.write_through(ctx, offset, buf).await,
             CacheMode::WriteBack => self.write_back(ctx, offset, buf).await,
@@ -340,21 +340,18 @@ impl AsyncLayer for Cache {
         })
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        let (cached, dirty) = self.usage_bytes();
+    fn report(&self) -> LayerReport {
+        let (cached_bytes, dirty_bytes) = self.usage_bytes();
         let (hits, misses) = self.hit_rate_counters();
-        vec![
-            ("mode", self.mode().as_str().to_string()),
-            ("capacity_bytes", self.capacity().to_string()),
-            ("cached_bytes", cached.to_string()),
-            ("dirty_bytes", dirty.to_string()),
-            ("hits", hits.to_string()),
-            ("misses", misses.to_string()),
-            ("evictions", self.evictions().to_string()),
-            (
-                "write_back_errors",
-                self.write_back_errors.load(Relaxed).to_string(),
-            ),
-        ]
+        LayerReport::Cache(CacheReport {
+            mode: self.mode(),
+            capacity_bytes: self.capacity(),
+            cached_bytes,
+            dirty_bytes,
+            hits,
+            misses,
+            evictions: self.evictions(),
+            write_back_errors: self.write_back_errors.load(Relaxed),
+        })
     }
 }

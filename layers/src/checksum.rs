@@ -33,8 +33,9 @@ use std::sync::Arc;
 
 use crate::exec::IoCtx;
 use crate::meta_table::{MetaTable, Stamp, HEADER_BYTES};
+use crate::report::{ChecksumReport, LayerReport};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
-use crate::{AsyncLayer, Error, Layer, Result};
+use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, Result};
 
 const FORMAT_VERSION: u32 = 2;
 /// `cur` u32, `prev` u32 and the table's epoch u64.
@@ -146,7 +147,7 @@ impl Checksum {
         let mut data = vec![0u8; self.block as usize];
         for index in self.table.unflushed() {
             let offset = self.data_start + index * self.block;
-            match self.lower.read(ctx, offset, &mut data).await {
+            match self.lower.read_bytes(ctx, offset, &mut data).await {
                 Ok(()) => {}
                 Err(Error::Corrupt { .. }) => continue,
                 Err(e) => return Err(e),
@@ -181,7 +182,7 @@ impl Checksum {
         value == cur || (value == prev && self.table.prev_allowed(epoch))
     }
 
-    async fn read_verified(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read_verified(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         let failed = self
             .table
             .read_checked(
@@ -243,7 +244,7 @@ impl Checksum {
             .await
     }
 
-    async fn write_ordered(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write_ordered(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         // Inside the epoch until the data is written: a flush waits for it.
         let writer = self.table.begin_write();
         self.set_values(ctx, writer.epoch, offset, buf.len() as u64, Some(buf))
@@ -270,11 +271,11 @@ impl AsyncLayer for Checksum {
         self.size
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.read_verified(ctx, offset, buf).await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.write_ordered(ctx, offset, buf).await
     }
 
@@ -294,14 +295,11 @@ impl AsyncLayer for Checksum {
         self.lower.discard_frees_space()
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("algorithm", "crc32".into()),
-            (
-                "mismatches",
-                self.mismatches.load(Ordering::Relaxed).to_string(),
-            ),
-        ]
+    fn report(&self) -> LayerReport {
+        LayerReport::Checksum(ChecksumReport {
+            algorithm: "crc32".into(),
+            mismatches: self.mismatches.load(Ordering::Relaxed),
+        })
     }
 }
 

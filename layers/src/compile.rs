@@ -12,8 +12,9 @@ use crate::exec::{Executor, IoCtx};
 use crate::kinds::Opening;
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LiveChange, Plan};
+use crate::report::LayerReport;
 use crate::stats::{LatencySnapshot, LayerStats, StatsSnapshot};
-use crate::{AsyncLayer, Error, Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 /// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
 /// not fit). Names the layer.
@@ -55,7 +56,7 @@ pub struct NodeStatus {
     pub size: u64,
     pub stats: StatsSnapshot,
     pub latency: LatencySnapshot,
-    pub details: Vec<(&'static str, String)>,
+    pub report: LayerReport,
 }
 
 /// The compiled device: shared by every queue.
@@ -137,7 +138,7 @@ impl Stack {
                 size: node.layer.size(),
                 stats: node.stats.snapshot(),
                 latency: node.stats.latency(),
-                details: node.layer.details(),
+                report: node.layer.report(),
             });
             stack.extend(node.children.iter().rev().map(|&c| (c, depth + 1)));
         }
@@ -295,7 +296,7 @@ impl AsyncLayer for Counted {
         self.node.layer.size()
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -308,7 +309,7 @@ impl AsyncLayer for Counted {
         .await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         if !self.in_range(offset, buf.len() as u64) {
             return self.refuse(offset, buf.len() as u64);
         }
@@ -364,8 +365,8 @@ impl AsyncLayer for Counted {
         self.node.layer.apply_live(ctx, change).await
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        self.node.layer.details()
+    fn report(&self) -> LayerReport {
+        self.node.layer.report()
     }
 }
 

@@ -75,7 +75,8 @@ use std::sync::{Arc, Mutex};
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
 use crate::meta_table::MetaTable;
-use crate::{AsyncLayer, Layer, Result};
+use crate::report::{CompressReport, LayerReport};
+use crate::{AsyncLayer, IoBuf, IoBufMut, Layer, Result};
 
 use alloc::Allocator;
 use entry::Extent;
@@ -176,12 +177,12 @@ impl AsyncLayer for Compress {
         self.geo.size
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.read_range(ctx, offset, buf).await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
-        self.write_range(ctx, offset, buf.len() as u64, Some(buf))
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
+        self.write_range(ctx, offset, buf.len() as u64, Some(&buf[..]))
             .await
     }
 
@@ -203,32 +204,23 @@ impl AsyncLayer for Compress {
         self.lower.discard_frees_space()
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
+    fn report(&self) -> LayerReport {
         let c = &self.counters;
         let stored = c.stored_bytes.load(Ordering::Relaxed);
         let logical = c.logical_bytes.load(Ordering::Relaxed);
-        let ratio = if stored == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.2}", logical as f64 / stored as f64)
-        };
         let granule_bytes = u64::from(self.geo.granule_bytes);
-        let free = self.alloc.free_granules() * granule_bytes;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-        vec![
-            ("algorithm", format::ALGORITHM.into()),
-            ("unit_bytes", self.geo.unit_bytes.to_string()),
-            ("logical_bytes", logical.to_string()),
-            ("stored_bytes", stored.to_string()),
-            ("ratio", ratio),
-            ("free_bytes", free.to_string()),
-            (
-                "data_area_bytes",
-                (self.alloc.granules() * granule_bytes).to_string(),
-            ),
-            ("corrupt_reads", load(&c.corrupt_reads)),
-            ("no_space", load(&c.no_space)),
-            ("damaged_entries", load(&c.damaged_entries)),
-        ]
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LayerReport::Compress(CompressReport {
+            algorithm: format::ALGORITHM.into(),
+            unit_bytes: u64::from(self.geo.unit_bytes),
+            logical_bytes: logical,
+            stored_bytes: stored,
+            ratio: (stored > 0).then(|| logical as f64 / stored as f64),
+            free_bytes: self.alloc.free_granules() * granule_bytes,
+            data_area_bytes: self.alloc.granules() * granule_bytes,
+            corrupt_reads: load(&c.corrupt_reads),
+            no_space: load(&c.no_space),
+            damaged_entries: load(&c.damaged_entries),
+        })
     }
 }

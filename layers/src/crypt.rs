@@ -26,25 +26,27 @@
 //! `checksum`: table page first, then data; `prev` opens a block only while no
 //! FLUSH covered its `cur`. The key is zeroed in memory when the layer is dropped.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use zeroize::Zeroizing;
 
 use crate::exec::IoCtx;
 use crate::meta_table::{MetaTable, Stamp, HEADER_BYTES};
-use crate::plan::KeySource;
+use crate::report::{CryptReport, LayerReport};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
-use crate::{AsyncLayer, Error, Layer, Result};
+use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, Result};
 
 const FORMAT_VERSION: u32 = 2;
 /// `cur` and `prev` seals and the table's epoch (u64).
 const ENTRY_BYTES: usize = 64;
 const SEAL_BYTES: usize = 28;
 const CIPHER: &str = "aes-256-gcm";
+pub use crate::key_slots::KEY_BYTES;
+
+pub mod key;
+pub use key::load_key;
 
 pub struct Crypt {
     lower: Arc<dyn Layer>,
@@ -57,67 +59,6 @@ pub struct Crypt {
     nonce_prefix: [u8; 4],
     nonce_counter: AtomicU64,
     auth_failures: AtomicU64,
-}
-
-/// Read the 32-byte key named by the config.
-pub fn load_key(source: &KeySource) -> std::result::Result<Zeroizing<[u8; 32]>, String> {
-    let text: Zeroizing<Vec<u8>> = match source {
-        KeySource::File(path) => Zeroizing::new(read_key_file(path)?),
-        KeySource::Env(name) => Zeroizing::new(
-            std::env::var(name)
-                .map_err(|_| format!("key_env: environment variable {name} is not set"))?
-                .into_bytes(),
-        ),
-    };
-    let mut key = Zeroizing::new([0u8; 32]);
-    let trimmed: &[u8] = text.trim_ascii();
-    if trimmed.len() == 64 && trimmed.iter().all(u8::is_ascii_hexdigit) {
-        for (i, pair) in trimmed.chunks(2).enumerate() {
-            let hex = |c: u8| (c as char).to_digit(16).expect("checked hex") as u8;
-            key[i] = hex(pair[0]) << 4 | hex(pair[1]);
-        }
-    } else if text.len() == 32 && matches!(source, KeySource::File(_)) {
-        key.copy_from_slice(&text);
-    } else {
-        return Err(match source {
-            KeySource::File(p) => format!(
-                "key_file {}: must hold 32 raw bytes or 64 hex characters ({} bytes found)",
-                p.display(),
-                text.len()
-            ),
-            KeySource::Env(n) => format!("key_env {n}: must hold 64 hex characters"),
-        });
-    }
-    Ok(key)
-}
-
-fn read_key_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(path).map_err(|e| format!("key_file {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("key_file {}: not a regular file", path.display()));
-    }
-    check_key_owner(path, meta.uid(), crate::os::effective_uid())?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "key_file {}: mode {mode:04o} lets others read the key; chmod 600 it",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(|e| format!("key_file {}: {e}", path.display()))
-}
-
-/// A key file owned by another user could be replaced by them with a key of
-/// their choosing: only the daemon's own user may own it.
-fn check_key_owner(path: &Path, owner: u32, me: u32) -> std::result::Result<(), String> {
-    if owner == me {
-        return Ok(());
-    }
-    Err(format!(
-        "key_file {}: owned by uid {owner}, not by this user (uid {me}); chown it",
-        path.display()
-    ))
 }
 
 /// The size this layer exposes over a lower device of `lower_size` bytes.
@@ -251,7 +192,7 @@ impl Crypt {
         let mut entry = [0u8; ENTRY_BYTES - 8];
         for index in self.table.unflushed() {
             let offset = self.data_start + index * self.block;
-            match self.lower.read(ctx, offset, &mut data).await {
+            match self.lower.read_bytes(ctx, offset, &mut data).await {
                 Ok(()) => {}
                 Err(Error::Corrupt { .. }) => continue,
                 Err(e) => return Err(e),
@@ -316,7 +257,7 @@ impl Crypt {
             || (self.table.prev_allowed(epoch) && self.open_seal(index, prev, data))
     }
 
-    async fn read_decrypt(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read_decrypt(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         let failed = self
             .table
             .read_checked(
@@ -342,16 +283,12 @@ impl Crypt {
         Ok(())
     }
 
-    async fn write_encrypt(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
-        let mut out = ctx.take_buf(buf.len());
+    async fn write_encrypt(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
+        let mut out = ctx.buf(buf.len());
         let first = offset / self.block;
         let block = self.block as usize;
         let mut seals = Vec::with_capacity(buf.len() / block);
-        for (i, (plain, cipher)) in buf
-            .chunks(block)
-            .zip(out.as_mut_slice().chunks_mut(block))
-            .enumerate()
-        {
+        for (i, (plain, cipher)) in buf.chunks(block).zip(out.chunks_mut(block)).enumerate() {
             let index = first + i as u64;
             cipher.copy_from_slice(plain);
             let nonce = self.next_nonce();
@@ -364,18 +301,12 @@ impl Crypt {
             seal[12..].copy_from_slice(&tag);
             seals.push(seal);
         }
-        let res = async {
-            // Inside the epoch until the data is written: a flush waits for it.
-            let writer = self.table.begin_write();
-            self.set_seals(ctx, writer.epoch, first, seals.len() as u64, Some(&seals))
-                .await?;
-            self.lower
-                .write(ctx, self.data_start + offset, out.as_slice())
-                .await
-        }
-        .await;
-        ctx.put_buf(out);
-        res
+        let out = out.freeze();
+        // Inside the epoch until the data is written: a flush waits for it.
+        let writer = self.table.begin_write();
+        self.set_seals(ctx, writer.epoch, first, seals.len() as u64, Some(&seals))
+            .await?;
+        self.lower.write(ctx, self.data_start + offset, &out).await
     }
 
     async fn set_seals(
@@ -432,11 +363,11 @@ impl AsyncLayer for Crypt {
         self.size
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.read_decrypt(ctx, offset, buf).await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.write_encrypt(ctx, offset, buf).await
     }
 
@@ -456,14 +387,11 @@ impl AsyncLayer for Crypt {
         self.lower.discard_frees_space()
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("cipher", CIPHER.into()),
-            (
-                "auth_failures",
-                self.auth_failures.load(Ordering::Relaxed).to_string(),
-            ),
-        ]
+    fn report(&self) -> LayerReport {
+        LayerReport::Crypt(CryptReport {
+            cipher: CIPHER.into(),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -480,43 +408,5 @@ mod tests {
         assert!(check_key(&a, &uuid, &stored));
         assert!(!check_key(&b, &uuid, &stored));
         assert!(!check_key(&a, &[8u8; 16], &stored));
-    }
-
-    #[test]
-    fn a_key_file_of_another_user_is_refused() {
-        let path = Path::new("k.key");
-        assert!(check_key_owner(path, 1000, 1000).is_ok());
-        let error = check_key_owner(path, 0, 1000).unwrap_err();
-        assert_eq!(
-            error,
-            "key_file k.key: owned by uid 0, not by this user (uid 1000); chown it"
-        );
-    }
-
-    #[test]
-    fn keys_parse_from_hex_and_raw_files_with_strict_modes() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let hex = dir.path().join("hex.key");
-        std::fs::write(&hex, format!("{}\n", "ab".repeat(32))).unwrap();
-        std::fs::set_permissions(&hex, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(
-            *load_key(&KeySource::File(hex.clone())).unwrap(),
-            [0xab; 32]
-        );
-        std::fs::set_permissions(&hex, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(load_key(&KeySource::File(hex))
-            .unwrap_err()
-            .contains("chmod 600"));
-        let raw = dir.path().join("raw.key");
-        std::fs::write(&raw, [7u8; 32]).unwrap();
-        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o400)).unwrap();
-        assert_eq!(*load_key(&KeySource::File(raw)).unwrap(), [7; 32]);
-        let short = dir.path().join("short.key");
-        std::fs::write(&short, b"secret").unwrap();
-        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(load_key(&KeySource::File(short))
-            .unwrap_err()
-            .contains("32 raw bytes"));
     }
 }

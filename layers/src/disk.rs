@@ -41,5 +41,10 @@ pub fn open(params: &DiskParams, block_size: u32) -> Result<FileLeaf, String> {
             path.display()
         ));
     }
-    Ok(FileLeaf::new(file, usable, "disk"))
+    Ok(FileLeaf::new(
+        file,
+        usable,
+        "disk",
+        params.direct.then_some(block_size),
+    ))
 }

@@ -15,13 +15,15 @@ use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use io_uring::{opcode, types};
 
-use crate::uring::{AlignedBuf, BufPool, Uring, FOREIGN_BIT};
+use crate::buf::{AlignedBuf, BufPool, IoBufMut};
+use crate::uring::{Uring, FOREIGN_BIT};
 use crate::LocalBoxFuture;
 
 /// `user_data` of the executor's own eventfd poll.
@@ -33,7 +35,7 @@ const MAIN_TASK: usize = usize::MAX;
 pub struct IoCtx {
     queue: u16,
     uring: Uring,
-    pool: RefCell<BufPool>,
+    pool: Rc<RefCell<BufPool>>,
 }
 
 impl IoCtx {
@@ -42,7 +44,7 @@ impl IoCtx {
         Ok(IoCtx {
             queue,
             uring: Uring::new(ring_entries)?,
-            pool: RefCell::new(BufPool::default()),
+            pool: Rc::default(),
         })
     }
 
@@ -62,6 +64,13 @@ impl IoCtx {
     /// Return a buffer to this queue's pool.
     pub fn put_buf(&self, buf: AlignedBuf) {
         self.pool.borrow_mut().put(buf)
+    }
+
+    /// A request buffer of `len` bytes from this queue's pool (contents
+    /// unspecified), aligned for O_DIRECT. Its memory goes back to the pool when
+    /// the last handle on it, and the last operation holding it, are gone.
+    pub fn buf(&self, len: usize) -> IoBufMut {
+        IoBufMut::pooled(self.take_buf(len), self.pool.clone())
     }
 }
 
@@ -210,26 +219,34 @@ impl Executor {
     }
 
     /// One turn for a front end whose own commands are in flight on the ring (the
-    /// ublk FETCH / COMMIT commands): run woken tasks, submit their SQEs, then wait
-    /// for a completion (unless something is already runnable) and dispatch
-    /// completions. Front-end CQEs go to `foreign`. Unlike the turns of
-    /// `block_on`, it sleeps even when no task or leaf operation is pending, since
-    /// the front end's commands will complete. Returns whether the `block_on`
-    /// future was woken.
-    pub fn turn(&self, ctx: &IoCtx, foreign: &mut dyn FnMut(u64, i32)) -> io::Result<bool> {
-        self.turn_inner(ctx, foreign, false)
+    /// ublk FETCH / COMMIT commands, the NBD socket operations): run woken tasks,
+    /// submit their SQEs, then wait for a completion (unless something is already
+    /// runnable) and dispatch completions. Front-end CQEs go to `foreign`.
+    /// `front_busy` says whether the front end has commands on the ring; it is
+    /// asked after the woken tasks ran. The turn sleeps only if something can end
+    /// the sleep: a live task (its CQE or a wake), a leaf operation, or a
+    /// front-end command. A turn whose woken tasks finished the last task with
+    /// nothing in flight returns at once, so the caller's loop sees it is done
+    /// (a stop that arrives before the queue's first turn ends the last task in
+    /// that turn). Returns whether the `block_on` future was woken.
+    pub fn turn(
+        &self,
+        ctx: &IoCtx,
+        front_busy: &dyn Fn() -> bool,
+        foreign: &mut dyn FnMut(u64, i32),
+    ) -> io::Result<bool> {
+        self.turn_inner(ctx, front_busy, foreign)
     }
 
-    /// `turn`; with `skip_wait_when_idle`, a turn with no live task and no leaf
-    /// operation in flight does not sleep (nothing on the ring could wake it).
     fn turn_inner(
         &self,
         ctx: &IoCtx,
+        front_busy: &dyn Fn() -> bool,
         foreign: &mut dyn FnMut(u64, i32),
-        skip_wait_when_idle: bool,
     ) -> io::Result<bool> {
         let mut main_woken = self.run_ready();
-        let idle = skip_wait_when_idle && self.live.get() == 0 && ctx.uring.in_flight() == 0;
+        // Nothing on the ring could end a sleep now.
+        let idle = self.live.get() == 0 && ctx.uring.in_flight() == 0 && !front_busy();
         let runnable = idle
             || main_woken
             || !self
@@ -289,13 +306,9 @@ impl Executor {
     /// expected here.
     pub fn run_until_idle(&self, ctx: &IoCtx) -> io::Result<()> {
         while self.live.get() > 0 {
-            self.turn_inner(
-                ctx,
-                &mut |user_data, _| {
-                    panic!("unexpected front-end CQE {user_data:#x} in run_until_idle")
-                },
-                true,
-            )?;
+            self.turn_inner(ctx, &|| false, &mut |user_data, _| {
+                panic!("unexpected front-end CQE {user_data:#x} in run_until_idle")
+            })?;
         }
         Ok(())
     }
@@ -313,13 +326,9 @@ impl Executor {
                 }
             }
             woken = self
-                .turn_inner(
-                    ctx,
-                    &mut |user_data, _| {
-                        panic!("unexpected front-end CQE {user_data:#x} in block_on")
-                    },
-                    true,
-                )
+                .turn_inner(ctx, &|| false, &mut |user_data, _| {
+                    panic!("unexpected front-end CQE {user_data:#x} in block_on")
+                })
                 .expect("io_uring wait failed");
         }
     }
@@ -393,5 +402,57 @@ mod tests {
             }),
         );
         helper.join().unwrap();
+    }
+
+    /// A task that ends in the first turn (the NBD queue's inbox task when the
+    /// stop comes before that turn) leaves nothing that could wake a sleep: the
+    /// turn must return, not wait for a completion that never comes.
+    #[test]
+    fn a_turn_that_ends_the_last_task_does_not_sleep() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ctx = IoCtx::new(0, 8).unwrap();
+            let exec = Executor::new().unwrap();
+            exec.spawn(async {});
+            while exec.live_tasks() > 0 {
+                exec.turn(&ctx, &|| false, &mut |_, _| {}).unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the turn slept with no task and nothing in flight");
+    }
+
+    /// While the front end has a command on the ring, a turn with no task
+    /// sleeps until the command completes (one turn, not a spin) and hands its
+    /// CQE back.
+    #[test]
+    fn a_turn_sleeps_on_the_front_ends_commands() {
+        let ctx = IoCtx::new(0, 8).unwrap();
+        let exec = Executor::new().unwrap();
+        let tag = FOREIGN_BIT | 7;
+        let spec = Box::new(types::Timespec::new().nsec(20_000_000));
+        let entry = opcode::Timeout::new(&*spec).build().user_data(tag);
+        #[allow(unsafe_code)]
+        // SAFETY: the timespec is boxed and outlives the turns below, which
+        // see its CQE.
+        unsafe {
+            ctx.uring.push(&entry)
+        };
+        let seen = Cell::new(None);
+        let mut turns = 0;
+        while seen.get().is_none() {
+            turns += 1;
+            exec.turn(&ctx, &|| seen.get().is_none(), &mut |user_data, res| {
+                seen.set(Some((user_data, res)))
+            })
+            .unwrap();
+        }
+        assert_eq!(seen.get(), Some((tag, -libc::ETIME)));
+        assert!(
+            turns <= 2,
+            "{turns} turns: the turn spun instead of sleeping"
+        );
     }
 }

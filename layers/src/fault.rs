@@ -17,8 +17,9 @@ use std::sync::{Arc, RwLock};
 
 use crate::exec::IoCtx;
 use crate::plan::{FaultKnobs, LiveChange};
+use crate::report::{ByteRange, FaultReport, LayerReport};
 use crate::uring::Op;
-use crate::{AsyncLayer, Error, Layer, Result};
+use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, Result};
 
 pub struct Fault {
     lower: Arc<dyn Layer>,
@@ -74,7 +75,7 @@ impl Fault {
             return Ok(());
         }
         if knobs.delay_us > 0 {
-            let (res, _) = ctx
+            let res = ctx
                 .uring()
                 .submit(Op::Sleep {
                     nanos: knobs.delay_us * 1000,
@@ -99,13 +100,13 @@ impl AsyncLayer for Fault {
         self.lower.size()
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.gate(ctx, Kind::Read, Some((offset, buf.len() as u64)))
             .await?;
         self.lower.read(ctx, offset, buf).await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.gate(ctx, Kind::Write, Some((offset, buf.len() as u64)))
             .await?;
         self.lower.write(ctx, offset, buf).await
@@ -145,20 +146,14 @@ impl AsyncLayer for Fault {
         res
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
+    fn report(&self) -> LayerReport {
         let k = self.knobs();
-        let mut out = vec![
-            ("read_error_rate", k.read_error_rate.to_string()),
-            ("write_error_rate", k.write_error_rate.to_string()),
-            ("delay_us", k.delay_us.to_string()),
-            (
-                "injected_errors",
-                self.injected.load(Ordering::Relaxed).to_string(),
-            ),
-        ];
-        if let Some((start, end)) = k.range {
-            out.push(("range", format!("{start}..{end}")));
-        }
-        out
+        LayerReport::Fault(FaultReport {
+            read_error_rate: k.read_error_rate,
+            write_error_rate: k.write_error_rate,
+            delay_us: k.delay_us,
+            injected_errors: self.injected.load(Ordering::Relaxed),
+            range: k.range.map(|(start, end)| ByteRange { start, end }),
+        })
     }
 }

@@ -3,8 +3,11 @@
 //! - FLUSH is `fdatasync` on the file.
 //! - discard punches a hole (the file stays sparse); write_zeroes uses
 //!   `FALLOC_FL_ZERO_RANGE`; when the filesystem supports neither, zeros are written.
-//! - `direct = true` opens with O_DIRECT; the queue's bounce buffers are 4 KiB
-//!   aligned, so any block-aligned request qualifies.
+//! - Reads and writes go straight into and out of the request's buffer (see
+//!   `buf.rs`), with no copy. `direct = true` opens with O_DIRECT, which needs the
+//!   buffer's memory aligned to the block size: request buffers are 4 KiB aligned
+//!   and split on block boundaries, so they are; a misaligned one would go
+//!   through an aligned copy, counted as `misaligned_copies` in the details.
 //! - No on-disk metadata: the file holds the device's bytes at their offsets.
 //! - Holes in the file are reported by `allocation` (SEEK_DATA / SEEK_HOLE), for
 //!   NBD BLOCK_STATUS.
@@ -22,12 +25,13 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::exec::IoCtx;
 use crate::plan::FileParams;
+use crate::report::{LayerReport, LeafIo, LeafReport};
 use crate::uring::Op;
-use crate::{os, AsyncLayer, Error, Result};
+use crate::{os, AsyncLayer, Error, IoBuf, IoBufMut, Result};
 
 /// Largest single leaf I/O; bigger requests are issued in pieces.
 const MAX_IO_BYTES: usize = 1 << 20;
@@ -45,6 +49,10 @@ pub struct FileLeaf {
     kind: &'static str,
     /// Serve I/O synchronously (tmpfs/ramfs; see the module comment).
     sync_io: bool,
+    /// Memory alignment O_DIRECT needs (the block size), or 1 for buffered I/O.
+    mem_align: usize,
+    /// Requests whose buffer was not aligned for O_DIRECT and went through a copy.
+    misaligned_copies: AtomicU64,
 }
 
 /// Open (and with `create`, create) the file of a `file` leaf.
@@ -111,13 +119,19 @@ pub fn open(params: &FileParams, block_size: u32) -> std::result::Result<FileLea
         ));
     }
     let sync_io = !params.direct && os::is_memory_backed(&file);
-    let mut leaf = FileLeaf::new(file, size, "file");
+    let mut leaf = FileLeaf::new(file, size, "file", params.direct.then_some(block_size));
     leaf.sync_io = sync_io;
     Ok(leaf)
 }
 
 impl FileLeaf {
-    pub(crate) fn new(file: File, size: u64, kind: &'static str) -> FileLeaf {
+    /// `direct_block_size`: the block size when the file was opened O_DIRECT.
+    pub(crate) fn new(
+        file: File,
+        size: u64,
+        kind: &'static str,
+        direct_block_size: Option<u32>,
+    ) -> FileLeaf {
         FileLeaf {
             file,
             size,
@@ -125,6 +139,8 @@ impl FileLeaf {
             zero_range_ok: AtomicBool::new(true),
             kind,
             sync_io: false,
+            mem_align: direct_block_size.map_or(1, |b| b as usize),
+            misaligned_copies: AtomicU64::new(0),
         }
     }
 
@@ -154,77 +170,103 @@ impl FileLeaf {
         self.file.as_raw_fd()
     }
 
-    async fn read_at(&self, ctx: &IoCtx, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
+    /// Whether a direct leaf can do I/O straight from or into `bytes`: O_DIRECT
+    /// wants the memory aligned to the block size. Request buffers are (the pool,
+    /// ublk tag buffers and NBD buffers are 4 KiB aligned, and layers split them
+    /// on block boundaries); anything else goes through an aligned copy.
+    fn needs_copy(&self, bytes: &[u8]) -> bool {
+        self.mem_align > 1 && (bytes.as_ptr() as usize) % self.mem_align != 0
+    }
+
+    async fn read_at(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         if self.sync_io {
             return self.read_sync(offset, buf);
         }
-        while !buf.is_empty() {
-            let len = buf.len().min(MAX_IO_BYTES);
-            let bounce = ctx.take_buf(len);
-            let (res, bounce) = ctx
+        if self.needs_copy(buf) {
+            self.misaligned_copies.fetch_add(1, Ordering::Relaxed);
+            let mut aligned = ctx.buf(buf.len());
+            self.read_into(ctx, offset, &mut aligned).await?;
+            buf.copy_from_slice(&aligned);
+            return Ok(());
+        }
+        self.read_into(ctx, offset, buf).await
+    }
+
+    /// Read into `buf` through the ring, straight into its memory.
+    async fn read_into(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let len = (buf.len() - done).min(MAX_IO_BYTES);
+            let at = offset + done as u64;
+            let res = ctx
                 .uring()
                 .submit(Op::Read {
                     fd: self.fd(),
-                    offset,
-                    buf: bounce,
+                    offset: at,
+                    buf: &mut *buf,
+                    range: done..done + len,
                 })
                 .await;
-            let bounce = bounce.expect("read returns its buffer");
             if res < 0 {
-                ctx.put_buf(bounce);
                 return Err(Error::from_res(res));
             }
             if res == 0 {
                 // End of file inside the device: the file was truncated, or the
                 // block device below went away. Never pass that off as zeros.
-                ctx.put_buf(bounce);
-                tracing::error!(kind = self.kind, offset, "read past the end of the leaf");
+                tracing::error!(
+                    kind = self.kind,
+                    offset = at,
+                    "read past the end of the leaf"
+                );
                 return Err(Error::Io(libc::EIO));
             }
-            let done = res as usize;
-            let (head, tail) = std::mem::take(&mut buf).split_at_mut(done);
-            head.copy_from_slice(&bounce.as_slice()[..done]);
-            ctx.put_buf(bounce);
-            buf = tail;
-            offset += head.len() as u64;
+            done += res as usize;
         }
         Ok(())
     }
 
-    async fn write_at(&self, ctx: &IoCtx, mut offset: u64, mut buf: &[u8]) -> Result<()> {
+    async fn write_at(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         if self.sync_io {
             return self.write_sync(offset, buf);
         }
-        while !buf.is_empty() {
-            let len = buf.len().min(MAX_IO_BYTES);
-            let mut bounce = ctx.take_buf(len);
-            bounce.as_mut_slice().copy_from_slice(&buf[..len]);
-            let (res, bounce) = ctx
+        if self.needs_copy(buf) {
+            self.misaligned_copies.fetch_add(1, Ordering::Relaxed);
+            let mut aligned = ctx.buf(buf.len());
+            aligned.copy_from_slice(buf);
+            return self.write_from(ctx, offset, &aligned.freeze()).await;
+        }
+        self.write_from(ctx, offset, buf).await
+    }
+
+    /// Write `buf` through the ring, straight from its memory.
+    async fn write_from(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let len = (buf.len() - done).min(MAX_IO_BYTES);
+            let at = offset + done as u64;
+            let res = ctx
                 .uring()
                 .submit(Op::Write {
                     fd: self.fd(),
-                    offset,
-                    buf: bounce,
+                    offset: at,
+                    buf,
+                    range: done..done + len,
                 })
                 .await;
-            if let Some(bounce) = bounce {
-                ctx.put_buf(bounce);
-            }
             if res == -libc::ENOSPC && self.kind == "disk" {
                 // A block device has no free space to run out of: ENOSPC means
                 // the write fell past its end, i.e. the device shrank or vanished.
-                tracing::error!(offset, "write past the end of the disk leaf");
+                tracing::error!(offset = at, "write past the end of the disk leaf");
                 return Err(Error::Io(libc::EIO));
             }
             if res < 0 {
                 return Err(Error::from_res(res));
             }
             if res == 0 {
-                tracing::error!(kind = self.kind, offset, "write made no progress");
+                tracing::error!(kind = self.kind, offset = at, "write made no progress");
                 return Err(Error::Io(libc::EIO));
             }
-            buf = &buf[res as usize..];
-            offset += res as u64;
+            done += res as usize;
         }
         Ok(())
     }
@@ -233,16 +275,14 @@ impl FileLeaf {
         if self.sync_io {
             return os::fallocate(&self.file, mode, offset, len);
         }
-        let (res, _) = ctx
-            .uring()
+        ctx.uring()
             .submit(Op::Fallocate {
                 fd: self.fd(),
                 mode,
                 offset,
                 len,
             })
-            .await;
-        res
+            .await
     }
 
     async fn zero_range(
@@ -276,10 +316,10 @@ impl FileLeaf {
 
     async fn write_zero_blocks(&self, ctx: &IoCtx, mut offset: u64, len: u64) -> Result<()> {
         let end = offset + len;
-        let zeros = vec![0u8; MAX_IO_BYTES.min(len as usize)];
+        let zeros = IoBuf::zeroed(MAX_IO_BYTES.min(len as usize));
         while offset < end {
             let n = (end - offset).min(zeros.len() as u64) as usize;
-            self.write_at(ctx, offset, &zeros[..n]).await?;
+            self.write_at(ctx, offset, &zeros.slice(0..n)).await?;
             offset += n as u64;
         }
         Ok(())
@@ -291,11 +331,11 @@ impl AsyncLayer for FileLeaf {
         self.size
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.read_at(ctx, offset, buf).await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.write_at(ctx, offset, buf).await
     }
 
@@ -303,7 +343,7 @@ impl AsyncLayer for FileLeaf {
         if self.sync_io {
             return self.file.sync_data().map_err(Error::from);
         }
-        let (res, _) = ctx
+        let res = ctx
             .uring()
             .submit(Op::Fsync {
                 fd: self.fd(),
@@ -360,20 +400,80 @@ impl AsyncLayer for FileLeaf {
         (!runs.is_empty()).then_some(runs)
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("kind", self.kind.to_string()),
-            (
-                "io",
-                if self.sync_io { "sync" } else { "io_uring" }.to_string(),
-            ),
-        ]
+    fn report(&self) -> LayerReport {
+        let io = if self.sync_io {
+            LeafIo::Sync
+        } else {
+            LeafIo::IoUring
+        };
+        let misaligned_copies =
+            (self.mem_align > 1).then(|| self.misaligned_copies.load(Ordering::Relaxed));
+        let leaf = LeafReport {
+            io,
+            misaligned_copies,
+        };
+        if self.kind == "disk" {
+            LayerReport::Disk(leaf)
+        } else {
+            LayerReport::File(leaf)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::Executor;
+    use std::future::{poll_fn, Future};
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::task::Poll;
+
+    /// The read's data comes from a socket, so the kernel holds the operation
+    /// until the test sends it: meanwhile the request's future is dropped and a
+    /// new request takes a buffer from the same pool.
+    #[test]
+    fn a_dropped_read_never_writes_into_a_later_requests_buffer() {
+        let (theirs, mut ours) = UnixStream::pair().unwrap();
+        let leaf = FileLeaf::new(File::from(OwnedFd::from(theirs)), 1 << 20, "file", None);
+        let ctx = IoCtx::new(0, 8).unwrap();
+        let exec = Executor::new().unwrap();
+        let mut old = ctx.buf(4096);
+        let old_memory = old.as_ptr();
+        let mut read = Box::pin(AsyncLayer::read(&leaf, &ctx, 0, &mut old));
+        exec.block_on(
+            &ctx,
+            poll_fn(|cx| {
+                assert!(
+                    read.as_mut().poll(cx).is_pending(),
+                    "the read waits for data"
+                );
+                Poll::Ready(())
+            }),
+        );
+        ctx.uring().submit_and_wait(0).unwrap();
+        assert_eq!(ctx.uring().in_flight(), 1);
+        // The request goes away, its read still in the kernel.
+        drop(read);
+        drop(old);
+        let mut new = ctx.buf(4096);
+        new.fill(0xbb);
+        // Now the old read completes.
+        ours.write_all(&[0xaa; 4096]).unwrap();
+        while ctx.uring().in_flight() > 0 {
+            ctx.uring().submit_and_wait(1).unwrap();
+            ctx.uring().reap(&mut |_, _| {});
+        }
+        assert!(
+            new.iter().all(|&b| b == 0xbb),
+            "the dropped read wrote into a later request's buffer"
+        );
+        // Its memory went back to the pool only now.
+        drop(new);
+        let again = [ctx.buf(4096), ctx.buf(4096)];
+        assert!(again.iter().any(|b| b.as_ptr() == old_memory));
+    }
 
     #[test]
     fn allocation_reports_holes_and_data_of_a_sparse_file() {

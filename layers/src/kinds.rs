@@ -7,7 +7,8 @@
 //! it asks of the machine, and how it opens. Config reading, `validate`,
 //! sizing, reload diffs, the printed tree and [`crate::compile()`] are generic
 //! over it. What a running layer reports is its [`Layer`] implementation's
-//! business (`Layer::details`); a kind has no say in it.
+//! business (`Layer::report`, a type of [`crate::report`]); a kind has no say
+//! in it.
 //!
 //! Adding a layer type: one file here and one line in [`registry!`] below
 //! (docs/writing-a-layer.md walks through it).
@@ -27,6 +28,7 @@ pub mod fault;
 pub mod file;
 pub mod memory;
 pub mod mirror;
+pub mod nbd;
 pub mod null;
 pub mod raid0;
 
@@ -56,6 +58,9 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + Send + Sync + Into<LayerSpec> +
     /// Whether it keeps per-block metadata below, turning one write into two;
     /// at most `MAX_METADATA_CHAIN` of those are stacked on one path.
     const KEEPS_METADATA: bool = false;
+    /// Whether it writes a superblock (layers/src/superblock.rs) at byte 0 of
+    /// each layer directly below: `up` formats a blank one and opens its own.
+    const SUPERBLOCK: bool = false;
 
     /// The message for an unknown key `word` that means something to this
     /// kind (an inline key for `crypt`), instead of the usual "unknown key".
@@ -148,6 +153,7 @@ fn read_as<K: Kind>(keys: &mut dyn KeyReader) -> Option<LayerSpec> {
 trait AnyKind: Send + Sync {
     fn name(&self) -> &'static str;
     fn keeps_metadata(&self) -> bool;
+    fn superblock(&self) -> bool;
     fn children(&self) -> Vec<LayerId>;
     fn values(&self, name: &dyn Fn(LayerId) -> String) -> Vec<(&'static str, Option<String>)>;
     fn summary(&self) -> String;
@@ -166,6 +172,9 @@ impl<K: Kind> AnyKind for K {
     }
     fn keeps_metadata(&self) -> bool {
         K::KEEPS_METADATA
+    }
+    fn superblock(&self) -> bool {
+        K::SUPERBLOCK
     }
     fn children(&self) -> Vec<LayerId> {
         Kind::children(self)
@@ -249,6 +258,7 @@ registry! {
     Crypt(crypt::CryptParams),
     Checksum(checksum::ChecksumParams),
     Fault(fault::FaultParams),
+    Nbd(nbd::NbdParams),
 }
 
 /// The kind named `name`.
@@ -275,6 +285,11 @@ impl LayerSpec {
     /// See [`Kind::KEEPS_METADATA`].
     pub fn keeps_metadata(&self) -> bool {
         self.kind().keeps_metadata()
+    }
+
+    /// See [`Kind::SUPERBLOCK`].
+    pub fn superblock(&self) -> bool {
+        self.kind().superblock()
     }
 
     /// See [`Kind::values`].

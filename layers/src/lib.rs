@@ -13,6 +13,8 @@
 #![deny(unsafe_code)]
 
 pub mod async_lock;
+#[allow(unsafe_code)]
+pub mod buf;
 pub mod cache;
 pub mod checksum;
 pub mod compile;
@@ -27,16 +29,18 @@ pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod join;
+pub mod key_slots;
 pub mod kinds;
 pub mod memory;
 pub mod meta_table;
 pub mod mirror;
+pub mod nbd;
 pub mod null;
-#[allow(unsafe_code)]
 pub mod os;
 pub mod params;
 pub mod plan;
 pub mod raid0;
+pub mod report;
 pub mod rng;
 pub mod stats;
 pub mod superblock;
@@ -49,11 +53,13 @@ pub mod uring;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use buf::{IoBuf, IoBufMut};
 pub use compile::{compile, compile_with, CompileError, Stack};
 pub use error::{Error, Result};
 pub use exec::{Executor, IoCtx};
 pub use os::release_free_memory;
 pub use plan::{LayerSpec, Plan};
+pub use report::LayerReport;
 pub use stats::{LayerStats, StatsSnapshot};
 
 /// A boxed future that stays on the queue thread that created it.
@@ -74,12 +80,19 @@ pub trait AsyncLayer: Send + Sync {
     /// Exposed size in bytes.
     fn size(&self) -> u64;
 
-    /// Fill `buf` with the bytes at `offset`.
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Fill `buf` with the bytes at `offset`. The buffer is the request's own
+    /// (see [`buf`]): a leaf reads straight into it, and a layer that splits the
+    /// request hands each part below as its own buffer. If this future is
+    /// dropped before it finishes, the buffer's bytes belong to the kernel until
+    /// its operations complete: the caller drops the handle unread (the memory
+    /// itself is held until then, so no later request can get it).
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()>;
 
     /// Store `buf` at `offset`. Once this returns `Ok`, a later read sees the data;
-    /// it is durable only after a successful `flush`.
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()>;
+    /// it is durable only after a successful `flush`. A leaf writes straight from
+    /// the buffer; a layer passes it (or slices of it) below, or its own buffer
+    /// holding transformed data.
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()>;
 
     /// Make every write acknowledged so far durable, on every leaf below.
     async fn flush(&self, ctx: &IoCtx) -> Result<()>;
@@ -116,10 +129,9 @@ pub trait AsyncLayer: Send + Sync {
         None
     }
 
-    /// Health and type-specific details for `status`, as (key, value) pairs.
-    fn details(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
-    }
+    /// What `status` shows of this layer beyond its counters: health,
+    /// progress, mismatches (see [`report`]).
+    fn report(&self) -> LayerReport;
 }
 
 /// The object-safe form of [`AsyncLayer`], which is where the contract of each
@@ -133,14 +145,14 @@ pub trait Layer: Send + Sync {
         &'a self,
         ctx: &'a IoCtx,
         offset: u64,
-        buf: &'a mut [u8],
+        buf: &'a mut IoBufMut,
     ) -> LocalBoxFuture<'a, Result<()>>;
     /// See [`AsyncLayer::write`].
     fn write<'a>(
         &'a self,
         ctx: &'a IoCtx,
         offset: u64,
-        buf: &'a [u8],
+        buf: &'a IoBuf,
     ) -> LocalBoxFuture<'a, Result<()>>;
     /// See [`AsyncLayer::flush`].
     fn flush<'a>(&'a self, ctx: &'a IoCtx) -> LocalBoxFuture<'a, Result<()>>;
@@ -168,8 +180,39 @@ pub trait Layer: Send + Sync {
     ) -> LocalBoxFuture<'a, std::result::Result<(), String>>;
     /// See [`AsyncLayer::allocation`].
     fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>>;
-    /// See [`AsyncLayer::details`].
-    fn details(&self) -> Vec<(&'static str, String)>;
+    /// See [`AsyncLayer::report`].
+    fn report(&self) -> LayerReport;
+
+    /// Read into a plain slice, through a buffer of the queue's pool and one
+    /// copy: for metadata (superblocks, tables) and tests, not request data.
+    fn read_bytes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        out: &'a mut [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut buf = ctx.buf(out.len());
+            self.read(ctx, offset, &mut buf).await?;
+            out.copy_from_slice(&buf);
+            Ok(())
+        })
+    }
+
+    /// Write a plain slice, through a buffer of the queue's pool and one copy:
+    /// for metadata and tests, not request data.
+    fn write_bytes<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        offset: u64,
+        data: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut buf = ctx.buf(data.len());
+            buf.copy_from_slice(data);
+            self.write(ctx, offset, &buf.freeze()).await
+        })
+    }
 }
 
 /// The one adapter: every [`AsyncLayer`] is a [`Layer`].
@@ -182,7 +225,7 @@ impl<T: AsyncLayer> Layer for T {
         &'a self,
         ctx: &'a IoCtx,
         offset: u64,
-        buf: &'a mut [u8],
+        buf: &'a mut IoBufMut,
     ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(AsyncLayer::read(self, ctx, offset, buf))
     }
@@ -191,7 +234,7 @@ impl<T: AsyncLayer> Layer for T {
         &'a self,
         ctx: &'a IoCtx,
         offset: u64,
-        buf: &'a [u8],
+        buf: &'a IoBuf,
     ) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(AsyncLayer::write(self, ctx, offset, buf))
     }
@@ -234,7 +277,7 @@ impl<T: AsyncLayer> Layer for T {
         AsyncLayer::allocation(self, offset, len)
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        AsyncLayer::details(self)
+    fn report(&self) -> LayerReport {
+        AsyncLayer::report(self)
     }
 }

@@ -8,7 +8,8 @@
 use std::sync::RwLock;
 
 use crate::exec::IoCtx;
-use crate::{AsyncLayer, Result};
+use crate::report::{LayerReport, NoDetails};
+use crate::{AsyncLayer, IoBuf, IoBufMut, Result};
 
 const EXTENT_BYTES: u64 = 1 << 20;
 
@@ -92,12 +93,12 @@ impl AsyncLayer for MemoryLeaf {
         self.size
     }
 
-    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.read_now(offset, buf);
         Ok(())
     }
 
-    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.write_now(offset, buf);
         Ok(())
     }
@@ -118,5 +119,8 @@ impl AsyncLayer for MemoryLeaf {
 
     fn discard_frees_space(&self) -> bool {
         true
+    }
+    fn report(&self) -> LayerReport {
+        LayerReport::Memory(NoDetails {})
     }
 }

@@ -60,7 +60,7 @@ use std::sync::Mutex;
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
-use crate::{Error, Layer, LocalBoxFuture, Result};
+use crate::{Error, IoBufMut, Layer, LocalBoxFuture, Result};
 
 pub use epochs::Writer;
 pub use header::{decode_header, Header};
@@ -152,7 +152,10 @@ async fn read_pair(ctx: &IoCtx, lower: &dyn Layer, at: u64, pair: &mut [u8]) -> 
     let mut ok = [false; 2];
     for slot in 0..2usize {
         let buf = &mut pair[slot * PAGE_BYTES..(slot + 1) * PAGE_BYTES];
-        match lower.read(ctx, at + (slot * PAGE_BYTES) as u64, buf).await {
+        match lower
+            .read_bytes(ctx, at + (slot * PAGE_BYTES) as u64, buf)
+            .await
+        {
             Ok(()) => ok[slot] = true,
             Err(Error::Corrupt { .. }) => {}
             Err(e) => return Err(e),
@@ -320,7 +323,7 @@ impl MetaTable {
         lower: &dyn Layer,
         block: u64,
         offset: u64,
-        buf: &mut [u8],
+        buf: &mut IoBufMut,
         check: &dyn Fn(u64, &mut [u8]) -> bool,
     ) -> Result<Option<u64>> {
         let data_start =
@@ -328,15 +331,22 @@ impl MetaTable {
         let mut finished = self.epochs.finished();
         lower.read(ctx, data_start + offset, buf).await?;
         let first = offset / block;
-        for (i, data) in buf.chunks_mut(block as usize).enumerate() {
+        let bs = block as usize;
+        for i in 0..buf.len() / bs {
             let index = first + i as u64;
-            let mut ok = check(index, data);
+            let range = i * bs..(i + 1) * bs;
+            let mut ok = check(index, &mut buf[range.clone()]);
             let mut retries = 0;
             while !ok && retries < RACE_RETRIES && self.epochs.raced_since(finished) {
                 retries += 1;
                 finished = self.epochs.finished();
-                lower.read(ctx, data_start + index * block, data).await?;
-                ok = check(index, data);
+                let mut parts = buf.split_around(range.clone());
+                let reread = lower
+                    .read(ctx, data_start + index * block, &mut parts[1])
+                    .await;
+                buf.join(parts);
+                reread?;
+                ok = check(index, &mut buf[range.clone()]);
             }
             if !ok {
                 return Ok(Some(index));
@@ -420,7 +430,7 @@ impl MetaTable {
             .extend(first_page..=last_page);
         let futs: Vec<LocalBoxFuture<'_, Result<()>>> = writes
             .iter()
-            .map(|(offset, slot)| lower.write(ctx, *offset, slot))
+            .map(|(offset, slot)| lower.write_bytes(ctx, *offset, slot))
             .collect();
         let res = try_join_all(futs).await;
         drop(guards);
@@ -477,7 +487,7 @@ impl MetaTable {
             )
         };
         let at = self.start + u64::from(slot) * PAGE_BYTES as u64;
-        lower.write(ctx, at, &encode_header(&header)).await?;
+        lower.write_bytes(ctx, at, &encode_header(&header)).await?;
         lower.flush(ctx).await?;
         *self.header.lock().unwrap_or_else(|e| e.into_inner()) = (header, slot);
         self.flushed.store(epoch, Ordering::SeqCst);

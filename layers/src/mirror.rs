@@ -45,14 +45,17 @@
 //! `Executor` (every call is an ordinary async call on that context, running
 //! alongside the queues' I/O):
 //! - [`Mirror::readd`] marks a failed leg rebuilding: from then on it receives
-//!   every write but serves no read.
+//!   every write but serves no read. No intent bit is cleared while a leg is
+//!   failed or rebuilding, so a leg that shows it is the one that failed gets
+//!   only the dirty regions copied (`mirror/resync.rs`); `resync_bytes` in `report()`
+//!   counts what was copied.
 //! - [`Mirror::resync_step`] copies the next [`STEP_BYTES`] to the rebuilding
 //!   legs while holding that range exclusively (writes hold it shared, and new
 //!   writes to it wait behind a waiting step), so a concurrent write is never
 //!   overwritten by older data and the step makes progress under load; it returns
 //!   `Ok(false)` once nothing is left, after marking the legs ok. Call it in a
 //!   loop: `while mirror.resync_step(&ctx).await? {}`. Progress shows in
-//!   `details()` as `resync=37%`. A restart during a rebuild starts over.
+//!   `report()` as `resync_percent`. A restart during a rebuild starts over.
 //! - [`Mirror::scrub_step`] reads step `i` (of [`Mirror::scrub_steps`]) from every
 //!   ok leg, rewrites corrupt or differing copies from a good one, and reports
 //!   what it found ([`ScrubReport`]).
@@ -68,14 +71,15 @@ mod resync;
 mod scrub;
 pub mod state;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::async_lock::{AsyncLock, SharedLock};
 use crate::exec::IoCtx;
 use crate::join::join_all;
 use crate::plan::{LiveChange, ReadPolicy};
-use crate::{AsyncLayer, Error, Layer, LocalBoxFuture, Result};
+use crate::report::{LayerReport, LegHealth, LegReport, MirrorReport};
+use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 use bitmap::WriteIntent;
 pub use scrub::ScrubReport;
@@ -120,6 +124,15 @@ pub struct Mirror {
     resync_lock: AsyncLock,
     resync_at: AtomicU64,
     resync_unreadable: AtomicU64,
+    /// The resync copies every byte, not only the dirty regions: a leg being
+    /// rebuilt could not be shown to have missed only those (see `readd`).
+    resync_all: AtomicBool,
+    /// Bytes copied to rebuilding legs.
+    resync_bytes: AtomicU64,
+    /// The generation of the newest record made durable while every leg was
+    /// ok, the last one that may have cleared intent bits; at open, the
+    /// newest record's (what happened before is not known).
+    all_ok_generation: AtomicU64,
 }
 
 fn policy_code(p: ReadPolicy) -> u8 {
@@ -201,6 +214,10 @@ impl Mirror {
         (0..self.legs.len())
             .filter(|&i| self.health_of(i) != Health::Failed)
             .collect()
+    }
+
+    fn all_legs_ok(&self) -> bool {
+        (0..self.legs.len()).all(|i| self.health_of(i) == Health::Ok)
     }
 
     fn rebuilding_legs(&self) -> Vec<usize> {
@@ -346,11 +363,11 @@ impl AsyncLayer for Mirror {
         self.size
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.read_any(ctx, offset, buf).await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.write_legs(ctx, "write", offset, buf.len() as u64, move |leg, at| {
             leg.write(ctx, at, buf)
         })
@@ -394,43 +411,34 @@ impl AsyncLayer for Mirror {
         res
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        let legs: Vec<String> = self
+    fn report(&self) -> LayerReport {
+        let legs = self
             .legs
             .iter()
             .enumerate()
-            .map(|(i, l)| {
-                format!(
-                    "{i}:{}(read_errors={},write_errors={},repaired={})",
-                    self.health_of(i).as_str(),
-                    l.read_errors.load(Ordering::Relaxed),
-                    l.write_errors.load(Ordering::Relaxed),
-                    l.repaired.load(Ordering::Relaxed)
-                )
+            .map(|(i, l)| LegReport {
+                health: match self.health_of(i) {
+                    Health::Ok => LegHealth::Ok,
+                    Health::Failed => LegHealth::Failed,
+                    Health::Rebuilding => LegHealth::Rebuilding,
+                },
+                read_errors: l.read_errors.load(Ordering::Relaxed),
+                write_errors: l.write_errors.load(Ordering::Relaxed),
+                repaired: l.repaired.load(Ordering::Relaxed),
             })
             .collect();
         let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = vec![
-            ("read_policy", self.read_policy().as_str().to_string()),
-            ("legs", legs.join(" ")),
-            (
-                "generation",
-                self.generation.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "dirty_regions",
-                format!("{}/{}", intent.dirty_count(), intent.regions()),
-            ),
-            ("region_bytes", intent.region_bytes().to_string()),
-            ("uuid", state::hex(&self.uuid)),
-        ];
-        if let Some(percent) = self.resync_percent() {
-            out.push(("resync", format!("{percent}%")));
-        }
-        let unreadable = self.resync_unreadable.load(Ordering::Relaxed);
-        if unreadable > 0 {
-            out.push(("resync_unreadable_blocks", unreadable.to_string()));
-        }
-        out
+        LayerReport::Mirror(MirrorReport {
+            read_policy: self.read_policy(),
+            legs,
+            generation: self.generation.load(Ordering::Relaxed),
+            dirty_regions: intent.dirty_count() as u64,
+            regions: intent.regions() as u64,
+            region_bytes: intent.region_bytes(),
+            uuid: state::hex(&self.uuid),
+            resync_percent: self.resync_percent(),
+            resync_unreadable_blocks: self.resync_unreadable.load(Ordering::Relaxed),
+            resync_bytes: self.resync_bytes.load(Ordering::Relaxed),
+        })
     }
 }

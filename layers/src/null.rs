@@ -2,7 +2,8 @@
 //! stack and the front end without any storage cost. FLUSH does nothing.
 
 use crate::exec::IoCtx;
-use crate::{AsyncLayer, Result};
+use crate::report::{LayerReport, NoDetails};
+use crate::{AsyncLayer, IoBuf, IoBufMut, Result};
 
 pub struct NullLeaf {
     size: u64,
@@ -19,12 +20,12 @@ impl AsyncLayer for NullLeaf {
         self.size
     }
 
-    async fn read(&self, _: &IoCtx, _: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, _: &IoCtx, _: u64, buf: &mut IoBufMut) -> Result<()> {
         buf.fill(0);
         Ok(())
     }
 
-    async fn write(&self, _: &IoCtx, _: u64, _: &[u8]) -> Result<()> {
+    async fn write(&self, _: &IoCtx, _: u64, _: &IoBuf) -> Result<()> {
         Ok(())
     }
 
@@ -42,5 +43,8 @@ impl AsyncLayer for NullLeaf {
 
     fn discard_frees_space(&self) -> bool {
         true
+    }
+    fn report(&self) -> LayerReport {
+        LayerReport::Null(NoDetails {})
     }
 }

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 /// Index of a layer in `Plan::layers`.
 pub type LayerId = usize;
 
@@ -25,7 +27,8 @@ pub struct DiskParams {
     pub direct: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ReadPolicy {
     RoundRobin,
     First,
@@ -53,7 +56,8 @@ impl ReadPolicy {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CacheMode {
     WriteThrough,
     WriteBack,
@@ -80,8 +84,21 @@ impl CacheMode {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeySource {
+    /// A raw data key in a file.
     File(PathBuf),
+    /// A raw data key, in hex, in an environment variable.
     Env(String),
+    /// The data key wrapped in a key-slot file, opened with `unlock`.
+    Slots { path: PathBuf, unlock: Unlock },
+}
+
+/// What opens a key slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unlock {
+    KeyFile(PathBuf),
+    KeyEnv(String),
+    PassphraseFile(PathBuf),
+    PassphraseEnv(String),
 }
 
 /// The live knobs of a `fault` layer.

@@ -12,11 +12,13 @@ pub use crate::kinds::crypt::CryptParams;
 pub use crate::kinds::fault::FaultParams;
 pub use crate::kinds::memory::MemoryParams;
 pub use crate::kinds::mirror::MirrorParams;
+pub use crate::kinds::nbd::NbdParams;
 pub use crate::kinds::null::NullParams;
 pub use crate::kinds::raid0::Raid0Params;
 pub use crate::kinds::LayerSpec;
 pub use crate::params::{
     CacheMode, DiskParams, FaultKnobs, FileParams, KeySource, LayerId, LiveChange, ReadPolicy,
+    Unlock,
 };
 
 /// One device definition, validated.

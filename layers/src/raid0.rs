@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
-use crate::{AsyncLayer, Layer, Result};
+use crate::report::{LayerReport, Raid0Report};
+use crate::{AsyncLayer, IoBuf, IoBufMut, Layer, Result};
 
 pub struct Raid0 {
     stripes: Vec<Arc<dyn Layer>>,
@@ -103,27 +104,37 @@ impl AsyncLayer for Raid0 {
         self.size
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Each chunk's part of the request buffer goes to its stripe as its own
+    /// buffer; the parts are joined back once every stripe has finished.
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         let parts = self.parts(offset, buf.len() as u64);
-        let mut rest = buf;
-        let mut futs = Vec::with_capacity(parts.len());
-        for (stripe, inner, n) in parts {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n as usize);
-            futs.push(self.stripes[stripe].read(ctx, inner, head));
-            rest = tail;
-        }
-        try_join_all(futs).await
+        let mut pieces = buf.split_parts(parts.iter().map(|&(_, _, n)| n as usize));
+        let futs = parts
+            .iter()
+            .zip(pieces.iter_mut())
+            .map(|(&(stripe, inner, _), piece)| self.stripes[stripe].read(ctx, inner, piece))
+            .collect();
+        let res = try_join_all(futs).await;
+        buf.join(pieces);
+        res
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         let parts = self.parts(offset, buf.len() as u64);
-        let mut rest = buf;
-        let mut futs = Vec::with_capacity(parts.len());
-        for (stripe, inner, n) in parts {
-            let (head, tail) = rest.split_at(n as usize);
-            futs.push(self.stripes[stripe].write(ctx, inner, head));
-            rest = tail;
-        }
+        let mut at = 0;
+        let pieces: Vec<IoBuf> = parts
+            .iter()
+            .map(|&(_, _, n)| {
+                let piece = buf.slice(at..at + n as usize);
+                at += n as usize;
+                piece
+            })
+            .collect();
+        let futs = parts
+            .iter()
+            .zip(&pieces)
+            .map(|(&(stripe, inner, _), piece)| self.stripes[stripe].write(ctx, inner, piece))
+            .collect();
         try_join_all(futs).await
     }
 
@@ -153,8 +164,8 @@ impl AsyncLayer for Raid0 {
         self.stripes.iter().all(|s| s.discard_frees_space())
     }
 
-    fn details(&self) -> Vec<(&'static str, String)> {
-        vec![("chunk", self.chunk.to_string())]
+    fn report(&self) -> LayerReport {
+        LayerReport::Raid0(Raid0Report { chunk: self.chunk })
     }
 }
 

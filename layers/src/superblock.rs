@@ -149,7 +149,7 @@ pub async fn read(ctx: &IoCtx, lower: &dyn Layer) -> Result<Option<Superblock>, 
     }
     let mut block = vec![0u8; SUPERBLOCK_BYTES as usize];
     lower
-        .read(ctx, 0, &mut block)
+        .read_bytes(ctx, 0, &mut block)
         .await
         .map_err(|e| format!("cannot read the superblock: {e}"))?;
     Superblock::decode(&block)
@@ -157,7 +157,7 @@ pub async fn read(ctx: &IoCtx, lower: &dyn Layer) -> Result<Option<Superblock>, 
 
 /// Write `sb` at byte 0 of `lower` and flush.
 pub async fn write(ctx: &IoCtx, lower: &dyn Layer, sb: &Superblock) -> Result<(), Error> {
-    lower.write(ctx, 0, &sb.encode()).await?;
+    lower.write_bytes(ctx, 0, &sb.encode()).await?;
     lower.flush(ctx).await
 }
 

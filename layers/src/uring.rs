@@ -1,150 +1,44 @@
 //! The io_uring engine of one queue: the only code in this crate that builds SQEs.
 //!
 //! Every leaf operation gets a slot in an in-flight table keyed by the SQE's
-//! `user_data`. The slot owns the operation's buffer until the CQE arrives, so a
-//! future dropped mid-I/O never frees memory the kernel may still write: its slot
+//! `user_data`. The slot holds the memory of the operation's request buffer (a
+//! `buf::Hold`) until the CQE arrives, so a future dropped mid-I/O never lets
+//! memory the kernel may still write be freed or go to a later request: its slot
 //! becomes `Orphaned` and is released by the completion (the libublk-rs / crosvm
 //! rule). Front ends may share the ring for their own commands (the ublk FETCH /
 //! COMMIT commands): those carry [`FOREIGN_BIT`] in `user_data` and are handed back
 //! by [`Uring::reap`].
 
-use std::alloc::{self, Layout};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+use crate::buf::{Hold, IoBuf, IoBufMut};
+
 /// `user_data` values with this bit set belong to the front end, not to a slot.
 pub const FOREIGN_BIT: u64 = 1 << 63;
 
-/// Alignment of every [`AlignedBuf`]: enough for O_DIRECT on any block size.
-pub const BUF_ALIGN: usize = 4096;
-
-/// A heap buffer aligned to [`BUF_ALIGN`], zeroed at allocation.
-pub struct AlignedBuf {
-    ptr: NonNull<u8>,
-    len: usize,
-    cap: usize,
-}
-
-// SAFETY: AlignedBuf uniquely owns its allocation, like Vec<u8>; nothing in it is
-// tied to the thread that allocated it.
-unsafe impl Send for AlignedBuf {}
-// SAFETY: shared references only allow reading the bytes, as for Vec<u8>.
-unsafe impl Sync for AlignedBuf {}
-
-impl AlignedBuf {
-    /// A zeroed buffer of `len` bytes with room for at least `len` (rounded up to
-    /// the alignment, never zero).
-    pub fn new(len: usize) -> AlignedBuf {
-        let cap = len.max(1).next_multiple_of(BUF_ALIGN);
-        let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer size overflows");
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            alloc::handle_alloc_error(layout)
-        };
-        AlignedBuf { ptr, len, cap }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-
-    /// Change the visible length; the bytes beyond the old length keep whatever
-    /// they held (they were initialised at allocation).
-    pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.cap, "AlignedBuf::set_len beyond capacity");
-        self.len = len;
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is valid for cap >= len initialised bytes for our lifetime.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in as_slice, and &mut self guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.cap, BUF_ALIGN).expect("checked in new");
-        // SAFETY: allocated in `new` with exactly this layout and not freed since.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
-    }
-}
-
-/// Per-queue free lists of buffers by power-of-two size, so the data path does not
-/// allocate per request. Bounded: at most `PER_CLASS` buffers are kept per size.
-#[derive(Default)]
-pub struct BufPool {
-    classes: Vec<Vec<AlignedBuf>>,
-}
-
-impl BufPool {
-    const PER_CLASS: usize = 256;
-
-    fn class(len: usize) -> usize {
-        len.max(BUF_ALIGN).next_power_of_two().trailing_zeros() as usize
-    }
-
-    /// A buffer of exactly `len` visible bytes (contents unspecified).
-    pub fn take(&mut self, len: usize) -> AlignedBuf {
-        let class = Self::class(len);
-        let mut buf = match self.classes.get_mut(class).and_then(Vec::pop) {
-            Some(buf) => buf,
-            None => AlignedBuf::new(1 << class),
-        };
-        buf.set_len(len);
-        buf
-    }
-
-    pub fn put(&mut self, buf: AlignedBuf) {
-        if !buf.capacity().is_power_of_two() {
-            return;
-        }
-        let class = Self::class(buf.capacity());
-        if self.classes.len() <= class {
-            self.classes.resize_with(class + 1, Vec::new);
-        }
-        if self.classes[class].len() < Self::PER_CLASS {
-            self.classes[class].push(buf);
-        }
-    }
-}
-
-/// A leaf operation. Buffers are owned and handed back with the completion.
-pub enum Op {
+/// A leaf operation. A read or write names a range of a request buffer; the
+/// ring holds that buffer's memory until the CQE (see `buf.rs`).
+pub enum Op<'a> {
     Read {
         fd: RawFd,
         offset: u64,
-        buf: AlignedBuf,
+        buf: &'a mut IoBufMut,
+        range: Range<usize>,
     },
     Write {
         fd: RawFd,
         offset: u64,
-        buf: AlignedBuf,
+        buf: &'a IoBuf,
+        range: Range<usize>,
     },
     /// fdatasync (or fsync when `data_only` is false).
     Fsync { fd: RawFd, data_only: bool },
@@ -159,19 +53,11 @@ pub enum Op {
 }
 
 /// What the kernel may still read or write for an operation in flight.
+// Only kept alive for the kernel, never read by us.
+#[allow(dead_code)]
 enum Held {
-    Buf(AlignedBuf),
-    // Only kept alive for the kernel, never read by us.
-    Time(#[allow(dead_code)] Box<types::Timespec>),
-}
-
-impl Held {
-    fn into_buf(self) -> Option<AlignedBuf> {
-        match self {
-            Held::Buf(buf) => Some(buf),
-            Held::Time(_) => None,
-        }
-    }
+    Buf(Hold),
+    Time(Box<types::Timespec>),
 }
 
 enum Slot {
@@ -268,30 +154,40 @@ impl Uring {
     }
 
     /// Queue `op`; the returned future resolves to the CQE result (negative errno
-    /// on failure) and the operation's buffer.
-    pub fn submit(&self, op: Op) -> OpFuture<'_> {
+    /// on failure).
+    pub fn submit(&self, op: Op<'_>) -> OpFuture<'_> {
         let (entry, buf) = match op {
             Op::Read {
                 fd,
                 offset,
-                mut buf,
+                buf,
+                range,
             } => {
-                let len = u32::try_from(buf.len()).expect("leaf I/O under 4 GiB");
-                let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
+                assert!(range.start <= range.end && range.end <= buf.len());
+                let len = u32::try_from(range.len()).expect("leaf I/O under 4 GiB");
+                let (ptr, hold) = buf.as_mut_ptr_held();
+                // SAFETY: range.start <= buf.len(), checked above.
+                let ptr = unsafe { ptr.add(range.start) };
+                let entry = opcode::Read::new(types::Fd(fd), ptr, len)
                     .offset(offset)
                     .build();
-                (entry, Some(Held::Buf(buf)))
+                (entry, Some(Held::Buf(hold)))
             }
             Op::Write {
                 fd,
                 offset,
-                mut buf,
+                buf,
+                range,
             } => {
-                let len = u32::try_from(buf.len()).expect("leaf I/O under 4 GiB");
-                let entry = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len)
+                assert!(range.start <= range.end && range.end <= buf.len());
+                let len = u32::try_from(range.len()).expect("leaf I/O under 4 GiB");
+                let (ptr, hold) = buf.as_ptr_held();
+                // SAFETY: range.start <= buf.len(), checked above.
+                let ptr = unsafe { ptr.add(range.start) };
+                let entry = opcode::Write::new(types::Fd(fd), ptr, len)
                     .offset(offset)
                     .build();
-                (entry, Some(Held::Buf(buf)))
+                (entry, Some(Held::Buf(hold)))
             }
             Op::Fsync { fd, data_only } => {
                 let flags = if data_only {
@@ -325,9 +221,10 @@ impl Uring {
         };
         let slot = self.alloc_slot(buf);
         let entry = entry.user_data(slot as u64);
-        // SAFETY: the buffer or timespec the SQE points at is owned by slot `slot`
-        // and stays there (heap memory, never moved or freed) until `reap` sees
-        // this SQE's CQE, even if the future is dropped. The fd belongs to a leaf of the
+        // SAFETY: the SQE points at a request buffer's memory or a timespec that
+        // slot `slot` holds (a `Hold` keeps the memory alive and away from any
+        // later request; the timespec is boxed) until `reap` sees this SQE's CQE,
+        // even if the future is dropped. The fd belongs to a leaf of the
         // compiled stack, which outlives every queue's ring.
         unsafe { self.push(&entry) };
         self.in_flight.set(self.in_flight.get() + 1);
@@ -451,7 +348,7 @@ impl Drop for Uring {
     }
 }
 
-/// Completion of one [`Op`]: the CQE result and the buffer.
+/// Completion of one [`Op`]: the CQE result.
 pub struct OpFuture<'a> {
     uring: &'a Uring,
     slot: usize,
@@ -459,7 +356,7 @@ pub struct OpFuture<'a> {
 }
 
 impl Future for OpFuture<'_> {
-    type Output = (i32, Option<AlignedBuf>);
+    type Output = i32;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slots = self.uring.slots.borrow_mut();
@@ -480,7 +377,8 @@ impl Future for OpFuture<'_> {
                 self.uring.free_slot(&mut slots, self.slot);
                 drop(slots);
                 self.finished = true;
-                Poll::Ready((res, held.and_then(Held::into_buf)))
+                drop(held);
+                Poll::Ready(res)
             }
             Slot::Free { .. } | Slot::Orphaned { .. } => unreachable!("polled a finished op"),
         }
@@ -499,23 +397,5 @@ impl Drop for OpFuture<'_> {
             Slot::Done { .. } => self.uring.free_slot(&mut slots, self.slot),
             other => slots[self.slot] = other,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_reuses_by_size_class() {
-        let mut pool = BufPool::default();
-        let buf = pool.take(5000);
-        assert_eq!(buf.len(), 5000);
-        assert_eq!(buf.capacity(), 8192);
-        assert_eq!(buf.as_slice().as_ptr() as usize % BUF_ALIGN, 0);
-        let ptr = buf.as_slice().as_ptr();
-        pool.put(buf);
-        let again = pool.take(8192);
-        assert_eq!(again.as_slice().as_ptr(), ptr);
     }
 }

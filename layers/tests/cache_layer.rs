@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use layers::cache::{Cache, CacheKnobs};
 use layers::plan::CacheMode;
 use layers::testing::Rng;
-use layers::{Error, Executor, IoCtx, Layer};
+use layers::{Error, Executor, IoCtx, Layer, LayerReport};
 use probe::Probe;
 
 const BLOCK: usize = 4096;
@@ -45,12 +45,16 @@ fn bench(capacity_bytes: u64, mode: CacheMode) -> Bench {
 impl Bench {
     fn read(&self, block: u64, blocks: usize) -> Result<Vec<u8>, Error> {
         let mut buf = vec![0u8; blocks * BLOCK];
-        let fut = self.cache.read(&self.ctx, block * BLOCK as u64, &mut buf);
+        let fut = self
+            .cache
+            .read_bytes(&self.ctx, block * BLOCK as u64, &mut buf);
         self.exec.block_on(&self.ctx, fut).map(|()| buf)
     }
 
     fn write(&self, block: u64, data: &[u8]) -> Result<(), Error> {
-        let fut = self.cache.write(&self.ctx, block * BLOCK as u64, data);
+        let fut = self
+            .cache
+            .write_bytes(&self.ctx, block * BLOCK as u64, data);
         self.exec.block_on(&self.ctx, fut)
     }
 
@@ -115,7 +119,7 @@ fn hot_set_hit_rate_stays_above_90_percent_through_a_scan_larger_than_the_cache(
         during_scan * 100.0,
         after_scan * 100.0,
         after_idle_scan * 100.0,
-        b.cache.details()
+        b.cache.report()
     );
     assert!(during_scan > 0.9, "hit rate during the scan {during_scan}");
     assert!(after_scan > 0.9, "hit rate after the scan {after_scan}");
@@ -188,9 +192,9 @@ fn a_smaller_capacity_is_reached_within_a_second_under_load_without_shrink() {
             while !stop.load(SeqCst) {
                 let offset = rng.below(4000) * BLOCK as u64;
                 let res = if rng.chance(50) {
-                    exec.block_on(&ctx, b.cache.read(&ctx, offset, &mut buf))
+                    exec.block_on(&ctx, b.cache.read_bytes(&ctx, offset, &mut buf))
                 } else {
-                    exec.block_on(&ctx, b.cache.write(&ctx, offset, &buf))
+                    exec.block_on(&ctx, b.cache.write_bytes(&ctx, offset, &buf))
                 };
                 res.unwrap();
             }
@@ -205,7 +209,7 @@ fn a_smaller_capacity_is_reached_within_a_second_under_load_without_shrink() {
             assert!(
                 start.elapsed() < Duration::from_secs(1),
                 "{:?}",
-                b.cache.details()
+                b.cache.report()
             );
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -248,7 +252,7 @@ fn concurrent_misses_on_one_block_across_queues_fetch_it_once() {
         let ctx = IoCtx::new(queue, 16).unwrap();
         let exec = Executor::new().unwrap();
         let mut buf = vec![0u8; BLOCK];
-        exec.block_on(&ctx, b.cache.read(&ctx, 5 * BLOCK as u64, &mut buf))
+        exec.block_on(&ctx, b.cache.read_bytes(&ctx, 5 * BLOCK as u64, &mut buf))
             .unwrap();
         buf
     };
@@ -307,10 +311,10 @@ fn a_failed_write_back_keeps_the_block_dirty_and_fails_the_flush() {
     assert_eq!(b.flush(), Err(Error::Io(libc::EIO)));
     assert_eq!(b.cache.usage_bytes().1, 3 * BLOCK as u64);
     assert_eq!(b.read(20, 3).unwrap(), data);
-    assert!(b
-        .cache
-        .details()
-        .contains(&("write_back_errors", "1".to_string())));
+    let LayerReport::Cache(report) = b.cache.report() else {
+        panic!("a cache reports as one")
+    };
+    assert_eq!(report.write_back_errors, 1);
     b.probe.fail_writes.store(false, SeqCst);
     b.flush().unwrap();
     assert_eq!(b.cache.usage_bytes().1, 0);
@@ -355,23 +359,23 @@ fn reload_applies_capacity_and_mode_through_the_stack_and_refuses_other_keys() {
     let stack = layers::compile(&b.build(top)).unwrap();
     let (ctx, exec) = (IoCtx::new(0, 64).unwrap(), Executor::new().unwrap());
     let data = pattern(9, 64);
-    exec.block_on(&ctx, stack.top().write(&ctx, 0, &data))
+    exec.block_on(&ctx, stack.top().write_bytes(&ctx, 0, &data))
         .unwrap();
-    let detail = |key: &str| {
-        let details = stack.status()[0].details.clone();
-        details.into_iter().find(|(k, _)| *k == key).unwrap().1
+    let report = || match stack.status()[0].report.clone() {
+        LayerReport::Cache(report) => report,
+        other => panic!("not a cache: {other:?}"),
     };
-    assert_eq!(detail("dirty_bytes"), (64 * BLOCK).to_string());
+    assert_eq!(report().dirty_bytes, 64 * BLOCK as u64);
     let apply = |change: LiveChange| exec.block_on(&ctx, stack.apply_live(&ctx, "c", &change));
     apply(LiveChange::CacheCapacity(MIB / 8)).unwrap();
-    assert_eq!(detail("capacity_bytes"), (MIB / 8).to_string());
-    assert_eq!(detail("cached_bytes"), (MIB / 8).to_string());
+    assert_eq!(report().capacity_bytes, MIB / 8);
+    assert_eq!(report().cached_bytes, MIB / 8);
     apply(LiveChange::CacheMode(CacheMode::WriteThrough)).unwrap();
-    assert_eq!(detail("mode"), "write-through");
-    assert_eq!(detail("dirty_bytes"), "0");
+    assert_eq!(report().mode, CacheMode::WriteThrough);
+    assert_eq!(report().dirty_bytes, 0);
     assert!(apply(LiveChange::ReadPolicy(ReadPolicy::First)).is_err());
     let mut back = vec![0u8; data.len()];
-    exec.block_on(&ctx, stack.top().read(&ctx, 0, &mut back))
+    exec.block_on(&ctx, stack.top().read_bytes(&ctx, 0, &mut back))
         .unwrap();
     assert_eq!(back, data);
 }

@@ -25,10 +25,12 @@ fn set(stack: &Stack, knobs: FaultKnobs) {
         .unwrap();
 }
 
+/// The mirror's words in the `status` table: `legs=0:ok(read_errors=0,...) 1:...`,
+/// `resync=37%`, ...
 fn mirror_details(stack: &Stack) -> String {
     let status = stack.status();
     let m = status.iter().find(|n| n.type_name == "mirror").unwrap();
-    format!("{:?}", m.details)
+    format!("{:?}", m.report.words())
 }
 
 #[test]
@@ -89,10 +91,10 @@ fn delay_holds_requests_and_range_limits_faults() {
     let ctx = IoCtx::new(0, 8).unwrap();
     let exec = Executor::new().unwrap();
     let mut buf = vec![0u8; 4096];
-    exec.block_on(&ctx, stack.top().read(&ctx, 0, &mut buf))
+    exec.block_on(&ctx, stack.top().read_bytes(&ctx, 0, &mut buf))
         .unwrap();
     let err = exec
-        .block_on(&ctx, stack.top().read(&ctx, MIB + 4096, &mut buf))
+        .block_on(&ctx, stack.top().read_bytes(&ctx, MIB + 4096, &mut buf))
         .unwrap_err();
     assert_eq!(err.errno(), -5);
     set(
@@ -103,7 +105,7 @@ fn delay_holds_requests_and_range_limits_faults() {
         },
     );
     let start = Instant::now();
-    exec.block_on(&ctx, stack.top().read(&ctx, MIB + 4096, &mut buf))
+    exec.block_on(&ctx, stack.top().read_bytes(&ctx, MIB + 4096, &mut buf))
         .unwrap();
     assert!(start.elapsed() >= Duration::from_millis(20));
 }

@@ -18,8 +18,9 @@ use layers::crypt::Crypt;
 use layers::exec::{Executor, IoCtx};
 use layers::join::join_all;
 use layers::meta_table::{MetaTable, HEADER_BYTES};
+use layers::report::{LayerReport, NoDetails};
 use layers::superblock::{Superblock, SUPERBLOCK_BYTES};
-use layers::{Error, Layer, LocalBoxFuture, Result};
+use layers::{Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 const BLOCK: u64 = 4096;
 const LEAF: u64 = 1 << 20;
@@ -160,13 +161,14 @@ impl layers::AsyncLayer for TestLeaf {
         self.state.lock().unwrap().image.len() as u64
     }
 
-    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         let s = self.state.lock().unwrap();
-        buf.copy_from_slice(&s.image[offset as usize..offset as usize + buf.len()]);
+        let len = buf.len();
+        buf.copy_from_slice(&s.image[offset as usize..offset as usize + len]);
         Ok(())
     }
 
-    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         if self.write_now(offset, buf) {
             return HeldWrite { leaf: self }.await;
         }
@@ -187,6 +189,10 @@ impl layers::AsyncLayer for TestLeaf {
         let mut s = self.state.lock().unwrap();
         s.image[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
+    }
+
+    fn report(&self) -> LayerReport {
+        LayerReport::Memory(NoDetails {})
     }
 }
 
@@ -243,16 +249,11 @@ impl Kind {
     }
 
     fn mismatches(self, layer: &dyn Layer) -> u64 {
-        let name = match self {
-            Kind::Checksum => "mismatches",
-            Kind::Crypt => "auth_failures",
-        };
-        let (_, value) = layer
-            .details()
-            .into_iter()
-            .find(|(k, _)| *k == name)
-            .unwrap();
-        value.parse().unwrap()
+        match (self, layer.report()) {
+            (Kind::Checksum, LayerReport::Checksum(report)) => report.mismatches,
+            (Kind::Crypt, LayerReport::Crypt(report)) => report.auth_failures,
+            (_, other) => panic!("not the layer asked for: {other:?}"),
+        }
     }
 }
 
@@ -272,7 +273,10 @@ impl Rig {
     fn write(&self, layer: &dyn Layer, block: u64, byte: u8) {
         let data = vec![byte; BLOCK as usize];
         self.exec
-            .block_on(&self.ctx, layer.write(&self.ctx, block * BLOCK, &data))
+            .block_on(
+                &self.ctx,
+                layer.write_bytes(&self.ctx, block * BLOCK, &data),
+            )
             .unwrap();
     }
 
@@ -284,8 +288,10 @@ impl Rig {
 
     fn read(&self, layer: &dyn Layer, block: u64) -> Result<u8> {
         let mut buf = vec![0u8; BLOCK as usize];
-        self.exec
-            .block_on(&self.ctx, layer.read(&self.ctx, block * BLOCK, &mut buf))?;
+        self.exec.block_on(
+            &self.ctx,
+            layer.read_bytes(&self.ctx, block * BLOCK, &mut buf),
+        )?;
         assert!(buf.iter().all(|&b| b == buf[0]), "a block reads mixed data");
         Ok(buf[0])
     }
@@ -466,7 +472,7 @@ fn concurrent_flushes_never_ack_before_a_page_write_in_flight_is_durable() {
         let pages = SUPERBLOCK_BYTES + HEADER_BYTES;
         leaf.arm(pages..pages + 2 * BLOCK, Action::Hold);
         let data = vec![0xa1u8; BLOCK as usize];
-        let write = layer.write(&rig.ctx, BLOCK, &data);
+        let write = layer.write_bytes(&rig.ctx, BLOCK, &data);
         let image = crash_when_flush_acks(&rig, &leaf, &*layer, write, 2);
         drop(layer);
         let leaf = TestLeaf::new(image);
@@ -490,7 +496,7 @@ fn a_flush_waits_for_the_data_of_writes_in_its_epoch() {
         let at = kind.data_at(&*layer, 3);
         leaf.arm(at..at + 1, Action::Hold);
         let data = vec![0x31u8; BLOCK as usize];
-        let write = layer.write(&rig.ctx, 3 * BLOCK, &data);
+        let write = layer.write_bytes(&rig.ctx, 3 * BLOCK, &data);
         let image = crash_when_flush_acks(&rig, &leaf, &*layer, write, 1);
         drop(layer);
         let leaf = TestLeaf::new(image);

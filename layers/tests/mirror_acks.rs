@@ -20,7 +20,8 @@ use layers::join::join_all;
 use layers::mirror::state::{Record, RECORD_AT, RECORD_BYTES};
 use layers::mirror::{Health, Mirror, DATA_START};
 use layers::plan::ReadPolicy;
-use layers::{Error, Layer, Result};
+use layers::report::{LayerReport, NoDetails};
+use layers::{Error, IoBuf, IoBufMut, Layer, Result};
 
 const BLOCK: usize = 512;
 /// Four write-intent regions of 64 KiB.
@@ -118,10 +119,10 @@ impl layers::AsyncLayer for TestLeg {
     fn size(&self) -> u64 {
         LEG_BYTES
     }
-    async fn read(&self, _: &IoCtx, at: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, _: &IoCtx, at: u64, buf: &mut IoBufMut) -> Result<()> {
         self.run(Op::Read(at, buf)).await
     }
-    async fn write(&self, _: &IoCtx, at: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, _: &IoCtx, at: u64, buf: &IoBuf) -> Result<()> {
         self.run(Op::Write(at, buf)).await
     }
     async fn flush(&self, _: &IoCtx) -> Result<()> {
@@ -132,6 +133,9 @@ impl layers::AsyncLayer for TestLeg {
     }
     async fn write_zeroes(&self, _: &IoCtx, at: u64, len: u64) -> Result<()> {
         self.run(Op::Zero(at, len)).await
+    }
+    fn report(&self) -> LayerReport {
+        LayerReport::Memory(NoDetails {})
     }
 }
 
@@ -193,7 +197,7 @@ fn run_workload(ctx: &IoCtx, exec: &Executor, mirror: &Mirror) -> Outcome {
                 let futs = writes
                     .iter()
                     .zip(&bufs)
-                    .map(|(&(block, _), buf)| mirror.write(ctx, (block * BLOCK) as u64, buf))
+                    .map(|(&(block, _), buf)| mirror.write_bytes(ctx, (block * BLOCK) as u64, buf))
                     .collect();
                 let results = exec.block_on(ctx, join_all(futs));
                 for (&(block, tag), res) in writes.iter().zip(results) {
@@ -315,7 +319,7 @@ fn check(
         Mirror::open(ctx, legs, ReadPolicy::First, BLOCK as u32),
     )?;
     let mut data = vec![0u8; DATA_BYTES as usize];
-    exec.block_on(ctx, mirror.read(ctx, 0, &mut data))
+    exec.block_on(ctx, mirror.read_bytes(ctx, 0, &mut data))
         .map_err(|e| format!("reopened mirror: read: {e}"))?;
     for (block, tags) in allowed.0.iter().enumerate() {
         let tag = tag_of(&data[block * BLOCK..][..BLOCK]);

@@ -9,7 +9,7 @@ use layers::mirror::ScrubReport;
 use layers::plan::{Plan, ReadPolicy};
 use layers::rng::Rng;
 use layers::testing::PlanBuilder;
-use layers::{compile, Stack};
+use layers::{compile, LayerReport, Stack};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: usize = 4096;
@@ -30,16 +30,15 @@ fn write_data(plan: &Plan, data: &[u8]) {
     let ctx = IoCtx::new(0, 16).unwrap();
     let exec = Executor::new().unwrap();
     exec.block_on(&ctx, async {
-        stack.top().write(&ctx, 0, data).await.unwrap();
+        stack.top().write_bytes(&ctx, 0, data).await.unwrap();
         stack.flush(&ctx).await.unwrap();
         stack.flush(&ctx).await.unwrap();
     });
     let status = stack.status();
-    let details = &status.iter().find(|n| n.name == "m").unwrap().details;
-    assert!(
-        format!("{details:?}").contains("\"dirty_regions\", \"0/"),
-        "{details:?}"
-    );
+    match &status.iter().find(|n| n.name == "m").unwrap().report {
+        LayerReport::Mirror(report) => assert_eq!(report.dirty_regions, 0, "{report:?}"),
+        other => panic!("not a mirror: {other:?}"),
+    }
 }
 
 /// Flip a byte of the copy of `block` in the leg file `path`.
@@ -70,7 +69,7 @@ fn read_all(stack: &Stack, len: usize) -> Vec<u8> {
     let ctx = IoCtx::new(0, 16).unwrap();
     let exec = Executor::new().unwrap();
     let mut got = vec![0u8; len];
-    exec.block_on(&ctx, stack.top().read(&ctx, 0, &mut got))
+    exec.block_on(&ctx, stack.top().read_bytes(&ctx, 0, &mut got))
         .unwrap();
     got
 }

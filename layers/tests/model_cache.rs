@@ -36,8 +36,8 @@ fn run(name: &str, plan: &Plan, base_seed: u64, cfg: &ModelConfig) {
     for seed in seeds(base_seed, 2) {
         let stack = compile(plan).unwrap_or_else(|e| panic!("{name}: {e}"));
         let image = check_stack(&stack, seed, cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let details = stack.status()[0].details.clone();
-        eprintln!("{name}: seed {seed}: {details:?}");
+        let report = stack.status()[0].report.clone();
+        eprintln!("{name}: seed {seed}: {report:?}");
         drop(stack);
         let stack = compile(plan).unwrap_or_else(|e| panic!("{name}: reopen: {e}"));
         verify_image(&stack, &image)
@@ -148,7 +148,7 @@ fn knobs_change_while_the_model_runs() {
             let changes = changes.expect("knob thread panicked");
             eprintln!(
                 "block {block} seed {seed}: {changes} knob changes, {:?}",
-                cache.details()
+                cache.report()
             );
             assert!(changes >= 5, "only {changes} knob changes during the run");
             drop((stack, cache));
@@ -178,8 +178,8 @@ fn contend(cache: &Cache, queue: u16, seed: u64, blocks: u64) {
         let futs: Vec<LocalBoxFuture<'_, layers::Result<()>>> = ops
             .iter_mut()
             .map(|(kind, offset, len, buf)| match *kind {
-                0..=34 => cache.read(&ctx, *offset, buf),
-                35..=79 => cache.write(&ctx, *offset, buf),
+                0..=34 => cache.read_bytes(&ctx, *offset, buf),
+                35..=79 => cache.write_bytes(&ctx, *offset, buf),
                 80..=86 => cache.discard(&ctx, *offset, *len),
                 87..=93 => cache.write_zeroes(&ctx, *offset, *len),
                 _ => cache.flush(&ctx),
@@ -228,9 +228,10 @@ fn queues_racing_on_the_same_blocks_leave_cache_and_layer_below_agreeing() {
             assert_eq!(cache.usage_bytes().1, 0);
             let len = (blocks * 4096) as usize;
             let (mut cached, mut below) = (vec![0u8; len], vec![0u8; len]);
-            exec.block_on(&ctx, cache.read(&ctx, 0, &mut cached))
+            exec.block_on(&ctx, cache.read_bytes(&ctx, 0, &mut cached))
                 .unwrap();
-            exec.block_on(&ctx, leaf.read(&ctx, 0, &mut below)).unwrap();
+            exec.block_on(&ctx, leaf.read_bytes(&ctx, 0, &mut below))
+                .unwrap();
             let differs =
                 (0..len / 4096).find(|&b| cached[b * 4096..][..4096] != below[b * 4096..][..4096]);
             assert_eq!(

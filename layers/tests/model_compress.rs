@@ -4,6 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use layers::plan::ReadPolicy;
+use layers::report::{CompressReport, LayerReport};
 use layers::testing::crash::crash_replay;
 use layers::testing::{
     check_stack, fill_text, rng::seeds, verify_image, ModelConfig, PlanBuilder, Rng,
@@ -138,14 +139,14 @@ impl<'s> Dev<'s> {
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), Error> {
         let top = self.stack.top();
         self.exec
-            .block_on(&self.ctx, top.write(&self.ctx, offset, buf))
+            .block_on(&self.ctx, top.write_bytes(&self.ctx, offset, buf))
     }
 
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
         let mut buf = vec![0u8; len];
         let top = self.stack.top();
         self.exec
-            .block_on(&self.ctx, top.read(&self.ctx, offset, &mut buf))?;
+            .block_on(&self.ctx, top.read_bytes(&self.ctx, offset, &mut buf))?;
         Ok(buf)
     }
 
@@ -159,10 +160,11 @@ impl<'s> Dev<'s> {
         self.exec.block_on(&self.ctx, self.stack.flush(&self.ctx))
     }
 
-    fn detail(&self, key: &str) -> u64 {
-        let details = self.stack.top().details();
-        let (_, value) = details.iter().find(|(k, _)| *k == key).expect("detail");
-        value.parse().expect("a number")
+    fn report(&self) -> CompressReport {
+        match self.stack.top().report() {
+            LayerReport::Compress(report) => report,
+            other => panic!("not a compress layer: {other:?}"),
+        }
     }
 }
 
@@ -329,26 +331,23 @@ fn sparse_file_leaf_shrinks_for_text_and_overwrites_and_discards_return_space() 
         "compress: {LOGICAL} bytes of text take {used} bytes below ({:.1}%; raw lz4 on \
          the same 1 MiB buffers: {raw_lz4} bytes, {:.1}%); the layer saves {:.0}% of \
          what raw lz4 saves (in 4 KiB pieces raw lz4 takes {raw_lz4_pieces} bytes); \
-         map and superblock: {empty} bytes; status ratio {}",
+         map and superblock: {empty} bytes; status ratio {:?}",
         100.0 * used as f64 / LOGICAL as f64,
         100.0 * raw_lz4 as f64 / LOGICAL as f64,
         100.0 * layer_saved as f64 / lz4_saved as f64,
-        stack
-            .top()
-            .details()
-            .iter()
-            .find(|(k, _)| *k == "ratio")
-            .unwrap()
-            .1,
+        match stack.top().report() {
+            LayerReport::Compress(report) => report.ratio,
+            other => panic!("not a compress layer: {other:?}"),
+        },
     );
     assert!(
         used < LOGICAL * 2 / 5,
         "{used} bytes is not well under half"
     );
     assert!(layer_saved * 10 >= lz4_saved * 4);
-    assert_eq!(dev.detail("logical_bytes"), LOGICAL);
+    assert_eq!(dev.report().logical_bytes, LOGICAL);
     // What the leaf holds beyond the stored units is the map's written pages.
-    let stored = dev.detail("stored_bytes");
+    let stored = dev.report().stored_bytes;
     assert!(
         stored <= used && used - stored <= 64 * 1024,
         "{stored} vs {used}"
@@ -368,7 +367,7 @@ fn sparse_file_leaf_shrinks_for_text_and_overwrites_and_discards_return_space() 
         after <= 64 * 1024,
         "{after} bytes still allocated after discard"
     );
-    assert_eq!(dev.detail("stored_bytes"), 0);
+    assert_eq!(dev.report().stored_bytes, 0);
 }
 
 #[test]
@@ -493,7 +492,7 @@ fn two_queues_writing_alternate_blocks_of_the_same_units_lose_nothing() {
                         let top = stack.top();
                         let futs: Vec<layers::LocalBoxFuture<'_, layers::Result<()>>> = bufs
                             .iter()
-                            .map(|(block, data)| top.write(&ctx, block * 4096, data))
+                            .map(|(block, data)| top.write_bytes(&ctx, block * 4096, data))
                             .collect();
                         for res in exec.block_on(&ctx, layers::join::join_all(futs)) {
                             res.unwrap();

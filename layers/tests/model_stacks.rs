@@ -2,6 +2,7 @@
 //! checked against a plain in-memory image; then reopened and read back.
 
 use layers::plan::ReadPolicy;
+use layers::report::{LayerReport, LeafIo, LeafReport};
 use layers::testing::{check_stack, rng::seeds, verify_image, ModelConfig, PlanBuilder};
 use layers::{compile, Plan};
 
@@ -48,10 +49,14 @@ fn tmpfs_file_leaves_match_model() {
         let top = b.file("a", 8 * MIB);
         let plan = b.build(top);
         let stack = compile(&plan).unwrap();
-        let details = stack.layer("a").unwrap().details();
-        assert!(
-            details.contains(&("io", "sync".to_string())),
-            "a tmpfs file leaf must use the synchronous path: {details:?}"
+        let report = stack.layer("a").unwrap().report();
+        assert_eq!(
+            report,
+            LayerReport::File(LeafReport {
+                io: LeafIo::Sync,
+                misaligned_copies: None,
+            }),
+            "a tmpfs file leaf must use the synchronous path"
         );
         drop(stack);
         run("tmpfs file", plan, 40, cfg());

@@ -103,7 +103,7 @@ fn write_image(name: &str) {
         for round in 0..2 {
             for i in (0..blocks).filter(|i| round == 0 || i % 2 == 1) {
                 let data = pattern(i, round, block);
-                exec.block_on(ctx, top.write(ctx, i * block as u64, &data))
+                exec.block_on(ctx, top.write_bytes(ctx, i * block as u64, &data))
                     .unwrap();
             }
             exec.block_on(ctx, stack.flush(ctx)).unwrap();
@@ -139,7 +139,7 @@ fn reads_back(name: &str) {
         assert!(blocks >= 8, "{name}: only {blocks} blocks");
         let mut buf = vec![0u8; block];
         for i in 0..blocks {
-            exec.block_on(ctx, top.read(ctx, i * block as u64, &mut buf))
+            exec.block_on(ctx, top.read_bytes(ctx, i * block as u64, &mut buf))
                 .unwrap_or_else(|e| panic!("{name}: block {i} does not read: {e}"));
             assert!(
                 buf == expected(i, block),
@@ -147,6 +147,78 @@ fn reads_back(name: &str) {
             );
         }
     });
+}
+
+/// The pinned key-slot file: the crypt image's key in slot 0 under
+/// [`SLOTS_PASSPHRASE`] (argon2id at its smallest, a test's cost), and in slot
+/// 1 under the key-encryption key `[0x42; 32]`.
+const SLOTS_PASSPHRASE: &[u8] = b"pinned passphrase";
+
+fn write_slots(path: &Path) {
+    use layers::key_slots::{Argon2Cost, KeySlots, Secret};
+    let cheap = Argon2Cost {
+        memory_kib: 64,
+        iterations: 1,
+        lanes: 1,
+    };
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = i as u8;
+    }
+    let mut slots = KeySlots::new();
+    slots
+        .add(&key, Secret::Passphrase(SLOTS_PASSPHRASE), cheap)
+        .unwrap();
+    slots.add(&key, Secret::Key(&[0x42; 32]), cheap).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, slots.encode()).unwrap();
+}
+
+/// The crypt image, opened through the pinned key-slot file with its
+/// passphrase and with its key-encryption key.
+#[test]
+fn key_slot_file_opens_the_crypt_image() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use layers::plan::{KeySource, Unlock};
+    let pinned = images_dir("key-slots").join("crypt.slots");
+    if std::env::var_os("UBLK_STACK_WRITE_FORMATS").is_some_and(|v| v == "1") {
+        write_slots(&pinned);
+    }
+    let private = |path: &Path| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let slots = dir.path().join("crypt.slots");
+    std::fs::copy(&pinned, &slots).unwrap_or_else(|e| panic!("{}: {e}", pinned.display()));
+    private(&slots);
+    let passphrase = dir.path().join("pass");
+    std::fs::write(&passphrase, SLOTS_PASSPHRASE).unwrap();
+    private(&passphrase);
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, [0x42; 32]).unwrap();
+    private(&kek);
+    for unlock in [Unlock::PassphraseFile(passphrase), Unlock::KeyFile(kek)] {
+        let leaf = dir.path().join("leaf.img");
+        std::fs::copy(images_dir("crypt").join("leaf.img"), &leaf).unwrap();
+        let mut b = PlanBuilder::new(dir.path(), 4096);
+        let leaf = b.file("leaf", 64 * KIB);
+        let key = KeySource::Slots {
+            path: slots.clone(),
+            unlock,
+        };
+        let top = b.crypt_with("x", leaf, key);
+        let plan = b.build(top);
+        with_stack(&plan, |stack, ctx, exec| {
+            let top = stack.top();
+            let mut buf = vec![0u8; 4096];
+            for i in 0..top.size() / 4096 {
+                exec.block_on(ctx, top.read_bytes(ctx, i * 4096, &mut buf))
+                    .unwrap_or_else(|e| panic!("block {i} does not read: {e}"));
+                assert!(buf == expected(i, 4096), "block {i} reads other data");
+            }
+        });
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use layers::exec::{Executor, IoCtx};
 use layers::plan::ReadPolicy;
+use layers::report::{LayerReport, LegHealth, LegReport};
 use layers::rng::Rng;
 use layers::testing::PlanBuilder;
 use layers::{compile, Plan};
@@ -41,7 +42,7 @@ fn corrupt_copy_is_served_from_the_other_leg_and_rewritten() {
     {
         let stack = compile(&plan).unwrap();
         exec.block_on(&ctx, async {
-            stack.top().write(&ctx, 0, &data).await.unwrap();
+            stack.top().write_bytes(&ctx, 0, &data).await.unwrap();
             stack.flush(&ctx).await.unwrap();
         });
     }
@@ -53,7 +54,9 @@ fn corrupt_copy_is_served_from_the_other_leg_and_rewritten() {
     for block in 0..32 {
         exec.block_on(
             &ctx,
-            stack.top().read(&ctx, (block * BLOCK) as u64, &mut got),
+            stack
+                .top()
+                .read_bytes(&ctx, (block * BLOCK) as u64, &mut got),
         )
         .unwrap_or_else(|e| panic!("block {block}: {e}"));
         assert!(
@@ -61,25 +64,25 @@ fn corrupt_copy_is_served_from_the_other_leg_and_rewritten() {
             "block {block} wrong"
         );
     }
-    let details = format!(
-        "{:?}",
-        stack
-            .status()
-            .iter()
-            .find(|n| n.type_name == "mirror")
-            .unwrap()
-            .details
-    );
-    assert!(
-        details.contains("0:ok(read_errors=3,write_errors=0,repaired=3)"),
-        "{details}"
-    );
+    let status = stack.status();
+    let mirror = status.iter().find(|n| n.type_name == "mirror").unwrap();
+    let LayerReport::Mirror(report) = &mirror.report else {
+        panic!("not a mirror: {:?}", mirror.report)
+    };
+    let leg = LegReport {
+        health: LegHealth::Ok,
+        read_errors: 3,
+        write_errors: 0,
+        repaired: 3,
+    };
+    assert_eq!(report.legs[0], leg, "{report:?}");
     // Leg 0 alone now holds good copies: reading it directly verifies (the
     // mirror's data starts after its metadata on each leg).
     let c0 = stack.layer("c0").unwrap();
     for block in [3usize, 17, 30] {
         let at = layers::mirror::DATA_START + (block * BLOCK) as u64;
-        exec.block_on(&ctx, c0.read(&ctx, at, &mut got)).unwrap();
+        exec.block_on(&ctx, c0.read_bytes(&ctx, at, &mut got))
+            .unwrap();
         assert!(got == data[block * BLOCK..(block + 1) * BLOCK]);
     }
 }

@@ -80,7 +80,7 @@ fn legs_identical(stack: &Stack, legs: &[&str]) -> Result<(), String> {
         let mut results: Vec<Result<(), Error>> = Vec::new();
         for (name, buf) in legs.iter().zip(bufs.iter_mut()) {
             let leg = stack.layer(name).ok_or("no leg")?;
-            results.push(exec.block_on(&ctx, leg.read(&ctx, DATA_START + offset, buf)));
+            results.push(exec.block_on(&ctx, leg.read_bytes(&ctx, DATA_START + offset, buf)));
         }
         let all_failed = results.iter().all(|r| r.is_err());
         let all_same = results.iter().all(|r| r.is_ok()) && bufs.iter().all(|b| *b == bufs[0]);

@@ -18,7 +18,7 @@ use layers::testing::faults::erase_table_entry;
 use layers::testing::sim::{SimFault, SimWorld};
 use layers::testing::sim_crash::{compile_over_sim, sim_leaves};
 use layers::testing::{rng::seeds, PlanBuilder, Rng};
-use layers::{Error, Stack};
+use layers::{Error, LayerReport, Stack};
 
 const KIB: u64 = 1024;
 const BLOCK: u64 = 4096;
@@ -130,7 +130,7 @@ impl Rig {
         rng.fill(&mut data);
         let top = self.stack.top();
         self.exec
-            .block_on(&self.ctx, top.write(&self.ctx, b * BLOCK, &data))
+            .block_on(&self.ctx, top.write_bytes(&self.ctx, b * BLOCK, &data))
             .expect("write");
         self.expected[b as usize] = data;
     }
@@ -144,12 +144,11 @@ impl Rig {
     /// The layer's count of blocks that failed verification.
     fn mismatches(&self) -> u64 {
         let layer = self.stack.layer(self.layer).expect("layer");
-        layer
-            .details()
-            .iter()
-            .filter(|(k, _)| *k == "mismatches" || *k == "auth_failures")
-            .map(|(_, v)| v.parse::<u64>().expect("a count"))
-            .sum()
+        match layer.report() {
+            LayerReport::Checksum(report) => report.mismatches,
+            LayerReport::Crypt(report) => report.auth_failures,
+            other => panic!("not a verifying layer: {other:?}"),
+        }
     }
 
     /// Reopen the stack over what the disks hold now.
@@ -169,7 +168,7 @@ impl Rig {
         let top = self.stack.top();
         let res = self
             .exec
-            .block_on(&self.ctx, top.read(&self.ctx, b * BLOCK, &mut buf));
+            .block_on(&self.ctx, top.read_bytes(&self.ctx, b * BLOCK, &mut buf));
         let counted = self.mismatches() > before;
         self.baseline = self.mismatches();
         let want = &self.expected[b as usize];
@@ -201,7 +200,7 @@ impl Rig {
         let leg = self.stack.layer(self.layer).expect("leg");
         let res = self.exec.block_on(
             &self.ctx,
-            leg.read(&self.ctx, DATA_START + b * BLOCK, &mut buf),
+            leg.read_bytes(&self.ctx, DATA_START + b * BLOCK, &mut buf),
         );
         match res {
             Ok(()) if buf == *want => Ok(()),

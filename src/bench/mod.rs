@@ -10,14 +10,14 @@ mod baseline;
 mod primitives;
 
 use std::cell::Cell;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use layers::params::FileParams;
 use layers::plan::LayerSpec;
 use layers::rng::Rng;
-use layers::{Executor, IoCtx, Plan, Stack};
+use layers::{Executor, IoBufMut, IoCtx, LayerReport, Plan, Stack};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
@@ -135,32 +135,51 @@ impl Figures {
     }
 }
 
-/// Offsets of one worker: random or sequential over the device, `bs` aligned.
+/// Offsets of one worker: random, or sequential through a stream of its own,
+/// `bs` aligned.
 pub(crate) struct Offsets {
     rng: Rng,
-    next: u64,
-    slots: u64,
+    /// Sequential: the first slot of this worker's stream, its length, and where
+    /// it is in it.
+    start: u64,
+    len: u64,
+    at: u64,
     bs: u64,
     random: bool,
 }
 
 impl Offsets {
-    pub(crate) fn new(seed: u64, size: u64, bs: u64, random: bool) -> Offsets {
+    /// The offsets of task `task` of queue `queue` over the first `span` bytes.
+    /// Sequential patterns cut the span into one stream per task of every
+    /// queue, so no two workers read or write the same blocks in step (which
+    /// would measure one stream served many times over).
+    pub(crate) fn for_task(queue: u16, task: u32, span: u64, opts: &Options) -> Offsets {
+        let slots = (span / opts.bs).max(1);
+        let streams = u64::from(opts.queues) * u64::from(opts.qd);
+        let stream = u64::from(queue) * u64::from(opts.qd) + u64::from(task);
+        let (start, len) = if opts.pattern.is_random() {
+            (0, slots)
+        } else {
+            let len = (slots / streams.max(1)).max(1);
+            (stream * len % slots, len)
+        };
         Offsets {
-            rng: Rng::new(seed),
-            next: seed % (size / bs).max(1),
-            slots: (size / bs).max(1),
-            bs,
-            random,
+            rng: Rng::new(u64::from(queue) << 32 | u64::from(task)),
+            start,
+            len,
+            at: 0,
+            bs: opts.bs,
+            random: opts.pattern.is_random(),
         }
     }
 
     pub(crate) fn next(&mut self) -> u64 {
         let slot = if self.random {
-            self.rng.below(self.slots)
+            self.rng.below(self.len)
         } else {
-            self.next = (self.next + 1) % self.slots;
-            self.next
+            let slot = self.start + self.at;
+            self.at = (self.at + 1) % self.len;
+            slot
         };
         slot * self.bs
     }
@@ -216,15 +235,19 @@ fn run_queue(stack: Arc<Stack>, queue: u16, opts: &Options) -> Result<(u64, u64)
         let (stack, ctx, ops, failed) = (stack.clone(), ctx.clone(), ops.clone(), failed.clone());
         let seed = u64::from(queue) << 32 | u64::from(task);
         let span = opts.hot.unwrap_or(stack.size()).min(stack.size());
-        let mut offsets = Offsets::new(seed, span, opts.bs, opts.pattern.is_random());
+        let mut offsets = Offsets::for_task(queue, task, span, opts);
         let pattern = opts.pattern;
-        let mut buf = vec![0u8; opts.bs as usize];
+        // One aligned buffer per task, as a ublk tag has: the stack reads into
+        // and writes from it directly.
+        let mut buf = IoBufMut::zeroed(opts.bs as usize);
         opts.data.fill(seed, &mut buf);
+        let data = buf.freeze();
+        let mut buf = IoBufMut::zeroed(opts.bs as usize);
         exec.spawn(async move {
             while Instant::now() < deadline && failed.get().is_none() {
                 let offset = offsets.next();
                 let res = if pattern.is_write() {
-                    stack.top().write(&ctx, offset, &buf).await
+                    stack.top().write(&ctx, offset, &data).await
                 } else {
                     stack.top().read(&ctx, offset, &mut buf).await
                 };
@@ -243,11 +266,27 @@ fn run_queue(stack: Arc<Stack>, queue: u16, opts: &Options) -> Result<(u64, u64)
 }
 
 /// The file behind the top layer, when the top layer is a `file` leaf.
-pub fn top_file(plan: &Plan) -> Option<PathBuf> {
+pub fn top_file(plan: &Plan) -> Option<FileParams> {
     match &plan.layers[plan.top].spec {
-        LayerSpec::File(p) => Some(p.path.clone()),
+        LayerSpec::File(p) => Some(p.clone()),
         _ => None,
     }
+}
+
+/// Reads of blocks never written skip the work a read does: checksum, crypt
+/// and compress answer zeros without verifying or decompressing, a cache or a
+/// sparse file has nothing to fetch. Read figures are only honest over data.
+fn check_prefill(opts: &Options) -> Result<(), String> {
+    if opts.pattern.is_write() || opts.prefill {
+        return Ok(());
+    }
+    Err(format!(
+        "--pattern {} needs --prefill: reads of blocks never written skip the work \
+         (checksum, crypt and compress answer zeros without verifying or \
+         decompressing), so the figures would flatter the stack. --prefill writes \
+         the whole device once first (it overwrites the device, as write patterns do).",
+        Pattern::NAMES[opts.pattern as usize]
+    ))
 }
 
 /// Run the bench and print the report.
@@ -256,6 +295,7 @@ pub fn top_file(plan: &Plan) -> Option<PathBuf> {
 /// the time each and the median of the per-round ratios is printed, so that noise
 /// from other work on the machine hits both sides alike.
 pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), String> {
+    check_prefill(opts)?;
     println!(
         "bench \"{}\": {} bs={} qd={} queues={} for {:.1}s over {} bytes",
         plan.device.name,
@@ -278,7 +318,7 @@ pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), Stri
         scan(&stack)?;
         println!("  (hot set warmed, then the whole device read once in order)");
     }
-    let Some(path) = top_file(plan) else {
+    let Some(file) = top_file(plan) else {
         let before = cache_counters(&stack);
         let ours = run_stack(&stack, opts)?;
         print_line("stack", &ours, "");
@@ -294,16 +334,16 @@ pub fn report(plan: &Plan, stack: Arc<Stack>, opts: &Options) -> Result<(), Stri
     let (mut ours_all, mut plain_all) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let ours = run_stack(&stack, &round)?;
-        let plain = baseline::run(&path, stack.size(), &round)?;
+        let plain = baseline::run(&file, stack.size(), &round)?;
         ratios.push(ours.iops() / plain.iops());
         ours_all.push(ours);
         plain_all.push(plain);
     }
     print_line("stack", &sum(&ours_all), "");
     print_line(
-        "plain io_uring",
+        baseline::Path::of(&file)?.name(),
         &sum(&plain_all),
-        &format!("  ({})", path.display()),
+        &format!("  ({})", file.path.display()),
     );
     ratios.sort_by(f64::total_cmp);
     let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
@@ -324,7 +364,7 @@ fn scan(stack: &Stack) -> Result<(), String> {
     let mut offset = 0;
     while offset < stack.size() {
         let n = chunk.min(stack.size() - offset) as usize;
-        exec.block_on(&ctx, stack.top().read(&ctx, offset, &mut buf[..n]))
+        exec.block_on(&ctx, stack.top().read_bytes(&ctx, offset, &mut buf[..n]))
             .map_err(|e| format!("scan at byte {offset}: {e}"))?;
         offset += n as u64;
     }
@@ -341,7 +381,7 @@ fn prefill(stack: &Stack, data: DataKind) -> Result<(), String> {
     while offset < stack.size() {
         let n = chunk.min(stack.size() - offset) as usize;
         data.fill(offset, &mut buf[..n]);
-        exec.block_on(&ctx, stack.top().write(&ctx, offset, &buf[..n]))
+        exec.block_on(&ctx, stack.top().write_bytes(&ctx, offset, &buf[..n]))
             .map_err(|e| format!("prefill at byte {offset}: {e}"))?;
         offset += n as u64;
     }
@@ -396,16 +436,9 @@ fn cache_counters(stack: &Stack) -> Vec<(String, u64, u64)> {
     stack
         .status()
         .into_iter()
-        .filter(|n| n.type_name == "cache")
-        .map(|n| {
-            let get = |key: &str| {
-                n.details
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            (n.name.clone(), get("hits"), get("misses"))
+        .filter_map(|n| match n.report {
+            LayerReport::Cache(cache) => Some((n.name, cache.hits, cache.misses)),
+            _ => None,
         })
         .collect()
 }
@@ -435,3 +468,6 @@ fn print_line(what: &str, f: &Figures, tail: &str) {
         f.mb_per_s()
     );
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,8 @@
 //! `list`, `status` and `reload`.
 //!
 //! Protocol: the client sends one JSON object on one line, `{"cmd": "info"}`,
-//! `{"cmd": "status"}`, `{"cmd": "reload"}` or `{"cmd": "down"}`, and reads one
+//! `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "down"}` or
+//! `{"cmd": "plan", "text": TOML, "path": FILE}`, and reads one
 //! JSON line back. Every reply has `"ok"`; failures carry `"error"`. `down` is
 //! answered only once the device is gone, so the client's exit status tells the
 //! truth; `reload` once the reload is applied or refused.
@@ -20,11 +21,26 @@ use serde_json::{json, Value};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/ublk-stack";
 
+/// `$UBLK_STACK_RUN_DIR`; else, for a user other than root, that user's
+/// `$XDG_RUNTIME_DIR/ublk-stack` (they cannot create /run/ublk-stack; `up
+/// --nbd` needs no privilege); else /run/ublk-stack.
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("UBLK_STACK_RUN_DIR")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+    let var = |name: &str| std::env::var_os(name).filter(|dir| !dir.is_empty());
+    if let Some(dir) = var("UBLK_STACK_RUN_DIR") {
+        return PathBuf::from(dir);
+    }
+    match var("XDG_RUNTIME_DIR") {
+        Some(runtime) if !is_root() => PathBuf::from(runtime).join("ublk-stack"),
+        _ => PathBuf::from(DEFAULT_RUN_DIR),
+    }
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // The owner of /proc/self is the process's effective uid.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 pub fn socket_path(name: &str) -> PathBuf {
@@ -40,6 +56,10 @@ pub trait Report: Send + Sync + 'static {
     /// Re-read the config now and say what was applied and what refused.
     fn reload(&self) -> Value {
         json!({"ok": false, "error": "reload is not available"})
+    }
+    /// What a reload from config `text` (the file at `path`) would do.
+    fn plan(&self, _text: &str, _path: &Path) -> Value {
+        json!({"ok": false, "error": "plan is not available"})
     }
     /// Read every copy, verify and repair (see `repair.rs`).
     fn scrub(&self) -> Value {
@@ -58,18 +78,27 @@ pub fn bind(name: &str) -> Result<(UnixListener, PathBuf), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = socket_path(name);
     if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
-            return Err(format!(
-                "device \"{name}\" is already running ({})",
-                path.display()
-            ));
-        }
+        refuse_if_running(name)?;
         std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((listener, path))
+}
+
+/// Refuse a second daemon for `name`: checked before `up` opens any leaf, so
+/// the answer is "already running", not a lock held on a leaf file.
+pub fn refuse_if_running(name: &str) -> Result<(), String> {
+    let path = socket_path(name);
+    if UnixStream::connect(&path).is_ok() {
+        return Err(format!(
+            "device \"{name}\" is already running (its control socket {} answers); \
+             `ublk-stack down {name}` stops it",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// What the daemon's main loop waits for.
@@ -109,6 +138,10 @@ fn handle(stream: UnixStream, report: &Arc<dyn Report>, down: &Sender<Event>) ->
     let reply = match request.get("cmd").and_then(Value::as_str) {
         Some("info") => report.info(),
         Some("status") => report.status(),
+        Some("plan") => report.plan(
+            request["text"].as_str().unwrap_or_default(),
+            Path::new(request["path"].as_str().unwrap_or("/config.toml")),
+        ),
         // A reload may write back a cache: on a thread of its own, so that
         // `status` keeps answering meanwhile.
         Some("reload") => {

@@ -23,10 +23,10 @@ use serde_json::{json, Value};
 use super::control::{self, Event, Report};
 use super::front_end::FrontEnd;
 use super::reload::Reloader;
-use super::{logging, signals, status, watch};
+use super::{logging, notify, signals, status, watch};
 use crate::config::size::format_human;
 
-fn fail(message: impl std::fmt::Display) -> u8 {
+pub(super) fn fail(message: impl std::fmt::Display) -> u8 {
     // Layer names and paths in a message may come from a config file.
     eprintln!("ublk-stack: {}", escape_controls(&message.to_string()));
     1
@@ -66,12 +66,20 @@ impl Report for DeviceReport {
     }
 
     fn status(&self) -> Value {
-        let mut info = self.info();
-        let (generation, last_reload) = status::reload_json(&self.reloader.record());
-        info["generation"] = generation;
-        info["last_reload"] = last_reload;
-        info["layers"] = status::layers_json(&self.stack);
-        info
+        let device = status::Device {
+            name: &self.name,
+            path: self.path.display().to_string(),
+            queues: self.queues,
+            stack: &self.stack,
+        };
+        let reply = status::StatusReply::new(device, &self.reloader.record());
+        match serde_json::to_value(reply) {
+            Ok(mut reply) => {
+                reply["ok"] = json!(true);
+                reply
+            }
+            Err(error) => json!({"ok": false, "error": error.to_string()}),
+        }
     }
 
     fn scrub(&self) -> Value {
@@ -80,6 +88,10 @@ impl Report for DeviceReport {
 
     fn readd(&self, layer: &str, leg: usize) -> Value {
         super::repair::readd(&self.stack, layer, leg)
+    }
+
+    fn plan(&self, text: &str, path: &Path) -> Value {
+        self.reloader.plan(text, path)
     }
 
     fn reload(&self) -> Value {
@@ -111,6 +123,9 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd) -> u8 {
         }
     };
     let set_log_level = logging::init(&plan);
+    if let Err(e) = control::refuse_if_running(&plan.device.name) {
+        return fail(e);
+    }
     if let Err(e) = front.prepare(&plan) {
         return fail(e);
     }
@@ -161,8 +176,19 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd) -> u8 {
         serving.note
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
+    notify::notify(&format!(
+        "READY=1\n{}",
+        notify::status(&format!(
+            "{} ready ({}, {} queues{})",
+            serving.path.display(),
+            format_human(stack.size()),
+            serving.queues,
+            serving.note
+        ))
+    ));
 
     let stop = wait_for_stop(&events, &|| front.any_queue_ended());
+    notify::notify("STOPPING=1\nSTATUS=stopping: flushing every acknowledged write");
     let result = clean_stop(front, &stack);
     drop(std::fs::remove_file(&socket));
     if result.is_ok() {
@@ -284,54 +310,6 @@ pub fn down(name: &str) -> u8 {
         )),
         Err(e) => fail(control::unreachable(name, &socket, &e)),
     }
-}
-
-/// `ublk-stack list`: one line per running device, "no devices running" when
-/// there is none. Exit 1 when a device could not be asked for lack of
-/// permission (its socket is 0600): an empty or partial list must not pass
-/// for the truth.
-pub fn list() -> u8 {
-    let run_dir = control::run_dir();
-    let sockets = match control::sockets() {
-        Ok(sockets) => sockets,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            return fail(format!(
-            "permission denied: cannot read {}; run as root or as the user that runs the devices",
-            run_dir.display()
-        ))
-        }
-        Err(e) => return fail(format!("{}: {e}", run_dir.display())),
-    };
-    if sockets.is_empty() {
-        println!("no devices running");
-        return 0;
-    }
-    let mut denied = Vec::new();
-    for (name, socket) in sockets {
-        match control::request(&socket, "info", Duration::from_secs(5)) {
-            Ok(info) => println!(
-                "{}\t{}\t{}\t{}",
-                escape_controls(&name),
-                escape_controls(info["path"].as_str().unwrap_or("-")),
-                format_human(info["size"].as_u64().unwrap_or(0)),
-                escape_controls(info["state"].as_str().unwrap_or("unknown"))
-            ),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied.push(name),
-            Err(_) => println!("{}\t-\t-\tnot responding", escape_controls(&name)),
-        }
-    }
-    if denied.is_empty() {
-        return 0;
-    }
-    fail(format!(
-        "permission denied: cannot reach the control socket of {} in {}; run as root or as the user that runs the devices",
-        denied
-            .iter()
-            .map(|name| format!("\"{}\"", escape_controls(name)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        run_dir.display()
-    ))
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! The daemon: bringing a device up and down (`lifecycle`) through any front
 //! end (`front_end`: ublk, NBD), talking to a running one through its control
 //! socket (`control`), its config reloads (`reload`, triggered by `watch` and
-//! SIGHUP, which `signals` turns into an event with SIGINT and SIGTERM) and
-//! `status`.
+//! SIGHUP, which `signals` turns into an event with SIGINT and SIGTERM),
+//! `status`, and telling systemd where the daemon is (`notify`).
 
 pub mod control;
 pub mod front_end;
 pub mod lifecycle;
+pub mod list;
 pub mod logging;
+mod notify;
+pub mod plan;
 pub mod reload;
 pub mod repair;
 mod signals;

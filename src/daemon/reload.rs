@@ -18,16 +18,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use layers::plan::{LogLevel, Plan};
 use layers::{Executor, IoCtx, Stack};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::control;
+use super::{control, notify};
 use crate::config::diff::{self, Changes, Edit, LayerChange};
 
 /// What asked for the reload (logged and shown in `status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Trigger {
+    #[serde(rename = "file change")]
     FileChanged,
+    #[serde(rename = "SIGHUP")]
     Sighup,
+    #[serde(rename = "reload command")]
     Command,
 }
 
@@ -41,7 +45,8 @@ impl Trigger {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Every change was applied; the generation went up by one.
     Applied,
@@ -83,21 +88,39 @@ pub struct Outcome {
     pub took: Duration,
 }
 
+/// An [`Outcome`] as `status` and `reload` report it (the `last_reload` of
+/// docs/status.md): times in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadSummary {
+    pub result: Verdict,
+    pub trigger: Trigger,
+    pub applied: Vec<String>,
+    pub refused: Vec<String>,
+    pub generation: u64,
+    /// When it ended, in seconds since the Unix epoch.
+    pub time: u64,
+    pub took_s: f64,
+}
+
 impl Outcome {
-    pub fn to_json(&self) -> Value {
+    pub fn summary(&self) -> ReloadSummary {
         let time = self
             .time
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        json!({
-            "result": self.verdict.as_str(),
-            "trigger": self.trigger.as_str(),
-            "applied": self.applied,
-            "refused": self.refused,
-            "generation": self.generation,
-            "time": time,
-            "took_s": self.took.as_secs_f64(),
-        })
+        ReloadSummary {
+            result: self.verdict,
+            trigger: self.trigger,
+            applied: self.applied.clone(),
+            refused: self.refused.clone(),
+            generation: self.generation,
+            time,
+            took_s: self.took.as_secs_f64(),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.summary()).unwrap_or(Value::Null)
     }
 }
 
@@ -146,6 +169,40 @@ impl Reloader {
         lock(&self.record).clone()
     }
 
+    /// What a reload from config `text` would do, applying nothing: `result`
+    /// is `unchanged`, `changes` (with `apply`: each edit) or `refused` (with
+    /// `refused`: each reason). `path` names the file in messages; relative
+    /// paths in the text are taken from its folder.
+    pub fn plan(&self, text: &str, path: &std::path::Path) -> Value {
+        let running = lock(&self.running);
+        let base_dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        let (result, apply, refused): (&str, Vec<String>, Vec<String>) =
+            match crate::config::parse(text, path, base_dir) {
+                Err(errors) => (
+                    "refused",
+                    Vec::new(),
+                    errors.iter().map(ToString::to_string).collect(),
+                ),
+                Ok(plan) => match diff::diff(&running, &plan) {
+                    Err(refusal) => ("refused", Vec::new(), refusal.reasons),
+                    Ok(changes) if changes.is_empty() => ("unchanged", Vec::new(), Vec::new()),
+                    Ok(changes) => (
+                        "changes",
+                        changes.edits().iter().map(ToString::to_string).collect(),
+                        Vec::new(),
+                    ),
+                },
+            };
+        json!({
+            "ok": true,
+            "result": result,
+            "apply": apply,
+            "refused": refused,
+            "generation": lock(&self.record).generation,
+            "config": self.config,
+        })
+    }
+
     /// Re-read the file and apply what changed; logs and records the outcome.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut running = lock(&self.running);
@@ -192,6 +249,12 @@ impl Reloader {
         record.last = Some(outcome.clone());
         drop(record);
         log(&outcome);
+        notify::notify(&notify::status(&format!(
+            "config generation {}: last reload {} ({})",
+            outcome.generation,
+            outcome.verdict.as_str(),
+            outcome.trigger.as_str()
+        )));
         outcome
     }
 

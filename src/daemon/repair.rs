@@ -73,11 +73,14 @@ fn read_everything(stack: &Stack, ctx: &IoCtx, exec: &Executor) -> ScrubReport {
     let mut offset = 0;
     while offset < stack.size() {
         let n = chunk.min(stack.size() - offset);
-        let res = exec.block_on(ctx, stack.top().read(ctx, offset, &mut buf[..n as usize]));
+        let res = exec.block_on(
+            ctx,
+            stack.top().read_bytes(ctx, offset, &mut buf[..n as usize]),
+        );
         if res.is_err() {
             for at in (offset..offset + n).step_by(block as usize) {
                 let one = &mut buf[..block as usize];
-                if let Err(e) = exec.block_on(ctx, stack.top().read(ctx, at, one)) {
+                if let Err(e) = exec.block_on(ctx, stack.top().read_bytes(ctx, at, one)) {
                     report.unrepairable += 1;
                     if !matches!(e, Error::Corrupt { .. }) {
                         tracing::error!(offset = at, "scrub: read failed: {e}");

@@ -1,75 +1,22 @@
 //! `ublk-stack status NAME [--json]`: the layer tree with counters, latency
-//! percentiles and details, the config generation and the last reload.
+//! percentiles and what each layer reports, the config generation and the
+//! last reload.
 //!
-//! The daemon builds the JSON ([`layers_json`], [`reload_json`]); the client
-//! prints it as it is (`--json`) or as a table. In JSON, numbers are numbers and
-//! times are seconds, so scripts never parse units.
+//! The daemon answers with a typed [`StatusReply`] (schema 1, documented in
+//! docs/status.md); the client prints it as JSON (`--json`) or renders the
+//! table from it. In JSON, numbers are numbers and times are seconds, so
+//! scripts never parse units.
+
+mod reply;
 
 use std::time::{Duration, SystemTime};
 
 use layers::escape::escape_controls;
-use layers::Stack;
-use serde_json::{json, Map, Value};
+pub use reply::{Counters, Device, LayerStatus, StatusReply, SCHEMA};
 
 use super::control;
-use super::reload::Record;
+use super::reload::ReloadSummary;
 use crate::config::size::format_human;
-
-/// Every layer from the top down, as `status` shows it.
-pub fn layers_json(stack: &Stack) -> Value {
-    let layers = stack.status().into_iter().map(|node| {
-        let details: Map<String, Value> = node
-            .details
-            .into_iter()
-            .map(|(key, value)| (key.to_string(), detail_value(value)))
-            .collect();
-        let s = node.stats;
-        let (read, write) = (node.latency.read, node.latency.write);
-        json!({
-            "name": node.name,
-            "type": node.type_name,
-            "depth": node.depth,
-            "size": node.size,
-            "stats": {
-                "reads": s.reads, "writes": s.writes, "flushes": s.flushes,
-                "discards": s.discards, "write_zeroes": s.write_zeroes,
-                "read_bytes": s.read_bytes, "written_bytes": s.written_bytes,
-                "errors": s.errors,
-                "read_p50_s": seconds(read.p50_ns), "read_p99_s": seconds(read.p99_ns),
-                "write_p50_s": seconds(write.p50_ns), "write_p99_s": seconds(write.p99_ns),
-            },
-            "details": details,
-        })
-    });
-    Value::Array(layers.collect())
-}
-
-/// `generation` and `last_reload` (null before the first reload).
-pub fn reload_json(record: &Record) -> (Value, Value) {
-    let last = record.last.as_ref().map_or(Value::Null, |o| o.to_json());
-    (json!(record.generation), last)
-}
-
-fn seconds(nanos: Option<u64>) -> Value {
-    nanos.map_or(Value::Null, |ns| json!(ns as f64 / 1e9))
-}
-
-/// Layers report details as text; a value that reads as a number is one.
-fn detail_value(text: String) -> Value {
-    if let Ok(integer) = text.parse::<u64>() {
-        return json!(integer);
-    }
-    if let Ok(integer) = text.parse::<i64>() {
-        return json!(integer);
-    }
-    match text.parse::<f64>() {
-        // "inf" and "nan" parse too, but JSON has no such numbers.
-        Ok(float) if float.is_finite() && text.starts_with(|c: char| c.is_ascii_digit()) => {
-            json!(float)
-        }
-        _ => Value::String(text),
-    }
-}
 
 /// `ublk-stack status NAME [--json]`.
 pub fn show(name: &str, as_json: bool) -> u8 {
@@ -82,10 +29,17 @@ pub fn show(name: &str, as_json: bool) -> u8 {
         let error = reply["error"].as_str().unwrap_or("status failed");
         return fail(format!("{name}: {error}"));
     }
+    let status: StatusReply = match serde_json::from_value(reply) {
+        Ok(status) => status,
+        Err(error) => return fail(format!("{name}: a status reply of another schema: {error}")),
+    };
     if as_json {
-        println!("{reply}");
+        match serde_json::to_string(&status) {
+            Ok(json) => println!("{json}"),
+            Err(error) => return fail(format!("{name}: {error}")),
+        }
     } else {
-        print!("{}", render(&reply, SystemTime::now()));
+        print!("{}", render(&status, SystemTime::now()));
     }
     0
 }
@@ -95,22 +49,22 @@ fn fail(message: String) -> u8 {
     1
 }
 
-/// A string of the reply for a terminal: names, paths and messages may come
-/// from a config file, so control characters in them are escaped.
-fn text(value: &Value) -> String {
-    escape_controls(value.as_str().unwrap_or("?")).into_owned()
+/// Names, paths and messages may come from a config file, so control
+/// characters in them are escaped on a terminal.
+fn text(value: &str) -> String {
+    escape_controls(value).into_owned()
 }
 
-fn render(reply: &Value, now: SystemTime) -> String {
+fn render(status: &StatusReply, now: SystemTime) -> String {
     let mut out = format!(
         "{}  {}  {}  {}  generation {}\n",
-        text(&reply["name"]),
-        text(&reply["path"]),
-        format_human(reply["size"].as_u64().unwrap_or(0)),
-        reply["state"].as_str().unwrap_or("?"),
-        reply["generation"],
+        text(&status.name),
+        text(&status.path),
+        format_human(status.size),
+        status.state,
+        status.generation,
     );
-    out.push_str(&render_last_reload(&reply["last_reload"], now));
+    out.push_str(&render_last_reload(status.last_reload.as_ref(), now));
     out.push_str(&format!(
         "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>15} {:>15}\n",
         "LAYER",
@@ -123,30 +77,26 @@ fn render(reply: &Value, now: SystemTime) -> String {
         "READ p50/p99",
         "WRITE p50/p99"
     ));
-    for layer in reply["layers"].as_array().into_iter().flatten() {
-        let depth = layer["depth"].as_u64().unwrap_or(0) as usize;
-        let stats = &layer["stats"];
-        let name = format!("{}{}", "  ".repeat(depth), text(&layer["name"]));
+    for layer in &status.layers {
+        let stats = &layer.stats;
+        let name = format!("{}{}", "  ".repeat(layer.depth), text(&layer.name));
         out.push_str(&format!(
             "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>15} {:>15}",
             name,
-            layer["type"].as_str().unwrap_or("?"),
-            format_human(layer["size"].as_u64().unwrap_or(0)),
-            stats["reads"].as_u64().unwrap_or(0),
-            stats["writes"].as_u64().unwrap_or(0),
-            stats["flushes"].as_u64().unwrap_or(0),
-            stats["errors"].as_u64().unwrap_or(0),
-            latency_pair(&stats["read_p50_s"], &stats["read_p99_s"]),
-            latency_pair(&stats["write_p50_s"], &stats["write_p99_s"]),
+            layer.report.type_name(),
+            format_human(layer.size),
+            stats.reads,
+            stats.writes,
+            stats.flushes,
+            stats.errors,
+            latency_pair(stats.read_p50_s, stats.read_p99_s),
+            latency_pair(stats.write_p50_s, stats.write_p99_s),
         ));
-        if let Some(details) = layer["details"].as_object() {
-            for (key, value) in details {
-                let key = escape_controls(key);
-                match value.as_str() {
-                    Some(_) => out.push_str(&format!("  {key}={}", text(value))),
-                    None => out.push_str(&format!("  {key}={value}")),
-                }
-            }
+        let mut words = layer.report.words();
+        // In the order the table has always listed them.
+        words.sort_by_key(|&(key, _)| key);
+        for (key, value) in words {
+            out.push_str(&format!("  {key}={}", text(&value)));
         }
         out.push('\n');
     }
@@ -154,20 +104,20 @@ fn render(reply: &Value, now: SystemTime) -> String {
 }
 
 /// `last reload: applied 12 s ago (SIGHUP)` and one line per key or reason.
-fn render_last_reload(last: &Value, now: SystemTime) -> String {
-    if last.is_null() {
+fn render_last_reload(last: Option<&ReloadSummary>, now: SystemTime) -> String {
+    let Some(last) = last else {
         return "last reload: none\n".to_string();
-    }
-    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(last["time"].as_u64().unwrap_or(0));
+    };
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(last.time);
     let ago = now.duration_since(time).unwrap_or_default().as_secs();
-    let took = last["took_s"].as_f64().map_or("?".into(), format_seconds);
     let mut out = format!(
-        "last reload: {} {ago} s ago ({}, took {took})\n",
-        last["result"].as_str().unwrap_or("?"),
-        last["trigger"].as_str().unwrap_or("?"),
+        "last reload: {} {ago} s ago ({}, took {})\n",
+        last.result.as_str(),
+        last.trigger.as_str(),
+        format_seconds(last.took_s),
     );
-    for (list, word) in [("applied", "applied"), ("refused", "refused")] {
-        for item in last[list].as_array().into_iter().flatten() {
+    for (list, word) in [(&last.applied, "applied"), (&last.refused, "refused")] {
+        for item in list {
             out.push_str(&format!("  {word}: {}\n", text(item)));
         }
     }
@@ -175,8 +125,8 @@ fn render_last_reload(last: &Value, now: SystemTime) -> String {
 }
 
 /// `85us/1.2ms`, or `-` before the first request.
-fn latency_pair(p50: &Value, p99: &Value) -> String {
-    let text = |value: &Value| value.as_f64().map_or("-".to_string(), format_seconds);
+fn latency_pair(p50: Option<f64>, p99: Option<f64>) -> String {
+    let text = |seconds: Option<f64>| seconds.map_or("-".to_string(), format_seconds);
     format!("{}/{}", text(p50), text(p99))
 }
 

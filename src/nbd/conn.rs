@@ -34,7 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use layers::uring::AlignedBuf;
+use layers::buf::AlignedBuf;
 use layers::Layer;
 
 use super::handshake::Negotiated;

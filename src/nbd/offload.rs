@@ -1,9 +1,8 @@
 //! Large READs and WRITEs run on another queue thread.
 //!
-//! One connection lives on one queue thread, and a 1 MiB READ costs that thread
-//! two or three copies (leaf to the reply, through a bounce buffer unless the
-//! leaf is a tmpfs file, then reply to the socket), so a single client streaming large requests would keep one core
-//! busy while the others idle. A request of at least [`OFFLOAD_MIN_BYTES`]
+//! One connection lives on one queue thread, and a 1 MiB READ keeps that thread
+//! busy with the leaf's read and the send to the socket, so a single client
+//! streaming large requests would keep one core busy while the others idle. A request of at least [`OFFLOAD_MIN_BYTES`]
 //! therefore runs its stack part on the next queue thread (round-robin over
 //! the others): its buffer travels there in a [`Job`], that thread's executor
 //! runs the read or write with its own ring, and the [`JobDone`] wakes the
@@ -13,9 +12,9 @@
 
 use std::sync::Arc;
 
+use layers::buf::AlignedBuf;
 use layers::join::try_join_all;
-use layers::uring::AlignedBuf;
-use layers::LocalBoxFuture;
+use layers::{IoBufMut, LocalBoxFuture};
 
 use super::queue::{Job, JobDone, Queue};
 use super::request::Action;
@@ -55,35 +54,67 @@ pub async fn run_job(queue: std::rc::Rc<Queue>, job: Job) {
     job.done.complete(result, buf);
 }
 
+/// The stack reads into and writes from the request's own buffer (pieces of
+/// it, for a large one), with no copy.
 async fn transfer_here(
     queue: &Queue,
     action: Action,
-    mut buf: AlignedBuf,
+    buf: AlignedBuf,
 ) -> (layers::Result<()>, AlignedBuf) {
     let (top, ctx) = (queue.stack.top(), &queue.ctx);
-    let result = match action {
+    let len = buf.len();
+    let lens = |len: usize| {
+        (0..len)
+            .step_by(PIECE_BYTES)
+            .map(move |at| PIECE_BYTES.min(len - at))
+    };
+    let mut buf = IoBufMut::from_aligned(buf);
+    let (result, back) = match action {
         Action::Read { offset, .. } => {
-            let parts: Vec<LocalBoxFuture<'_, layers::Result<()>>> = buf
-                .as_mut_slice()
-                .chunks_mut(PIECE_BYTES)
+            let mut pieces = buf.split_parts(lens(len));
+            let parts: Vec<LocalBoxFuture<'_, layers::Result<()>>> = pieces
+                .iter_mut()
                 .enumerate()
                 .map(|(i, piece)| top.read(ctx, offset + (i * PIECE_BYTES) as u64, piece))
                 .collect();
-            try_join_all(parts).await
+            let result = try_join_all(parts).await;
+            buf.join(pieces);
+            (result, buf.into_aligned().map_err(drop))
         }
         Action::Write { offset, .. } => {
-            let parts: Vec<LocalBoxFuture<'_, layers::Result<()>>> = buf
-                .as_slice()
-                .chunks(PIECE_BYTES)
+            let buf = buf.freeze();
+            let pieces: Vec<_> = lens(len)
+                .enumerate()
+                .map(|(i, n)| buf.slice(i * PIECE_BYTES..i * PIECE_BYTES + n))
+                .collect();
+            let parts: Vec<LocalBoxFuture<'_, layers::Result<()>>> = pieces
+                .iter()
                 .enumerate()
                 .map(|(i, piece)| top.write(ctx, offset + (i * PIECE_BYTES) as u64, piece))
                 .collect();
-            try_join_all(parts).await
+            let result = try_join_all(parts).await;
+            drop(pieces);
+            (result, buf.into_aligned().map_err(drop))
         }
         other => {
             debug_assert!(false, "transfer of {other:?}");
-            Err(layers::Error::Unsupported)
+            (
+                Err(layers::Error::Unsupported),
+                buf.into_aligned().map_err(drop),
+            )
         }
     };
-    (result, buf)
+    match back {
+        Ok(buf) => (result, buf),
+        // Every operation of the stack has finished by now, so nothing holds
+        // the buffer; if something did, its memory stays with that operation
+        // and the request fails rather than send bytes that may still change.
+        Err(()) => {
+            tracing::error!(
+                queue = ctx.queue(),
+                "NBD buffer still held after its request"
+            );
+            (Err(layers::Error::Io(libc::EIO)), AlignedBuf::new(len))
+        }
+    }
 }

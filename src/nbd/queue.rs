@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
-use layers::uring::AlignedBuf;
+use layers::buf::AlignedBuf;
 use layers::{Executor, IoCtx, Stack};
 
 use super::handshake::Negotiated;

@@ -16,7 +16,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, types};
-use layers::uring::{AlignedBuf, FOREIGN_BIT};
+use layers::buf::AlignedBuf;
+use layers::uring::FOREIGN_BIT;
 use layers::IoCtx;
 
 use super::proto::MAX_REPLY_HEADER_BYTES;

@@ -51,9 +51,11 @@ fn run_queue(
         .exec
         .spawn(take_connections(queue.clone(), inbox, Rc::default()));
     while queue.exec.live_tasks() > 0 || queue.sockets.in_flight() > 0 {
-        queue.exec.turn(&queue.ctx, &mut |user_data, res| {
-            queue.sockets.complete(user_data, res)
-        })?;
+        queue.exec.turn(
+            &queue.ctx,
+            &|| queue.sockets.in_flight() > 0,
+            &mut |user_data, res| queue.sockets.complete(user_data, res),
+        )?;
     }
     Ok(())
 }

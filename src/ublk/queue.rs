@@ -28,17 +28,22 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use io_uring::{opcode, types};
-use layers::uring::FOREIGN_BIT;
-use layers::{Error, Executor, IoCtx, Layer};
+use layers::buf::Lease;
+use layers::uring::{Op, FOREIGN_BIT};
+use layers::{Error, Executor, IoBufMut, IoCtx, Layer};
 
 use super::shared_memory::{pin_current_thread, Descriptors, TagBuffers};
 use super::sys::{self, IoCmd, IoDesc};
 
 const SECTOR_BYTES: u64 = 512;
+/// How often a request whose buffer is still held by a leftover operation looks
+/// again (only after a layer dropped an operation in flight, which none does).
+const LEASE_POLL_NANOS: u64 = 1_000_000;
 
 /// What a queue serves: the stack's top layer. Implemented by the daemon's stack
 /// and by tests.
@@ -139,22 +144,22 @@ impl Queue {
         }
     }
 
-    /// The tag's buffer as a slice of `len` bytes.
-    ///
-    /// # Safety
-    /// Only for the one task serving the tag's current request, between the FETCH
-    /// completion and its COMMIT. Then nothing else touches the buffer: the kernel
-    /// copies in before completing the FETCH and copies out only after the COMMIT
-    /// is submitted (the task's last act), the tag has no other request until
-    /// then (the kernel re-arms a tag only through that COMMIT, and
-    /// `on_command_done` refuses a request on a tag that is not armed), and the
-    /// buffer stays mapped for the queue's life (or forever, see
-    /// `TagBuffers::leak`).
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn buffer(&self, tag: u16, len: usize) -> &mut [u8] {
-        debug_assert!(len <= self.buffers.per_tag());
-        // SAFETY: forwarded from the caller; len <= per_tag keeps it inside the tag.
-        unsafe { std::slice::from_raw_parts_mut(self.buffers.addr(tag), len) }
+    /// The first `len` bytes of the tag's buffer, lent to the request as its
+    /// own buffer: the stack reads into it and writes from it with no copy. Only
+    /// for the one task serving the tag's current request, which must not COMMIT
+    /// before the lease says the memory is back.
+    fn lend_buffer(&self, tag: u16, len: usize) -> (IoBufMut, Lease) {
+        assert!(len <= self.buffers.per_tag() && tag < self.setup.depth);
+        let ptr = NonNull::new(self.buffers.addr(tag)).expect("tag buffers are mapped");
+        // SAFETY: the tag's `per_tag` bytes stay mapped for the queue's life, or
+        // forever (TagBuffers::leak). Nothing but the lent handle touches them
+        // until the lease is returned: the kernel copies in before completing the
+        // FETCH and copies out only while handling the COMMIT, which the serving
+        // task pushes only after the lease is returned (`serve_range`); the tag
+        // has no other request until then (the kernel re-arms a tag only through
+        // that COMMIT, and `on_command_done` refuses a request on a tag that is
+        // not armed).
+        unsafe { IoBufMut::lend(ptr, len) }
     }
 }
 
@@ -188,9 +193,12 @@ pub fn run<T: TopLayer>(
 
     let depth = usize::from(queue.setup.depth);
     while queue.done_tags.get() < depth || exec.live_tasks() > 0 {
-        let turned = exec.turn(&queue.ctx, &mut |user_data, res| {
-            on_command_done(&queue, &exec, &stack, user_data, res)
-        });
+        // A tag not done has its command in the kernel or a task serving it.
+        let turned = exec.turn(
+            &queue.ctx,
+            &|| queue.done_tags.get() < depth,
+            &mut |user_data, res| on_command_done(&queue, &exec, &stack, user_data, res),
+        );
         if let Err(e) = turned {
             tracing::error!(queue = queue.setup.queue, "queue loop failed: {e}");
             abandon(queue, exec);
@@ -390,17 +398,39 @@ async fn serve_range(
         if len > queue.buffers.per_tag() as u64 {
             return Err(Error::OutOfRange);
         }
-        let bytes = len as usize;
-        // SAFETY: this task serves the tag's current request (see Queue::buffer).
-        let buf = unsafe { queue.buffer(tag, bytes) };
-        if op == sys::UBLK_IO_OP_READ {
-            top.read(ctx, offset, buf).await?;
+        let (mut buf, lease) = queue.lend_buffer(tag, len as usize);
+        let result = if op == sys::UBLK_IO_OP_READ {
+            let result = top.read(ctx, offset, &mut buf).await;
+            drop(buf);
+            result
         } else {
-            top.write(ctx, offset, buf).await?;
-            // We do not advertise FUA, but honour it if it comes anyway.
-            if desc.has_flag(sys::UBLK_IO_F_FUA) {
-                top.flush(ctx).await?;
+            let buf = buf.freeze();
+            let result = top.write(ctx, offset, &buf).await;
+            drop(buf);
+            result
+        };
+        if !lease.is_returned() {
+            // An operation of this request outlived it (its future was dropped
+            // while the kernel still had it): the buffer is not ours to commit
+            // or to hand to the next request until that operation completes.
+            tracing::error!(
+                queue = queue.setup.queue,
+                tag,
+                "a leaf operation outlived its request; waiting for it"
+            );
+            while !lease.is_returned() {
+                ctx.uring()
+                    .submit(Op::Sleep {
+                        nanos: LEASE_POLL_NANOS,
+                    })
+                    .await;
             }
+            return Err(Error::Io(libc::EIO));
+        }
+        result?;
+        // We do not advertise FUA, but honour it if it comes anyway.
+        if op == sys::UBLK_IO_OP_WRITE && desc.has_flag(sys::UBLK_IO_F_FUA) {
+            top.flush(ctx).await?;
         }
         return Ok(len as i32);
     }

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Install the NBD clients and reference servers that tests/nbd_interop.rs and
-# benches/nbd/ drive:
+# Install the NBD clients and reference servers that tests/nbd_interop.rs,
+# tests/nbd_netns.rs, layers/tests/nbd_leaf.rs (the `nbd` leaf against
+# nbdkit's memory and file plugins and qemu-nbd), layers/tests/nbd_tls.rs
+# (the same over TLS) and benches/nbd/ drive:
 #
 #   bash tests/nbd/setup.sh            # as root on Debian 12 (bookworm)
 #
 # Idempotent: when every tool is present it only checks and exits.
 #   qemu-io, qemu-img, qemu-nbd  <- qemu-utils
 #   nbdinfo, nbdcopy             <- libnbd-bin
-#   nbdkit (file plugin)         <- nbdkit
+#   nbdkit (memory, file plugins) <- nbdkit
 #   fio (Debian's build has the nbd engine, through libnbd)  <- fio
+#   ip, tc (network namespaces and veth pairs for tests/nbd_netns.rs) <- iproute2
+#   openssl (the TLS tests make their certificates with it)  <- openssl
 set -euo pipefail
 
 declare -A need=(
@@ -19,6 +23,9 @@ declare -A need=(
     [nbdcopy]=libnbd-bin
     [nbdkit]=nbdkit
     [fio]=fio
+    [ip]=iproute2
+    [tc]=iproute2
+    [openssl]=openssl
 )
 missing=()
 for cmd in "${!need[@]}"; do

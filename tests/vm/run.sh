@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boot the 6.12 test kernel once per scenario and report each scenario's result.
+# Boot a test kernel once per scenario and report each scenario's result.
 #
 #   tests/vm/run.sh BINARY SCENARIO.sh [SCENARIO.sh...]
 #
@@ -12,11 +12,13 @@
 # oops in one scenario cannot fail the next one.
 #
 # Environment (all optional):
+#   VM_KERNEL            which kernel setup.sh fetched to boot: 6.12 or 7.3 (6.12)
 #   VM_TIMEOUT           host-side limit per boot in seconds, qemu is killed after it (400)
 #   VM_SCENARIO_TIMEOUT  guest-side limit for the scenario script (300)
 #   VM_MEM, VM_SMP       guest memory and cpus (2G, 2)
 #   VM_CPU               qemu -cpu model (max)
-#   VM_LOG_DIR           where the serial logs go (a new temp dir); one NAME.log per scenario
+#   VM_LOG_DIR           where the serial logs go (a new temp dir); one NAME.SERIES.log
+#                        per scenario and kernel, so both kernels can share a dir
 #   VM_VERBOSE=1         also stream the serial console to stderr while it runs
 #   VM_CACHE             kernel cache made by setup.sh (tests/vm/cache)
 #   VM_GUEST_ENV         "NAME=VALUE ..." exported to the scenarios (seeds, sizes);
@@ -36,7 +38,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${VM_CACHE:-$here/cache}
-kdir=$cache/kernel
+series=${VM_KERNEL:-6.12}
+kdir=$cache/kernels/$series
 vm_timeout=${VM_TIMEOUT:-400}
 scenario_timeout=${VM_SCENARIO_TIMEOUT:-300}
 mem=${VM_MEM:-2G}
@@ -49,7 +52,9 @@ die() { echo "run.sh: $*" >&2; exit 2; }
 binary=$1
 shift
 [[ $binary == - || -x $binary ]] || die "binary $binary is not an executable file"
-[[ -f $kdir/.done ]] || die "no kernel in $kdir; run: bash tests/vm/setup.sh"
+[[ $series == 6.12 || $series == 7.3 ]] || die "VM_KERNEL=$series: the kernels are 6.12 and 7.3"
+[[ -f $kdir/.done ]] || die "no $series kernel in $kdir; run: bash tests/vm/setup.sh"
+release=$(sed -n 's/^release=//p' "$kdir/VERSION")
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing; run: bash tests/vm/setup.sh"
 for s in "$@"; do
     [[ -f $s && $s == *.sh ]] || die "scenario $s is not a .sh file"
@@ -146,7 +151,7 @@ echo "run.sh: initramfs $(($(stat -c %s "$work/initramfs.cpio") >> 20)) MiB buil
 # --- boot, once per scenario ------------------------------------------------------------
 failed=0
 for name in "${names[@]}"; do
-    log=$log_dir/$name.log
+    log=$log_dir/$name.$series.log
     result=$work/$name.result
     : >"$result"
     started=$(date +%s.%N)
@@ -183,10 +188,10 @@ for name in "${names[@]}"; do
     # Measurements printed by scenarios (bench_randread) are the caller's result.
     grep -E '^(BENCH|PROFILE) ' <<<"$clean" || true
     if [[ -z $reason ]]; then
-        echo "run.sh: $name PASS (${elapsed}s, log $log)"
+        echo "run.sh: $name on $release PASS (${elapsed}s, log $log)"
     else
         failed=1
-        echo "run.sh: $name FAIL: $reason (${elapsed}s, log $log); last lines:" >&2
+        echo "run.sh: $name on $release FAIL: $reason (${elapsed}s, log $log); last lines:" >&2
         tail -n 60 <<<"$clean" | sed 's/^/  | /' >&2
     fi
 done

@@ -1,6 +1,6 @@
 //! The read path: hits are copied out; misses are claimed (a placeholder that
 //! concurrent readers of the block wait on, on any queue), loaded from below in
-//! contiguous runs straight into the caller's buffer, then installed.
+//! contiguous runs straight into parts of the request's buffer, then installed.
 //!
 //! A reader never waits while holding claims: blocks it cannot serve or claim now
 //! (loaded by another task, or in a range being zeroed) are retried once its own
@@ -12,13 +12,18 @@ use super::entry::Lookup;
 use super::{carve, runs_of, Cache, Claims};
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
-use crate::{LocalBoxFuture, Result};
+use crate::{IoBufMut, LocalBoxFuture, Result};
 
 /// Longest run of misses loaded with one lower read.
 const MAX_RUN_BLOCKS: usize = 256;
 
 impl Cache {
-    pub(super) async fn read_blocks(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(super) async fn read_blocks(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        buf: &mut IoBufMut,
+    ) -> Result<()> {
         let bs = self.block as usize;
         let first = offset / self.block;
         let mut pending: Vec<usize> = (0..buf.len() / bs).collect();
@@ -46,16 +51,19 @@ impl Cache {
                 .collect();
             if !mine.is_empty() {
                 let runs = runs_of(mine.iter().copied(), MAX_RUN_BLOCKS);
+                let mut parts = carve(buf, &runs, bs);
                 let futs: Vec<LocalBoxFuture<'_, Result<()>>> = runs
                     .iter()
-                    .zip(carve(buf, &runs, bs))
+                    .zip(parts.iter_mut().skip(1).step_by(2))
                     .map(|(&(i, _), run)| {
                         self.lower.read(ctx, (first + i as u64) * self.block, run)
                     })
                     .collect();
+                let loaded = try_join_all(futs).await;
+                buf.join(parts);
                 // On error, dropping `claims` removes the placeholders and wakes
                 // their waiters, who load the blocks themselves.
-                try_join_all(futs).await?;
+                loaded?;
                 for (block, version) in claims.take() {
                     let i = (block - first) as usize;
                     let capacity = self.shard_capacity(self.shard_of(block));

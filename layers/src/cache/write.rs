@@ -16,7 +16,7 @@ use super::{runs_of, Cache, Claims, SHARDS};
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
 use crate::plan::CacheMode;
-use crate::{LocalBoxFuture, Result};
+use crate::{IoBuf, LocalBoxFuture, Result};
 
 impl Cache {
     /// Claim `block`, waiting while another task holds it. `Zeroing` when a
@@ -36,7 +36,7 @@ impl Cache {
     }
 
     /// Write below, then put the new contents in the cache.
-    pub(super) async fn write_through(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    pub(super) async fn write_through(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         let bs = self.block as usize;
         let first = offset / self.block;
         'claiming: loop {
@@ -66,7 +66,7 @@ impl Cache {
 
     /// Store in the cache as dirty; blocks over their shard's dirty limit are
     /// written through instead.
-    pub(super) async fn write_back(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    pub(super) async fn write_back(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         let bs = self.block as usize;
         let first = offset / self.block;
         let mut through = Vec::new();
@@ -99,9 +99,11 @@ impl Cache {
         let futs: Vec<LocalBoxFuture<'_, Result<()>>> = runs_of(through, usize::MAX)
             .into_iter()
             .map(|(i, n)| {
-                let run = &buf[i * bs..(i + n) * bs];
-                Box::pin(self.write_through(ctx, offset + (i * bs) as u64, run))
-                    as LocalBoxFuture<'_, Result<()>>
+                let run = buf.slice(i * bs..(i + n) * bs);
+                Box::pin(async move {
+                    self.write_through(ctx, offset + (i * bs) as u64, &run)
+                        .await
+                }) as LocalBoxFuture<'_, Result<()>>
             })
             .collect();
         try_join_all(futs).await

@@ -15,7 +15,7 @@ use super::{Cache, Claims, SHARDS};
 use crate::exec::IoCtx;
 use crate::join::join_all;
 use crate::plan::CacheMode;
-use crate::{LocalBoxFuture, Result};
+use crate::{IoBuf, LocalBoxFuture, Result};
 
 /// Longest run written back with one lower write.
 const MAX_RUN_BLOCKS: usize = 64;
@@ -96,14 +96,15 @@ impl Cache {
                 _ => runs.push((i, 1)),
             }
         }
-        let bufs: Vec<Vec<u8>> = runs
+        let bufs: Vec<IoBuf> = runs
             .iter()
             .map(|&(f, n)| {
-                let mut buf = Vec::with_capacity(n * self.block as usize);
-                for d in &data[f..f + n] {
-                    buf.extend_from_slice(d);
+                let bs = self.block as usize;
+                let mut buf = ctx.buf(n * bs);
+                for (out, d) in buf.chunks_exact_mut(bs).zip(&data[f..f + n]) {
+                    out.copy_from_slice(d);
                 }
-                buf
+                buf.freeze()
             })
             .collect();
         let futs: Vec<LocalBoxFuture<'_, Result<()>>> = runs

@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
 use crate::meta_table::Stamp;
-use crate::uring::AlignedBuf;
-use crate::{Error, LocalBoxFuture, Result};
+use crate::{Error, IoBufMut, LocalBoxFuture, Result};
 
 use super::codec::{self, Old, PIECE_BYTES};
 use super::entry::{decode_entry, encode_entry, Extent, Kind, ENTRY_BYTES};
@@ -45,7 +44,7 @@ impl Compress {
             .load_extent(ctx, unit, extent, plain.as_mut_slice(), 0..len)
             .await;
         ctx.put_buf(plain);
-        Ok(res?.map(|s| s.recycle(ctx)).is_some())
+        Ok(res?.is_some())
     }
 
     fn corrupt(&self, unit: u64, why: &str) -> Error {
@@ -71,33 +70,23 @@ impl Compress {
         }
         let granule_bytes = u64::from(self.geo.granule_bytes);
         let mut stored =
-            ctx.take_buf((extent.granules(self.geo.granule_bytes) * granule_bytes) as usize);
+            ctx.buf((extent.granules(self.geo.granule_bytes) * granule_bytes) as usize);
         let offset = self.geo.granule_offset(extent.granule);
-        let verified = match self.lower.read(ctx, offset, stored.as_mut_slice()).await {
-            Ok(()) => codec::decode_range(unit, extent, stored.as_slice(), out, want),
+        let verified = match self.lower.read(ctx, offset, &mut stored).await {
+            Ok(()) => codec::decode_range(unit, extent, &stored, out, want),
             // A checksumming layer below caught what our crc would: a torn or
             // lost write, so the fallback may still hold the unit.
             Err(Error::Corrupt { .. }) => false,
-            Err(e) => {
-                ctx.put_buf(stored);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         Ok(match (verified, extent.kind) {
             (true, Kind::Lz4) => Some(Stored::Packed(stored, extent.stored_bytes as usize)),
-            (true, _) => {
-                ctx.put_buf(stored);
-                Some(Stored::Raw)
-            }
-            (false, _) => {
-                ctx.put_buf(stored);
-                None
-            }
+            (true, _) => Some(Stored::Raw),
+            (false, _) => None,
         })
     }
 
-    /// The whole unit into `out`; the caller holds the unit's lock and gives the
-    /// returned buffer back with [`Stored::recycle`].
+    /// The whole unit into `out`; the caller holds the unit's lock.
     /// Only the bytes in `want` are sure to be filled.
     async fn load_unit(
         &self,
@@ -146,10 +135,7 @@ impl Compress {
         let _guard = self.lock(unit).lock().await;
         let len = self.geo.unit_len(unit);
         if part.len() == len {
-            return self
-                .load_unit(ctx, unit, part, 0..len)
-                .await
-                .map(|s| s.recycle(ctx));
+            return self.load_unit(ctx, unit, part, 0..len).await.map(drop);
         }
         let mut plain = ctx.take_buf(len);
         let want = inner..inner + part.len();
@@ -158,7 +144,7 @@ impl Compress {
             part.copy_from_slice(&plain.as_slice()[inner..inner + part.len()]);
         }
         ctx.put_buf(plain);
-        res.map(|s| s.recycle(ctx))
+        res.map(drop)
     }
 
     /// Write `data` (`None`: zeros) over `[offset, offset+len)`.
@@ -244,12 +230,12 @@ impl Compress {
             let old = match &before {
                 Stored::Zeros => Old::Plain,
                 Stored::Raw => Old::Raw,
-                Stored::Packed(buf, len) => Old::Packed(&buf.as_slice()[..*len]),
+                Stored::Packed(buf, len) => Old::Packed(&buf[..*len]),
             };
             let res = self
                 .store(ctx, unit, plain, old, &dirty, scratch.as_mut_slice())
                 .await;
-            before.recycle(ctx);
+            drop(before);
             res
         }
         .await;
@@ -283,15 +269,13 @@ impl Compress {
             let offset = self.geo.granule_offset(at);
             let res = if new.kind == Kind::Raw {
                 // A unit is a whole number of blocks: write it as it is.
-                self.lower.write(ctx, offset, plain).await
+                self.lower.write_bytes(ctx, offset, plain).await
             } else {
                 let stored = new.stored_bytes as usize;
-                let mut out = ctx.take_buf((granules * u64::from(granule_bytes)) as usize);
-                out.as_mut_slice()[..stored].copy_from_slice(&scratch[..stored]);
-                out.as_mut_slice()[stored..].fill(0);
-                let res = self.lower.write(ctx, offset, out.as_slice()).await;
-                ctx.put_buf(out);
-                res
+                let mut out = ctx.buf((granules * u64::from(granule_bytes)) as usize);
+                out[..stored].copy_from_slice(&scratch[..stored]);
+                out[stored..].fill(0);
+                self.lower.write(ctx, offset, &out.freeze()).await
             };
             if let Err(e) = res {
                 // Never referenced by the map: free at once.
@@ -400,13 +384,5 @@ enum Stored {
     Zeros,
     Raw,
     /// The stored bytes as read (granule-rounded) and their length.
-    Packed(AlignedBuf, usize),
-}
-
-impl Stored {
-    fn recycle(self, ctx: &IoCtx) {
-        if let Stored::Packed(buf, _) = self {
-            ctx.put_buf(buf);
-        }
-    }
+    Packed(IoBufMut, usize),
 }

@@ -30,6 +30,7 @@ impl Kind for CompressParams {
     ];
     const SYNONYMS: &'static [&'static str] = &["compression", "compressed", "lz4"];
     const KEEPS_METADATA: bool = true;
+    const SUPERBLOCK: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<CompressParams> {
         let over = keys.over();

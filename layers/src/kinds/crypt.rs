@@ -2,13 +2,14 @@
 
 use std::any::Any;
 use std::fs;
+use std::path::Path;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::{path_value, shown, Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{path_value, shown, Host, Item, Key, KeyReader, Kind, Opening, Sizing};
 use crate::crypt::Crypt;
-use crate::params::{KeySource, LayerId};
+use crate::params::{KeySource, LayerId, Unlock};
 use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,17 +31,34 @@ impl Kind for CryptParams {
         Key::optional(
             "key_file",
             "required unless key_env",
-            "the file holding the 32-byte key",
+            "the file holding the 32-byte key (with key_slots: a key that opens a slot)",
         ),
         Key::optional(
             "key_env",
             "required unless key_file",
             "the environment variable holding the key",
         ),
+        Key::optional(
+            "key_slots",
+            "none",
+            "the key-slot file holding the data key, wrapped; key_file, key_env, \
+             passphrase_file or passphrase_env then opens a slot",
+        ),
+        Key::optional(
+            "passphrase_file",
+            "none",
+            "with key_slots: the file holding a passphrase",
+        ),
+        Key::optional(
+            "passphrase_env",
+            "none",
+            "with key_slots: the environment variable holding a passphrase",
+        ),
     ];
     const SYNONYMS: &'static [&'static str] =
         &["encrypt", "encrypted", "encryption", "luks", "dm-crypt"];
     const KEEPS_METADATA: bool = true;
+    const SUPERBLOCK: bool = true;
 
     fn unknown_key(word: &str) -> Option<String> {
         INLINE_KEY_WORDS.contains(&word).then(|| {
@@ -54,34 +72,9 @@ impl Kind for CryptParams {
     fn read(keys: &mut dyn KeyReader) -> Option<CryptParams> {
         let over = keys.over();
         let cipher = keys.fixed_word("cipher", "aes-256-gcm");
-        let key_file = keys.get("key_file");
-        let key_env = keys.get("key_env");
-        let key = match (key_file, key_env) {
-            (Some(file), Some(env)) => {
-                let later = if keys.position(file) > keys.position(env) {
-                    file
-                } else {
-                    env
-                };
-                keys.report(
-                    later,
-                    "give only one of key_file and key_env, not both".into(),
-                );
-                None
-            }
-            (Some(file), None) => keys.path(file).map(KeySource::File),
-            (None, Some(env)) => env_name(keys, env).map(KeySource::Env),
-            // An inline key was already refused with advice on key_file and key_env.
-            (None, None) if has_inline_key(keys) => None,
-            (None, None) => {
-                keys.report_layer(
-                    "missing key_file or key_env: the file holding the key (key_file = \"keys/disk.key\"), \
-                     or the environment variable holding it (key_env = \"DISK_KEY\")"
-                        .into(),
-                );
-                None
-            }
-        };
+        let slots = keys.get("key_slots");
+        let secrets: Vec<Item> = SECRET_KEYS.iter().filter_map(|key| keys.get(key)).collect();
+        let key = read_key(keys, slots, &secrets);
         Some(CryptParams {
             over: over?,
             cipher: cipher?,
@@ -94,24 +87,34 @@ impl Kind for CryptParams {
     }
 
     fn values(&self, name: &dyn Fn(LayerId) -> String) -> Vec<(&'static str, Option<String>)> {
-        let (file, env) = match &self.key {
-            KeySource::File(path) => (Some(path_value(path)), None),
-            KeySource::Env(name) => (None, Some(name.clone())),
-        };
-        vec![
+        let mut values = vec![
             ("over", Some(name(self.over))),
             ("cipher", Some(self.cipher.clone())),
-            ("key_file", file),
-            ("key_env", env),
-        ]
+        ];
+        let given = self.key_values(path_value);
+        for key in [
+            "key_file",
+            "key_env",
+            "key_slots",
+            "passphrase_file",
+            "passphrase_env",
+        ] {
+            let value = given
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone());
+            values.push((key, value));
+        }
+        values
     }
 
     fn summary(&self) -> String {
-        let key = match &self.key {
-            KeySource::File(path) => format!("key_file={}", shown(path)),
-            KeySource::Env(name) => format!("key_env={name}"),
-        };
-        format!("cipher={} {key}", self.cipher)
+        let keys: Vec<String> = self
+            .key_values(shown)
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        format!("cipher={} {}", self.cipher, keys.join(" "))
     }
 
     fn size(&self, sizing: &mut Sizing<'_>) -> Option<u64> {
@@ -122,25 +125,28 @@ impl Kind for CryptParams {
 
     /// The key is read exactly as `up` reads it, so a key that `up` would
     /// refuse (missing, unreadable, the wrong length, readable by others,
-    /// owned by another user, an unset variable) is refused here, and the key
-    /// is dropped (and wiped) at once.
+    /// owned by another user, an unset variable, a passphrase that opens no
+    /// slot) is refused here, and the key is dropped (and wiped) at once.
     fn check_host(&self, host: &mut Host<'_>) {
         host.table_memory();
-        let key = match &self.key {
-            KeySource::File(_) => "key_file",
-            KeySource::Env(_) => "key_env",
-        };
-        if let KeySource::File(path) = &self.key {
+        for (key, path) in self.key_paths() {
             if fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-                host.report(
-                    Some(key),
-                    format!("key_file {} does not exist", shown(path)),
-                );
+                host.report(Some(key), format!("{key} {} does not exist", shown(path)));
                 return;
             }
         }
         if let Err(message) = crate::crypt::load_key(&self.key) {
-            host.report(Some(key), message);
+            let keys: Vec<&str> = self
+                .key_values(shown)
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            let blamed = keys
+                .iter()
+                .find(|key| message.starts_with(**key))
+                .or(keys.first())
+                .copied();
+            host.report(blamed, message);
         }
     }
 
@@ -161,13 +167,123 @@ impl Kind for CryptParams {
     }
 }
 
+impl CryptParams {
+    /// The key-related keys given, with their values as the config shows them.
+    /// `path` shows a path.
+    fn key_values(&self, path_text: impl Fn(&Path) -> String) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let unlock = match &self.key {
+            KeySource::File(path) => return vec![("key_file", path_text(path))],
+            KeySource::Env(name) => return vec![("key_env", name.clone())],
+            KeySource::Slots { path, unlock } => {
+                out.push(("key_slots", path_text(path)));
+                unlock
+            }
+        };
+        out.push(match unlock {
+            Unlock::KeyFile(path) => ("key_file", path_text(path)),
+            Unlock::KeyEnv(name) => ("key_env", name.clone()),
+            Unlock::PassphraseFile(path) => ("passphrase_file", path_text(path)),
+            Unlock::PassphraseEnv(name) => ("passphrase_env", name.clone()),
+        });
+        out
+    }
+
+    /// The files the key is read from, by key.
+    fn key_paths(&self) -> Vec<(&'static str, &Path)> {
+        let mut out = Vec::new();
+        let unlock = match &self.key {
+            KeySource::File(path) => return vec![("key_file", path.as_path())],
+            KeySource::Env(_) => return out,
+            KeySource::Slots { path, unlock } => {
+                out.push(("key_slots", path.as_path()));
+                unlock
+            }
+        };
+        match unlock {
+            Unlock::KeyFile(path) => out.push(("key_file", path.as_path())),
+            Unlock::PassphraseFile(path) => out.push(("passphrase_file", path.as_path())),
+            Unlock::KeyEnv(_) | Unlock::PassphraseEnv(_) => {}
+        }
+        out
+    }
+}
+
+/// The keys that give a key or what opens a key slot: one of them is used.
+const SECRET_KEYS: [&str; 4] = ["key_file", "key_env", "passphrase_file", "passphrase_env"];
+
+/// The key source from `key_slots` and the secret keys given, each mistake
+/// reported at its key.
+fn read_key(keys: &mut dyn KeyReader, slots: Option<Item>, given: &[Item]) -> Option<KeySource> {
+    if given.len() > 1 {
+        let later = *given
+            .iter()
+            .max_by_key(|item| keys.position(**item))
+            .expect("two items");
+        let names: Vec<&str> = given.iter().map(|item| item.key()).collect();
+        let (last, rest) = names.split_last().expect("two names");
+        keys.report(
+            later,
+            format!("give only one of {} and {last}, not both", rest.join(", ")),
+        );
+        return None;
+    }
+    match (slots, given.first().copied()) {
+        // An inline key was already refused with advice on key_file and key_env.
+        (None, None) if has_inline_key(keys) => None,
+        (None, None) => {
+            keys.report_layer(
+                "missing key_file or key_env: the file holding the key (key_file = \"keys/disk.key\"), \
+                 or the environment variable holding it (key_env = \"DISK_KEY\"); or key_slots with \
+                 what opens a slot"
+                    .into(),
+            );
+            None
+        }
+        (Some(_), None) => {
+            keys.report_layer(
+                "key_slots needs what opens a slot: passphrase_file, passphrase_env, key_file or key_env"
+                    .into(),
+            );
+            None
+        }
+        (None, Some(item)) => match item.key() {
+            "key_file" => keys.path(item).map(KeySource::File),
+            "key_env" => env_name(keys, item).map(KeySource::Env),
+            passphrase => {
+                keys.report(
+                    item,
+                    format!(
+                        "{passphrase} opens a key slot: give key_slots too (the file \
+                         `ublk-stack key init` or `key migrate` writes); a raw key is key_file or key_env"
+                    ),
+                );
+                None
+            }
+        },
+        (Some(slots), Some(item)) => {
+            let path = keys.path(slots);
+            let unlock = match item.key() {
+                "key_file" => keys.path(item).map(Unlock::KeyFile),
+                "key_env" => env_name(keys, item).map(Unlock::KeyEnv),
+                "passphrase_file" => keys.path(item).map(Unlock::PassphraseFile),
+                _ => env_name(keys, item).map(Unlock::PassphraseEnv),
+            };
+            Some(KeySource::Slots {
+                path: path?,
+                unlock: unlock?,
+            })
+        }
+    }
+}
+
 fn has_inline_key(keys: &dyn KeyReader) -> bool {
     keys.unknown_keys()
         .iter()
         .any(|unknown| INLINE_KEY_WORDS.contains(&unknown.as_str()))
 }
 
-fn env_name(keys: &mut dyn KeyReader, item: super::Item) -> Option<String> {
+fn env_name(keys: &mut dyn KeyReader, item: Item) -> Option<String> {
     let name = keys.string(item)?;
     let valid = !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -176,13 +292,17 @@ fn env_name(keys: &mut dyn KeyReader, item: super::Item) -> Option<String> {
         return Some(name);
     }
     let hint = match name.strip_prefix('$') {
-        Some(bare) => format!("; write the name without \"$\": key_env = \"{bare}\""),
+        Some(bare) => format!(
+            "; write the name without \"$\": {} = \"{bare}\"",
+            item.key()
+        ),
         None => String::new(),
     };
     keys.report(
         item,
         format!(
-            "key_env \"{name}\" is not an environment variable name (letters, digits and _){hint}"
+            "{} \"{name}\" is not an environment variable name (letters, digits and _){hint}",
+            item.key()
         ),
     );
     None

@@ -132,6 +132,8 @@ pub trait KeyReader {
 
     fn string(&mut self, item: Item) -> Option<String>;
     fn boolean(&mut self, item: Item) -> Option<bool>;
+    /// An integer from `min` to `max`.
+    fn integer(&mut self, item: Item, min: i64, max: i64) -> Option<i64>;
     /// A size in bytes, above zero and a multiple of the block size.
     fn size(&mut self, item: Item) -> Option<u64>;
     /// One of `names` (with a did-you-mean for a misspelling).

@@ -15,6 +15,7 @@ pub struct MirrorParams {
 
 impl Kind for MirrorParams {
     const NAME: &'static str = "mirror";
+    const SUPERBLOCK: bool = true;
     const KEYS: &'static [Key] = &[
         Key::layers("legs", "the layers to mirror"),
         Key::optional(

@@ -61,6 +61,16 @@ fn samples() -> Vec<LayerSpec> {
             knobs: FaultKnobs::default(),
         }
         .into(),
+        NbdParams {
+            uri: crate::nbd::uri::NbdUri::parse("nbd://h/e").unwrap(),
+            size_bytes: Some(4096),
+            connections: 2,
+            timeout_us: 1_000_000,
+            tls_ca: Some(PathBuf::from("/ca.pem")),
+            tls_cert: Some(PathBuf::from("/cert.pem")),
+            tls_key: Some(PathBuf::from("/key.pem")),
+        }
+        .into(),
     ]
 }
 

@@ -2,7 +2,7 @@
 //! that belong elsewhere (before writing anything), take the newest state,
 //! format blank legs, and copy the regions a crash left dirty.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use super::bitmap::WriteIntent;
@@ -18,7 +18,7 @@ use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::Layer;
 
 /// What open found on one leg.
-enum Found {
+pub(super) enum Found {
     /// An all-zero superblock: a new or replaced leg.
     Blank,
     /// A leg of this mirror, with its valid records.
@@ -133,6 +133,9 @@ impl Mirror {
             resync_lock: AsyncLock::default(),
             resync_at: AtomicU64::new(0),
             resync_unreadable: AtomicU64::new(0),
+            resync_all: AtomicBool::new(true),
+            resync_bytes: AtomicU64::new(0),
+            all_ok_generation: AtomicU64::new(record.generation),
         }
     }
 
@@ -215,11 +218,15 @@ impl Mirror {
                     self.set_health(i, Health::Failed);
                 }
             }
-            self.intent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear_all();
-            changed = true;
+            // While a leg is failed or rebuilding the bits say what it
+            // missed: they stay for its rebuild.
+            if self.all_legs_ok() {
+                self.intent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear_all();
+                changed = true;
+            }
         }
         if changed {
             let _meta = self.meta_lock.lock().await;
@@ -231,7 +238,7 @@ impl Mirror {
     }
 }
 
-fn leg_superblock(
+pub(super) fn leg_superblock(
     uuid: [u8; 16],
     index: usize,
     legs: usize,
@@ -255,7 +262,7 @@ fn leg_superblock(
 }
 
 /// Read leg `index`'s superblock and records. Errors refuse the whole mirror.
-async fn inspect(
+pub(super) async fn inspect(
     ctx: &IoCtx,
     leg: &dyn Layer,
     index: usize,
@@ -263,7 +270,7 @@ async fn inspect(
     size: u64,
 ) -> Result<Found, String> {
     let mut block = vec![0u8; SUPERBLOCK_BYTES as usize];
-    if let Err(e) = leg.read(ctx, SUPERBLOCK_AT, &mut block).await {
+    if let Err(e) = leg.read_bytes(ctx, SUPERBLOCK_AT, &mut block).await {
         return Ok(Found::Unreadable(e.to_string()));
     }
     let Some(sb) = Superblock::decode(&block).map_err(|e| format!("leg {index}: {e}"))? else {
@@ -287,7 +294,7 @@ async fn inspect(
         // A slot torn under a checksummed leg reads as an error: it is just
         // not a record, and must not hide its twin.
         if leg
-            .read(ctx, RECORD_AT + s * RECORD_BYTES as u64, &mut slot)
+            .read_bytes(ctx, RECORD_AT + s * RECORD_BYTES as u64, &mut slot)
             .await
             .is_ok()
         {
@@ -371,7 +378,7 @@ async fn format(
     for (i, leg) in legs.iter().enumerate() {
         let at = RECORD_AT + record.slot() * RECORD_BYTES as u64;
         let sb = leg_superblock(uuid, i, legs.len(), region_bytes, block_size, size);
-        let res = match leg.write(ctx, at, &bytes).await {
+        let res = match leg.write_bytes(ctx, at, &bytes).await {
             Ok(()) => superblock::write(ctx, &**leg, &sb).await,
             Err(e) => Err(e),
         };

@@ -44,7 +44,7 @@ impl Mirror {
                         let layer = &*self.legs[i].layer;
                         let bytes = &bytes;
                         Box::pin(async move {
-                            layer.write(ctx, at, bytes).await?;
+                            layer.write_bytes(ctx, at, bytes).await?;
                             layer.flush(ctx).await
                         }) as LocalBoxFuture<'_, Result<()>>
                     })
@@ -66,6 +66,10 @@ impl Mirror {
             if all_ok {
                 for (leg, health) in self.legs.iter().zip(&record.health) {
                     leg.recorded.store(health.code(), Ordering::SeqCst);
+                }
+                if record.health.iter().all(|&h| h == Health::Ok) {
+                    self.all_ok_generation
+                        .store(record.generation, Ordering::SeqCst);
                 }
                 return Ok(());
             }
@@ -141,6 +145,12 @@ impl Mirror {
     /// regions idle since the previous one began.
     pub(super) async fn clear_idle(&self, ctx: &IoCtx, epoch: u64) -> Result<()> {
         let _meta = self.meta_lock.lock().await;
+        // A failed or rebuilding leg missed the writes to the regions set
+        // since it failed: they stay set until it is rebuilt, so `readd`
+        // copies only them.
+        if !self.all_legs_ok() {
+            return Ok(());
+        }
         let dirty = {
             let mut intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
             if intent.clear_idle(epoch) == 0 {

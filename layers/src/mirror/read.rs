@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Health, Mirror, DATA_START, READ_ERRORS_TO_FAIL};
 use crate::exec::IoCtx;
-use crate::{Error, Result};
+use crate::{Error, IoBuf, IoBufMut, Result};
 
 impl Mirror {
     /// Write `data` over the copies of legs `bad` at `offset` (caller holds the
@@ -14,7 +14,7 @@ impl Mirror {
         &self,
         ctx: &IoCtx,
         offset: u64,
-        data: &[u8],
+        data: &IoBuf,
         bad: &[usize],
     ) -> u64 {
         let mut rewritten = 0;
@@ -52,10 +52,10 @@ impl Mirror {
         let Some(guards) = self.try_exclusive_regions(offset, len as u64) else {
             return;
         };
-        let mut fresh = ctx.take_buf(len);
+        let mut fresh = ctx.buf(len);
         if self.legs[good]
             .layer
-            .read(ctx, DATA_START + offset, fresh.as_mut_slice())
+            .read(ctx, DATA_START + offset, &mut fresh)
             .await
             .is_ok()
             && self.health_of(good) == Health::Ok
@@ -65,7 +65,7 @@ impl Mirror {
                 .copied()
                 .filter(|&i| self.health_of(i) == Health::Ok)
                 .collect();
-            self.rewrite(ctx, offset, fresh.as_slice(), &bad).await;
+            self.rewrite(ctx, offset, &fresh.freeze(), &bad).await;
             for &i in &bad {
                 self.legs[i].repaired.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -76,7 +76,6 @@ impl Mirror {
                 );
             }
         }
-        ctx.put_buf(fresh);
         drop(guards);
     }
 
@@ -90,7 +89,12 @@ impl Mirror {
         }
     }
 
-    pub(super) async fn read_any(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(super) async fn read_any(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        buf: &mut IoBufMut,
+    ) -> Result<()> {
         let order = self.read_order();
         let mut last_err = Error::Io(libc::EIO);
         let mut corrupt_legs: Vec<usize> = Vec::new();

@@ -1,6 +1,16 @@
 //! Re-adding a failed leg and copying the data to it while I/O continues; the
 //! copy helper is shared with the open-time resync of dirty regions.
 //!
+//! What is copied: while a leg is failed (or rebuilding) no intent bit is
+//! cleared, so the bits set when it is re-added cover every region it can
+//! have missed since it failed, and only those are copied, when the leg
+//! shows it is the one that failed: it holds this mirror's superblock with
+//! its own index, and a state record at least as new as the last one
+//! written while every leg was ok (the last that may have cleared bits). A
+//! blank, foreign or older leg (a replaced disk, a restored copy), or any
+//! leg after a restart (the records do not say when it failed), gets every
+//! byte.
+//!
 //! Each step holds its range exclusively (writes hold their ranges shared), so
 //! a write is either finished before the step reads the source, or starts after
 //! the step and goes to the rebuilding leg itself: the copy never puts older
@@ -8,9 +18,10 @@
 
 use std::sync::atomic::Ordering;
 
+use super::open::{inspect, leg_superblock, Found};
 use super::{Health, Mirror, STEP_BYTES};
 use crate::exec::IoCtx;
-use crate::Error;
+use crate::{superblock, Error, IoBufMut};
 
 impl Mirror {
     /// Mark failed leg `leg` rebuilding and record it: from now on it receives
@@ -35,6 +46,16 @@ impl Mirror {
         self.legs[leg]
             .consecutive_read_errors
             .store(0, Ordering::Relaxed);
+        // A leaf that lost its connection fails its first flush after coming
+        // back (writes it acknowledged may be gone): that is for the bitmap
+        // to cover, and must not fail the record write below.
+        let _ = self.legs[leg].layer.flush(ctx).await;
+        let dirty_only = self.missed_only_dirty(ctx, leg).await?;
+        if self.rebuilding_legs().is_empty() {
+            self.resync_all.store(!dirty_only, Ordering::SeqCst);
+        } else if !dirty_only {
+            self.resync_all.store(true, Ordering::SeqCst);
+        }
         self.set_health(leg, Health::Rebuilding);
         // Rebuilding legs present before restart with this one from the start.
         self.resync_at.store(0, Ordering::SeqCst);
@@ -46,8 +67,62 @@ impl Mirror {
                 "leg {leg} failed again while being re-added (it refused the state write)"
             ));
         }
-        tracing::info!(leg, "mirror: leg re-added; resync starts");
+        tracing::info!(leg, dirty_only, "mirror: leg re-added; resync starts");
         Ok(())
+    }
+
+    /// Whether failed leg `leg` can have missed only the dirty regions (see
+    /// the module doc). A blank leg (a new disk) gets this leg's superblock.
+    async fn missed_only_dirty(&self, ctx: &IoCtx, leg: usize) -> Result<bool, String> {
+        let layer = &*self.legs[leg].layer;
+        let since = self.all_ok_generation.load(Ordering::SeqCst);
+        match inspect(ctx, layer, leg, self.block_size, self.size).await {
+            Ok(Found::Member {
+                uuid,
+                params,
+                records,
+            }) => Ok(uuid == self.uuid
+                && usize::from(params.index) == leg
+                && records.iter().any(|r| r.generation >= since)),
+            Ok(Found::Blank) => {
+                let region_bytes = self
+                    .intent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .region_bytes();
+                let sb = leg_superblock(
+                    self.uuid,
+                    leg,
+                    self.legs.len(),
+                    region_bytes,
+                    self.block_size,
+                    self.size,
+                );
+                superblock::write(ctx, layer, &sb)
+                    .await
+                    .map_err(|e| format!("cannot write the superblock of leg {leg}: {e}"))?;
+                Ok(false)
+            }
+            Ok(Found::Unreadable(_)) | Err(_) => Ok(false),
+        }
+    }
+
+    /// The next byte a resync copies at or after `at`, and how many bytes
+    /// from there: everything, or only the dirty regions.
+    fn next_to_copy(&self, at: u64) -> Option<(u64, u64)> {
+        if at >= self.size {
+            return None;
+        }
+        if self.resync_all.load(Ordering::SeqCst) {
+            return Some((at, STEP_BYTES.min(self.size - at)));
+        }
+        let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
+        let region = intent.region_bytes();
+        let first = (at / region) as usize;
+        let r = (first..intent.regions()).find(|&r| intent.dirty()[r])?;
+        let start = at.max(r as u64 * region);
+        let end = ((r as u64 + 1) * region).min(self.size);
+        Some((start, STEP_BYTES.min(end - start)))
     }
 
     /// Copy the next [`STEP_BYTES`] to the rebuilding legs. `Ok(true)`: call
@@ -59,12 +134,11 @@ impl Mirror {
         if self.rebuilding_legs().is_empty() {
             return Ok(false);
         }
-        let at = self.resync_at.load(Ordering::SeqCst);
-        if at >= self.size {
+        let Some((at, len)) = self.next_to_copy(self.resync_at.load(Ordering::SeqCst)) else {
+            self.resync_at.store(self.size, Ordering::SeqCst);
             self.finish_resync(ctx).await?;
             return Ok(false);
-        }
-        let len = STEP_BYTES.min(self.size - at);
+        };
         let guards = self.exclusive_regions(ctx, at, len).await;
         let targets = self.rebuilding_legs();
         let sources = self.read_order();
@@ -77,6 +151,7 @@ impl Mirror {
             self.resync_unreadable
                 .fetch_add(unreadable, Ordering::Relaxed);
         }
+        self.resync_bytes.fetch_add(len, Ordering::Relaxed);
         if let Some(&t) = targets
             .iter()
             .find(|&&t| self.health_of(t) == Health::Failed)
@@ -130,7 +205,7 @@ impl Mirror {
         sources: &[usize],
         targets: &[usize],
     ) -> u64 {
-        let mut buf = ctx.take_buf(len as usize);
+        let mut buf = ctx.buf(len as usize);
         let block = u64::from(self.block_size);
         let mut unreadable = 0;
         let dests: Vec<usize> = targets
@@ -138,18 +213,17 @@ impl Mirror {
             .copied()
             .filter(|&i| self.health_of(i) != Health::Failed)
             .collect();
-        if self
-            .read_first(ctx, offset, buf.as_mut_slice(), sources)
-            .await
-        {
-            self.rewrite(ctx, offset, buf.as_slice(), &dests).await;
+        if self.read_first(ctx, offset, &mut buf, sources).await {
+            self.rewrite(ctx, offset, &buf.freeze(), &dests).await;
         } else {
+            drop(buf);
             let mut at = 0;
             while at < len {
-                let piece = &mut buf.as_mut_slice()[at as usize..(at + block) as usize];
-                match self.read_first(ctx, offset + at, piece, sources).await {
+                let mut piece = ctx.buf(block as usize);
+                match self.read_first(ctx, offset + at, &mut piece, sources).await {
                     true => {
-                        self.rewrite(ctx, offset + at, piece, &dests).await;
+                        self.rewrite(ctx, offset + at, &piece.freeze(), &dests)
+                            .await;
                     }
                     false => {
                         unreadable += 1;
@@ -162,7 +236,6 @@ impl Mirror {
                 at += block;
             }
         }
-        ctx.put_buf(buf);
         unreadable
     }
 
@@ -172,7 +245,7 @@ impl Mirror {
         &self,
         ctx: &IoCtx,
         offset: u64,
-        buf: &mut [u8],
+        buf: &mut IoBufMut,
         sources: &[usize],
     ) -> bool {
         for &s in sources {

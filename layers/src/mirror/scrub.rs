@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Mirror, STEP_BYTES};
 use crate::exec::IoCtx;
-use crate::Error;
+use crate::{Error, IoBuf};
 
 /// What one or more scrub steps found, in blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl Mirror {
             let mut buf = vec![0u8; len as usize];
             let res = self.legs[i]
                 .layer
-                .read(ctx, super::DATA_START + offset, &mut buf)
+                .read_bytes(ctx, super::DATA_START + offset, &mut buf)
                 .await;
             copies.push(res.map(|()| buf));
         }
@@ -123,7 +123,7 @@ impl Mirror {
                     let mut buf = vec![0u8; block];
                     match self.legs[i]
                         .layer
-                        .read(ctx, super::DATA_START + offset, &mut buf)
+                        .read_bytes(ctx, super::DATA_START + offset, &mut buf)
                         .await
                     {
                         Ok(()) => Ok(buf),
@@ -167,6 +167,7 @@ impl Mirror {
                 }
             }
         }
-        self.rewrite(ctx, offset, &good_data, &bad).await;
+        self.rewrite(ctx, offset, &IoBuf::copy_from(&good_data), &bad)
+            .await;
     }
 }

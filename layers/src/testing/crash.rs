@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use crate::exec::{Executor, IoCtx};
 use crate::join::join_all;
 use crate::plan::{LayerId, LayerSpec, Plan};
+use crate::report::{LayerReport, NoDetails};
 use crate::rng::Rng;
-use crate::{compile_with, AsyncLayer, Error, Layer, LocalBoxFuture, Result};
+use crate::{compile_with, AsyncLayer, Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 const SECTOR: usize = 512;
 
@@ -90,13 +91,14 @@ impl AsyncLayer for RecordingLeaf {
         self.image.lock().expect("image lock").len() as u64
     }
 
-    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         let image = self.image.lock().expect("image lock");
-        buf.copy_from_slice(&image[offset as usize..offset as usize + buf.len()]);
+        let len = buf.len();
+        buf.copy_from_slice(&image[offset as usize..offset as usize + len]);
         Ok(())
     }
 
-    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.image.lock().expect("image lock")[offset as usize..offset as usize + buf.len()]
             .copy_from_slice(buf);
         self.journal.push(Event::Write {
@@ -124,6 +126,10 @@ impl AsyncLayer for RecordingLeaf {
 
     fn discard_frees_space(&self) -> bool {
         true
+    }
+    fn report(&self) -> LayerReport {
+        // A recorded disk image: memory, as far as status goes.
+        LayerReport::Memory(NoDetails {})
     }
 }
 
@@ -247,7 +253,7 @@ pub fn crash_replay_with(
         let futs: Vec<LocalBoxFuture<'_, Result<()>>> = batch
             .iter()
             .map(|(kind, offset, data)| match kind {
-                0..=69 => top.write(&ctx, *offset, data),
+                0..=69 => top.write_bytes(&ctx, *offset, data),
                 70..=79 => top.discard(&ctx, *offset, data.len() as u64),
                 80..=89 => top.write_zeroes(&ctx, *offset, data.len() as u64),
                 _ => top.flush(&ctx),
@@ -373,7 +379,7 @@ fn check_crash(
         }
         let zero = vec![0u8; block as usize];
         let base = if base.is_empty() { &zero[..] } else { base };
-        match exec.block_on(&ctx, stack.top().read(&ctx, offset, &mut buf)) {
+        match exec.block_on(&ctx, stack.top().read_bytes(&ctx, offset, &mut buf)) {
             Ok(()) => {
                 if buf != base && !newer.iter().any(|v| *v == &buf[..]) {
                     return Err(format!(

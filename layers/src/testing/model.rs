@@ -111,7 +111,10 @@ pub fn verify_image(stack: &Stack, image: &[u8]) -> std::result::Result<(), Stri
     let mut got = vec![0u8; image.len()];
     exec.block_on(&ctx, async {
         for (i, chunk) in got.chunks_mut(1 << 20).enumerate() {
-            stack.top().read(&ctx, (i << 20) as u64, chunk).await?;
+            stack
+                .top()
+                .read_bytes(&ctx, (i << 20) as u64, chunk)
+                .await?;
         }
         Ok::<(), crate::Error>(())
     })
@@ -227,7 +230,7 @@ fn run_queue(
     exec.block_on(&ctx, stack.flush(&ctx))
         .map_err(|e| format!("final flush: {e}"))?;
     let mut got = vec![0u8; region as usize];
-    exec.block_on(&ctx, stack.top().read(&ctx, start, &mut got))
+    exec.block_on(&ctx, stack.top().read_bytes(&ctx, start, &mut got))
         .map_err(|e| format!("final read: {e}"))?;
     compare(&got, &image, start).map_err(|e| format!("final read-back: {e}"))?;
     Ok(image)
@@ -284,8 +287,8 @@ fn issue<'a>(
     buf: &'a mut [u8],
 ) -> LocalBoxFuture<'a, Result<()>> {
     match op.kind {
-        Kind::Read => top.read(ctx, op.offset, buf),
-        Kind::Write => top.write(ctx, op.offset, buf),
+        Kind::Read => top.read_bytes(ctx, op.offset, buf),
+        Kind::Write => top.write_bytes(ctx, op.offset, buf),
         Kind::Discard => top.discard(ctx, op.offset, op.len),
         Kind::WriteZeroes => top.write_zeroes(ctx, op.offset, op.len),
         Kind::Flush => top.flush(ctx),

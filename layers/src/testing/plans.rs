@@ -84,12 +84,17 @@ impl PlanBuilder {
 
     /// A crypt layer whose key is read from the environment variable `key_env`.
     pub fn crypt(&mut self, name: &str, over: LayerId, key_env: &str) -> LayerId {
+        self.crypt_with(name, over, KeySource::Env(key_env.into()))
+    }
+
+    /// A crypt layer with its key from `key`.
+    pub fn crypt_with(&mut self, name: &str, over: LayerId, key: KeySource) -> LayerId {
         self.add(
             name,
             LayerSpec::Crypt(CryptParams {
                 over,
                 cipher: "aes-256-gcm".into(),
-                key: KeySource::Env(key_env.into()),
+                key,
             }),
         )
     }

@@ -29,8 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use crate::exec::IoCtx;
+use crate::report::{LayerReport, NoDetails};
 use crate::rng::Rng;
-use crate::{AsyncLayer, Error, Result};
+use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Result};
 
 /// The unit of atomicity of a simulated disk.
 pub const SECTOR: usize = 512;
@@ -525,13 +526,14 @@ impl AsyncLayer for SimLeaf {
         self.size
     }
 
-    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, _: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
         let len = buf.len();
-        self.op(Kind::Read { offset, len }, Some(buf)).await
+        self.op(Kind::Read { offset, len }, Some(&mut buf[..]))
+            .await
     }
 
-    async fn write(&self, _: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, _: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
         let data = buf.to_vec();
         self.op(Kind::Write { offset, data }, None).await
@@ -554,6 +556,10 @@ impl AsyncLayer for SimLeaf {
     fn discard_frees_space(&self) -> bool {
         true
     }
+    fn report(&self) -> LayerReport {
+        // A simulated disk: memory, as far as status goes.
+        LayerReport::Memory(NoDetails {})
+    }
 }
 
 #[cfg(test)]
@@ -574,7 +580,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                Box::pin(leaf.write(&ctx, i as u64 * 512, b))
+                Box::pin(crate::Layer::write_bytes(&leaf, &ctx, i as u64 * 512, b))
                     as crate::LocalBoxFuture<'_, Result<()>>
             })
             .collect();
@@ -602,11 +608,17 @@ mod tests {
         let leaf = world.leaf(0);
         let ctx = IoCtx::new(0, 8).unwrap();
         let exec = Executor::new().unwrap();
-        exec.block_on(&ctx, leaf.write(&ctx, 0, &[1u8; 1024]))
-            .unwrap();
+        exec.block_on(
+            &ctx,
+            crate::Layer::write_bytes(&leaf, &ctx, 0, &[1u8; 1024]),
+        )
+        .unwrap();
         exec.block_on(&ctx, leaf.flush(&ctx)).unwrap();
-        exec.block_on(&ctx, leaf.write(&ctx, 1024, &[2u8; 2048]))
-            .unwrap();
+        exec.block_on(
+            &ctx,
+            crate::Layer::write_bytes(&leaf, &ctx, 1024, &[2u8; 2048]),
+        )
+        .unwrap();
         let mut rng = Rng::new(3);
         let (mut kept, mut lost) = (0, 0);
         for _ in 0..100 {
@@ -634,15 +646,18 @@ mod tests {
             leaf: 0,
             offset: 512,
         });
-        exec.block_on(&ctx, leaf.write(&ctx, 0, &[5u8; 1024]))
-            .unwrap();
+        exec.block_on(
+            &ctx,
+            crate::Layer::write_bytes(&leaf, &ctx, 0, &[5u8; 1024]),
+        )
+        .unwrap();
         assert_eq!(world.image(0)[512], 0, "lost");
         world.arm(SimFault::MisdirectWrite {
             leaf: 0,
             offset: 0,
             to: 4096,
         });
-        exec.block_on(&ctx, leaf.write(&ctx, 0, &[6u8; 512]))
+        exec.block_on(&ctx, crate::Layer::write_bytes(&leaf, &ctx, 0, &[6u8; 512]))
             .unwrap();
         assert_eq!((world.image(0)[0], world.image(0)[4096]), (0, 6));
         world.arm(SimFault::FlipOnRead {
@@ -650,15 +665,18 @@ mod tests {
             offset: 4100,
         });
         let mut buf = [0u8; 512];
-        exec.block_on(&ctx, leaf.read(&ctx, 4096, &mut buf))
+        exec.block_on(&ctx, crate::Layer::read_bytes(&leaf, &ctx, 4096, &mut buf))
             .unwrap();
         assert_ne!(buf[4], 6);
-        exec.block_on(&ctx, leaf.read(&ctx, 4096, &mut buf))
+        exec.block_on(&ctx, crate::Layer::read_bytes(&leaf, &ctx, 4096, &mut buf))
             .unwrap();
         assert_eq!(buf[4], 6);
         exec.block_on(&ctx, leaf.flush(&ctx)).unwrap();
-        exec.block_on(&ctx, leaf.write(&ctx, 4096, &[7u8; 512]))
-            .unwrap();
+        exec.block_on(
+            &ctx,
+            crate::Layer::write_bytes(&leaf, &ctx, 4096, &[7u8; 512]),
+        )
+        .unwrap();
         exec.block_on(&ctx, leaf.flush(&ctx)).unwrap();
         assert!(world.rollback(0, 4096, 512));
         assert_eq!(world.image(0)[4096], 6);

@@ -309,7 +309,7 @@ async fn worker(sh: Rc<Shared>, ctx: Rc<IoCtx>) {
         let (offset, len) = (first * sh.block, n * sh.block);
         if kind >= 75 {
             let mut buf = vec![0xA5u8; len as usize];
-            if let Err(e) = top.read(&ctx, offset, &mut buf).await {
+            if let Err(e) = top.read_bytes(&ctx, offset, &mut buf).await {
                 return sh.fail(format!("read at {offset} failed during the run: {e}"));
             }
             let latest = sh.latest.borrow();
@@ -341,7 +341,7 @@ async fn worker(sh: Rc<Shared>, ctx: Rc<IoCtx>) {
             let issued = sh.tick();
             let at = push(&sh, issued, Some((offset, data.clone())));
             let res = match kind {
-                0..=59 => top.write(&ctx, offset, &data).await,
+                0..=59 => top.write_bytes(&ctx, offset, &data).await,
                 60..=67 => top.discard(&ctx, offset, len).await,
                 _ => top.write_zeroes(&ctx, offset, len).await,
             };
@@ -403,7 +403,7 @@ fn check_crash(
     for first in (0..sh.blocks).step_by(CHUNK as usize) {
         let n = CHUNK.min(sh.blocks - first);
         let buf = &mut chunk[..(n * block) as usize];
-        let whole = exec.block_on(ctx, stack.top().read(ctx, first * block, buf));
+        let whole = exec.block_on(ctx, stack.top().read_bytes(ctx, first * block, buf));
         for b in first..first + n {
             let offset = b * block;
             let mut base: (u64, &[u8]) = (0, &zero);
@@ -429,7 +429,7 @@ fn check_crash(
                     one.copy_from_slice(&buf[at..at + block as usize]);
                     Ok(())
                 }
-                Err(_) => exec.block_on(ctx, stack.top().read(ctx, offset, &mut one)),
+                Err(_) => exec.block_on(ctx, stack.top().read_bytes(ctx, offset, &mut one)),
             };
             match res {
                 Ok(()) => {

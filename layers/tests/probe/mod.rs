@@ -8,7 +8,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use layers::memory::MemoryLeaf;
-use layers::{AsyncLayer, Error, IoCtx, Result};
+use layers::LayerReport;
+use layers::{AsyncLayer, Error, IoBuf, IoBufMut, IoCtx, Result};
 
 pub struct Probe {
     inner: MemoryLeaf,
@@ -64,7 +65,7 @@ impl Probe {
     pub fn image(&self, offset: usize, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
         let ctx = IoCtx::new(9, 4).unwrap();
-        let fut = self.inner.read(&ctx, offset as u64, &mut buf);
+        let fut = layers::Layer::read_bytes(&self.inner, &ctx, offset as u64, &mut buf);
         layers::Executor::new()
             .unwrap()
             .block_on(&ctx, fut)
@@ -75,7 +76,7 @@ impl Probe {
     /// Put bytes on the leaf, bypassing the cache.
     pub fn put(&self, offset: usize, data: &[u8]) {
         let ctx = IoCtx::new(9, 4).unwrap();
-        let fut = self.inner.write(&ctx, offset as u64, data);
+        let fut = layers::Layer::write_bytes(&self.inner, &ctx, offset as u64, data);
         layers::Executor::new()
             .unwrap()
             .block_on(&ctx, fut)
@@ -108,14 +109,14 @@ impl AsyncLayer for Probe {
         self.inner.size()
     }
 
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.gate().await;
         self.reads.fetch_add(1, SeqCst);
         Self::fails(&self.fail_reads)?;
         self.inner.read(ctx, offset, buf).await
     }
 
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &[u8]) -> Result<()> {
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.gate().await;
         Self::fails(&self.fail_writes)?;
         self.inner.write(ctx, offset, buf).await
@@ -134,5 +135,9 @@ impl AsyncLayer for Probe {
     async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
         Self::fails(&self.fail_discards)?;
         self.inner.write_zeroes(ctx, offset, len).await
+    }
+
+    fn report(&self) -> LayerReport {
+        self.inner.report()
     }
 }

@@ -90,6 +90,11 @@ impl KeyReader for LayerKeys<'_, '_> {
         self.reader.boolean(item.key(), value)
     }
 
+    fn integer(&mut self, item: Item, min: i64, max: i64) -> Option<i64> {
+        let value = self.item(item);
+        self.reader.integer(item.key(), value, min, max)
+    }
+
     fn size(&mut self, item: Item) -> Option<u64> {
         let value = self.item(item);
         self.reader.size(item.key(), value, self.context.block_size)

@@ -22,7 +22,6 @@
 //! without recovery it sees the loss as I/O errors instead.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -60,7 +59,7 @@ impl Ublk {
 
 impl FrontEnd for Ublk {
     fn prepare(&mut self, _plan: &Plan) -> Result<(), String> {
-        if !is_root() {
+        if !control::is_root() {
             return Err("ublk devices need root: run `ublk-stack up` as root".into());
         }
         self.ctrl = Some(open_control()?);
@@ -128,13 +127,6 @@ impl FrontEnd for Ublk {
         drop(std::fs::remove_file(&self.record));
         Ok(())
     }
-}
-
-fn is_root() -> bool {
-    // The owner of /proc/self is the process's effective uid.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }
 
 /// Open /dev/ublk-control, loading the driver first if it is missing.

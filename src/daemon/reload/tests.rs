@@ -75,10 +75,11 @@ impl Running {
         self.write(&text.replacen(from, to, 1));
     }
 
+    /// A `key=value` word of `layer` in the `status` table.
     fn detail(&self, layer: &str, key: &str) -> String {
         let node = self.stack.status().into_iter().find(|n| n.name == layer);
-        let details = node.unwrap().details;
-        details.into_iter().find(|(k, _)| *k == key).unwrap().1
+        let words = node.unwrap().report.words();
+        words.into_iter().find(|(k, _)| *k == key).unwrap().1
     }
 }
 

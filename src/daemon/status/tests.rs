@@ -2,20 +2,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use super::{detail_value, format_seconds, render};
-
-#[test]
-fn numeric_details_become_json_numbers() {
-    assert_eq!(detail_value("2000".into()), json!(2000));
-    assert_eq!(detail_value("0.25".into()), json!(0.25));
-    assert_eq!(detail_value("0".into()), json!(0));
-    assert_eq!(detail_value("-3".into()), json!(-3));
-    assert_eq!(detail_value("first".into()), json!("first"));
-    assert_eq!(detail_value("0..4096".into()), json!("0..4096"));
-    assert_eq!(detail_value("inf".into()), json!("inf"));
-    assert_eq!(detail_value("NaN".into()), json!("NaN"));
-    assert_eq!(detail_value("".into()), json!(""));
-}
+use super::{format_seconds, render, StatusReply};
 
 #[test]
 fn latencies_read_in_the_unit_that_fits() {
@@ -25,24 +12,47 @@ fn latencies_read_in_the_unit_that_fits() {
     assert_eq!(format_seconds(2.0), "2.0s");
 }
 
+fn counters(reads: u64, read_p50_s: Option<f64>, read_p99_s: Option<f64>) -> serde_json::Value {
+    json!({"reads": reads, "writes": 2, "flushes": 3, "discards": 0, "write_zeroes": 0,
+           "read_bytes": 4096, "written_bytes": 8192, "errors": 0,
+           "read_p50_s": read_p50_s, "read_p99_s": read_p99_s,
+           "write_p50_s": null, "write_p99_s": null})
+}
+
+fn reply(last_reload: serde_json::Value) -> StatusReply {
+    let reply = json!({
+        "schema": 1, "name": "m", "path": "/dev/ublkb0", "size": 1u64 << 30, "block_size": 4096,
+        "queues": 2, "state": "running", "pid": 7, "generation": 2,
+        "last_reload": last_reload,
+        "layers": [
+            {"name": "mirror", "type": "mirror", "depth": 0, "size": 1u64 << 30,
+             "stats": counters(1, Some(0.000_085), Some(0.001_2)),
+             "details": {"read_policy": "first",
+                         "legs": [{"health": "failed", "read_errors": 32, "write_errors": 0, "repaired": 0},
+                                  {"health": "ok", "read_errors": 0, "write_errors": 0, "repaired": 1}],
+                         "generation": 5, "dirty_regions": 3, "regions": 128, "region_bytes": 1048576,
+                         "uuid": "00ff", "resync_percent": 37, "resync_unreadable_blocks": 0,
+                         "resync_bytes": 0}},
+            {"name": "slow", "type": "fault", "depth": 1, "size": 1u64 << 30,
+             "stats": counters(1, None, None),
+             "details": {"read_error_rate": 0.5, "write_error_rate": 0.0, "delay_us": 20,
+                         "injected_errors": 4, "range": {"start": 0, "end": 4096}}},
+            {"name": "a", "type": "file", "depth": 2, "size": 1u64 << 30,
+             "stats": counters(1, None, None), "details": {"io": "sync"}},
+            {"name": "b", "type": "memory", "depth": 1, "size": 1u64 << 30,
+             "stats": counters(1, None, None), "details": {}},
+        ]
+    });
+    serde_json::from_value(reply).unwrap()
+}
+
 #[test]
 fn status_renders_the_tree_indented_with_the_last_reload() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_012);
-    let reply = json!({
-        "name": "m", "path": "/dev/ublkb0", "size": 1u64 << 30, "state": "running", "generation": 2,
-        "last_reload": {"result": "applied", "trigger": "SIGHUP", "time": 1_800_000_000u64, "took_s": 0.000_4,
-                        "applied": ["layers.mirror.read_policy: round-robin -> first"], "refused": []},
-        "layers": [
-            {"name": "mirror", "type": "mirror", "depth": 0, "size": 1u64 << 30,
-             "stats": {"reads": 1, "writes": 2, "flushes": 3, "errors": 0,
-                       "read_p50_s": 0.000_085, "read_p99_s": 0.001_2,
-                       "write_p50_s": null, "write_p99_s": null},
-             "details": {"read_policy": "first"}},
-            {"name": "a", "type": "file", "depth": 1, "size": 1u64 << 30,
-             "stats": {"reads": 1, "writes": 2, "flushes": 3, "errors": 0}, "details": {"health": "ok", "delay_us": 20}},
-        ]
-    });
-    let text = render(&reply, now);
+    let last_reload = json!({"result": "applied", "trigger": "SIGHUP", "time": 1_800_000_000u64,
+        "took_s": 0.000_4, "generation": 2,
+        "applied": ["layers.mirror.read_policy: round-robin -> first"], "refused": []});
+    let text = render(&reply(last_reload), now);
     assert!(text.contains("generation 2\n"), "{text}");
     assert!(
         text.contains("last reload: applied 12 s ago (SIGHUP, took 400us)\n"),
@@ -52,19 +62,39 @@ fn status_renders_the_tree_indented_with_the_last_reload() {
         text.contains("  applied: layers.mirror.read_policy: round-robin -> first\n"),
         "{text}"
     );
-    assert!(text.contains("\n  a "), "{text}");
+    assert!(text.contains("\n    a "), "{text}");
     assert!(
         text.contains("         1          2        3       0"),
         "{text}"
     );
     assert!(text.contains("85us/1.2ms"), "{text}");
     assert!(text.contains("-/-"), "{text}");
-    assert!(text.contains("health=ok"), "{text}");
-    assert!(text.contains("delay_us=20"), "{text}");
+    // Each layer's words in the order the table has always shown them.
+    assert!(
+        text.contains(
+            "  dirty_regions=3/128  generation=5  \
+             legs=0:failed(read_errors=32,write_errors=0,repaired=0) \
+             1:ok(read_errors=0,write_errors=0,repaired=1)  read_policy=first  \
+             region_bytes=1048576  resync=37%  uuid=00ff\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  delay_us=20  injected_errors=4  range=0..4096  read_error_rate=0.5  \
+             write_error_rate=0\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("  io=sync  kind=file\n"), "{text}");
+    assert!(
+        text.contains("-/-\n"),
+        "a memory layer has no words: {text}"
+    );
 }
 
 #[test]
 fn status_before_any_reload_says_so() {
-    let reply = json!({"name": "m", "generation": 1, "last_reload": null, "layers": []});
-    assert!(render(&reply, SystemTime::now()).contains("last reload: none\n"));
+    let text = render(&reply(serde_json::Value::Null), SystemTime::now());
+    assert!(text.contains("last reload: none\n"), "{text}");
 }

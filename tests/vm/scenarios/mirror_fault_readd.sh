@@ -62,7 +62,7 @@ wait "$fio_pid" || rc=$?
 ((rc == 0)) || { cat /work/fio.out; fail "fio failed (rc=$rc)"; }
 grep -q "err= 0" /work/fio.out || { cat /work/fio.out; fail "fio reported errors"; }
 ublk-stack status heal0 --json >/work/status.json
-grep -q '0:failed' /work/status.json || { cat /work/status.json; fail "leg 0 not shown failed"; }
+grep -q '"legs":\[{"health":"failed"' /work/status.json || { cat /work/status.json; fail "leg 0 not shown failed"; }
 
 step "clear the fault, re-add leg 0, resync completes"
 write_config 0.0
@@ -70,10 +70,11 @@ ublk-stack reload heal0
 ublk-stack readd heal0 m 0
 for i in $(seq 1 600); do
     ublk-stack status heal0 --json >/work/status.json
-    grep -q '0:ok' /work/status.json && ! grep -q 'resync' /work/status.json && break
+    grep -q '"legs":\[{"health":"ok"' /work/status.json &&
+        grep -q '"resync_percent":null' /work/status.json && break
     sleep 0.2
 done
-grep -q '0:ok' /work/status.json || { cat /work/status.json; fail "leg 0 did not come back"; }
+grep -q '"legs":\[{"health":"ok"' /work/status.json || { cat /work/status.json; fail "leg 0 did not come back"; }
 fio --name=v --filename="$DEV" --ioengine=io_uring --direct=1 --rw=read \
     --bsrange=4k-64k --size=96m --verify=crc32c --verify_only=1 >/work/fio2.out 2>&1 ||
     { cat /work/fio2.out; fail "verify after resync failed"; }

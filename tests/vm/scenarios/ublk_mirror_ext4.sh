@@ -48,7 +48,11 @@ echo "idle daemon used $used ticks in 2 s"
 
 step "list and status"
 ublk-stack list | tee /work/list.out
-grep -q "^mirror0	$DEV	256.0 MiB	running$" /work/list.out || fail "list does not show the device"
+# The table's columns are padded with spaces; --json is the form for scripts.
+grep -Eq "^mirror0 +$DEV +256.0 MiB +running$" /work/list.out || fail "list does not show the device"
+ublk-stack list --json | tee /work/list.json
+grep -q "\"path\":\"$DEV\"" /work/list.json || fail "list --json lacks the device path"
+grep -q '"state":"running"' /work/list.json || fail "list --json does not say running"
 ublk-stack status mirror0
 ublk-stack status mirror0 --json >/work/status.json
 grep -q '"type":"mirror"' /work/status.json || fail "status --json lacks the mirror"

@@ -28,7 +28,7 @@ up_device /work/r.toml
 mkfs.ext4 -q "$DEV"
 mkdir -p /mnt/r
 mount -t ext4 "$DEV" /mnt/r
-fio --name=verify --filename=/mnt/r/data --size=192M --ioengine=io_uring --direct=1 \
+fio --name=verify --filename=/mnt/r/data --size=96M --ioengine=io_uring --direct=1 \
     --rw=randwrite --bs=4k --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
     >/work/fio.out 2>&1 &
 fio_pid=$!
