@@ -180,13 +180,10 @@ fn status(name: &str, json: bool) -> u8 {
 
 fn completions(shell: clap_complete::Shell) -> u8 {
     use clap::CommandFactory;
-    clap_complete::generate(
-        shell,
-        &mut Args::command(),
-        "ublk-stack",
-        &mut std::io::stdout(),
-    );
-    0
+    // Generated whole, then written: the generator panics on a write error.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "ublk-stack", &mut script);
+    write_stdout(&script)
 }
 
 fn manpage() -> u8 {
@@ -196,10 +193,14 @@ fn manpage() -> u8 {
         eprintln!("ublk-stack: rendering the man page: {e}");
         return 1;
     }
-    match std::io::Write::write_all(&mut std::io::stdout(), &out) {
+    write_stdout(&out)
+}
+
+fn write_stdout(bytes: &[u8]) -> u8 {
+    match crate::stdout::write_all(bytes) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("ublk-stack: {e}");
+            eprintln!("ublk-stack: writing to stdout: {e}");
             1
         }
     }

@@ -79,3 +79,41 @@ fn the_man_page_is_roff_and_lists_every_subcommand() {
         assert!(page.contains(sub), "{sub} missing from the man page");
     }
 }
+
+/// Run `args` with stdout a pipe whose reader is already gone (as in `| head
+/// -0`): the command ends quietly with status 141, as a tool killed by SIGPIPE
+/// does, and says nothing on stderr (no "failed printing to stdout" panic).
+fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let run_dir = tempfile::tempdir().unwrap();
+    Command::new(BIN)
+        .args(args)
+        .env("UBLK_STACK_RUN_DIR", run_dir.path())
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["completions", "bash"],
+        &["manpage"],
+        &["--help"],
+    ] {
+        let out = run_into_closed_pipe(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // clap prints `--help` itself, and exits 0 or quietly on a closed pipe.
+        if args != ["--help"] {
+            assert_eq!(out.status.code(), Some(141), "{args:?}: {out:?}");
+        }
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
