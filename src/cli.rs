@@ -63,15 +63,27 @@ pub enum Command {
     },
     /// Re-read a running device's config now.
     Reload { name: String },
-    /// Read everything, verify checksums, repair from mirrors.
-    Scrub { name: String },
-    /// Put a failed leg of a mirror back and rebuild it while the device runs.
+    /// Read everything, verify checksums, repair from mirrors; show progress.
+    Scrub {
+        name: String,
+        /// Print progress and the result as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a failed leg of a mirror back and rebuild it while the device runs;
+    /// show progress until the rebuild is over.
     Readd {
         name: String,
         /// The mirror layer's name in the config.
         mirror: String,
         /// The leg's position in the mirror's `legs` (0 for the first).
         leg: usize,
+        /// Print progress and the result as JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Return once the rebuild has started.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Make and manage the keys of crypt layers.
     Key {
@@ -125,10 +137,14 @@ pub fn run(args: Args) -> u8 {
         Command::List { json } => list(json),
         Command::Status { name, json } => status(&name, json),
         Command::Validate { configs } => validate(&configs),
-        Command::Scrub { name } => crate::daemon::repair::scrub_command(&name),
-        Command::Readd { name, mirror, leg } => {
-            crate::daemon::repair::readd_command(&name, &mirror, leg)
-        }
+        Command::Scrub { name, json } => crate::daemon::repair::scrub_command(&name, json),
+        Command::Readd {
+            name,
+            mirror,
+            leg,
+            json,
+            no_wait,
+        } => crate::daemon::repair::readd_command(&name, &mirror, leg, json, no_wait),
         Command::Reload { name } => reload(&name),
         Command::Plan { config, json } => crate::daemon::plan::command(&config, json),
         Command::Key { command } => crate::keys::run(command),

@@ -157,6 +157,8 @@ fn status_json_of_a_running_daemon_has_exactly_the_documented_fields() {
     let config = daemon.dir.path().join("every.toml");
     std::fs::write(&config, every.replace("\"1MiB\"", "\"2MiB\"")).unwrap();
     daemon.cli(&["reload", "every"]);
+    // A scrub, so that `scrub` is an object, not null.
+    daemon.cli(&["scrub", "every"]);
     let output = daemon.cli(&["status", "every", "--json"]);
     let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(reply["schema"], 1, "{reply}");

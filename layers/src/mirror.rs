@@ -55,7 +55,8 @@
 //!   overwritten by older data and the step makes progress under load; it returns
 //!   `Ok(false)` once nothing is left, after marking the legs ok. Call it in a
 //!   loop: `while mirror.resync_step(&ctx).await? {}`. Progress shows in
-//!   `report()` as `resync_percent`. A restart during a rebuild starts over.
+//!   `report()` as `resync_percent`, and in bytes as [`Mirror::resync_progress`].
+//!   A restart during a rebuild starts over.
 //! - [`Mirror::scrub_step`] reads step `i` (of [`Mirror::scrub_steps`]) from every
 //!   ok leg, rewrites corrupt or differing copies from a good one, and reports
 //!   what it found ([`ScrubReport`]).
@@ -82,6 +83,7 @@ use crate::report::{LayerReport, LegHealth, LegReport, MirrorReport};
 use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 use bitmap::WriteIntent;
+pub use resync::ResyncProgress;
 pub use scrub::ScrubReport;
 pub use state::{exposed_size, Health, DATA_START};
 
@@ -129,6 +131,8 @@ pub struct Mirror {
     resync_all: AtomicBool,
     /// Bytes copied to rebuilding legs.
     resync_bytes: AtomicU64,
+    /// Bytes copied since the resync last started over from byte 0.
+    resync_pass_bytes: AtomicU64,
     /// The generation of the newest record made durable while every leg was
     /// ok, the last one that may have cleared intent bits; at open, the
     /// newest record's (what happened before is not known).
@@ -427,6 +431,8 @@ impl AsyncLayer for Mirror {
                 repaired: l.repaired.load(Ordering::Relaxed),
             })
             .collect();
+        // Before taking `intent`, which it takes too.
+        let progress = self.resync_progress();
         let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
         LayerReport::Mirror(MirrorReport {
             read_policy: self.read_policy(),
@@ -439,6 +445,8 @@ impl AsyncLayer for Mirror {
             resync_percent: self.resync_percent(),
             resync_unreadable_blocks: self.resync_unreadable.load(Ordering::Relaxed),
             resync_bytes: self.resync_bytes.load(Ordering::Relaxed),
+            resync_done_bytes: progress.map(|p| p.done_bytes),
+            resync_total_bytes: progress.map(|p| p.total_bytes),
         })
     }
 }

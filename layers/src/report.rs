@@ -80,6 +80,11 @@ pub struct MirrorReport {
     pub resync_unreadable_blocks: u64,
     /// Bytes copied to rebuilding legs since the device started.
     pub resync_bytes: u64,
+    /// Bytes the running rebuild has copied; `None` when no leg is rebuilding.
+    pub resync_done_bytes: Option<u64>,
+    /// Bytes the running rebuild copies in all (grows when writes dirty a
+    /// region ahead of it); `None` when no leg is rebuilding.
+    pub resync_total_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

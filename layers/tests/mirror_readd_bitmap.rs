@@ -63,11 +63,25 @@ fn write_and_settle(stack: &Stack, offset: u64, len: u64, fill: u8) {
     });
 }
 
-fn readd_and_resync(stack: &Stack) {
+/// Re-adds leg 0 and steps the resync to its end. Returns the bytes the
+/// rebuild said it would copy, after checking that its progress rose step by
+/// step to that total, which stayed put (nothing is written meanwhile).
+fn readd_and_resync(stack: &Stack) -> u64 {
     let mirror = stack.mirror("m").unwrap().clone();
-    with_ctx(|ctx, exec| {
+    let total = with_ctx(|ctx, exec| {
         exec.block_on(ctx, mirror.readd(ctx, 0)).unwrap();
-        while exec.block_on(ctx, mirror.resync_step(ctx)).unwrap() {}
+        let first = mirror.resync_progress().expect("a leg is rebuilding");
+        assert_eq!(first.done_bytes, 0, "{first:?}");
+        let mut last = first;
+        while exec.block_on(ctx, mirror.resync_step(ctx)).unwrap() {
+            let now = mirror.resync_progress().expect("still rebuilding");
+            assert_eq!(now.total_bytes, first.total_bytes, "{now:?}");
+            assert!(now.done_bytes > last.done_bytes, "{last:?} then {now:?}");
+            last = now;
+        }
+        assert_eq!(last.done_bytes, first.total_bytes, "{last:?}");
+        assert_eq!(mirror.resync_progress(), None, "the rebuild is over");
+        first.total_bytes
     });
     let r = report(stack);
     assert!(
@@ -76,6 +90,7 @@ fn readd_and_resync(stack: &Stack) {
             .all(|l| l.health == layers::report::LegHealth::Ok),
         "{r:?}"
     );
+    total
 }
 
 /// The mirrored data of both legs, read below the mirror.
@@ -127,7 +142,7 @@ fn readd_copies_only_the_regions_written_while_the_leg_was_failed() {
     let (_plan, stack, region) = degraded(dir.path());
     let r = report(&stack);
     assert_eq!(r.dirty_regions, 3, "bits kept while leg 0 is failed: {r:?}");
-    readd_and_resync(&stack);
+    assert_eq!(readd_and_resync(&stack), 3 * region);
     let r = report(&stack);
     assert_eq!(r.resync_bytes, 3 * region, "{r:?}");
     assert_legs_identical(&stack);
@@ -146,8 +161,9 @@ fn readd_copies_everything_to_a_wiped_leg() {
         exec.block_on(ctx, l0.write_zeroes(ctx, 0, 8 * MIB))
             .unwrap();
     });
-    readd_and_resync(&stack);
+    let copied = readd_and_resync(&stack);
     let size = layers::Layer::size(&**stack.mirror("m").unwrap());
+    assert_eq!(copied, size);
     assert_eq!(report(&stack).resync_bytes, size);
     assert_legs_identical(&stack);
     // The new disk was given the leg's superblock: it is a member again.
@@ -168,8 +184,9 @@ fn readd_after_a_restart_copies_everything() {
     let r = report(&stack);
     assert_eq!(r.legs[0].health, layers::report::LegHealth::Failed);
     assert_eq!(r.dirty_regions, 3, "the bits outlive the restart: {r:?}");
-    readd_and_resync(&stack);
+    let copied = readd_and_resync(&stack);
     let size = layers::Layer::size(&**stack.mirror("m").unwrap());
+    assert_eq!(copied, size);
     assert_eq!(report(&stack).resync_bytes, size);
     assert_legs_identical(&stack);
 }

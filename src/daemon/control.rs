@@ -3,11 +3,16 @@
 //! `list`, `status` and `reload`.
 //!
 //! Protocol: the client sends one JSON object on one line, `{"cmd": "info"}`,
-//! `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "down"}` or
-//! `{"cmd": "plan", "text": TOML, "path": FILE}`, and reads one
+//! `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "down"}`,
+//! `{"cmd": "plan", "text": TOML, "path": FILE}`, `{"cmd": "scrub"}` or
+//! `{"cmd": "readd", "layer": MIRROR, "leg": N, "wait": BOOL}`, and reads one
 //! JSON line back. Every reply has `"ok"`; failures carry `"error"`. `down` is
 //! answered only once the device is gone, so the client's exit status tells the
-//! truth; `reload` once the reload is applied or refused.
+//! truth; `reload` once the reload is applied or refused; `scrub` once the
+//! scrub is over, and `readd` with `"wait": true` once the rebuild is. With
+//! `"progress_ms": N`, those two send progress lines before the reply, at most
+//! one per N ms: `{"event": "progress", ...}` (`repair/progress.rs`), which
+//! carry no `"ok"`.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +20,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -61,13 +66,70 @@ pub trait Report: Send + Sync + 'static {
     fn plan(&self, _text: &str, _path: &Path) -> Value {
         json!({"ok": false, "error": "plan is not available"})
     }
-    /// Read every copy, verify and repair (see `repair.rs`).
-    fn scrub(&self) -> Value {
+    /// Read every copy, verify and repair (see `repair.rs`), sending progress
+    /// lines to `progress`.
+    fn scrub(&self, _progress: &mut ProgressLines) -> Value {
         json!({"ok": false, "error": "scrub is not available"})
     }
-    /// Re-add a failed mirror leg and rebuild it.
-    fn readd(&self, _layer: &str, _leg: usize) -> Value {
+    /// Re-add a failed mirror leg and rebuild it; with `wait`, answer once the
+    /// rebuild is over, sending progress lines to `progress` meanwhile.
+    fn readd(
+        &self,
+        _layer: &str,
+        _leg: usize,
+        _wait: bool,
+        _progress: &mut ProgressLines,
+    ) -> Value {
         json!({"ok": false, "error": "readd is not available"})
+    }
+}
+
+/// Where a scrub or a rebuild sends its progress: lines on the client's
+/// connection, at most one per interval the client asked for; none when it
+/// asked for none or has gone (the work goes on without it).
+pub struct ProgressLines {
+    stream: Option<UnixStream>,
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl ProgressLines {
+    /// No lines.
+    pub fn none() -> ProgressLines {
+        ProgressLines {
+            stream: None,
+            every: Duration::MAX,
+            last: None,
+        }
+    }
+
+    /// Lines on `stream` when `request` has `progress_ms` (at least 100 ms apart).
+    fn for_request(stream: &UnixStream, request: &Value) -> ProgressLines {
+        let Some(ms) = request["progress_ms"].as_u64() else {
+            return ProgressLines::none();
+        };
+        ProgressLines {
+            stream: stream.try_clone().ok(),
+            every: Duration::from_millis(ms.max(100)),
+            last: None,
+        }
+    }
+
+    /// Send the line `line` makes if one is due (the first is due at once).
+    pub fn offer(&mut self, line: impl FnOnce() -> Option<Value>) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        if self.last.is_some_and(|last| last.elapsed() < self.every) {
+            return;
+        }
+        let Some(line) = line() else {
+            return;
+        };
+        self.last = Some(Instant::now());
+        if stream.write_all(format!("{line}\n").as_bytes()).is_err() {
+            self.stream = None;
+        }
     }
 }
 
@@ -154,18 +216,21 @@ fn handle(stream: UnixStream, report: &Arc<dyn Report>, down: &Sender<Event>) ->
         // Scrubs and re-adds read or write the whole device: on threads of their own.
         Some("scrub") => {
             let report = report.clone();
+            let mut progress = ProgressLines::for_request(&stream, &request);
             std::thread::Builder::new()
                 .name("control-scrub".into())
-                .spawn(move || reply_to(stream, &report.scrub()))?;
+                .spawn(move || reply_to(stream, &report.scrub(&mut progress)))?;
             return Ok(());
         }
         Some("readd") => {
             let layer = request["layer"].as_str().unwrap_or_default().to_string();
             let leg = request["leg"].as_u64().unwrap_or(u64::MAX) as usize;
+            let wait = request["wait"] == true;
             let report = report.clone();
+            let mut progress = ProgressLines::for_request(&stream, &request);
             std::thread::Builder::new()
                 .name("control-readd".into())
-                .spawn(move || reply_to(stream, &report.readd(&layer, leg)))?;
+                .spawn(move || reply_to(stream, &report.readd(&layer, leg, wait, &mut progress)))?;
             return Ok(());
         }
         Some("down") => {
@@ -193,18 +258,38 @@ pub fn request(socket: &Path, cmd: &str, timeout: Duration) -> io::Result<Value>
 
 /// Client side: send a request with arguments and read the reply.
 pub fn request_value(socket: &Path, request: &Value, timeout: Duration) -> io::Result<Value> {
+    request_with_progress(socket, request, timeout, &mut |_| {})
+}
+
+/// Client side: send a request whose reply may follow progress lines (see the
+/// module doc); hand each of those to `progress` and return the reply.
+/// `timeout` bounds the wait for each line.
+pub fn request_with_progress(
+    socket: &Path,
+    request: &Value,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&Value),
+) -> io::Result<Value> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(format!("{request}\n").as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "daemon closed the connection",
-        ));
+    let mut lines = BufReader::new(&stream);
+    loop {
+        let mut line = String::new();
+        lines.read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "daemon closed the connection",
+            ));
+        }
+        let value: Value = serde_json::from_str(&line)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if value.get("ok").is_some() {
+            return Ok(value);
+        }
+        progress(&value);
     }
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Why the control socket of device `name` could not be reached, as one line:

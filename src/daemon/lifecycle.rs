@@ -20,7 +20,7 @@ use layers::{Executor, IoCtx, Plan, Stack};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-use super::control::{self, Event, Report};
+use super::control::{self, Event, ProgressLines, Report};
 use super::front_end::FrontEnd;
 use super::reload::Reloader;
 use super::{logging, notify, signals, status, watch};
@@ -49,6 +49,8 @@ pub(crate) struct DeviceReport {
     pub(crate) queues: u16,
     pub(crate) stack: Arc<Stack>,
     pub(crate) reloader: Arc<Reloader>,
+    /// The running or last scrub.
+    pub(crate) scrub: super::repair::ScrubRun,
 }
 
 impl Report for DeviceReport {
@@ -71,6 +73,7 @@ impl Report for DeviceReport {
             path: self.path.display().to_string(),
             queues: self.queues,
             stack: &self.stack,
+            scrub: self.scrub.status(),
         };
         let reply = status::StatusReply::new(device, &self.reloader.record());
         match serde_json::to_value(reply) {
@@ -82,12 +85,12 @@ impl Report for DeviceReport {
         }
     }
 
-    fn scrub(&self) -> Value {
-        super::repair::scrub(&self.stack)
+    fn scrub(&self, progress: &mut ProgressLines) -> Value {
+        super::repair::scrub(&self.stack, &self.scrub, progress)
     }
 
-    fn readd(&self, layer: &str, leg: usize) -> Value {
-        super::repair::readd(&self.stack, layer, leg)
+    fn readd(&self, layer: &str, leg: usize, wait: bool, progress: &mut ProgressLines) -> Value {
+        super::repair::readd(&self.stack, layer, leg, wait, progress)
     }
 
     fn plan(&self, text: &str, path: &Path) -> Value {
@@ -149,14 +152,15 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd) -> u8 {
     // Absolute, so that reloads find the file whatever the working directory.
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let reloader = Arc::new(Reloader::new(config, plan, stack.clone(), set_log_level));
-    // A rebuild cut short by a restart goes on.
-    super::repair::resume_resync(stack.clone());
+    // A rebuild cut short by a restart goes on, by itself.
+    drop(super::repair::resume_resync(stack.clone()));
     let report = DeviceReport {
         name: name.clone(),
         path: serving.path.clone(),
         queues: serving.queues,
         stack: stack.clone(),
         reloader: reloader.clone(),
+        scrub: Default::default(),
     };
     let started = start_control_threads(reloader, listener, report, events_tx);
     // Kept until the daemon exits: dropping it stops watching the config.
@@ -333,6 +337,7 @@ mod tests {
             queues: 2,
             stack,
             reloader: Arc::new(reloader),
+            scrub: Default::default(),
         };
         let status = report.status();
         assert_eq!(status["ok"], true);

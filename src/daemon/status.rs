@@ -12,10 +12,12 @@ mod reply;
 use std::time::{Duration, SystemTime};
 
 use layers::escape::escape_controls;
+use layers::LayerReport;
 pub use reply::{Counters, Device, LayerStatus, StatusReply, SCHEMA};
 
 use super::control;
 use super::reload::ReloadSummary;
+use super::repair::progress::{percent, ScrubState};
 use crate::config::size::format_human;
 
 /// `ublk-stack status NAME [--json]`.
@@ -65,6 +67,7 @@ fn render(status: &StatusReply, now: SystemTime) -> String {
         status.generation,
     );
     out.push_str(&render_last_reload(status.last_reload.as_ref(), now));
+    out.push_str(&render_repairs(status, now));
     out.push_str(&format!(
         "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>15} {:>15}\n",
         "LAYER",
@@ -119,6 +122,44 @@ fn render_last_reload(last: Option<&ReloadSummary>, now: SystemTime) -> String {
     for (list, word) in [(&last.applied, "applied"), (&last.refused, "refused")] {
         for item in list {
             out.push_str(&format!("  {word}: {}\n", text(item)));
+        }
+    }
+    out
+}
+
+/// The running or last scrub, and each rebuild going on: one line each.
+fn render_repairs(status: &StatusReply, now: SystemTime) -> String {
+    let mut out = String::new();
+    if let Some(scrub) = &status.scrub {
+        let (p, found) = (&scrub.progress, scrub.counts.describe());
+        let took = Duration::try_from_secs_f64(p.elapsed_s).unwrap_or_default();
+        let ended = SystemTime::UNIX_EPOCH + Duration::from_secs(scrub.started) + took;
+        let ago = now.duration_since(ended).unwrap_or_default().as_secs();
+        out.push_str(&match (scrub.state, &scrub.error) {
+            (ScrubState::Running, _) => format!("scrub: running, {}: {found}\n", p.describe()),
+            (ScrubState::Failed, error) => format!(
+                "last scrub: failed {ago} s ago after {}: {}\n",
+                p.describe_done(),
+                text(error.as_deref().unwrap_or("unknown error"))
+            ),
+            (ScrubState::Done, _) => format!(
+                "last scrub: done {ago} s ago, {}: {found}\n",
+                p.describe_done()
+            ),
+        });
+    }
+    for layer in &status.layers {
+        let LayerReport::Mirror(mirror) = &layer.report else {
+            continue;
+        };
+        if let (Some(done), Some(total)) = (mirror.resync_done_bytes, mirror.resync_total_bytes) {
+            out.push_str(&format!(
+                "rebuild of mirror \"{}\": {}% ({} of {} copied)\n",
+                text(&layer.name),
+                percent(done, total),
+                format_human(done),
+                format_human(total)
+            ));
         }
     }
     out

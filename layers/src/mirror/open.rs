@@ -135,6 +135,7 @@ impl Mirror {
             resync_unreadable: AtomicU64::new(0),
             resync_all: AtomicBool::new(true),
             resync_bytes: AtomicU64::new(0),
+            resync_pass_bytes: AtomicU64::new(0),
             all_ok_generation: AtomicU64::new(record.generation),
         }
     }

@@ -23,6 +23,13 @@ use super::{Health, Mirror, STEP_BYTES};
 use crate::exec::IoCtx;
 use crate::{superblock, Error, IoBufMut};
 
+/// Bytes a rebuild has copied, and will have copied once done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResyncProgress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
 impl Mirror {
     /// Mark failed leg `leg` rebuilding and record it: from now on it receives
     /// every write but serves no read, until [`Mirror::resync_step`] has copied
@@ -59,6 +66,7 @@ impl Mirror {
         self.set_health(leg, Health::Rebuilding);
         // Rebuilding legs present before restart with this one from the start.
         self.resync_at.store(0, Ordering::SeqCst);
+        self.resync_pass_bytes.store(0, Ordering::SeqCst);
         self.persist_locked(ctx, &self.dirty_snapshot())
             .await
             .map_err(|e| format!("cannot record the mirror state: {e}"))?;
@@ -107,6 +115,36 @@ impl Mirror {
         }
     }
 
+    /// How far the rebuild of the rebuilding legs has come, in bytes; `None`
+    /// when no leg is rebuilding. The total is what was copied plus what is
+    /// left to copy from `resync_at` on (every byte, or the dirty regions), so
+    /// it grows when writes dirty a region ahead of the copy.
+    pub fn resync_progress(&self) -> Option<ResyncProgress> {
+        if self.rebuilding_legs().is_empty() {
+            return None;
+        }
+        let at = self.resync_at.load(Ordering::SeqCst).min(self.size);
+        let left = if self.resync_all.load(Ordering::SeqCst) {
+            self.size - at
+        } else {
+            let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
+            let region = intent.region_bytes();
+            (0..intent.regions())
+                .filter(|&r| intent.dirty()[r])
+                .map(|r| {
+                    let start = (r as u64 * region).max(at);
+                    let end = ((r as u64 + 1) * region).min(self.size);
+                    end.saturating_sub(start)
+                })
+                .sum()
+        };
+        let done_bytes = self.resync_pass_bytes.load(Ordering::SeqCst);
+        Some(ResyncProgress {
+            done_bytes,
+            total_bytes: done_bytes + left,
+        })
+    }
+
     /// The next byte a resync copies at or after `at`, and how many bytes
     /// from there: everything, or only the dirty regions.
     fn next_to_copy(&self, at: u64) -> Option<(u64, u64)> {
@@ -152,6 +190,7 @@ impl Mirror {
                 .fetch_add(unreadable, Ordering::Relaxed);
         }
         self.resync_bytes.fetch_add(len, Ordering::Relaxed);
+        self.resync_pass_bytes.fetch_add(len, Ordering::Relaxed);
         if let Some(&t) = targets
             .iter()
             .find(|&&t| self.health_of(t) == Health::Failed)

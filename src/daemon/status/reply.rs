@@ -8,6 +8,7 @@ use layers::{LayerReport, Stack};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::reload::{Record, ReloadSummary};
+use crate::daemon::repair::progress::ScrubStatus;
 
 /// The schema version: raised when a field is renamed, removed or changes
 /// its type or unit; new fields may appear without it.
@@ -27,6 +28,8 @@ pub struct StatusReply {
     /// 1 at `up`, one more per applied reload.
     pub generation: u64,
     pub last_reload: Option<ReloadSummary>,
+    /// The running or last scrub; `None` before the first.
+    pub scrub: Option<ScrubStatus>,
     /// Every layer from the top down, children after their parent.
     pub layers: Vec<LayerStatus>,
 }
@@ -68,6 +71,7 @@ pub struct Device<'a> {
     pub path: String,
     pub queues: u16,
     pub stack: &'a Stack,
+    pub scrub: Option<ScrubStatus>,
 }
 
 impl StatusReply {
@@ -83,6 +87,7 @@ impl StatusReply {
             pid: std::process::id(),
             generation: record.generation,
             last_reload: record.last.as_ref().map(|outcome| outcome.summary()),
+            scrub: device.scrub,
             layers: device
                 .stack
                 .status()

@@ -32,7 +32,8 @@ fn reply(last_reload: serde_json::Value) -> StatusReply {
                                   {"health": "ok", "read_errors": 0, "write_errors": 0, "repaired": 1}],
                          "generation": 5, "dirty_regions": 3, "regions": 128, "region_bytes": 1048576,
                          "uuid": "00ff", "resync_percent": 37, "resync_unreadable_blocks": 0,
-                         "resync_bytes": 0}},
+                         "resync_bytes": 0, "resync_done_bytes": 12u64 << 20,
+                         "resync_total_bytes": 32u64 << 20}},
             {"name": "slow", "type": "fault", "depth": 1, "size": 1u64 << 30,
              "stats": counters(1, None, None),
              "details": {"read_error_rate": 0.5, "write_error_rate": 0.0, "delay_us": 20,
@@ -97,4 +98,55 @@ fn status_renders_the_tree_indented_with_the_last_reload() {
 fn status_before_any_reload_says_so() {
     let text = render(&reply(serde_json::Value::Null), SystemTime::now());
     assert!(text.contains("last reload: none\n"), "{text}");
+}
+
+fn scrub(state: &str, done: u64, elapsed_s: f64, error: Option<&str>) -> serde_json::Value {
+    let rate = done as f64 / elapsed_s;
+    json!({"state": state, "started": 1_800_000_000u64, "done": done, "total": 64u64 << 20,
+           "elapsed_s": elapsed_s, "rate_bytes_per_s": rate,
+           "eta_s": ((64u64 << 20) - done) as f64 / rate,
+           "repaired": 1, "mismatched": 0, "unrepairable": 0, "error": error})
+}
+
+#[test]
+fn status_shows_the_scrub_and_each_rebuild_on_a_line_of_their_own() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_045);
+    let mut status = reply(serde_json::Value::Null);
+    let text = render(&status, now);
+    assert!(!text.contains("scrub"), "no scrub ran: {text}");
+    assert!(
+        text.contains("\nrebuild of mirror \"mirror\": 37% (12 MiB of 32 MiB copied)\n"),
+        "{text}"
+    );
+
+    status.scrub = Some(serde_json::from_value(scrub("running", 24 << 20, 2.0, None)).unwrap());
+    let text = render(&status, now);
+    assert!(
+        text.contains(
+            "\nscrub: running, 37% (24 MiB of 64 MiB, 12 MiB/s, 3.3 s left): \
+             1 repaired, 0 mismatched copies rewritten, 0 unrepairable\n"
+        ),
+        "{text}"
+    );
+
+    status.scrub = Some(serde_json::from_value(scrub("done", 64 << 20, 5.0, None)).unwrap());
+    let text = render(&status, now);
+    assert!(
+        text.contains(
+            "\nlast scrub: done 40 s ago, 64 MiB in 5.0 s (12.8 MiB/s): \
+             1 repaired, 0 mismatched copies rewritten, 0 unrepairable\n"
+        ),
+        "{text}"
+    );
+
+    let failed = scrub("failed", 1 << 20, 5.0, Some("mirror \"m\": no leg is ok"));
+    status.scrub = Some(serde_json::from_value(failed).unwrap());
+    let text = render(&status, now);
+    assert!(
+        text.contains(
+            "\nlast scrub: failed 40 s ago after 1 MiB in 5.0 s (204.8 KiB/s): \
+             mirror \"m\": no leg is ok\n"
+        ),
+        "{text}"
+    );
 }
