@@ -188,7 +188,7 @@ fn fail_leg_0(daemon: &Daemon, regions: u64, region_bytes: u64) {
 fn readd_waits_for_the_rebuild_with_progress_or_returns_at_once_with_no_wait() {
     let daemon = Daemon::start_temp(&mirror_config("40ms", 0.0), &[]);
     let region_bytes = mirror(&status(&daemon))["region_bytes"].as_u64().unwrap();
-    let regions = 8;
+    let regions = 16;
     fail_leg_0(&daemon, regions, region_bytes);
 
     let out = cli(&daemon, &["readd", "slow", "m", "0", "--json"]);
@@ -213,6 +213,47 @@ fn readd_waits_for_the_rebuild_with_progress_or_returns_at_once_with_no_wait() {
     assert_eq!(total, regions * region_bytes, "{s:#}");
     let text = String::from_utf8(cli(&daemon, &["status", "slow"]).stdout).unwrap();
     assert!(text.contains("\nrebuild of mirror \"m\": "), "{text}");
+}
+
+#[test]
+fn readd_fails_when_the_leg_fails_again_during_the_rebuild() {
+    let daemon = Daemon::start_temp(&mirror_config("40ms", 0.0), &[]);
+    let region_bytes = mirror(&status(&daemon))["region_bytes"].as_u64().unwrap();
+    fail_leg_0(&daemon, 16, region_bytes);
+    let run_dir = daemon.dir.join("run");
+    let readd = std::thread::spawn(move || {
+        Command::new(BIN)
+            .args(["readd", "slow", "m", "0", "--json"])
+            .env("UBLK_STACK_RUN_DIR", run_dir)
+            .output()
+            .unwrap()
+    });
+    // Once the rebuild has copied something (the leg took the re-add's state
+    // record before that).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mirror(&status(&daemon))["resync_done_bytes"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "leg 0 never rebuilt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its writes fail again while the rebuild copies to it.
+    std::fs::write(daemon.dir.join("device.toml"), mirror_config("40ms", 1.0)).unwrap();
+    assert!(cli(&daemon, &["reload", "slow"]).status.success());
+    let out = readd.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", daemon.log());
+    let last = lines(&out).pop().unwrap();
+    assert_eq!(last["event"], "error", "{out:?}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("leg 0 failed during the"),
+        "{last}"
+    );
+    assert_eq!(mirror(&status(&daemon))["legs"][0]["health"], "failed");
 }
 
 #[test]
