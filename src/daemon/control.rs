@@ -95,7 +95,7 @@ pub struct ProgressLines {
 
 impl ProgressLines {
     /// No lines.
-    pub fn none() -> ProgressLines {
+    fn none() -> ProgressLines {
         ProgressLines {
             stream: None,
             every: Duration::MAX,

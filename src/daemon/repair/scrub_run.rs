@@ -17,8 +17,8 @@ struct Record {
     started: Instant,
     started_unix: u64,
     total: u64,
-    done: u64,
-    counts: ScrubCounts,
+    /// Bytes checked and what was found, so far.
+    found: ScrubReport,
     state: ScrubState,
     error: Option<String>,
     /// How long it took, once it ended.
@@ -32,7 +32,7 @@ impl ScrubRun {
         if let Some(running) = record.as_ref().filter(|r| r.state == ScrubState::Running) {
             return Err(format!(
                 "a scrub is already running ({} of {} bytes checked); `status` shows its progress",
-                running.done, running.total
+                running.found.bytes_checked, running.total
             ));
         }
         *record = Some(Record {
@@ -41,8 +41,7 @@ impl ScrubRun {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             total,
-            done: 0,
-            counts: ScrubCounts::default(),
+            found: ScrubReport::default(),
             state: ScrubState::Running,
             error: None,
             took: None,
@@ -53,10 +52,7 @@ impl ScrubRun {
     /// Count what one step checked and found.
     pub fn advance(&self, step: &ScrubReport) {
         if let Some(record) = self.lock().as_mut() {
-            record.done += step.bytes_checked;
-            record.counts.repaired += step.repaired;
-            record.counts.mismatched += step.mismatched;
-            record.counts.unrepairable += step.unrepairable;
+            record.found.add(step);
         }
     }
 
@@ -78,7 +74,7 @@ impl ScrubRun {
             state: r.state,
             started: r.started_unix,
             progress: r.progress(),
-            counts: r.counts,
+            counts: r.counts(),
             error: r.error.clone(),
         })
     }
@@ -88,7 +84,7 @@ impl ScrubRun {
         self.lock().as_ref().map(|r| Event {
             event,
             progress: r.progress(),
-            counts: r.counts,
+            counts: r.counts(),
         })
     }
 
@@ -100,7 +96,15 @@ impl ScrubRun {
 impl Record {
     fn progress(&self) -> Progress {
         let elapsed = self.took.unwrap_or_else(|| self.started.elapsed());
-        Progress::new(self.done, self.total, elapsed)
+        Progress::new(self.found.bytes_checked, self.total, elapsed)
+    }
+
+    fn counts(&self) -> ScrubCounts {
+        ScrubCounts {
+            repaired: self.found.repaired,
+            mismatched: self.found.mismatched,
+            unrepairable: self.found.unrepairable,
+        }
     }
 }
 
