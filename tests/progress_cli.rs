@@ -166,6 +166,26 @@ fn scrub_json_streams_progress_then_a_done_line_and_status_shows_the_scrub() {
             && stdout.lines().count() == 1,
         "{stdout:?}"
     );
+
+    // On a terminal (script(1) gives it one): a bar with the percentage, the
+    // bytes and the rate, cleared before the summary.
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("stty cols 100; {BIN} scrub slow"))
+        .arg("/dev/null")
+        .env("UBLK_STACK_RUN_DIR", daemon.dir.join("run"))
+        .output()
+        .expect("script(1) runs (util-linux)");
+    assert!(out.status.success(), "{out:?}");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("scrub slow [") && screen.contains("% ") && screen.contains(" MiB/s ETA "),
+        "no progress bar: {screen:?}"
+    );
+    assert!(
+        screen.contains("\r\x1b[2Kslow: scrubbed 32.0 MiB in "),
+        "the bar is not cleared before the summary: {screen:?}"
+    );
 }
 
 /// Fail leg 0 (writes to it fail) by writing one block to each of `regions`

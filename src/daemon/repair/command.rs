@@ -24,8 +24,10 @@ pub fn scrub_command(name: &str, json: bool) -> u8 {
     let display = Display::new(json, &format!("scrub {name}"));
     let request = json!({"cmd": "scrub", "progress_ms": PROGRESS_MS});
     let reply = ask::<ScrubCounts>(name, &request, LINE_TIMEOUT, &display, |counts| {
-        let found = counts.repaired + counts.mismatched + counts.unrepairable;
-        format!("{found} bad copies")
+        match counts.repaired + counts.mismatched + counts.unrepairable {
+            0 => String::new(),
+            found => format!(", {found} bad copies"),
+        }
     });
     let done = match reply.and_then(|reply| event::<ScrubCounts>(name, reply)) {
         Ok(done) => done,

@@ -26,9 +26,11 @@ impl Display {
         if !std::io::stderr().is_terminal() {
             return Display::Quiet;
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        let template = "{prefix} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} \
-                        {binary_bytes_per_sec}, ETA {eta} {msg}";
+        // Drawn from the first progress line on, when the total is known.
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        // The bar takes the width the rest leaves, so the line never wraps.
+        let template = "{prefix} [{wide_bar}] {percent:>3}% {bytes}/{total_bytes} \
+                        {binary_bytes_per_sec} ETA {eta}{msg}";
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -36,12 +38,16 @@ impl Display {
         Display::Bar(bar)
     }
 
-    /// A progress line from the daemon, and what to say beside the bar.
+    /// A progress line from the daemon, and what to say after the bar (from
+    /// its second character on: the first separates it).
     pub fn progress<C: Serialize>(&self, event: &Event<C>, note: String) {
         match self {
             Display::Json => print_json(event),
             Display::Bar(bar) => {
                 let Progress { done, total, .. } = event.progress;
+                if bar.is_hidden() {
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                }
                 bar.set_length(total);
                 bar.set_position(done);
                 bar.set_message(note);
