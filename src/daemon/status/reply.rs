@@ -24,6 +24,8 @@ pub struct StatusReply {
     pub queues: u16,
     pub state: String,
     pub pid: u32,
+    /// The metrics endpoint's URL (`up --metrics`), or `None`.
+    pub metrics: Option<String>,
     /// 1 at `up`, one more per applied reload.
     pub generation: u64,
     pub last_reload: Option<ReloadSummary>,
@@ -68,6 +70,7 @@ pub struct Device<'a> {
     pub path: String,
     pub queues: u16,
     pub stack: &'a Stack,
+    pub metrics: Option<String>,
 }
 
 impl StatusReply {
@@ -81,6 +84,7 @@ impl StatusReply {
             queues: device.queues,
             state: "running".to_string(),
             pid: std::process::id(),
+            metrics: device.metrics,
             generation: record.generation,
             last_reload: record.last.as_ref().map(|outcome| outcome.summary()),
             layers: device
