@@ -163,7 +163,8 @@ impl Scrape {
                 "+Inf" => f64::INFINITY,
                 v => v.parse().unwrap(),
             };
-            samples.insert(series.to_string(), (map, value));
+            let before = samples.insert(series.to_string(), (map, value));
+            assert!(before.is_none(), "{series} twice in\n{text}");
         }
         Scrape {
             samples,

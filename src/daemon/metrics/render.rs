@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn families_without_samples_are_left_out() {
         let empty = Family::new(Kind::Gauge, "nothing", "no samples");
-        assert_eq!(render(&[empty.clone()], Format::Prometheus), "");
+        assert_eq!(render(std::slice::from_ref(&empty), Format::Prometheus), "");
         assert_eq!(render(&[empty], Format::OpenMetrics), "# EOF\n");
     }
 }
