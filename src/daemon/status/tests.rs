@@ -98,3 +98,15 @@ fn status_before_any_reload_says_so() {
     let text = render(&reply(serde_json::Value::Null), SystemTime::now());
     assert!(text.contains("last reload: none\n"), "{text}");
 }
+
+#[test]
+fn status_names_the_metrics_endpoint_when_there_is_one() {
+    let mut status = reply(serde_json::Value::Null);
+    assert!(!render(&status, SystemTime::now()).contains("metrics:"));
+    status.metrics = Some("http://127.0.0.1:9474/metrics".into());
+    let text = render(&status, SystemTime::now());
+    assert!(
+        text.contains("\nmetrics: http://127.0.0.1:9474/metrics\n"),
+        "{text}"
+    );
+}
