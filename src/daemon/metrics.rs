@@ -1,7 +1,8 @@
 //! `up … --metrics ADDR`: the daemon's counters for Prometheus at
 //! `http://ADDR/metrics` (docs/metrics.md lists every metric).
 //!
-//! - `families`: every metric, built from the typed data `status` reports.
+//! - `catalog`: every metric's name, type, labels and help.
+//! - `families`: one scrape's samples, from the typed data `status` reports.
 //! - `render`: the text exposition format and OpenMetrics.
 //! - `http`: the small HTTP/1.1 responder that serves it.
 //!
@@ -10,6 +11,7 @@
 //! served once the device is. A scrape reads the same atomics `status` does,
 //! from the scrape's thread: nothing on the I/O path waits for it.
 
+mod catalog;
 mod families;
 mod http;
 mod render;
@@ -21,7 +23,7 @@ use layers::Stack;
 
 use super::front_end::ConnectionCounter;
 use super::reload::Reloader;
-pub use families::{Def, CATALOG};
+pub use catalog::{Def, CATALOG};
 pub use render::{Format, Kind};
 
 /// A bound metrics address, not yet served.
