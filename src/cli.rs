@@ -33,6 +33,10 @@ pub enum Command {
         /// Serve over NBD instead of ublk: unix:PATH or HOST:PORT.
         #[arg(long)]
         nbd: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics: PORT (this host
+        /// only, 127.0.0.1) or HOST:PORT (0.0.0.0:PORT for every interface).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
         #[command(flatten)]
         nbd_limits: crate::nbd::NbdOptions,
     },
@@ -126,13 +130,21 @@ pub enum Command {
 pub fn run(args: Args) -> u8 {
     match args.command {
         Command::Up {
-            config, nbd: None, ..
-        } => up(&config, &mut Ublk::new()),
+            config,
+            nbd: None,
+            metrics,
+            ..
+        } => up(&config, &mut Ublk::new(), metrics.as_deref()),
         Command::Up {
             config,
             nbd: Some(address),
             nbd_limits,
-        } => up(&config, &mut Nbd::new(&address, nbd_limits)),
+            metrics,
+        } => up(
+            &config,
+            &mut Nbd::new(&address, nbd_limits),
+            metrics.as_deref(),
+        ),
         Command::Down { name } => down(&name),
         Command::List { json } => list(json),
         Command::Status { name, json } => status(&name, json),
@@ -178,8 +190,8 @@ pub fn run(args: Args) -> u8 {
     }
 }
 
-fn up(config: &std::path::Path, front: &mut dyn FrontEnd) -> u8 {
-    crate::daemon::lifecycle::up(config, front)
+fn up(config: &std::path::Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 {
+    crate::daemon::lifecycle::up(config, front, metrics)
 }
 
 fn down(name: &str) -> u8 {

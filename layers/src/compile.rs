@@ -5,7 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::escape::escape_controls;
 use crate::exec::{Executor, IoCtx};
@@ -13,7 +13,7 @@ use crate::kinds::Opening;
 use crate::mirror::Mirror;
 use crate::plan::{LayerId, LiveChange, Plan};
 use crate::report::LayerReport;
-use crate::stats::{LatencySnapshot, LayerStats, StatsSnapshot};
+use crate::stats::{HistogramSnapshot, LatencySnapshot, LayerStats, Op, StatsSnapshot};
 use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 /// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
@@ -56,6 +56,8 @@ pub struct NodeStatus {
     pub size: u64,
     pub stats: StatsSnapshot,
     pub latency: LatencySnapshot,
+    /// Latency histograms, indexed as [`Op::ALL`].
+    pub histograms: Vec<HistogramSnapshot>,
     pub report: LayerReport,
 }
 
@@ -138,6 +140,7 @@ impl Stack {
                 size: node.layer.size(),
                 stats: node.stats.snapshot(),
                 latency: node.stats.latency(),
+                histograms: Op::ALL.map(|op| node.stats.histogram(op)).to_vec(),
                 report: node.layer.report(),
             });
             stack.extend(node.children.iter().rev().map(|&c| (c, depth + 1)));
@@ -251,45 +254,38 @@ impl Counted {
             && offset.checked_add(len).is_some_and(|end| end <= self.size)
     }
 
-    fn refuse(&self, offset: u64, len: u64) -> Result<()> {
-        self.node.stats.error();
+    fn refuse(&self, op: Op, offset: u64, len: u64) -> Result<()> {
+        self.node.stats.error(op);
         tracing::error!(layer = %self.node.name, offset, len, "request out of range");
         Err(Error::OutOfRange)
     }
 
-    async fn count(&self, fut: impl Future<Output = Result<()>>) -> Result<()> {
-        let res = fut.await;
-        if res.is_err() {
-            self.node.stats.error();
-        }
-        res
-    }
-
-    /// [`Self::count`], and when `nth` (this layer's count of such calls) is a
-    /// multiple of [`TIMING_SAMPLE`], the time from the call to the completion
-    /// goes to `took`.
-    async fn timed(
-        &self,
-        nth: u64,
-        took: fn(&LayerStats, Duration),
-        fut: impl Future<Output = Result<()>>,
-    ) -> Result<()> {
-        let start = (nth % TIMING_SAMPLE == 0).then(Instant::now);
+    /// Await `fut`, the `nth` request of kind `op` at this layer, counting
+    /// its error; when `op` is sampled at `nth` (see [`timing_sample`]), the
+    /// time from the call to the completion goes to the layer's histogram.
+    async fn timed(&self, op: Op, nth: u64, fut: impl Future<Output = Result<()>>) -> Result<()> {
+        let start = (nth % timing_sample(op) == 0).then(Instant::now);
         let res = fut.await;
         if let Some(start) = start {
-            took(&self.node.stats, start.elapsed());
+            self.node.stats.took(op, start.elapsed());
         }
         if res.is_err() {
-            self.node.stats.error();
+            self.node.stats.error(op);
         }
         res
     }
 }
 
-/// Latency is recorded for one read (and one write) in this many per layer: two
-/// clock reads per layer per request were a few percent of a queue thread's
-/// time on small requests, and percentiles need only a sample.
-const TIMING_SAMPLE: u64 = 8;
+/// Latency is recorded for one request in this many of each kind per layer:
+/// two clock reads per layer per request were a few percent of a queue
+/// thread's time on small requests, and percentiles need only a sample.
+/// Every flush is timed: flushes are few and slow, and each one matters.
+fn timing_sample(op: Op) -> u64 {
+    match op {
+        Op::Flush => 1,
+        Op::Read | Op::Write | Op::Discard | Op::WriteZeroes => 8,
+    }
+}
 
 impl AsyncLayer for Counted {
     fn size(&self) -> u64 {
@@ -298,50 +294,43 @@ impl AsyncLayer for Counted {
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         if !self.in_range(offset, buf.len() as u64) {
-            return self.refuse(offset, buf.len() as u64);
+            return self.refuse(Op::Read, offset, buf.len() as u64);
         }
         let nth = self.node.stats.read(buf.len());
-        self.timed(
-            nth,
-            LayerStats::read_took,
-            self.node.layer.read(ctx, offset, buf),
-        )
-        .await
+        self.timed(Op::Read, nth, self.node.layer.read(ctx, offset, buf))
+            .await
     }
 
     async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         if !self.in_range(offset, buf.len() as u64) {
-            return self.refuse(offset, buf.len() as u64);
+            return self.refuse(Op::Write, offset, buf.len() as u64);
         }
         let nth = self.node.stats.write(buf.len());
-        self.timed(
-            nth,
-            LayerStats::write_took,
-            self.node.layer.write(ctx, offset, buf),
-        )
-        .await
+        self.timed(Op::Write, nth, self.node.layer.write(ctx, offset, buf))
+            .await
     }
 
     async fn flush(&self, ctx: &IoCtx) -> Result<()> {
-        self.node.stats.flush();
-        self.count(self.node.layer.flush(ctx)).await
+        let nth = self.node.stats.flush();
+        self.timed(Op::Flush, nth, self.node.layer.flush(ctx)).await
     }
 
     async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
         if !self.in_range(offset, len) {
-            return self.refuse(offset, len);
+            return self.refuse(Op::Discard, offset, len);
         }
-        self.node.stats.discard();
-        self.count(self.node.layer.discard(ctx, offset, len)).await
+        let nth = self.node.stats.discard(len);
+        self.timed(Op::Discard, nth, self.node.layer.discard(ctx, offset, len))
+            .await
     }
 
     async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
         if !self.in_range(offset, len) {
-            return self.refuse(offset, len);
+            return self.refuse(Op::WriteZeroes, offset, len);
         }
-        self.node.stats.write_zeroes();
-        self.count(self.node.layer.write_zeroes(ctx, offset, len))
-            .await
+        let nth = self.node.stats.write_zeroes(len);
+        let fut = self.node.layer.write_zeroes(ctx, offset, len);
+        self.timed(Op::WriteZeroes, nth, fut).await
     }
 
     fn discard_frees_space(&self) -> bool {

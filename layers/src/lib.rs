@@ -60,7 +60,7 @@ pub use exec::{Executor, IoCtx};
 pub use os::release_free_memory;
 pub use plan::{LayerSpec, Plan};
 pub use report::LayerReport;
-pub use stats::{LayerStats, StatsSnapshot};
+pub use stats::{HistogramSnapshot, LayerStats, Op, OpCounts, StatsSnapshot, EXPORT_BOUNDS_NS};
 
 /// A boxed future that stays on the queue thread that created it.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;

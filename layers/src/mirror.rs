@@ -354,11 +354,17 @@ impl Mirror {
 
     /// Resync progress in percent while a leg is rebuilding.
     pub fn resync_percent(&self) -> Option<u64> {
+        let at = self.resync_position()?;
+        Some((at * 100).checked_div(self.size).unwrap_or(100))
+    }
+
+    /// The next byte the resync copies while a leg is rebuilding: it is done
+    /// at the mirror's size.
+    pub fn resync_position(&self) -> Option<u64> {
         if self.rebuilding_legs().is_empty() {
             return None;
         }
-        let at = self.resync_at.load(Ordering::Relaxed).min(self.size);
-        Some((at * 100).checked_div(self.size).unwrap_or(100))
+        Some(self.resync_at.load(Ordering::Relaxed).min(self.size))
     }
 }
 
@@ -443,6 +449,7 @@ impl AsyncLayer for Mirror {
             region_bytes: intent.region_bytes(),
             uuid: state::hex(&self.uuid),
             resync_percent: self.resync_percent(),
+            resync_position_bytes: self.resync_position(),
             resync_unreadable_blocks: self.resync_unreadable.load(Ordering::Relaxed),
             resync_bytes: self.resync_bytes.load(Ordering::Relaxed),
             resync_done_bytes: progress.map(|p| p.done_bytes),

@@ -76,6 +76,9 @@ pub struct MirrorReport {
     pub uuid: String,
     /// How far a rebuild has come, 0-100; `None` when no leg is rebuilding.
     pub resync_percent: Option<u64>,
+    /// How far a rebuild has come in bytes of the mirror (it ends at the
+    /// mirror's size); `None` when no leg is rebuilding.
+    pub resync_position_bytes: Option<u64>,
     /// Blocks a rebuild could read from no healthy leg.
     pub resync_unreadable_blocks: u64,
     /// Bytes copied to rebuilding legs since the device started.

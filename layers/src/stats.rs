@@ -1,21 +1,55 @@
 //! Per-layer counters and latency histograms, shared by all queues (relaxed
-//! atomics: they are statistics, not synchronisation).
+//! atomics: they are statistics, not synchronisation). Everything is kept per
+//! kind of request ([`Op`]): `status` shows the sums, the metrics endpoint
+//! each one.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// The kinds of request a layer counts apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    WriteZeroes,
+}
+
+impl Op {
+    pub const ALL: [Op; 5] = [Op::Read, Op::Write, Op::Flush, Op::Discard, Op::WriteZeroes];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+            Op::Discard => "discard",
+            Op::WriteZeroes => "write_zeroes",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct LayerStats {
-    reads: AtomicU64,
-    writes: AtomicU64,
-    flushes: AtomicU64,
-    discards: AtomicU64,
-    write_zeroes: AtomicU64,
-    read_bytes: AtomicU64,
-    written_bytes: AtomicU64,
-    errors: AtomicU64,
-    read_latency: LatencyHistogram,
-    write_latency: LatencyHistogram,
+    /// Indexed by [`Op::index`].
+    ops: [AtomicU64; 5],
+    /// Bytes covered: read, written, discarded, zeroed (0 for flushes).
+    bytes: [AtomicU64; 5],
+    errors: [AtomicU64; 5],
+    latency: [LatencyHistogram; 5],
+}
+
+/// One kind of request's counts at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    pub ops: u64,
+    pub bytes: u64,
+    pub errors: u64,
 }
 
 /// A copy of [`LayerStats`] at one moment.
@@ -28,65 +62,91 @@ pub struct StatsSnapshot {
     pub write_zeroes: u64,
     pub read_bytes: u64,
     pub written_bytes: u64,
+    /// Errors of every kind of request.
     pub errors: u64,
+    /// The same per kind of request, indexed as [`Op::ALL`].
+    pub by_op: [OpCounts; 5],
+}
+
+impl StatsSnapshot {
+    pub fn of(&self, op: Op) -> OpCounts {
+        self.by_op[op.index()]
+    }
 }
 
 impl LayerStats {
+    /// Count a request of `bytes`; returns how many requests of its kind this
+    /// layer has seen, this one included.
+    pub fn count(&self, op: Op, bytes: u64) -> u64 {
+        if bytes > 0 {
+            self.bytes[op.index()].fetch_add(bytes, Relaxed);
+        }
+        self.ops[op.index()].fetch_add(1, Relaxed) + 1
+    }
+
     /// Count a read; returns how many reads this layer has seen, this one included.
     pub fn read(&self, bytes: usize) -> u64 {
-        self.read_bytes.fetch_add(bytes as u64, Relaxed);
-        self.reads.fetch_add(1, Relaxed) + 1
+        self.count(Op::Read, bytes as u64)
     }
 
     /// Count a write; returns how many writes this layer has seen, this one included.
     pub fn write(&self, bytes: usize) -> u64 {
-        self.written_bytes.fetch_add(bytes as u64, Relaxed);
-        self.writes.fetch_add(1, Relaxed) + 1
+        self.count(Op::Write, bytes as u64)
     }
 
-    pub fn flush(&self) {
-        self.flushes.fetch_add(1, Relaxed);
+    pub fn flush(&self) -> u64 {
+        self.count(Op::Flush, 0)
     }
 
-    pub fn discard(&self) {
-        self.discards.fetch_add(1, Relaxed);
+    pub fn discard(&self, bytes: u64) -> u64 {
+        self.count(Op::Discard, bytes)
     }
 
-    pub fn write_zeroes(&self) {
-        self.write_zeroes.fetch_add(1, Relaxed);
+    pub fn write_zeroes(&self, bytes: u64) -> u64 {
+        self.count(Op::WriteZeroes, bytes)
     }
 
-    pub fn error(&self) {
-        self.errors.fetch_add(1, Relaxed);
+    /// A request of kind `op` was answered with an error.
+    pub fn error(&self, op: Op) {
+        self.errors[op.index()].fetch_add(1, Relaxed);
     }
 
-    /// How long a read took, from the call to its completion (layers below included).
-    pub fn read_took(&self, elapsed: Duration) {
-        self.read_latency.record(elapsed);
-    }
-
-    pub fn write_took(&self, elapsed: Duration) {
-        self.write_latency.record(elapsed);
+    /// How long a request took, from the call to its completion (layers below
+    /// included).
+    pub fn took(&self, op: Op, elapsed: Duration) {
+        self.latency[op.index()].record(elapsed);
     }
 
     /// Median and 99th percentile of reads and writes since the stack was compiled.
     pub fn latency(&self) -> LatencySnapshot {
         LatencySnapshot {
-            read: self.read_latency.percentiles(),
-            write: self.write_latency.percentiles(),
+            read: self.latency[Op::Read.index()].percentiles(),
+            write: self.latency[Op::Write.index()].percentiles(),
         }
     }
 
+    /// The latency histogram of `op`, in the buckets of [`EXPORT_BOUNDS_NS`].
+    pub fn histogram(&self, op: Op) -> HistogramSnapshot {
+        self.latency[op.index()].export()
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
+        let by_op = Op::ALL.map(|op| OpCounts {
+            ops: self.ops[op.index()].load(Relaxed),
+            bytes: self.bytes[op.index()].load(Relaxed),
+            errors: self.errors[op.index()].load(Relaxed),
+        });
+        let of = |op: Op| by_op[op.index()];
         StatsSnapshot {
-            reads: self.reads.load(Relaxed),
-            writes: self.writes.load(Relaxed),
-            flushes: self.flushes.load(Relaxed),
-            discards: self.discards.load(Relaxed),
-            write_zeroes: self.write_zeroes.load(Relaxed),
-            read_bytes: self.read_bytes.load(Relaxed),
-            written_bytes: self.written_bytes.load(Relaxed),
-            errors: self.errors.load(Relaxed),
+            reads: of(Op::Read).ops,
+            writes: of(Op::Write).ops,
+            flushes: of(Op::Flush).ops,
+            discards: of(Op::Discard).ops,
+            write_zeroes: of(Op::WriteZeroes).ops,
+            read_bytes: of(Op::Read).bytes,
+            written_bytes: of(Op::Write).bytes,
+            errors: by_op.iter().map(|c| c.errors).sum(),
+            by_op,
         }
     }
 }
@@ -98,20 +158,50 @@ const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
 /// Values below `SUB_BUCKETS` get a bucket each; above, 4 per power of two up to 2^64.
 const BUCKETS: usize = SUB_BUCKETS * (64 - SUB_BUCKET_BITS as usize + 1);
 
+/// The upper bounds, in nanoseconds, of the buckets a histogram is exported
+/// in (Prometheus' `le`): every power of two from 2^10 ns (about 1 µs) to
+/// 2^33 ns (about 8.6 s). Powers of two are bucket boundaries of the
+/// log-linear histogram, so the export is exact: bucket `b` counts the
+/// values below `b` (a value of exactly `b` ns, a nanosecond away, counts in
+/// the next).
+pub const EXPORT_BOUNDS_NS: [u64; 24] = {
+    let mut bounds = [0u64; 24];
+    let mut i = 0;
+    while i < 24 {
+        bounds[i] = 1 << (10 + i);
+        i += 1;
+    }
+    bounds
+};
+
 /// Latencies in nanoseconds as a log-linear histogram of atomic counters:
-/// recording is one relaxed increment, with no lock and no allocation, so it can
-/// sit on every request of every layer.
+/// recording is two relaxed additions, with no lock and no allocation, so it
+/// can sit on every request of every layer.
 #[derive(Debug)]
 pub struct LatencyHistogram {
     buckets: [AtomicU64; BUCKETS],
+    /// The sum of the recorded values, in nanoseconds (wrapping after 584
+    /// years of latency).
+    sum_ns: AtomicU64,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
         }
     }
+}
+
+/// A histogram as exported: cumulative counts at [`EXPORT_BOUNDS_NS`], the
+/// count of every value (the `+Inf` bucket) and their sum.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// `cumulative[i]`: values below `EXPORT_BOUNDS_NS[i]`.
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_ns: u64,
 }
 
 /// Median and 99th percentile in nanoseconds; `None` before the first request.
@@ -131,6 +221,7 @@ impl LatencyHistogram {
     pub fn record(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.buckets[bucket_of(nanos)].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(nanos, Relaxed);
     }
 
     pub fn percentiles(&self) -> Percentiles {
@@ -138,6 +229,29 @@ impl LatencyHistogram {
         Percentiles {
             p50_ns: percentile(&counts, 50),
             p99_ns: percentile(&counts, 99),
+        }
+    }
+
+    /// The histogram in the buckets of [`EXPORT_BOUNDS_NS`]. The count is the
+    /// sum of the buckets read, so the buckets never exceed it even while
+    /// values are recorded.
+    pub fn export(&self) -> HistogramSnapshot {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let mut cumulative = Vec::with_capacity(EXPORT_BOUNDS_NS.len());
+        let mut seen = 0u64;
+        let mut index = 0;
+        for bound in EXPORT_BOUNDS_NS {
+            let end = bucket_of(bound);
+            while index < end {
+                seen += counts[index];
+                index += 1;
+            }
+            cumulative.push(seen);
+        }
+        HistogramSnapshot {
+            cumulative,
+            count: counts.iter().sum(),
+            sum_ns: self.sum_ns.load(Relaxed),
         }
     }
 }
@@ -237,5 +351,75 @@ mod tests {
         let p99 = p.p99_ns.unwrap();
         assert!((90_000..=110_000).contains(&p50), "{p50}");
         assert!((9_000_000..=11_000_000).contains(&p99), "{p99}");
+    }
+    #[test]
+    fn export_bounds_are_bucket_boundaries() {
+        for bound in EXPORT_BOUNDS_NS {
+            assert_ne!(bucket_of(bound - 1), bucket_of(bound), "{bound}");
+        }
+    }
+
+    #[test]
+    fn export_counts_each_value_below_its_bound_cumulatively() {
+        let histogram = LatencyHistogram::default();
+        assert_eq!(histogram.export().count, 0);
+        for nanos in [0, 1023, 1024, 3000, 3000, 1 << 33, 10_000_000_000] {
+            histogram.record(Duration::from_nanos(nanos));
+        }
+        let exported = histogram.export();
+        assert_eq!(exported.count, 7);
+        assert_eq!(
+            exported.sum_ns,
+            1023 + 1024 + 6000 + (1 << 33) + 10_000_000_000
+        );
+        assert_eq!(exported.cumulative.len(), EXPORT_BOUNDS_NS.len());
+        // Below 1024 ns: 0 and 1023; below 2048: 1024 too; below 4096: 3000 twice.
+        assert_eq!(exported.cumulative[..3], [2, 3, 5]);
+        // 2^33 ns is not below the last bound; it and 10 s count only in `count`.
+        assert_eq!(*exported.cumulative.last().unwrap(), 5);
+        assert!(exported.cumulative.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn counts_are_kept_per_kind_of_request() {
+        let stats = LayerStats::default();
+        assert_eq!(stats.read(4096), 1);
+        assert_eq!(stats.read(8192), 2);
+        stats.write(512);
+        stats.discard(1 << 20);
+        stats.flush();
+        stats.error(Op::Read);
+        stats.error(Op::Flush);
+        let s = stats.snapshot();
+        assert_eq!(
+            (s.reads, s.read_bytes, s.writes, s.written_bytes),
+            (2, 12288, 1, 512)
+        );
+        assert_eq!(s.errors, 2);
+        assert_eq!(
+            s.of(Op::Read),
+            OpCounts {
+                ops: 2,
+                bytes: 12288,
+                errors: 1
+            }
+        );
+        assert_eq!(
+            s.of(Op::Discard),
+            OpCounts {
+                ops: 1,
+                bytes: 1 << 20,
+                errors: 0
+            }
+        );
+        assert_eq!(
+            s.of(Op::Flush),
+            OpCounts {
+                ops: 1,
+                bytes: 0,
+                errors: 1
+            }
+        );
+        assert_eq!(s.of(Op::WriteZeroes), OpCounts::default());
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use layers::{Plan, Stack};
 
+pub use crate::nbd::ConnectionCounts;
+
 pub use nbd::Nbd;
 pub use ublk::Ublk;
 
@@ -22,7 +24,13 @@ pub struct Serving {
     pub queues: u16,
     /// Said last inside the ready line's parentheses (", recovered"), or "".
     pub note: &'static str,
+    /// The front end's client connections, for the metrics endpoint; `None`
+    /// when it has none of its own (ublk: the kernel is the client).
+    pub connections: Option<ConnectionCounter>,
 }
+
+/// Reads a front end's connection counts at the moment it is called.
+pub type ConnectionCounter = Arc<dyn Fn() -> ConnectionCounts + Send + Sync>;
 
 /// One way of serving a stack. `up` calls, in order: `prepare` once the config
 /// is loaded, `start` once the stack is compiled, `any_queue_ended` while it

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use super::control::{self, Event, ProgressLines, Report};
 use super::front_end::FrontEnd;
+use super::metrics::{Endpoint, Source};
 use super::reload::Reloader;
 use super::{logging, notify, signals, status, watch};
 use crate::config::size::format_human;
@@ -51,6 +52,8 @@ pub(crate) struct DeviceReport {
     pub(crate) reloader: Arc<Reloader>,
     /// The running or last scrub.
     pub(crate) scrub: super::repair::ScrubRun,
+    /// The metrics endpoint's URL, with `--metrics`.
+    pub(crate) metrics: Option<String>,
 }
 
 impl Report for DeviceReport {
@@ -74,6 +77,7 @@ impl Report for DeviceReport {
             queues: self.queues,
             stack: &self.stack,
             scrub: self.scrub.status(),
+            metrics: self.metrics.clone(),
         };
         let reply = status::StatusReply::new(device, &self.reloader.record());
         match serde_json::to_value(reply) {
@@ -108,8 +112,9 @@ impl Report for DeviceReport {
     }
 }
 
-/// `ublk-stack up CONFIG`, served by `front`.
-pub fn up(config: &Path, front: &mut dyn FrontEnd) -> u8 {
+/// `ublk-stack up CONFIG`, served by `front`, with its metrics at `metrics`
+/// (`--metrics ADDR`) when given.
+pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 {
     // Before any thread exists, so that every thread inherits the mask and only
     // the signal thread takes SIGINT/SIGTERM.
     if let Err(e) = signals::block_termination_signals() {
@@ -129,6 +134,11 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd) -> u8 {
     if let Err(e) = control::refuse_if_running(&plan.device.name) {
         return fail(e);
     }
+    // Before anything is created: a port in use is refused like a bad config.
+    let endpoint = match metrics.map(Endpoint::bind).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(e) => return fail(e),
+    };
     if let Err(e) = front.prepare(&plan) {
         return fail(e);
     }
@@ -161,8 +171,22 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd) -> u8 {
         stack: stack.clone(),
         reloader: reloader.clone(),
         scrub: Default::default(),
+        metrics: endpoint.as_ref().map(|e| e.url().to_string()),
     };
-    let started = start_control_threads(reloader, listener, report, events_tx);
+    let metrics_source = Source {
+        device: name.clone(),
+        path: serving.path.display().to_string(),
+        queues: serving.queues,
+        stack: stack.clone(),
+        reloader: reloader.clone(),
+        connections: serving.connections.clone(),
+    };
+    let started = start_control_threads(reloader, listener, report, events_tx).and_then(|watch| {
+        if let Some(endpoint) = endpoint {
+            endpoint.serve(metrics_source)?;
+        }
+        Ok(watch)
+    });
     // Kept until the daemon exits: dropping it stops watching the config.
     let _watch = match started {
         Ok(watch) => watch,
@@ -338,6 +362,7 @@ mod tests {
             stack,
             reloader: Arc::new(reloader),
             scrub: Default::default(),
+            metrics: None,
         };
         let status = report.status();
         assert_eq!(status["ok"], true);

@@ -2,13 +2,15 @@
 //! end (`front_end`: ublk, NBD), talking to a running one through its control
 //! socket (`control`), its config reloads (`reload`, triggered by `watch` and
 //! SIGHUP, which `signals` turns into an event with SIGINT and SIGTERM),
-//! `status`, and telling systemd where the daemon is (`notify`).
+//! `status`, the Prometheus endpoint (`metrics`), and telling systemd where
+//! the daemon is (`notify`).
 
 pub mod control;
 pub mod front_end;
 pub mod lifecycle;
 pub mod list;
 pub mod logging;
+pub mod metrics;
 mod notify;
 pub mod plan;
 pub mod reload;

@@ -68,6 +68,9 @@ fn render(status: &StatusReply, now: SystemTime) -> String {
     );
     out.push_str(&render_last_reload(status.last_reload.as_ref(), now));
     out.push_str(&render_repairs(status, now));
+    if let Some(url) = &status.metrics {
+        out.push_str(&format!("metrics: {}\n", text(url)));
+    }
     out.push_str(&format!(
         "{:<24} {:<8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>15} {:>15}\n",
         "LAYER",

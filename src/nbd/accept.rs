@@ -211,9 +211,9 @@ pub fn accept_loop(
     stop: &AtomicBool,
     export: &Arc<Export>,
     limits: Limits,
+    connections: &Arc<Connections>,
     hand_off: &Arc<HandOff>,
 ) {
-    let connections = Arc::new(Connections::default());
     // Connections refused since the limit was last reached.
     let mut refused = 0u64;
     while !stop.load(Ordering::SeqCst) {

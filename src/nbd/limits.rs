@@ -8,7 +8,7 @@
 //! number of connections (handshaking or not), and one deadline for a whole
 //! handshake.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,26 +98,54 @@ pub struct Limits {
 }
 
 /// The count of open connections, shared by the accept thread and every
-/// connection's [`Permit`].
+/// connection's [`Permit`], and how many were accepted and refused (for the
+/// metrics endpoint).
 #[derive(Default)]
 pub struct Connections {
     open: AtomicUsize,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// [`Connections`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    /// Open now, handshaking or not.
+    pub open: u64,
+    /// Admitted since the server started.
+    pub accepted: u64,
+    /// Closed at once since the server started, at `--nbd-max-connections`.
+    pub refused: u64,
 }
 
 impl Connections {
     /// A permit for one more connection, unless `max` are open.
     pub fn admit(self: &Arc<Self>, max: usize) -> Option<Permit> {
-        self.open
+        let admitted = self
+            .open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
                 (open < max).then_some(open + 1)
             })
-            .ok()
-            .map(|_| Permit(self.clone()))
+            .is_ok();
+        let counter = if admitted {
+            &self.accepted
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        admitted.then(|| Permit(self.clone()))
     }
 
-    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    pub fn counts(&self) -> ConnectionCounts {
+        ConnectionCounts {
+            open: self.open() as u64,
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -146,6 +174,8 @@ mod tests {
         let c = connections.admit(2).unwrap();
         drop((b, c));
         assert_eq!(connections.open(), 0);
+        let counts = connections.counts();
+        assert_eq!((counts.open, counts.accepted, counts.refused), (0, 3, 1));
     }
 
     #[test]

@@ -43,5 +43,5 @@ mod ring;
 mod server;
 
 pub use accept::Address;
-pub use limits::{Limits, NbdOptions};
+pub use limits::{ConnectionCounts, Limits, NbdOptions};
 pub use server::Server;

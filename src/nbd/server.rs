@@ -24,7 +24,7 @@ use layers::Stack;
 use super::accept::{accept_loop, Address, HandOff, Listener};
 use super::conn::{self, Conn};
 use super::handshake::Export;
-use super::limits::Limits;
+use super::limits::{ConnectionCounts, Connections, Limits};
 use super::offload::run_job;
 use super::queue::{Inbox, Queue};
 
@@ -155,6 +155,7 @@ pub struct Server {
     inboxes: Vec<Arc<Inbox>>,
     queues: Vec<JoinHandle<io::Result<()>>>,
     local_addr: Option<std::net::SocketAddr>,
+    connections: Arc<Connections>,
 }
 
 impl Server {
@@ -190,12 +191,16 @@ impl Server {
             threads.push(thread);
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Connections::default());
         let acceptor = {
             let (listener, stop) = (listener.clone(), stop.clone());
             let hand_off = hand_off_round_robin(inboxes.clone());
+            let connections = connections.clone();
             std::thread::Builder::new()
                 .name("nbd-accept".into())
-                .spawn(move || accept_loop(&listener, &stop, &export, limits, &hand_off))
+                .spawn(move || {
+                    accept_loop(&listener, &stop, &export, limits, &connections, &hand_off);
+                })
                 .map_err(|e| format!("starting accept thread: {e}"))?
         };
         Ok(Server {
@@ -205,7 +210,15 @@ impl Server {
             inboxes,
             queues: threads,
             local_addr,
+            connections,
         })
+    }
+
+    /// A way to read the connection counts while the server runs (for the
+    /// metrics endpoint).
+    pub fn connection_counts(&self) -> impl Fn() -> ConnectionCounts + Send + Sync + 'static {
+        let connections = self.connections.clone();
+        move || connections.counts()
     }
 
     /// The TCP address actually bound (the port when 0 was asked for).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use layers::{Plan, Stack};
 
-use super::{FrontEnd, Serving};
+use super::{ConnectionCounter, FrontEnd, Serving};
 use crate::nbd::{Address, NbdOptions, Server};
 
 pub struct Nbd {
@@ -41,11 +41,13 @@ impl FrontEnd for Nbd {
         let queues = plan.device.queues;
         let server = Server::start(address, stack, queues, limits, &plan.device.name)?;
         let uri = address.uri(server.local_addr());
+        let connections: ConnectionCounter = Arc::new(server.connection_counts());
         self.server = Some(server);
         Ok(Serving {
             path: PathBuf::from(uri),
             queues,
             note: "",
+            connections: Some(connections),
         })
     }
 

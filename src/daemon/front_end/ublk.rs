@@ -94,6 +94,7 @@ impl FrontEnd for Ublk {
             path: device.block_path(),
             queues: device.queues(),
             note: if recovered { ", recovered" } else { "" },
+            connections: None,
         };
         self.device = Some(device);
         Ok(serving)

@@ -25,6 +25,8 @@ pub struct StatusReply {
     pub queues: u16,
     pub state: String,
     pub pid: u32,
+    /// The metrics endpoint's URL (`up --metrics`), or `None`.
+    pub metrics: Option<String>,
     /// 1 at `up`, one more per applied reload.
     pub generation: u64,
     pub last_reload: Option<ReloadSummary>,
@@ -72,6 +74,7 @@ pub struct Device<'a> {
     pub queues: u16,
     pub stack: &'a Stack,
     pub scrub: Option<ScrubStatus>,
+    pub metrics: Option<String>,
 }
 
 impl StatusReply {
@@ -85,6 +88,7 @@ impl StatusReply {
             queues: device.queues,
             state: "running".to_string(),
             pid: std::process::id(),
+            metrics: device.metrics,
             generation: record.generation,
             last_reload: record.last.as_ref().map(|outcome| outcome.summary()),
             scrub: device.scrub,

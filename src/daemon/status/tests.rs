@@ -150,3 +150,15 @@ fn status_shows_the_scrub_and_each_rebuild_on_a_line_of_their_own() {
         "{text}"
     );
 }
+
+#[test]
+fn status_names_the_metrics_endpoint_when_there_is_one() {
+    let mut status = reply(serde_json::Value::Null);
+    assert!(!render(&status, SystemTime::now()).contains("metrics:"));
+    status.metrics = Some("http://127.0.0.1:9474/metrics".into());
+    let text = render(&status, SystemTime::now());
+    assert!(
+        text.contains("\nmetrics: http://127.0.0.1:9474/metrics\n"),
+        "{text}"
+    );
+}

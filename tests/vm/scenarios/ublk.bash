@@ -1,12 +1,13 @@
 # Sourced by the ublk scenarios after /vmtest/lib.sh: start and stop a daemon and
 # check what the kernel shows. Not a scenario itself (no .sh suffix).
 
-# up_device CONFIG: run `ublk-stack up CONFIG` in the background and wait for its
-# ready line. Sets DEV (/dev/ublkbN), DAEMON_PID and READY (the whole line).
+# up_device CONFIG [OPTION...]: run `ublk-stack up CONFIG OPTION...` in the
+# background and wait for its ready line. Sets DEV (/dev/ublkbN), DAEMON_PID and
+# READY (the whole line).
 up_device() {
     local config=$1 out
     out=$(mktemp /work/up.XXXXXX)
-    ublk-stack up "$config" >"$out" 2>>/work/daemon.err &
+    ublk-stack up "$config" "${@:2}" >"$out" 2>>/work/daemon.err &
     DAEMON_PID=$!
     local i
     for i in $(seq 1 600); do
