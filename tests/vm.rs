@@ -58,6 +58,7 @@ scenarios!(
     mirror_fault_readd,
     mirror_scrub,
     ublk_nbd_leg_readd,
+    ublk_safe_stop,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

@@ -46,6 +46,7 @@ impl FrontEnd for Nbd {
             path: PathBuf::from(uri),
             queues,
             note: "",
+            ublk: None,
         })
     }
 

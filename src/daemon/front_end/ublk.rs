@@ -30,6 +30,7 @@ use layers::{Layer, LayerSpec, Plan, Stack};
 
 use super::{FrontEnd, Serving};
 use crate::daemon::control;
+use crate::daemon::status::UblkStatus;
 use crate::ublk::{Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
@@ -94,6 +95,10 @@ impl FrontEnd for Ublk {
             path: device.block_path(),
             queues: device.queues(),
             note: if recovered { ", recovered" } else { "" },
+            ublk: Some(UblkStatus::new(
+                device.kernel_features(),
+                device.features_in_use(),
+            )),
         };
         self.device = Some(device);
         Ok(serving)
@@ -105,6 +110,21 @@ impl FrontEnd for Ublk {
 
     fn queue_ended(&self, name: &str) -> String {
         format!("{name}: a queue stopped on its own; device removed")
+    }
+
+    fn stop_if_unused(&mut self) -> Result<(), String> {
+        let Some(device) = self.device.as_mut() else {
+            return Ok(());
+        };
+        device.stop_if_unused().map_err(|e| match e {
+            DeviceError::InUse(..) => format!(
+                "{e}; unmount or close it and run `down` again, or `down --force` to remove it anyway"
+            ),
+            other => format!(
+                "cannot tell whether {} is in use: {other}; `down --force` removes it anyway",
+                device.block_path().display()
+            ),
+        })
     }
 
     fn stop(&mut self) -> Result<(), String> {

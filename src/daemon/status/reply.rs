@@ -8,6 +8,7 @@ use layers::{LayerReport, Stack};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::reload::{Record, ReloadSummary};
+use crate::ublk::features;
 
 /// The schema version: raised when a field is renamed, removed or changes
 /// its type or unit; new fields may appear without it.
@@ -27,8 +28,38 @@ pub struct StatusReply {
     /// 1 at `up`, one more per applied reload.
     pub generation: u64,
     pub last_reload: Option<ReloadSummary>,
+    /// How the kernel's ublk driver serves the device; `None` over NBD (and
+    /// from daemons older than the field).
+    #[serde(default)]
+    pub ublk: Option<UblkStatus>,
     /// Every layer from the top down, children after their parent.
     pub layers: Vec<LayerStatus>,
+}
+
+/// The ublk side of a device: how data moves and which driver features the
+/// daemon uses, out of those the kernel offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UblkStatus {
+    /// `copy`: the kernel copies request data to and from the daemon's buffers.
+    pub data_path: String,
+    /// The `UBLK_F_*` features in use, without the prefix, lowest bit first.
+    pub features: Vec<String>,
+    /// GET_FEATURES as the kernel answered it (0 before Linux 6.5).
+    pub kernel_features: u64,
+}
+
+impl UblkStatus {
+    /// For a device using the flags `in_use` on a kernel offering `offered`.
+    pub fn new(offered: u64, in_use: u64) -> UblkStatus {
+        UblkStatus {
+            data_path: features::DATA_PATH.to_string(),
+            features: features::names(in_use)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            kernel_features: offered,
+        }
+    }
 }
 
 /// One layer: its place in the tree, its counters, and what its type reports
@@ -68,6 +99,7 @@ pub struct Device<'a> {
     pub path: String,
     pub queues: u16,
     pub stack: &'a Stack,
+    pub ublk: Option<UblkStatus>,
 }
 
 impl StatusReply {
@@ -83,6 +115,7 @@ impl StatusReply {
             pid: std::process::id(),
             generation: record.generation,
             last_reload: record.last.as_ref().map(|outcome| outcome.summary()),
+            ublk: device.ublk,
             layers: device
                 .stack
                 .status()
