@@ -6,9 +6,9 @@
 //! `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "down", "force": BOOL}` or
 //! `{"cmd": "plan", "text": TOML, "path": FILE}`, and reads one
 //! JSON line back. Every reply has `"ok"`; failures carry `"error"`. `down` is
-//! answered only once the device is gone (or, without `force`, refused
-//! because it is in use: `"in_use": true`), so the client's exit status tells
-//! the truth; `reload` once the reload is applied or refused.
+//! answered only once the device is gone (or, without `force`, at once with
+//! `"refused": true` when it is in use and goes on serving), so the client's
+//! exit status tells the truth; `reload` once the reload is applied or refused.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -250,7 +250,7 @@ fn wait_for_stop(events: &mpsc::Receiver<Event>, front: &mut dyn FrontEnd) -> St
                 if !force {
                     if let Err(why) = front.stop_if_unused() {
                         tracing::warn!("down refused: {why}");
-                        let reply = json!({"ok": false, "in_use": true, "error": why});
+                        let reply = json!({"ok": false, "refused": true, "error": why});
                         drop(control::reply_to(client, &reply));
                         continue;
                     }
@@ -436,7 +436,7 @@ mod tests {
         };
         let answer = reply(refused);
         assert_eq!(answer["ok"], false);
-        assert_eq!(answer["in_use"], true);
+        assert_eq!(answer["refused"], true);
         assert!(answer["error"]
             .as_str()
             .unwrap()

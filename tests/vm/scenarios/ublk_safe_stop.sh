@@ -97,7 +97,8 @@ e2fsck -fn "$DEV" >/dev/null || fail "e2fsck after the refused down"
 step "down refuses a device held open by a process"
 exec 3<"$DEV"
 rc=0
-out=$(ublk-stack down safe0 2>&1) || rc=$?
+# The client does not inherit fd 3: this shell is the one user.
+out=$(ublk-stack down safe0 2>&1 3<&-) || rc=$?
 echo "down: rc=$rc: $out"
 ((rc == 1)) || fail "down of a held-open device exited $rc"
 grep -q "safe0: $DEV is in use (open in pid $$ (bash))" <<<"$out" || fail "down's message: $out"
