@@ -97,8 +97,9 @@ e2fsck -fn "$DEV" >/dev/null || fail "e2fsck after the refused down"
 step "down refuses a device held open by a process"
 exec 3<"$DEV"
 rc=0
-# The client does not inherit fd 3: this shell is the one user.
-out=$(ublk-stack down safe0 2>&1 3<&-) || rc=$?
+# Neither the client nor a subshell inherits fd 3: this shell is the one user.
+ublk-stack down safe0 >/work/down.out 2>&1 3<&- || rc=$?
+out=$(</work/down.out)
 echo "down: rc=$rc: $out"
 ((rc == 1)) || fail "down of a held-open device exited $rc"
 grep -q "safe0: $DEV is in use (open in pid $$ (bash))" <<<"$out" || fail "down's message: $out"
@@ -120,6 +121,8 @@ rc=0
 wait "$DAEMON_PID" || rc=$?
 ((rc == 0)) || { cat /work/daemon.err >&2; fail "daemon exited $rc after down --force"; }
 [[ ! -e $DEV ]] || fail "$DEV still there after down --force"
+# Deleted without waiting for this shell's fd (DEL_DEV_ASYNC), said in the log.
+grep "deleted but still held open" /work/daemon.err || fail "no word of the device still held open"
 exec 3<&-
 
 step "the kernel released it: the same config comes up and goes down again"
