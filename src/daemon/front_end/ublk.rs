@@ -2,7 +2,9 @@
 //! (one pinned thread per queue). `stop` is STOP_DEV (the kernel drains
 //! in-flight requests, which the queues keep serving, then removes
 //! /dev/ublkbN and aborts every tag) and joins the queue threads; `remove`,
-//! after the final flush, is DEL_DEV (removes /dev/ublkcN).
+//! after the final flush, deletes the device (removes /dev/ublkcN). A `down`
+//! without `--force` first asks the device to stop only if unused
+//! (`ublk::device::stop`): refused, the device goes on serving.
 //!
 //! Crash recovery: when the kernel offers user recovery (see `ublk::device`), `up`
 //! records the device's id in `$UBLK_STACK_RUN_DIR/NAME.device`. If the daemon is
