@@ -40,8 +40,14 @@ pub enum Command {
         #[command(flatten)]
         nbd_limits: crate::nbd::NbdOptions,
     },
-    /// Flush and remove a running device, and stop its daemon.
-    Down { name: String },
+    /// Flush and remove a running device, and stop its daemon. Refused (exit 1)
+    /// while the device is in use: mounted, or open in a process.
+    Down {
+        name: String,
+        /// Remove the device even while it is in use (its users get I/O errors).
+        #[arg(long)]
+        force: bool,
+    },
     /// List running devices.
     List {
         #[arg(long)]
@@ -50,6 +56,12 @@ pub enum Command {
     /// Show a running device's layer tree, counters and health.
     Status {
         name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the ublk features the running kernel offers and those the daemon
+    /// uses (exit 0, also when ublk_drv is not loaded; 1 when they cannot be read).
+    Features {
         #[arg(long)]
         json: bool,
     },
@@ -145,7 +157,8 @@ pub fn run(args: Args) -> u8 {
             &mut Nbd::new(&address, nbd_limits),
             metrics.as_deref(),
         ),
-        Command::Down { name } => down(&name),
+        Command::Down { name, force } => down(&name, force),
+        Command::Features { json } => crate::daemon::features::command(json),
         Command::List { json } => list(json),
         Command::Status { name, json } => status(&name, json),
         Command::Validate { configs } => validate(&configs),
@@ -194,8 +207,8 @@ fn up(config: &std::path::Path, front: &mut dyn FrontEnd, metrics: Option<&str>)
     crate::daemon::lifecycle::up(config, front, metrics)
 }
 
-fn down(name: &str) -> u8 {
-    crate::daemon::lifecycle::down(name)
+fn down(name: &str, force: bool) -> u8 {
+    crate::daemon::lifecycle::down(name, force)
 }
 
 fn list(json: bool) -> u8 {

@@ -4,9 +4,10 @@
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ublk-stack");
-const SUBCOMMANDS: [&str; 13] = [
+const SUBCOMMANDS: [&str; 14] = [
     "up",
     "down",
+    "features",
     "list",
     "status",
     "validate",
@@ -48,7 +49,7 @@ fn bash_completion_is_valid_bash_and_knows_every_subcommand() {
     for sub in SUBCOMMANDS {
         assert!(script.contains(sub), "{sub} missing from the completion");
     }
-    assert!(script.contains("--json") && script.contains("--nbd"));
+    assert!(script.contains("--json") && script.contains("--nbd") && script.contains("--force"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ublk-stack.bash");
     std::fs::write(&path, &script).unwrap();

@@ -107,3 +107,21 @@ fn down_flushes_acknowledged_writes() {
         );
     });
 }
+
+/// `--force` skips the in-use check (NBD has none) and stops the same way.
+#[test]
+fn forced_down_flushes_acknowledged_writes() {
+    writes_survive("stopforce", |d| {
+        let out = Command::new(BIN)
+            .args(["down", "stopforce", "--force"])
+            .env("UBLK_STACK_RUN_DIR", d.dir.join("run"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "down --force: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.log()
+        );
+    });
+}

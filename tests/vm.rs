@@ -59,6 +59,7 @@ scenarios!(
     mirror_scrub,
     ublk_nbd_leg_readd,
     ublk_metrics,
+    ublk_safe_stop,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

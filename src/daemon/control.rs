@@ -3,16 +3,17 @@
 //! `list`, `status` and `reload`.
 //!
 //! Protocol: the client sends one JSON object on one line, `{"cmd": "info"}`,
-//! `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "down"}`,
+//! `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "down", "force": BOOL}`,
 //! `{"cmd": "plan", "text": TOML, "path": FILE}`, `{"cmd": "scrub"}` or
 //! `{"cmd": "readd", "layer": MIRROR, "leg": N, "wait": BOOL}`, and reads one
 //! JSON line back. Every reply has `"ok"`; failures carry `"error"`. `down` is
-//! answered only once the device is gone, so the client's exit status tells the
-//! truth; `reload` once the reload is applied or refused; `scrub` once the
-//! scrub is over, and `readd` with `"wait": true` once the rebuild is. With
-//! `"progress_ms": N`, those two send progress lines before the reply, at most
-//! one per N ms: `{"event": "progress", ...}` (`repair/progress.rs`), which
-//! carry no `"ok"`.
+//! answered only once the device is gone (or, without `force`, at once with
+//! `"refused": true` when it is in use and goes on serving), so the client's
+//! exit status tells the truth; `reload` once the reload is applied or refused;
+//! `scrub` once the scrub is over, and `readd` with `"wait": true` once the
+//! rebuild is. With `"progress_ms": N`, those two send progress lines before
+//! the reply, at most one per N ms: `{"event": "progress", ...}`
+//! (`repair/progress.rs`), which carry no `"ok"`.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -167,8 +168,9 @@ pub fn refuse_if_running(name: &str) -> Result<(), String> {
 pub enum Event {
     /// SIGINT or SIGTERM.
     Signal(i32),
-    /// `down`: answer on this connection once the device is gone.
-    Down(UnixStream),
+    /// `down`: answer on this connection once the device is gone. Without
+    /// `force`, a device in use is not stopped.
+    Down { client: UnixStream, force: bool },
 }
 
 /// Serve the socket on a thread of its own: `info` and `status` are answered
@@ -234,8 +236,12 @@ fn handle(stream: UnixStream, report: &Arc<dyn Report>, down: &Sender<Event>) ->
             return Ok(());
         }
         Some("down") => {
+            let force = request["force"].as_bool().unwrap_or(false);
             return down
-                .send(Event::Down(stream))
+                .send(Event::Down {
+                    client: stream,
+                    force,
+                })
                 .map_err(|_| io::Error::other("daemon is shutting down"));
         }
         _ => json!({"ok": false, "error": "unknown command"}),
@@ -369,10 +375,17 @@ mod tests {
         assert_eq!(info["name"], "t");
         let unknown = request(&path, "nonsense", Duration::from_secs(5)).unwrap();
         assert_eq!(unknown["ok"], false);
-        let client = std::thread::spawn(move || request(&path, "down", Duration::from_secs(5)));
-        let Event::Down(stream) = rx.recv().unwrap() else {
+        let down = json!({"cmd": "down", "force": true});
+        let client =
+            std::thread::spawn(move || request_value(&path, &down, Duration::from_secs(5)));
+        let Event::Down {
+            client: stream,
+            force,
+        } = rx.recv().unwrap()
+        else {
             panic!("expected down")
         };
+        assert!(force);
         reply_to(stream, &json!({"ok": true})).unwrap();
         assert_eq!(client.join().unwrap().unwrap()["ok"], true);
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use layers::{Plan, Stack};
 
+use super::status::UblkStatus;
 pub use crate::nbd::ConnectionCounts;
 
 pub use nbd::Nbd;
@@ -27,6 +28,8 @@ pub struct Serving {
     /// The front end's client connections, for the metrics endpoint; `None`
     /// when it has none of its own (ublk: the kernel is the client).
     pub connections: Option<ConnectionCounter>,
+    /// The ublk driver's side, for `status`; `None` for other front ends.
+    pub ublk: Option<UblkStatus>,
 }
 
 /// Reads a front end's connection counts at the moment it is called.
@@ -34,7 +37,8 @@ pub type ConnectionCounter = Arc<dyn Fn() -> ConnectionCounts + Send + Sync>;
 
 /// One way of serving a stack. `up` calls, in order: `prepare` once the config
 /// is loaded, `start` once the stack is compiled, `any_queue_ended` while it
-/// runs, then on the way out `stop`, the stack's final flush, and `remove`.
+/// runs (and `stop_if_unused` for each `down` without `--force`), then on the
+/// way out `stop`, the stack's final flush, and `remove`.
 /// Errors are whole messages for the user.
 pub trait FrontEnd {
     /// Refuse early what can be refused before any leaf is opened (no root,
@@ -46,6 +50,13 @@ pub trait FrontEnd {
     fn any_queue_ended(&self) -> bool;
     /// What `up` says when it stopped because a queue ended on its own.
     fn queue_ended(&self, name: &str) -> String;
+    /// `down` without `--force`: begin `stop` only if nobody uses what the
+    /// front end serves; otherwise go on serving and say who uses it (the
+    /// whole message, naming the device). NBD clients are not checked: the
+    /// default lets the stop go ahead.
+    fn stop_if_unused(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Stop taking requests and finish those in flight: after it, nothing
     /// writes to the stack, so the flush that follows covers every write that
     /// was acknowledged.

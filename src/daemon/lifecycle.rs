@@ -4,7 +4,9 @@
 //! `front_end`): load the config, prepare the front end, compile the stack,
 //! bind the control socket, start serving, print
 //! `NAME: PATH ready (SIZE, Q queues)` (PATH is /dev/ublkbN or the NBD URI),
-//! then wait for SIGINT/SIGTERM, `down`, or a queue ending on its own. The
+//! then wait for SIGINT/SIGTERM, `down`, or a queue ending on its own. A
+//! `down` without `--force` is refused, and the device goes on serving, while
+//! the front end finds the device in use (mounted, or held open). The
 //! clean stop: the front end stops taking requests and finishes those in
 //! flight, the stack is flushed so every acknowledged write is durable on
 //! every leaf, the front end takes down what it set up (the ublk device), and
@@ -24,6 +26,7 @@ use super::control::{self, Event, ProgressLines, Report};
 use super::front_end::FrontEnd;
 use super::metrics::{Endpoint, Source};
 use super::reload::Reloader;
+use super::status::UblkStatus;
 use super::{logging, notify, signals, status, watch};
 use crate::config::size::format_human;
 
@@ -54,6 +57,7 @@ pub(crate) struct DeviceReport {
     pub(crate) scrub: super::repair::ScrubRun,
     /// The metrics endpoint's URL, with `--metrics`.
     pub(crate) metrics: Option<String>,
+    pub(crate) ublk: Option<UblkStatus>,
 }
 
 impl Report for DeviceReport {
@@ -78,6 +82,7 @@ impl Report for DeviceReport {
             stack: &self.stack,
             scrub: self.scrub.status(),
             metrics: self.metrics.clone(),
+            ublk: self.ublk.clone(),
         };
         let reply = status::StatusReply::new(device, &self.reloader.record());
         match serde_json::to_value(reply) {
@@ -172,6 +177,7 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
         reloader: reloader.clone(),
         scrub: Default::default(),
         metrics: endpoint.as_ref().map(|e| e.url().to_string()),
+        ublk: serving.ublk.clone(),
     };
     let metrics_source = Source {
         device: name.clone(),
@@ -215,7 +221,7 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
         ))
     ));
 
-    let stop = wait_for_stop(&events, &|| front.any_queue_ended());
+    let stop = wait_for_stop(&events, front);
     notify::notify("STOPPING=1\nSTATUS=stopping: flushing every acknowledged write");
     let result = clean_stop(front, &stack);
     drop(std::fs::remove_file(&socket));
@@ -257,20 +263,30 @@ enum Stop {
     QueueEnded,
 }
 
-/// Block until a signal, `down`, or a queue ending on its own (polled with
-/// `queue_ended`, for either front end).
-fn wait_for_stop(events: &mpsc::Receiver<Event>, queue_ended: &dyn Fn() -> bool) -> Stop {
+/// Block until a signal, a `down` that goes ahead, or a queue ending on its
+/// own (polled through `front`, for either front end). A `down` without
+/// `force` is answered at once, and waiting goes on, when the front end finds
+/// the device in use.
+fn wait_for_stop(events: &mpsc::Receiver<Event>, front: &mut dyn FrontEnd) -> Stop {
     loop {
         match events.recv_timeout(Duration::from_millis(250)) {
             Ok(Event::Signal(signal)) => {
                 tracing::info!("signal {signal}: stopping");
                 return Stop::Signal;
             }
-            Ok(Event::Down(client)) => {
-                tracing::info!("down requested: stopping");
+            Ok(Event::Down { client, force }) => {
+                if !force {
+                    if let Err(why) = front.stop_if_unused() {
+                        tracing::warn!("down refused: {why}");
+                        let reply = json!({"ok": false, "refused": true, "error": why});
+                        drop(control::reply_to(client, &reply));
+                        continue;
+                    }
+                }
+                tracing::info!(force, "down requested: stopping");
                 return Stop::Down(client);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) if queue_ended() => {
+            Err(mpsc::RecvTimeoutError::Timeout) if front.any_queue_ended() => {
                 tracing::error!("a queue ended on its own: stopping");
                 return Stop::QueueEnded;
             }
@@ -323,14 +339,16 @@ fn flush_stack(stack: &Stack) -> Result<(), String> {
     Ok(())
 }
 
-/// `ublk-stack down NAME`.
-pub fn down(name: &str) -> u8 {
+/// `ublk-stack down NAME [--force]`: without `force`, the daemon refuses
+/// while the device is in use.
+pub fn down(name: &str, force: bool) -> u8 {
     let socket = match control::find(name) {
         Ok(socket) => socket,
         Err(reason) => return fail(reason),
     };
+    let request = json!({"cmd": "down", "force": force});
     // Teardown flushes every leaf; give it time.
-    match control::request(&socket, "down", Duration::from_secs(600)) {
+    match control::request_value(&socket, &request, Duration::from_secs(600)) {
         Ok(reply) if reply["ok"] == true => 0,
         Ok(reply) => fail(format!(
             "{name}: {}",
@@ -363,6 +381,7 @@ mod tests {
             reloader: Arc::new(reloader),
             scrub: Default::default(),
             metrics: None,
+            ublk: None,
         };
         let status = report.status();
         assert_eq!(status["ok"], true);
@@ -376,5 +395,90 @@ mod tests {
         assert_eq!(layers[1]["depth"], 1);
         assert_eq!(layers[0]["stats"]["errors"], 0);
         assert_eq!(report.info()["path"], "/dev/ublkb9");
+    }
+
+    /// A front end whose device is in use until `free` is set.
+    struct Busy {
+        free: bool,
+        stopped: bool,
+    }
+
+    impl FrontEnd for Busy {
+        fn prepare(&mut self, _plan: &Plan) -> Result<(), String> {
+            Ok(())
+        }
+        fn start(
+            &mut self,
+            _plan: &Plan,
+            _stack: Arc<Stack>,
+        ) -> Result<crate::daemon::front_end::Serving, String> {
+            Err("not used".into())
+        }
+        fn any_queue_ended(&self) -> bool {
+            false
+        }
+        fn queue_ended(&self, _name: &str) -> String {
+            String::new()
+        }
+        fn stop_if_unused(&mut self) -> Result<(), String> {
+            if !self.free {
+                return Err("/dev/ublkb9 is in use (mounted on /mnt)".into());
+            }
+            self.stopped = true;
+            Ok(())
+        }
+        fn stop(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn remove(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn send_down(events: &mpsc::Sender<Event>, force: bool) -> std::os::unix::net::UnixStream {
+        let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        events
+            .send(Event::Down {
+                client: server,
+                force,
+            })
+            .unwrap();
+        client
+    }
+
+    fn reply(client: std::os::unix::net::UnixStream) -> Value {
+        let mut line = String::new();
+        io::BufRead::read_line(&mut io::BufReader::new(client), &mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn down_is_refused_while_in_use_and_forced_down_goes_ahead() {
+        let (tx, rx) = mpsc::channel();
+        let mut front = Busy {
+            free: false,
+            stopped: false,
+        };
+        let refused = send_down(&tx, false);
+        let forced = send_down(&tx, true);
+        let Stop::Down(_) = wait_for_stop(&rx, &mut front) else {
+            panic!("a forced down stops")
+        };
+        let answer = reply(refused);
+        assert_eq!(answer["ok"], false);
+        assert_eq!(answer["refused"], true);
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/ublkb9 is in use"));
+        assert!(!front.stopped, "force skips the check");
+        drop(forced);
+
+        front.free = true;
+        let _client = send_down(&tx, false);
+        let Stop::Down(_) = wait_for_stop(&rx, &mut front) else {
+            panic!("an unused device stops")
+        };
+        assert!(front.stopped);
     }
 }

@@ -2,10 +2,11 @@
 //! end (`front_end`: ublk, NBD), talking to a running one through its control
 //! socket (`control`), its config reloads (`reload`, triggered by `watch` and
 //! SIGHUP, which `signals` turns into an event with SIGINT and SIGTERM),
-//! `status`, the Prometheus endpoint (`metrics`), and telling systemd where
-//! the daemon is (`notify`).
+//! `status`, `features` (what the kernel's ublk driver offers), the Prometheus
+//! endpoint (`metrics`), and telling systemd where the daemon is (`notify`).
 
 pub mod control;
+pub mod features;
 pub mod front_end;
 pub mod lifecycle;
 pub mod list;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use layers::escape::escape_controls;
 use layers::LayerReport;
-pub use reply::{Counters, Device, LayerStatus, StatusReply, SCHEMA};
+pub use reply::{Counters, Device, LayerStatus, StatusReply, UblkStatus, SCHEMA};
 
 use super::control;
 use super::reload::ReloadSummary;
@@ -66,6 +66,9 @@ fn render(status: &StatusReply, now: SystemTime) -> String {
         status.state,
         status.generation,
     );
+    if let Some(ublk) = &status.ublk {
+        out.push_str(&render_ublk(ublk));
+    }
     out.push_str(&render_last_reload(status.last_reload.as_ref(), now));
     out.push_str(&render_repairs(status, now));
     if let Some(url) = &status.metrics {
@@ -107,6 +110,21 @@ fn render(status: &StatusReply, now: SystemTime) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `ublk: data path copy, features CMD_IOCTL_ENCODE …, kernel offers 0x1fe`.
+fn render_ublk(ublk: &UblkStatus) -> String {
+    let features = if ublk.features.is_empty() {
+        "none".to_string()
+    } else {
+        ublk.features.join(" ")
+    };
+    format!(
+        "ublk: data path {}, features {}, kernel offers {:#x}\n",
+        text(&ublk.data_path),
+        text(&features),
+        ublk.kernel_features
+    )
 }
 
 /// `last reload: applied 12 s ago (SIGHUP)` and one line per key or reason.

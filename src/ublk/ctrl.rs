@@ -260,6 +260,49 @@ impl Control {
         )
     }
 
+    /// DEL_DEV_ASYNC: removes /dev/ublkcN without waiting for the device to
+    /// be released (which waits for every opener of /dev/ublkbN, a mount
+    /// included, to let go). `Ok(false)` when the kernel does not know the
+    /// command (before 6.9): the caller falls back to DEL_DEV.
+    pub fn del_dev_async(&mut self, dev_id: u32) -> Result<bool, CtrlError> {
+        if !self.ioctl_encode {
+            return Ok(false);
+        }
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            ..CtrlCmd::default()
+        };
+        match self.submit(sys::UBLK_U_CMD_DEL_DEV_ASYNC, cmd) {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(command_error("DEL_DEV_ASYNC", e)),
+        }
+    }
+
+    /// TRY_STOP_DEV (kernels offering UBLK_F_SAFE_STOP_DEV): STOP_DEV if
+    /// /dev/ublkbN has no opener, refusing new opens from then on; `Ok(false)`,
+    /// with the device untouched, when it has one.
+    pub fn try_stop_dev(&mut self, dev_id: u32) -> Result<bool, CtrlError> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            ..CtrlCmd::default()
+        };
+        match self.submit(sys::UBLK_U_CMD_TRY_STOP_DEV, cmd) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+            Err(e) => Err(command_error("TRY_STOP_DEV", e)),
+        }
+    }
+
     fn simple(
         &mut self,
         dev_id: u32,

@@ -22,6 +22,11 @@
 //! GET_FEATURES, or when the caller turns recovery off) a killed daemon's device
 //! is stopped by the kernel, its I/O fails, and the next `up` deletes the leftover
 //! /dev/ublkcN.
+//!
+//! The other flags asked for are in `features::add_dev_flags`; stopping only
+//! an unused device (`down` without `--force`) is in `stop`.
+
+mod stop;
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -33,6 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::ctrl::{Control, CtrlError, DAEMON_MARK};
+use super::features;
 use super::queue::{self, QueueReport, QueueSetup, TopLayer};
 use super::sys::{self, DevInfo, Params};
 
@@ -73,6 +79,9 @@ pub enum DeviceError {
     Mismatch(String),
     /// The device left by a killed daemon cannot be taken over (yet).
     Recovery(u32, String),
+    /// `stop_if_unused` found the block device in use: its path, and who
+    /// uses it as far as can be seen.
+    InUse(PathBuf, Vec<String>),
 }
 
 impl fmt::Display for DeviceError {
@@ -87,6 +96,14 @@ impl fmt::Display for DeviceError {
             DeviceError::Queue(q, e) => write!(f, "queue {q}: {e}"),
             DeviceError::Mismatch(why) => write!(f, "{why}"),
             DeviceError::Recovery(id, why) => write!(f, "recovering /dev/ublkb{id}: {why}"),
+            DeviceError::InUse(path, users) if users.is_empty() => write!(
+                f,
+                "{} is in use (open by a process this daemon cannot see)",
+                path.display()
+            ),
+            DeviceError::InUse(path, users) => {
+                write!(f, "{} is in use ({})", path.display(), users.join(", "))
+            }
         }
     }
 }
@@ -179,7 +196,7 @@ impl Device {
             // Stored by ADD_DEV as given: lets a later `up` tell a device whose
             // daemon died before START_DEV from one being set up right now.
             ublksrv_pid: std::process::id() as i32,
-            flags: ctrl.features() & (sys::UBLK_F_CMD_IOCTL_ENCODE | recovery_flags(&ctrl, config)),
+            flags: features::add_dev_flags(ctrl.features(), config.recovery),
             ublksrv_flags: DAEMON_MARK,
             ..DevInfo::default()
         };
@@ -266,6 +283,17 @@ impl Device {
     /// one dies (the device was created with user recovery).
     pub fn recoverable(&self) -> bool {
         self.info.flags & sys::UBLK_F_USER_RECOVERY != 0
+    }
+
+    /// What GET_FEATURES reported for the driver (0 before Linux 6.5).
+    pub fn kernel_features(&self) -> u64 {
+        self.ctrl.features()
+    }
+
+    /// The feature flags this daemon uses on this device (see
+    /// `features::in_use`).
+    pub fn features_in_use(&self) -> u64 {
+        features::in_use(self.info.flags, self.ctrl.features())
     }
 
     fn start_queues<T: TopLayer>(
@@ -382,12 +410,40 @@ impl Device {
         }
     }
 
-    /// DEL_DEV: removes /dev/ublkcN. Call after `stop`.
+    /// Removes /dev/ublkcN (see [`delete_device`]). Call after `stop`.
     pub fn delete(mut self) -> Result<(), DeviceError> {
         self.deleted = true;
-        self.ctrl.del_dev(self.info.dev_id)?;
+        delete_device(&mut self.ctrl, self.info.dev_id)?;
         Ok(())
     }
+}
+
+/// How long [`delete_device`] waits for the kernel to free a deleted device's id.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Delete device `dev_id`. DEL_DEV waits until the device is released, that
+/// is until every opener of /dev/ublkbN has closed it and a file system on it
+/// is unmounted: after a forced stop of a device in use that can be forever.
+/// So DEL_DEV_ASYNC is used where the kernel knows it, followed by a bounded
+/// wait for the id to be freed, which is at once when nobody holds the device
+/// (the id is then free for the next `up`, as after DEL_DEV); past the wait
+/// the kernel frees it when the last user lets go. Kernels before 6.9 get
+/// DEL_DEV.
+fn delete_device(ctrl: &mut Control, dev_id: u32) -> Result<(), CtrlError> {
+    if !ctrl.del_dev_async(dev_id)? {
+        return ctrl.del_dev(dev_id);
+    }
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while ctrl.dev_info(dev_id)?.is_some() {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "ublk device {dev_id} is deleted but still held open; the kernel frees its id when the last user closes it"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 impl Drop for Device {
@@ -398,21 +454,9 @@ impl Drop for Device {
         if let Err(e) = self.stop() {
             tracing::warn!("stopping ublk device {}: {e}", self.info.dev_id);
         }
-        if let Err(e) = self.ctrl.del_dev(self.info.dev_id) {
+        if let Err(e) = delete_device(&mut self.ctrl, self.info.dev_id) {
             tracing::warn!("deleting ublk device {}: {e}", self.info.dev_id);
         }
-    }
-}
-
-/// USER_RECOVERY with REISSUE when the kernel offers both and the caller wants
-/// them; nothing otherwise (recovery that fails the in-flight requests would
-/// show the filesystem errors, which is what recovery is meant to avoid).
-fn recovery_flags(ctrl: &Control, config: &DeviceConfig) -> u64 {
-    let wanted = sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE;
-    if config.recovery && ctrl.features() & wanted == wanted {
-        wanted
-    } else {
-        0
     }
 }
 
@@ -550,7 +594,7 @@ fn reap_stale(ctrl: &mut Control, id: Option<u32>, held: &[u32]) -> Result<(), D
             tracing::info!("deleting stale ublk device {dev_id} left by a dead daemon");
             // STOP_DEV first in case the kernel has not stopped it yet.
             ctrl.stop_dev(dev_id)?;
-            ctrl.del_dev(dev_id)?;
+            delete_device(ctrl, dev_id)?;
         } else if Some(dev_id) == id {
             return Err(DeviceError::IdTaken(dev_id));
         }

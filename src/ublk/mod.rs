@@ -1,5 +1,6 @@
-//! The ublk front end: the kernel UAPI (`sys`), the control device (`ctrl`), the
-//! per-queue I/O loop (`queue`) and a device's lifecycle (`device`).
+//! The ublk front end: the kernel UAPI (`sys`) and its feature bits by name
+//! (`features`), the control device (`ctrl`), the per-queue I/O loop
+//! (`queue`), a device's lifecycle (`device`) and who has it open (`openers`).
 //!
 //! Most of the binary's unsafe code lives here (mmap of the request
 //! descriptors and tag buffers, io_uring passthrough commands), each with its
@@ -7,6 +8,8 @@
 
 pub mod ctrl;
 pub mod device;
+pub mod features;
+mod openers;
 pub mod queue;
 mod shared_memory;
 pub mod sys;

@@ -1,4 +1,5 @@
-//! The kernel interface of ublk, as in `include/uapi/linux/ublk_cmd.h` of Linux 6.12.
+//! The kernel interface of ublk, as in `include/uapi/linux/ublk_cmd.h` of Linux 6.12,
+//! with the feature bits and control commands of 7.3 that this daemon names or uses.
 //!
 //! Every struct is `#[repr(C)]` and its size and field offsets are checked at
 //! compile time against the header, so a mistake here fails the build instead of
@@ -43,6 +44,13 @@ pub const UBLK_U_CMD_GET_PARAMS: u32 = ior(UBLK_CMD_GET_PARAMS, CTRL_CMD_SIZE);
 pub const UBLK_U_CMD_GET_FEATURES: u32 = ior(UBLK_CMD_GET_FEATURES, CTRL_CMD_SIZE);
 pub const UBLK_U_CMD_START_USER_RECOVERY: u32 = iowr(UBLK_CMD_START_USER_RECOVERY, CTRL_CMD_SIZE);
 pub const UBLK_U_CMD_END_USER_RECOVERY: u32 = iowr(UBLK_CMD_END_USER_RECOVERY, CTRL_CMD_SIZE);
+// Newer commands exist only ioctl-encoded (no plain number).
+/// DEL_DEV without waiting for the device's last user to let go (6.9+; no
+/// feature bit: an older kernel answers EOPNOTSUPP).
+pub const UBLK_U_CMD_DEL_DEV_ASYNC: u32 = ior(0x14, CTRL_CMD_SIZE);
+/// STOP_DEV only when the block device has no opener, else EBUSY; new opens
+/// fail from then on (UBLK_F_SAFE_STOP_DEV).
+pub const UBLK_U_CMD_TRY_STOP_DEV: u32 = iowr(0x17, CTRL_CMD_SIZE);
 
 // I/O commands on /dev/ublkcN.
 pub const UBLK_IO_FETCH_REQ: u32 = 0x20;
@@ -74,6 +82,20 @@ pub const UBLK_F_UNPRIVILEGED_DEV: u64 = 1 << 5;
 pub const UBLK_F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
 pub const UBLK_F_USER_COPY: u64 = 1 << 7;
 pub const UBLK_F_ZONED: u64 = 1 << 8;
+pub const UBLK_F_USER_RECOVERY_FAIL_IO: u64 = 1 << 9;
+pub const UBLK_F_UPDATE_SIZE: u64 = 1 << 10;
+pub const UBLK_F_AUTO_BUF_REG: u64 = 1 << 11;
+pub const UBLK_F_QUIESCE: u64 = 1 << 12;
+pub const UBLK_F_PER_IO_DAEMON: u64 = 1 << 13;
+pub const UBLK_F_BUF_REG_OFF_DAEMON: u64 = 1 << 14;
+pub const UBLK_F_BATCH_IO: u64 = 1 << 15;
+pub const UBLK_F_INTEGRITY: u64 = 1 << 16;
+/// The kernel offers UBLK_U_CMD_TRY_STOP_DEV (set by the kernel itself on
+/// every device; never asked for in ADD_DEV).
+pub const UBLK_F_SAFE_STOP_DEV: u64 = 1 << 17;
+/// START_DEV does not scan the new disk for partitions.
+pub const UBLK_F_NO_AUTO_PART_SCAN: u64 = 1 << 18;
+pub const UBLK_F_SHMEM_ZC: u64 = 1 << 19;
 
 // Device states.
 pub const UBLK_S_DEV_DEAD: u16 = 0;
@@ -320,6 +342,9 @@ mod tests {
         assert_eq!(UBLK_U_CMD_ADD_DEV, 0xc020_7504);
         assert_eq!(UBLK_U_CMD_START_USER_RECOVERY, 0xc020_7510);
         assert_eq!(UBLK_U_CMD_END_USER_RECOVERY, 0xc020_7511);
+        // _IOR('u', 0x14, ctrl_cmd) and _IOWR('u', 0x17, ctrl_cmd).
+        assert_eq!(UBLK_U_CMD_DEL_DEV_ASYNC, 0x8020_7514);
+        assert_eq!(UBLK_U_CMD_TRY_STOP_DEV, 0xc020_7517);
     }
 
     #[test]

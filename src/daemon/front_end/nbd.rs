@@ -48,6 +48,7 @@ impl FrontEnd for Nbd {
             queues,
             note: "",
             connections: Some(connections),
+            ublk: None,
         })
     }
 

@@ -2,7 +2,9 @@
 //! (one pinned thread per queue). `stop` is STOP_DEV (the kernel drains
 //! in-flight requests, which the queues keep serving, then removes
 //! /dev/ublkbN and aborts every tag) and joins the queue threads; `remove`,
-//! after the final flush, is DEL_DEV (removes /dev/ublkcN).
+//! after the final flush, deletes the device (removes /dev/ublkcN). A `down`
+//! without `--force` first asks the device to stop only if unused
+//! (`ublk::device::stop`): refused, the device goes on serving.
 //!
 //! Crash recovery: when the kernel offers user recovery (see `ublk::device`), `up`
 //! records the device's id in `$UBLK_STACK_RUN_DIR/NAME.device`. If the daemon is
@@ -30,6 +32,7 @@ use layers::{Layer, LayerSpec, Plan, Stack};
 
 use super::{FrontEnd, Serving};
 use crate::daemon::control;
+use crate::daemon::status::UblkStatus;
 use crate::ublk::{Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
@@ -95,6 +98,10 @@ impl FrontEnd for Ublk {
             queues: device.queues(),
             note: if recovered { ", recovered" } else { "" },
             connections: None,
+            ublk: Some(UblkStatus::new(
+                device.kernel_features(),
+                device.features_in_use(),
+            )),
         };
         self.device = Some(device);
         Ok(serving)
@@ -106,6 +113,21 @@ impl FrontEnd for Ublk {
 
     fn queue_ended(&self, name: &str) -> String {
         format!("{name}: a queue stopped on its own; device removed")
+    }
+
+    fn stop_if_unused(&mut self) -> Result<(), String> {
+        let Some(device) = self.device.as_mut() else {
+            return Ok(());
+        };
+        device.stop_if_unused().map_err(|e| match e {
+            DeviceError::InUse(..) => format!(
+                "{e}; unmount or close it and run `down` again, or `down --force` to remove it anyway"
+            ),
+            other => format!(
+                "cannot tell whether {} is in use: {other}; `down --force` removes it anyway",
+                device.block_path().display()
+            ),
+        })
     }
 
     fn stop(&mut self) -> Result<(), String> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::reload::{Record, ReloadSummary};
 use crate::daemon::repair::progress::ScrubStatus;
+use crate::ublk::features;
 
 /// The schema version: raised when a field is renamed, removed or changes
 /// its type or unit; new fields may appear without it.
@@ -32,8 +33,38 @@ pub struct StatusReply {
     pub last_reload: Option<ReloadSummary>,
     /// The running or last scrub; `None` before the first.
     pub scrub: Option<ScrubStatus>,
+    /// How the kernel's ublk driver serves the device; `None` over NBD (and
+    /// from daemons older than the field).
+    #[serde(default)]
+    pub ublk: Option<UblkStatus>,
     /// Every layer from the top down, children after their parent.
     pub layers: Vec<LayerStatus>,
+}
+
+/// The ublk side of a device: how data moves and which driver features the
+/// daemon uses, out of those the kernel offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UblkStatus {
+    /// `copy`: the kernel copies request data to and from the daemon's buffers.
+    pub data_path: String,
+    /// The `UBLK_F_*` features in use, without the prefix, lowest bit first.
+    pub features: Vec<String>,
+    /// GET_FEATURES as the kernel answered it (0 before Linux 6.5).
+    pub kernel_features: u64,
+}
+
+impl UblkStatus {
+    /// For a device using the flags `in_use` on a kernel offering `offered`.
+    pub fn new(offered: u64, in_use: u64) -> UblkStatus {
+        UblkStatus {
+            data_path: features::DATA_PATH.to_string(),
+            features: features::names(in_use)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            kernel_features: offered,
+        }
+    }
 }
 
 /// One layer: its place in the tree, its counters, and what its type reports
@@ -75,6 +106,7 @@ pub struct Device<'a> {
     pub stack: &'a Stack,
     pub scrub: Option<ScrubStatus>,
     pub metrics: Option<String>,
+    pub ublk: Option<UblkStatus>,
 }
 
 impl StatusReply {
@@ -92,6 +124,7 @@ impl StatusReply {
             generation: record.generation,
             last_reload: record.last.as_ref().map(|outcome| outcome.summary()),
             scrub: device.scrub,
+            ublk: device.ublk,
             layers: device
                 .stack
                 .status()

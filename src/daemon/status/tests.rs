@@ -2,7 +2,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use super::{format_seconds, render, StatusReply};
+use super::{format_seconds, render, StatusReply, UblkStatus};
 
 #[test]
 fn latencies_read_in_the_unit_that_fits() {
@@ -98,6 +98,26 @@ fn status_renders_the_tree_indented_with_the_last_reload() {
 fn status_before_any_reload_says_so() {
     let text = render(&reply(serde_json::Value::Null), SystemTime::now());
     assert!(text.contains("last reload: none\n"), "{text}");
+    // No ublk object (an NBD device, or an older daemon): no ublk line.
+    assert!(!text.contains("ublk:"), "{text}");
+}
+
+#[test]
+fn a_ublk_device_shows_its_data_path_and_features_on_one_line() {
+    let mut status = reply(serde_json::Value::Null);
+    status.ublk = Some(UblkStatus::new(0x1fe, 0x58));
+    let text = render(&status, SystemTime::now());
+    assert!(
+        text.contains(
+            "ublk: data path copy, features USER_RECOVERY USER_RECOVERY_REISSUE CMD_IOCTL_ENCODE, kernel offers 0x1fe\n"
+        ),
+        "{text}"
+    );
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["ublk"]["kernel_features"], 0x1fe);
+    assert_eq!(json["ublk"]["data_path"], "copy");
+    let back: StatusReply = serde_json::from_value(json).unwrap();
+    assert_eq!(back, status);
 }
 
 fn scrub(state: &str, done: u64, elapsed_s: f64, error: Option<&str>) -> serde_json::Value {
