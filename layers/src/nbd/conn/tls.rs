@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rustls::ClientConnection;
 
-use super::{lost, Broken, Conn, Link, Step};
+use super::{lost, lost_by, write_all, Broken, Conn, Link, Step};
 use crate::exec::IoCtx;
 use crate::uring::Op;
 
@@ -150,27 +150,7 @@ impl Conn {
     async fn write_raw(&self, ctx: &IoCtx, link: &Link, bytes: &[u8]) -> Step {
         let mut buf = ctx.buf(bytes.len());
         buf.copy_from_slice(bytes);
-        let buf = buf.freeze();
-        let mut sent = 0;
-        while sent < buf.len() {
-            let op = Op::Write {
-                fd: link.fd(),
-                offset: 0,
-                buf: &buf,
-                range: sent..buf.len(),
-            };
-            sent += match ctx.uring().submit(op).await {
-                n if n > 0 => n as usize,
-                0 => return Err(lost("the server stopped taking data".into())),
-                errno => {
-                    return Err(lost(format!(
-                        "sending to the server: {}",
-                        io::Error::from_raw_os_error(-errno)
-                    )))
-                }
-            };
-        }
-        Ok(())
+        write_all(ctx, link, &buf.freeze()).await
     }
 
     /// Replaces `inbox` with the next bytes the socket has (at least one).
@@ -189,10 +169,7 @@ impl Conn {
                 Ok(())
             }
             0 => Err(lost("the server closed the connection".into())),
-            errno => Err(lost(format!(
-                "reading from the server: {}",
-                io::Error::from_raw_os_error(-errno)
-            ))),
+            errno => Err(lost_by("reading from the server", errno)),
         }
     }
 }
