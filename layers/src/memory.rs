@@ -7,6 +7,7 @@
 
 use std::sync::RwLock;
 
+use crate::buf::AlignedBuf;
 use crate::exec::IoCtx;
 use crate::report::{LayerReport, NoDetails};
 use crate::{AsyncLayer, IoBuf, IoBufMut, Result};
@@ -15,7 +16,7 @@ const EXTENT_BYTES: u64 = 1 << 20;
 
 pub struct MemoryLeaf {
     size: u64,
-    extents: Vec<RwLock<Option<Box<[u8]>>>>,
+    extents: Vec<RwLock<Option<AlignedBuf>>>,
 }
 
 impl MemoryLeaf {
@@ -53,8 +54,8 @@ impl MemoryLeaf {
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
             let out = &mut buf[done..done + n];
-            match extent.as_deref() {
-                Some(data) => out.copy_from_slice(&data[inner..inner + n]),
+            match extent.as_ref() {
+                Some(data) => out.copy_from_slice(&data.as_slice()[inner..inner + n]),
                 None => out.fill(0),
             }
             done += n;
@@ -67,9 +68,8 @@ impl MemoryLeaf {
             let mut extent = self.extents[index]
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            let data =
-                extent.get_or_insert_with(|| vec![0u8; EXTENT_BYTES as usize].into_boxed_slice());
-            data[inner..inner + n].copy_from_slice(&buf[done..done + n]);
+            let data = extent.get_or_insert_with(|| AlignedBuf::new(EXTENT_BYTES as usize));
+            data.as_mut_slice()[inner..inner + n].copy_from_slice(&buf[done..done + n]);
             done += n;
         }
     }
@@ -82,7 +82,7 @@ impl MemoryLeaf {
             if n as u64 == EXTENT_BYTES {
                 *extent = None;
             } else if let Some(data) = extent.as_mut() {
-                data[inner..inner + n].fill(0);
+                data.as_mut_slice()[inner..inner + n].fill(0);
             }
         }
     }
