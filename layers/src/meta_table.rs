@@ -60,7 +60,7 @@ use std::sync::Mutex;
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
 use crate::join::try_join_all;
-use crate::{Error, IoBufMut, Layer, LocalBoxFuture, Result};
+use crate::{Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 pub use epochs::Writer;
 pub use header::{decode_header, Header};
@@ -137,13 +137,13 @@ pub fn decode_slot(slot: &[u8]) -> Option<(u64, &[u8])> {
     (crc32fast::hash(&slot[..CRC_AT]) == crc).then_some((seq, &slot[..ENTRIES_BYTES]))
 }
 
-fn encode_slot(entries: &[u8], seq: u64) -> Vec<u8> {
-    let mut slot = vec![0u8; PAGE_BYTES];
+/// Encode a page's slot into `slot` (`PAGE_BYTES` long, any contents).
+fn encode_slot(entries: &[u8], seq: u64, slot: &mut [u8]) {
     slot[..ENTRIES_BYTES].copy_from_slice(entries);
+    slot[ENTRIES_BYTES..].fill(0);
     slot[SEQ_AT..SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32fast::hash(&slot[..CRC_AT]);
     slot[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
-    slot
 }
 
 /// Read two 4 KiB slots at `at` alone each (a slot torn under a checksummed
@@ -398,7 +398,9 @@ impl MetaTable {
             guards.push(self.locks[page].lock().await);
         }
         let layer_bytes = self.entry_bytes - EPOCH_BYTES;
-        let mut writes: Vec<(u64, Vec<u8>)> = Vec::with_capacity(guards.len());
+        // Each slot is encoded straight into a request buffer of the queue's
+        // pool: no temporary page and no second copy per write.
+        let mut writes: Vec<(u64, IoBuf)> = Vec::with_capacity(guards.len());
         for page_index in first_page..=last_page {
             let mut page = self.pages[page_index]
                 .lock()
@@ -422,7 +424,9 @@ impl MetaTable {
             };
             page.last_slot = Some(slot);
             let offset = self.page_offset(page_index, slot);
-            writes.push((offset, encode_slot(&page.entries, page.seq)));
+            let mut slot = ctx.buf(PAGE_BYTES);
+            encode_slot(&page.entries, page.seq, &mut slot);
+            writes.push((offset, slot.freeze()));
         }
         self.dirty
             .lock()
@@ -430,7 +434,7 @@ impl MetaTable {
             .extend(first_page..=last_page);
         let futs: Vec<LocalBoxFuture<'_, Result<()>>> = writes
             .iter()
-            .map(|(offset, slot)| lower.write_bytes(ctx, *offset, slot))
+            .map(|(offset, slot)| lower.write(ctx, *offset, slot))
             .collect();
         let res = try_join_all(futs).await;
         drop(guards);
@@ -516,7 +520,8 @@ mod tests {
     #[test]
     fn slots_round_trip_and_damage_is_detected() {
         let entries = vec![7u8; ENTRIES_BYTES];
-        let mut slot = encode_slot(&entries, 42);
+        let mut slot = vec![0xa5u8; PAGE_BYTES];
+        encode_slot(&entries, 42, &mut slot);
         assert_eq!(decode_slot(&slot), Some((42, &entries[..])));
         assert_eq!(decode_slot(&[0u8; PAGE_BYTES]).map(|s| s.0), Some(0));
         slot[100] ^= 1;
