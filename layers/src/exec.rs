@@ -76,20 +76,100 @@ impl IoCtx {
 
 struct Shared {
     ready: Mutex<Vec<usize>>,
+    /// Whether `ready` may hold ids: spares the executor the lock when no other
+    /// thread woke anything (written under the lock).
+    has_ready: AtomicBool,
     sleeping: AtomicBool,
     eventfd: File,
 }
 
 impl Shared {
     fn wake(&self, id: usize) {
-        self.ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(id);
+        let local = LOCAL.with(|l| {
+            if std::ptr::eq(l.running.get(), self) {
+                l.ready.borrow_mut().push(id);
+                true
+            } else {
+                false
+            }
+        });
+        if local {
+            return;
+        }
+        {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            ready.push(id);
+            self.has_ready.store(true, Ordering::SeqCst);
+        }
         if self.sleeping.load(Ordering::SeqCst) {
             // A failed write means the counter is already non-zero: the sleeper
             // wakes anyway.
             drop((&self.eventfd).write(&1u64.to_ne_bytes()));
+        }
+    }
+}
+
+/// The executor in a turn on this thread, and the tasks woken on this thread
+/// during that turn. Most wakes come from the queue's own thread (a CQE, a
+/// layer's lock or channel) while its executor runs: they are a push here, with
+/// no lock and no eventfd. Wakes from other threads, or for an executor not in
+/// a turn here, take the shared list.
+struct LocalWakes {
+    running: Cell<*const Shared>,
+    ready: RefCell<Vec<usize>>,
+}
+
+thread_local! {
+    static LOCAL: LocalWakes = const {
+        LocalWakes {
+            running: Cell::new(std::ptr::null()),
+            ready: RefCell::new(Vec::new()),
+        }
+    };
+}
+
+/// Makes `shared` the executor running on this thread until dropped; restores
+/// the one before (an executor driven from inside another's task), and hands
+/// any wake still in the local list to the shared one, so none is lost.
+struct Running<'a> {
+    shared: &'a Shared,
+    prev: *const Shared,
+    prev_ready: Vec<usize>,
+}
+
+impl<'a> Running<'a> {
+    fn enter(shared: &'a Shared) -> Running<'a> {
+        let (prev, prev_ready) = LOCAL.with(|l| (l.running.replace(shared), l.ready.take()));
+        Running {
+            shared,
+            prev,
+            prev_ready,
+        }
+    }
+
+    /// Move this thread's local wakes into `batch`.
+    fn drain_into(&self, batch: &mut Vec<usize>) {
+        LOCAL.with(|l| batch.append(&mut l.ready.borrow_mut()));
+    }
+
+    fn any_local(&self) -> bool {
+        LOCAL.with(|l| !l.ready.borrow().is_empty())
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let left = LOCAL.with(|l| {
+            l.running.set(self.prev);
+            std::mem::replace(
+                &mut *l.ready.borrow_mut(),
+                std::mem::take(&mut self.prev_ready),
+            )
+        });
+        if !left.is_empty() {
+            let mut ready = self.shared.ready.lock().unwrap_or_else(|e| e.into_inner());
+            ready.extend(left);
+            self.shared.has_ready.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -109,10 +189,15 @@ impl Wake for TaskWaker {
     }
 }
 
+struct Task {
+    fut: Option<LocalBoxFuture<'static, ()>>,
+    /// Kept across the task ids' reuse; `None` only while the task runs.
+    waker: Option<Waker>,
+}
+
 /// A single-threaded executor for one queue.
 pub struct Executor {
-    tasks: RefCell<Vec<Option<LocalBoxFuture<'static, ()>>>>,
-    wakers: RefCell<Vec<Waker>>,
+    tasks: RefCell<Vec<Task>>,
     free: RefCell<Vec<usize>>,
     live: Cell<usize>,
     shared: Arc<Shared>,
@@ -127,6 +212,7 @@ impl Executor {
         let eventfd = File::from(new_eventfd()?);
         let shared = Arc::new(Shared {
             ready: Mutex::new(Vec::new()),
+            has_ready: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             eventfd,
         });
@@ -136,7 +222,6 @@ impl Executor {
         }));
         Ok(Executor {
             tasks: RefCell::new(Vec::new()),
-            wakers: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
             shared,
@@ -156,19 +241,19 @@ impl Executor {
         let fut: LocalBoxFuture<'static, ()> = Box::pin(fut);
         let id = match self.free.borrow_mut().pop() {
             Some(id) => {
-                self.tasks.borrow_mut()[id] = Some(fut);
+                self.tasks.borrow_mut()[id].fut = Some(fut);
                 id
             }
             None => {
                 let mut tasks = self.tasks.borrow_mut();
-                tasks.push(Some(fut));
-                let id = tasks.len() - 1;
-                self.wakers
-                    .borrow_mut()
-                    .push(Waker::from(Arc::new(TaskWaker {
+                let id = tasks.len();
+                tasks.push(Task {
+                    fut: Some(fut),
+                    waker: Some(Waker::from(Arc::new(TaskWaker {
                         id,
                         shared: self.shared.clone(),
-                    })));
+                    }))),
+                });
                 id
             }
         };
@@ -178,14 +263,16 @@ impl Executor {
 
     /// Poll every woken task until none is woken. Returns whether the
     /// `block_on` future was woken.
-    fn run_ready(&self) -> bool {
+    fn run_ready(&self, running: &Running<'_>) -> bool {
         let mut main_woken = false;
         loop {
             let mut batch = self.scratch.take();
-            std::mem::swap(
-                &mut batch,
-                &mut *self.shared.ready.lock().unwrap_or_else(|e| e.into_inner()),
-            );
+            running.drain_into(&mut batch);
+            if self.shared.has_ready.load(Ordering::SeqCst) {
+                let mut shared = self.shared.ready.lock().unwrap_or_else(|e| e.into_inner());
+                batch.append(&mut shared);
+                self.shared.has_ready.store(false, Ordering::SeqCst);
+            }
             if batch.is_empty() {
                 *self.scratch.borrow_mut() = batch;
                 return main_woken;
@@ -203,15 +290,30 @@ impl Executor {
     }
 
     fn poll_task(&self, id: usize) {
-        // Take the future out so it may spawn or wake tasks while it runs.
-        let Some(mut fut) = self.tasks.borrow_mut().get_mut(id).and_then(Option::take) else {
-            return; // a stale wake for a finished task
+        // Take the future (and its waker, to lend it without a reference
+        // count) out so that it may spawn or wake tasks while it runs.
+        let (mut fut, waker) = {
+            let mut tasks = self.tasks.borrow_mut();
+            let Some(task) = tasks.get_mut(id) else {
+                return;
+            };
+            let Some(fut) = task.fut.take() else {
+                return; // a stale wake for a finished task
+            };
+            let waker = task
+                .waker
+                .take()
+                .expect("a task's waker is out only while it runs");
+            (fut, waker)
         };
-        let waker = self.wakers.borrow()[id].clone();
-        let mut cx = Context::from_waker(&waker);
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Pending => self.tasks.borrow_mut()[id] = Some(fut),
+        let poll = fut.as_mut().poll(&mut Context::from_waker(&waker));
+        let mut tasks = self.tasks.borrow_mut();
+        tasks[id].waker = Some(waker);
+        match poll {
+            Poll::Pending => tasks[id].fut = Some(fut),
             Poll::Ready(()) => {
+                drop(tasks);
+                drop(fut);
                 self.free.borrow_mut().push(id);
                 self.live.set(self.live.get() - 1);
             }
@@ -244,28 +346,21 @@ impl Executor {
         front_busy: &dyn Fn() -> bool,
         foreign: &mut dyn FnMut(u64, i32),
     ) -> io::Result<bool> {
-        let mut main_woken = self.run_ready();
+        let running = Running::enter(&self.shared);
+        let mut main_woken = self.run_ready(&running);
         // Nothing on the ring could end a sleep now.
         let idle = self.live.get() == 0 && ctx.uring.in_flight() == 0 && !front_busy();
         let runnable = idle
             || main_woken
-            || !self
-                .shared
-                .ready
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
+            || running.any_local()
+            || self.shared.has_ready.load(Ordering::SeqCst);
         if runnable {
             ctx.uring.submit_and_wait(0)?;
         } else {
             self.arm_wake(ctx);
             self.shared.sleeping.store(true, Ordering::SeqCst);
-            let woken = !self
-                .shared
-                .ready
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
+            // Only other threads wake tasks while this one sleeps.
+            let woken = self.shared.has_ready.load(Ordering::SeqCst);
             let res = ctx.uring.submit_and_wait(if woken { 0 } else { 1 });
             self.shared.sleeping.store(false, Ordering::SeqCst);
             res?;
@@ -279,7 +374,7 @@ impl Executor {
                 foreign(user_data, res)
             }
         });
-        main_woken |= self.run_ready();
+        main_woken |= self.run_ready(&running);
         Ok(main_woken)
     }
 
@@ -402,6 +497,64 @@ mod tests {
             }),
         );
         helper.join().unwrap();
+    }
+
+    /// An executor driven from inside another's task (as `block_on` in a
+    /// task does): wakes for the outer one made during the inner one's turn
+    /// are not lost, and each executor runs only its own tasks.
+    #[test]
+    fn nested_executors_keep_their_wakes_apart() {
+        // A lost wake makes the outer turn sleep for ever: run it on a thread
+        // and give it a deadline.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            nested_executors_run();
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the outer task's wake was lost");
+    }
+
+    fn nested_executors_run() {
+        let ctx = IoCtx::new(0, 64).unwrap();
+        let outer = Rc::new(Executor::new().unwrap());
+        let slot: Rc<RefCell<Option<Waker>>> = Rc::default();
+        let flag = Rc::new(Cell::new(false));
+        let (s2, f2) = (slot.clone(), flag.clone());
+        // Waits until the flag is set, re-registering its waker each poll.
+        outer.spawn(std::future::poll_fn(move |cx| {
+            if f2.get() {
+                return Poll::Ready(());
+            }
+            *s2.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }));
+        let inner_ran = Rc::new(Cell::new(0));
+        let (ir, s3, f3) = (inner_ran.clone(), slot.clone(), flag.clone());
+        let ctx2 = IoCtx::new(1, 64).unwrap();
+        outer.spawn(async move {
+            let inner = Executor::new().unwrap();
+            for _ in 0..5 {
+                let ir = ir.clone();
+                inner.spawn(async move { ir.set(ir.get() + 1) });
+            }
+            inner.block_on(&ctx2, async {
+                // Wake the outer task from inside the inner executor's turn.
+                f3.set(true);
+                if let Some(w) = s3.borrow_mut().take() {
+                    w.wake();
+                }
+            });
+            inner.run_until_idle(&ctx2).unwrap();
+        });
+        let mut turns = 0;
+        while outer.live_tasks() > 0 {
+            turns += 1;
+            assert!(turns < 100, "the outer task's wake was lost");
+            outer.turn(&ctx, &|| false, &mut |_, _| {}).unwrap();
+        }
+        assert_eq!(inner_ran.get(), 5);
     }
 
     /// A task that ends in the first turn (the NBD queue's inbox task when the
