@@ -36,7 +36,6 @@ use serde_json::{json, Value};
 
 use super::control;
 use super::front_end::{FrontEnd, Handover};
-use super::lifecycle::fail;
 
 /// Set in the new daemon's environment: the pid of the daemon it replaces.
 pub const FROM_ENV: &str = "UBLK_STACK_UPGRADE_FROM";
@@ -209,6 +208,15 @@ fn running(pid: u32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z') | Some('X') | None)
+}
+
+fn fail(message: impl std::fmt::Display) -> u8 {
+    // Names and paths in a message may come from a config file.
+    eprintln!(
+        "ublk-stack: {}",
+        layers::escape::escape_controls(&message.to_string())
+    );
+    1
 }
 
 /// `ublk-stack upgrade NAME [--binary PATH]`.

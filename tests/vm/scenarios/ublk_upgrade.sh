@@ -2,8 +2,9 @@
 # file in it, and `ublk-stack upgrade` in the middle. On 7.3 (UBLK_F_QUIESCE) a
 # binary that fails `validate` is refused with the old daemon serving on; the
 # upgrade to a copy of the binary hands the device to a new process (status
-# shows its pid) while /dev/ublkbN never disappears, and fio ends without an
-# error. On 6.12 the command refuses, naming the kernel needed, and nothing
+# shows its pid) while /dev/ublkbN never disappears, and back again; a binary
+# that validates but dies in `up` leaves the device held, and the `up` the
+# command prints takes it over; fio ends without an error. On 6.12 the command refuses, naming the kernel needed, and nothing
 # changes. Either way e2fsck finds the filesystem clean and `down` removes all.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
@@ -52,7 +53,7 @@ OLD_PID=$DAEMON_PID
 mkfs.ext4 -q "$DEV"
 mkdir -p /mnt/u
 mount -t ext4 "$DEV" /mnt/u
-fio --name=verify --filename=/mnt/u/data --size=64M --ioengine=io_uring --direct=1 \
+fio --name=verify --filename=/mnt/u/data --size=96M --ioengine=io_uring --direct=1 \
     --rw=randwrite --bs=4k --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
     >/work/fio.out 2>&1 &
 fio_pid=$!
@@ -95,8 +96,10 @@ else
     step "upgrade to a copy of the binary while fio runs"
     cp /bin/ublk-stack /work/ublk-stack-new
     kill -0 "$fio_pid" || { cat /work/fio.out; fail "fio ended before the upgrade"; }
+    start=$(date +%s%N)
     ublk-stack upgrade upg --binary /work/ublk-stack-new | tee /work/upgrade.out ||
         { cat /work/daemon.err; fail "upgrade failed"; }
+    echo "upgrade took $((($(date +%s%N) - start) / 1000000)) ms"
     NEW_PID=$(status_pid)
     [[ -n $NEW_PID && $NEW_PID != "$OLD_PID" ]] || fail "status still shows pid $NEW_PID"
     grep -q "served by pid $NEW_PID (/work/ublk-stack-new), taken over from pid $OLD_PID" \
@@ -111,6 +114,25 @@ else
     wait_gone "$NEW_PID"
     NEW_PID=$(status_pid)
     [[ $(readlink "/proc/$NEW_PID/exe") == /bin/ublk-stack ]] || fail "the new daemon runs $(readlink "/proc/$NEW_PID/exe")"
+
+    step "a new binary that validates but dies in up: the device stays held, the printed up serves it"
+    printf '#!/bin/sh\n[ "$1" = validate ] && exec /bin/ublk-stack "$@"\necho "dies in up" >&2\nexit 3\n' \
+        >/work/dies-in-up
+    chmod +x /work/dies-in-up
+    kill -0 "$fio_pid" || { cat /work/fio.out; fail "fio ended before the failed upgrade"; }
+    rc=0
+    ublk-stack upgrade upg --binary /work/dies-in-up >/work/upgrade.out 2>&1 || rc=$?
+    cat /work/upgrade.out
+    ((rc == 1)) || fail "upgrade to a binary that dies exited $rc"
+    grep -q 'exited before it served the device' /work/upgrade.out || fail "no reason given"
+    grep -q "$DEV stays with its I/O held (nothing fails meanwhile): run \`/bin/ublk-stack up /work/u.toml\` to serve it again" \
+        /work/upgrade.out || fail "no instructions given"
+    wait_gone "$NEW_PID"
+    [[ -b $DEV ]] || fail "$DEV went away"
+    up_device /work/u.toml
+    [[ $READY == "upg: $DEV ready ("*", recovered)" ]] || fail "unexpected ready line: $READY"
+    NEW_PID=$DAEMON_PID
+    [[ $(status_pid) == "$NEW_PID" ]] || fail "status shows pid $(status_pid), not $NEW_PID"
 fi
 
 step "fio ends without an error; /dev/ublkbN never went away"
