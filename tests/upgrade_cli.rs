@@ -121,15 +121,25 @@ fn a_refusal_is_relayed_and_the_binary_sent_absolute() {
         "d0",
         format!(r#"{{"ok":false,"refused":true,"error":"{why}"}}"#),
     );
+    // A relative --binary, named from another working directory.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let work = std::fs::canonicalize(bin_dir.path()).unwrap();
+    std::fs::write(work.join("new-ublk-stack"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        work.join("new-ublk-stack"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let out = Command::new(BIN)
-        .args(["upgrade", "d0", "--binary", "true"])
-        .current_dir("/bin")
+        .args(["upgrade", "d0", "--binary", "new-ublk-stack"])
+        .current_dir(&work)
         .env("UBLK_STACK_RUN_DIR", dir.path())
         .output()
         .unwrap();
     let request = daemon.join().unwrap();
     assert!(request.contains(r#""cmd":"upgrade""#), "{request}");
-    assert!(request.contains(r#""binary":"/bin/true""#), "{request}");
+    let sent = format!(r#""binary":"{}/new-ublk-stack""#, work.display());
+    assert!(request.contains(&sent), "{request}");
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains(&format!("d0: {why}")), "{out:?}");
 }

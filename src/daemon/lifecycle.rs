@@ -220,8 +220,7 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
     );
     drop(std::io::Write::flush(&mut std::io::stdout()));
     notify::notify(&format!(
-        "READY=1\nMAINPID={}\n{}",
-        std::process::id(),
+        "READY=1\n{}",
         notify::status(&format!(
             "{} ready ({}, {} queues{})",
             serving.path.display(),
