@@ -79,6 +79,16 @@ pub enum Command {
     },
     /// Re-read a running device's config now.
     Reload { name: String },
+    /// Hand a running ublk device to a new daemon process (a new binary, say)
+    /// without removing it: its I/O pauses and none fails. Needs a kernel with
+    /// UBLK_F_QUIESCE (Linux 6.16+); refused, changing nothing, otherwise.
+    Upgrade {
+        name: String,
+        /// The executable the new daemon runs (default: this one). It must
+        /// pass `validate` on the device's config first.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
     /// Read everything, verify checksums, repair from mirrors; show progress.
     Scrub {
         name: String,
@@ -171,6 +181,9 @@ pub fn run(args: Args) -> u8 {
             no_wait,
         } => crate::daemon::repair::readd_command(&name, &mirror, leg, json, no_wait),
         Command::Reload { name } => reload(&name),
+        Command::Upgrade { name, binary } => {
+            crate::daemon::upgrade::command(&name, binary.as_deref())
+        }
         Command::Plan { config, json } => crate::daemon::plan::command(&config, json),
         Command::Key { command } => crate::keys::run(command),
         Command::Completions { shell } => completions(shell),

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ublk-stack");
-const SUBCOMMANDS: [&str; 14] = [
+const SUBCOMMANDS: [&str; 15] = [
     "up",
     "down",
     "features",
@@ -12,6 +12,7 @@ const SUBCOMMANDS: [&str; 14] = [
     "status",
     "validate",
     "reload",
+    "upgrade",
     "scrub",
     "readd",
     "bench",

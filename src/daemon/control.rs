@@ -5,13 +5,15 @@
 //! Protocol: the client sends one JSON object on one line, `{"cmd": "info"}`,
 //! `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "down", "force": BOOL}`,
 //! `{"cmd": "plan", "text": TOML, "path": FILE}`, `{"cmd": "scrub"}` or
-//! `{"cmd": "readd", "layer": MIRROR, "leg": N, "wait": BOOL}`, and reads one
+//! `{"cmd": "readd", "layer": MIRROR, "leg": N, "wait": BOOL}` or
+//! `{"cmd": "upgrade", "binary": PATH}`, and reads one
 //! JSON line back. Every reply has `"ok"`; failures carry `"error"`. `down` is
 //! answered only once the device is gone (or, without `force`, at once with
 //! `"refused": true` when it is in use and goes on serving), so the client's
 //! exit status tells the truth; `reload` once the reload is applied or refused;
 //! `scrub` once the scrub is over, and `readd` with `"wait": true` once the
-//! rebuild is. With `"progress_ms": N`, those two send progress lines before
+//! rebuild is; `upgrade` once the new daemon is started (its `"pid"`) or the
+//! handover refused (see `upgrade.rs`). With `"progress_ms": N`, those two send progress lines before
 //! the reply, at most one per N ms: `{"event": "progress", ...}`
 //! (`repair/progress.rs`), which carry no `"ok"`.
 
@@ -171,6 +173,9 @@ pub enum Event {
     /// `down`: answer on this connection once the device is gone. Without
     /// `force`, a device in use is not stopped.
     Down { client: UnixStream, force: bool },
+    /// `upgrade`: hand the device to a new daemon started from `binary`, and
+    /// answer on this connection once it is started or the handover refused.
+    Upgrade { client: UnixStream, binary: PathBuf },
 }
 
 /// Serve the socket on a thread of its own: `info` and `status` are answered
@@ -241,6 +246,20 @@ fn handle(stream: UnixStream, report: &Arc<dyn Report>, down: &Sender<Event>) ->
                 .send(Event::Down {
                     client: stream,
                     force,
+                })
+                .map_err(|_| io::Error::other("daemon is shutting down"));
+        }
+        Some("upgrade") => {
+            let Some(binary) = request["binary"].as_str().map(PathBuf::from) else {
+                return reply_to(
+                    stream,
+                    &json!({"ok": false, "error": "upgrade needs \"binary\""}),
+                );
+            };
+            return down
+                .send(Event::Upgrade {
+                    client: stream,
+                    binary,
                 })
                 .map_err(|_| io::Error::other("daemon is shutting down"));
         }

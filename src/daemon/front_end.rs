@@ -63,4 +63,28 @@ pub trait FrontEnd {
     fn stop(&mut self) -> Result<(), String>;
     /// After the final flush: take down what `start` set up for the users.
     fn remove(&mut self) -> Result<(), String>;
+    /// `upgrade`: why what this front end serves cannot be handed to another
+    /// daemon process, if it cannot.
+    fn handover_refusal(&self) -> Option<String> {
+        Some("only ublk devices can be handed to a new daemon".into())
+    }
+    /// `upgrade`: stop taking requests and finish those in flight, like
+    /// `stop`, but leave the device (and the requests it holds meanwhile) for
+    /// another process to take over.
+    fn hand_over(&mut self) -> Result<(), Handover> {
+        Err(Handover::Refused("not supported".into()))
+    }
+    /// Serve again after a `hand_over` that went no further.
+    fn resume(&mut self, _stack: Arc<Stack>) -> Result<(), String> {
+        Err("not supported".into())
+    }
+}
+
+/// Why a `hand_over` failed.
+#[derive(Debug)]
+pub enum Handover {
+    /// Nothing changed: the device is served as before.
+    Refused(String),
+    /// The device is left held (its I/O waits) for the next `up` to take over.
+    Stranded(String),
 }

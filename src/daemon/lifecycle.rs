@@ -125,6 +125,10 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
     if let Err(e) = signals::block_termination_signals() {
         return fail(format!("blocking signals: {e}"));
     }
+    // Started by `upgrade`: the old daemon holds the leaves until it exits.
+    if let Err(e) = super::upgrade::wait_for_predecessor() {
+        return fail(e);
+    }
     let plan = match load_plan(config) {
         Ok(plan) => plan,
         Err(errors) => {
@@ -166,7 +170,12 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
     let (events_tx, events) = mpsc::channel();
     // Absolute, so that reloads find the file whatever the working directory.
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
-    let reloader = Arc::new(Reloader::new(config, plan, stack.clone(), set_log_level));
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        plan,
+        stack.clone(),
+        set_log_level,
+    ));
     // A rebuild cut short by a restart goes on, by itself.
     drop(super::repair::resume_resync(stack.clone()));
     let report = DeviceReport {
@@ -221,7 +230,55 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
         ))
     ));
 
-    let stop = wait_for_stop(&events, front);
+    let stop = loop {
+        let (client, binary) = match wait_for_stop(&events, front) {
+            Stop::Upgrade { client, binary } => (client, binary),
+            stop => break stop,
+        };
+        let successor = super::upgrade::Successor {
+            binary: &binary,
+            config: &config,
+            metrics,
+        };
+        let outcome = super::upgrade::hand_over(front, &stack, &successor, flush_stack);
+        let (reply, code) = match outcome {
+            super::upgrade::Outcome::Started(pid) => {
+                tracing::info!(pid, "handed the device over to a new daemon");
+                let reply = json!({
+                    "ok": true,
+                    "pid": pid,
+                    "previous_pid": std::process::id(),
+                    "previous_binary": std::env::current_exe().ok(),
+                    "config": config,
+                    "path": serving.path,
+                });
+                (reply, 0)
+            }
+            super::upgrade::Outcome::Refused(why) => {
+                tracing::warn!("upgrade refused: {why}");
+                let reply = json!({"ok": false, "refused": true, "error": why});
+                drop(control::reply_to(client, &reply));
+                notify::notify(&notify::status(&format!(
+                    "{} ready (upgrade refused)",
+                    serving.path.display()
+                )));
+                continue;
+            }
+            super::upgrade::Outcome::Stranded(why) => {
+                tracing::error!("upgrade failed: {why}");
+                let error = format!(
+                    "{why}; {} stays with its I/O held: run `ublk-stack up {}` to serve it again",
+                    serving.path.display(),
+                    config.display()
+                );
+                (json!({"ok": false, "error": error}), 1)
+            }
+        };
+        // The socket goes first: the new daemon binds its own.
+        drop(std::fs::remove_file(&socket));
+        drop(control::reply_to(client, &reply));
+        return code;
+    };
     notify::notify("STOPPING=1\nSTATUS=stopping: flushing every acknowledged write");
     let result = clean_stop(front, &stack);
     drop(std::fs::remove_file(&socket));
@@ -233,7 +290,8 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
         Err(e) => json!({"ok": false, "error": e}),
     };
     match (stop, result) {
-        (Stop::Down(client), result) => {
+        // Upgrades never leave the loop above; answered like a `down` anyway.
+        (Stop::Down(client) | Stop::Upgrade { client, .. }, result) => {
             drop(control::reply_to(client, &reply));
             result.map_or_else(fail, |()| 0)
         }
@@ -261,6 +319,12 @@ enum Stop {
     /// A queue thread ended without being asked (the device was stopped from
     /// outside, or a queue failed): the daemon exits 1 after cleaning up.
     QueueEnded,
+    /// `upgrade`: hand the device to a new daemon run from `binary`, and
+    /// answer on this connection.
+    Upgrade {
+        client: std::os::unix::net::UnixStream,
+        binary: PathBuf,
+    },
 }
 
 /// Block until a signal, a `down` that goes ahead, or a queue ending on its
@@ -285,6 +349,10 @@ fn wait_for_stop(events: &mpsc::Receiver<Event>, front: &mut dyn FrontEnd) -> St
                 }
                 tracing::info!(force, "down requested: stopping");
                 return Stop::Down(client);
+            }
+            Ok(Event::Upgrade { client, binary }) => {
+                tracing::info!("upgrade requested: {}", binary.display());
+                return Stop::Upgrade { client, binary };
             }
             Err(mpsc::RecvTimeoutError::Timeout) if front.any_queue_ended() => {
                 tracing::error!("a queue ended on its own: stopping");

@@ -3,7 +3,8 @@
 //! socket (`control`), its config reloads (`reload`, triggered by `watch` and
 //! SIGHUP, which `signals` turns into an event with SIGINT and SIGTERM),
 //! `status`, `features` (what the kernel's ublk driver offers), the Prometheus
-//! endpoint (`metrics`), and telling systemd where the daemon is (`notify`).
+//! endpoint (`metrics`), telling systemd where the daemon is (`notify`), and
+//! handing a device to a new daemon process (`upgrade`).
 
 pub mod control;
 pub mod features;
@@ -18,4 +19,5 @@ pub mod reload;
 pub mod repair;
 mod signals;
 pub mod status;
+pub mod upgrade;
 pub mod watch;

@@ -303,6 +303,22 @@ impl Control {
         }
     }
 
+    /// QUIESCE_DEV (devices created with UBLK_F_QUIESCE): new requests are
+    /// held, and once every queue has an idle tag the server's FETCH commands
+    /// complete with UBLK_IO_RES_ABORT; requests in flight in the server are
+    /// still committed. `timeout_ms` 0 waits as long as that takes.
+    pub fn quiesce_dev(&mut self, dev_id: u32, timeout_ms: u64) -> Result<(), CtrlError> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            data: [timeout_ms],
+            ..CtrlCmd::default()
+        };
+        self.submit(sys::UBLK_U_CMD_QUIESCE_DEV, cmd)
+            .map(drop)
+            .map_err(|e| command_error("QUIESCE_DEV", e))
+    }
+
     fn simple(
         &mut self,
         dev_id: u32,

@@ -26,6 +26,7 @@
 //! The other flags asked for are in `features::add_dev_flags`; stopping only
 //! an unused device (`down` without `--force`) is in `stop`.
 
+mod handover;
 mod stop;
 
 use std::fmt;

@@ -48,6 +48,7 @@ const KNOWN: u64 = {
 const ASKED: u64 = sys::UBLK_F_CMD_IOCTL_ENCODE
     | sys::UBLK_F_USER_RECOVERY
     | sys::UBLK_F_USER_RECOVERY_REISSUE
+    | sys::UBLK_F_QUIESCE
     | sys::UBLK_F_NO_AUTO_PART_SCAN;
 
 /// The names of the known bits set in `mask`, lowest bit first.
@@ -75,7 +76,9 @@ pub fn add_dev_flags(offered: u64, recovery: bool) -> u64 {
     let recovery_pair = sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE;
     let mut flags = offered & (sys::UBLK_F_CMD_IOCTL_ENCODE | sys::UBLK_F_NO_AUTO_PART_SCAN);
     if recovery && offered & recovery_pair == recovery_pair {
-        flags |= recovery_pair;
+        // QUIESCE (which the kernel grants only with recovery) lets `upgrade`
+        // hand the device to a new daemon.
+        flags |= recovery_pair | (offered & sys::UBLK_F_QUIESCE);
     }
     flags
 }
@@ -167,6 +170,17 @@ mod tests {
             names(add_dev_flags(0x1f_ffff, false)),
             ["CMD_IOCTL_ENCODE", "NO_AUTO_PART_SCAN"]
         );
+        // QUIESCE comes with recovery, where offered (7.3, not 6.12).
+        assert_eq!(
+            names(add_dev_flags(0x1f_ffff, true)),
+            [
+                "USER_RECOVERY",
+                "USER_RECOVERY_REISSUE",
+                "CMD_IOCTL_ENCODE",
+                "QUIESCE",
+                "NO_AUTO_PART_SCAN"
+            ]
+        );
     }
 
     #[test]
@@ -182,6 +196,7 @@ mod tests {
                 "USER_RECOVERY",
                 "USER_RECOVERY_REISSUE",
                 "CMD_IOCTL_ENCODE",
+                "QUIESCE",
                 "SAFE_STOP_DEV",
                 "NO_AUTO_PART_SCAN"
             ]

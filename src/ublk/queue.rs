@@ -192,13 +192,16 @@ pub fn run<T: TopLayer>(
     armed(Ok(()));
 
     let depth = usize::from(queue.setup.depth);
-    while queue.done_tags.get() < depth || exec.live_tasks() > 0 {
+    // After a QUIESCE_DEV the kernel aborts only the tags armed at that moment:
+    // a tag re-armed by a later COMMIT is never aborted (the kernel holds new
+    // requests instead of handing them out). So once any tag is aborted, the
+    // queue ends when no request is left in flight.
+    let waiting = || queue.done_tags.get() < depth && queue.done_tags.get() == 0;
+    while waiting() || exec.live_tasks() > 0 {
         // A tag not done has its command in the kernel or a task serving it.
-        let turned = exec.turn(
-            &queue.ctx,
-            &|| queue.done_tags.get() < depth,
-            &mut |user_data, res| on_command_done(&queue, &exec, &stack, user_data, res),
-        );
+        let turned = exec.turn(&queue.ctx, &waiting, &mut |user_data, res| {
+            on_command_done(&queue, &exec, &stack, user_data, res)
+        });
         if let Err(e) = turned {
             tracing::error!(queue = queue.setup.queue, "queue loop failed: {e}");
             abandon(queue, exec);
@@ -206,6 +209,15 @@ pub fn run<T: TopLayer>(
         }
     }
     let report = queue.report.get();
+    // The last COMMITs must reach the kernel: an uncommitted request would be
+    // served again by the next daemon.
+    queue.ctx.uring().submit_and_wait(0)?;
+    if queue.done_tags.get() < depth {
+        // Commands still armed (after a quiesce) are cancelled when the ring
+        // closes; their buffers are left alone rather than freed under them.
+        abandon(queue, exec);
+        return Ok(report);
+    }
     // Orderly end: no task is left and the kernel holds no command of ours.
     drop(exec);
     drop(queue);

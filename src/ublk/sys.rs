@@ -51,6 +51,10 @@ pub const UBLK_U_CMD_DEL_DEV_ASYNC: u32 = ior(0x14, CTRL_CMD_SIZE);
 /// STOP_DEV only when the block device has no opener, else EBUSY; new opens
 /// fail from then on (UBLK_F_SAFE_STOP_DEV).
 pub const UBLK_U_CMD_TRY_STOP_DEV: u32 = iowr(0x17, CTRL_CMD_SIZE);
+/// Hold new requests, wait until every queue has an idle tag, then abort the
+/// server's FETCH commands (UBLK_F_QUIESCE, Linux 6.16+); `data[0]` is the wait
+/// in ms, 0 for no limit.
+pub const UBLK_U_CMD_QUIESCE_DEV: u32 = iowr(0x16, CTRL_CMD_SIZE);
 
 // I/O commands on /dev/ublkcN.
 pub const UBLK_IO_FETCH_REQ: u32 = 0x20;
@@ -345,6 +349,7 @@ mod tests {
         // _IOR('u', 0x14, ctrl_cmd) and _IOWR('u', 0x17, ctrl_cmd).
         assert_eq!(UBLK_U_CMD_DEL_DEV_ASYNC, 0x8020_7514);
         assert_eq!(UBLK_U_CMD_TRY_STOP_DEV, 0xc020_7517);
+        assert_eq!(UBLK_U_CMD_QUIESCE_DEV, 0xc020_7516);
     }
 
     #[test]

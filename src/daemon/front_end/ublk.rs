@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use layers::{Layer, LayerSpec, Plan, Stack};
 
-use super::{FrontEnd, Serving};
+use super::{FrontEnd, Handover, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
 use crate::ublk::{Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
@@ -51,6 +51,8 @@ impl TopLayer for Stack {
 pub struct Ublk {
     ctrl: Option<Control>,
     device: Option<Device>,
+    /// What `start` asked for, for `resume`.
+    config: Option<DeviceConfig>,
     record: PathBuf,
 }
 
@@ -83,7 +85,8 @@ impl FrontEnd for Ublk {
             held_ids: ids_held_for_others(name),
         };
         self.record = device_record_path(name);
-        let (device, recovered) = match start_device(ctrl, &device_config, stack, &self.record) {
+        let (device, recovered) = match start_device(ctrl, &device_config, stack, &self.record)
+        {
             Ok(started) => started,
             Err(e @ DeviceError::Mismatch(_)) => {
                 return Err(format!(
@@ -104,6 +107,7 @@ impl FrontEnd for Ublk {
             )),
         };
         self.device = Some(device);
+        self.config = Some(device_config);
         Ok(serving)
     }
 
@@ -139,6 +143,36 @@ impl FrontEnd for Ublk {
         let errors: u64 = reports.iter().map(|r| r.errors).sum();
         tracing::info!(requests, errors, "queues stopped");
         Ok(())
+    }
+
+    fn handover_refusal(&self) -> Option<String> {
+        match &self.device {
+            Some(device) => device.handover_refusal(),
+            None => Some("the device is not running".into()),
+        }
+    }
+
+    fn hand_over(&mut self) -> Result<(), Handover> {
+        let Some(device) = self.device.as_mut() else {
+            return Err(Handover::Refused("the device is not running".into()));
+        };
+        match device.quiesce_for_handover() {
+            Ok(reports) => {
+                let requests: u64 = reports.iter().map(|r| r.requests).sum();
+                tracing::info!(requests, "queues quiesced for the handover");
+                Ok(())
+            }
+            // The kernel refused the command: the queues go on serving.
+            Err(e @ DeviceError::Ctrl(_)) => Err(Handover::Refused(e.to_string())),
+            Err(e) => Err(Handover::Stranded(e.to_string())),
+        }
+    }
+
+    fn resume(&mut self, stack: Arc<Stack>) -> Result<(), String> {
+        let (Some(device), Some(config)) = (self.device.as_mut(), self.config.as_ref()) else {
+            return Err("the device is not running".into());
+        };
+        device.resume(config, stack).map_err(|e| e.to_string())
     }
 
     fn remove(&mut self) -> Result<(), String> {
