@@ -414,3 +414,68 @@ fn a_read_in_hole_and_data_chunks_is_assembled() {
     assert!(buf[..4096].iter().all(|&b| b == 0));
     assert!(buf[4096..].iter().all(|&b| b == 9));
 }
+
+/// Sixteen reads in flight, answered together in reverse order, half by
+/// simple replies and half by two data chunks each: the replies reach the
+/// client in one write, split every 7 bytes (headers and data cut
+/// anywhere), or in pieces a little longer than a simple reply, paced so
+/// that each arrives alone with the next header cut short. Each read gets
+/// its own data every way.
+#[test]
+fn replies_run_together_or_cut_anywhere_are_each_filed_whole() {
+    const READS: usize = 16;
+    for (piece, pause) in [(usize::MAX, 0), (7, 0), (16 + 4096 + 9, 2)] {
+        let mut queued: Vec<Vec<u8>> = Vec::new();
+        let server = Hostile::start(true, move |s, req| {
+            let fill = (req.offset / 4096) as u8 + 1;
+            let mut out;
+            if queued.len() % 2 == 0 {
+                out = simple(req.cookie, 0);
+                out.extend(vec![fill; req.len as usize]);
+            } else {
+                let half = req.len / 2;
+                out = chunk(req.cookie, 0, REPLY_TYPE_OFFSET_DATA, 8 + half);
+                out.extend_from_slice(&req.offset.to_be_bytes());
+                out.extend(vec![fill; half as usize]);
+                out.extend(chunk(
+                    req.cookie,
+                    REPLY_FLAG_DONE,
+                    REPLY_TYPE_OFFSET_DATA,
+                    8 + half,
+                ));
+                out.extend_from_slice(&(req.offset + u64::from(half)).to_be_bytes());
+                out.extend(vec![fill; half as usize]);
+            }
+            queued.push(out);
+            if queued.len() < READS {
+                return Ok(());
+            }
+            let all: Vec<u8> = queued.drain(..).rev().flatten().collect();
+            for part in all.chunks(piece.min(all.len())) {
+                s.write_all(part)?;
+                std::thread::sleep(std::time::Duration::from_millis(pause));
+            }
+            Ok(())
+        });
+        let stack = std::sync::Arc::new(server.stack());
+        let ctx = std::rc::Rc::new(IoCtx::new(0, 64).unwrap());
+        let exec = Executor::new().unwrap();
+        let results = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        for i in 0..READS {
+            let (stack, ctx, results) = (stack.clone(), ctx.clone(), results.clone());
+            exec.spawn(async move {
+                let mut buf = layers::IoBufMut::zeroed(4096);
+                let read = stack.top().read(&ctx, i as u64 * 4096, &mut buf).await;
+                let right = buf.iter().all(|&b| b == i as u8 + 1);
+                results.borrow_mut().push((i, read, right));
+            });
+        }
+        exec.run_until_idle(&ctx).unwrap();
+        let results = results.borrow();
+        assert_eq!(results.len(), READS, "pieces of {piece}");
+        for (i, read, right) in results.iter() {
+            assert_eq!(*read, Ok(()), "pieces of {piece}: read {i}");
+            assert!(right, "pieces of {piece}: read {i} got another read's data");
+        }
+    }
+}

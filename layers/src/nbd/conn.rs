@@ -1,16 +1,18 @@
 //! One NBD connection in the transmission phase, shared by every queue and
 //! driven on the ring of whichever queue's request is using it.
 //!
-//! Sending: a request takes the send lock (a task lock, not a thread lock)
-//! and writes its header and payload through its own queue's ring.
+//! Sending ([`outbox`]): a request queues its header (and a small payload)
+//! in the link's outbox, and one request at a time, the *sender*, writes
+//! what is queued through its own queue's ring, many requests per write.
 //!
-//! Receiving: the reply stream is read by one request at a time, the
-//! *reader*: a waiting request that finds nobody reading becomes the reader
-//! and reads replies one after another, filing each under its cookie and
-//! waking its owner (on whatever queue), until its own reply has come; then
-//! it hands the role to another waiting request. So there is no thread of its
-//! own and no task beyond the requests, and while requests wait, one of them
-//! reads.
+//! Receiving ([`replies`]): the reply stream is read by one request at a
+//! time, the *reader*: a waiting request that finds nobody reading becomes
+//! the reader and reads what the socket has, many replies per read, filing
+//! each under its cookie (a READ's data goes straight into the buffer the
+//! request brought) and waking its owner (on whatever queue), until its own
+//! reply has come; then it hands the role to another waiting request. So
+//! there is no thread of its own and no task beyond the requests, and while
+//! requests wait, one of them reads.
 //!
 //! A socket that fails or closes is *lost*, and so is a TCP link the server
 //! has acknowledged nothing on for `timeout` (a cut link, a host gone; see
@@ -30,7 +32,8 @@
 //! client allocate: read data lands in the buffer the request brought, and
 //! every other payload is bounded by a constant.
 //!
-//! Parts: [`replies`] reads and files what the server sends; [`redial`]
+//! Parts: [`outbox`] sends requests; [`replies`] reads and files what the
+//! server sends; [`redial`]
 //! connects again after a loss; [`tls`] carries the bytes of an `nbds://`
 //! link through its TLS session.
 
@@ -46,18 +49,18 @@ use super::handshake::{Stream, Transport};
 use super::tls::TlsClient;
 use super::uri::NbdUri;
 use super::wire::*;
-use crate::async_lock::AsyncLock;
+use crate::buf::IoBuf;
 use crate::exec::IoCtx;
 use crate::uring::Op;
 use crate::{Error, Result};
 
+mod outbox;
 mod redial;
 mod replies;
 mod tls;
 
-/// Largest piece of a socket read or write through the ring: bounds the
-/// bounce buffer taken from the queue's pool.
-const MAX_PIECE: usize = 1 << 20;
+use outbox::Outbox;
+use replies::Inbox;
 /// The error an entry carries when its socket was lost: send it again.
 const LOST: i32 = -1;
 
@@ -84,7 +87,6 @@ pub(super) struct Conn {
     me: Weak<Conn>,
     redial: Redial,
     ledger: Arc<Ledger>,
-    send_lock: AsyncLock,
     state: Mutex<State>,
 }
 
@@ -96,6 +98,11 @@ struct Link {
     tls: Option<Arc<Mutex<tls::Secure>>>,
     generation: u64,
     structured: bool,
+    /// Requests not yet written.
+    outbox: Arc<Mutex<Outbox>>,
+    /// Replies read and not yet parsed; `None` while the reader holds it,
+    /// and for good once a reader broke off mid-reply.
+    inbox: Arc<Mutex<Option<Inbox>>>,
 }
 
 impl Link {
@@ -107,6 +114,8 @@ impl Link {
                 .map(|session| Arc::new(tls::Secure::new(session))),
             generation,
             structured,
+            outbox: Arc::default(),
+            inbox: Arc::new(Mutex::new(Some(Inbox::new()))),
         }
     }
 
@@ -140,8 +149,9 @@ struct Pending {
     kind: u16,
     offset: u64,
     len: u32,
-    /// A READ's data, `len` bytes; taken out while the reader fills it.
-    data: Option<Vec<u8>>,
+    /// Where a READ's data goes: the request's buffer, `len` bytes; `None`
+    /// once the request is abandoned.
+    dest: Option<Dest>,
     /// Bytes of a READ covered by structured chunks so far.
     covered: u64,
     /// The first error the server reported, as an errno ([`LOST`]: the
@@ -151,6 +161,32 @@ struct Pending {
     waker: Option<Waker>,
     /// The request's future was dropped: its reply is read and thrown away.
     abandoned: bool,
+}
+
+/// A READ's buffer, which the reader fills from whatever queue it runs on.
+struct Dest {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// The one unsafe part of the client: a READ's data is copied into the
+// request's buffer by whichever request is reading, on any queue, with no
+// copy through memory of its own.
+// SAFETY: a `Dest` is made from a `&mut [u8]` that the request's future
+// borrows for as long as its entry is filed (`Conn::attempt`), and it is only
+// written through under the state lock, while the entry is filed and not
+// done; the owner reads its buffer only after taking the finished entry out
+// under the same lock, and a dropped owner clears `dest` under it first.
+#[allow(unsafe_code)]
+unsafe impl Send for Dest {}
+
+impl Dest {
+    #[allow(unsafe_code)]
+    fn slice(&mut self) -> &mut [u8] {
+        // SAFETY: see `unsafe impl Send for Dest`: the buffer is alive and
+        // nothing else touches it while the state lock is held.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
 }
 
 /// Why a link stopped: its socket was lost (connect again), or the server
@@ -218,7 +254,7 @@ async fn write_all(ctx: &IoCtx, link: &Link, buf: &crate::buf::IoBuf) -> Step {
 }
 
 enum Turn {
-    Done(std::result::Result<Option<Vec<u8>>, i32>),
+    Done(std::result::Result<(), i32>),
     Read(Link),
 }
 
@@ -233,7 +269,6 @@ impl Conn {
             me: me.clone(),
             redial,
             ledger,
-            send_lock: AsyncLock::default(),
             state: Mutex::new(State {
                 link: Link::new(transport, 0, structured),
                 health: Health::Up,
@@ -279,9 +314,10 @@ impl Conn {
         .await
     }
 
-    /// Sends one request (with `payload` for a WRITE) and waits for its reply:
-    /// a READ's data, or nothing. A request whose socket is lost is sent
-    /// again once the connection is back.
+    /// Sends one request (with `payload` for a WRITE) and waits for its
+    /// reply; a READ's data lands in `dest`. A request whose socket is lost
+    /// is sent again once the connection is back.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn request(
         &self,
         ctx: &IoCtx,
@@ -289,13 +325,23 @@ impl Conn {
         flags: u16,
         offset: u64,
         len: u32,
-        payload: Option<&[u8]>,
-    ) -> Result<Option<Vec<u8>>> {
+        payload: Option<&IoBuf>,
+        mut dest: Option<&mut [u8]>,
+    ) -> Result<()> {
         loop {
             let link = self.up().await?;
             let flushed_upto = self.ledger.writes_done.load(Ordering::SeqCst);
             match self
-                .attempt(ctx, &link, kind, flags, offset, len, payload)
+                .attempt(
+                    ctx,
+                    &link,
+                    kind,
+                    flags,
+                    offset,
+                    len,
+                    payload,
+                    dest.as_deref_mut(),
+                )
                 .await
             {
                 Ok(reply) => {
@@ -315,7 +361,7 @@ impl Conn {
         }
     }
 
-    /// One try of a request on `link`: the reply, or an errno ([`LOST`]).
+    /// One try of a request on `link`: done, or an errno ([`LOST`]).
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
@@ -325,8 +371,10 @@ impl Conn {
         flags: u16,
         offset: u64,
         len: u32,
-        payload: Option<&[u8]>,
-    ) -> std::result::Result<Option<Vec<u8>>, i32> {
+        payload: Option<&IoBuf>,
+        dest: Option<&mut [u8]>,
+    ) -> std::result::Result<(), i32> {
+        debug_assert!(dest.as_ref().map_or(true, |d| d.len() == len as usize));
         let cookie = {
             let mut state = self.state();
             if state.health != Health::Up || state.link.generation != link.generation {
@@ -342,7 +390,10 @@ impl Conn {
                     kind,
                     offset,
                     len,
-                    data: (kind == CMD_READ).then(|| vec![0u8; len as usize]),
+                    dest: dest.map(|d| Dest {
+                        ptr: d.as_mut_ptr(),
+                        len: d.len(),
+                    }),
                     covered: 0,
                     error: None,
                     done: false,
@@ -364,8 +415,14 @@ impl Conn {
         header[8..16].copy_from_slice(&cookie.to_be_bytes());
         header[16..24].copy_from_slice(&offset.to_be_bytes());
         header[24..28].copy_from_slice(&len.to_be_bytes());
-        {
-            let _send = self.send_lock.lock().await;
+        let own_payload = outbox::large(payload);
+        let sender = if own_payload {
+            link.queue_as_sender(&header).await?;
+            true
+        } else {
+            link.queue(&header, payload)
+        };
+        if sender {
             // A send cut short by a dropped future leaves half a request on
             // the wire: the stream is lost.
             let mut on_drop = BreakOnDrop {
@@ -374,7 +431,7 @@ impl Conn {
                 what: "a request was abandoned half sent",
             };
             let sent = self
-                .send(ctx, link, &header, payload.unwrap_or_default())
+                .send_queued(ctx, link, payload.filter(|_| own_payload))
                 .await;
             on_drop.link = None;
             if let Err(broken) = sent {
@@ -387,7 +444,7 @@ impl Conn {
     }
 
     /// Waits for `cookie`'s reply, reading replies while nobody else does.
-    async fn wait(&self, ctx: &IoCtx, cookie: u64) -> std::result::Result<Option<Vec<u8>>, i32> {
+    async fn wait(&self, ctx: &IoCtx, cookie: u64) -> std::result::Result<(), i32> {
         loop {
             let turn = poll_fn(|cx| {
                 let mut guard = self.state();
@@ -404,7 +461,7 @@ impl Conn {
                     let entry = pending.remove(&cookie).expect("just seen");
                     return Poll::Ready(Turn::Done(match entry.error {
                         Some(errno) => Err(errno),
-                        None => Ok(entry.data),
+                        None => Ok(()),
                     }));
                 }
                 if !*reading {
@@ -429,7 +486,7 @@ impl Conn {
                         link: Some(link.clone()),
                         what: "a reply was abandoned half read",
                     };
-                    let read = self.read_reply(ctx, &link).await;
+                    let read = self.read_replies(ctx, &link, cookie).await;
                     on_drop.link = None;
                     self.stop_reading(&link);
                     if let Err(broken) = read {
@@ -471,7 +528,7 @@ impl Conn {
     /// every later one, with EIO. Nothing if that link is already replaced.
     fn fail(&self, generation: u64, broken: Broken) {
         let redial = broken.lost;
-        let (wakers, stream) = {
+        let (wakers, link) = {
             let mut state = self.state();
             if state.link.generation != generation || state.health != Health::Up {
                 return;
@@ -512,10 +569,12 @@ impl Conn {
             if !redial {
                 wakers.append(&mut state.link_waiters);
             }
-            (wakers, state.link.stream.clone())
+            (wakers, state.link.clone())
         };
-        // Wakes a read or write of another queue stuck on the socket.
-        stream.shutdown();
+        // Wakes a read or write of another queue stuck on the socket, and the
+        // requests waiting to send on it.
+        link.stream.shutdown();
+        link.close_outbox();
         for waker in wakers {
             waker.wake();
         }
@@ -527,54 +586,6 @@ impl Conn {
                 .map_err(|e| self.give_up(format!("cannot start connecting again: {e}")))
                 .ok();
         }
-    }
-
-    /// Writes `header` then `payload` to the socket, all of it, in pieces of
-    /// at most [`MAX_PIECE`] bytes.
-    async fn send(&self, ctx: &IoCtx, link: &Link, header: &[u8], payload: &[u8]) -> Step {
-        if let Some(secure) = &link.tls {
-            return self.send_secure(ctx, link, secure, header, payload).await;
-        }
-        let mut head = header;
-        let mut rest = payload;
-        while !head.is_empty() || !rest.is_empty() {
-            let piece = rest.len().min(MAX_PIECE - head.len());
-            let mut buf = ctx.buf(head.len() + piece);
-            buf[..head.len()].copy_from_slice(head);
-            buf[head.len()..].copy_from_slice(&rest[..piece]);
-            head = &[];
-            rest = &rest[piece..];
-            write_all(ctx, link, &buf.freeze()).await?;
-        }
-        Ok(())
-    }
-
-    /// Fills `out` from the socket.
-    async fn recv(&self, ctx: &IoCtx, link: &Link, out: &mut [u8]) -> Step {
-        if let Some(secure) = &link.tls {
-            return self.recv_secure(ctx, link, secure, out).await;
-        }
-        let mut got = 0;
-        while got < out.len() {
-            let want = (out.len() - got).min(MAX_PIECE);
-            let mut buf = ctx.buf(want);
-            let op = Op::Read {
-                fd: link.fd(),
-                offset: 0,
-                buf: &mut buf,
-                range: 0..want,
-            };
-            match ctx.uring().submit(op).await {
-                n if n > 0 => {
-                    let n = n as usize;
-                    out[got..got + n].copy_from_slice(&buf[..n]);
-                    got += n;
-                }
-                0 => return Err(lost("the server closed the connection".to_string())),
-                errno => return Err(lost_by("reading from the server", errno)),
-            }
-        }
-        Ok(())
     }
 }
 
@@ -615,6 +626,8 @@ impl Drop for Waiting<'_> {
                 Some(entry) => {
                     entry.abandoned = true;
                     entry.waker = None;
+                    // The buffer goes with the future.
+                    entry.dest = None;
                 }
                 None => {}
             }

@@ -44,7 +44,7 @@ use wire::*;
 
 use crate::exec::IoCtx;
 use crate::report::{LayerReport, NbdReport};
-use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Result};
+use crate::{AsyncLayer, IoBuf, IoBufMut, Result};
 
 /// Largest WRITE_ZEROES range sent in one request (the length is 32 bits);
 /// a multiple of every block size.
@@ -193,7 +193,7 @@ impl NbdLeaf {
             (MAX_ZEROES_BYTES, None)
         } else {
             let step = self.max_payload.min(MAX_ZERO_WRITE_BYTES);
-            (step, Some(vec![0u8; step.min(len) as usize]))
+            (step, Some(IoBuf::zeroed(step.min(len) as usize)))
         };
         let mut done = 0;
         while done < len {
@@ -201,15 +201,15 @@ impl NbdLeaf {
             let at = offset + done;
             match &zeroes {
                 None => {
-                    conn.request(ctx, CMD_WRITE_ZEROES, 0, at, n as u32, None)
+                    conn.request(ctx, CMD_WRITE_ZEROES, 0, at, n as u32, None, None)
                         .await?
                 }
                 Some(zeros) => {
-                    let payload = &zeros[..n as usize];
-                    conn.request(ctx, CMD_WRITE, 0, at, n as u32, Some(payload))
+                    let payload = zeros.slice(0..n as usize);
+                    conn.request(ctx, CMD_WRITE, 0, at, n as u32, Some(&payload), None)
                         .await?
                 }
-            };
+            }
             done += n;
         }
         Ok(())
@@ -225,21 +225,28 @@ impl AsyncLayer for NbdLeaf {
         let conn = self.conn(ctx);
         for (i, piece) in buf.chunks_mut(self.max_payload as usize).enumerate() {
             let at = offset + i as u64 * self.max_payload;
-            let data = conn
-                .request(ctx, CMD_READ, 0, at, piece.len() as u32, None)
-                .await?
-                .ok_or(Error::Io(libc::EIO))?;
-            piece.copy_from_slice(&data);
+            conn.request(ctx, CMD_READ, 0, at, piece.len() as u32, None, Some(piece))
+                .await?;
         }
         Ok(())
     }
 
     async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         let conn = self.conn(ctx);
-        for (i, piece) in buf.chunks(self.max_payload as usize).enumerate() {
-            let at = offset + i as u64 * self.max_payload;
-            conn.request(ctx, CMD_WRITE, 0, at, piece.len() as u32, Some(piece))
-                .await?;
+        let step = self.max_payload as usize;
+        for start in (0..buf.len()).step_by(step) {
+            let piece = buf.slice(start..buf.len().min(start + step));
+            let at = offset + start as u64;
+            conn.request(
+                ctx,
+                CMD_WRITE,
+                0,
+                at,
+                piece.len() as u32,
+                Some(&piece),
+                None,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -249,9 +256,8 @@ impl AsyncLayer for NbdLeaf {
             return Ok(());
         }
         self.conn(ctx)
-            .request(ctx, CMD_FLUSH, 0, 0, 0, None)
+            .request(ctx, CMD_FLUSH, 0, 0, 0, None, None)
             .await
-            .map(drop)
     }
 
     async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {

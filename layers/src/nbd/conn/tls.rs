@@ -55,18 +55,16 @@ fn broken(what: &str, error: impl std::fmt::Display) -> Broken {
 }
 
 impl Conn {
-    /// Encrypts `header` then `payload` and writes the records, in pieces of
-    /// at most [`PLAIN_PIECE`] bytes of plaintext.
+    /// Encrypts `bytes` and writes the records, in pieces of at most
+    /// [`PLAIN_PIECE`] bytes of plaintext.
     pub(super) async fn send_secure(
         &self,
         ctx: &IoCtx,
         link: &Link,
         secure: &Mutex<Secure>,
-        header: &[u8],
-        payload: &[u8],
+        bytes: &[u8],
     ) -> Step {
-        let mut head = header;
-        let mut rest = payload;
+        let mut rest = bytes;
         loop {
             let records = {
                 let mut guard = lock(secure);
@@ -74,13 +72,8 @@ impl Conn {
                 let piece = rest.len().min(PLAIN_PIECE);
                 session
                     .writer()
-                    .write_all(head)
-                    .map_err(|e| broken("sending", e))?;
-                session
-                    .writer()
                     .write_all(&rest[..piece])
                     .map_err(|e| broken("sending", e))?;
-                head = &[];
                 rest = &rest[piece..];
                 let mut records = Vec::new();
                 while session.wants_write() {
@@ -97,16 +90,17 @@ impl Conn {
         }
     }
 
-    /// Fills `out` with plaintext, reading and decrypting records as needed.
+    /// Reads plaintext into `out`, at least one byte, reading and decrypting
+    /// records as needed; how many bytes came.
     pub(super) async fn recv_secure(
         &self,
         ctx: &IoCtx,
         link: &Link,
         secure: &Mutex<Secure>,
         out: &mut [u8],
-    ) -> Step {
+    ) -> std::result::Result<usize, Broken> {
         let mut got = 0;
-        while got < out.len() {
+        while got == 0 {
             let mut inbox = {
                 let mut guard = lock(secure);
                 let Secure {
@@ -142,7 +136,7 @@ impl Conn {
             lock(secure).inbox = inbox;
             read?;
         }
-        Ok(())
+        Ok(got)
     }
 
     /// Writes all of `bytes` to the socket, through a queue-pool buffer that
