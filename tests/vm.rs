@@ -60,6 +60,7 @@ scenarios!(
     ublk_nbd_leg_readd,
     ublk_metrics,
     ublk_safe_stop,
+    ublk_zero_copy,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

@@ -33,7 +33,7 @@ use layers::{Layer, LayerSpec, Plan, Stack};
 use super::{FrontEnd, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
-use crate::ublk::{Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
+use crate::ublk::{zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
 const NO_UBLK: &str =
@@ -72,7 +72,20 @@ impl FrontEnd for Ublk {
     fn start(&mut self, plan: &Plan, stack: Arc<Stack>) -> Result<Serving, String> {
         let name = &plan.device.name;
         let ctrl = self.ctrl.take().ok_or("ublk control device not open")?;
+        let zero_copy_blocker = zero_copy::blocker(
+            plan.walk()
+                .into_iter()
+                .map(|id| plan.layers[id].spec.type_name()),
+        )
+        .map(String::from);
+        let data_path = zero_copy::Wanted::from_env()
+            .and_then(|wanted| {
+                zero_copy::choose(ctrl.features(), zero_copy_blocker.as_deref(), wanted)
+            })
+            .map_err(|e| format!("{name}: {e}"))?;
         let device_config = DeviceConfig {
+            data_path,
+            zero_copy_blocker,
             id: plan.device.id,
             queues: plan.device.queues,
             depth: plan.device.queue_depth,
