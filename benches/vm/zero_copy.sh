@@ -3,7 +3,8 @@
 #
 # 4 KiB random reads at QD32 (fio, io_uring, O_DIRECT) of one 512 MiB file on
 # the guest's tmpfs, served three ways in the same boot:
-#   zc      ublk-stack, a `file` leaf, zero copy (the default on this kernel)
+#   zc      ublk-stack, a `file` leaf, zero copy (UBLK_STACK_ZERO_COPY=on:
+#           `auto` keeps copy mode for a buffered file on tmpfs)
 #   copy    the same with UBLK_STACK_ZERO_COPY=off (the kernel copies)
 #   loop    /dev/loopN, the kernel loop driver
 # Rounds alternate the three so that drift on the shared host hits all alike;
@@ -26,7 +27,7 @@ type = "file"
 path = "backing.img"
 TOML
 
-# serve MODE LABEL: up in MODE (auto or off), check the data path, bench, down.
+# serve MODE LABEL: up in MODE (on or off), check the data path, bench, down.
 serve() {
     local mode=$1 label=$2 want=zero-copy
     [[ $mode == off ]] && want=copy
@@ -39,7 +40,7 @@ serve() {
 loop=$(losetup -f --show /work/backing.img)
 for round in $(seq "$rounds"); do
     step "round $round"
-    serve auto zc
+    serve on zc
     serve off copy
     bench_randread "$loop" "loop-round$round" | tee -a /work/loop.bench
 done

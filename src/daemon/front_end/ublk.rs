@@ -79,6 +79,10 @@ impl FrontEnd for Ublk {
         )
         .map(String::from);
         let data_path = zero_copy::Wanted::from_env()
+            .map(|wanted| match wanted {
+                zero_copy::Wanted::Auto if has_memory_backed_file(plan) => zero_copy::Wanted::Off,
+                other => other,
+            })
             .and_then(|wanted| {
                 zero_copy::choose(ctrl.features(), zero_copy_blocker.as_deref(), wanted)
             })
@@ -303,4 +307,22 @@ mod tests {
         std::fs::write(&path, "garbage\n").unwrap();
         assert_eq!(read_device_record(&path), None);
     }
+}
+
+/// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
+/// file on tmpfs or ramfs, see `layers/src/file.rs`). Such a leaf cannot read
+/// into a kernel-registered buffer without io_uring handing each request to a
+/// worker thread, which measured slower than copy mode (benches/vm/README.md),
+/// so `auto` keeps copy mode for its device; `UBLK_STACK_ZERO_COPY=on` still
+/// asks for zero copy.
+fn has_memory_backed_file(plan: &Plan) -> bool {
+    plan.walk()
+        .into_iter()
+        .any(|id| match &plan.layers[id].spec {
+            LayerSpec::File(p) => {
+                !p.direct
+                    && std::fs::File::open(&p.path).is_ok_and(|f| layers::os::is_memory_backed(&f))
+            }
+            _ => false,
+        })
 }

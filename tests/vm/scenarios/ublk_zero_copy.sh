@@ -5,7 +5,9 @@
 # own registration (UBLK_STACK_ZERO_COPY=explicit, the SUPPORT_ZERO_COPY
 # path) passes the same check. A checksum over a file stays in copy mode. On
 # 6.12 (no zero copy) the same configs run in copy mode, and asking for zero
-# copy is refused with the kernel version it needs.
+# copy is refused with the kernel version it needs. A buffered file on tmpfs
+# stays in copy mode unless zero copy is asked for (UBLK_STACK_ZERO_COPY=on),
+# which then serves it too.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
 
@@ -15,9 +17,9 @@ case $(uname -r) in
 *) fail "unexpected kernel $(uname -r)" ;;
 esac
 
-# Leg b and stripe d on ext4 over a loop device (the leaf's io_uring path on a
-# real filesystem); the others on tmpfs.
-truncate -s 200M /work/ext4.img
+# The leaves on ext4 over a loop device (the leaf's io_uring path on a real
+# filesystem); /work itself is tmpfs.
+truncate -s 320M /work/ext4.img
 mkfs.ext4 -q -F /work/ext4.img || fail "mkfs.ext4"
 ext4_loop=$(losetup -f --show /work/ext4.img)
 mkdir -p /work/ext4
@@ -31,7 +33,7 @@ top = "f"
 queue_depth = 32
 [layers.f]
 type = "file"
-path = "zfile.img"
+path = "ext4/zfile.img"
 size = "48MiB"
 create = true
 TOML
@@ -47,7 +49,7 @@ type = "mirror"
 legs = ["a", "b"]
 [layers.a]
 type = "file"
-path = "mirror-a.img"
+path = "ext4/mirror-a.img"
 size = "48MiB"
 create = true
 [layers.b]
@@ -69,13 +71,26 @@ stripes = ["c", "d"]
 chunk = "16KiB"
 [layers.c]
 type = "file"
-path = "raid-c.img"
+path = "ext4/raid-c.img"
 size = "24MiB"
 create = true
 [layers.d]
 type = "file"
 path = "ext4/raid-d.img"
 size = "24MiB"
+create = true
+TOML
+
+cat >/work/ztmpfs.toml <<'TOML'
+version = 1
+[device]
+name = "ztmpfs"
+top = "f"
+queue_depth = 32
+[layers.f]
+type = "file"
+path = "ztmpfs.img"
+size = "48MiB"
 create = true
 TOML
 
@@ -139,19 +154,22 @@ trap 'rc=$?; ((rc == 0)) || tail -40 /work/daemon.err >&2' EXIT
 serve zfile "$expect"
 serve zmirror "$expect"
 # The data after each leg's 12 KiB of mirror metadata.
-cmp -i 12288 mirror-a.img ext4/mirror-b.img || fail "the mirror's legs differ"
+cmp -i 12288 ext4/mirror-a.img ext4/mirror-b.img || fail "the mirror's legs differ"
 serve zraid "$expect"
 serve zsum copy
+serve ztmpfs copy
 
 if [[ $expect == zero-copy ]]; then
     export UBLK_STACK_ZERO_COPY=explicit
     serve zfile zero-copy
     serve zmirror zero-copy
-    cmp -i 12288 mirror-a.img ext4/mirror-b.img || fail "the mirror's legs differ (explicit)"
+    cmp -i 12288 ext4/mirror-a.img ext4/mirror-b.img || fail "the mirror's legs differ (explicit)"
     if grep -q '"AUTO_BUF_REG"' /work/status.json; then
         cat /work/status.json
         fail "explicit mode uses AUTO_BUF_REG"
     fi
+    export UBLK_STACK_ZERO_COPY=on
+    serve ztmpfs zero-copy
     unset UBLK_STACK_ZERO_COPY
     step "zero copy asked for a checksum stack: refused"
     if UBLK_STACK_ZERO_COPY=on ublk-stack up /work/zsum.toml >/work/refused.out 2>&1; then
