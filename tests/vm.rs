@@ -61,6 +61,7 @@ scenarios!(
     ublk_metrics,
     ublk_safe_stop,
     ublk_upgrade,
+    ublk_zero_copy,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

@@ -17,9 +17,15 @@
 //! hands each part below as its own buffer and joins the parts back
 //! ([`IoBufMut::unsplit`]).
 //!
-//! A buffer the kernel registers for zero copy will be one more kind of
-//! [`Memory`], carrying its registered index for the leaf's fixed read or write;
-//! the handles and the hold rule stay as they are.
+//! Zero copy: a ublk request buffer the kernel registered in the queue ring's
+//! fixed-buffer table is lent the same way ([`IoBufMut::lend_fixed`]) and
+//! carries its table index; a leaf then reads or writes it with a fixed
+//! operation at the handle's offset ([`IoBufMut::fixed`]), and the hold rule
+//! keeps the index from being unregistered (the front end commits only once the
+//! lease is returned) while an operation still names it. Its bytes are the
+//! kernel's, not ours: the handle's own bytes are a scratch stand-in that only
+//! a layer that transforms data would touch, and such stacks never get fixed
+//! buffers.
 
 use std::alloc::{self, Layout};
 use std::cell::RefCell;
@@ -156,6 +162,9 @@ struct Memory {
     ptr: NonNull<u8>,
     len: usize,
     owner: Owner,
+    /// The index of the ring's fixed-buffer table where the kernel registered
+    /// the real bytes (zero copy); `None` for memory of our own.
+    fixed: Option<u16>,
 }
 
 impl Drop for Memory {
@@ -225,6 +234,7 @@ impl IoBufMut {
                 buf: Some(buf),
                 home,
             },
+            fixed: None,
         })
     }
 
@@ -263,9 +273,36 @@ impl IoBufMut {
             ptr,
             len,
             owner: Owner::Lent,
+            fixed: None,
         });
         let lease = Lease(Rc::downgrade(&buf.mem));
         (buf, lease)
+    }
+
+    /// Lend a request buffer of `len` bytes that the kernel registered at
+    /// `index` of the ring's fixed-buffer table (ublk zero copy). Leaves read
+    /// and write it with fixed operations ([`IoBufMut::fixed`]); `scratch`
+    /// stands in for its bytes should a layer look at them (none that a
+    /// zero-copy stack holds does), so that doing so is wrong but not unsound.
+    ///
+    /// # Safety
+    /// As for [`IoBufMut::lend`], for `scratch`; and the registration at `index`
+    /// must stay in place until the lease reports the memory returned.
+    pub unsafe fn lend_fixed(scratch: NonNull<u8>, len: usize, index: u16) -> (IoBufMut, Lease) {
+        let buf = IoBufMut::whole(Memory {
+            ptr: scratch,
+            len,
+            owner: Owner::Lent,
+            fixed: Some(index),
+        });
+        let lease = Lease(Rc::downgrade(&buf.mem));
+        (buf, lease)
+    }
+
+    /// For a kernel-registered buffer: its fixed-buffer index and where this
+    /// handle starts in it (the address a fixed operation names).
+    pub fn fixed(&self) -> Option<(u16, usize)> {
+        self.mem.fixed.map(|index| (index, self.start))
     }
 
     /// The heap buffer back, if this is the last handle on it and no operation
@@ -412,6 +449,11 @@ impl IoBuf {
             .map_err(IoBufMut::freeze)
     }
 
+    /// See [`IoBufMut::fixed`].
+    pub fn fixed(&self) -> Option<(u16, usize)> {
+        self.mem.fixed.map(|index| (index, self.start))
+    }
+
     /// Where the bytes start, for the SQE, and a hold for the ring's slot.
     pub fn as_ptr_held(&self) -> (*const u8, Hold) {
         // SAFETY: start + len <= mem.len by construction.
@@ -503,5 +545,26 @@ mod tests {
         assert!(!lease.is_returned());
         drop(hold);
         assert!(lease.is_returned());
+    }
+
+    #[test]
+    fn a_fixed_buffer_keeps_its_index_and_offsets_through_splits() {
+        let mut scratch = AlignedBuf::new(16384);
+        let ptr = NonNull::new(scratch.as_mut_ptr()).unwrap();
+        // SAFETY: `scratch` outlives the handles below; no registration is
+        // involved in this test.
+        let (mut buf, lease) = unsafe { IoBufMut::lend_fixed(ptr, 16384, 7) };
+        assert_eq!(buf.fixed(), Some((7, 0)));
+        let head = buf.split_to(4096);
+        assert_eq!(head.fixed(), Some((7, 0)));
+        assert_eq!(buf.fixed(), Some((7, 4096)));
+        let frozen = buf.freeze();
+        assert_eq!(frozen.slice(8192..12288).fixed(), Some((7, 12288)));
+        let (_, hold) = frozen.as_ptr_held();
+        drop((head, frozen));
+        assert!(!lease.is_returned());
+        drop(hold);
+        assert!(lease.is_returned());
+        assert_eq!(IoBufMut::zeroed(4096).fixed(), None);
     }
 }

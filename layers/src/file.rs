@@ -18,6 +18,9 @@
 //!   each request would be handed to an io-wq worker thread and back: two context
 //!   switches around a copy that is the whole cost. The kernel's loop driver
 //!   serves such files the same way, synchronously in its worker.
+//! - A kernel-registered request buffer (ublk zero copy, `buf.rs`) has no bytes
+//!   of ours to `pread` into or copy: it always goes through the ring as a
+//!   fixed read or write, whatever the file is on.
 //!
 //! The same I/O path serves `disk` leaves (see `disk.rs`): `fallocate` on a block
 //! device discards or zeroes the range.
@@ -179,6 +182,9 @@ impl FileLeaf {
     }
 
     async fn read_at(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
+        if buf.fixed().is_some() {
+            return self.read_into(ctx, offset, buf).await;
+        }
         if self.sync_io {
             return self.read_sync(offset, buf);
         }
@@ -226,6 +232,9 @@ impl FileLeaf {
     }
 
     async fn write_at(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
+        if buf.fixed().is_some() {
+            return self.write_from(ctx, offset, buf).await;
+        }
         if self.sync_io {
             return self.write_sync(offset, buf);
         }

@@ -8,6 +8,12 @@
 //! rule). Front ends may share the ring for their own commands (the ublk FETCH /
 //! COMMIT commands): those carry [`FOREIGN_BIT`] in `user_data` and are handed back
 //! by [`Uring::reap`].
+//!
+//! Zero copy: a request buffer the kernel registered in this ring's fixed-buffer
+//! table (`buf.rs`) is read or written with READ_FIXED / WRITE_FIXED at its
+//! table index, the address being the offset into the registered buffer. The
+//! slot's hold is what keeps the front end from committing the request (which
+//! unregisters the index) while such an operation is in flight.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -50,6 +56,13 @@ pub enum Op<'a> {
     },
     /// Complete after `nanos` nanoseconds (the CQE result is -ETIME).
     Sleep { nanos: u64 },
+    /// A passthrough command with a 16-byte payload and no memory of ours
+    /// (ublk's buffer registration commands).
+    UringCmd16 {
+        fd: RawFd,
+        cmd_op: u32,
+        cmd: [u8; 16],
+    },
 }
 
 /// What the kernel may still read or write for an operation in flight.
@@ -165,12 +178,27 @@ impl Uring {
             } => {
                 assert!(range.start <= range.end && range.end <= buf.len());
                 let len = u32::try_from(range.len()).expect("leaf I/O under 4 GiB");
+                let fixed = buf.fixed();
                 let (ptr, hold) = buf.as_mut_ptr_held();
-                // SAFETY: range.start <= buf.len(), checked above.
-                let ptr = unsafe { ptr.add(range.start) };
-                let entry = opcode::Read::new(types::Fd(fd), ptr, len)
+                let entry = match fixed {
+                    // The address of a kernel-registered buffer is the offset
+                    // into it.
+                    Some((index, start)) => opcode::ReadFixed::new(
+                        types::Fd(fd),
+                        (start + range.start) as *mut u8,
+                        len,
+                        index,
+                    )
                     .offset(offset)
-                    .build();
+                    .build(),
+                    None => {
+                        // SAFETY: range.start <= buf.len(), checked above.
+                        let ptr = unsafe { ptr.add(range.start) };
+                        opcode::Read::new(types::Fd(fd), ptr, len)
+                            .offset(offset)
+                            .build()
+                    }
+                };
                 (entry, Some(Held::Buf(hold)))
             }
             Op::Write {
@@ -181,12 +209,25 @@ impl Uring {
             } => {
                 assert!(range.start <= range.end && range.end <= buf.len());
                 let len = u32::try_from(range.len()).expect("leaf I/O under 4 GiB");
+                let fixed = buf.fixed();
                 let (ptr, hold) = buf.as_ptr_held();
-                // SAFETY: range.start <= buf.len(), checked above.
-                let ptr = unsafe { ptr.add(range.start) };
-                let entry = opcode::Write::new(types::Fd(fd), ptr, len)
+                let entry = match fixed {
+                    Some((index, start)) => opcode::WriteFixed::new(
+                        types::Fd(fd),
+                        (start + range.start) as *const u8,
+                        len,
+                        index,
+                    )
                     .offset(offset)
-                    .build();
+                    .build(),
+                    None => {
+                        // SAFETY: range.start <= buf.len(), checked above.
+                        let ptr = unsafe { ptr.add(range.start) };
+                        opcode::Write::new(types::Fd(fd), ptr, len)
+                            .offset(offset)
+                            .build()
+                    }
+                };
                 (entry, Some(Held::Buf(hold)))
             }
             Op::Fsync { fd, data_only } => {
@@ -218,14 +259,22 @@ impl Uring {
                 let entry = opcode::Timeout::new(&*time as *const types::Timespec).build();
                 (entry, Some(Held::Time(time)))
             }
+            Op::UringCmd16 { fd, cmd_op, cmd } => (
+                opcode::UringCmd16::new(types::Fd(fd), cmd_op)
+                    .cmd(cmd)
+                    .build(),
+                None,
+            ),
         };
         let slot = self.alloc_slot(buf);
         let entry = entry.user_data(slot as u64);
-        // SAFETY: the SQE points at a request buffer's memory or a timespec that
-        // slot `slot` holds (a `Hold` keeps the memory alive and away from any
-        // later request; the timespec is boxed) until `reap` sees this SQE's CQE,
-        // even if the future is dropped. The fd belongs to a leaf of the
-        // compiled stack, which outlives every queue's ring.
+        // SAFETY: the SQE points at a request buffer's memory (or names its
+        // fixed-buffer index) or a timespec that slot `slot` holds (a `Hold`
+        // keeps the memory, and a fixed buffer's registration, away from any
+        // later request; the timespec is boxed) until `reap` sees this SQE's
+        // CQE, even if the future is dropped. The fd belongs to a leaf of the
+        // compiled stack, which outlives every queue's ring, or is a front
+        // end's device, which it keeps open until its ring is gone.
         unsafe { self.push(&entry) };
         self.in_flight.set(self.in_flight.get() + 1);
         OpFuture {

@@ -42,6 +42,7 @@ use super::ctrl::{Control, CtrlError, DAEMON_MARK};
 use super::features;
 use super::queue::{self, QueueReport, QueueSetup, TopLayer};
 use super::sys::{self, DevInfo, Params};
+use super::zero_copy::DataPath;
 
 /// Largest request the kernel sends us, and the size of each tag's buffer.
 pub const MAX_IO_BUF_BYTES: u32 = 512 * 1024;
@@ -65,6 +66,11 @@ pub struct DeviceConfig {
     /// Devices held for recovery by another device's daemon: never reaped as
     /// stale, and a fixed `id` among them is taken.
     pub held_ids: Vec<u32>,
+    /// How a new device moves request data (`zero_copy::choose`).
+    pub data_path: DataPath,
+    /// The first layer type of the stack that cannot use zero copy, if any: a
+    /// device left in zero-copy mode by a killed daemon is then not taken over.
+    pub zero_copy_blocker: Option<String>,
 }
 
 #[derive(Debug)]
@@ -197,7 +203,8 @@ impl Device {
             // Stored by ADD_DEV as given: lets a later `up` tell a device whose
             // daemon died before START_DEV from one being set up right now.
             ublksrv_pid: std::process::id() as i32,
-            flags: features::add_dev_flags(ctrl.features(), config.recovery),
+            flags: features::add_dev_flags(ctrl.features(), config.recovery)
+                | config.data_path.flag(),
             ublksrv_flags: DAEMON_MARK,
             ..DevInfo::default()
         };
@@ -262,6 +269,14 @@ impl Device {
         let dev_id = info.dev_id;
         let params = ctrl.get_params(dev_id)?;
         check_same_geometry(dev_id, &params, config)?;
+        if let (true, Some(layer)) = (
+            DataPath::of_flags(info.flags).is_zero_copy(),
+            &config.zero_copy_blocker,
+        ) {
+            return Err(DeviceError::Mismatch(format!(
+                "/dev/ublkb{dev_id} was created for zero copy, which the config's `{layer}` layer cannot use"
+            )));
+        }
         start_recovery_when_quiesced(&mut ctrl, &info, Duration::from_secs(30))?;
         let mut device = Device {
             ctrl,
@@ -330,6 +345,9 @@ impl Device {
                 block_size: config.block_size,
                 ioctl_encode,
                 cpus,
+                // From the device's own flags: a recovered device keeps the
+                // data path it was created with.
+                data_path: DataPath::of_flags(self.info.flags),
             };
             let (char_fd, stack, armed_tx) = (char_fd.clone(), stack.clone(), armed_tx.clone());
             let handle = std::thread::Builder::new()
@@ -623,6 +641,8 @@ mod tests {
             discard,
             recovery: true,
             held_ids: Vec::new(),
+            data_path: DataPath::Copy,
+            zero_copy_blocker: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! uses. Decoding is pure, so `features`, `status` and the tests share it.
 
 use super::sys;
+use super::zero_copy::DataPath;
 
 /// Every feature bit of Linux 7.3's `ublk_cmd.h`, lowest first, without the
 /// `UBLK_F_` prefix.
@@ -28,10 +29,13 @@ pub const NAMES: [(u64, &str); 20] = [
     (sys::UBLK_F_SHMEM_ZC, "SHMEM_ZC"),
 ];
 
-/// How request data moves between the kernel and the daemon: the kernel
-/// copies it to and from each tag's buffer in the daemon's memory (no zero
-/// copy, no user copy).
-pub const DATA_PATH: &str = "copy";
+/// How request data moves between the kernel and the daemon on a device using
+/// the flags `in_use`: `copy` (the kernel copies it to and from each tag's
+/// buffer in the daemon's memory) or `zero-copy` (the leaves read and write
+/// the request's own pages; see `zero_copy`).
+pub fn data_path(in_use: u64) -> &'static str {
+    DataPath::of_flags(in_use).name()
+}
 
 /// Every bit this build knows a name for.
 const KNOWN: u64 = {
@@ -46,6 +50,8 @@ const KNOWN: u64 = {
 
 /// The flags ADD_DEV may ask for: what this daemon knows how to serve.
 const ASKED: u64 = sys::UBLK_F_CMD_IOCTL_ENCODE
+    | sys::UBLK_F_SUPPORT_ZERO_COPY
+    | sys::UBLK_F_AUTO_BUF_REG
     | sys::UBLK_F_USER_RECOVERY
     | sys::UBLK_F_USER_RECOVERY_REISSUE
     | sys::UBLK_F_QUIESCE
@@ -68,7 +74,8 @@ pub fn unknown_bits(mask: u64) -> Vec<u32> {
 }
 
 /// The flags for ADD_DEV on a kernel that offers `offered`: never a bit it
-/// did not offer. Recovery is asked for only with REISSUE (see `device`) and
+/// did not offer. The zero-copy flag, which depends on the stack, is added by
+/// the caller (`zero_copy::choose` picks only offered bits). Recovery is asked for only with REISSUE (see `device`) and
 /// when the stack allows it (`recovery`); the ioctl encoding and skipping the
 /// partition scan (a device built from a TOML file carries no partition
 /// table that the kernel should act on) whenever offered.
@@ -201,6 +208,10 @@ mod tests {
                 "NO_AUTO_PART_SCAN"
             ]
         );
+        let zero_copy = granted | sys::UBLK_F_AUTO_BUF_REG;
+        assert!(names(in_use(zero_copy, 0x1f_ffff)).contains(&"AUTO_BUF_REG"));
+        assert_eq!(data_path(in_use(zero_copy, 0x1f_ffff)), "zero-copy");
+        assert_eq!(data_path(in_use(granted, 0x1f_ffff)), "copy");
         let granted = add_dev_flags(LINUX_6_12, true);
         assert!(!names(in_use(granted, LINUX_6_12)).contains(&"SAFE_STOP_DEV"));
         assert!(!names(in_use(granted, LINUX_6_12)).contains(&"NO_AUTO_PART_SCAN"));

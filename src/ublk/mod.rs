@@ -1,6 +1,7 @@
 //! The ublk front end: the kernel UAPI (`sys`) and its feature bits by name
 //! (`features`), the control device (`ctrl`), the per-queue I/O loop
-//! (`queue`), a device's lifecycle (`device`) and who has it open (`openers`).
+//! (`queue`) and its zero-copy data path (`zero_copy`), a device's lifecycle
+//! (`device`) and who has it open (`openers`).
 //!
 //! Most of the binary's unsafe code lives here (mmap of the request
 //! descriptors and tag buffers, io_uring passthrough commands), each with its
@@ -13,6 +14,7 @@ mod openers;
 pub mod queue;
 mod shared_memory;
 pub mod sys;
+pub mod zero_copy;
 
 pub use ctrl::{Control, CtrlError};
 pub use device::{Device, DeviceConfig, DeviceError};

@@ -23,6 +23,15 @@
 //! USER_COPY becomes worth it when depth × max_io_buf_bytes of buffers per queue
 //! is too much memory, or for zoned devices (which require it).
 //!
+//! Zero copy (`zero_copy.rs`), on kernels and stacks that allow it: the ring
+//! gets a sparse fixed-buffer table of one entry per tag, each request's buffer
+//! is registered at its tag's index (by the kernel with AUTO_BUF_REG, or here
+//! with REGISTER_IO_BUF), and the request is lent to the stack as that fixed
+//! buffer; COMMIT waits for the lease exactly as in copy mode, so the index is
+//! never unregistered, nor given to the tag's next request, while a leaf
+//! operation still names it. The tag buffers are still mapped, as the stand-in
+//! bytes of fixed buffers (`buf.rs`), but the kernel does not copy into them.
+//!
 //! Sectors (512 bytes) are converted to byte offsets here and nowhere else.
 
 use std::cell::{Cell, RefCell};
@@ -39,6 +48,7 @@ use layers::{Error, Executor, IoBufMut, IoCtx, Layer};
 
 use super::shared_memory::{pin_current_thread, Descriptors, TagBuffers};
 use super::sys::{self, IoCmd, IoDesc};
+use super::zero_copy::{self, AutoBufReg, DataPath};
 
 const SECTOR_BYTES: u64 = 512;
 /// How often a request whose buffer is still held by a leftover operation looks
@@ -63,6 +73,8 @@ pub struct QueueSetup {
     pub ioctl_encode: bool,
     /// CPUs to pin the thread to (empty: leave it unpinned).
     pub cpus: Vec<usize>,
+    /// The device's data path (from the flags it was created with).
+    pub data_path: DataPath,
 }
 
 /// How a queue ended.
@@ -70,6 +82,9 @@ pub struct QueueSetup {
 pub struct QueueReport {
     pub requests: u64,
     pub errors: u64,
+    /// Zero copy: requests whose buffer the kernel did not register itself,
+    /// registered by the queue instead.
+    pub registered_here: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -96,18 +111,35 @@ struct Queue {
 
 impl Queue {
     fn push_command(&self, tag: u16, cmd_op: u32, result: i32) {
+        // Zero copy: no buffer of ours in the command.
+        let addr = match self.setup.data_path {
+            DataPath::Copy => self.buffers.addr(tag) as u64,
+            DataPath::AutoRegister | DataPath::ExplicitRegister => 0,
+        };
         let cmd = IoCmd {
             q_id: self.setup.queue,
             tag,
             result,
-            addr: self.buffers.addr(tag) as u64,
+            addr,
         };
-        let entry = opcode::UringCmd16::new(types::Fd(self.char_fd), cmd_op)
-            .cmd(cmd.to_sqe_cmd())
-            .build()
-            .user_data(FOREIGN_BIT | u64::from(tag));
+        let mut entry =
+            opcode::UringCmd16::new(types::Fd(self.char_fd), cmd_op).cmd(cmd.to_sqe_cmd());
+        if self.setup.data_path == DataPath::AutoRegister {
+            // Where the kernel registers the request's buffer travels in the
+            // SQE's own addr: each tag's buffer goes to the table entry of the
+            // same number.
+            entry = entry.addr(Some(
+                AutoBufReg {
+                    index: tag,
+                    flags: zero_copy::UBLK_AUTO_BUF_REG_FALLBACK,
+                    ..AutoBufReg::default()
+                }
+                .to_addr(),
+            ));
+        }
+        let entry = entry.build().user_data(FOREIGN_BIT | u64::from(tag));
         // SAFETY: the command payload is copied into the SQE. It names the tag's
-        // buffer, which stays mapped until every tag is aborted (or forever, see
+        // buffer (copy mode; otherwise no memory of ours), which stays mapped until every tag is aborted (or forever, see
         // TagBuffers::leak), and the char device fd, which the queue holds until
         // its loop ends after the last tag's final CQE.
         unsafe { self.ctx.uring().push(&entry) };
@@ -161,6 +193,38 @@ impl Queue {
         // not armed).
         unsafe { IoBufMut::lend(ptr, len) }
     }
+
+    /// Zero copy: the request's buffer, registered at the tag's index of the
+    /// ring's table, lent to the request as a fixed buffer, on the same terms
+    /// as [`Queue::lend_buffer`]. The tag's own buffer stands in for its bytes.
+    fn lend_fixed(&self, tag: u16, len: usize) -> (IoBufMut, Lease) {
+        assert!(len <= self.buffers.per_tag() && tag < self.setup.depth);
+        let ptr = NonNull::new(self.buffers.addr(tag)).expect("tag buffers are mapped");
+        // SAFETY: as in lend_buffer for the stand-in bytes (in zero-copy mode
+        // the kernel does not touch them at all). The registration at index
+        // `tag` stays until the request is committed (AUTO_BUF_REG) or
+        // unregistered by `serve_range`, both only after the lease is returned.
+        unsafe { IoBufMut::lend_fixed(ptr, len, tag) }
+    }
+
+    /// Send UBLK_U_IO_(UN)REGISTER_IO_BUF for the tag's request at index `tag`
+    /// and wait for the answer (0 or a negative errno).
+    async fn buffer_command(&self, tag: u16, cmd_op: u32) -> i32 {
+        let cmd = IoCmd {
+            q_id: self.setup.queue,
+            tag,
+            result: 0,
+            addr: u64::from(tag),
+        };
+        self.ctx
+            .uring()
+            .submit(Op::UringCmd16 {
+                fd: self.char_fd,
+                cmd_op,
+                cmd: cmd.to_sqe_cmd(),
+            })
+            .await
+    }
 }
 
 /// Run one queue until the device is stopped. `char_fd` is the device's
@@ -186,6 +250,17 @@ pub fn run<T: TopLayer>(
     // Hand the FETCHes to the kernel now: START_DEV waits for them.
     if let Err(e) = queue.ctx.uring().submit_and_wait(0) {
         armed(Err(io::Error::new(e.kind(), e.to_string())));
+        abandon(queue, exec);
+        return Err(e);
+    }
+    // A FETCH the kernel refuses answers at once; START_DEV would then wait
+    // forever for that tag, so the device is given up here instead.
+    if let Some(res) = refused_fetch(&queue) {
+        let e = io::Error::from_raw_os_error(-res);
+        armed(Err(io::Error::new(
+            e.kind(),
+            format!("the kernel refused to arm a tag: {e}"),
+        )));
         abandon(queue, exec);
         return Err(e);
     }
@@ -225,6 +300,18 @@ pub fn run<T: TopLayer>(
     Ok(report)
 }
 
+/// The error of a FETCH already answered, if any. Before START_DEV (or
+/// END_USER_RECOVERY) no request can arrive, so any answer is a refusal.
+fn refused_fetch(queue: &Queue) -> Option<i32> {
+    let mut refused = None;
+    queue.ctx.uring().reap(&mut |_, res| {
+        if refused.is_none() {
+            refused = Some(res.min(-libc::EIO));
+        }
+    });
+    refused
+}
+
 /// Tear down after a failure that may leave commands in the kernel: the tag
 /// buffers are leaked rather than freed under a possible kernel copy.
 fn abandon(queue: Rc<Queue>, exec: Executor) {
@@ -262,6 +349,21 @@ fn prepare(setup: QueueSetup, char_fd: &OwnedFd) -> io::Result<(Rc<Queue>, Execu
         .next_power_of_two()
         .clamp(64, 4096);
     let ctx = IoCtx::new(setup.queue, entries)?;
+    if setup.data_path.is_zero_copy() {
+        // One entry per tag, each left empty until a request's buffer is
+        // registered there.
+        ctx.uring()
+            .ring()
+            .borrow()
+            .submitter()
+            .register_buffers_sparse(u32::from(setup.depth))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("zero copy: registering a fixed-buffer table: {e}"),
+                )
+            })?;
+    }
     let exec = Executor::new()?;
     let descs = Descriptors::map(char_fd.as_raw_fd(), setup.queue, setup.depth)?;
     let buffers = TagBuffers::new(setup.depth, setup.buf_bytes)?;
@@ -410,7 +512,35 @@ async fn serve_range(
         if len > queue.buffers.per_tag() as u64 {
             return Err(Error::OutOfRange);
         }
-        let (mut buf, lease) = queue.lend_buffer(tag, len as usize);
+        let register_here = match queue.setup.data_path {
+            DataPath::Copy => false,
+            DataPath::AutoRegister => desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),
+            DataPath::ExplicitRegister => true,
+        };
+        if register_here {
+            let res = queue
+                .buffer_command(tag, zero_copy::UBLK_U_IO_REGISTER_IO_BUF)
+                .await;
+            if res < 0 {
+                // The kernel would not register it: this request fails, the
+                // device and the tag go on.
+                tracing::warn!(
+                    queue = queue.setup.queue,
+                    tag,
+                    "zero copy: registering the request's buffer failed: {}",
+                    io::Error::from_raw_os_error(-res)
+                );
+                return Err(Error::Io(libc::EIO));
+            }
+            let mut report = queue.report.get();
+            report.registered_here += 1;
+            queue.report.set(report);
+        }
+        let (mut buf, lease) = if queue.setup.data_path.is_zero_copy() {
+            queue.lend_fixed(tag, len as usize)
+        } else {
+            queue.lend_buffer(tag, len as usize)
+        };
         let result = if op == sys::UBLK_IO_OP_READ {
             let result = top.read(ctx, offset, &mut buf).await;
             drop(buf);
@@ -437,8 +567,10 @@ async fn serve_range(
                     })
                     .await;
             }
+            unregister(queue, tag, register_here).await;
             return Err(Error::Io(libc::EIO));
         }
+        unregister(queue, tag, register_here).await;
         result?;
         // We do not advertise FUA, but honour it if it comes anyway.
         if op == sys::UBLK_IO_OP_WRITE && desc.has_flag(sys::UBLK_IO_F_FUA) {
@@ -452,6 +584,27 @@ async fn serve_range(
         _ => return Err(Error::Unsupported),
     }
     Ok(0)
+}
+
+/// Undo a registration made by `serve_range` (`registered`), once no leaf
+/// operation names the buffer any more.
+async fn unregister(queue: &Queue, tag: u16, registered: bool) {
+    if !registered {
+        return;
+    }
+    let res = queue
+        .buffer_command(tag, zero_copy::UBLK_U_IO_UNREGISTER_IO_BUF)
+        .await;
+    if res < 0 {
+        // The request then completes when the ring goes away, which
+        // unregisters everything; nothing here can do better.
+        tracing::error!(
+            queue = queue.setup.queue,
+            tag,
+            "zero copy: unregistering the request's buffer failed: {}",
+            io::Error::from_raw_os_error(-res)
+        );
+    }
 }
 
 #[cfg(test)]

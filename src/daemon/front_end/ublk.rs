@@ -33,7 +33,7 @@ use layers::{Layer, LayerSpec, Plan, Stack};
 use super::{FrontEnd, Handover, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
-use crate::ublk::{Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
+use crate::ublk::{zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
 const NO_UBLK: &str =
@@ -74,7 +74,24 @@ impl FrontEnd for Ublk {
     fn start(&mut self, plan: &Plan, stack: Arc<Stack>) -> Result<Serving, String> {
         let name = &plan.device.name;
         let ctrl = self.ctrl.take().ok_or("ublk control device not open")?;
+        let zero_copy_blocker = zero_copy::blocker(
+            plan.walk()
+                .into_iter()
+                .map(|id| plan.layers[id].spec.type_name()),
+        )
+        .map(String::from);
+        let data_path = zero_copy::Wanted::from_env()
+            .map(|wanted| match wanted {
+                zero_copy::Wanted::Auto if has_memory_backed_file(plan) => zero_copy::Wanted::Off,
+                other => other,
+            })
+            .and_then(|wanted| {
+                zero_copy::choose(ctrl.features(), zero_copy_blocker.as_deref(), wanted)
+            })
+            .map_err(|e| format!("{name}: {e}"))?;
         let device_config = DeviceConfig {
+            data_path,
+            zero_copy_blocker,
             id: plan.device.id,
             queues: plan.device.queues,
             depth: plan.device.queue_depth,
@@ -324,4 +341,22 @@ mod tests {
         std::fs::write(&path, "garbage\n").unwrap();
         assert_eq!(read_device_record(&path), None);
     }
+}
+
+/// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
+/// file on tmpfs or ramfs, see `layers/src/file.rs`). Such a leaf cannot read
+/// into a kernel-registered buffer without io_uring handing each request to a
+/// worker thread, which measured slower than copy mode (benches/vm/README.md),
+/// so `auto` keeps copy mode for its device; `UBLK_STACK_ZERO_COPY=on` still
+/// asks for zero copy.
+fn has_memory_backed_file(plan: &Plan) -> bool {
+    plan.walk()
+        .into_iter()
+        .any(|id| match &plan.layers[id].spec {
+            LayerSpec::File(p) => {
+                !p.direct
+                    && std::fs::File::open(&p.path).is_ok_and(|f| layers::os::is_memory_backed(&f))
+            }
+            _ => false,
+        })
 }

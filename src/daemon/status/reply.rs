@@ -45,7 +45,8 @@ pub struct StatusReply {
 /// daemon uses, out of those the kernel offers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UblkStatus {
-    /// `copy`: the kernel copies request data to and from the daemon's buffers.
+    /// `copy`: the kernel copies request data to and from the daemon's
+    /// buffers; `zero-copy`: the leaves read and write the request's own pages.
     pub data_path: String,
     /// The `UBLK_F_*` features in use, without the prefix, lowest bit first.
     pub features: Vec<String>,
@@ -57,7 +58,7 @@ impl UblkStatus {
     /// For a device using the flags `in_use` on a kernel offering `offered`.
     pub fn new(offered: u64, in_use: u64) -> UblkStatus {
         UblkStatus {
-            data_path: features::DATA_PATH.to_string(),
+            data_path: features::data_path(in_use).to_string(),
             features: features::names(in_use)
                 .into_iter()
                 .map(String::from)

@@ -120,6 +120,20 @@ fn a_ublk_device_shows_its_data_path_and_features_on_one_line() {
     assert_eq!(back, status);
 }
 
+#[test]
+fn a_zero_copy_device_says_so() {
+    let mut status = reply(serde_json::Value::Null);
+    // CMD_IOCTL_ENCODE and AUTO_BUF_REG.
+    status.ublk = Some(UblkStatus::new(0x1f_ffff, 0x840));
+    let text = render(&status, SystemTime::now());
+    assert!(
+        text.contains("ublk: data path zero-copy, features CMD_IOCTL_ENCODE AUTO_BUF_REG,"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["ublk"]["data_path"], "zero-copy");
+}
+
 fn scrub(state: &str, done: u64, elapsed_s: f64, error: Option<&str>) -> serde_json::Value {
     let rate = done as f64 / elapsed_s;
     json!({"state": state, "started": 1_800_000_000u64, "done": done, "total": 64u64 << 20,
