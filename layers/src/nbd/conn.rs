@@ -54,6 +54,8 @@ use crate::exec::IoCtx;
 use crate::uring::Op;
 use crate::{Error, Result};
 
+#[doc(hidden)]
+pub(crate) mod fuzzing;
 mod outbox;
 mod redial;
 mod replies;

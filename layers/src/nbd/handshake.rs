@@ -210,7 +210,7 @@ fn protocol(message: impl Into<String>) -> io::Error {
 }
 
 /// The whole handshake: the export, and the TLS session it ran in.
-fn negotiate<S: Read + Write>(
+pub(crate) fn negotiate<S: Read + Write>(
     stream: &mut S,
     export: &str,
     tls: Option<&TlsClient>,

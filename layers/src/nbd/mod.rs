@@ -26,7 +26,7 @@
 //!   first FLUSH after a reconnect fails with EIO when acknowledged writes
 //!   were not yet flushed: the server may have lost them.
 
-mod conn;
+pub(crate) mod conn;
 pub mod handshake;
 pub mod tls;
 pub mod uri;

@@ -5,10 +5,13 @@
 //! buffer the request brought, and its owner is woken. A payload larger than
 //! what the inbox holds is taken piece by piece as it arrives.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::task::Waker;
 
-use super::{lost, lost_by, Conn, Link, State, Step};
+use std::collections::HashMap;
+
+use super::{lost, lost_by, Conn, Ledger, Link, Pending, Step};
 use crate::buf::{AlignedBuf, IoBufMut};
 use crate::exec::IoCtx;
 use crate::nbd::wire::*;
@@ -52,6 +55,29 @@ impl Inbox {
             end: 0,
             fill: None,
         }
+    }
+
+    /// Moves what is not parsed yet to the front of `buf`: the room after it.
+    fn compact(&mut self, buf: &mut AlignedBuf) -> Range<usize> {
+        buf.as_mut_slice().copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        self.end..buf.len()
+    }
+
+    /// Takes what fits of `bytes` after what is not parsed yet, as a socket
+    /// read into the room [`Conn::refill`] makes would: how many it took.
+    pub(super) fn receive(&mut self, bytes: &[u8]) -> usize {
+        let mut buf = self
+            .buf
+            .take()
+            .expect("an inbox between reads has its buffer");
+        let room = self.compact(&mut buf);
+        let n = bytes.len().min(room.len());
+        buf.as_mut_slice()[room.start..room.start + n].copy_from_slice(&bytes[..n]);
+        self.end += n;
+        self.buf = Some(buf);
+        n
     }
 }
 
@@ -108,10 +134,7 @@ impl Conn {
             .buf
             .take()
             .expect("an inbox between reads has its buffer");
-        buf.as_mut_slice().copy_within(inbox.start..inbox.end, 0);
-        inbox.end -= inbox.start;
-        inbox.start = 0;
-        let room = inbox.end..buf.len();
+        let room = inbox.compact(&mut buf);
         let got = if let Some(secure) = &link.tls {
             let got = self
                 .recv_secure(ctx, link, secure, &mut buf.as_mut_slice()[room])
@@ -145,221 +168,236 @@ impl Conn {
     /// Files every whole reply (and every piece of READ data) in the inbox.
     /// Owners to wake are added to `wakers`, to be woken without the lock.
     fn parse(&self, inbox: &mut Inbox, structured: bool, wakers: &mut Vec<Waker>) -> Step {
-        let Inbox {
-            buf,
-            start,
-            end,
-            fill,
-        } = inbox;
-        let buf = buf.as_ref().expect("an inbox between reads has its buffer");
-        let mut state = self.state();
-        loop {
-            let bytes = &buf.as_slice()[*start..*end];
-            if let Some(data) = fill {
-                let n = data.left.min(bytes.len());
-                deliver(&mut state, data.cookie, data.at, &bytes[..n])?;
-                *start += n;
-                data.at += n;
-                data.left -= n;
-                if data.left > 0 {
-                    return Ok(());
-                }
-                let Fill {
-                    cookie, last_chunk, ..
-                } = fill.take().expect("just seen");
-                match last_chunk {
-                    None => self.finish(&mut state, cookie, None, wakers),
-                    Some(last) => self.end_chunk(&mut state, cookie, last, wakers)?,
-                }
-                continue;
-            }
-            if bytes.len() < 4 {
+        let mut guard = self.state();
+        let mut filed = Filed {
+            pending: &mut guard.pending,
+            ledger: &self.ledger,
+        };
+        parse(&mut filed, inbox, structured, wakers)
+    }
+}
+
+/// The requests in flight that replies are filed under, and the ledger a
+/// finished write counts in.
+pub(super) struct Filed<'a> {
+    pub(super) pending: &'a mut HashMap<u64, Pending>,
+    pub(super) ledger: &'a Ledger,
+}
+
+/// Files every whole reply (and every piece of READ data) in `inbox` under
+/// the requests of `state`. Owners to wake are added to `wakers`.
+pub(super) fn parse(
+    state: &mut Filed,
+    inbox: &mut Inbox,
+    structured: bool,
+    wakers: &mut Vec<Waker>,
+) -> Step {
+    let Inbox {
+        buf,
+        start,
+        end,
+        fill,
+    } = inbox;
+    let buf = buf.as_ref().expect("an inbox between reads has its buffer");
+    loop {
+        let bytes = &buf.as_slice()[*start..*end];
+        if let Some(data) = fill {
+            let n = data.left.min(bytes.len());
+            deliver(state, data.cookie, data.at, &bytes[..n])?;
+            *start += n;
+            data.at += n;
+            data.left -= n;
+            if data.left > 0 {
                 return Ok(());
             }
-            let parsed = match u32::from_be_bytes(take(bytes, 0)) {
-                SIMPLE_REPLY_MAGIC => self.simple(&mut state, bytes, fill, wakers)?,
-                STRUCTURED_REPLY_MAGIC if structured => {
-                    self.chunk(&mut state, bytes, fill, wakers)?
-                }
-                STRUCTURED_REPLY_MAGIC => {
-                    return Err("a structured reply, which was not negotiated"
-                        .to_string()
-                        .into())
-                }
-                other => return Err(format!("a reply with the bad magic {other:#010x}").into()),
-            };
-            match parsed {
-                Parsed::Used(n) => *start += n,
-                Parsed::Partial => return Ok(()),
+            let Fill {
+                cookie, last_chunk, ..
+            } = fill.take().expect("just seen");
+            match last_chunk {
+                None => finish(state, cookie, None, wakers),
+                Some(last) => end_chunk(state, cookie, last, wakers)?,
             }
+            continue;
         }
-    }
-
-    fn simple(
-        &self,
-        state: &mut State,
-        bytes: &[u8],
-        fill: &mut Option<Fill>,
-        wakers: &mut Vec<Waker>,
-    ) -> Parse {
-        if bytes.len() < SIMPLE_REPLY_BYTES {
-            return Ok(Parsed::Partial);
-        }
-        let error = u32::from_be_bytes(take(bytes, 4));
-        let cookie = u64::from_be_bytes(take(bytes, 8));
-        let (kind, len, _) = lookup(state, cookie)?;
-        if error != 0 {
-            // A failed simple reply carries no data.
-            self.finish(state, cookie, Some(errno(error)), wakers);
-        } else if kind == CMD_READ {
-            *fill = Some(Fill {
-                cookie,
-                at: 0,
-                left: len as usize,
-                last_chunk: None,
-            });
-        } else {
-            self.finish(state, cookie, None, wakers);
-        }
-        Ok(Parsed::Used(SIMPLE_REPLY_BYTES))
-    }
-
-    fn chunk(
-        &self,
-        state: &mut State,
-        bytes: &[u8],
-        fill: &mut Option<Fill>,
-        wakers: &mut Vec<Waker>,
-    ) -> Parse {
-        if bytes.len() < CHUNK_HEADER_BYTES {
-            return Ok(Parsed::Partial);
-        }
-        let flags = u16::from_be_bytes(take(bytes, 4));
-        let chunk = u16::from_be_bytes(take(bytes, 6));
-        let cookie = u64::from_be_bytes(take(bytes, 8));
-        let length = u32::from_be_bytes(take(bytes, 16));
-        let last = flags & REPLY_FLAG_DONE != 0;
-        let (kind, len, start) = lookup(state, cookie)?;
-        let end = start + u64::from(len);
-        // The header alone decides whether the chunk is acceptable; only then
-        // is its body waited for.
-        let body = &bytes[CHUNK_HEADER_BYTES..];
-        let used = match chunk {
-            REPLY_TYPE_NONE if length == 0 => CHUNK_HEADER_BYTES,
-            REPLY_TYPE_OFFSET_DATA if kind == CMD_READ && length >= 8 && length - 8 <= len => {
-                if body.len() < 8 {
-                    return Ok(Parsed::Partial);
-                }
-                let at = u64::from_be_bytes(take(body, 0));
-                let n = u64::from(length - 8);
-                if at < start || at.saturating_add(n) > end {
-                    return Err(format!("a data chunk at {at}+{n} outside its read {start}..{end}").into());
-                }
-                cover(state, cookie, n)?;
-                *fill = Some(Fill {
-                    cookie,
-                    at: (at - start) as usize,
-                    left: n as usize,
-                    last_chunk: Some(last),
-                });
-                return Ok(Parsed::Used(CHUNK_HEADER_BYTES + 8));
-            }
-            REPLY_TYPE_OFFSET_HOLE if kind == CMD_READ && length == 12 => {
-                if body.len() < 12 {
-                    return Ok(Parsed::Partial);
-                }
-                let at = u64::from_be_bytes(take(body, 0));
-                let n = u64::from(u32::from_be_bytes(take(body, 8)));
-                if at < start || at.saturating_add(n) > end {
-                    return Err(format!("a hole chunk at {at}+{n} outside its read {start}..{end}").into());
-                }
-                cover(state, cookie, n)?;
-                zero(state, cookie, (at - start) as usize, n as usize)?;
-                CHUNK_HEADER_BYTES + 12
-            }
-            chunk if chunk & (1 << 15) != 0 && (6..=MAX_ERROR_CHUNK).contains(&length) => {
-                let Some(body) = body.get(..length as usize) else {
-                    return Ok(Parsed::Partial);
-                };
-                let value = u32::from_be_bytes(take(body, 0));
-                let text_len = usize::from(u16::from_be_bytes(take(body, 4)));
-                let text = body.get(6..6 + text_len).unwrap_or_default();
-                tracing::warn!(
-                    cookie,
-                    error = value,
-                    message = %String::from_utf8_lossy(text),
-                    "nbd server reported an error"
-                );
-                if let Some(entry) = state.pending.get_mut(&cookie) {
-                    let errno = if value == 0 { libc::EIO } else { errno(value) };
-                    entry.error = entry.error.or(Some(errno));
-                }
-                CHUNK_HEADER_BYTES + length as usize
-            }
-            _ => {
-                return Err(format!(
-                    "an unexpected reply chunk (type {chunk}, {length} bytes) to a request of type {kind}"
-                )
-                .into())
-            }
-        };
-        self.end_chunk(state, cookie, last, wakers)?;
-        Ok(Parsed::Used(used))
-    }
-
-    /// A chunk of `cookie`'s reply is taken; the reply is complete if it was
-    /// the last, and then a read must be covered whole.
-    fn end_chunk(
-        &self,
-        state: &mut State,
-        cookie: u64,
-        last: bool,
-        wakers: &mut Vec<Waker>,
-    ) -> Step {
-        if !last {
+        if bytes.len() < 4 {
             return Ok(());
         }
-        // Gone when the link failed while the chunk's data was coming.
-        let Some(entry) = state.pending.get(&cookie) else {
-            return Ok(());
+        let parsed = match u32::from_be_bytes(take(bytes, 0)) {
+            SIMPLE_REPLY_MAGIC => simple(state, bytes, fill, wakers)?,
+            STRUCTURED_REPLY_MAGIC if structured => chunk(state, bytes, fill, wakers)?,
+            STRUCTURED_REPLY_MAGIC => {
+                return Err("a structured reply, which was not negotiated"
+                    .to_string()
+                    .into())
+            }
+            other => return Err(format!("a reply with the bad magic {other:#010x}").into()),
         };
-        if entry.kind == CMD_READ && entry.error.is_none() && entry.covered != u64::from(entry.len)
-        {
-            return Err(format!(
-                "a read reply covering {} of its {} bytes",
-                entry.covered, entry.len
-            )
-            .into());
-        }
-        self.finish(state, cookie, None, wakers);
-        Ok(())
-    }
-
-    /// The reply to `cookie` is complete: its owner is to be woken (or the
-    /// entry dropped, if the owner is gone).
-    fn finish(&self, state: &mut State, cookie: u64, error: Option<i32>, wakers: &mut Vec<Waker>) {
-        let Some(entry) = state.pending.get_mut(&cookie) else {
-            return;
-        };
-        if entry.done {
-            // Failed with its link meanwhile.
-            return;
-        }
-        entry.error = entry.error.or(error);
-        entry.done = true;
-        if entry.error.is_none() && matches!(entry.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
-            self.ledger.writes_done.fetch_add(1, Ordering::SeqCst);
-        }
-        if entry.abandoned {
-            state.pending.remove(&cookie);
-        } else if let Some(waker) = entry.waker.take() {
-            wakers.push(waker);
+        match parsed {
+            Parsed::Used(n) => *start += n,
+            Parsed::Partial => return Ok(()),
         }
     }
 }
 
+fn simple(
+    state: &mut Filed,
+    bytes: &[u8],
+    fill: &mut Option<Fill>,
+    wakers: &mut Vec<Waker>,
+) -> Parse {
+    if bytes.len() < SIMPLE_REPLY_BYTES {
+        return Ok(Parsed::Partial);
+    }
+    let error = u32::from_be_bytes(take(bytes, 4));
+    let cookie = u64::from_be_bytes(take(bytes, 8));
+    let (kind, len, _) = lookup(state, cookie)?;
+    if error != 0 {
+        // A failed simple reply carries no data.
+        finish(state, cookie, Some(errno(error)), wakers);
+    } else if kind == CMD_READ {
+        *fill = Some(Fill {
+            cookie,
+            at: 0,
+            left: len as usize,
+            last_chunk: None,
+        });
+    } else {
+        finish(state, cookie, None, wakers);
+    }
+    Ok(Parsed::Used(SIMPLE_REPLY_BYTES))
+}
+
+fn chunk(
+    state: &mut Filed,
+    bytes: &[u8],
+    fill: &mut Option<Fill>,
+    wakers: &mut Vec<Waker>,
+) -> Parse {
+    if bytes.len() < CHUNK_HEADER_BYTES {
+        return Ok(Parsed::Partial);
+    }
+    let flags = u16::from_be_bytes(take(bytes, 4));
+    let chunk = u16::from_be_bytes(take(bytes, 6));
+    let cookie = u64::from_be_bytes(take(bytes, 8));
+    let length = u32::from_be_bytes(take(bytes, 16));
+    let last = flags & REPLY_FLAG_DONE != 0;
+    let (kind, len, start) = lookup(state, cookie)?;
+    let end = start + u64::from(len);
+    // The header alone decides whether the chunk is acceptable; only then
+    // is its body waited for.
+    let body = &bytes[CHUNK_HEADER_BYTES..];
+    let used = match chunk {
+        REPLY_TYPE_NONE if length == 0 => CHUNK_HEADER_BYTES,
+        REPLY_TYPE_OFFSET_DATA if kind == CMD_READ && length >= 8 && length - 8 <= len => {
+            if body.len() < 8 {
+                return Ok(Parsed::Partial);
+            }
+            let at = u64::from_be_bytes(take(body, 0));
+            let n = u64::from(length - 8);
+            if at < start || at.saturating_add(n) > end {
+                return Err(
+                    format!("a data chunk at {at}+{n} outside its read {start}..{end}").into(),
+                );
+            }
+            cover(state, cookie, n)?;
+            *fill = Some(Fill {
+                cookie,
+                at: (at - start) as usize,
+                left: n as usize,
+                last_chunk: Some(last),
+            });
+            return Ok(Parsed::Used(CHUNK_HEADER_BYTES + 8));
+        }
+        REPLY_TYPE_OFFSET_HOLE if kind == CMD_READ && length == 12 => {
+            if body.len() < 12 {
+                return Ok(Parsed::Partial);
+            }
+            let at = u64::from_be_bytes(take(body, 0));
+            let n = u64::from(u32::from_be_bytes(take(body, 8)));
+            if at < start || at.saturating_add(n) > end {
+                return Err(
+                    format!("a hole chunk at {at}+{n} outside its read {start}..{end}").into(),
+                );
+            }
+            cover(state, cookie, n)?;
+            zero(state, cookie, (at - start) as usize, n as usize)?;
+            CHUNK_HEADER_BYTES + 12
+        }
+        chunk if chunk & (1 << 15) != 0 && (6..=MAX_ERROR_CHUNK).contains(&length) => {
+            let Some(body) = body.get(..length as usize) else {
+                return Ok(Parsed::Partial);
+            };
+            let value = u32::from_be_bytes(take(body, 0));
+            let text_len = usize::from(u16::from_be_bytes(take(body, 4)));
+            let text = body.get(6..6 + text_len).unwrap_or_default();
+            tracing::warn!(
+                cookie,
+                error = value,
+                message = %String::from_utf8_lossy(text),
+                "nbd server reported an error"
+            );
+            if let Some(entry) = state.pending.get_mut(&cookie) {
+                let errno = if value == 0 { libc::EIO } else { errno(value) };
+                entry.error = entry.error.or(Some(errno));
+            }
+            CHUNK_HEADER_BYTES + length as usize
+        }
+        _ => {
+            return Err(format!(
+            "an unexpected reply chunk (type {chunk}, {length} bytes) to a request of type {kind}"
+        )
+            .into())
+        }
+    };
+    end_chunk(state, cookie, last, wakers)?;
+    Ok(Parsed::Used(used))
+}
+
+/// A chunk of `cookie`'s reply is taken; the reply is complete if it was
+/// the last, and then a read must be covered whole.
+fn end_chunk(state: &mut Filed, cookie: u64, last: bool, wakers: &mut Vec<Waker>) -> Step {
+    if !last {
+        return Ok(());
+    }
+    // Gone when the link failed while the chunk's data was coming.
+    let Some(entry) = state.pending.get(&cookie) else {
+        return Ok(());
+    };
+    if entry.kind == CMD_READ && entry.error.is_none() && entry.covered != u64::from(entry.len) {
+        return Err(format!(
+            "a read reply covering {} of its {} bytes",
+            entry.covered, entry.len
+        )
+        .into());
+    }
+    finish(state, cookie, None, wakers);
+    Ok(())
+}
+
+/// The reply to `cookie` is complete: its owner is to be woken (or the
+/// entry dropped, if the owner is gone).
+fn finish(state: &mut Filed, cookie: u64, error: Option<i32>, wakers: &mut Vec<Waker>) {
+    let Some(entry) = state.pending.get_mut(&cookie) else {
+        return;
+    };
+    if entry.done {
+        // Failed with its link meanwhile.
+        return;
+    }
+    entry.error = entry.error.or(error);
+    entry.done = true;
+    if entry.error.is_none() && matches!(entry.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
+        state.ledger.writes_done.fetch_add(1, Ordering::SeqCst);
+    }
+    if entry.abandoned {
+        state.pending.remove(&cookie);
+    } else if let Some(waker) = entry.waker.take() {
+        wakers.push(waker);
+    }
+}
+
 /// The request a reply names: its type, length and offset.
-fn lookup(state: &State, cookie: u64) -> std::result::Result<(u16, u32, u64), String> {
+fn lookup(state: &Filed, cookie: u64) -> std::result::Result<(u16, u32, u64), String> {
     match state.pending.get(&cookie) {
         Some(entry) if !entry.done => Ok((entry.kind, entry.len, entry.offset)),
         _ => Err(format!(
@@ -368,7 +406,7 @@ fn lookup(state: &State, cookie: u64) -> std::result::Result<(u16, u32, u64), St
     }
 }
 
-fn cover(state: &mut State, cookie: u64, n: u64) -> std::result::Result<(), String> {
+fn cover(state: &mut Filed, cookie: u64, n: u64) -> std::result::Result<(), String> {
     let entry = state.pending.get_mut(&cookie).expect("looked up");
     entry.covered += n;
     if entry.covered > u64::from(entry.len) {
@@ -382,7 +420,7 @@ fn cover(state: &mut State, cookie: u64, n: u64) -> std::result::Result<(), Stri
 
 /// Copies `bytes` into `cookie`'s buffer at `at`; nothing if the request is
 /// gone, finished, or was abandoned.
-fn deliver(state: &mut State, cookie: u64, at: usize, bytes: &[u8]) -> Step {
+fn deliver(state: &mut Filed, cookie: u64, at: usize, bytes: &[u8]) -> Step {
     if bytes.is_empty() {
         return Ok(());
     }
@@ -400,7 +438,7 @@ fn deliver(state: &mut State, cookie: u64, at: usize, bytes: &[u8]) -> Step {
     Ok(())
 }
 
-fn zero(state: &mut State, cookie: u64, at: usize, n: usize) -> Step {
+fn zero(state: &mut Filed, cookie: u64, at: usize, n: usize) -> Step {
     if let Some(dest) = state
         .pending
         .get_mut(&cookie)
