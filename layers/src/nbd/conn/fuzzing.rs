@@ -42,7 +42,7 @@ pub(crate) fn replies(
     for (&(cookie, offset, len), buf) in READS.iter().zip(&mut bufs) {
         let gone = abandon && cookie == 2;
         let dest = &mut buf[GUARD..GUARD + len as usize];
-        let dest = (!gone).then(|| Dest {
+        let dest = (!gone).then_some(Dest {
             ptr: dest.as_mut_ptr(),
             len: dest.len(),
         });
