@@ -204,6 +204,9 @@ fn open_socket(uri: &NbdUri, timeout: Duration) -> Result<Stream, String> {
     }
 }
 
+/// The largest minimum block size the protocol lets a server name.
+const MAX_MIN_BLOCK: u32 = 64 << 10;
+
 /// A handshake failure, worded for the user.
 fn protocol(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
@@ -317,6 +320,14 @@ fn options<S: Read + Write>(
                 }
                 INFO_BLOCK_SIZE if data.len() == 14 => {
                     min_block = u32::from_be_bytes(take(&data, 2)).max(1);
+                    // The protocol's bound; a larger one would also exceed
+                    // the largest payload sent.
+                    if !min_block.is_power_of_two() || min_block > MAX_MIN_BLOCK {
+                        return Err(protocol(format!(
+                            "a minimum block size of {min_block} bytes (a power of two \
+                             up to {MAX_MIN_BLOCK} is accepted)"
+                        )));
+                    }
                     let max = u32::from_be_bytes(take(&data, 10));
                     max_payload = max.clamp(min_block, MAX_PAYLOAD_BYTES);
                 }
@@ -533,6 +544,26 @@ mod tests {
         assert!(export.structured);
         assert_eq!(export.min_block, 512);
         assert_eq!(export.max_payload, 1 << 20);
+    }
+
+    #[test]
+    fn a_minimum_block_size_past_the_protocols_bound_is_refused() {
+        for min in [3u32, 128 << 10, 0xcd66_8e33] {
+            let mut server = greeting();
+            server.extend(reply(OPT_STRUCTURED_REPLY, REP_ACK, &[]));
+            server.extend(reply(OPT_GO, REP_INFO, &info_export(1 << 20, 0x1ff & !2)));
+            let mut block = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+            for value in [min, 4096, 1 << 20] {
+                block.extend_from_slice(&value.to_be_bytes());
+            }
+            server.extend(reply(OPT_GO, REP_INFO, &block));
+            server.extend(reply(OPT_GO, REP_ACK, &[]));
+            let error = run(server).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("a minimum block size of {min} bytes")),
+                "{error}"
+            );
+        }
     }
 
     #[test]
