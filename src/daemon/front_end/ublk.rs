@@ -311,6 +311,24 @@ fn start_device(
     Ok((device, false))
 }
 
+/// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
+/// file on tmpfs or ramfs, see `layers/src/file.rs`). Such a leaf cannot read
+/// into a kernel-registered buffer without io_uring handing each request to a
+/// worker thread, which measured slower than copy mode (benches/vm/README.md),
+/// so `auto` keeps copy mode for its device; `UBLK_STACK_ZERO_COPY=on` still
+/// asks for zero copy.
+fn has_memory_backed_file(plan: &Plan) -> bool {
+    plan.walk()
+        .into_iter()
+        .any(|id| match &plan.layers[id].spec {
+            LayerSpec::File(p) => {
+                !p.direct
+                    && std::fs::File::open(&p.path).is_ok_and(|f| layers::os::is_memory_backed(&f))
+            }
+            _ => false,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,22 +359,4 @@ mod tests {
         std::fs::write(&path, "garbage\n").unwrap();
         assert_eq!(read_device_record(&path), None);
     }
-}
-
-/// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
-/// file on tmpfs or ramfs, see `layers/src/file.rs`). Such a leaf cannot read
-/// into a kernel-registered buffer without io_uring handing each request to a
-/// worker thread, which measured slower than copy mode (benches/vm/README.md),
-/// so `auto` keeps copy mode for its device; `UBLK_STACK_ZERO_COPY=on` still
-/// asks for zero copy.
-fn has_memory_backed_file(plan: &Plan) -> bool {
-    plan.walk()
-        .into_iter()
-        .any(|id| match &plan.layers[id].spec {
-            LayerSpec::File(p) => {
-                !p.direct
-                    && std::fs::File::open(&p.path).is_ok_and(|f| layers::os::is_memory_backed(&f))
-            }
-            _ => false,
-        })
 }
