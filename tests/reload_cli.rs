@@ -1,10 +1,12 @@
 //! `ublk-stack reload NAME` through the binary, against a stand-in for the
 //! daemon's control socket: what it prints and its exit status.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Output;
+
+#[path = "support/control.rs"]
+mod control;
+use control::daemon_answering;
 
 fn reload(run_dir: &Path, name: &str) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_ublk-stack"))
@@ -12,22 +14,6 @@ fn reload(run_dir: &Path, name: &str) -> Output {
         .env("UBLK_STACK_RUN_DIR", run_dir)
         .output()
         .unwrap()
-}
-
-/// Answer one `reload` request on `NAME.sock` with `reply`.
-fn daemon_answering(
-    run_dir: &Path,
-    name: &str,
-    reply: &'static str,
-) -> std::thread::JoinHandle<String> {
-    let listener = UnixListener::bind(run_dir.join(format!("{name}.sock"))).unwrap();
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut request = String::new();
-        BufReader::new(&stream).read_line(&mut request).unwrap();
-        stream.write_all(format!("{reply}\n").as_bytes()).unwrap();
-        request
-    })
 }
 
 #[test]

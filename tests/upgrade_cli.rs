@@ -2,11 +2,14 @@
 //! the errors it gives before and without a daemon, and what it says with a
 //! stand-in for the daemon's control socket.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Output};
+
+#[path = "support/control.rs"]
+mod control;
+use control::daemon_answering;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ublk-stack");
 
@@ -25,18 +28,6 @@ fn upgrade(run_dir: &Path, args: &[&str]) -> Output {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Answer one request on `NAME.sock` with `reply`; returns the request.
-fn daemon_answering(run_dir: &Path, name: &str, reply: String) -> std::thread::JoinHandle<String> {
-    let listener = UnixListener::bind(run_dir.join(format!("{name}.sock"))).unwrap();
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut request = String::new();
-        BufReader::new(&stream).read_line(&mut request).unwrap();
-        stream.write_all(format!("{reply}\n").as_bytes()).unwrap();
-        request
-    })
 }
 
 /// Run by a user other than root, the tests that need the command to go
