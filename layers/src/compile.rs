@@ -114,6 +114,19 @@ impl Stack {
         }
     }
 
+    /// Grow the layer named `name` to `new_size` bytes (see [`AsyncLayer::grow`]).
+    pub async fn grow(
+        &self,
+        ctx: &IoCtx,
+        name: &str,
+        new_size: u64,
+    ) -> std::result::Result<(), String> {
+        match self.layer(name) {
+            Some(layer) => layer.grow(ctx, new_size).await,
+            None => Err(format!("no layer named \"{name}\"")),
+        }
+    }
+
     /// Whether discard frees space on every leaf (advertised to the kernel).
     pub fn discard_frees_space(&self) -> bool {
         self.top().discard_frees_space()
@@ -352,6 +365,10 @@ impl AsyncLayer for Counted {
         change: &LiveChange,
     ) -> std::result::Result<(), String> {
         self.node.layer.apply_live(ctx, change).await
+    }
+
+    async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        self.node.layer.grow(ctx, new_size).await
     }
 
     fn report(&self) -> LayerReport {

@@ -61,6 +61,10 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + Send + Sync + Into<LayerSpec> +
     /// Whether it writes a superblock (layers/src/superblock.rs) at byte 0 of
     /// each layer directly below: `up` formats a blank one and opens its own.
     const SUPERBLOCK: bool = false;
+    /// Whether a running layer of this kind can grow ([`crate::AsyncLayer::grow`])
+    /// when the layers below it grow or its own size key rises, so a reload may
+    /// grow a device through it.
+    const GROWS: bool = false;
 
     /// The message for an unknown key `word` that means something to this
     /// kind (an inline key for `crypt`), instead of the usual "unknown key".
@@ -154,6 +158,7 @@ trait AnyKind: Send + Sync {
     fn name(&self) -> &'static str;
     fn keeps_metadata(&self) -> bool;
     fn superblock(&self) -> bool;
+    fn grows(&self) -> bool;
     fn children(&self) -> Vec<LayerId>;
     fn values(&self, name: &dyn Fn(LayerId) -> String) -> Vec<(&'static str, Option<String>)>;
     fn summary(&self) -> String;
@@ -175,6 +180,9 @@ impl<K: Kind> AnyKind for K {
     }
     fn superblock(&self) -> bool {
         K::SUPERBLOCK
+    }
+    fn grows(&self) -> bool {
+        K::GROWS
     }
     fn children(&self) -> Vec<LayerId> {
         Kind::children(self)
@@ -290,6 +298,11 @@ impl LayerSpec {
     /// See [`Kind::SUPERBLOCK`].
     pub fn superblock(&self) -> bool {
         self.kind().superblock()
+    }
+
+    /// See [`Kind::GROWS`].
+    pub fn grows(&self) -> bool {
+        self.kind().grows()
     }
 
     /// See [`Kind::values`].

@@ -119,6 +119,18 @@ pub trait AsyncLayer: Send + Sync {
         Err(format!("{change:?} is not live for this layer"))
     }
 
+    /// Grow to expose `new_size` bytes (larger than `size()`): the layers below
+    /// have already grown, or this layer's own size key rose. The layer takes
+    /// the new space into its metadata, durably, before it returns; from then
+    /// on `size()` is `new_size`. Requests may run meanwhile. Layers that
+    /// cannot grow refuse, and nothing changes.
+    async fn grow(&self, _ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        Err(format!(
+            "cannot grow from {} to {new_size} bytes on a running device",
+            self.size()
+        ))
+    }
+
     /// Which parts of `offset..offset + len` are holes: runs of (length,
     /// is_hole) in order from `offset`, where a hole is unallocated below and
     /// reads as zeros. The runs may stop short of `len` (the caller asks again
@@ -177,6 +189,12 @@ pub trait Layer: Send + Sync {
         &'a self,
         ctx: &'a IoCtx,
         change: &'a plan::LiveChange,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>>;
+    /// See [`AsyncLayer::grow`].
+    fn grow<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        new_size: u64,
     ) -> LocalBoxFuture<'a, std::result::Result<(), String>>;
     /// See [`AsyncLayer::allocation`].
     fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>>;
@@ -271,6 +289,14 @@ impl<T: AsyncLayer> Layer for T {
         change: &'a plan::LiveChange,
     ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
         Box::pin(AsyncLayer::apply_live(self, ctx, change))
+    }
+
+    fn grow<'a>(
+        &'a self,
+        ctx: &'a IoCtx,
+        new_size: u64,
+    ) -> LocalBoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(AsyncLayer::grow(self, ctx, new_size))
     }
 
     fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
