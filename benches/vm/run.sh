@@ -24,7 +24,6 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=x86_64-unknown-linux-gnu
-peers=$here/.peers
 
 cd "$repo"
 RUSTFLAGS='-C target-feature=+crt-static' \
@@ -39,16 +38,7 @@ if [[ ${PROFILE:-} == 1 ]]; then
     exit "${PIPESTATUS[0]}"
 fi
 
-rublk=$peers/bin/rublk
-if [[ ! -x $rublk ]]; then
-    # rublk's sys crate runs bindgen, which needs libclang.
-    if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then
-        apt-get install -y -q libclang-dev >&2
-    fi
-    RUSTFLAGS='-C target-feature=+crt-static' cargo install rublk --locked \
-        --no-default-features --root "$peers" --target "$target" \
-        --target-dir "$peers/target" >&2
-fi
+rublk=$(bash "$here/peers_build.sh")
 
 VM_EXTRA_BINS=$rublk \
     VM_GUEST_ENV="BENCH_ROUNDS=${BENCH_ROUNDS:-3} BENCH_RUNTIME_S=${BENCH_RUNTIME_S:-5}" \

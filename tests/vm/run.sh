@@ -28,6 +28,8 @@
 #   VM_EXTRA_TOOLS       "NAME ..." more host tools copied with their libraries
 #                        (perf, for benches/vm/profile.sh)
 #   VM_KEEP_SYMBOLS=1    do not strip the ublk-stack binary (for profiles)
+#   VM_QEMU_ARGS         "ARG ..." more qemu arguments (a -drive for benches/vm);
+#                        arguments cannot hold spaces
 #
 # Exit status: 0 when every scenario printed "VMTEST NAME PASS" (read from the
 # guest's second serial port, which nothing else writes to); 1 when any failed,
@@ -166,6 +168,8 @@ for name in "${names[@]}"; do
         -serial mon:stdio -serial "file:$result"
         -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.cpio"
         -append "console=ttyS0 panic=-1 rdinit=/init vmtest.scenario=$name vmtest.timeout=$scenario_timeout")
+    read -ra qemu_extra <<<"${VM_QEMU_ARGS:-}"
+    cmd+=("${qemu_extra[@]}")
     # A kernel that oopses before it runs /init never reached anything of
     # ours: under TCG, 7.3 (and rarely 6.12) sometimes trips over its own
     # boot-time code patching (an int3 Oops in the scheduler). Such a boot is
