@@ -19,7 +19,8 @@
 #
 # Environment: BENCH_ROUNDS (3), BENCH_RUNTIME_S (3), BENCH_RAMP_S (1),
 # BENCH_PATTERNS (all of: rr4k rw4k sr64k sr1m sw1m lat null),
-# BENCH_BACKINGS (tmpfs disk). Patterns: rr4k / rw4k 4 KiB random read / write
+# BENCH_BACKINGS (tmpfs disk), BENCH_OURS_QUEUES (the daemon's default, 2 here:
+# `queues` of the file devices). Patterns: rr4k / rw4k 4 KiB random read / write
 # at QD32; sr64k, sr1m sequential reads of 64 KiB / 1 MiB at QD8; sw1m
 # sequential 1 MiB writes at QD8; lat 4 KiB random reads at QD1 (p50, p99,
 # p99.9 of the completion latency); null 4 KiB random reads at QD32 of the null
@@ -96,8 +97,11 @@ rublk_up() { # NAME ID TARGET ARG...
     dev_of[$name]=/dev/ublkb$id
 }
 file_toml() { # NAME PATH DIRECT
-    printf 'version = 1\n[device]\nname = "%s"\ntop = "f"\n[layers.f]\ntype = "file"\npath = "%s"\ndirect = %s\n' \
-        "$1" "$2" "$3" >"/work/$1.toml"
+    {
+        printf 'version = 1\n[device]\nname = "%s"\ntop = "f"\n' "$1"
+        [[ -z ${BENCH_OURS_QUEUES:-} ]] || echo "queues = $BENCH_OURS_QUEUES"
+        printf '[layers.f]\ntype = "file"\npath = "%s"\ndirect = %s\n' "$2" "$3"
+    } >"/work/$1.toml"
 }
 
 step "setup"
@@ -252,7 +256,7 @@ END {
     }
     key = "null" SUBSEP "null"
     if (key in seen) {
-        print "BENCH"
+        print "BENCH "
         print "BENCH | null, 4K randread QD32 | ours | rublk | ours/rublk |"
         print "BENCH | --- | ---: | ---: | ---: |"
         printf "BENCH | IOPS | %s | %s | %s |\n", num(fig("null", "null", "ours", "iops")),

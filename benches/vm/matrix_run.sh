@@ -12,9 +12,9 @@
 # the host's temp dir (MATRIX_DISK_DIR, default /tmp; better not a tmpfs),
 # deleted at the end; qemu's default cache mode, so the guest's reads of it may
 # come from the host's page cache. Environment: BENCH_ROUNDS (3),
-# BENCH_RUNTIME_S (3), BENCH_RAMP_S (1), BENCH_PATTERNS, BENCH_BACKINGS (see
-# matrix.sh), passed to the guest; VM_KERNEL (7.3); VM_CPU (max); VM_SMP (2);
-# VM_MEM (2G). Prints the guest's RUN and INFO lines and the markdown tables,
+# BENCH_RUNTIME_S (3), BENCH_RAMP_S (1), BENCH_PATTERNS, BENCH_BACKINGS,
+# BENCH_OURS_QUEUES (see matrix.sh), passed to the guest; VM_KERNEL (7.3);
+# VM_CPU (max); VM_SMP (2); VM_MEM (2G). Prints the guest's RUN and INFO lines and the markdown tables,
 # with the host's load average before and after.
 set -euo pipefail
 
@@ -42,7 +42,7 @@ echo "MATRIX load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 rc=0
 VM_EXTRA_BINS=$rublk \
     VM_QEMU_ARGS="-drive file=$disk,format=raw,if=virtio" \
-    VM_GUEST_ENV="BENCH_ROUNDS=${BENCH_ROUNDS:-3} BENCH_RUNTIME_S=${BENCH_RUNTIME_S:-3} BENCH_RAMP_S=${BENCH_RAMP_S:-1} BENCH_PATTERNS=${BENCH_PATTERNS:-rr4k,rw4k,sr64k,sr1m,sw1m,lat,null} BENCH_BACKINGS=${BENCH_BACKINGS:-tmpfs,disk}" \
+    VM_GUEST_ENV="BENCH_ROUNDS=${BENCH_ROUNDS:-3} BENCH_RUNTIME_S=${BENCH_RUNTIME_S:-3} BENCH_RAMP_S=${BENCH_RAMP_S:-1} BENCH_PATTERNS=${BENCH_PATTERNS:-rr4k,rw4k,sr64k,sr1m,sw1m,lat,null} BENCH_BACKINGS=${BENCH_BACKINGS:-tmpfs,disk} BENCH_OURS_QUEUES=${BENCH_OURS_QUEUES:-}" \
     VM_SCENARIO_TIMEOUT=${VM_SCENARIO_TIMEOUT:-2400} VM_TIMEOUT=${VM_TIMEOUT:-2500} \
     bash "$repo/tests/vm/run.sh" "$repo/target/vm/$target/release/ublk-stack" "$here/matrix.sh" |
     sed 's/^BENCH \{0,1\}//' || rc=$?
