@@ -221,6 +221,7 @@ function shown(b, p, d,    v) {
     val["iops", b, p, d, r] = $5; val["bw", b, p, d, r] = $6
     val["p50", b, p, d, r] = $7; val["p99", b, p, d, r] = $8; val["p999", b, p, d, r] = $9
     if (r > rounds) rounds = r
+    if (p == "lat") haslat = 1
     key = b SUBSEP p
     if (!(key in seen)) { seen[key] = 1; order[++n] = key }
 }
@@ -238,9 +239,9 @@ END {
             ratio(b, p, "ours", "loop", 1.0), ratio(b, p, "ours", "rublk", 1.3),
             ratio(b, p, "ours-d", "loop", 1.0), ratio(b, p, "ours-d", "rublk", 1.3)
     }
-    print "BENCH "
-    print "BENCH | backing | device | IOPS | p50 µs | p99 µs | p99.9 µs | p50 vs loop | p99 vs loop | p99.9 vs loop |"
-    print "BENCH | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if (haslat) print "BENCH "
+    if (haslat) print "BENCH | backing | device | IOPS | p50 µs | p99 µs | p99.9 µs | p50 vs loop | p99 vs loop | p99.9 vs loop |"
+    if (haslat) print "BENCH | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for (i = 1; i <= n; i++) {
         split(order[i], k, SUBSEP); b = k[1]; p = k[2]
         if (p != "lat") continue
