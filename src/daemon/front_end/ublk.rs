@@ -267,10 +267,24 @@ fn read_device_record(path: &Path) -> Option<u32> {
         .and_then(|id| id.trim().parse().ok())
 }
 
-fn write_device_record(path: &Path, dev_id: u32) -> io::Result<()> {
+/// The cache layer a device record names: the stack that served the device
+/// had one, whatever the config says now.
+fn read_record_cache(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("cache "))
+        .map(|name| name.trim().to_string())
+}
+
+/// Record that device `dev_id` serves this name, with the stack's cache layer.
+fn write_device_record(path: &Path, dev_id: u32, cache: Option<&str>) -> io::Result<()> {
     // Written whole then renamed, so a crash never leaves half a record.
     let partial = path.with_extension("device.partial");
-    std::fs::write(&partial, format!("id {dev_id}\n"))?;
+    let mut text = format!("id {dev_id}\n");
+    if let Some(cache) = cache {
+        text.push_str(&format!("cache {cache}\n"));
+    }
+    std::fs::write(&partial, text)?;
     std::fs::rename(&partial, path)
 }
 
@@ -329,16 +343,20 @@ fn cache_layer(plan: &Plan) -> Option<&str> {
         .map(|layer| layer.name.as_str())
 }
 
-/// Why a device left held for recovery must not be resumed: its stack has
-/// the cache layer `cache` and no mark vouches that it was handed over clean
-/// (device `dev_id`, last served by `server_pid`). `None`: resume it.
+/// Why a device left held for recovery must not be resumed: a cache layer
+/// was in the stack that served it (`recorded`, from the device record) or is
+/// in the config's (`configured`), and no mark vouches that it was handed over
+/// clean (device `dev_id`, last served by `server_pid`). `None`: resume it.
 fn resume_refusal(
-    cache: Option<&str>,
+    recorded: Option<&str>,
+    configured: Option<&str>,
     mark: Option<clean_handover::Mark>,
     dev_id: u32,
     server_pid: i32,
 ) -> Option<String> {
-    let cache = cache?;
+    // The stack that served the device counts first: a config edited since
+    // the crash to drop its cache does not bring its writes back.
+    let cache = recorded.or(configured)?;
     if mark.is_some_and(|mark| mark.vouches_for(dev_id, server_pid)) {
         return None;
     }
@@ -386,7 +404,15 @@ fn start_device(
     if let Some(dev_id) = read_device_record(files.device) {
         if let Some(info) = Device::find_recoverable(&mut ctrl, dev_id)? {
             let mark = clean_handover::read(files.mark);
-            if let Some(why) = resume_refusal(cache, mark, info.dev_id, info.ublksrv_pid) {
+            let recorded = read_record_cache(files.device);
+            let refusal = resume_refusal(
+                recorded.as_deref(),
+                cache,
+                mark,
+                info.dev_id,
+                info.ublksrv_pid,
+            );
+            if let Some(why) = refusal {
                 tracing::error!("{why}");
                 Device::abandon(ctrl, info)
                     .map_err(|e| Start::Abandoned(format!("{why}; stopping it failed: {e}")))?;
@@ -401,9 +427,12 @@ fn start_device(
                 clean_handover::remove(files.mark)
                     .map_err(|e| format!("{}: {e}", files.mark.display()))
             };
-            return Device::recover(ctrl, info, config, stack, consume)
-                .map(|device| (device, true))
-                .map_err(Start::Device);
+            let device = Device::recover(ctrl, info, config, stack, consume)?;
+            // The device is now served by this stack.
+            if recorded.as_deref() != cache {
+                record_device(files.device, &device, cache);
+            }
+            return Ok((device, true));
         }
         // Deleted or stopped since the record was written: nothing to recover.
         drop(std::fs::remove_file(files.device));
@@ -413,14 +442,18 @@ fn start_device(
         .map_err(|e| Start::Device(DeviceError::CharDevice(files.mark.to_path_buf(), e)))?;
     let device = Device::create(ctrl, config, stack)?;
     if device.recoverable() {
-        if let Err(e) = write_device_record(files.device, device.dev_id()) {
-            tracing::warn!(
-                "{}: {e}: a later `up` could not recover this device after a crash",
-                files.device.display()
-            );
-        }
+        record_device(files.device, &device, cache);
     }
     Ok((device, false))
+}
+
+fn record_device(path: &Path, device: &Device, cache: Option<&str>) {
+    if let Err(e) = write_device_record(path, device.dev_id(), cache) {
+        tracing::warn!(
+            "{}: {e}: a later `up` could not recover this device after a crash",
+            path.display()
+        );
+    }
 }
 
 /// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
@@ -477,14 +510,18 @@ mod tests {
     fn a_cache_stack_is_resumed_only_with_a_mark_for_its_device_and_server() {
         let mark = clean_handover::Mark { dev_id: 2, pid: 90 };
         // Without a cache, crash recovery stays as it was.
-        assert_eq!(resume_refusal(None, None, 2, 90), None);
-        assert_eq!(resume_refusal(Some("wb"), Some(mark), 2, 90), None);
-        let why = resume_refusal(Some("wb"), None, 2, 90).unwrap();
+        assert_eq!(resume_refusal(None, None, None, 2, 90), None);
+        assert_eq!(resume_refusal(None, Some("wb"), Some(mark), 2, 90), None);
+        let why = resume_refusal(None, Some("wb"), None, 2, 90).unwrap();
         assert!(why.contains("/dev/ublkb2 is not resumed"), "{why}");
         assert!(why.contains("cache layer \"wb\""), "{why}");
         assert!(why.contains("fsck"), "{why}");
-        assert!(resume_refusal(Some("wb"), Some(mark), 3, 90).is_some());
-        assert!(resume_refusal(Some("wb"), Some(mark), 2, 91).is_some());
+        assert!(resume_refusal(None, Some("wb"), Some(mark), 3, 90).is_some());
+        assert!(resume_refusal(None, Some("wb"), Some(mark), 2, 91).is_some());
+        // The stack that died had a cache: a config without one changes nothing.
+        let why = resume_refusal(Some("old"), None, None, 2, 90).unwrap();
+        assert!(why.contains("cache layer \"old\""), "{why}");
+        assert_eq!(resume_refusal(Some("old"), None, Some(mark), 2, 90), None);
     }
 
     #[test]
@@ -492,8 +529,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k9.device");
         assert_eq!(read_device_record(&path), None);
-        write_device_record(&path, 5).unwrap();
+        write_device_record(&path, 5, None).unwrap();
         assert_eq!(read_device_record(&path), Some(5));
+        assert_eq!(read_record_cache(&path), None);
+        write_device_record(&path, 6, Some("wb")).unwrap();
+        assert_eq!(read_device_record(&path), Some(6));
+        assert_eq!(read_record_cache(&path).as_deref(), Some("wb"));
         assert!(!dir.path().join("k9.device.partial").exists());
         std::fs::write(&path, "garbage\n").unwrap();
         assert_eq!(read_device_record(&path), None);
