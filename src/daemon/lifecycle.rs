@@ -551,10 +551,12 @@ mod tests {
     }
 
     /// A front end that hands over at once and records what `hand_over` asks
-    /// of it.
+    /// of it, and what `leaf` held when the handover was marked clean.
     #[derive(Default)]
     struct Handing {
         calls: Vec<&'static str>,
+        leaf: PathBuf,
+        leaf_at_mark: Vec<u8>,
     }
 
     impl FrontEnd for Handing {
@@ -589,6 +591,7 @@ mod tests {
         }
         fn mark_clean_handover(&mut self) -> Result<(), String> {
             self.calls.push("mark");
+            self.leaf_at_mark = std::fs::read(&self.leaf).unwrap();
             Ok(())
         }
         fn resume(&mut self, _stack: Arc<Stack>) -> Result<(), String> {
@@ -628,19 +631,20 @@ mod tests {
             config: &config,
             metrics: None,
         };
-        let mut front = Handing::default();
-        let leaf_at_mark = std::cell::RefCell::new(Vec::new());
-        let outcome = super::super::upgrade::hand_over(&mut front, &stack, &successor, |stack| {
-            let flushed = flush_stack(stack);
-            *leaf_at_mark.borrow_mut() = std::fs::read(&leaf).unwrap();
-            flushed
-        });
+        let mut front = Handing {
+            leaf,
+            ..Handing::default()
+        };
+        let outcome = super::super::upgrade::hand_over(&mut front, &stack, &successor, flush_stack);
         assert!(
             matches!(outcome, super::super::upgrade::Outcome::Started(_)),
             "the handover did not go ahead"
         );
         assert_eq!(front.calls, ["hand_over", "mark"]);
-        assert_eq!(&leaf_at_mark.borrow()[..data.len()], &data[..]);
+        assert!(
+            front.leaf_at_mark.starts_with(&data),
+            "marked clean before the cache was written back"
+        );
     }
 
     #[test]

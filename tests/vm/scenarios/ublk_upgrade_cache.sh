@@ -185,7 +185,8 @@ wait "$DAEMON_PID" 2>/dev/null || true
 [[ -b $DEV ]] || fail "$DEV went away after the daemon was killed"
 up_device /work/f.toml
 [[ $READY == "plain: $DEV ready ("*", recovered)" ]] || fail "not recovered: $READY"
-cmp <(dd if="$DEV" bs=1M count=4 iflag=direct status=none) /work/dirty || fail "data lost"
+dd if="$DEV" of=/work/read-back bs=1M count=4 iflag=direct status=none
+cmp /work/read-back /work/dirty || fail "data lost"
 down_device plain
 no_ublk_devices
 step "ok"
