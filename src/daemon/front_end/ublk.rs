@@ -360,8 +360,13 @@ fn resume_refusal(
     if mark.is_some_and(|mark| mark.vouches_for(dev_id, server_pid)) {
         return None;
     }
+    let server = if server_pid > 0 {
+        format!(" (pid {server_pid})")
+    } else {
+        String::new()
+    };
     Some(format!(
-        "/dev/ublkb{dev_id} is not resumed: the daemon serving it (pid {server_pid}) died without handing it over, \
+        "/dev/ublkb{dev_id} is not resumed: the daemon serving it{server} died without handing it over, \
          and writes it had acknowledged may have been in cache layer \"{cache}\"'s memory only, so they are lost; \
          the device is stopped and deleted, failing its held and later I/O. \
          Check the filesystem on it (unmount it, fsck); the next `up` makes the device anew"
@@ -518,6 +523,8 @@ mod tests {
         assert!(why.contains("fsck"), "{why}");
         assert!(resume_refusal(None, Some("wb"), Some(mark), 3, 90).is_some());
         assert!(resume_refusal(None, Some("wb"), Some(mark), 2, 91).is_some());
+        assert_eq!(resume_refusal(None, Some("wb"), Some(mark), 2, -1), None);
+        assert!(resume_refusal(None, Some("wb"), Some(mark), 3, -1).is_some());
         // The stack that died had a cache: a config without one changes nothing.
         let why = resume_refusal(Some("old"), None, None, 2, 90).unwrap();
         assert!(why.contains("cache layer \"old\""), "{why}");

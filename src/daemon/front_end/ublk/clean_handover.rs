@@ -8,14 +8,14 @@
 //! once QUIESCE_DEV has ended its queues (the kernel holds every new request, and
 //! no thread of the daemon serves the stack any more) and a flush of the whole
 //! stack succeeded (every dirty block written back, every leaf flushed), writes
-//! this mark naming the device and its own pid. Nothing can write to the stack
+//! this mark naming the device (and its own pid, for the log). Nothing can write to the stack
 //! after that flush, so nothing unflushed exists while the mark does.
 //!
 //! The mark is consumed: the daemon that takes the device over removes it just
 //! before END_USER_RECOVERY lets requests through, the old daemon removes it
 //! before it serves again itself (`resume`), and creating a new device removes
-//! one left behind. A held device without a mark naming it and the pid the
-//! kernel holds as its server was left by a daemon that died: it is not resumed.
+//! one left behind. A held device without a mark naming it was left by a
+//! daemon that died: it is not resumed.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -37,10 +37,11 @@ pub(super) struct Mark {
 
 impl Mark {
     /// Whether this mark vouches for device `dev_id`, whose server the kernel
-    /// last knew as `server_pid`: a mark for another device, or written by a
-    /// daemon that was not the device's last server, does not.
+    /// names as `server_pid`: not a mark for another device, nor one while the
+    /// kernel names another process as the server. (Once the server has let
+    /// go, 7.3 reports -1; the mark's own pid then cannot be checked there.)
     pub(super) fn vouches_for(&self, dev_id: u32, server_pid: i32) -> bool {
-        self.dev_id == dev_id && self.pid == server_pid && server_pid > 0
+        self.dev_id == dev_id && (server_pid <= 0 || server_pid == self.pid)
     }
 }
 
@@ -124,8 +125,9 @@ mod tests {
     fn a_mark_vouches_only_for_its_device_and_server() {
         let mark = Mark { dev_id: 3, pid: 77 };
         assert!(mark.vouches_for(3, 77));
+        assert!(mark.vouches_for(3, -1), "the server has let go");
         assert!(!mark.vouches_for(4, 77), "another device");
+        assert!(!mark.vouches_for(4, -1), "another device");
         assert!(!mark.vouches_for(3, 78), "another server since");
-        assert!(!Mark { dev_id: 3, pid: -1 }.vouches_for(3, -1));
     }
 }
