@@ -61,6 +61,7 @@ scenarios!(
     ublk_metrics,
     ublk_safe_stop,
     ublk_upgrade,
+    ublk_upgrade_cache,
     ublk_zero_copy,
 );
 

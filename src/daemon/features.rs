@@ -32,8 +32,8 @@ pub struct Report {
     /// How request data moves for a stack of file and disk leaves under
     /// raid0, mirror and fault: `zero-copy` or `copy` (other stacks: `copy`).
     pub data_path: Option<&'static str>,
-    /// What a device created now would use (recovery only for stacks whose
-    /// acknowledged writes all reach the kernel; see the README).
+    /// What a device created now would use (recovery not for a stack with a
+    /// memory leaf, nor for one with a cache without QUIESCE; see the README).
     pub in_use: Vec<&'static str>,
     /// How `down` tells a device in use: `TRY_STOP_DEV` or `open check`.
     pub safe_stop: Option<&'static str>,
@@ -133,7 +133,7 @@ impl Report {
             _ => "down: refuses a device in use, found by looking for mounts and open files (no SAFE_STOP_DEV)\n",
         });
         out.push_str(
-            "USER_RECOVERY is used for stacks without a memory leaf or a cache (see the README)\n",
+            "USER_RECOVERY is used for stacks without a memory leaf; with a cache only where QUIESCE is offered, and such a device is resumed only after a clean upgrade (see the README)\n",
         );
         out
     }

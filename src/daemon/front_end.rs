@@ -38,7 +38,8 @@ pub type ConnectionCounter = Arc<dyn Fn() -> ConnectionCounts + Send + Sync>;
 /// One way of serving a stack. `up` calls, in order: `prepare` once the config
 /// is loaded, `start` once the stack is compiled, `any_queue_ended` while it
 /// runs (and `stop_if_unused` for each `down` without `--force`), then on the
-/// way out `stop`, the stack's final flush, and `remove`.
+/// way out `stop`, the stack's final flush, and `remove`; or, for `upgrade`,
+/// `hand_over`, the flush, and `mark_clean_handover` (or `resume`).
 /// Errors are whole messages for the user.
 pub trait FrontEnd {
     /// Refuse early what can be refused before any leaf is opened (no root,
@@ -74,7 +75,14 @@ pub trait FrontEnd {
     fn hand_over(&mut self) -> Result<(), Handover> {
         Err(Handover::Refused("not supported".into()))
     }
-    /// Serve again after a `hand_over` that went no further.
+    /// `upgrade`, after `hand_over` and a successful flush of the whole stack:
+    /// record durably that the device was handed over with nothing unflushed,
+    /// so that the next daemon may resume it even though its stack has a cache.
+    fn mark_clean_handover(&mut self) -> Result<(), String> {
+        Err("not supported".into())
+    }
+    /// Serve again after a `hand_over` that went no further (removing the
+    /// mark of `mark_clean_handover` first).
     fn resume(&mut self, _stack: Arc<Stack>) -> Result<(), String> {
         Err("not supported".into())
     }

@@ -549,4 +549,123 @@ mod tests {
         };
         assert!(front.stopped);
     }
+
+    /// A front end that hands over at once and records what `hand_over` asks
+    /// of it, and what `leaf` held when the handover was marked clean.
+    #[derive(Default)]
+    struct Handing {
+        calls: Vec<&'static str>,
+        leaf: PathBuf,
+        leaf_at_mark: Vec<u8>,
+    }
+
+    impl FrontEnd for Handing {
+        fn prepare(&mut self, _plan: &Plan) -> Result<(), String> {
+            Ok(())
+        }
+        fn start(
+            &mut self,
+            _plan: &Plan,
+            _stack: Arc<Stack>,
+        ) -> Result<crate::daemon::front_end::Serving, String> {
+            Err("not used".into())
+        }
+        fn any_queue_ended(&self) -> bool {
+            false
+        }
+        fn queue_ended(&self, _name: &str) -> String {
+            String::new()
+        }
+        fn stop(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn remove(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn handover_refusal(&self) -> Option<String> {
+            None
+        }
+        fn hand_over(&mut self) -> Result<(), crate::daemon::front_end::Handover> {
+            self.calls.push("hand_over");
+            Ok(())
+        }
+        fn mark_clean_handover(&mut self) -> Result<(), String> {
+            self.calls.push("mark");
+            self.leaf_at_mark = std::fs::read(&self.leaf).unwrap();
+            Ok(())
+        }
+        fn resume(&mut self, _stack: Arc<Stack>) -> Result<(), String> {
+            self.calls.push("resume");
+            Ok(())
+        }
+    }
+
+    /// A write-back cache over a file leaf, with `data` written at 0 and
+    /// still only in the cache; and the leaf's path.
+    fn dirty_cache(dir: &Path, data: &[u8]) -> (Arc<Stack>, PathBuf) {
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir, 4096);
+        let leaf = plan.file("leaf", 1 << 20);
+        let cache = plan.cache("wb", leaf, 256 << 10, layers::plan::CacheMode::WriteBack);
+        let stack = Arc::new(layers::compile(&plan.build(cache)).unwrap());
+        let ctx = IoCtx::new(0, 8).unwrap();
+        let exec = Executor::new().unwrap();
+        exec.block_on(&ctx, stack.top().write_bytes(&ctx, 0, data))
+            .unwrap();
+        let leaf = dir.join("leaf.img");
+        assert_ne!(
+            &std::fs::read(&leaf).unwrap()[..data.len()],
+            data,
+            "not dirty"
+        );
+        (stack, leaf)
+    }
+
+    #[test]
+    fn a_handover_writes_the_cache_back_before_it_marks_the_device_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![0x5a; 8192];
+        let (stack, leaf) = dirty_cache(dir.path(), &data);
+        let config = dir.path().join("c.toml");
+        let successor = super::super::upgrade::Successor {
+            binary: Path::new("/bin/true"),
+            config: &config,
+            metrics: None,
+        };
+        let mut front = Handing {
+            leaf,
+            ..Handing::default()
+        };
+        let outcome = super::super::upgrade::hand_over(&mut front, &stack, &successor, flush_stack);
+        assert!(
+            matches!(outcome, super::super::upgrade::Outcome::Started(_)),
+            "the handover did not go ahead"
+        );
+        assert_eq!(front.calls, ["hand_over", "mark"]);
+        assert!(
+            front.leaf_at_mark.starts_with(&data),
+            "marked clean before the cache was written back"
+        );
+    }
+
+    #[test]
+    fn a_failed_flush_refuses_the_handover_unmarked_and_serves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stack, _) = dirty_cache(dir.path(), &[1; 4096]);
+        let config = dir.path().join("c.toml");
+        let successor = super::super::upgrade::Successor {
+            binary: Path::new("/bin/true"),
+            config: &config,
+            metrics: None,
+        };
+        let mut front = Handing::default();
+        let outcome = super::super::upgrade::hand_over(&mut front, &stack, &successor, |_| {
+            Err("leaf \"leaf\": Input/output error".into())
+        });
+        let super::super::upgrade::Outcome::Refused(why) = outcome else {
+            panic!("a failed flush must refuse the handover")
+        };
+        assert!(why.contains("flushing the stack: leaf"), "{why}");
+        assert!(why.contains("served by this daemon again"), "{why}");
+        assert_eq!(front.calls, ["hand_over", "resume"]);
+    }
 }

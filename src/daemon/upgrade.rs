@@ -10,7 +10,9 @@
 //! 2. QUIESCE_DEV: the kernel holds new requests; the queues finish those in
 //!    flight and end (see `ublk::device::handover`);
 //! 3. the stack is flushed as in a clean stop (a write-back cache is written
-//!    back); if that fails, the daemon takes the device back and serves on;
+//!    back), then the front end records the clean handover (the mark that
+//!    lets a stack with a cache be resumed, see `front_end::ublk`); if either
+//!    fails, the daemon takes the device back and serves on;
 //! 4. it starts `PATH up CONFIG` (with its `--metrics`), with
 //!    `UBLK_STACK_UPGRADE_FROM` naming its own pid, tells systemd the new
 //!    process is the service's main one (`MAINPID=`), answers with the new
@@ -88,8 +90,14 @@ pub(super) fn hand_over(
         Ok(()) => Outcome::Refused(format!("{why}; the device is served by this daemon again")),
         Err(e) => Outcome::Stranded(format!("{why}; taking the device back failed too: {e}")),
     };
+    // Nothing writes to the stack from here on: QUIESCE_DEV holds new
+    // requests in the kernel and `hand_over` returned once the queue threads
+    // had finished those in flight and ended.
     if let Err(e) = flush(stack) {
         return resume(front, format!("flushing the stack: {e}"));
+    }
+    if let Err(e) = front.mark_clean_handover() {
+        return resume(front, format!("recording the clean handover: {e}"));
     }
     match spawn(successor) {
         Ok(pid) => {

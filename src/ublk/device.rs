@@ -258,13 +258,16 @@ impl Device {
     /// Take over a device found by [`Device::find_recoverable`]: check it
     /// matches `config`, START_USER_RECOVERY (retried while the dead daemon's
     /// process is still going away), arm every queue on the device's own queue
-    /// count and depth, END_USER_RECOVERY. Requests held by the kernel, including
-    /// the ones in flight at the crash, are then served by `stack`.
+    /// count and depth, `release` (the last word before requests reach this
+    /// process; an error leaves the device held), END_USER_RECOVERY. Requests
+    /// held by the kernel, including the ones in flight at the crash, are then
+    /// served by `stack`.
     pub fn recover<T: TopLayer>(
         mut ctrl: Control,
         info: DevInfo,
         config: &DeviceConfig,
         stack: Arc<T>,
+        release: impl FnOnce() -> Result<(), String>,
     ) -> Result<Device, DeviceError> {
         let dev_id = info.dev_id;
         let params = ctrl.get_params(dev_id)?;
@@ -287,12 +290,22 @@ impl Device {
             keep_on_drop: true,
         };
         device.start_queues(config, stack)?;
+        release().map_err(|why| DeviceError::Recovery(dev_id, why))?;
         device
             .ctrl
             .end_user_recovery(dev_id, std::process::id() as i32)?;
         device.keep_on_drop = false;
         wait_for_path(&device.block_path(), Duration::from_secs(5));
         Ok(device)
+    }
+
+    /// Stop and delete a device found by [`Device::find_recoverable`] instead
+    /// of taking it over: the requests it holds, and any later ones, fail with
+    /// EIO, as on a disk that died.
+    pub fn abandon(mut ctrl: Control, info: DevInfo) -> Result<(), DeviceError> {
+        ctrl.stop_dev(info.dev_id)?;
+        delete_device(&mut ctrl, info.dev_id)?;
+        Ok(())
     }
 
     /// Whether the kernel will hold this device's I/O for a new daemon if this

@@ -15,13 +15,17 @@
 //! `UBLK_STACK_USER_RECOVERY=off` in the environment creates devices without
 //! recovery (a killed daemon's device then goes away with its I/O failed).
 //!
-//! Recovery is only asked for when every write the daemon acknowledged is in the
+//! Recovery is asked for when every write the daemon acknowledged is in the
 //! kernel's hands (leaf files and disks, the on-disk tables of `checksum`, `crypt`
-//! and `compress`) and so survives the process: not with a `memory` leaf, whose
-//! data dies with the process, nor with a `cache`, whose `mode` may become
-//! write-back (dirty blocks in the daemon's memory only). Recovering those would
-//! let the filesystem run on over writes it was told were done and that are gone;
-//! without recovery it sees the loss as I/O errors instead.
+//! and `compress`) and so survives the process; never with a `memory` leaf, whose
+//! data dies with the process. A `cache` may hold acknowledged writes in the
+//! daemon's memory only (write-back mode, which a reload can turn on), so its
+//! device is created with recovery only where the kernel can quiesce it, for
+//! `upgrade`, and is resumed only after a clean handover (see `clean_handover`):
+//! a device of a cache stack left by a daemon that died is stopped and deleted
+//! instead, failing its held and later I/O, as a dead disk would, and `up` says
+//! so. Recovering it would let the filesystem run on over writes it was told
+//! were done and that are gone.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,10 +34,14 @@ use std::sync::Arc;
 
 use layers::{Layer, LayerSpec, Plan, Stack};
 
+mod clean_handover;
+
 use super::{FrontEnd, Handover, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
-use crate::ublk::{zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
+use crate::ublk::{
+    sys, zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer,
+};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
 const NO_UBLK: &str =
@@ -54,6 +62,8 @@ pub struct Ublk {
     /// What `start` asked for, for `resume`.
     config: Option<DeviceConfig>,
     record: PathBuf,
+    /// The clean-handover mark's path (`clean_handover`).
+    mark: PathBuf,
 }
 
 impl Ublk {
@@ -98,21 +108,25 @@ impl FrontEnd for Ublk {
             block_size: stack.block_size(),
             size_bytes: stack.size(),
             discard: stack.discard_frees_space(),
-            recovery: recovery_wanted(plan),
+            recovery: recovery_wanted(plan, ctrl.features()),
             held_ids: ids_held_for_others(name),
         };
         self.record = device_record_path(name);
-        let (device, recovered) = match start_device(ctrl, &device_config, stack, &self.record)
-        {
-            Ok(started) => started,
-            Err(e @ DeviceError::Mismatch(_)) => {
-                return Err(format!(
+        self.mark = clean_handover::path(name);
+        let files = Records {
+            device: &self.record,
+            mark: &self.mark,
+        };
+        let cache = cache_layer(plan);
+        let (device, recovered) = start_device(ctrl, &device_config, stack, files, cache)
+            .map_err(|e| match e {
+                Start::Device(e @ DeviceError::Mismatch(_)) => format!(
                     "{name}: {e} (restore the config, or remove {} so that the next `up` deletes that device, failing its held I/O)",
                     self.record.display()
-                ))
-            }
-            Err(e) => return Err(format!("{name}: {e}")),
-        };
+                ),
+                Start::Device(e) => format!("{name}: {e}"),
+                Start::Abandoned(why) => format!("{name}: {why}"),
+            })?;
         let serving = Serving {
             path: device.block_path(),
             queues: device.queues(),
@@ -185,10 +199,24 @@ impl FrontEnd for Ublk {
         }
     }
 
+    fn mark_clean_handover(&mut self) -> Result<(), String> {
+        let Some(device) = self.device.as_ref() else {
+            return Err("the device is not running".into());
+        };
+        let mark = clean_handover::Mark {
+            dev_id: device.dev_id(),
+            pid: std::process::id() as i32,
+        };
+        clean_handover::write(&self.mark, mark).map_err(|e| format!("{}: {e}", self.mark.display()))
+    }
+
     fn resume(&mut self, stack: Arc<Stack>) -> Result<(), String> {
         let (Some(device), Some(config)) = (self.device.as_mut(), self.config.as_ref()) else {
             return Err("the device is not running".into());
         };
+        // Before any request reaches the stack again: from then on the mark
+        // would vouch for writes that are not flushed.
+        clean_handover::remove(&self.mark).map_err(|e| format!("{}: {e}", self.mark.display()))?;
         device.resume(config, stack).map_err(|e| e.to_string())
     }
 
@@ -239,10 +267,24 @@ fn read_device_record(path: &Path) -> Option<u32> {
         .and_then(|id| id.trim().parse().ok())
 }
 
-fn write_device_record(path: &Path, dev_id: u32) -> io::Result<()> {
+/// The cache layer a device record names: the stack that served the device
+/// had one, whatever the config says now.
+fn read_record_cache(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("cache "))
+        .map(|name| name.trim().to_string())
+}
+
+/// Record that device `dev_id` serves this name, with the stack's cache layer.
+fn write_device_record(path: &Path, dev_id: u32, cache: Option<&str>) -> io::Result<()> {
     // Written whole then renamed, so a crash never leaves half a record.
     let partial = path.with_extension("device.partial");
-    std::fs::write(&partial, format!("id {dev_id}\n"))?;
+    let mut text = format!("id {dev_id}\n");
+    if let Some(cache) = cache {
+        text.push_str(&format!("cache {cache}\n"));
+    }
+    std::fs::write(&partial, text)?;
     std::fs::rename(&partial, path)
 }
 
@@ -260,55 +302,163 @@ fn ids_held_for_others(name: &str) -> Vec<u32> {
         .collect()
 }
 
-fn recovery_wanted(plan: &Plan) -> bool {
+fn recovery_wanted(plan: &Plan, offered: u64) -> bool {
     if std::env::var("UBLK_STACK_USER_RECOVERY").as_deref() == Ok("off") {
         return false;
     }
-    match layer_lost_with_the_daemon(plan) {
-        Some(layer) => {
+    if let Some(layer) = memory_leaf(plan) {
+        tracing::info!(
+            "user recovery off: layer \"{layer}\" keeps its data in the daemon's memory"
+        );
+        return false;
+    }
+    match cache_layer(plan) {
+        // Such a device is only ever resumed after a clean handover, which
+        // needs QUIESCE: without it, recovery would only hold the I/O of a
+        // device that cannot be resumed.
+        Some(layer) if offered & sys::UBLK_F_QUIESCE == 0 => {
             tracing::info!(
-                "user recovery off: layer \"{layer}\" keeps acknowledged writes in the daemon's memory"
+                "user recovery off: layer \"{layer}\" may hold acknowledged writes in the daemon's memory, and the kernel cannot quiesce a device for a clean handover"
             );
             false
         }
-        None => true,
+        _ => true,
     }
 }
 
-/// The first layer whose acknowledged writes may exist only in this process.
-fn layer_lost_with_the_daemon(plan: &Plan) -> Option<&str> {
+/// The first `memory` leaf of `plan`: its data lives in this process only.
+fn memory_leaf(plan: &Plan) -> Option<&str> {
     plan.layers
         .iter()
-        .find(|layer| matches!(layer.spec, LayerSpec::Memory { .. } | LayerSpec::Cache(_)))
+        .find(|layer| matches!(layer.spec, LayerSpec::Memory { .. }))
         .map(|layer| layer.name.as_str())
 }
 
-/// Take over the device a killed daemon of this name left, or create a new one.
-/// Returns the device and whether it was recovered.
+/// The first `cache` layer of `plan`: it may hold acknowledged writes in this
+/// process only, whatever its mode now (a reload can make it write-back).
+fn cache_layer(plan: &Plan) -> Option<&str> {
+    plan.layers
+        .iter()
+        .find(|layer| matches!(layer.spec, LayerSpec::Cache(_)))
+        .map(|layer| layer.name.as_str())
+}
+
+/// Why a device left held for recovery must not be resumed: a cache layer
+/// was in the stack that served it (`recorded`, from the device record) or is
+/// in the config's (`configured`), and no mark vouches that it was handed over
+/// clean (device `dev_id`, last served by `server_pid`). `None`: resume it.
+fn resume_refusal(
+    recorded: Option<&str>,
+    configured: Option<&str>,
+    mark: Option<clean_handover::Mark>,
+    dev_id: u32,
+    server_pid: i32,
+) -> Option<String> {
+    // The stack that served the device counts first: a config edited since
+    // the crash to drop its cache does not bring its writes back.
+    let cache = recorded.or(configured)?;
+    if mark.is_some_and(|mark| mark.vouches_for(dev_id, server_pid)) {
+        return None;
+    }
+    let server = if server_pid > 0 {
+        format!(" (pid {server_pid})")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "/dev/ublkb{dev_id} is not resumed: the daemon serving it{server} died without handing it over, \
+         and writes it had acknowledged may have been in cache layer \"{cache}\"'s memory only, so they are lost; \
+         the device is stopped and deleted, failing its held and later I/O. \
+         Check the filesystem on it (unmount it, fsck); the next `up` makes the device anew"
+    ))
+}
+
+/// The files `up` keeps in the run folder for a device.
+#[derive(Clone, Copy)]
+struct Records<'a> {
+    /// `NAME.device`: which device to recover.
+    device: &'a Path,
+    /// `NAME.handover`: the clean-handover mark.
+    mark: &'a Path,
+}
+
+/// Why `start_device` served nothing.
+enum Start {
+    Device(DeviceError),
+    /// The device left held was not resumed, but stopped and deleted: why.
+    Abandoned(String),
+}
+
+impl From<DeviceError> for Start {
+    fn from(e: DeviceError) -> Self {
+        Start::Device(e)
+    }
+}
+
+/// Take over the device a daemon of this name left (killed, or handing it
+/// over), or create a new one. Returns the device and whether it was recovered.
+/// `cache` names the stack's cache layer, if it has one: then only a device
+/// handed over clean is taken over.
 fn start_device(
     mut ctrl: Control,
     config: &DeviceConfig,
     stack: Arc<Stack>,
-    record: &Path,
-) -> Result<(Device, bool), DeviceError> {
-    if let Some(dev_id) = read_device_record(record) {
+    files: Records<'_>,
+    cache: Option<&str>,
+) -> Result<(Device, bool), Start> {
+    if let Some(dev_id) = read_device_record(files.device) {
         if let Some(info) = Device::find_recoverable(&mut ctrl, dev_id)? {
-            tracing::info!(dev_id, "recovering the device left by a killed daemon");
-            return Device::recover(ctrl, info, config, stack).map(|device| (device, true));
+            let mark = clean_handover::read(files.mark);
+            let recorded = read_record_cache(files.device);
+            let refusal = resume_refusal(
+                recorded.as_deref(),
+                cache,
+                mark,
+                info.dev_id,
+                info.ublksrv_pid,
+            );
+            if let Some(why) = refusal {
+                tracing::error!("{why}");
+                Device::abandon(ctrl, info)
+                    .map_err(|e| Start::Abandoned(format!("{why}; stopping it failed: {e}")))?;
+                drop(std::fs::remove_file(files.device));
+                drop(clean_handover::remove(files.mark));
+                return Err(Start::Abandoned(why));
+            }
+            tracing::info!(dev_id, "recovering the device left by another daemon");
+            // Consumed just before requests reach this process: a crash
+            // after this serves writes the mark would not vouch for.
+            let consume = || {
+                clean_handover::remove(files.mark)
+                    .map_err(|e| format!("{}: {e}", files.mark.display()))
+            };
+            let device = Device::recover(ctrl, info, config, stack, consume)?;
+            // The device is now served by this stack.
+            if recorded.as_deref() != cache {
+                record_device(files.device, &device, cache);
+            }
+            return Ok((device, true));
         }
         // Deleted or stopped since the record was written: nothing to recover.
-        drop(std::fs::remove_file(record));
+        drop(std::fs::remove_file(files.device));
     }
+    // A mark left for a device that is gone must not vouch for this one.
+    clean_handover::remove(files.mark)
+        .map_err(|e| Start::Device(DeviceError::CharDevice(files.mark.to_path_buf(), e)))?;
     let device = Device::create(ctrl, config, stack)?;
     if device.recoverable() {
-        if let Err(e) = write_device_record(record, device.dev_id()) {
-            tracing::warn!(
-                "{}: {e}: a later `up` could not recover this device after a crash",
-                record.display()
-            );
-        }
+        record_device(files.device, &device, cache);
     }
     Ok((device, false))
+}
+
+fn record_device(path: &Path, device: &Device, cache: Option<&str>) {
+    if let Err(e) = write_device_record(path, device.dev_id(), cache) {
+        tracing::warn!(
+            "{}: {e}: a later `up` could not recover this device after a crash",
+            path.display()
+        );
+    }
 }
 
 /// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
@@ -334,18 +484,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recovery_is_off_when_a_layer_keeps_writes_in_memory() {
+    fn recovery_is_off_with_a_memory_leaf_and_for_a_cache_without_quiesce() {
         let dir = tempfile::tempdir().unwrap();
         let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
         let a = plan.memory("a", 1 << 20);
         let b = plan.memory("b", 1 << 20);
         let mirror = plan.mirror("m", &[a, b], layers::plan::ReadPolicy::First);
-        assert_eq!(layer_lost_with_the_daemon(&plan.build(mirror)), Some("a"));
+        let plan = plan.build(mirror);
+        assert_eq!(memory_leaf(&plan), Some("a"));
+        assert!(!recovery_wanted(&plan, sys::UBLK_F_QUIESCE));
 
         let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
         let a = plan.file("a", 1 << 20);
         let checksum = plan.checksum("c", a);
-        assert_eq!(layer_lost_with_the_daemon(&plan.build(checksum)), None);
+        let plan = plan.build(checksum);
+        assert_eq!(memory_leaf(&plan), None);
+        assert_eq!(cache_layer(&plan), None);
+        assert!(recovery_wanted(&plan, 0));
+
+        let mut plan = layers::testing::plans::PlanBuilder::new(dir.path(), 4096);
+        let a = plan.file("a", 1 << 20);
+        let cache = plan.cache("wb", a, 1 << 16, layers::plan::CacheMode::WriteBack);
+        let plan = plan.build(cache);
+        assert_eq!(cache_layer(&plan), Some("wb"));
+        assert!(recovery_wanted(&plan, sys::UBLK_F_QUIESCE));
+        assert!(!recovery_wanted(&plan, sys::UBLK_F_USER_RECOVERY));
+    }
+
+    #[test]
+    fn a_cache_stack_is_resumed_only_with_a_mark_for_its_device_and_server() {
+        let mark = clean_handover::Mark { dev_id: 2, pid: 90 };
+        // Without a cache, crash recovery stays as it was.
+        assert_eq!(resume_refusal(None, None, None, 2, 90), None);
+        assert_eq!(resume_refusal(None, Some("wb"), Some(mark), 2, 90), None);
+        let why = resume_refusal(None, Some("wb"), None, 2, 90).unwrap();
+        assert!(why.contains("/dev/ublkb2 is not resumed"), "{why}");
+        assert!(why.contains("cache layer \"wb\""), "{why}");
+        assert!(why.contains("fsck"), "{why}");
+        assert!(resume_refusal(None, Some("wb"), Some(mark), 3, 90).is_some());
+        assert!(resume_refusal(None, Some("wb"), Some(mark), 2, 91).is_some());
+        assert_eq!(resume_refusal(None, Some("wb"), Some(mark), 2, -1), None);
+        assert!(resume_refusal(None, Some("wb"), Some(mark), 3, -1).is_some());
+        // The stack that died had a cache: a config without one changes nothing.
+        let why = resume_refusal(Some("old"), None, None, 2, 90).unwrap();
+        assert!(why.contains("cache layer \"old\""), "{why}");
+        assert_eq!(resume_refusal(Some("old"), None, Some(mark), 2, 90), None);
     }
 
     #[test]
@@ -353,8 +536,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k9.device");
         assert_eq!(read_device_record(&path), None);
-        write_device_record(&path, 5).unwrap();
+        write_device_record(&path, 5, None).unwrap();
         assert_eq!(read_device_record(&path), Some(5));
+        assert_eq!(read_record_cache(&path), None);
+        write_device_record(&path, 6, Some("wb")).unwrap();
+        assert_eq!(read_device_record(&path), Some(6));
+        assert_eq!(read_record_cache(&path).as_deref(), Some("wb"));
         assert!(!dir.path().join("k9.device.partial").exists());
         std::fs::write(&path, "garbage\n").unwrap();
         assert_eq!(read_device_record(&path), None);
