@@ -146,7 +146,9 @@ impl Checksum {
                 .grow(ctx, &*layer.lower, blocks)
                 .await
                 .map_err(|e| format!("cannot grow into the larger device below: {e}"))?;
-            layer.size.store(layer.table.entries() * block, Ordering::Release);
+            layer
+                .size
+                .store(layer.table.entries() * block, Ordering::Release);
         }
         Ok(layer)
     }
@@ -157,7 +159,10 @@ impl Checksum {
     async fn settle(&self, ctx: &IoCtx) -> Result<()> {
         let mut data = vec![0u8; self.block as usize];
         for index in self.table.unflushed() {
-            let offset = self.table.data_run(self.block, index * self.block, self.block).0;
+            let offset = self
+                .table
+                .data_run(self.block, index * self.block, self.block)
+                .0;
             match self.lower.read_bytes(ctx, offset, &mut data).await {
                 Ok(()) => {}
                 Err(Error::Corrupt { .. }) => continue,
@@ -267,7 +272,16 @@ impl Checksum {
         let writer = self.table.begin_write();
         self.set_values(ctx, writer.epoch, offset, len, None)
             .await?;
-        zero_data(&self.table, &*self.lower, ctx, self.block, offset, len, discard).await
+        zero_data(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            offset,
+            len,
+            discard,
+        )
+        .await
     }
 }
 
@@ -351,7 +365,9 @@ pub(crate) async fn grow_table(
         ));
     }
     if new_size % block != 0 {
-        return Err(format!("{new_size} bytes is not a whole number of {block}-byte blocks"));
+        return Err(format!(
+            "{new_size} bytes is not a whole number of {block}-byte blocks"
+        ));
     }
     let room = fit * block;
     if new_size > room {
@@ -372,7 +388,16 @@ impl AsyncLayer for Checksum {
 
     async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
         let fit = fit_blocks(self.lower.size(), self.block);
-        grow_table(&self.table, &*self.lower, ctx, self.block, &self.size, new_size, fit).await
+        grow_table(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            &self.size,
+            new_size,
+            fit,
+        )
+        .await
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

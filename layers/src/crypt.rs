@@ -36,8 +36,8 @@ use std::sync::Arc;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
-use crate::exec::IoCtx;
 use crate::checksum::{check_room, grow_table, write_data, zero_data};
+use crate::exec::IoCtx;
 use crate::meta_table::{Entries, Layout, MetaTable, Stamp};
 use crate::report::{CryptReport, LayerReport};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
@@ -195,7 +195,9 @@ impl Crypt {
                 .grow(ctx, &*layer.lower, blocks)
                 .await
                 .map_err(|e| format!("cannot grow into the larger device below: {e}"))?;
-            layer.size.store(layer.table.entries() * block, Ordering::Release);
+            layer
+                .size
+                .store(layer.table.entries() * block, Ordering::Release);
         }
         Ok(layer)
     }
@@ -206,7 +208,10 @@ impl Crypt {
         let mut data = vec![0u8; self.block as usize];
         let mut entry = [0u8; ENTRY_BYTES - 8];
         for index in self.table.unflushed() {
-            let offset = self.table.data_run(self.block, index * self.block, self.block).0;
+            let offset = self
+                .table
+                .data_run(self.block, index * self.block, self.block)
+                .0;
             match self.lower.read_bytes(ctx, offset, &mut data).await {
                 Ok(()) => {}
                 Err(Error::Corrupt { .. }) => continue,
@@ -363,7 +368,16 @@ impl Crypt {
             None,
         )
         .await?;
-        zero_data(&self.table, &*self.lower, ctx, self.block, offset, len, discard).await
+        zero_data(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            offset,
+            len,
+            discard,
+        )
+        .await
     }
 }
 
@@ -374,7 +388,16 @@ impl AsyncLayer for Crypt {
 
     async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
         let fit = fit_blocks(self.lower.size(), self.block);
-        grow_table(&self.table, &*self.lower, ctx, self.block, &self.size, new_size, fit).await
+        grow_table(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            &self.size,
+            new_size,
+            fit,
+        )
+        .await
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

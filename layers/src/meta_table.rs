@@ -246,32 +246,6 @@ impl MetaTable {
         entries.div_ceil(per_page(entry_bytes)) * 2 * PAGE_BYTES as u64
     }
 
-    /// How many `block`-byte blocks, each with an `entry_bytes` entry, fit in
-    /// `room` bytes together with their table's pages, flat.
-    ///
-    /// The space `n` blocks take grows with `n`, so the answer is found by
-    /// bisection: logarithmic in the device size, so `validate` of a huge
-    /// device costs no more than of a small one.
-    pub fn blocks_that_fit(room: u64, block: u64, entry_bytes: usize) -> u64 {
-        let per = u128::from(per_page(entry_bytes));
-        // In 128 bits: the table of 2^64 bytes of small blocks overflows u64.
-        let needs = |n: u64| {
-            let n = u128::from(n);
-            n.div_ceil(per) * 2 * PAGE_BYTES as u128 + n * u128::from(block)
-        };
-        // Invariant: `low` fits, `high` does not.
-        let (mut low, mut high) = (0u64, room / block.max(1) + 1);
-        while high - low > 1 {
-            let mid = low + (high - low) / 2;
-            if needs(mid) <= u128::from(room) {
-                low = mid;
-            } else {
-                high = mid;
-            }
-        }
-        low
-    }
-
     /// Byte below of page `page`'s pair (its slot 0) in a grouped table at
     /// `start` of `entry_bytes` entries over `block`-byte blocks.
     pub fn grouped_page_at(start: u64, entry_bytes: usize, block: u64, page: u64) -> u64 {
@@ -380,7 +354,11 @@ impl MetaTable {
             for entry in bytes[..ENTRIES_BYTES].chunks_exact(entry_bytes) {
                 newest_epoch = newest_epoch.max(entry_epoch(entry));
             }
-            *table.cell(page).page.lock().unwrap_or_else(|e| e.into_inner()) = Page {
+            *table
+                .cell(page)
+                .page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Page {
                 entries: bytes[..ENTRIES_BYTES].to_vec().into_boxed_slice(),
                 seq,
                 durable_slot: Some(slot),
@@ -472,7 +450,9 @@ impl MetaTable {
     pub fn data_run(&self, block: u64, offset: u64, len: u64) -> (u64, u64) {
         let g = self.groups();
         let index = offset / block;
-        let end = g.blocks_through(g.group_of_block(index)).saturating_mul(block);
+        let end = g
+            .blocks_through(g.group_of_block(index))
+            .saturating_mul(block);
         (
             self.start + HEADER_BYTES + g.data_at(index) + offset % block,
             len.min(end - offset),
@@ -665,7 +645,12 @@ impl MetaTable {
     /// that nothing left in the header area by an earlier use decides it).
     pub async fn record_coverage(&self, ctx: &IoCtx, lower: &dyn Layer) -> Result<()> {
         let _serial = self.flush_lock.lock().await;
-        let covered = self.header.lock().unwrap_or_else(|e| e.into_inner()).0.covered;
+        let covered = self
+            .header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .covered;
         self.put_header(ctx, lower, self.flushed(), covered).await
     }
 
@@ -781,7 +766,12 @@ impl MetaTable {
         }
         drop(guards);
         // Data and pages of the closed epoch are durable: record it.
-        let covered = self.header.lock().unwrap_or_else(|e| e.into_inner()).0.covered;
+        let covered = self
+            .header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .covered;
         self.put_header(ctx, lower, epoch, covered).await?;
         self.flushed.store(epoch, Ordering::SeqCst);
         self.uncovered.store(false, Ordering::SeqCst);
@@ -816,42 +806,6 @@ mod tests {
         slot[100] ^= 1;
         assert_eq!(decode_slot(&slot), None);
         assert_eq!(decode_slot(&slot[..10]), None);
-    }
-
-    /// The fit the bisection finds is the largest: checked against a count
-    /// down from the naive bound, over many sizes and both block sizes.
-    #[test]
-    fn blocks_that_fit_is_the_largest_count_that_fits() {
-        let naive = |room: u64, block: u64, entry_bytes: usize| {
-            let mut n = room / (block + entry_bytes as u64);
-            while n > 0 && MetaTable::bytes_for(n, entry_bytes) + n * block > room {
-                n -= 1;
-            }
-            n
-        };
-        let mut room = 0u64;
-        while room < 64 << 20 {
-            for (block, entry_bytes) in [(4096, 8), (512, 8), (4096, 64), (512, 64), (4096, 4080)] {
-                assert_eq!(
-                    MetaTable::blocks_that_fit(room, block, entry_bytes),
-                    naive(room, block, entry_bytes),
-                    "room {room}, block {block}, entry {entry_bytes}"
-                );
-            }
-            room = room * 9 / 8 + 4093;
-        }
-    }
-
-    #[test]
-    fn blocks_that_fit_handles_the_largest_rooms_at_once() {
-        for (block, entry_bytes) in [(512, 8), (4096, 64), (512, 4080)] {
-            let n = MetaTable::blocks_that_fit(u64::MAX, block, entry_bytes);
-            let fits = |n: u64| {
-                u128::from(MetaTable::bytes_for(n, entry_bytes)) + u128::from(n) * u128::from(block)
-                    <= u128::from(u64::MAX)
-            };
-            assert!(n > 0 && fits(n) && !fits(n + 1), "block {block}: {n}");
-        }
     }
 
     #[test]

@@ -169,8 +169,9 @@ impl Kind {
         let ctx = &rig.ctx;
         rig.exec.block_on(ctx, async {
             Ok(match self {
-                Kind::Checksum => Box::new(Checksum::open(ctx, lower, BLOCK as u32).await?)
-                    as Box<dyn Layer>,
+                Kind::Checksum => {
+                    Box::new(Checksum::open(ctx, lower, BLOCK as u32).await?) as Box<dyn Layer>
+                }
                 Kind::Crypt => Box::new(Crypt::open(ctx, lower, BLOCK as u32, &KEY).await?),
             })
         })
@@ -250,10 +251,18 @@ fn extend(leaf: &Leaf, fill: Fill) {
     let mut state = leaf.state();
     let old = state.image.len();
     let tail: Vec<u8> = match fill {
-        Fill::Garbage => (0..NEW as usize - old).map(|i| (i * 31 + 7) as u8).collect(),
+        Fill::Garbage => (0..NEW as usize - old)
+            .map(|i| (i * 31 + 7) as u8)
+            .collect(),
         // Stale metadata of this very layer type: superblock, valid table
         // pages and headers, as a device used before would hold.
-        Fill::Stale => state.image.iter().cycle().take(NEW as usize - old).copied().collect(),
+        Fill::Stale => state
+            .image
+            .iter()
+            .cycle()
+            .take(NEW as usize - old)
+            .copied()
+            .collect(),
     };
     state.image.extend(tail);
 }
@@ -277,7 +286,10 @@ fn check_contents(kind: Kind, rig: &Rig, layer: &dyn Layer, old_blocks: u64, wha
         } else {
             vec![0u8; BLOCK as usize]
         };
-        assert!(got == want, "{kind:?} {what}: block {i} of {blocks} differs");
+        assert!(
+            got == want,
+            "{kind:?} {what}: block {i} of {blocks} differs"
+        );
     }
 }
 
@@ -292,7 +304,10 @@ fn a_live_grow_keeps_the_data_and_adds_zero_blocks_that_take_writes() {
             let new_size = kind.exposed(NEW);
             rig.run(layer.grow(&rig.ctx, new_size)).unwrap();
             assert_eq!(layer.size(), new_size, "{kind:?}");
-            assert!(new_size / BLOCK > 3 * kind.group_edge(), "{kind:?}: crosses groups");
+            assert!(
+                new_size / BLOCK > 3 * kind.group_edge(),
+                "{kind:?}: crosses groups"
+            );
             check_contents(kind, &rig, &*layer, old_blocks, "after the grow");
             // Writes in the new blocks, one across the first group's edge.
             let last = new_size / BLOCK - 1;
@@ -421,7 +436,10 @@ fn requests_run_during_a_live_grow() {
             let data = &data[n];
             futs.push(Box::pin(async move {
                 let mut buf = vec![0u8; BLOCK as usize];
-                layer.read_bytes(ctx, i * BLOCK, &mut buf).await.map_err(err)?;
+                layer
+                    .read_bytes(ctx, i * BLOCK, &mut buf)
+                    .await
+                    .map_err(err)?;
                 assert!(buf == *data, "block {i} during the grow");
                 layer.write_bytes(ctx, i * BLOCK, data).await.map_err(err)?;
                 if n % 8 == 0 {

@@ -127,7 +127,8 @@ impl Rig {
         // The layer's block of top block `b` (a mirror on top keeps its
         // state in front), and its data below as the table's groups place it.
         let shift = if self.mirror { DATA_START / BLOCK } else { 0 };
-        let data = |i: u64| MetaTable::grouped_data_at(SUPERBLOCK_BYTES, self.entry_bytes, BLOCK, i);
+        let data =
+            |i: u64| MetaTable::grouped_data_at(SUPERBLOCK_BYTES, self.entry_bytes, BLOCK, i);
         self.block0 + data(b + shift) - data(shift)
     }
 

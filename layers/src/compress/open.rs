@@ -48,7 +48,7 @@ pub(super) async fn open(
         TABLE_ENTRY_BYTES,
     )
     .await
-        .map_err(|e| format!("cannot read the compress map: {e}"))?;
+    .map_err(|e| format!("cannot read the compress map: {e}"))?;
     let layer = Compress {
         alloc: Allocator::new(geo.data_granules),
         unit_locks: (0..UNIT_LOCKS).map(|_| AsyncLock::default()).collect(),
