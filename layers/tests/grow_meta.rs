@@ -72,6 +72,7 @@ impl AsyncLayer for Leaf {
     }
 
     async fn read(&self, _: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
+        yield_once().await;
         let state = self.state();
         let at = offset as usize;
         let len = buf.len();
@@ -80,6 +81,7 @@ impl AsyncLayer for Leaf {
     }
 
     async fn write(&self, _: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
+        yield_once().await;
         let mut state = self.state();
         let at = offset as usize;
         state.image[at..at + buf.len()].copy_from_slice(buf);
@@ -88,6 +90,7 @@ impl AsyncLayer for Leaf {
     }
 
     async fn flush(&self, _: &IoCtx) -> Result<()> {
+        yield_once().await;
         self.state().events.push(Event::Flush);
         Ok(())
     }
@@ -97,6 +100,7 @@ impl AsyncLayer for Leaf {
     }
 
     async fn write_zeroes(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        yield_once().await;
         let mut state = self.state();
         state.image[offset as usize..(offset + len) as usize].fill(0);
         state.events.push(Event::Zero(offset, len));
@@ -106,6 +110,21 @@ impl AsyncLayer for Leaf {
     fn report(&self) -> LayerReport {
         LayerReport::Memory(NoDetails {})
     }
+}
+
+/// Pending once: every operation of the leaf lets other requests run, as a
+/// real device's would, so a grow interleaves with them.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// `base` after `events` and a crash: all before the last flush, then each
@@ -448,9 +467,20 @@ fn requests_run_during_a_live_grow() {
                 Ok(())
             }));
         }
+        leaf.take_events();
         for res in rig.run(join_all(futs)) {
             res.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         }
+        // The grow's zeroing did not run alone: requests came in between.
+        let events = leaf.take_events();
+        let zeros: Vec<usize> = (0..events.len())
+            .filter(|&i| matches!(events[i], Event::Zero(..)))
+            .collect();
+        let (first, last) = (zeros[0], *zeros.last().unwrap());
+        assert!(
+            events[first..last].iter().any(|e| matches!(e, Event::Write(..))),
+            "{kind:?}: no request ran during the grow"
+        );
         rig.flush(&*layer);
         check_contents(kind, &rig, &*layer, old_blocks, "after a busy grow");
         drop(layer);
