@@ -478,7 +478,9 @@ fn requests_run_during_a_live_grow() {
             .collect();
         let (first, last) = (zeros[0], *zeros.last().unwrap());
         assert!(
-            events[first..last].iter().any(|e| matches!(e, Event::Write(..))),
+            events[first..last]
+                .iter()
+                .any(|e| matches!(e, Event::Write(..))),
             "{kind:?}: no request ran during the grow"
         );
         rig.flush(&*layer);
