@@ -1,15 +1,19 @@
 //! `checksum`: a crc32 per block, verified on every read.
 //!
-//! On-disk layout of the layer below (format version 2, little endian; the full
+//! On-disk layout of the layer below (format version 3, little endian; the full
 //! description is `docs/formats/checksum.md`):
 //!
 //! | bytes                 | contents                                          |
 //! |-----------------------|---------------------------------------------------|
 //! | 0..4096               | superblock (`superblock.rs`), params = `crc32`    |
-//! | 4096..12288           | table header: the flushed epoch (`meta_table.rs`) |
-//! | 12288..12288+T        | table pages: 16 bytes per block: `cur` u32,       |
-//! |                       | `prev` u32, epoch of `cur` u64                    |
-//! | 12288+T..             | data blocks, in order                             |
+//! | 4096..12288           | table header: the flushed epoch and the blocks    |
+//! |                       | covered (`meta_table.rs`)                         |
+//! | 12288..               | groups: table pages (16 bytes per block: `cur`    |
+//! |                       | u32, `prev` u32, epoch of `cur` u64), then the    |
+//! |                       | data blocks they describe (`meta_table/groups.rs`) |
+//!
+//! The layer grows (`grow`, or at open when the device below is larger than
+//! the table covers) without moving anything: see `meta_table.rs`.
 //!
 //! A block's value is `crc32(block index as u64 LE ‖ data)`, so a block written to
 //! the wrong place is caught too; an all-zero block has value 0 (never written,
@@ -32,12 +36,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::exec::IoCtx;
-use crate::meta_table::{MetaTable, Stamp, HEADER_BYTES};
+use crate::meta_table::{Entries, Layout, MetaTable, Stamp};
 use crate::report::{ChecksumReport, LayerReport};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, Result};
 
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 /// `cur` u32, `prev` u32 and the table's epoch u64.
 const ENTRY_BYTES: usize = 16;
 
@@ -45,23 +49,18 @@ pub struct Checksum {
     lower: Arc<dyn Layer>,
     table: MetaTable,
     block: u64,
-    data_start: u64,
-    size: u64,
+    size: AtomicU64,
     mismatches: AtomicU64,
 }
 
-/// Blocks that fit below `lower_size` together with their table.
 /// The size this layer exposes over a lower device of `lower_size` bytes.
 pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
     fit_blocks(lower_size, u64::from(block_size)) * u64::from(block_size)
 }
 
+/// Blocks that fit below `lower_size` together with their table.
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
-    MetaTable::blocks_that_fit(
-        lower_size.saturating_sub(SUPERBLOCK_BYTES + HEADER_BYTES),
-        block,
-        ENTRY_BYTES,
-    )
+    MetaTable::grouped_fit(SUPERBLOCK_BYTES, ENTRY_BYTES, block, lower_size)
 }
 
 fn block_value(index: u64, data: &[u8]) -> u32 {
@@ -89,25 +88,27 @@ impl Checksum {
                 lower.size()
             ));
         }
-        let size = blocks * block;
         let existing = superblock::read(ctx, &*lower).await?;
-        if let Some(sb) = &existing {
-            sb.expect("checksum", FORMAT_VERSION, block_size)?;
-            if sb.params != b"crc32" {
-                return Err(format!(
-                    "formatted with algorithm {:?}, the config says crc32",
-                    String::from_utf8_lossy(&sb.params)
-                ));
+        let layout = Layout::grouped(ENTRY_BYTES, block);
+        let entries = match &existing {
+            Some(sb) => {
+                sb.expect("checksum", FORMAT_VERSION, block_size)?;
+                if sb.params != b"crc32" {
+                    return Err(format!(
+                        "formatted with algorithm {:?}, the config says crc32",
+                        String::from_utf8_lossy(&sb.params)
+                    ));
+                }
+                // The size at format, until a header records the coverage.
+                let recorded = MetaTable::recorded(ctx, &*lower, SUPERBLOCK_BYTES)
+                    .await
+                    .map_err(|e| format!("cannot read the checksum table header: {e}"))?;
+                check_room(recorded.unwrap_or(sb.size / block), blocks, block)?;
+                Entries::RecordedOr(sb.size / block)
             }
-            if sb.size != size {
-                return Err(format!(
-                    "formatted for {} bytes but the device below now gives {size}; \
-                     the layer below changed size",
-                    sb.size
-                ));
-            }
-        }
-        let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, blocks, ENTRY_BYTES)
+            None => Entries::Exactly(blocks),
+        };
+        let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, layout, entries, ENTRY_BYTES)
             .await
             .map_err(|e| format!("cannot read the checksum table: {e}"))?;
         if existing.is_none() {
@@ -116,19 +117,22 @@ impl Checksum {
                 version: FORMAT_VERSION,
                 block_size,
                 uuid: superblock::random_bytes(),
-                size,
+                size: blocks * block,
                 params: b"crc32".to_vec(),
             };
             superblock::write(ctx, &*lower, &sb)
                 .await
                 .map_err(|e| format!("cannot write the superblock: {e}"))?;
+            table
+                .record_coverage(ctx, &*lower)
+                .await
+                .map_err(|e| format!("cannot write the checksum table header: {e}"))?;
         }
         let layer = Checksum {
-            data_start: SUPERBLOCK_BYTES + HEADER_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
+            size: AtomicU64::new(table.entries() * block),
             lower,
             table,
             block,
-            size,
             mismatches: AtomicU64::new(0),
         };
         if existing.is_some() {
@@ -136,6 +140,15 @@ impl Checksum {
                 .settle(ctx)
                 .await
                 .map_err(|e| format!("cannot settle the blocks a crash left unflushed: {e}"))?;
+            // A larger device below (or a grow a crash cut short): grow now.
+            layer
+                .table
+                .grow(ctx, &*layer.lower, blocks)
+                .await
+                .map_err(|e| format!("cannot grow into the larger device below: {e}"))?;
+            layer
+                .size
+                .store(layer.table.entries() * block, Ordering::Release);
         }
         Ok(layer)
     }
@@ -146,7 +159,10 @@ impl Checksum {
     async fn settle(&self, ctx: &IoCtx) -> Result<()> {
         let mut data = vec![0u8; self.block as usize];
         for index in self.table.unflushed() {
-            let offset = self.data_start + index * self.block;
+            let offset = self
+                .table
+                .data_run(self.block, index * self.block, self.block)
+                .0;
             match self.lower.read_bytes(ctx, offset, &mut data).await {
                 Ok(()) => {}
                 Err(Error::Corrupt { .. }) => continue,
@@ -249,26 +265,139 @@ impl Checksum {
         let writer = self.table.begin_write();
         self.set_values(ctx, writer.epoch, offset, buf.len() as u64, Some(buf))
             .await?;
-        self.lower.write(ctx, self.data_start + offset, buf).await
+        write_data(&self.table, &*self.lower, ctx, self.block, offset, buf).await
     }
 
     async fn zero(&self, ctx: &IoCtx, offset: u64, len: u64, discard: bool) -> Result<()> {
         let writer = self.table.begin_write();
         self.set_values(ctx, writer.epoch, offset, len, None)
             .await?;
-        if discard {
-            self.lower.discard(ctx, self.data_start + offset, len).await
-        } else {
-            self.lower
-                .write_zeroes(ctx, self.data_start + offset, len)
-                .await
-        }
+        zero_data(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            offset,
+            len,
+            discard,
+        )
+        .await
     }
+}
+
+/// Write `buf`, the data of bytes `offset..` of the layer above, below: in one
+/// piece unless it crosses a group's edge. Shared with `crypt`.
+pub(crate) async fn write_data(
+    table: &MetaTable,
+    lower: &dyn Layer,
+    ctx: &IoCtx,
+    block: u64,
+    offset: u64,
+    buf: &IoBuf,
+) -> Result<()> {
+    let len = buf.len() as u64;
+    let (at, run) = table.data_run(block, offset, len);
+    if run == len {
+        return lower.write(ctx, at, buf).await;
+    }
+    let mut done = 0;
+    while done < len {
+        let (at, run) = table.data_run(block, offset + done, len - done);
+        let piece = buf.slice(done as usize..(done + run) as usize);
+        lower.write(ctx, at, &piece).await?;
+        done += run;
+    }
+    Ok(())
+}
+
+/// Discard or zero the data of bytes `offset..offset + len` below, a piece
+/// per group. Shared with `crypt`.
+pub(crate) async fn zero_data(
+    table: &MetaTable,
+    lower: &dyn Layer,
+    ctx: &IoCtx,
+    block: u64,
+    offset: u64,
+    len: u64,
+    discard: bool,
+) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        let (at, run) = table.data_run(block, offset + done, len - done);
+        if discard {
+            lower.discard(ctx, at, run).await?;
+        } else {
+            lower.write_zeroes(ctx, at, run).await?;
+        }
+        done += run;
+    }
+    Ok(())
+}
+
+/// At open: the device below must hold every block the table covers.
+pub(crate) fn check_room(covered: u64, fit: u64, block: u64) -> std::result::Result<(), String> {
+    if fit < covered {
+        return Err(format!(
+            "the device below shrank: it has room for {} bytes, but {} bytes are in use; \
+             refusing to open (nothing was written)",
+            fit * block,
+            covered * block
+        ));
+    }
+    Ok(())
+}
+
+/// A live grow to `new_size` bytes, for `checksum` and `crypt`; the device
+/// below has room for `fit` blocks.
+pub(crate) async fn grow_table(
+    table: &MetaTable,
+    lower: &dyn Layer,
+    ctx: &IoCtx,
+    block: u64,
+    size: &AtomicU64,
+    new_size: u64,
+    fit: u64,
+) -> std::result::Result<(), String> {
+    let now = size.load(Ordering::Acquire);
+    if new_size < now {
+        return Err(format!(
+            "cannot shrink from {now} to {new_size} bytes (nothing was written)"
+        ));
+    }
+    if new_size % block != 0 {
+        return Err(format!(
+            "{new_size} bytes is not a whole number of {block}-byte blocks"
+        ));
+    }
+    let room = fit * block;
+    if new_size > room {
+        return Err(format!(
+            "the device below ({} bytes) has room for {room} bytes, not {new_size}",
+            lower.size()
+        ));
+    }
+    table.grow(ctx, lower, new_size / block).await?;
+    size.store(table.entries() * block, Ordering::Release);
+    Ok(())
 }
 
 impl AsyncLayer for Checksum {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        let fit = fit_blocks(self.lower.size(), self.block);
+        grow_table(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            &self.size,
+            new_size,
+            fit,
+        )
+        .await
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
@@ -311,10 +440,11 @@ mod tests {
     fn table_and_data_fit_below() {
         for (lower, block) in [(1 << 20, 4096), (1 << 30, 4096), ((1 << 20) + 12345, 512)] {
             let n = fit_blocks(lower, block);
-            let head = SUPERBLOCK_BYTES + HEADER_BYTES;
-            assert!(head + MetaTable::bytes_for(n, ENTRY_BYTES) + n * block <= lower);
-            let n1 = n + 1;
-            assert!(head + MetaTable::bytes_for(n1, ENTRY_BYTES) + n1 * block > lower);
+            let end = |n: u64| {
+                MetaTable::grouped_data_at(SUPERBLOCK_BYTES, ENTRY_BYTES, block, n - 1) + block
+            };
+            assert!(end(n) <= lower);
+            assert!(end(n + 1) > lower);
         }
     }
 

@@ -1,15 +1,19 @@
 //! `crypt`: AES-256-GCM per block; the layer below sees only ciphertext.
 //!
-//! On-disk layout of the layer below (format version 2, little endian; the full
+//! On-disk layout of the layer below (format version 3, little endian; the full
 //! description is `docs/formats/crypt.md`):
 //!
 //! | bytes          | contents                                                 |
 //! |----------------|----------------------------------------------------------|
 //! | 0..4096        | superblock; params below                                 |
-//! | 4096..12288    | table header: the flushed epoch (`meta_table.rs`)        |
-//! | 12288..12288+T | table pages, 64 bytes per block: `cur` = nonce(12) ‖     |
-//! |                | tag(16), `prev` = nonce(12) ‖ tag(16), epoch of `cur` u64 |
-//! | 12288+T..      | ciphertext blocks, same size as the plaintext            |
+//! | 4096..12288    | table header: the flushed epoch and the blocks covered   |
+//! |                | (`meta_table.rs`)                                        |
+//! | 12288..        | groups: table pages (64 bytes per block: `cur` =         |
+//! |                | nonce(12) ‖ tag(16), `prev` the same, epoch of `cur`     |
+//! |                | u64), then the ciphertext blocks they describe, same     |
+//! |                | size as the plaintext (`meta_table/groups.rs`)           |
+//!
+//! It grows as `checksum` does, without moving anything.
 //!
 //! Superblock params: cipher name (16 bytes, zero padded, `aes-256-gcm`), then a
 //! key check: nonce(12) ‖ ciphertext(32) ‖ tag(16) of 32 zero bytes, with the
@@ -32,13 +36,14 @@ use std::sync::Arc;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
+use crate::checksum::{check_room, grow_table, write_data, zero_data};
 use crate::exec::IoCtx;
-use crate::meta_table::{MetaTable, Stamp, HEADER_BYTES};
+use crate::meta_table::{Entries, Layout, MetaTable, Stamp};
 use crate::report::{CryptReport, LayerReport};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, Result};
 
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 /// `cur` and `prev` seals and the table's epoch (u64).
 const ENTRY_BYTES: usize = 64;
 const SEAL_BYTES: usize = 28;
@@ -54,8 +59,7 @@ pub struct Crypt {
     uuid: [u8; 16],
     table: MetaTable,
     block: u64,
-    data_start: u64,
-    size: u64,
+    size: AtomicU64,
     nonce_prefix: [u8; 4],
     nonce_counter: AtomicU64,
     auth_failures: AtomicU64,
@@ -67,11 +71,7 @@ pub fn exposed_size(lower_size: u64, block_size: u32) -> u64 {
 }
 
 fn fit_blocks(lower_size: u64, block: u64) -> u64 {
-    MetaTable::blocks_that_fit(
-        lower_size.saturating_sub(SUPERBLOCK_BYTES + HEADER_BYTES),
-        block,
-        ENTRY_BYTES,
-    )
+    MetaTable::grouped_fit(SUPERBLOCK_BYTES, ENTRY_BYTES, block, lower_size)
 }
 
 fn key_check(cipher: &Aes256Gcm, uuid: &[u8; 16], nonce: [u8; 12]) -> Vec<u8> {
@@ -116,9 +116,9 @@ impl Crypt {
                 lower.size()
             ));
         }
-        let size = blocks * block;
         let cipher = Aes256Gcm::new_from_slice(key).expect("32-byte key");
         let existing = superblock::read(ctx, &*lower).await?;
+        let layout = Layout::grouped(ENTRY_BYTES, block);
         let uuid = match &existing {
             Some(sb) => {
                 sb.expect("crypt", FORMAT_VERSION, block_size)?;
@@ -135,17 +135,22 @@ impl Crypt {
                          (nothing was written)"
                         .into());
                 }
-                if sb.size != size {
-                    return Err(format!(
-                        "formatted for {} bytes but the device below now gives {size}",
-                        sb.size
-                    ));
-                }
                 sb.uuid
             }
             None => superblock::random_bytes(),
         };
-        let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, blocks, ENTRY_BYTES)
+        let entries = match &existing {
+            // The size at format, until a header records the coverage.
+            Some(sb) => {
+                let recorded = MetaTable::recorded(ctx, &*lower, SUPERBLOCK_BYTES)
+                    .await
+                    .map_err(|e| format!("cannot read the crypt table header: {e}"))?;
+                check_room(recorded.unwrap_or(sb.size / block), blocks, block)?;
+                Entries::RecordedOr(sb.size / block)
+            }
+            None => Entries::Exactly(blocks),
+        };
+        let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, layout, entries, ENTRY_BYTES)
             .await
             .map_err(|e| format!("cannot read the crypt table: {e}"))?;
         if existing.is_none() {
@@ -157,21 +162,24 @@ impl Crypt {
                 version: FORMAT_VERSION,
                 block_size,
                 uuid,
-                size,
+                size: blocks * block,
                 params,
             };
             superblock::write(ctx, &*lower, &sb)
                 .await
                 .map_err(|e| format!("cannot write the superblock: {e}"))?;
+            table
+                .record_coverage(ctx, &*lower)
+                .await
+                .map_err(|e| format!("cannot write the crypt table header: {e}"))?;
         }
         let layer = Crypt {
-            data_start: SUPERBLOCK_BYTES + HEADER_BYTES + MetaTable::bytes_for(blocks, ENTRY_BYTES),
+            size: AtomicU64::new(table.entries() * block),
             lower,
             cipher,
             uuid,
             table,
             block,
-            size,
             nonce_prefix: superblock::random_bytes(),
             nonce_counter: AtomicU64::new(u64::from_le_bytes(superblock::random_bytes())),
             auth_failures: AtomicU64::new(0),
@@ -181,6 +189,15 @@ impl Crypt {
                 .settle(ctx)
                 .await
                 .map_err(|e| format!("cannot settle the blocks a crash left unflushed: {e}"))?;
+            // A larger device below (or a grow a crash cut short): grow now.
+            layer
+                .table
+                .grow(ctx, &*layer.lower, blocks)
+                .await
+                .map_err(|e| format!("cannot grow into the larger device below: {e}"))?;
+            layer
+                .size
+                .store(layer.table.entries() * block, Ordering::Release);
         }
         Ok(layer)
     }
@@ -191,7 +208,10 @@ impl Crypt {
         let mut data = vec![0u8; self.block as usize];
         let mut entry = [0u8; ENTRY_BYTES - 8];
         for index in self.table.unflushed() {
-            let offset = self.data_start + index * self.block;
+            let offset = self
+                .table
+                .data_run(self.block, index * self.block, self.block)
+                .0;
             match self.lower.read_bytes(ctx, offset, &mut data).await {
                 Ok(()) => {}
                 Err(Error::Corrupt { .. }) => continue,
@@ -306,7 +326,7 @@ impl Crypt {
         let writer = self.table.begin_write();
         self.set_seals(ctx, writer.epoch, first, seals.len() as u64, Some(&seals))
             .await?;
-        self.lower.write(ctx, self.data_start + offset, &out).await
+        write_data(&self.table, &*self.lower, ctx, self.block, offset, &out).await
     }
 
     async fn set_seals(
@@ -348,19 +368,36 @@ impl Crypt {
             None,
         )
         .await?;
-        if discard {
-            self.lower.discard(ctx, self.data_start + offset, len).await
-        } else {
-            self.lower
-                .write_zeroes(ctx, self.data_start + offset, len)
-                .await
-        }
+        zero_data(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            offset,
+            len,
+            discard,
+        )
+        .await
     }
 }
 
 impl AsyncLayer for Crypt {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        let fit = fit_blocks(self.lower.size(), self.block);
+        grow_table(
+            &self.table,
+            &*self.lower,
+            ctx,
+            self.block,
+            &self.size,
+            new_size,
+            fit,
+        )
+        .await
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

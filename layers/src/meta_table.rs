@@ -12,7 +12,13 @@
 //! | bytes                 | contents                                         |
 //! |-----------------------|--------------------------------------------------|
 //! | 0..8192               | header, two 4 KiB slots (`meta_table/header.rs`) |
-//! | 8192..                | pages, each two 4 KiB slots side by side          |
+//! | 8192..                | flat: pages, each two 4 KiB slots side by side;  |
+//! |                       | grouped: groups of pages, each followed by the   |
+//! |                       | data blocks they describe (`meta_table/groups.rs`) |
+//!
+//! A grouped table can grow (`MetaTable::grow`): its header records how many
+//! entries it covers, and new entries only ever take pages and blocks past
+//! the old ones.
 //!
 //! | bytes of a page slot  | contents                                        |
 //! |-----------------------|-------------------------------------------------|
@@ -49,13 +55,22 @@
 //! carries the page as it is when its write starts, so the newest write to reach
 //! the disk always holds the newest entries. Memory: the table's entries (e.g.
 //! 16 bytes per 4 KiB block for `checksum` = 4 MiB per GiB).
+//!
+//! **Growing.** One grow at a time zeroes the new pages and data blocks below,
+//! flushes, then writes the header with the new coverage under the flush lock
+//! (so it never interleaves with a flush's header) and flushes again; only
+//! then do the new entries exist in memory. It waits for no writer, so it
+//! cannot deadlock with a flush; requests never touch the new entries before
+//! the layer's size says they exist. A crash before the header write leaves
+//! the old coverage, and the layer grows again at its next open.
 
 mod epochs;
+mod groups;
 mod header;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
@@ -63,6 +78,7 @@ use crate::join::try_join_all;
 use crate::{Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 pub use epochs::Writer;
+pub use groups::{Groups, GROUP_DATA};
 pub use header::{decode_header, Header};
 
 use epochs::Epochs;
@@ -78,6 +94,8 @@ pub const EPOCH_BYTES: usize = 8;
 const ENTRIES_BYTES: usize = 4080;
 const SEQ_AT: usize = 4080;
 const CRC_AT: usize = 4088;
+/// Runs of pages one open may hold: the first, then one per grow.
+const MAX_RUNS: usize = 32;
 
 struct Page {
     entries: Box<[u8]>,
@@ -86,6 +104,61 @@ struct Page {
     durable_slot: Option<u8>,
     /// The slot written last.
     last_slot: Option<u8>,
+}
+
+/// A page in memory and the lock that serialises its writes.
+struct Cell {
+    page: Mutex<Page>,
+    lock: AsyncLock,
+}
+
+impl Cell {
+    fn blank() -> Cell {
+        Cell {
+            page: Mutex::new(Page {
+                entries: vec![0u8; ENTRIES_BYTES].into_boxed_slice(),
+                seq: 0,
+                durable_slot: None,
+                last_slot: None,
+            }),
+            lock: AsyncLock::default(),
+        }
+    }
+}
+
+/// Pages `first..first + cells.len()`. Runs are only ever appended and never
+/// move, so finding a page takes no lock.
+struct Run {
+    first: usize,
+    cells: Box<[Cell]>,
+}
+
+/// Where the pages lie below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// All pages side by side after the header; the layer keeps its data
+    /// elsewhere. Cannot grow.
+    Flat,
+    /// Groups of pages, each followed by its data blocks (`groups.rs`).
+    Grouped(Groups),
+}
+
+impl Layout {
+    /// The grouped layout of a table of `entry_bytes` entries, one per
+    /// `block`-byte data block.
+    pub fn grouped(entry_bytes: usize, block: u64) -> Layout {
+        Layout::Grouped(Groups::new(per_page(entry_bytes), block))
+    }
+}
+
+/// How many entries a table being loaded covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entries {
+    /// This many (a flat table; a grouped table being formatted).
+    Exactly(u64),
+    /// What the header records, or this many if it records nothing yet (a
+    /// grouped table whose header no flush wrote since its format).
+    RecordedOr(u64),
 }
 
 /// How an update stamps the entries it changes.
@@ -101,11 +174,11 @@ pub enum Stamp {
 
 pub struct MetaTable {
     entry_bytes: usize,
-    entries: u64,
+    entries: AtomicU64,
+    layout: Layout,
     /// Byte offset of the header, slot 0, on the layer below.
     start: u64,
-    pages: Vec<Mutex<Page>>,
-    locks: Vec<AsyncLock>,
+    runs: [OnceLock<Run>; MAX_RUNS],
     /// Pages written since the last flush.
     dirty: Mutex<BTreeSet<usize>>,
     epochs: Epochs,
@@ -118,6 +191,8 @@ pub struct MetaTable {
     header: Mutex<(Header, u8)>,
     /// One flush at a time.
     flush_lock: AsyncLock,
+    /// One grow at a time.
+    grow_lock: AsyncLock,
 }
 
 fn per_page(entry_bytes: usize) -> u64 {
@@ -165,36 +240,45 @@ async fn read_pair(ctx: &IoCtx, lower: &dyn Layer, at: u64, pair: &mut [u8]) -> 
 }
 
 impl MetaTable {
-    /// Bytes the pages of a table of `entries` entries of `entry_bytes` take
-    /// below (the header, [`HEADER_BYTES`], comes in front of them).
+    /// Bytes the pages of a flat table of `entries` entries of `entry_bytes`
+    /// take below (the header, [`HEADER_BYTES`], comes in front of them).
     pub fn bytes_for(entries: u64, entry_bytes: usize) -> u64 {
         entries.div_ceil(per_page(entry_bytes)) * 2 * PAGE_BYTES as u64
     }
 
-    /// How many `block`-byte blocks, each with an `entry_bytes` entry, fit in
-    /// `room` bytes together with their table's pages.
-    ///
-    /// The space `n` blocks take grows with `n`, so the answer is found by
-    /// bisection: logarithmic in the device size, so `validate` of a huge
-    /// device costs no more than of a small one.
-    pub fn blocks_that_fit(room: u64, block: u64, entry_bytes: usize) -> u64 {
-        let per = u128::from(per_page(entry_bytes));
-        // In 128 bits: the table of 2^64 bytes of small blocks overflows u64.
-        let needs = |n: u64| {
-            let n = u128::from(n);
-            n.div_ceil(per) * 2 * PAGE_BYTES as u128 + n * u128::from(block)
+    /// Byte below of page `page`'s pair (its slot 0) in a grouped table at
+    /// `start` of `entry_bytes` entries over `block`-byte blocks.
+    pub fn grouped_page_at(start: u64, entry_bytes: usize, block: u64, page: u64) -> u64 {
+        start + HEADER_BYTES + Groups::new(per_page(entry_bytes), block).page_at(page)
+    }
+
+    /// Byte below of data block `index` of the same grouped table.
+    pub fn grouped_data_at(start: u64, entry_bytes: usize, block: u64, index: u64) -> u64 {
+        start + HEADER_BYTES + Groups::new(per_page(entry_bytes), block).data_at(index)
+    }
+
+    /// How many `block`-byte blocks a grouped table at `start` of
+    /// `entry_bytes` entries covers on a device of `lower_size` bytes.
+    pub fn grouped_fit(start: u64, entry_bytes: usize, block: u64, lower_size: u64) -> u64 {
+        Groups::new(per_page(entry_bytes), block)
+            .blocks_that_fit(lower_size.saturating_sub(start + HEADER_BYTES))
+    }
+
+    /// The coverage the header at `start` records (`None`: none yet, or a
+    /// flat table's header), so a layer can check the device below still
+    /// holds it before it loads the pages.
+    pub async fn recorded(ctx: &IoCtx, lower: &dyn Layer, start: u64) -> Result<Option<u64>> {
+        let mut pair = vec![0u8; 2 * PAGE_BYTES];
+        let ok = read_pair(ctx, lower, start, &mut pair).await?;
+        let decode = |s: usize| {
+            ok[s]
+                .then(|| decode_header(&pair[s * PAGE_BYTES..(s + 1) * PAGE_BYTES]))
+                .flatten()
         };
-        // Invariant: `low` fits, `high` does not.
-        let (mut low, mut high) = (0u64, room / block.max(1) + 1);
-        while high - low > 1 {
-            let mid = low + (high - low) / 2;
-            if needs(mid) <= u128::from(room) {
-                low = mid;
-            } else {
-                high = mid;
-            }
+        match newest([decode(0), decode(1)]) {
+            Some((header, _)) => Ok(header.covered),
+            None => Err(Error::Corrupt { offset: start }),
         }
-        low
     }
 
     /// Load the table from `lower` at byte `start` (a fresh device reads as
@@ -203,7 +287,8 @@ impl MetaTable {
         ctx: &IoCtx,
         lower: &dyn Layer,
         start: u64,
-        entries: u64,
+        layout: Layout,
+        entries: Entries,
         entry_bytes: usize,
     ) -> Result<MetaTable> {
         assert!(entry_bytes <= ENTRIES_BYTES && entry_bytes > EPOCH_BYTES);
@@ -214,15 +299,45 @@ impl MetaTable {
                 .then(|| decode_header(&pair[s * PAGE_BYTES..(s + 1) * PAGE_BYTES]))
                 .flatten()
         };
-        let Some(header) = newest([decode(0), decode(1)]) else {
+        let Some(mut header) = newest([decode(0), decode(1)]) else {
             tracing::error!("metadata table header: both copies are damaged");
             return Err(Error::Corrupt { offset: start });
         };
-        let page_count = entries.div_ceil(per_page(entry_bytes)) as usize;
-        let mut pages = Vec::with_capacity(page_count);
+        let entries = match (layout, entries) {
+            (Layout::Grouped(_), Entries::RecordedOr(n)) => header.0.covered.unwrap_or(n),
+            (_, Entries::Exactly(n) | Entries::RecordedOr(n)) => n,
+        };
+        if let Layout::Grouped(_) = layout {
+            // Every header a grouped table writes records its coverage.
+            header.0.covered = Some(entries);
+        }
+        let per = per_page(entry_bytes);
+        let used = entries.div_ceil(per);
+        let kept = match layout {
+            Layout::Flat => used,
+            Layout::Grouped(g) => g.pages_for(entries),
+        };
+        let table = MetaTable {
+            entry_bytes,
+            entries: AtomicU64::new(entries),
+            layout,
+            start,
+            runs: std::array::from_fn(|_| OnceLock::new()),
+            dirty: Mutex::new(BTreeSet::new()),
+            epochs: Epochs::new(1),
+            flushed: AtomicU64::new(header.0.flushed),
+            uncovered: AtomicBool::new(false),
+            header: Mutex::new(header),
+            flush_lock: AsyncLock::default(),
+            grow_lock: AsyncLock::default(),
+        };
+        let cells: Box<[Cell]> = (0..kept).map(|_| Cell::blank()).collect();
+        let _ = table.runs[0].set(Run { first: 0, cells });
         let mut newest_epoch = header.0.flushed;
-        for page in 0..page_count {
-            let at = start + HEADER_BYTES + (page * 2 * PAGE_BYTES) as u64;
+        // Only pages holding covered entries are read: the rest of the last
+        // group is reserved, and zeroed when the table grows into it.
+        for page in 0..used as usize {
+            let at = table.page_offset(page, 0);
             let ok = read_pair(ctx, lower, at, &mut pair).await?;
             let mut valid: Vec<(u64, u8)> = Vec::with_capacity(2);
             for slot in 0..2u8 {
@@ -239,36 +354,43 @@ impl MetaTable {
             for entry in bytes[..ENTRIES_BYTES].chunks_exact(entry_bytes) {
                 newest_epoch = newest_epoch.max(entry_epoch(entry));
             }
-            pages.push(Mutex::new(Page {
+            *table
+                .cell(page)
+                .page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Page {
                 entries: bytes[..ENTRIES_BYTES].to_vec().into_boxed_slice(),
                 seq,
                 durable_slot: Some(slot),
                 last_slot: Some(slot),
-            }));
+            };
         }
+        // Epochs on disk newer than the header's are a crash's leftovers:
+        // new writes must never share them.
         Ok(MetaTable {
-            entry_bytes,
-            entries,
-            start,
-            locks: (0..page_count).map(|_| AsyncLock::default()).collect(),
-            pages,
-            dirty: Mutex::new(BTreeSet::new()),
-            // Epochs on disk newer than the header's are a crash's leftovers:
-            // new writes must never share them.
             epochs: Epochs::new(newest_epoch.saturating_add(1)),
-            flushed: AtomicU64::new(header.0.flushed),
             uncovered: AtomicBool::new(newest_epoch > header.0.flushed),
-            header: Mutex::new(header),
-            flush_lock: AsyncLock::default(),
+            ..table
         })
     }
 
     pub fn entries(&self) -> u64 {
-        self.entries
+        self.entries.load(Ordering::Acquire)
+    }
+
+    /// The page cell of page `page`, which exists for every covered entry.
+    fn cell(&self, page: usize) -> &Cell {
+        for run in &self.runs {
+            let run = run.get().expect("a page for every covered entry");
+            if let Some(cell) = run.cells.get(page.wrapping_sub(run.first)) {
+                return cell;
+            }
+        }
+        unreachable!("page {page} past every run")
     }
 
     fn locate(&self, index: u64) -> (usize, usize) {
-        debug_assert!(index < self.entries);
+        debug_assert!(index < self.entries());
         let per = per_page(self.entry_bytes);
         (
             (index / per) as usize,
@@ -280,7 +402,11 @@ impl MetaTable {
     /// EPOCH_BYTES` long), and the epoch.
     pub fn get(&self, index: u64, out: &mut [u8]) -> u64 {
         let (page, at) = self.locate(index);
-        let page = self.pages[page].lock().unwrap_or_else(|e| e.into_inner());
+        let page = self
+            .cell(page)
+            .page
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let entry = &page.entries[at..at + self.entry_bytes];
         out.copy_from_slice(&entry[..self.entry_bytes - EPOCH_BYTES]);
         entry_epoch(entry)
@@ -311,8 +437,30 @@ impl MetaTable {
         self.epochs.enter()
     }
 
-    /// Read the data blocks of `offset..offset + buf.len()`, which lie right
-    /// after the table (block `i` at `end + i * block` below), and check each
+    fn groups(&self) -> Groups {
+        match self.layout {
+            Layout::Grouped(g) => g,
+            Layout::Flat => unreachable!("only a grouped table holds data blocks"),
+        }
+    }
+
+    /// Where the data at byte `offset` of the layer above lies below, and how
+    /// many bytes from there (at most `len`) are contiguous: up to the end of
+    /// the block's group. Grouped tables only; `block` is the layout's.
+    pub fn data_run(&self, block: u64, offset: u64, len: u64) -> (u64, u64) {
+        let g = self.groups();
+        let index = offset / block;
+        let end = g
+            .blocks_through(g.group_of_block(index))
+            .saturating_mul(block);
+        (
+            self.start + HEADER_BYTES + g.data_at(index) + offset % block,
+            len.min(end - offset),
+        )
+    }
+
+    /// Read the data blocks of `offset..offset + buf.len()` (grouped tables:
+    /// each run of them from its group), and check each
     /// with `check`. A block
     /// that fails while a write was in flight may have been read half way
     /// through that write (entry or data), so it is read again, up to
@@ -326,10 +474,24 @@ impl MetaTable {
         buf: &mut IoBufMut,
         check: &dyn Fn(u64, &mut [u8]) -> bool,
     ) -> Result<Option<u64>> {
-        let data_start =
-            self.start + HEADER_BYTES + Self::bytes_for(self.entries, self.entry_bytes);
         let mut finished = self.epochs.finished();
-        lower.read(ctx, data_start + offset, buf).await?;
+        let len = buf.len() as u64;
+        let (at, run) = self.data_run(block, offset, len);
+        if run == len {
+            lower.read(ctx, at, buf).await?;
+        } else {
+            // Across a group's edge (rare: groups hold tens of MiB).
+            let mut done = 0;
+            while done < len {
+                let (at, run) = self.data_run(block, offset + done, len - done);
+                let range = done as usize..(done + run) as usize;
+                let mut parts = buf.split_around(range);
+                let res = lower.read(ctx, at, &mut parts[1]).await;
+                buf.join(parts);
+                res?;
+                done += run;
+            }
+        }
         let first = offset / block;
         let bs = block as usize;
         for i in 0..buf.len() / bs {
@@ -341,9 +503,8 @@ impl MetaTable {
                 retries += 1;
                 finished = self.epochs.finished();
                 let mut parts = buf.split_around(range.clone());
-                let reread = lower
-                    .read(ctx, data_start + index * block, &mut parts[1])
-                    .await;
+                let at = self.data_run(block, index * block, block).0;
+                let reread = lower.read(ctx, at, &mut parts[1]).await;
                 buf.join(parts);
                 reread?;
                 ok = check(index, &mut buf[range.clone()]);
@@ -360,12 +521,13 @@ impl MetaTable {
     pub fn unflushed(&self) -> Vec<u64> {
         let flushed = self.flushed();
         let per = per_page(self.entry_bytes);
+        let entries = self.entries();
         let mut out = Vec::new();
-        for (p, page) in self.pages.iter().enumerate() {
-            let page = page.lock().unwrap_or_else(|e| e.into_inner());
+        for p in 0..entries.div_ceil(per) as usize {
+            let page = self.cell(p).page.lock().unwrap_or_else(|e| e.into_inner());
             for (i, entry) in page.entries.chunks_exact(self.entry_bytes).enumerate() {
                 let index = p as u64 * per + i as u64;
-                if index < self.entries && entry_epoch(entry) > flushed {
+                if index < entries && entry_epoch(entry) > flushed {
                     out.push(index);
                 }
             }
@@ -395,14 +557,16 @@ impl MetaTable {
         // Lock pages in ascending order, so two updates never deadlock.
         let mut guards = Vec::with_capacity(last_page - first_page + 1);
         for page in first_page..=last_page {
-            guards.push(self.locks[page].lock().await);
+            guards.push(self.cell(page).lock.lock().await);
         }
         let layer_bytes = self.entry_bytes - EPOCH_BYTES;
         // Each slot is encoded straight into a request buffer of the queue's
         // pool: no temporary page and no second copy per write.
         let mut writes: Vec<(u64, IoBuf)> = Vec::with_capacity(guards.len());
         for page_index in first_page..=last_page {
-            let mut page = self.pages[page_index]
+            let mut page = self
+                .cell(page_index)
+                .page
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             let lo = (page_index as u64 * per).max(first);
@@ -442,7 +606,125 @@ impl MetaTable {
     }
 
     fn page_offset(&self, page: usize, slot: u8) -> u64 {
-        self.start + HEADER_BYTES + ((page * 2 + slot as usize) * PAGE_BYTES) as u64
+        let pair = match self.layout {
+            Layout::Flat => (page * 2 * PAGE_BYTES) as u64,
+            Layout::Grouped(g) => g.page_at(page as u64),
+        };
+        self.start + HEADER_BYTES + pair + u64::from(slot) * PAGE_BYTES as u64
+    }
+
+    /// Write the next header (the flushed epoch `flushed`, the coverage
+    /// `covered` for a grouped table) to the slot the last one is not in, and
+    /// flush below. The caller holds `flush_lock`.
+    async fn put_header(
+        &self,
+        ctx: &IoCtx,
+        lower: &dyn Layer,
+        flushed: u64,
+        covered: Option<u64>,
+    ) -> Result<()> {
+        let (header, slot) = {
+            let (last, slot) = *self.header.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                Header {
+                    seq: last.seq + 1,
+                    flushed,
+                    covered,
+                },
+                1 - slot,
+            )
+        };
+        let at = self.start + u64::from(slot) * PAGE_BYTES as u64;
+        lower.write_bytes(ctx, at, &encode_header(&header)).await?;
+        lower.flush(ctx).await?;
+        *self.header.lock().unwrap_or_else(|e| e.into_inner()) = (header, slot);
+        Ok(())
+    }
+
+    /// Record a grouped table's coverage in its header now (at format, so
+    /// that nothing left in the header area by an earlier use decides it).
+    pub async fn record_coverage(&self, ctx: &IoCtx, lower: &dyn Layer) -> Result<()> {
+        let _serial = self.flush_lock.lock().await;
+        let covered = self
+            .header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .covered;
+        self.put_header(ctx, lower, self.flushed(), covered).await
+    }
+
+    /// Grow a grouped table to `entries` entries (see the module doc): new
+    /// pages and data blocks are zeroed and flushed below, then the header
+    /// records the coverage. Fewer entries than now is refused, untouched.
+    pub async fn grow(
+        &self,
+        ctx: &IoCtx,
+        lower: &dyn Layer,
+        entries: u64,
+    ) -> std::result::Result<(), String> {
+        let Layout::Grouped(g) = self.layout else {
+            return Err("this table cannot grow".into());
+        };
+        let _serial = self.grow_lock.lock().await;
+        let old = self.entries();
+        if entries < old {
+            return Err(format!(
+                "shrinking is not supported: {old} blocks are in use, {entries} asked for"
+            ));
+        }
+        if entries == old {
+            return Ok(());
+        }
+        let io = |e: Error| format!("cannot grow the table: {e}");
+        let kept = g.pages_for(old) as usize;
+        let needed = g.pages_for(entries) as usize;
+        let slot = self.runs.iter().position(|r| r.get().is_none());
+        if needed > kept && slot.is_none() {
+            return Err(format!(
+                "grown {} times since it was opened; take the device down and up \
+                 to grow it again",
+                MAX_RUNS - 1
+            ));
+        }
+        // The pages no entry used so far: those past the last group (new) and
+        // those of the last group reserved beyond the old coverage. Below, they
+        // may hold anything.
+        let per = per_page(self.entry_bytes);
+        let mut page = old.div_ceil(per);
+        let pages_end = entries.div_ceil(per);
+        while page < pages_end {
+            let run = (g.pages_before(g.group_of_page(page) + 1)).min(pages_end) - page;
+            let at = self.page_offset(page as usize, 0);
+            lower
+                .write_zeroes(ctx, at, run * 2 * PAGE_BYTES as u64)
+                .await
+                .map_err(io)?;
+            page += run;
+        }
+        // The new data blocks read as zeros, as never-written blocks do.
+        let block = g.block();
+        let mut done = old * block;
+        while done < entries * block {
+            let (at, run) = self.data_run(block, done, entries * block - done);
+            lower.write_zeroes(ctx, at, run).await.map_err(io)?;
+            done += run;
+        }
+        // The zeros are durable before the header says they are entries.
+        lower.flush(ctx).await.map_err(io)?;
+        if needed > kept {
+            let cells: Box<[Cell]> = (kept..needed).map(|_| Cell::blank()).collect();
+            let slot = slot.expect("checked above");
+            let _ = self.runs[slot].set(Run { first: kept, cells });
+        }
+        {
+            let _flushes = self.flush_lock.lock().await;
+            self.put_header(ctx, lower, self.flushed(), Some(entries))
+                .await
+                .map_err(io)?;
+        }
+        self.entries.store(entries, Ordering::Release);
+        Ok(())
     }
 
     /// FLUSH for the layer (see the module doc): layers call this instead of
@@ -465,7 +747,7 @@ impl MetaTable {
         // and its marking as flushed.
         let mut guards = Vec::with_capacity(dirty.len());
         for &page in &dirty {
-            guards.push(self.locks[page].lock().await);
+            guards.push(self.cell(page).lock.lock().await);
         }
         if let Err(e) = lower.flush(ctx).await {
             self.dirty
@@ -475,25 +757,22 @@ impl MetaTable {
             return Err(e);
         }
         for &page in &dirty {
-            let mut page = self.pages[page].lock().unwrap_or_else(|e| e.into_inner());
+            let mut page = self
+                .cell(page)
+                .page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             page.durable_slot = page.last_slot;
         }
         drop(guards);
         // Data and pages of the closed epoch are durable: record it.
-        let (header, slot) = {
-            let (last, slot) = *self.header.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                Header {
-                    seq: last.seq + 1,
-                    flushed: epoch,
-                },
-                1 - slot,
-            )
-        };
-        let at = self.start + u64::from(slot) * PAGE_BYTES as u64;
-        lower.write_bytes(ctx, at, &encode_header(&header)).await?;
-        lower.flush(ctx).await?;
-        *self.header.lock().unwrap_or_else(|e| e.into_inner()) = (header, slot);
+        let covered = self
+            .header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .covered;
+        self.put_header(ctx, lower, epoch, covered).await?;
         self.flushed.store(epoch, Ordering::SeqCst);
         self.uncovered.store(false, Ordering::SeqCst);
         Ok(())
@@ -527,42 +806,6 @@ mod tests {
         slot[100] ^= 1;
         assert_eq!(decode_slot(&slot), None);
         assert_eq!(decode_slot(&slot[..10]), None);
-    }
-
-    /// The fit the bisection finds is the largest: checked against a count
-    /// down from the naive bound, over many sizes and both block sizes.
-    #[test]
-    fn blocks_that_fit_is_the_largest_count_that_fits() {
-        let naive = |room: u64, block: u64, entry_bytes: usize| {
-            let mut n = room / (block + entry_bytes as u64);
-            while n > 0 && MetaTable::bytes_for(n, entry_bytes) + n * block > room {
-                n -= 1;
-            }
-            n
-        };
-        let mut room = 0u64;
-        while room < 64 << 20 {
-            for (block, entry_bytes) in [(4096, 8), (512, 8), (4096, 64), (512, 64), (4096, 4080)] {
-                assert_eq!(
-                    MetaTable::blocks_that_fit(room, block, entry_bytes),
-                    naive(room, block, entry_bytes),
-                    "room {room}, block {block}, entry {entry_bytes}"
-                );
-            }
-            room = room * 9 / 8 + 4093;
-        }
-    }
-
-    #[test]
-    fn blocks_that_fit_handles_the_largest_rooms_at_once() {
-        for (block, entry_bytes) in [(512, 8), (4096, 64), (512, 4080)] {
-            let n = MetaTable::blocks_that_fit(u64::MAX, block, entry_bytes);
-            let fits = |n: u64| {
-                u128::from(MetaTable::bytes_for(n, entry_bytes)) + u128::from(n) * u128::from(block)
-                    <= u128::from(u64::MAX)
-            };
-            assert!(n > 0 && fits(n) && !fits(n + 1), "block {block}: {n}");
-        }
     }
 
     #[test]

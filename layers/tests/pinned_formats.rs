@@ -26,12 +26,19 @@ fn images_dir(name: &str) -> PathBuf {
 fn plan(name: &str, dir: &Path) -> Plan {
     match name {
         "checksum" => {
+            // Two groups of the table's layout: the second starts at block 255.
+            let mut b = PlanBuilder::new(dir, 512);
+            let leaf = b.file("leaf", 256 * KIB);
+            let top = b.checksum("c", leaf);
+            b.build(top)
+        }
+        "checksum-v2" => {
             let mut b = PlanBuilder::new(dir, 512);
             let leaf = b.file("leaf", 64 * KIB);
             let top = b.checksum("c", leaf);
             b.build(top)
         }
-        "crypt" => {
+        "crypt" | "crypt-v2" => {
             std::env::set_var(CRYPT_KEY_ENV, CRYPT_KEY_HEX);
             let mut b = PlanBuilder::new(dir, 4096);
             let leaf = b.file("leaf", 64 * KIB);
@@ -229,6 +236,25 @@ fn checksum_image_reads_back() {
 #[test]
 fn crypt_image_reads_back() {
     reads_back("crypt");
+}
+
+/// The images of format version 2 (the flat table, which cannot grow) are
+/// refused with both versions named, and left as they were.
+#[test]
+fn version_2_checksum_and_crypt_images_are_refused() {
+    for (name, layer) in [("checksum-v2", "checksum"), ("crypt-v2", "crypt")] {
+        let dir = tempfile::tempdir().unwrap();
+        let image = images_dir(name).join("leaf.img");
+        let leaf = dir.path().join("leaf.img");
+        std::fs::copy(&image, &leaf).unwrap();
+        let err = compile(&plan(name, dir.path()))
+            .err()
+            .unwrap_or_else(|| panic!("{name}: opened"))
+            .to_string();
+        let want = format!("formatted with {layer} format version 2; this build reads version 3");
+        assert!(err.contains(&want), "{name}: {err}");
+        assert!(std::fs::read(&leaf).unwrap() == std::fs::read(&image).unwrap());
+    }
 }
 
 #[test]

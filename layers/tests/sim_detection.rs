@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use layers::exec::{Executor, IoCtx};
+use layers::meta_table::MetaTable;
 use layers::mirror::DATA_START;
 use layers::plan::{Plan, ReadPolicy};
 use layers::superblock::SUPERBLOCK_BYTES;
@@ -54,7 +55,8 @@ struct Rig {
     leaf: usize,
     entry_bytes: usize,
     mirror: bool,
-    /// Byte on `leaf` of top block 0; block `b` is `block0 + b * BLOCK`.
+    /// Byte on `leaf` of top block 0; block `b` is as far from it as the
+    /// table layout puts it (`at`).
     block0: u64,
     blocks: u64,
     /// What each top block holds.
@@ -122,7 +124,12 @@ impl Rig {
     }
 
     fn at(&self, b: u64) -> u64 {
-        self.block0 + b * BLOCK
+        // The layer's block of top block `b` (a mirror on top keeps its
+        // state in front), and its data below as the table's groups place it.
+        let shift = if self.mirror { DATA_START / BLOCK } else { 0 };
+        let data =
+            |i: u64| MetaTable::grouped_data_at(SUPERBLOCK_BYTES, self.entry_bytes, BLOCK, i);
+        self.block0 + data(b + shift) - data(shift)
     }
 
     fn write(&mut self, b: u64, rng: &mut Rng) {
@@ -252,6 +259,7 @@ impl Rig {
                     leaf,
                     SUPERBLOCK_BYTES,
                     self.entry_bytes,
+                    BLOCK,
                     b + shift,
                 );
                 assert!(changed > 0, "block {b}: no table entry to erase");

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
-use crate::meta_table::{MetaTable, Stamp};
+use crate::meta_table::{Entries, Layout, MetaTable, Stamp};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::Layer;
 
@@ -39,9 +39,16 @@ pub(super) async fn open(
     if let Some(sb) = &existing {
         check(sb, &params, &geo, block_size, size.is_some())?;
     }
-    let table = MetaTable::load(ctx, &*lower, SUPERBLOCK_BYTES, geo.units, TABLE_ENTRY_BYTES)
-        .await
-        .map_err(|e| format!("cannot read the compress map: {e}"))?;
+    let table = MetaTable::load(
+        ctx,
+        &*lower,
+        SUPERBLOCK_BYTES,
+        Layout::Flat,
+        Entries::Exactly(geo.units),
+        TABLE_ENTRY_BYTES,
+    )
+    .await
+    .map_err(|e| format!("cannot read the compress map: {e}"))?;
     let layer = Compress {
         alloc: Allocator::new(geo.data_granules),
         unit_locks: (0..UNIT_LOCKS).map(|_| AsyncLock::default()).collect(),

@@ -23,6 +23,7 @@ impl Kind for ChecksumParams {
     const SYNONYMS: &'static [&'static str] = &["crc", "crc32", "integrity", "checksums"];
     const KEEPS_METADATA: bool = true;
     const SUPERBLOCK: bool = true;
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<ChecksumParams> {
         let over = keys.over();

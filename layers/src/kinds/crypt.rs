@@ -59,6 +59,7 @@ impl Kind for CryptParams {
         &["encrypt", "encrypted", "encryption", "luks", "dm-crypt"];
     const KEEPS_METADATA: bool = true;
     const SUPERBLOCK: bool = true;
+    const GROWS: bool = true;
 
     fn unknown_key(word: &str) -> Option<String> {
         INLINE_KEY_WORDS.contains(&word).then(|| {
