@@ -298,7 +298,9 @@ fn compare_layer(
                 size_key_explained = true;
             }
         }
-        _ => {}
+        // Grown already by a reload that failed further up.
+        Some(_) => size_key_explained = b.spec.grows(),
+        None => {}
     }
     let before = a.spec.values(&|id| old.layers[id].name.clone());
     let after = b.spec.values(&|id| new.layers[id].name.clone());
