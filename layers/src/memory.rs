@@ -70,9 +70,7 @@ impl MemoryLeaf {
         let mut done = 0;
         let extents = self.table();
         for (index, inner, n) in Self::pieces(offset, buf.len() as u64) {
-            let extent = extents[index]
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
+            let extent = extents[index].read().unwrap_or_else(|e| e.into_inner());
             let out = &mut buf[done..done + n];
             match extent.as_ref() {
                 Some(data) => out.copy_from_slice(&data.as_slice()[inner..inner + n]),
@@ -86,9 +84,7 @@ impl MemoryLeaf {
         let mut done = 0;
         let extents = self.table();
         for (index, inner, n) in Self::pieces(offset, buf.len() as u64) {
-            let mut extent = extents[index]
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut extent = extents[index].write().unwrap_or_else(|e| e.into_inner());
             let data = extent.get_or_insert_with(|| AlignedBuf::new(EXTENT_BYTES as usize));
             data.as_mut_slice()[inner..inner + n].copy_from_slice(&buf[done..done + n]);
             done += n;
@@ -98,9 +94,7 @@ impl MemoryLeaf {
     fn zero_now(&self, offset: u64, len: u64) {
         let extents = self.table();
         for (index, inner, n) in Self::pieces(offset, len) {
-            let mut extent = extents[index]
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut extent = extents[index].write().unwrap_or_else(|e| e.into_inner());
             if n as u64 == EXTENT_BYTES {
                 *extent = None;
             } else if let Some(data) = extent.as_mut() {

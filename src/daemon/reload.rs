@@ -368,7 +368,10 @@ impl Reloader {
             applied.extend(edits.iter().map(ToString::to_string));
         }
         // Children first: a layer grows over layers that have grown.
-        for Grow { layer, to, edit, .. } in &changes.grow {
+        for Grow {
+            layer, to, edit, ..
+        } in &changes.grow
+        {
             let result = exec.block_on(&ctx, self.stack.grow(&ctx, layer, *to));
             if let Err(e) = result {
                 let why = format!("{e}; the device keeps its size");

@@ -499,7 +499,13 @@ fn patch_gives_the_plan_a_change_leads_to() {
 
 /// Growth, with sizes given by hand: `LEAVES` is raid0 `r` over disk `d`
 /// and null `n`, in that order.
-fn sized(running: &str, from: &str, to: &str, old: &[u64], new: &[u64]) -> Result<Changes, Vec<String>> {
+fn sized(
+    running: &str,
+    from: &str,
+    to: &str,
+    old: &[u64],
+    new: &[u64],
+) -> Result<Changes, Vec<String>> {
     let (a, b) = (plan(running), plan(&edited(running, from, to)));
     diff_sized(&a, old, &b, new).map_err(|refusal| refusal.reasons)
 }
@@ -532,31 +538,44 @@ fn rising_leaf_sizes_grow_every_layer_bottom_up() {
     assert_eq!(
         edits(&changes),
         [
-            "layers.n size: 1GiB -> 2GiB",
-            "layers.m size: 1GiB -> 2GiB",
-            "layers.r size: 2GiB -> 4GiB",
-            "device size: 2GiB -> 4GiB"
+            "layers.n size: 1 GiB -> 2 GiB",
+            "layers.m size: 1 GiB -> 2 GiB",
+            "layers.r size: 2 GiB -> 4 GiB",
+            "device size: 2 GiB -> 4 GiB"
         ]
     );
 }
 
 #[test]
 fn shrinking_is_refused_with_a_reason() {
-    let reasons = sized(GROWING, "size = \"1GiB\"\n[layers.n]", "size = \"512MiB\"\n[layers.n]", &[2 * G, G, G], &[2 * G, G / 2, G])
-        .unwrap_err();
+    let reasons = sized(
+        GROWING,
+        "size = \"1GiB\"\n[layers.n]",
+        "size = \"512MiB\"\n[layers.n]",
+        &[2 * G, G, G],
+        &[2 * G, G / 2, G],
+    )
+    .unwrap_err();
     assert_eq!(
         reasons,
-        ["layers.m: shrinking from 1GiB to 512MiB is not supported: a running device only grows (restore the size)"]
+        ["layers.m: shrinking from 1 GiB to 512 MiB is not supported: a running device only grows (restore the size)"]
     );
 }
 
 #[test]
 fn a_layer_that_does_not_grow_is_named() {
     // The disk below `r` grew (a bigger block device).
-    let reasons = sized(LEAVES, "size = \"1GiB\"", "size = \"2GiB\"", &[2 * G, G, G], &[4 * G, 2 * G, 2 * G])
-        .unwrap_err();
+    let reasons = sized(
+        LEAVES,
+        "size = \"1GiB\"",
+        "size = \"2GiB\"",
+        &[2 * G, G, G],
+        &[4 * G, 2 * G, 2 * G],
+    )
+    .unwrap_err();
     assert!(
-        reasons.iter().any(|r| r.starts_with("layers.d: grows from 1GiB to 2GiB, but a disk layer does not grow")),
+        reasons.iter().any(|r| r
+            .starts_with("layers.d: grows from 1 GiB to 2 GiB, but a disk layer does not grow")),
         "{reasons:?}"
     );
 }
@@ -564,7 +583,11 @@ fn a_layer_that_does_not_grow_is_named() {
 #[test]
 fn growth_and_live_keys_go_together_but_not_with_structural_ones() {
     let text = RUNNING.replace("size = \"512MiB\"", "size = \"1GiB\"");
-    let text = edited(&text, "read_policy = \"round-robin\"", "read_policy = \"first\"");
+    let text = edited(
+        &text,
+        "read_policy = \"round-robin\"",
+        "read_policy = \"first\"",
+    );
     let (a, b) = (plan(RUNNING), plan(&text));
     let n = a.layers.len();
     let mut old = vec![G; n];

@@ -292,7 +292,13 @@ fn growing_the_legs_grows_every_layer_then_the_device() {
         .collect();
     assert_eq!(
         order,
-        ["layers.b", "layers.a", "layers.slow", "layers.mirror", "device"],
+        [
+            "layers.b",
+            "layers.a",
+            "layers.slow",
+            "layers.mirror",
+            "device"
+        ],
         "{:?}",
         outcome.applied
     );
