@@ -9,7 +9,7 @@ use layers::exec::{Executor, IoCtx};
 use layers::plan::{FileParams, LayerSpec, Plan, ReadPolicy};
 use layers::report::LayerReport;
 use layers::testing::PlanBuilder;
-use layers::{compile, Layer, Stack};
+use layers::{compile, Stack};
 
 const MIB: u64 = 1 << 20;
 
