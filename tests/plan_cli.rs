@@ -115,7 +115,8 @@ fn against_a_running_device_it_shows_the_reload_without_applying_it() {
     assert!(out.contains("a reload would apply:"), "{out}");
     assert!(out.contains("capacity"), "{out}");
 
-    std::fs::write(&edited, CACHE.replace("16MiB", "32MiB")).unwrap();
+    // A shrink (a rise would be a live growth).
+    std::fs::write(&edited, CACHE.replace("16MiB", "8MiB")).unwrap();
     let structural = plan(dir.path(), &edited, true);
     assert_eq!(structural.status.code(), Some(1), "{}", text(&structural));
     let json: serde_json::Value = serde_json::from_slice(&structural.stdout).unwrap();

@@ -272,6 +272,11 @@ impl AsyncLayer for Cache {
         self.lower.size()
     }
 
+    /// The size is the layer below's, which has grown already.
+    async fn grow(&self, _: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        crate::grown_below(&*self.lower, new_size)
+    }
+
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         let blocks = buf.len() as u64 / self.block;
         {

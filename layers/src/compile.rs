@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -121,8 +122,10 @@ impl Stack {
         name: &str,
         new_size: u64,
     ) -> std::result::Result<(), String> {
-        match self.layer(name) {
-            Some(layer) => layer.grow(ctx, new_size).await,
+        let id = self.plan.layers.iter().position(|l| l.name == name);
+        match id.and_then(|id| self.nodes[id].as_ref()) {
+            // Through the counted wrapper, so that its range check follows.
+            Some(counted) => AsyncLayer::grow(&**counted, ctx, new_size).await,
             None => Err(format!("no layer named \"{name}\"")),
         }
     }
@@ -232,7 +235,7 @@ pub fn compile_with(
             }
         };
         nodes[id] = Some(Arc::new(Counted {
-            size: layer.size(),
+            size: AtomicU64::new(layer.size()),
             block_size,
             node: Node {
                 name: layer_plan.name.clone(),
@@ -253,7 +256,9 @@ pub fn compile_with(
 /// A layer wrapped with its counters.
 struct Counted {
     node: Node,
-    size: u64,
+    /// The layer's size for the range check; raised by [`AsyncLayer::grow`]
+    /// once the layer has taken the new space.
+    size: AtomicU64,
     block_size: u32,
 }
 
@@ -264,7 +269,9 @@ impl Counted {
         let block = u64::from(self.block_size);
         offset % block == 0
             && len % block == 0
-            && offset.checked_add(len).is_some_and(|end| end <= self.size)
+            && offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.size.load(Ordering::Acquire))
     }
 
     fn refuse(&self, op: Op, offset: u64, len: u64) -> Result<()> {
@@ -353,7 +360,7 @@ impl AsyncLayer for Counted {
     fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
         // Unlike data requests, a query may end off the block grid; it must
         // still lie inside the layer.
-        if offset.checked_add(len)? > self.size {
+        if offset.checked_add(len)? > self.size.load(Ordering::Acquire) {
             return None;
         }
         self.node.layer.allocation(offset, len)
@@ -368,7 +375,9 @@ impl AsyncLayer for Counted {
     }
 
     async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
-        self.node.layer.grow(ctx, new_size).await
+        self.node.layer.grow(ctx, new_size).await?;
+        self.size.store(self.node.layer.size(), Ordering::Release);
+        Ok(())
     }
 
     fn report(&self) -> LayerReport {

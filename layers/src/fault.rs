@@ -100,6 +100,11 @@ impl AsyncLayer for Fault {
         self.lower.size()
     }
 
+    /// The size is the layer below's, which has grown already.
+    async fn grow(&self, _: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        crate::grown_below(&*self.lower, new_size)
+    }
+
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         self.gate(ctx, Kind::Read, Some((offset, buf.len() as u64)))
             .await?;

@@ -45,7 +45,8 @@ const MAX_ALLOCATION_RUNS: usize = 512;
 /// A leaf over an open file descriptor (regular file or block device).
 pub struct FileLeaf {
     file: File,
-    size: u64,
+    /// Raised by `grow` (`file` only; a `disk` is the size of its device).
+    size: AtomicU64,
     /// Whether hole punching works here; cleared after the first EOPNOTSUPP.
     punch_ok: AtomicBool,
     zero_range_ok: AtomicBool,
@@ -106,6 +107,13 @@ pub fn open(params: &FileParams, block_size: u32) -> std::result::Result<FileLea
                 path.display()
             ))
         }
+        // `create` with a larger size: the file grows, as it does live.
+        (true, Some(size)) if params.create && size > meta.len() => {
+            file.set_len(size)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("{}: cannot grow to {size} bytes: {e}", path.display()))?;
+            size
+        }
         (true, Some(size)) if size != meta.len() => {
             return Err(format!(
                 "{}: file is {} bytes but the config says size = {size}",
@@ -137,7 +145,7 @@ impl FileLeaf {
     ) -> FileLeaf {
         FileLeaf {
             file,
-            size,
+            size: AtomicU64::new(size),
             punch_ok: AtomicBool::new(true),
             zero_range_ok: AtomicBool::new(true),
             kind,
@@ -337,7 +345,41 @@ impl FileLeaf {
 
 impl AsyncLayer for FileLeaf {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Extends the file, sparse, as `create` makes it, and makes the new
+    /// length durable before the layers above record their new size. A file
+    /// already that long (grown by hand) is taken as it is.
+    async fn grow(&self, _: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        if self.kind != "file" {
+            return Err(format!(
+                "a {} leaf is the size of its device and cannot grow; take the device down \
+                 and up once the device itself has grown",
+                self.kind
+            ));
+        }
+        let size = self.size();
+        if new_size < size {
+            return Err(format!(
+                "shrinking a file leaf ({size} to {new_size} bytes) is not supported"
+            ));
+        }
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot stat the file: {e}"))?
+            .len();
+        if len < new_size {
+            self.file
+                .set_len(new_size)
+                .map_err(|e| format!("cannot extend the file to {new_size} bytes: {e}"))?;
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| format!("cannot make the new length durable: {e}"))?;
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
@@ -383,7 +425,7 @@ impl AsyncLayer for FileLeaf {
         if self.kind != "file" {
             return None;
         }
-        let end = offset.checked_add(len)?.min(self.size);
+        let end = offset.checked_add(len)?.min(self.size());
         let mut runs = Vec::new();
         let mut at = offset;
         while at < end && runs.len() < MAX_ALLOCATION_RUNS {

@@ -62,6 +62,17 @@ pub use plan::{LayerSpec, Plan};
 pub use report::LayerReport;
 pub use stats::{HistogramSnapshot, LayerStats, Op, OpCounts, StatsSnapshot, EXPORT_BOUNDS_NS};
 
+/// The `grow` of a layer that exposes the layer below as it is (`fault`,
+/// `cache`): the layer below, grown first, must have the new size.
+pub fn grown_below(lower: &dyn Layer, new_size: u64) -> std::result::Result<(), String> {
+    match lower.size() {
+        size if size == new_size => Ok(()),
+        size => Err(format!(
+            "the layer below is {size} bytes, not the {new_size} to grow to"
+        )),
+    }
+}
+
 /// A boxed future that stays on the queue thread that created it.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 

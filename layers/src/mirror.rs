@@ -64,6 +64,7 @@
 //! The daemon finds a mirror with `Stack::mirror(name)`.
 
 mod bitmap;
+mod grow;
 mod open;
 mod persist;
 mod read;
@@ -110,7 +111,8 @@ struct Leg {
 
 pub struct Mirror {
     legs: Vec<Leg>,
-    size: u64,
+    /// Raised by `grow` (`mirror/grow.rs`), under `meta_lock`.
+    size: AtomicU64,
     block_size: u32,
     uuid: [u8; 16],
     read_policy: AtomicU8,
@@ -164,6 +166,11 @@ impl Mirror {
 
     pub fn read_policy(&self) -> ReadPolicy {
         policy_from(self.read_policy.load(Ordering::Relaxed))
+    }
+
+    /// The exposed size now.
+    pub fn bytes(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
     }
 
     pub fn leg_count(&self) -> usize {
@@ -355,7 +362,7 @@ impl Mirror {
     /// Resync progress in percent while a leg is rebuilding.
     pub fn resync_percent(&self) -> Option<u64> {
         let at = self.resync_position()?;
-        Some((at * 100).checked_div(self.size).unwrap_or(100))
+        Some((at * 100).checked_div(self.bytes()).unwrap_or(100))
     }
 
     /// The next byte the resync copies while a leg is rebuilding: it is done
@@ -364,13 +371,17 @@ impl Mirror {
         if self.rebuilding_legs().is_empty() {
             return None;
         }
-        Some(self.resync_at.load(Ordering::Relaxed).min(self.size))
+        Some(self.resync_at.load(Ordering::Relaxed).min(self.bytes()))
     }
 }
 
 impl AsyncLayer for Mirror {
     fn size(&self) -> u64 {
-        self.size
+        self.bytes()
+    }
+
+    async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        self.grow_to(ctx, new_size).await
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

@@ -6,7 +6,10 @@
 //! per stripe, so a large discard costs one call per stripe, not one per chunk.
 //! FLUSH flushes every stripe. No on-disk metadata: the layout is the config.
 //! Exposed size: `floor(stripe_size / chunk) * chunk * n` (stripes are equal).
+//! Growing keeps every byte where it was: where chunk `k` lives does not
+//! depend on the size, so grown stripes only add chunks past the old end.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::exec::IoCtx;
@@ -17,13 +20,23 @@ use crate::{AsyncLayer, IoBuf, IoBufMut, Layer, Result};
 pub struct Raid0 {
     stripes: Vec<Arc<dyn Layer>>,
     chunk: u64,
-    size: u64,
+    size: AtomicU64,
 }
 
 impl Raid0 {
     /// `chunk` is a power of two; every stripe must be at least one chunk.
     pub fn new(stripes: Vec<Arc<dyn Layer>>, chunk: u64) -> std::result::Result<Raid0, String> {
         assert!(chunk.is_power_of_two(), "chunk validated as a power of two");
+        let size = Self::measure(&stripes, chunk)?;
+        Ok(Raid0 {
+            size: AtomicU64::new(size),
+            stripes,
+            chunk,
+        })
+    }
+
+    /// The size `stripes` give with `chunk`, or why they give none.
+    fn measure(stripes: &[Arc<dyn Layer>], chunk: u64) -> std::result::Result<u64, String> {
         let smallest = stripes.iter().map(|s| s.size()).min().unwrap_or(0);
         if stripes.iter().any(|s| s.size() != smallest) {
             let sizes: Vec<String> = stripes.iter().map(|s| s.size().to_string()).collect();
@@ -38,11 +51,7 @@ impl Raid0 {
                 "stripes of {smallest} bytes hold no whole {chunk}-byte chunk"
             ));
         }
-        Ok(Raid0 {
-            size: per_stripe * stripes.len() as u64,
-            stripes,
-            chunk,
-        })
+        Ok(per_stripe * stripes.len() as u64)
     }
 
     /// (stripe, offset in stripe) of device byte `offset`.
@@ -101,7 +110,19 @@ impl Raid0 {
 
 impl AsyncLayer for Raid0 {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Every stripe has grown (equally) already.
+    async fn grow(&self, _: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        let size = Self::measure(&self.stripes, self.chunk)?;
+        if size != new_size || size < self.size.load(Ordering::Acquire) {
+            return Err(format!(
+                "the stripes give {size} bytes, not the {new_size} to grow to"
+            ));
+        }
+        self.size.store(size, Ordering::Release);
+        Ok(())
     }
 
     /// Each chunk's part of the request buffer goes to its stripe as its own

@@ -11,10 +11,17 @@
 //! Layers are matched by name, not by index: moving a `[layers.x]` section
 //! within the file changes indices but not the device. References (`over`,
 //! `legs`, `stripes`, `device.top`) are compared by the names they point at.
+//!
+//! Growth ([`diff_sized`]): given every layer's size on the running device
+//! and in the edited file, a layer whose size rises is a [`Grow`] when its
+//! kind grows ([`layers::LayerSpec::grows`]); its own `size` key may rise
+//! with it. A size that falls, or a rise through a kind that does not grow,
+//! refuses the edit.
 
 use std::fmt;
 
 use layers::plan::{LayerPlan, LiveChange, LogLevel, Plan};
+use layers::units::size::format_human;
 
 /// One live key that changes: `layers.m.read_policy: round-robin -> first`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,23 +47,40 @@ pub struct LayerChange {
     pub edits: Vec<Edit>,
 }
 
+/// One layer to grow on the running device, with the edit that says so
+/// (`layers.a size: 1GiB -> 2GiB`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grow {
+    pub layer: String,
+    pub from: u64,
+    pub to: u64,
+    pub edit: Edit,
+}
+
 /// Everything an edit changes, all of it live.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changes {
     pub layers: Vec<LayerChange>,
+    /// The layers to grow, children before their parents.
+    pub grow: Vec<Grow>,
+    /// The device's new size, when the top layer grows, with its edit.
+    pub device_size: Option<(u64, Edit)>,
     /// The new `log.level`, with its edit.
     pub log_level: Option<(LogLevel, Edit)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.layers.is_empty() && self.log_level.is_none()
+        self.layers.is_empty() && self.grow.is_empty() && self.log_level.is_none()
     }
 
-    /// Every edited key, in file order of the layers, `log.level` last.
+    /// Every edited key, in file order of the layers, then each growth from
+    /// the bottom up and the device's, `log.level` last.
     pub fn edits(&self) -> Vec<&Edit> {
         let layers = self.layers.iter().flat_map(|change| &change.edits);
         layers
+            .chain(self.grow.iter().map(|grow| &grow.edit))
+            .chain(self.device_size.iter().map(|(_, edit)| edit))
             .chain(self.log_level.iter().map(|(_, edit)| edit))
             .collect()
     }
@@ -75,13 +99,35 @@ impl fmt::Display for Refusal {
 }
 
 /// The live changes from `old` (running) to `new` (edited), or every reason
-/// the edit needs the device taken down and up again.
+/// the edit needs the device taken down and up again. Sizes are not
+/// compared: a `size` key that changes is structural (see [`diff_sized`]).
 pub fn diff(old: &Plan, new: &Plan) -> Result<Changes, Refusal> {
+    diff_sized(old, &[], new, &[])
+}
+
+/// [`diff`], knowing the size of every layer: `old_sizes` what each layer of
+/// `old` exposes on the running device, `new_sizes` what each of `new` will
+/// (both indexed like their plan's layers; empty: unknown). Layers whose size
+/// rises grow, if their kind grows.
+pub fn diff_sized(
+    old: &Plan,
+    old_sizes: &[u64],
+    new: &Plan,
+    new_sizes: &[u64],
+) -> Result<Changes, Refusal> {
     let mut found = Found::default();
     compare_device(old, new, &mut found);
-    for old_layer in &old.layers {
-        match new.layers.iter().find(|l| l.name == old_layer.name) {
-            Some(new_layer) => compare_layer(old, old_layer, new, new_layer, &mut found),
+    let sizes = Sizes {
+        old: old_sizes,
+        new: new_sizes,
+    };
+    for (old_id, old_layer) in old.layers.iter().enumerate() {
+        match new.layers.iter().position(|l| l.name == old_layer.name) {
+            Some(new_id) => {
+                let size = sizes.of(old_id, new_id);
+                let new_layer = &new.layers[new_id];
+                compare_layer(old, old_layer, new, new_layer, size, &mut found);
+            }
             None => found.refused.push(format!(
                 "layers.{}: removed, {NEEDS_RESTART}",
                 old_layer.name
@@ -104,6 +150,7 @@ pub fn diff(old: &Plan, new: &Plan) -> Result<Changes, Refusal> {
         found.changes.log_level = Some((new.log_level, edit));
     }
     if found.refused.is_empty() {
+        order_growth(old, new, &mut found.changes);
         Ok(found.changes)
     } else {
         Err(Refusal {
@@ -121,6 +168,53 @@ pub fn patch(plan: &mut Plan, layer: &str, change: &LiveChange) {
 }
 
 const NEEDS_RESTART: &str = "structural, needs down/up";
+
+/// The sizes known for both plans.
+struct Sizes<'a> {
+    old: &'a [u64],
+    new: &'a [u64],
+}
+
+impl Sizes<'_> {
+    /// (running, edited) size of one layer, if both are known.
+    fn of(&self, old_id: usize, new_id: usize) -> Option<(u64, u64)> {
+        Some((*self.old.get(old_id)?, *self.new.get(new_id)?))
+    }
+}
+
+/// Growth found layer by layer, put in order: children before parents (the
+/// edited plan's walk from the top, reversed), and the device's own size.
+fn order_growth(old: &Plan, new: &Plan, changes: &mut Changes) {
+    let mut ordered = Vec::with_capacity(changes.grow.len());
+    for id in new.walk().into_iter().rev() {
+        let name = &new.layers[id].name;
+        if let Some(at) = changes.grow.iter().position(|g| &g.layer == name) {
+            ordered.push(changes.grow.swap_remove(at));
+        }
+    }
+    // Layers outside the device's tree (none in a valid plan) go last.
+    ordered.append(&mut changes.grow);
+    let top = &old.layers[old.top].name;
+    changes.device_size = ordered.iter().find(|g| &g.layer == top).map(|g| {
+        let edit = Edit {
+            key: "device size".into(),
+            from: format_human(g.from),
+            to: format_human(g.to),
+        };
+        (g.to, edit)
+    });
+    changes.grow = ordered;
+}
+
+/// Why a layer of this kind does not grow on a running device.
+fn cannot_grow(type_name: &str) -> String {
+    let why = match type_name {
+        "disk" => "its size is the block device's",
+        "nbd" => "its size is the export's, given by the server",
+        _ => "the layer cannot take in new space while it runs",
+    };
+    format!("a {type_name} layer does not grow on a running device ({why}); take the device down and up to use the new size")
+}
 
 #[derive(Default)]
 struct Found {
@@ -152,12 +246,61 @@ fn compare_device(old: &Plan, new: &Plan, found: &mut Found) {
 }
 
 /// Structural keys that differ are refused; live ones become the kind's
-/// changes, each with an edit per key of it that differs.
-fn compare_layer(old: &Plan, a: &LayerPlan, new: &Plan, b: &LayerPlan, found: &mut Found) {
+/// changes, each with an edit per key of it that differs. `size`, the layer's
+/// (running, edited) size when known: a rise is growth, which may come with
+/// the layer's own `size` key rising.
+fn compare_layer(
+    old: &Plan,
+    a: &LayerPlan,
+    new: &Plan,
+    b: &LayerPlan,
+    size: Option<(u64, u64)>,
+    found: &mut Found,
+) {
     let name = &a.name;
     if a.spec.type_name() != b.spec.type_name() {
         found.structural(format!("layers.{name}.type"));
         return;
+    }
+    // Whether the `size` key's change is explained by the layer's growth (or
+    // already refused as a shrink).
+    let mut size_key_explained = false;
+    match size {
+        Some((from, to)) if to < from => {
+            found.refused.push(format!(
+                "layers.{name}: shrinking from {} to {} is not supported: a running device \
+                 only grows (restore the size)",
+                format_human(from),
+                format_human(to)
+            ));
+            size_key_explained = true;
+        }
+        Some((from, to)) if to > from => {
+            if b.spec.grows() {
+                found.changes.grow.push(Grow {
+                    layer: name.clone(),
+                    from,
+                    to,
+                    edit: Edit {
+                        key: format!("layers.{name} size"),
+                        from: format_human(from),
+                        to: format_human(to),
+                    },
+                });
+                size_key_explained = true;
+            } else {
+                found.refused.push(format!(
+                    "layers.{name}: grows from {} to {}, but {}",
+                    format_human(from),
+                    format_human(to),
+                    cannot_grow(b.spec.type_name())
+                ));
+                size_key_explained = true;
+            }
+        }
+        // Grown already by a reload that failed further up.
+        Some(_) => size_key_explained = b.spec.grows(),
+        None => {}
     }
     let before = a.spec.values(&|id| old.layers[id].name.clone());
     let after = b.spec.values(&|id| new.layers[id].name.clone());
@@ -169,6 +312,9 @@ fn compare_layer(old: &Plan, a: &LayerPlan, new: &Plan, b: &LayerPlan, found: &m
     };
     let live_keys = a.spec.live_keys();
     for (key, from) in &before {
+        if *key == "size" && size_key_explained {
+            continue;
+        }
         if !live_keys.contains(key) && *from != value(&after, key) {
             found.structural(format!("layers.{name}.{key}"));
         }

@@ -16,7 +16,7 @@ mod layer;
 mod machine;
 mod raw;
 mod schema;
-mod sizes;
+pub mod sizes;
 mod suggest;
 pub mod tree;
 mod validate;

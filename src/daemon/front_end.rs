@@ -30,6 +30,18 @@ pub struct Serving {
     pub connections: Option<ConnectionCounter>,
     /// The ublk driver's side, for `status`; `None` for other front ends.
     pub ublk: Option<UblkStatus>,
+    /// How a reload that grows the device tells the front end.
+    pub resize: Option<Arc<dyn Resize>>,
+}
+
+/// Changes the size of what a front end serves, for a reload that grows the
+/// device.
+pub trait Resize: Send + Sync {
+    /// Why the served device cannot change size while it runs, if it cannot:
+    /// asked before any layer grows, so that a refusal changes nothing.
+    fn refusal(&self) -> Option<String>;
+    /// Serve `bytes` from now on (the stack has grown to it).
+    fn resize(&self, bytes: u64) -> Result<(), String>;
 }
 
 /// Reads a front end's connection counts at the moment it is called.

@@ -170,12 +170,10 @@ pub fn up(config: &Path, front: &mut dyn FrontEnd, metrics: Option<&str>) -> u8 
     let (events_tx, events) = mpsc::channel();
     // Absolute, so that reloads find the file whatever the working directory.
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
-    let reloader = Arc::new(Reloader::new(
-        config.clone(),
-        plan,
-        stack.clone(),
-        set_log_level,
-    ));
+    let reloader = Arc::new(
+        Reloader::new(config.clone(), plan, stack.clone(), set_log_level)
+            .with_resize(serving.resize.clone()),
+    );
     // A rebuild cut short by a restart goes on, by itself.
     drop(super::repair::resume_resync(stack.clone()));
     let report = DeviceReport {

@@ -8,6 +8,15 @@
 //! (writing back dirty data) can fail, and that is reported as a failure with
 //! what had been applied before it.
 //!
+//! A reload that grows the device (a larger `size` of a leaf, see
+//! `config::diff`) is refused before anything changes when the front end
+//! cannot resize a running device or a mirror on the way cannot grow now.
+//! Otherwise the layers grow from the bottom up, each taking in the new space
+//! durably, and the device last. If a layer or the device refuses part-way,
+//! the device keeps serving its old size (the layers that grew only have
+//! room no request reaches) and the reload reports a failure; the next
+//! reload of the same file takes up where it stopped.
+//!
 //! Reloads never interleave: the running plan is locked for the whole reload.
 //! `status` reads the outcome from a separate lock, so it answers while a long
 //! mode switch is under way.
@@ -21,8 +30,9 @@ use layers::{Executor, IoCtx, Stack};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub(crate) use super::front_end::Resize;
 use super::{control, notify};
-use crate::config::diff::{self, Changes, Edit, LayerChange};
+use crate::config::diff::{self, Changes, Edit, Grow, LayerChange};
 
 /// What asked for the reload (logged and shown in `status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +153,10 @@ pub struct Reloader {
     running: Mutex<Plan>,
     record: Mutex<Record>,
     set_log_level: SetLogLevel,
+    /// How the front end serves a grown stack; `None`: the device never grows.
+    resize: Option<Arc<dyn Resize>>,
+    /// The size the front end serves (lags the stack's after a failed resize).
+    device_size: Mutex<u64>,
 }
 
 impl Reloader {
@@ -151,6 +165,7 @@ impl Reloader {
     pub fn new(config: PathBuf, plan: Plan, stack: Arc<Stack>, set_log_level: SetLogLevel) -> Self {
         Reloader {
             config,
+            device_size: Mutex::new(stack.size()),
             stack,
             running: Mutex::new(plan),
             record: Mutex::new(Record {
@@ -158,7 +173,61 @@ impl Reloader {
                 last: None,
             }),
             set_log_level,
+            resize: None,
         }
+    }
+
+    /// The front end's way to serve a grown stack.
+    pub fn with_resize(mut self, resize: Option<Arc<dyn Resize>>) -> Self {
+        self.resize = resize;
+        self
+    }
+
+    /// The diff of `plan` against the running one, with every layer's size:
+    /// what it exposes now, and what the edited file gives it. A device
+    /// whose stack grew but whose front end did not follow (a failed resize)
+    /// gets the resize again.
+    fn changes(&self, running: &Plan, plan: &Plan) -> Result<Changes, Vec<String>> {
+        let old_sizes: Vec<u64> = running
+            .layers
+            .iter()
+            .map(|layer| self.stack.layer(&layer.name).map_or(0, |l| l.size()))
+            .collect();
+        let new_sizes = crate::config::sizes::exposed_sizes(plan)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let mut changes = diff::diff_sized(running, &old_sizes, plan, &new_sizes)
+            .map_err(|refusal| refusal.reasons)?;
+        let device = *lock(&self.device_size);
+        let target = new_sizes[plan.top];
+        if changes.device_size.is_none() && target > device {
+            let edit = Edit {
+                key: "device size".into(),
+                from: layers::units::size::format_human(device),
+                to: layers::units::size::format_human(target),
+            };
+            changes.device_size = Some((target, edit));
+        }
+        Ok(changes)
+    }
+
+    /// Why the growth in `changes` cannot go ahead now: asked before any
+    /// layer or the device changes.
+    fn growth_refusal(&self, changes: &Changes) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if changes.device_size.is_some() {
+            match &self.resize {
+                None => reasons.push("this front end cannot resize a running device".into()),
+                Some(resize) => reasons.extend(resize.refusal()),
+            }
+        }
+        for grow in &changes.grow {
+            if let Some(mirror) = self.stack.mirror(&grow.layer) {
+                if let Some(why) = mirror.grow_refusal(grow.to) {
+                    reasons.push(format!("layers.{}: {why}", grow.layer));
+                }
+            }
+        }
+        reasons
     }
 
     pub fn config(&self) -> &std::path::Path {
@@ -183,14 +252,19 @@ impl Reloader {
                     Vec::new(),
                     errors.iter().map(ToString::to_string).collect(),
                 ),
-                Ok(plan) => match diff::diff(&running, &plan) {
-                    Err(refusal) => ("refused", Vec::new(), refusal.reasons),
-                    Ok(changes) if changes.is_empty() => ("unchanged", Vec::new(), Vec::new()),
-                    Ok(changes) => (
-                        "changes",
-                        changes.edits().iter().map(ToString::to_string).collect(),
-                        Vec::new(),
-                    ),
+                Ok(plan) => match self.changes(&running, &plan) {
+                    Err(reasons) => ("refused", Vec::new(), reasons),
+                    Ok(changes) if changes.is_empty() && changes.device_size.is_none() => {
+                        ("unchanged", Vec::new(), Vec::new())
+                    }
+                    Ok(changes) => match self.growth_refusal(&changes) {
+                        reasons if !reasons.is_empty() => ("refused", Vec::new(), reasons),
+                        _ => (
+                            "changes",
+                            changes.edits().iter().map(ToString::to_string).collect(),
+                            Vec::new(),
+                        ),
+                    },
                 },
             };
         json!({
@@ -212,10 +286,15 @@ impl Reloader {
                 let reasons = errors.iter().map(ToString::to_string).collect();
                 (Verdict::Refused, Vec::new(), reasons)
             }
-            Ok(plan) => match diff::diff(&running, &plan) {
-                Err(refusal) => (Verdict::Refused, Vec::new(), refusal.reasons),
-                Ok(changes) if changes.is_empty() => (Verdict::Unchanged, Vec::new(), Vec::new()),
-                Ok(changes) => self.apply(&mut running, plan, &changes),
+            Ok(plan) => match self.changes(&running, &plan) {
+                Err(reasons) => (Verdict::Refused, Vec::new(), reasons),
+                Ok(changes) if changes.is_empty() && changes.device_size.is_none() => {
+                    (Verdict::Unchanged, Vec::new(), Vec::new())
+                }
+                Ok(changes) => match self.growth_refusal(&changes) {
+                    reasons if !reasons.is_empty() => (Verdict::Refused, Vec::new(), reasons),
+                    _ => self.apply(&mut running, plan, &changes),
+                },
             },
         };
         let mut record = lock(&self.record);
@@ -287,6 +366,33 @@ impl Reloader {
             }
             diff::patch(running, layer, change);
             applied.extend(edits.iter().map(ToString::to_string));
+        }
+        // Children first: a layer grows over layers that have grown.
+        for Grow {
+            layer, to, edit, ..
+        } in &changes.grow
+        {
+            let result = exec.block_on(&ctx, self.stack.grow(&ctx, layer, *to));
+            if let Err(e) = result {
+                let why = format!("{e}; the device keeps its size");
+                return (Verdict::Failed, applied, vec![failure([edit], &why)]);
+            }
+            applied.push(edit.to_string());
+        }
+        if let Some((bytes, edit)) = &changes.device_size {
+            let result = match &self.resize {
+                Some(resize) => resize.resize(*bytes),
+                None => Err("this front end cannot resize a running device".into()),
+            };
+            if let Err(e) = result {
+                let why = format!(
+                    "{e}; the layers have grown but the device keeps serving its old size \
+                     (reload again to retry)"
+                );
+                return (Verdict::Failed, applied, vec![failure([edit], &why)]);
+            }
+            *lock(&self.device_size) = *bytes;
+            applied.push(edit.to_string());
         }
         if let Some((level, edit)) = &changes.log_level {
             if let Err(e) = (self.set_log_level)(*level) {

@@ -205,11 +205,12 @@ impl Listener {
 }
 
 /// Accept connections until `stop`; each within the limit gets a handshake
-/// thread, and `hand_off` once its handshake is done.
+/// thread, and `hand_off` once its handshake is done. `export` says what to
+/// advertise, asked at each connection (the device may have grown since).
 pub fn accept_loop(
     listener: &Listener,
     stop: &AtomicBool,
-    export: &Arc<Export>,
+    export: &dyn Fn() -> Export,
     limits: Limits,
     connections: &Arc<Connections>,
     hand_off: &Arc<HandOff>,
@@ -244,7 +245,7 @@ pub fn accept_loop(
             tracing::info!("NBD: accepting connections again ({refused} closed at the limit)");
             refused = 0;
         }
-        let (export, hand_off) = (export.clone(), hand_off.clone());
+        let (export, hand_off) = (export(), hand_off.clone());
         let spawned = std::thread::Builder::new()
             .name("nbd-handshake".into())
             .spawn(move || {

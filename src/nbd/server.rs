@@ -169,11 +169,16 @@ impl Server {
     ) -> Result<Server, String> {
         let listener = Arc::new(Listener::bind(address)?);
         let local_addr = listener.local_addr();
-        let export = Arc::new(Export {
-            name: name.to_string(),
-            size_bytes: stack.size(),
-            block_size: stack.block_size(),
-        });
+        // Each new client is told the size the device has then: a grown
+        // device (a reload) shows to clients that connect after it.
+        let export = {
+            let (name, stack) = (name.to_string(), stack.clone());
+            move || Export {
+                name: name.clone(),
+                size_bytes: stack.size(),
+                block_size: stack.block_size(),
+            }
+        };
         let inboxes: Vec<Arc<Inbox>> = (0..queues.max(1)).map(|_| Arc::default()).collect();
         let mut threads = Vec::new();
         for index in 0..queues.max(1) {

@@ -319,6 +319,20 @@ impl Control {
             .map_err(|e| command_error("QUIESCE_DEV", e))
     }
 
+    /// UPDATE_SIZE (UBLK_F_UPDATE_SIZE): the device exposes `bytes` (a
+    /// multiple of 512) from now on; the kernel tells the block layer.
+    pub fn update_size(&mut self, dev_id: u32, bytes: u64) -> Result<(), CtrlError> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            data: [bytes / 512],
+            ..CtrlCmd::default()
+        };
+        self.submit(sys::UBLK_U_CMD_UPDATE_SIZE, cmd)
+            .map(drop)
+            .map_err(|e| command_error("UPDATE_SIZE", e))
+    }
+
     fn simple(
         &mut self,
         dev_id: u32,

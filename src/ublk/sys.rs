@@ -51,6 +51,9 @@ pub const UBLK_U_CMD_DEL_DEV_ASYNC: u32 = ior(0x14, CTRL_CMD_SIZE);
 /// STOP_DEV only when the block device has no opener, else EBUSY; new opens
 /// fail from then on (UBLK_F_SAFE_STOP_DEV).
 pub const UBLK_U_CMD_TRY_STOP_DEV: u32 = iowr(0x17, CTRL_CMD_SIZE);
+/// Set the device's capacity to `data[0]` 512-byte sectors and tell the block
+/// layer (UBLK_F_UPDATE_SIZE, Linux 6.14+).
+pub const UBLK_U_CMD_UPDATE_SIZE: u32 = iowr(0x15, CTRL_CMD_SIZE);
 /// Hold new requests, wait until every queue has an idle tag, then abort the
 /// server's FETCH commands (UBLK_F_QUIESCE, Linux 6.16+); `data[0]` is the wait
 /// in ms, 0 for no limit.
@@ -342,6 +345,7 @@ mod tests {
         // _IOWR('u', 0x20, struct ublksrv_io_cmd) and _IOR('u', 0x13, ctrl_cmd).
         assert_eq!(UBLK_U_IO_FETCH_REQ, 0xc010_7520);
         assert_eq!(UBLK_U_IO_COMMIT_AND_FETCH_REQ, 0xc010_7521);
+        assert_eq!(UBLK_U_CMD_UPDATE_SIZE, 0xc020_7515);
         assert_eq!(UBLK_U_CMD_GET_FEATURES, 0x8020_7513);
         assert_eq!(UBLK_U_CMD_ADD_DEV, 0xc020_7504);
         assert_eq!(UBLK_U_CMD_START_USER_RECOVERY, 0xc020_7510);

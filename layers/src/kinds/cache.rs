@@ -27,6 +27,7 @@ impl Kind for CacheParams {
         .live(),
     ];
     const SYNONYMS: &'static [&'static str] = &["caching", "bcache", "writeback"];
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<CacheParams> {
         let over = keys.over();

@@ -37,6 +37,7 @@ impl Kind for FaultParams {
         Key::optional("range", "all", "the bytes [start, end] the faults apply to").live(),
     ];
     const SYNONYMS: &'static [&'static str] = &["error", "errors", "faults", "flaky", "delay"];
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<FaultParams> {
         let over = keys.over();

@@ -27,6 +27,7 @@ impl Kind for FileParams {
         Key::optional("direct", "false", "bypass the page cache (O_DIRECT)"),
     ];
     const SYNONYMS: &'static [&'static str] = &["image", "img", "loop", "regular"];
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<FileParams> {
         let path = keys
@@ -116,6 +117,23 @@ impl Kind for FileParams {
         }
         let actual = metadata.len();
         if let Some(wanted) = self.size_bytes {
+            if self.create && wanted > actual && wanted % sizing.block_size == 0 {
+                // Grown at `up` or by a reload, as it was created.
+                return Some(wanted);
+            }
+            if self.create && wanted < actual {
+                sizing.report(
+                    Some("size"),
+                    format!(
+                        "shrinking file {path} from {} ({actual} bytes) to {} is not supported: \
+                         a file only grows; restore size = \"{}\"",
+                        format_human(actual),
+                        format_exact(wanted),
+                        format_exact(actual)
+                    ),
+                );
+                return None;
+            }
             if wanted != actual {
                 sizing.report(
                     Some("size"),

@@ -15,6 +15,7 @@ impl Kind for MemoryParams {
     const NAME: &'static str = "memory";
     const KEYS: &'static [Key] = &[Key::required("size", "the device's size")];
     const SYNONYMS: &'static [&'static str] = &["ram", "ramdisk", "mem", "tmpfs"];
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<MemoryParams> {
         let size_bytes = keys.leaf_size(Self::NAME)?;

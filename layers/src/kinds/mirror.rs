@@ -26,6 +26,7 @@ impl Kind for MirrorParams {
         .live(),
     ];
     const SYNONYMS: &'static [&'static str] = &["raid1", "mirrored", "mirroring"];
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<MirrorParams> {
         let legs = keys.children("legs", "mirror");

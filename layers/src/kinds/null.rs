@@ -15,6 +15,7 @@ impl Kind for NullParams {
     const NAME: &'static str = "null";
     const KEYS: &'static [Key] = &[Key::required("size", "the device's size")];
     const SYNONYMS: &'static [&'static str] = &["zero", "zeros", "blackhole"];
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<NullParams> {
         let size_bytes = keys.leaf_size(Self::NAME)?;

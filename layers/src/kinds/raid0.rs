@@ -23,6 +23,7 @@ impl Kind for Raid0Params {
         Key::optional("chunk", "\"64KiB\"", "bytes on one stripe before the next"),
     ];
     const SYNONYMS: &'static [&'static str] = &["stripe", "striped", "striping"];
+    const GROWS: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<Raid0Params> {
         let stripes = keys.children("stripes", "stripe across");

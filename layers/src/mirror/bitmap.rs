@@ -132,6 +132,17 @@ impl WriteIntent {
         cleared
     }
 
+    /// The mirror grew to `regions` regions: the new ones are clear (the legs
+    /// read zeros there, all alike). Caller holds `meta_lock`, after the
+    /// record with them was made durable.
+    pub fn grow(&mut self, regions: usize) {
+        if regions > self.dirty.len() {
+            self.dirty.resize(regions, false);
+            self.in_flight.resize(regions, 0);
+            self.touched.resize(regions, 0);
+        }
+    }
+
     /// Clear every region (after the open-time resync made the legs equal).
     pub fn clear_all(&mut self) {
         self.dirty.fill(false);

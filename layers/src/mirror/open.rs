@@ -26,6 +26,8 @@ pub(super) enum Found {
         uuid: [u8; 16],
         params: LegParams,
         records: Vec<Record>,
+        /// The size in its superblock: the mirror's size when formatted.
+        formatted: u64,
     },
     /// The leg cannot be read at all: it counts as failed.
     Unreadable(String),
@@ -67,20 +69,27 @@ impl Mirror {
         let Some((uuid, region_bytes)) = member else {
             return format(ctx, legs, read_policy, block_size, size, &found).await;
         };
-        let newest = found
+        let (mut newest, recorded) = found
             .iter()
             .filter_map(|f| match f {
-                Found::Member { records, .. } => records.iter().max_by_key(|r| r.generation),
+                Found::Member {
+                    records, formatted, ..
+                } => records
+                    .iter()
+                    .max_by_key(|r| r.generation)
+                    .map(|r| (r, r.size_or(*formatted))),
                 _ => None,
             })
-            .filter(|r| {
-                r.health.len() == legs.len() && r.dirty.len() as u64 == size.div_ceil(region_bytes)
+            .filter(|(r, recorded)| {
+                r.health.len() == legs.len()
+                    && r.dirty.len() as u64 == recorded.div_ceil(region_bytes)
             })
-            .max_by_key(|r| r.generation)
-            .cloned()
+            .max_by_key(|(r, _)| r.generation)
+            .map(|(r, recorded)| (r.clone(), recorded))
             .ok_or(
                 "no leg holds a readable mirror state; refusing to guess which leg is current",
             )?;
+        let grown = grown_at_open(&mut newest, recorded, size, region_bytes)?;
         let mirror = Mirror::build(
             legs,
             read_policy,
@@ -91,7 +100,7 @@ impl Mirror {
             &newest,
         );
         mirror
-            .recover(ctx, &found, region_bytes, &newest)
+            .recover(ctx, &found, region_bytes, &newest, grown)
             .await
             .map(|()| mirror)
     }
@@ -120,7 +129,7 @@ impl Mirror {
                     repaired: AtomicU64::new(0),
                 })
                 .collect(),
-            size,
+            size: AtomicU64::new(size),
             block_size,
             uuid,
             read_policy: AtomicU8::new(policy_code(read_policy)),
@@ -149,8 +158,10 @@ impl Mirror {
         found: &[Found],
         region_bytes: u64,
         newest: &Record,
+        grown: bool,
     ) -> Result<(), String> {
-        let mut changed = false;
+        // A mirror grown at open records its new size now.
+        let mut changed = grown;
         for (i, f) in found.iter().enumerate() {
             match f {
                 Found::Member { .. } => {}
@@ -165,7 +176,7 @@ impl Mirror {
                         self.legs.len(),
                         region_bytes,
                         self.block_size,
-                        self.size,
+                        self.bytes(),
                     );
                     if let Err(e) = superblock::write(ctx, &*self.legs[i].layer, &sb).await {
                         tracing::error!(
@@ -196,7 +207,7 @@ impl Mirror {
                 let mut report = ScrubReport::default();
                 for r in dirty {
                     let start = r as u64 * region_bytes;
-                    let end = (start + region_bytes).min(self.size);
+                    let end = (start + region_bytes).min(self.bytes());
                     let mut at = start;
                     while at < end {
                         let len = STEP_BYTES.min(end - at);
@@ -280,13 +291,14 @@ pub(super) async fn inspect(
     sb.expect("mirror", FORMAT_VERSION, block_size)
         .map_err(|e| format!("leg {index}: {e}"))?;
     let params = LegParams::decode(&sb.params).map_err(|e| format!("leg {index}: {e}"))?;
-    if sb.size != size {
+    if sb.size > size {
         return Err(format!(
-            "leg {index}: formatted for {} bytes but the legs now give {size}; a leg changed size",
+            "leg {index}: formatted for {} bytes but the legs now give {size}; a leg shrank, \
+             and shrinking a mirror is not supported",
             sb.size
         ));
     }
-    if size.div_ceil(params.region_bytes) > MAX_REGIONS {
+    if sb.size.div_ceil(params.region_bytes) > MAX_REGIONS {
         return Err(format!("leg {index}: the mirror parameters are damaged"));
     }
     let mut records = Vec::with_capacity(2);
@@ -306,7 +318,52 @@ pub(super) async fn inspect(
         uuid: sb.uuid,
         params,
         records,
+        formatted: sb.size,
     })
+}
+
+/// The legs give `size` bytes and the newest record says `recorded`: legs
+/// grown while the device was down (a bigger `size` of created files, a grown
+/// disk) grow the mirror. The new regions are marked dirty, since nothing says
+/// the legs agree there (a grown disk holds whatever it held): the crash
+/// resync of `recover` makes them equal, and the record with the new size is
+/// written then. Returns whether it grew.
+fn grown_at_open(
+    newest: &mut Record,
+    recorded: u64,
+    size: u64,
+    region_bytes: u64,
+) -> Result<bool, String> {
+    if recorded > size {
+        return Err(format!(
+            "the mirror is {recorded} bytes but the legs now give only {size}; a leg shrank, \
+             and shrinking a mirror is not supported"
+        ));
+    }
+    if recorded == size {
+        return Ok(false);
+    }
+    let regions = size.div_ceil(region_bytes);
+    if regions > MAX_REGIONS {
+        return Err(too_many_regions(recorded, size, region_bytes));
+    }
+    tracing::info!(from = recorded, to = size, "mirror: the legs grew; growing");
+    newest.dirty.resize(regions as usize, true);
+    // The region that held the old end now reaches past it too.
+    if let Some(last) = newest.dirty.get_mut((recorded / region_bytes) as usize) {
+        *last = true;
+    }
+    Ok(true)
+}
+
+/// Why a mirror cannot grow past what its write-intent bitmap covers.
+pub(super) fn too_many_regions(from: u64, to: u64, region_bytes: u64) -> String {
+    format!(
+        "a mirror formatted at {from} bytes has {} KiB write-intent regions and grows to at \
+         most {} bytes ({MAX_REGIONS} regions), not {to}",
+        region_bytes >> 10,
+        MAX_REGIONS * region_bytes
+    )
 }
 
 /// Every member must be this mirror's leg at its own position.
@@ -374,6 +431,7 @@ async fn format(
         generation: 1,
         health: vec![Health::Ok; legs.len()],
         dirty: vec![false; size.div_ceil(region_bytes) as usize],
+        size,
     };
     let bytes = record.encode();
     for (i, leg) in legs.iter().enumerate() {

@@ -24,6 +24,12 @@ impl Mirror {
     /// not failed, and flush it. A leg that fails this is marked failed and the
     /// record rewritten without it. Caller holds `meta_lock`.
     pub(super) async fn persist_locked(&self, ctx: &IoCtx, dirty: &[bool]) -> Result<()> {
+        self.persist_sized(ctx, dirty, self.bytes()).await
+    }
+
+    /// [`Self::persist_locked`], recording `size` as the mirror's size (a
+    /// growing mirror records its new size before it exposes it).
+    pub(super) async fn persist_sized(&self, ctx: &IoCtx, dirty: &[bool], size: u64) -> Result<()> {
         loop {
             let targets = self.writable_legs();
             if targets.is_empty() {
@@ -33,6 +39,7 @@ impl Mirror {
                 generation: self.generation.load(Ordering::SeqCst) + 1,
                 health: (0..self.legs.len()).map(|i| self.health_of(i)).collect(),
                 dirty: dirty.to_vec(),
+                size,
             };
             self.generation.store(record.generation, Ordering::SeqCst);
             let bytes = record.encode();

@@ -84,11 +84,12 @@ impl Mirror {
     async fn missed_only_dirty(&self, ctx: &IoCtx, leg: usize) -> Result<bool, String> {
         let layer = &*self.legs[leg].layer;
         let since = self.all_ok_generation.load(Ordering::SeqCst);
-        match inspect(ctx, layer, leg, self.block_size, self.size).await {
+        match inspect(ctx, layer, leg, self.block_size, self.bytes()).await {
             Ok(Found::Member {
                 uuid,
                 params,
                 records,
+                ..
             }) => Ok(uuid == self.uuid
                 && usize::from(params.index) == leg
                 && records.iter().any(|r| r.generation >= since)),
@@ -104,7 +105,7 @@ impl Mirror {
                     self.legs.len(),
                     region_bytes,
                     self.block_size,
-                    self.size,
+                    self.bytes(),
                 );
                 superblock::write(ctx, layer, &sb)
                     .await
@@ -123,9 +124,9 @@ impl Mirror {
         if self.rebuilding_legs().is_empty() {
             return None;
         }
-        let at = self.resync_at.load(Ordering::SeqCst).min(self.size);
+        let at = self.resync_at.load(Ordering::SeqCst).min(self.bytes());
         let left = if self.resync_all.load(Ordering::SeqCst) {
-            self.size - at
+            self.bytes() - at
         } else {
             let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
             let region = intent.region_bytes();
@@ -133,7 +134,7 @@ impl Mirror {
                 .filter(|&r| intent.dirty()[r])
                 .map(|r| {
                     let start = (r as u64 * region).max(at);
-                    let end = ((r as u64 + 1) * region).min(self.size);
+                    let end = ((r as u64 + 1) * region).min(self.bytes());
                     end.saturating_sub(start)
                 })
                 .sum()
@@ -148,18 +149,18 @@ impl Mirror {
     /// The next byte a resync copies at or after `at`, and how many bytes
     /// from there: everything, or only the dirty regions.
     fn next_to_copy(&self, at: u64) -> Option<(u64, u64)> {
-        if at >= self.size {
+        if at >= self.bytes() {
             return None;
         }
         if self.resync_all.load(Ordering::SeqCst) {
-            return Some((at, STEP_BYTES.min(self.size - at)));
+            return Some((at, STEP_BYTES.min(self.bytes() - at)));
         }
         let intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
         let region = intent.region_bytes();
         let first = (at / region) as usize;
         let r = (first..intent.regions()).find(|&r| intent.dirty()[r])?;
         let start = at.max(r as u64 * region);
-        let end = ((r as u64 + 1) * region).min(self.size);
+        let end = ((r as u64 + 1) * region).min(self.bytes());
         Some((start, STEP_BYTES.min(end - start)))
     }
 
@@ -173,7 +174,7 @@ impl Mirror {
             return Ok(false);
         }
         let Some((at, len)) = self.next_to_copy(self.resync_at.load(Ordering::SeqCst)) else {
-            self.resync_at.store(self.size, Ordering::SeqCst);
+            self.resync_at.store(self.bytes(), Ordering::SeqCst);
             self.finish_resync(ctx).await?;
             return Ok(false);
         };

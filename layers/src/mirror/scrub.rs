@@ -42,7 +42,7 @@ impl ScrubReport {
 impl Mirror {
     /// How many steps a full scrub takes (`scrub_step(ctx, 0..scrub_steps())`).
     pub fn scrub_steps(&self) -> u64 {
-        self.size.div_ceil(STEP_BYTES)
+        self.bytes().div_ceil(STEP_BYTES)
     }
 
     /// Scrub step `step`: bytes `step * STEP_BYTES` onwards, at most `STEP_BYTES`.
@@ -54,7 +54,7 @@ impl Mirror {
             ));
         }
         let offset = step * STEP_BYTES;
-        let len = STEP_BYTES.min(self.size - offset);
+        let len = STEP_BYTES.min(self.bytes() - offset);
         let guards = self.exclusive_regions(ctx, offset, len).await;
         let report = self.scrub_range(ctx, offset, len).await;
         drop(guards);

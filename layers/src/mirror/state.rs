@@ -10,6 +10,8 @@
 //! | 8..9       | leg count N (1..=32)                                     |
 //! | 16..16+N   | health per leg: 0 ok, 1 failed, 2 rebuilding             |
 //! | 48..52     | region count R, u32                                      |
+//! | 56..64     | exposed size, u64; 0 in records older than growth: the   |
+//! |            | superblock's                                             |
 //! | 64..64+R/8 | write-intent bitmap, bit r of byte r/8 = region r dirty  |
 //! | 4088..4092 | crc32 of bytes 0..4088                                   |
 //!
@@ -31,6 +33,7 @@ const GENERATION_AT: usize = 0;
 const LEG_COUNT_AT: usize = 8;
 const HEALTH_AT: usize = 16;
 const REGION_COUNT_AT: usize = 48;
+const SIZE_AT: usize = 56;
 const BITMAP_AT: usize = 64;
 const CRC_AT: usize = 4088;
 /// Most regions a record can hold.
@@ -143,6 +146,9 @@ pub struct Record {
     pub health: Vec<Health>,
     /// Write-intent bitmap, one entry per region.
     pub dirty: Vec<bool>,
+    /// The mirror's exposed size when the record was written; 0 in records
+    /// written before sizes were recorded (the superblock's size then holds).
+    pub size: u64,
 }
 
 impl Record {
@@ -162,6 +168,7 @@ impl Record {
         }
         out[REGION_COUNT_AT..REGION_COUNT_AT + 4]
             .copy_from_slice(&(self.dirty.len() as u32).to_le_bytes());
+        out[SIZE_AT..SIZE_AT + 8].copy_from_slice(&self.size.to_le_bytes());
         for (r, &d) in self.dirty.iter().enumerate() {
             if d {
                 out[BITMAP_AT + r / 8] |= 1 << (r % 8);
@@ -199,11 +206,23 @@ impl Record {
         let dirty = (0..regions as usize)
             .map(|r| slot[BITMAP_AT + r / 8] & (1 << (r % 8)) != 0)
             .collect();
+        let size = u64::from_le_bytes(slot.get(SIZE_AT..SIZE_AT + 8)?.try_into().ok()?);
         Some(Record {
             generation,
             health,
             dirty,
+            size,
         })
+    }
+
+    /// The size this record says the mirror has: its own, or the
+    /// superblock's (`formatted`) in a record that carries none.
+    pub fn size_or(&self, formatted: u64) -> u64 {
+        if self.size == 0 {
+            formatted
+        } else {
+            self.size
+        }
     }
 }
 
@@ -222,6 +241,7 @@ mod tests {
             generation: 41,
             health: vec![Health::Ok, Health::Failed, Health::Rebuilding],
             dirty: (0..100).map(|r| r % 7 == 3).collect(),
+            size: 100 << 20,
         }
     }
 
@@ -234,6 +254,7 @@ mod tests {
             generation: 2,
             health: vec![Health::Ok; MAX_LEGS],
             dirty: vec![true; MAX_REGIONS as usize],
+            size: 0,
         };
         assert_eq!(Record::decode(&full.encode()), Some(full));
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use layers::plan::{CacheMode, FaultKnobs, LiveChange, LogLevel, Plan, ReadPolicy};
 
-use super::{diff, patch, Changes};
+use super::{diff, diff_sized, patch, Changes};
 
 /// Every layer type but `disk` and `null` (see [`LEAVES`]), every key spelled out.
 const RUNNING: &str = r#"version = 1
@@ -495,4 +495,116 @@ fn patch_gives_the_plan_a_change_leads_to() {
         }
         assert_eq!(running, target, "{to}");
     }
+}
+
+/// Growth, with sizes given by hand: `LEAVES` is raid0 `r` over disk `d`
+/// and null `n`, in that order.
+fn sized(
+    running: &str,
+    from: &str,
+    to: &str,
+    old: &[u64],
+    new: &[u64],
+) -> Result<Changes, Vec<String>> {
+    let (a, b) = (plan(running), plan(&edited(running, from, to)));
+    diff_sized(&a, old, &b, new).map_err(|refusal| refusal.reasons)
+}
+
+const GROWING: &str = r#"version = 1
+[device]
+name = "g"
+top = "r"
+[layers.r]
+type = "raid0"
+stripes = ["m", "n"]
+[layers.m]
+type = "memory"
+size = "1GiB"
+[layers.n]
+type = "null"
+size = "1GiB"
+"#;
+
+const G: u64 = 1 << 30;
+
+#[test]
+fn rising_leaf_sizes_grow_every_layer_bottom_up() {
+    let text = GROWING.replace("size = \"1GiB\"", "size = \"2GiB\"");
+    let (a, b) = (plan(GROWING), plan(&text));
+    let changes = diff_sized(&a, &[2 * G, G, G], &b, &[4 * G, 2 * G, 2 * G]).unwrap();
+    let grown: Vec<&str> = changes.grow.iter().map(|g| g.layer.as_str()).collect();
+    assert_eq!(grown, ["n", "m", "r"]);
+    assert_eq!(changes.device_size.as_ref().map(|(s, _)| *s), Some(4 * G));
+    assert_eq!(
+        edits(&changes),
+        [
+            "layers.n size: 1 GiB -> 2 GiB",
+            "layers.m size: 1 GiB -> 2 GiB",
+            "layers.r size: 2 GiB -> 4 GiB",
+            "device size: 2 GiB -> 4 GiB"
+        ]
+    );
+}
+
+#[test]
+fn shrinking_is_refused_with_a_reason() {
+    let reasons = sized(
+        GROWING,
+        "size = \"1GiB\"\n[layers.n]",
+        "size = \"512MiB\"\n[layers.n]",
+        &[2 * G, G, G],
+        &[2 * G, G / 2, G],
+    )
+    .unwrap_err();
+    assert_eq!(
+        reasons,
+        ["layers.m: shrinking from 1 GiB to 512 MiB is not supported: a running device only grows (restore the size)"]
+    );
+}
+
+#[test]
+fn a_layer_that_does_not_grow_is_named() {
+    // The disk below `r` grew (a bigger block device).
+    let reasons = sized(
+        LEAVES,
+        "size = \"1GiB\"",
+        "size = \"2GiB\"",
+        &[2 * G, G, G],
+        &[4 * G, 2 * G, 2 * G],
+    )
+    .unwrap_err();
+    assert!(
+        reasons.iter().any(|r| r
+            .starts_with("layers.d: grows from 1 GiB to 2 GiB, but a disk layer does not grow")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn growth_and_live_keys_go_together_but_not_with_structural_ones() {
+    let text = RUNNING.replace("size = \"512MiB\"", "size = \"1GiB\"");
+    let text = edited(
+        &text,
+        "read_policy = \"round-robin\"",
+        "read_policy = \"first\"",
+    );
+    let (a, b) = (plan(RUNNING), plan(&text));
+    let n = a.layers.len();
+    let mut old = vec![G; n];
+    let mut new = vec![G; n];
+    for (id, layer) in a.layers.iter().enumerate() {
+        if ["m1", "m2"].contains(&layer.name.as_str()) {
+            old[id] = G / 2;
+        }
+    }
+    let changes = diff_sized(&a, &old, &b, &new).unwrap();
+    assert_eq!(changes.layers.len(), 1, "the read policy");
+    let grown: Vec<&str> = changes.grow.iter().map(|g| g.layer.as_str()).collect();
+    assert_eq!(grown, ["m2", "m1"]);
+    // With a structural key too, nothing goes.
+    let text = edited(&text, "chunk = \"64KiB\"", "chunk = \"128KiB\"");
+    let b = plan(&text);
+    new[0] = G;
+    let reasons = diff_sized(&a, &old, &b, &new).unwrap_err().reasons;
+    assert_eq!(reasons, ["layers.stripes.chunk: structural, needs down/up"]);
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use layers::{Plan, Stack};
 
-use super::{ConnectionCounter, FrontEnd, Serving};
+use super::{ConnectionCounter, FrontEnd, Resize, Serving};
 use crate::nbd::{Address, NbdOptions, Server};
 
 pub struct Nbd {
@@ -49,6 +49,7 @@ impl FrontEnd for Nbd {
             note: "",
             connections: Some(connections),
             ublk: None,
+            resize: Some(Arc::new(NbdResize)),
         })
     }
 
@@ -66,6 +67,21 @@ impl FrontEnd for Nbd {
 
     fn remove(&mut self) -> Result<(), String> {
         // The server removed its Unix socket when it stopped.
+        Ok(())
+    }
+}
+
+/// New clients are told the stack's size at their handshake, so a grown
+/// stack needs nothing more. Connected clients keep the size they were told
+/// (NBD has no way to announce a new one) until they reconnect.
+struct NbdResize;
+
+impl Resize for NbdResize {
+    fn refusal(&self) -> Option<String> {
+        None
+    }
+
+    fn resize(&self, _bytes: u64) -> Result<(), String> {
         Ok(())
     }
 }

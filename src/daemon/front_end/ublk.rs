@@ -36,7 +36,7 @@ use layers::{Layer, LayerSpec, Plan, Stack};
 
 mod clean_handover;
 
-use super::{FrontEnd, Handover, Serving};
+use super::{FrontEnd, Handover, Resize, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
 use crate::ublk::{
@@ -136,6 +136,10 @@ impl FrontEnd for Ublk {
                 device.kernel_features(),
                 device.features_in_use(),
             )),
+            resize: Some(Arc::new(UblkResize {
+                dev_id: device.dev_id(),
+                features: device.kernel_features(),
+            })),
         };
         self.device = Some(device);
         self.config = Some(device_config);
@@ -228,6 +232,33 @@ impl FrontEnd for Ublk {
         // The device is gone: nothing is left to recover.
         drop(std::fs::remove_file(&self.record));
         Ok(())
+    }
+}
+
+/// The kernel version that added UBLK_U_CMD_UPDATE_SIZE (UBLK_F_UPDATE_SIZE).
+const UPDATE_SIZE_SINCE: &str = "Linux 6.14";
+
+/// Grows /dev/ublkbN with UPDATE_SIZE, through a control device of its own
+/// (the one `start` used belongs to the device).
+struct UblkResize {
+    dev_id: u32,
+    features: u64,
+}
+
+impl Resize for UblkResize {
+    fn refusal(&self) -> Option<String> {
+        (self.features & crate::ublk::sys::UBLK_F_UPDATE_SIZE == 0).then(|| {
+            format!(
+                "this kernel's ublk driver cannot resize a running device (UBLK_F_UPDATE_SIZE \
+                 needs {UPDATE_SIZE_SINCE} or later); take the device down and up to grow it"
+            )
+        })
+    }
+
+    fn resize(&self, bytes: u64) -> Result<(), String> {
+        let mut ctrl = Control::open().map_err(|e| e.to_string())?;
+        ctrl.update_size(self.dev_id, bytes)
+            .map_err(|e| e.to_string())
     }
 }
 

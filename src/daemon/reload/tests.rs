@@ -119,9 +119,10 @@ fn a_structural_edit_touches_nothing() {
     running.edit("size = \"1MiB\"", "size = \"2MiB\"");
     let outcome = running.reloader.reload(Trigger::FileChanged);
     assert_eq!(outcome.verdict, Verdict::Refused);
-    assert_eq!(
-        outcome.refused,
-        ["layers.a.size: structural, needs down/up"]
+    assert!(
+        outcome.refused.iter().any(|r| r.contains("differ in size")),
+        "one leg grown alone: {:?}",
+        outcome.refused
     );
     assert!(outcome.applied.is_empty());
     assert_eq!(outcome.generation, 1);
@@ -227,4 +228,146 @@ fn a_file_event_without_a_change_keeps_the_last_outcome() {
     assert_eq!(unchanged.verdict, Verdict::Unchanged);
     let last = running.reloader.record().last.unwrap();
     assert_eq!(last.verdict, Verdict::Applied);
+}
+
+/// A front end that records resizes; `refuse` says why it cannot, `fail`
+/// makes the resize itself fail.
+#[derive(Default)]
+struct FakeResize {
+    refuse: Option<String>,
+    fail: bool,
+    sizes: Mutex<Vec<u64>>,
+}
+
+impl super::Resize for FakeResize {
+    fn refusal(&self) -> Option<String> {
+        self.refuse.clone()
+    }
+    fn resize(&self, bytes: u64) -> Result<(), String> {
+        if self.fail {
+            return Err("UPDATE_SIZE failed: EIO".into());
+        }
+        self.sizes.lock().unwrap().push(bytes);
+        Ok(())
+    }
+}
+
+fn grow_both_legs(running: &Running) {
+    let path = running.dir.path().join("r0.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    running.write(&text.replace("size = \"1MiB\"", "size = \"2MiB\""));
+}
+
+fn with_resize(resize: &Arc<FakeResize>) -> Running {
+    let mut running = Running::up();
+    let dir = running.dir.path().to_path_buf();
+    let plan = crate::config::load(&dir.join("r0.toml")).unwrap();
+    running.reloader = Reloader::new(
+        dir.join("r0.toml"),
+        plan,
+        running.stack.clone(),
+        Box::new(|_| Ok(())),
+    )
+    .with_resize(Some(resize.clone() as Arc<dyn super::Resize>));
+    running
+}
+
+#[test]
+fn growing_the_legs_grows_every_layer_then_the_device() {
+    let resize = Arc::new(FakeResize::default());
+    let running = with_resize(&resize);
+    let before = running.stack.size();
+    grow_both_legs(&running);
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Applied, "{outcome:?}");
+    let grown = (2 << 20) - layers::mirror::DATA_START;
+    assert_eq!(running.stack.size(), grown);
+    assert!(grown > before);
+    assert_eq!(*resize.sizes.lock().unwrap(), [grown]);
+    // Bottom-up: leaves, the fault over one, the mirror, then the device.
+    let order: Vec<&str> = outcome
+        .applied
+        .iter()
+        .map(|a| a.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "layers.b",
+            "layers.a",
+            "layers.slow",
+            "layers.mirror",
+            "device"
+        ],
+        "{:?}",
+        outcome.applied
+    );
+    // The new space is served.
+    let ctx = layers::IoCtx::new(0, 8).unwrap();
+    let exec = layers::Executor::new().unwrap();
+    let data = layers::IoBuf::copy_from(&[7u8; 4096]);
+    exec.block_on(&ctx, running.stack.top().write(&ctx, grown - 4096, &data))
+        .unwrap();
+    // And a second reload of the same file changes nothing.
+    let again = running.reloader.reload(Trigger::Command);
+    assert_eq!(again.verdict, Verdict::Unchanged, "{again:?}");
+}
+
+#[test]
+fn a_front_end_that_cannot_resize_refuses_before_anything_grows() {
+    let resize = Arc::new(FakeResize {
+        refuse: Some("needs Linux 6.14".into()),
+        ..FakeResize::default()
+    });
+    let running = with_resize(&resize);
+    let before = running.stack.size();
+    grow_both_legs(&running);
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Refused, "{outcome:?}");
+    assert_eq!(outcome.refused, ["needs Linux 6.14"]);
+    assert_eq!(running.stack.size(), before);
+    let leaf = running.stack.layer("a").unwrap().size();
+    assert_eq!(leaf, 1 << 20, "a leaf grew before the refusal");
+}
+
+#[test]
+fn a_failed_resize_keeps_the_old_size_served_and_is_retried() {
+    let failing = Arc::new(FakeResize {
+        fail: true,
+        ..FakeResize::default()
+    });
+    let mut running = with_resize(&failing);
+    grow_both_legs(&running);
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Failed, "{outcome:?}");
+    assert!(
+        outcome.refused[0].contains("keeps serving its old size"),
+        "{:?}",
+        outcome.refused
+    );
+    // The same reloader with a working front end: the resize is retried.
+    let working = Arc::new(FakeResize::default());
+    running.reloader.resize = Some(working.clone() as Arc<dyn super::Resize>);
+    let again = running.reloader.reload(Trigger::Command);
+    assert_eq!(again.verdict, Verdict::Applied, "{again:?}");
+    assert_eq!(
+        *working.sizes.lock().unwrap(),
+        [(2 << 20) - layers::mirror::DATA_START]
+    );
+}
+
+#[test]
+fn shrinking_is_refused() {
+    let resize = Arc::new(FakeResize::default());
+    let running = with_resize(&resize);
+    let path = running.dir.path().join("r0.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    running.write(&text.replace("size = \"1MiB\"", "size = \"512KiB\""));
+    let outcome = running.reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Refused, "{outcome:?}");
+    assert!(
+        outcome.refused.iter().any(|r| r.contains("shrinking")),
+        "{:?}",
+        outcome.refused
+    );
 }
