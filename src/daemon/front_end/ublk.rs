@@ -33,7 +33,9 @@ use layers::{Layer, LayerSpec, Plan, Stack};
 use super::{FrontEnd, Handover, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
-use crate::ublk::{zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer};
+use crate::ublk::{
+    batch, zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer,
+};
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
 const NO_UBLK: &str =
@@ -89,7 +91,11 @@ impl FrontEnd for Ublk {
                 zero_copy::choose(ctrl.features(), zero_copy_blocker.as_deref(), wanted)
             })
             .map_err(|e| format!("{name}: {e}"))?;
+        let batch_io = batch::choose::Wanted::from_env()
+            .and_then(|wanted| batch::choose::choose(ctrl.features(), wanted))
+            .map_err(|e| format!("{name}: {e}"))?;
         let device_config = DeviceConfig {
+            batch_io,
             data_path,
             zero_copy_blocker,
             id: plan.device.id,
