@@ -62,6 +62,7 @@ scenarios!(
     ublk_safe_stop,
     ublk_upgrade,
     ublk_zero_copy,
+    ublk_batch_io,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
