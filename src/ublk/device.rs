@@ -358,9 +358,12 @@ impl Device {
             let handle = std::thread::Builder::new()
                 .name(format!("ublk{dev_id}-q{queue}"))
                 .spawn(move || {
-                    queue::run(setup, char_fd, stack, |armed| {
-                        drop(armed_tx.send((queue, armed)));
-                    })
+                    let armed = |armed| drop(armed_tx.send((queue, armed)));
+                    if setup.batch {
+                        batch::run(setup, char_fd, stack, armed)
+                    } else {
+                        queue::run(setup, char_fd, stack, armed)
+                    }
                 })
                 .map_err(|e| DeviceError::Queue(queue, e))?;
             self.queues.push(handle);

@@ -75,7 +75,7 @@ pub struct QueueSetup {
     pub cpus: Vec<usize>,
     /// The device's data path (from the flags it was created with).
     pub data_path: DataPath,
-    /// Serve the queue with the batch protocol (`batch`), not per tag.
+    /// Serve the queue with the batch protocol (`batch::run`), not per tag.
     pub batch: bool,
 }
 
@@ -240,9 +240,6 @@ pub fn run<T: TopLayer>(
     stack: Arc<T>,
     armed: impl FnOnce(io::Result<()>),
 ) -> io::Result<QueueReport> {
-    if setup.batch {
-        return super::batch::run(setup, char_fd, stack, armed);
-    }
     let (queue, exec) = match prepare(setup, &char_fd) {
         Ok(parts) => parts,
         Err(e) => {

@@ -224,7 +224,7 @@ impl Future for YieldOnce {
 
 /// Run one queue with the batch protocol until the device is stopped; the
 /// contract is `queue::run`'s.
-pub(super) fn run<T: TopLayer>(
+pub fn run<T: TopLayer>(
     setup: QueueSetup,
     char_fd: Arc<OwnedFd>,
     stack: Arc<T>,
