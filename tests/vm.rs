@@ -63,6 +63,7 @@ scenarios!(
     ublk_upgrade,
     ublk_upgrade_cache,
     ublk_zero_copy,
+    ublk_batch_io,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

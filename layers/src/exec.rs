@@ -337,6 +337,18 @@ impl Executor {
         front_busy: &dyn Fn() -> bool,
         foreign: &mut dyn FnMut(u64, i32),
     ) -> io::Result<bool> {
+        self.turn_inner(ctx, front_busy, &mut |user_data, res, _| {
+            foreign(user_data, res)
+        })
+    }
+
+    /// [`Executor::turn`], also passing each front-end CQE's flags.
+    pub fn turn_with_flags(
+        &self,
+        ctx: &IoCtx,
+        front_busy: &dyn Fn() -> bool,
+        foreign: &mut dyn FnMut(u64, i32, u32),
+    ) -> io::Result<bool> {
         self.turn_inner(ctx, front_busy, foreign)
     }
 
@@ -344,7 +356,7 @@ impl Executor {
         &self,
         ctx: &IoCtx,
         front_busy: &dyn Fn() -> bool,
-        foreign: &mut dyn FnMut(u64, i32),
+        foreign: &mut dyn FnMut(u64, i32, u32),
     ) -> io::Result<bool> {
         let running = Running::enter(&self.shared);
         let mut main_woken = self.run_ready(&running);
@@ -365,13 +377,13 @@ impl Executor {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             res?;
         }
-        ctx.uring.reap(&mut |user_data, res| {
+        ctx.uring.reap_with_flags(&mut |user_data, res, flags| {
             if user_data == WAKE_TAG {
                 self.wake_armed.set(false);
                 let mut counter = [0u8; 8];
                 drop((&self.shared.eventfd).read(&mut counter));
             } else {
-                foreign(user_data, res)
+                foreign(user_data, res, flags)
             }
         });
         main_woken |= self.run_ready(&running);
@@ -401,7 +413,7 @@ impl Executor {
     /// expected here.
     pub fn run_until_idle(&self, ctx: &IoCtx) -> io::Result<()> {
         while self.live.get() > 0 {
-            self.turn_inner(ctx, &|| false, &mut |user_data, _| {
+            self.turn_inner(ctx, &|| false, &mut |user_data, _, _| {
                 panic!("unexpected front-end CQE {user_data:#x} in run_until_idle")
             })?;
         }
@@ -421,7 +433,7 @@ impl Executor {
                 }
             }
             woken = self
-                .turn_inner(ctx, &|| false, &mut |user_data, _| {
+                .turn_inner(ctx, &|| false, &mut |user_data, _, _| {
                     panic!("unexpected front-end CQE {user_data:#x} in block_on")
                 })
                 .expect("io_uring wait failed");

@@ -327,16 +327,22 @@ impl Uring {
     /// foreign ones (`user_data` with [`FOREIGN_BIT`]) to `foreign`. Returns how many
     /// CQEs were seen.
     pub fn reap(&self, foreign: &mut dyn FnMut(u64, i32)) -> usize {
+        self.reap_with_flags(&mut |user_data, res, _| foreign(user_data, res))
+    }
+
+    /// [`Uring::reap`], also passing each foreign CQE's flags (multishot
+    /// commands say with IORING_CQE_F_MORE whether more CQEs follow).
+    pub fn reap_with_flags(&self, foreign: &mut dyn FnMut(u64, i32, u32)) -> usize {
         let mut seen = 0;
         loop {
             // Take a batch out so that wakers and `foreign` run without the ring
             // borrowed (they may push new SQEs).
-            let mut batch: [(u64, i32); 32] = [(0, 0); 32];
+            let mut batch: [(u64, i32, u32); 32] = [(0, 0, 0); 32];
             let mut n = 0;
             {
                 let mut ring = self.ring.borrow_mut();
                 for cqe in ring.completion() {
-                    batch[n] = (cqe.user_data(), cqe.result());
+                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
                     n += 1;
                     if n == batch.len() {
                         break;
@@ -347,9 +353,9 @@ impl Uring {
                 return seen;
             }
             seen += n;
-            for &(user_data, res) in &batch[..n] {
+            for &(user_data, res, flags) in &batch[..n] {
                 if user_data & FOREIGN_BIT != 0 {
-                    foreign(user_data, res);
+                    foreign(user_data, res, flags);
                 } else {
                     self.complete(user_data as usize, res);
                 }

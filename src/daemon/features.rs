@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::ublk::ctrl::{Control, CtrlError, CONTROL_PATH};
-use crate::ublk::{features, sys, zero_copy};
+use crate::ublk::{batch, features, sys, zero_copy};
 
 /// Said when /dev/ublk-control is missing.
 pub const NOT_LOADED: &str = "ublk_drv is not loaded (/dev/ublk-control is missing): load it with \
@@ -66,7 +66,12 @@ impl Report {
                     .and_then(|wanted| zero_copy::choose(offered, None, wanted))
                     .unwrap_or(zero_copy::DataPath::Copy);
                 report.data_path = Some(path.name());
-                let asked = features::add_dev_flags(offered, true) | path.flag();
+                let batch_io = batch::choose::Wanted::from_env()
+                    .and_then(|wanted| batch::choose::choose(offered, wanted))
+                    .unwrap_or(false);
+                let asked = features::add_dev_flags(offered, true)
+                    | path.flag()
+                    | batch::choose::flag(batch_io);
                 report.in_use = features::names(features::in_use(asked, offered));
                 report.safe_stop = Some(if offered & sys::UBLK_F_SAFE_STOP_DEV != 0 {
                     "TRY_STOP_DEV"

@@ -38,6 +38,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::batch;
 use super::ctrl::{Control, CtrlError, DAEMON_MARK};
 use super::features;
 use super::queue::{self, QueueReport, QueueSetup, TopLayer};
@@ -71,6 +72,8 @@ pub struct DeviceConfig {
     /// The first layer type of the stack that cannot use zero copy, if any: a
     /// device left in zero-copy mode by a killed daemon is then not taken over.
     pub zero_copy_blocker: Option<String>,
+    /// Serve a new device with the batch protocol (`batch::choose`).
+    pub batch_io: bool,
 }
 
 #[derive(Debug)]
@@ -204,7 +207,8 @@ impl Device {
             // daemon died before START_DEV from one being set up right now.
             ublksrv_pid: std::process::id() as i32,
             flags: features::add_dev_flags(ctrl.features(), config.recovery)
-                | config.data_path.flag(),
+                | config.data_path.flag()
+                | batch::choose::flag(config.batch_io),
             ublksrv_flags: DAEMON_MARK,
             ..DevInfo::default()
         };
@@ -361,14 +365,18 @@ impl Device {
                 // From the device's own flags: a recovered device keeps the
                 // data path it was created with.
                 data_path: DataPath::of_flags(self.info.flags),
+                batch: self.info.flags & sys::UBLK_F_BATCH_IO != 0,
             };
             let (char_fd, stack, armed_tx) = (char_fd.clone(), stack.clone(), armed_tx.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("ublk{dev_id}-q{queue}"))
                 .spawn(move || {
-                    queue::run(setup, char_fd, stack, |armed| {
-                        drop(armed_tx.send((queue, armed)));
-                    })
+                    let armed = |armed| drop(armed_tx.send((queue, armed)));
+                    if setup.batch {
+                        batch::run(setup, char_fd, stack, armed)
+                    } else {
+                        queue::run(setup, char_fd, stack, armed)
+                    }
                 })
                 .map_err(|e| DeviceError::Queue(queue, e))?;
             self.queues.push(handle);
@@ -656,6 +664,7 @@ mod tests {
             held_ids: Vec::new(),
             data_path: DataPath::Copy,
             zero_copy_blocker: None,
+            batch_io: false,
         }
     }
 

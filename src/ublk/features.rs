@@ -55,7 +55,8 @@ const ASKED: u64 = sys::UBLK_F_CMD_IOCTL_ENCODE
     | sys::UBLK_F_USER_RECOVERY
     | sys::UBLK_F_USER_RECOVERY_REISSUE
     | sys::UBLK_F_QUIESCE
-    | sys::UBLK_F_NO_AUTO_PART_SCAN;
+    | sys::UBLK_F_NO_AUTO_PART_SCAN
+    | sys::UBLK_F_BATCH_IO;
 
 /// The names of the known bits set in `mask`, lowest bit first.
 pub fn names(mask: u64) -> Vec<&'static str> {

@@ -75,6 +75,8 @@ pub struct QueueSetup {
     pub cpus: Vec<usize>,
     /// The device's data path (from the flags it was created with).
     pub data_path: DataPath,
+    /// Serve the queue with the batch protocol (`batch::run`), not per tag.
+    pub batch: bool,
 }
 
 /// How a queue ended.
@@ -98,15 +100,16 @@ enum TagState {
 }
 
 /// State shared by the queue loop and its tasks (all on the queue thread).
-struct Queue {
-    setup: QueueSetup,
-    char_fd: RawFd,
-    ctx: IoCtx,
-    descs: Descriptors,
-    buffers: TagBuffers,
+/// The batch protocol (`batch`) uses it too, all but the per-tag states.
+pub(super) struct Queue {
+    pub(super) setup: QueueSetup,
+    pub(super) char_fd: RawFd,
+    pub(super) ctx: IoCtx,
+    pub(super) descs: Descriptors,
+    pub(super) buffers: TagBuffers,
     tags: RefCell<Vec<TagState>>,
     done_tags: Cell<usize>,
-    report: Cell<QueueReport>,
+    pub(super) report: Cell<QueueReport>,
 }
 
 impl Queue {
@@ -314,7 +317,7 @@ fn refused_fetch(queue: &Queue) -> Option<i32> {
 
 /// Tear down after a failure that may leave commands in the kernel: the tag
 /// buffers are leaked rather than freed under a possible kernel copy.
-fn abandon(queue: Rc<Queue>, exec: Executor) {
+pub(super) fn abandon(queue: Rc<Queue>, exec: Executor) {
     drop(exec);
     match Rc::try_unwrap(queue) {
         Ok(queue) => {
@@ -333,7 +336,7 @@ fn abandon(queue: Rc<Queue>, exec: Executor) {
     }
 }
 
-fn prepare(setup: QueueSetup, char_fd: &OwnedFd) -> io::Result<(Rc<Queue>, Executor)> {
+pub(super) fn prepare(setup: QueueSetup, char_fd: &OwnedFd) -> io::Result<(Rc<Queue>, Executor)> {
     if !setup.cpus.is_empty() {
         if let Err(e) = pin_current_thread(&setup.cpus) {
             tracing::warn!(
@@ -451,7 +454,7 @@ fn on_command_done<T: TopLayer>(
 
 /// Run one request on the stack; returns what COMMIT reports: bytes transferred
 /// for reads and writes, 0 for other successes, a negative errno on failure.
-async fn serve(queue: &Queue, top: &dyn Layer, tag: u16, desc: IoDesc) -> i32 {
+pub(super) async fn serve(queue: &Queue, top: &dyn Layer, tag: u16, desc: IoDesc) -> i32 {
     let op = desc.op();
     let result = if op == sys::UBLK_IO_OP_FLUSH {
         // A flush carries no range: its start sector is the block layer's

@@ -40,7 +40,7 @@ use super::{FrontEnd, Handover, Resize, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
 use crate::ublk::{
-    sys, zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer,
+    batch, sys, zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer,
 };
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
@@ -99,7 +99,11 @@ impl FrontEnd for Ublk {
                 zero_copy::choose(ctrl.features(), zero_copy_blocker.as_deref(), wanted)
             })
             .map_err(|e| format!("{name}: {e}"))?;
+        let batch_io = batch::choose::Wanted::from_env()
+            .and_then(|wanted| batch::choose::choose(ctrl.features(), wanted))
+            .map_err(|e| format!("{name}: {e}"))?;
         let device_config = DeviceConfig {
+            batch_io,
             data_path,
             zero_copy_blocker,
             id: plan.device.id,
