@@ -45,10 +45,10 @@ down_device scrub0
 step "corrupt 20 blocks of leg 0"
 # docs/formats/checksum.md and mirror.md: checksum superblock and table, then
 # the checksum's data blocks, the first 3 of which hold the mirror's metadata.
-data_start=$(($(checksum_data_start $((64 << 20))) + 3 * 4096))
 for i in $(seq 1 20); do
     block=$((i * 197 % 4096))
-    printf 'CORRUPT' | dd of=/work/data/l0.img bs=1 seek=$((data_start + block * 4096 + 100)) conv=notrunc status=none
+    at=$(checksum_block_at $((3 + block)))
+    printf 'CORRUPT' | dd of=/work/data/l0.img bs=1 seek=$((at + 100)) conv=notrunc status=none
 done
 
 step "scrub finds and repairs all 20"

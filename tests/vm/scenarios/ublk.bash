@@ -39,12 +39,35 @@ no_ublk_devices() {
     [[ -z $left ]] || fail "ublk devices left behind: $left"
 }
 
-# Byte offset of the first data block of a `checksum` layer (4 KiB blocks) over
-# a device of $1 bytes, per docs/formats/checksum.md (version 2): superblock,
-# table header, table pages (two 4 KiB slots per 255 entries), data blocks.
-checksum_data_start() {
-    local room=$(($1 - 4096 - 8192)) n
-    n=$((room / (4096 + 16)))
-    while (((n + 254) / 255 * 8192 + n * 4096 > room)); do n=$((n - 1)); done
-    echo $((4096 + 8192 + (n + 254) / 255 * 8192))
+# Byte offset on the leaf of data block $1 of a `checksum` layer (4 KiB
+# blocks), per docs/formats/checksum.md (version 3): superblock, table header,
+# then groups, each its table pages (two 4 KiB slots per 255 entries) and then
+# the data blocks they describe; groups hold 1, 2, 4 … 64 pages.
+checksum_block_at() {
+    local i=$1 pages=1 before=0
+    while ((i >= pages * 255)); do
+        i=$((i - pages * 255))
+        before=$((before + pages))
+        ((pages < 64)) && pages=$((pages * 2))
+    done
+    echo $((12288 + (before + pages) * 8192 + (before * 255 + i) * 4096))
+}
+
+# The data blocks of the `checksum` leaf file $1 from block $2 on, in order,
+# without the table pages between them (for comparing legs' data).
+checksum_data_from() {
+    local file=$1 first=$2 size pages=1 before=0 start
+    size=$(stat -c %s "$file")
+    while :; do
+        start=$((12288 + (before + pages) * 8192 + before * 255 * 4096))
+        ((start >= size)) && return 0
+        if ((first < pages * 255)); then
+            dd if="$file" bs=4096 skip=$((start / 4096 + first)) count=$((pages * 255 - first)) status=none
+            first=0
+        else
+            first=$((first - pages * 255))
+        fi
+        before=$((before + pages))
+        ((pages < 64)) && pages=$((pages * 2))
+    done
 }

@@ -32,7 +32,7 @@ done
 down_device sum0
 
 step "flip one byte of block 17 on the leaf"
-at=$(($(checksum_data_start $((64 << 20))) + 17 * 4096))
+at=$(checksum_block_at 17)
 [[ $(dd if=/work/data/sum0.img bs=1 skip="$at" count=13 status=none) == BLOCK-000017- ]] ||
     fail "block 17 is not where the format puts it"
 byte=$(dd if=/work/data/sum0.img bs=1 skip=$((at + 2000)) count=1 status=none | od -An -tu1 | tr -d ' ')
