@@ -64,6 +64,7 @@ scenarios!(
     ublk_upgrade_cache,
     ublk_zero_copy,
     ublk_batch_io,
+    ublk_grow,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

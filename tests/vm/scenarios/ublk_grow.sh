@@ -1,0 +1,116 @@
+# Growing a running device by editing its config: checksum over a mirror of two
+# created files, ext4 on it. On 7.3 (UBLK_F_UPDATE_SIZE): fio writes and
+# verifies while the legs' `size` rises from 96 MiB to 192 MiB; the reload
+# grows the files, the mirror, the checksum table, then the device:
+# `blockdev --getsize64` shows the new size, `resize2fs` grows the mounted
+# ext4, fio ends without an error, e2fsck is clean. A shrink is refused and
+# changes nothing. On 6.12 the same live edit is refused naming Linux 6.14 and
+# nothing changes. On both: growing through down and up serves the bigger device
+# and the filesystem's data is still there.
+. /vmtest/lib.sh
+. /vmtest/scenarios/ublk.bash
+
+mkdir -p /work/data
+cat >/work/g.toml <<'TOML'
+version = 1
+[device]
+name = "grow"
+top = "sum"
+queues = 2
+[layers.sum]
+type = "checksum"
+over = "m"
+[layers.m]
+type = "mirror"
+legs = ["a", "b"]
+[layers.a]
+type = "file"
+path = "data/a.img"
+size = "96MiB"
+create = true
+[layers.b]
+type = "file"
+path = "data/b.img"
+size = "96MiB"
+create = true
+TOML
+
+size_of() { blockdev --getsize64 "$DEV"; }
+set_legs() { sed -i "s/^size = .*/size = \"$1\"/" /work/g.toml; }
+
+step "up at 96 MiB legs, ext4, a file of known data"
+up_device /work/g.toml
+small=$(size_of)
+echo "size $small"
+mkfs.ext4 -q "$DEV"
+mkdir -p /mnt/g
+mount -t ext4 "$DEV" /mnt/g
+dd if=/dev/urandom of=/mnt/g/known bs=1M count=8 status=none
+sum_known=$(sha256sum </mnt/g/known)
+
+if [[ $(uname -r) == 6.12* ]]; then
+    step "6.12: the live grow is refused, naming the kernel needed; nothing changes"
+    set_legs 192MiB
+    rc=0
+    ublk-stack reload grow >/work/reload.out 2>&1 || rc=$?
+    cat /work/reload.out
+    ((rc != 0)) || fail "reload of a grow on 6.12 succeeded"
+    grep -q 'Linux 6.14' /work/reload.out || fail "the refusal names no kernel version"
+    [[ $(size_of) == "$small" ]] || fail "the device changed size"
+    [[ $(stat -c %s /work/data/a.img) == $((96 << 20)) ]] || fail "a leg grew anyway"
+else
+    step "7.3: grow the legs to 192 MiB while fio verifies"
+    fio --name=verify --filename=/mnt/g/data --size=24M --ioengine=io_uring --direct=1 \
+        --rw=randwrite --bs=4k --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        >/work/fio.out 2>&1 &
+    fio_pid=$!
+    sleep 2
+    set_legs 192MiB
+    ublk-stack reload grow | tee /work/reload.out || fail "reload of the grow failed"
+    big=$(size_of)
+    echo "size $big"
+    ((big > small + (90 << 20))) || fail "the device did not grow ($small -> $big)"
+    ublk-stack status grow --json | grep -q "\"size\":$big" ||
+        fail "status does not show the new size"
+    resize2fs "$DEV" || fail "resize2fs failed"
+    df -B1 /mnt/g
+    for i in $(seq 1 1200); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$fio_pid" 2>/dev/null && fail "fio still running after 120 s"
+    rc=0
+    wait "$fio_pid" || rc=$?
+    cat /work/fio.out
+    ((rc == 0)) || fail "fio exited $rc"
+    grep -q 'err= 0' /work/fio.out || fail "fio reported errors"
+    dd if=/dev/urandom of=/mnt/g/late bs=1M count=64 status=none || fail "cannot fill the new space"
+    sync
+
+    step "a shrink is refused and changes nothing"
+    set_legs 128MiB
+    rc=0
+    ublk-stack reload grow >/work/reload.out 2>&1 || rc=$?
+    cat /work/reload.out
+    ((rc != 0)) || fail "a shrink was applied"
+    grep -qi 'shrink' /work/reload.out || fail "the refusal does not say shrink"
+    [[ $(size_of) == "$big" ]] || fail "the device changed size on a refused shrink"
+    set_legs 192MiB
+    small=$big
+fi
+[[ $(sha256sum </mnt/g/known) == "$sum_known" ]] || fail "known data changed"
+umount /mnt/g
+e2fsck -fn "$DEV" || fail "e2fsck found errors"
+down_device grow
+
+step "grow through down and up"
+set_legs 256MiB
+up_device /work/g.toml
+grown=$(size_of)
+echo "size $grown"
+((grown > small + (60 << 20))) || fail "up did not grow the device ($small -> $grown)"
+e2fsck -fn "$DEV" || fail "e2fsck found errors after up"
+resize2fs "$DEV" || fail "resize2fs after up failed"
+mount -t ext4 "$DEV" /mnt/g
+[[ $(sha256sum </mnt/g/known) == "$sum_known" ]] || fail "known data changed after up"
+umount /mnt/g
+down_device grow
+no_ublk_devices
+step "ok"
