@@ -192,10 +192,10 @@ status_json | grep -q '"result":"unchanged"' || fail "SIGHUP on an unchanged fil
 edit 's/read_policy = "first"/read_policy = "least-pending"/'
 kill -HUP "$daemon_pid"
 shows sighup_read_policy '"read_policy":"least-pending"'
-edit 's/size = "128MiB"/size = "256MiB"/'
+edit 's/size = "128MiB"/size = "64MiB"/'
 kill -HUP "$daemon_pid"
-shows sighup_refused 'layers.a.size: structural, needs down/up'
-edit 's/size = "256MiB"/size = "128MiB"/'
+shows sighup_refused 'shrinking from 128 MiB to 64 MiB is not supported'
+edit 's/size = "64MiB"/size = "128MiB"/'
 sleep 0.5
 io_goes_on
 
