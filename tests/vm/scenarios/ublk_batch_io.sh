@@ -112,10 +112,10 @@ if [[ $batch == yes ]]; then
     step "kill -9 under a verifying fio, then up recovers in batch mode"
     up_device /work/bfile.toml
     fio --name=k --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=16 \
-        --rw=randwrite --bs=4k --size=24M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --rw=randwrite --bs=4k --size=24M --loops=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         >/work/fio-kill.out 2>&1 &
     fio_pid=$!
-    sleep 3
+    sleep 1
     kill -0 "$fio_pid" || { cat /work/fio-kill.out; fail "fio ended before the kill"; }
     kill -9 "$DAEMON_PID"
     wait "$DAEMON_PID" || true
