@@ -194,7 +194,7 @@ kill -HUP "$daemon_pid"
 shows sighup_read_policy '"read_policy":"least-pending"'
 edit 's/size = "128MiB"/size = "64MiB"/'
 kill -HUP "$daemon_pid"
-shows sighup_refused 'shrinking from 128 MiB to 64 MiB is not supported'
+shows sighup_refused 'shrinking file data/a.img from 128 MiB .* is not supported'
 edit 's/size = "64MiB"/size = "128MiB"/'
 sleep 0.5
 io_goes_on
