@@ -74,7 +74,7 @@ build_started=$(date +%s.%N)
 # --- initramfs ------------------------------------------------------------------
 # Real tools go where the host has them (/usr/bin, /usr/sbin on merged-usr Debian);
 # busybox fills in every other applet name. PATH in the guest puts /usr first.
-tools=(bash fio mke2fs mkfs.ext4 e2fsck tune2fs dumpe2fs debugfs losetup blockdev
+tools=(bash fio mke2fs mkfs.ext4 e2fsck resize2fs tune2fs dumpe2fs debugfs losetup blockdev
     cmp sha256sum md5sum dd timeout stat truncate sync od head tail sort uniq
     cut tr wc seq sleep date env nproc lsblk)
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,lib64,lib/modules,proc,sys,dev,tmp,run,work,root,etc,vmtest/scenarios}

@@ -41,6 +41,7 @@ declare -A need=(
     [fio]=fio
     [mkfs.ext4]=e2fsprogs
     [e2fsck]=e2fsprogs
+    [resize2fs]=e2fsprogs
     [xz]=xz-utils
     [cpio]=cpio
     [bash]=bash
