@@ -107,8 +107,8 @@ grown=$(size_of)
 echo "size $grown"
 ((grown > small + (60 << 20))) || fail "up did not grow the device ($small -> $grown)"
 e2fsck -fn "$DEV" || fail "e2fsck found errors after up"
-resize2fs "$DEV" || fail "resize2fs after up failed"
 mount -t ext4 "$DEV" /mnt/g
+resize2fs "$DEV" || fail "resize2fs after up failed"
 [[ $(sha256sum </mnt/g/known) == "$sum_known" ]] || fail "known data changed after up"
 umount /mnt/g
 down_device grow
