@@ -103,7 +103,7 @@ impl Checksum {
                 let recorded = MetaTable::recorded(ctx, &*lower, SUPERBLOCK_BYTES)
                     .await
                     .map_err(|e| format!("cannot read the checksum table header: {e}"))?;
-                check_room(recorded.unwrap_or(sb.size / block), blocks, block)?;
+                MetaTable::check_room(recorded.unwrap_or(sb.size / block), blocks, block)?;
                 Entries::RecordedOr(sb.size / block)
             }
             None => Entries::Exactly(blocks),
@@ -265,120 +265,19 @@ impl Checksum {
         let writer = self.table.begin_write();
         self.set_values(ctx, writer.epoch, offset, buf.len() as u64, Some(buf))
             .await?;
-        write_data(&self.table, &*self.lower, ctx, self.block, offset, buf).await
+        self.table
+            .write_data(&*self.lower, ctx, self.block, offset, buf)
+            .await
     }
 
     async fn zero(&self, ctx: &IoCtx, offset: u64, len: u64, discard: bool) -> Result<()> {
         let writer = self.table.begin_write();
         self.set_values(ctx, writer.epoch, offset, len, None)
             .await?;
-        zero_data(
-            &self.table,
-            &*self.lower,
-            ctx,
-            self.block,
-            offset,
-            len,
-            discard,
-        )
-        .await
+        self.table
+            .zero_data(&*self.lower, ctx, self.block, offset, len, discard)
+            .await
     }
-}
-
-/// Write `buf`, the data of bytes `offset..` of the layer above, below: in one
-/// piece unless it crosses a group's edge. Shared with `crypt`.
-pub(crate) async fn write_data(
-    table: &MetaTable,
-    lower: &dyn Layer,
-    ctx: &IoCtx,
-    block: u64,
-    offset: u64,
-    buf: &IoBuf,
-) -> Result<()> {
-    let len = buf.len() as u64;
-    let (at, run) = table.data_run(block, offset, len);
-    if run == len {
-        return lower.write(ctx, at, buf).await;
-    }
-    let mut done = 0;
-    while done < len {
-        let (at, run) = table.data_run(block, offset + done, len - done);
-        let piece = buf.slice(done as usize..(done + run) as usize);
-        lower.write(ctx, at, &piece).await?;
-        done += run;
-    }
-    Ok(())
-}
-
-/// Discard or zero the data of bytes `offset..offset + len` below, a piece
-/// per group. Shared with `crypt`.
-pub(crate) async fn zero_data(
-    table: &MetaTable,
-    lower: &dyn Layer,
-    ctx: &IoCtx,
-    block: u64,
-    offset: u64,
-    len: u64,
-    discard: bool,
-) -> Result<()> {
-    let mut done = 0;
-    while done < len {
-        let (at, run) = table.data_run(block, offset + done, len - done);
-        if discard {
-            lower.discard(ctx, at, run).await?;
-        } else {
-            lower.write_zeroes(ctx, at, run).await?;
-        }
-        done += run;
-    }
-    Ok(())
-}
-
-/// At open: the device below must hold every block the table covers.
-pub(crate) fn check_room(covered: u64, fit: u64, block: u64) -> std::result::Result<(), String> {
-    if fit < covered {
-        return Err(format!(
-            "the device below shrank: it has room for {} bytes, but {} bytes are in use; \
-             refusing to open (nothing was written)",
-            fit * block,
-            covered * block
-        ));
-    }
-    Ok(())
-}
-
-/// A live grow to `new_size` bytes, for `checksum` and `crypt`; the device
-/// below has room for `fit` blocks.
-pub(crate) async fn grow_table(
-    table: &MetaTable,
-    lower: &dyn Layer,
-    ctx: &IoCtx,
-    block: u64,
-    size: &AtomicU64,
-    new_size: u64,
-    fit: u64,
-) -> std::result::Result<(), String> {
-    let now = size.load(Ordering::Acquire);
-    if new_size < now {
-        return Err(format!(
-            "cannot shrink from {now} to {new_size} bytes (nothing was written)"
-        ));
-    }
-    if new_size % block != 0 {
-        return Err(format!(
-            "{new_size} bytes is not a whole number of {block}-byte blocks"
-        ));
-    }
-    let room = fit * block;
-    if new_size > room {
-        return Err(format!(
-            "the device below ({} bytes) has room for {room} bytes, not {new_size}",
-            lower.size()
-        ));
-    }
-    table.grow(ctx, lower, new_size / block).await?;
-    size.store(table.entries() * block, Ordering::Release);
-    Ok(())
 }
 
 impl AsyncLayer for Checksum {
@@ -388,16 +287,9 @@ impl AsyncLayer for Checksum {
 
     async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
         let fit = fit_blocks(self.lower.size(), self.block);
-        grow_table(
-            &self.table,
-            &*self.lower,
-            ctx,
-            self.block,
-            &self.size,
-            new_size,
-            fit,
-        )
-        .await
+        self.table
+            .grow_to(&*self.lower, ctx, self.block, &self.size, new_size, fit)
+            .await
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

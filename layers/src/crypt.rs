@@ -36,7 +36,6 @@ use std::sync::Arc;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
-use crate::checksum::{check_room, grow_table, write_data, zero_data};
 use crate::exec::IoCtx;
 use crate::meta_table::{Entries, Layout, MetaTable, Stamp};
 use crate::report::{CryptReport, LayerReport};
@@ -145,7 +144,7 @@ impl Crypt {
                 let recorded = MetaTable::recorded(ctx, &*lower, SUPERBLOCK_BYTES)
                     .await
                     .map_err(|e| format!("cannot read the crypt table header: {e}"))?;
-                check_room(recorded.unwrap_or(sb.size / block), blocks, block)?;
+                MetaTable::check_room(recorded.unwrap_or(sb.size / block), blocks, block)?;
                 Entries::RecordedOr(sb.size / block)
             }
             None => Entries::Exactly(blocks),
@@ -326,7 +325,9 @@ impl Crypt {
         let writer = self.table.begin_write();
         self.set_seals(ctx, writer.epoch, first, seals.len() as u64, Some(&seals))
             .await?;
-        write_data(&self.table, &*self.lower, ctx, self.block, offset, &out).await
+        self.table
+            .write_data(&*self.lower, ctx, self.block, offset, &out)
+            .await
     }
 
     async fn set_seals(
@@ -368,16 +369,9 @@ impl Crypt {
             None,
         )
         .await?;
-        zero_data(
-            &self.table,
-            &*self.lower,
-            ctx,
-            self.block,
-            offset,
-            len,
-            discard,
-        )
-        .await
+        self.table
+            .zero_data(&*self.lower, ctx, self.block, offset, len, discard)
+            .await
     }
 }
 
@@ -388,16 +382,9 @@ impl AsyncLayer for Crypt {
 
     async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
         let fit = fit_blocks(self.lower.size(), self.block);
-        grow_table(
-            &self.table,
-            &*self.lower,
-            ctx,
-            self.block,
-            &self.size,
-            new_size,
-            fit,
-        )
-        .await
+        self.table
+            .grow_to(&*self.lower, ctx, self.block, &self.size, new_size, fit)
+            .await
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

@@ -64,6 +64,7 @@
 //! the layer's size says they exist. A crash before the header write leaves
 //! the old coverage, and the layer grows again at its next open.
 
+mod data;
 mod epochs;
 mod groups;
 mod header;
