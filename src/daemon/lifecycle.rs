@@ -463,6 +463,34 @@ mod tests {
         assert_eq!(report.info()["path"], "/dev/ublkb9");
     }
 
+    /// The `FrontEnd` methods a stand-in that never serves has no use for.
+    macro_rules! inert_front_end {
+        () => {
+            fn prepare(&mut self, _plan: &Plan) -> Result<(), String> {
+                Ok(())
+            }
+            fn start(
+                &mut self,
+                _plan: &Plan,
+                _stack: Arc<Stack>,
+            ) -> Result<crate::daemon::front_end::Serving, String> {
+                Err("not used".into())
+            }
+            fn any_queue_ended(&self) -> bool {
+                false
+            }
+            fn queue_ended(&self, _name: &str) -> String {
+                String::new()
+            }
+            fn stop(&mut self) -> Result<(), String> {
+                Ok(())
+            }
+            fn remove(&mut self) -> Result<(), String> {
+                Ok(())
+            }
+        };
+    }
+
     /// A front end whose device is in use until `free` is set.
     struct Busy {
         free: bool,
@@ -470,33 +498,12 @@ mod tests {
     }
 
     impl FrontEnd for Busy {
-        fn prepare(&mut self, _plan: &Plan) -> Result<(), String> {
-            Ok(())
-        }
-        fn start(
-            &mut self,
-            _plan: &Plan,
-            _stack: Arc<Stack>,
-        ) -> Result<crate::daemon::front_end::Serving, String> {
-            Err("not used".into())
-        }
-        fn any_queue_ended(&self) -> bool {
-            false
-        }
-        fn queue_ended(&self, _name: &str) -> String {
-            String::new()
-        }
+        inert_front_end!();
         fn stop_if_unused(&mut self) -> Result<(), String> {
             if !self.free {
                 return Err("/dev/ublkb9 is in use (mounted on /mnt)".into());
             }
             self.stopped = true;
-            Ok(())
-        }
-        fn stop(&mut self) -> Result<(), String> {
-            Ok(())
-        }
-        fn remove(&mut self) -> Result<(), String> {
             Ok(())
         }
     }
@@ -558,28 +565,7 @@ mod tests {
     }
 
     impl FrontEnd for Handing {
-        fn prepare(&mut self, _plan: &Plan) -> Result<(), String> {
-            Ok(())
-        }
-        fn start(
-            &mut self,
-            _plan: &Plan,
-            _stack: Arc<Stack>,
-        ) -> Result<crate::daemon::front_end::Serving, String> {
-            Err("not used".into())
-        }
-        fn any_queue_ended(&self) -> bool {
-            false
-        }
-        fn queue_ended(&self, _name: &str) -> String {
-            String::new()
-        }
-        fn stop(&mut self) -> Result<(), String> {
-            Ok(())
-        }
-        fn remove(&mut self) -> Result<(), String> {
-            Ok(())
-        }
+        inert_front_end!();
         fn handover_refusal(&self) -> Option<String> {
             None
         }
