@@ -18,13 +18,8 @@
 # with the host's load average before and after.
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-target=x86_64-unknown-linux-gnu
-
-cd "$repo"
-RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --release --target "$target" --target-dir target/vm >&2
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+build_ours
 rublk=$(bash "$here/peers_build.sh")
 
 disk_dir=${MATRIX_DISK_DIR:-${TMPDIR:-/tmp}}
@@ -44,7 +39,7 @@ VM_EXTRA_BINS=$rublk \
     VM_QEMU_ARGS="-drive file=$disk,format=raw,if=virtio" \
     VM_GUEST_ENV="BENCH_ROUNDS=${BENCH_ROUNDS:-3} BENCH_RUNTIME_S=${BENCH_RUNTIME_S:-3} BENCH_RAMP_S=${BENCH_RAMP_S:-1} BENCH_PATTERNS=${BENCH_PATTERNS:-rr4k,rw4k,sr64k,sr1m,sw1m,lat,null} BENCH_BACKINGS=${BENCH_BACKINGS:-tmpfs,disk} BENCH_OURS_QUEUES=${BENCH_OURS_QUEUES:-}" \
     VM_SCENARIO_TIMEOUT=${VM_SCENARIO_TIMEOUT:-2400} VM_TIMEOUT=${VM_TIMEOUT:-2500} \
-    bash "$repo/tests/vm/run.sh" "$repo/target/vm/$target/release/ublk-stack" "$here/matrix.sh" |
+    bash "$repo/tests/vm/run.sh" "$ours" "$here/matrix.sh" |
     sed 's/^BENCH \{0,1\}//' || rc=$?
 echo "MATRIX load after: $(cut -d' ' -f1-3 /proc/loadavg) date=$(date -u +%FT%TZ)"
 exit "$rc"

@@ -21,14 +21,8 @@
 # the artefact.
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-target=x86_64-unknown-linux-gnu
-
-cd "$repo"
-RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --release --target "$target" --target-dir target/vm >&2
-ours=$repo/target/vm/$target/release/ublk-stack
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+build_ours
 
 export VM_CPU=${VM_CPU:-max,-fsrm,-erms}
 if [[ ${PROFILE:-} == 1 ]]; then
