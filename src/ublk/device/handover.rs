@@ -20,25 +20,7 @@ pub const QUIESCE_SINCE: &str = "Linux 6.16";
 impl Device {
     /// Why this device cannot be handed over, if it cannot.
     pub fn handover_refusal(&self) -> Option<String> {
-        if self.ctrl.features() & sys::UBLK_F_QUIESCE == 0 {
-            return Some(format!(
-                "the kernel's ublk driver cannot quiesce a device (no UBLK_F_QUIESCE in its features {:#x}; {QUIESCE_SINCE} or later is needed)",
-                self.ctrl.features()
-            ));
-        }
-        if self.info.flags & sys::UBLK_F_USER_RECOVERY == 0 {
-            return Some(
-                "the device was created without user recovery, so the kernel would remove it when this daemon lets go"
-                    .into(),
-            );
-        }
-        if self.info.flags & sys::UBLK_F_QUIESCE == 0 {
-            return Some(
-                "the device was created without UBLK_F_QUIESCE (by a daemon that did not ask for it); it can be handed over after its next `down` and `up`"
-                    .into(),
-            );
-        }
-        None
+        refusal(self.ctrl.features(), self.info.flags)
     }
 
     /// QUIESCE_DEV, then wait for the queues to end. The wait has no limit:
@@ -70,5 +52,69 @@ impl Device {
         self.keep_on_drop = false;
         self.stopped = false;
         Ok(())
+    }
+}
+
+/// Why a device created with `flags` on a kernel offering `features` cannot
+/// be handed over, if it cannot.
+fn refusal(features: u64, flags: u64) -> Option<String> {
+    if features & sys::UBLK_F_QUIESCE == 0 {
+        return Some(format!(
+            "the kernel's ublk driver cannot quiesce a device (no UBLK_F_QUIESCE in its features {features:#x}; {QUIESCE_SINCE} or later is needed)"
+        ));
+    }
+    if flags & sys::UBLK_F_USER_RECOVERY == 0 {
+        return Some(
+            "the device was created without user recovery, so the kernel would remove it when this daemon lets go"
+                .into(),
+        );
+    }
+    if flags & sys::UBLK_F_QUIESCE == 0 {
+        return Some(
+            "the device was created without UBLK_F_QUIESCE (by a daemon that did not ask for it); it can be handed over after its next `down` and `up`"
+                .into(),
+        );
+    }
+    if flags & sys::UBLK_F_BATCH_IO != 0 {
+        // The driver's QUIESCE_DEV cancels a batch queue by failing every
+        // request that arrives until a new daemon has armed the queue again
+        // (it sets the queue's force_abort), so mounted file systems would
+        // see write errors.
+        return Some(format!(
+            "the device uses batch I/O (UBLK_F_BATCH_IO), and the kernel fails a batch device's new requests while it is quiesced; it can be handed over after a `down` and an `up` with {}=off",
+            crate::ublk::batch::choose::ENV
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINUX_7_3: u64 = 0x1f_ffff;
+    const RECOVERY: u64 = sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE;
+
+    #[test]
+    fn a_recoverable_quiescable_per_tag_device_can_be_handed_over() {
+        assert_eq!(refusal(LINUX_7_3, RECOVERY | sys::UBLK_F_QUIESCE), None);
+    }
+
+    #[test]
+    fn each_missing_piece_is_named() {
+        let why = refusal(0x1fe, RECOVERY).unwrap();
+        assert!(why.contains("Linux 6.16 or later"), "{why}");
+        let why = refusal(LINUX_7_3, sys::UBLK_F_QUIESCE).unwrap();
+        assert!(why.contains("without user recovery"), "{why}");
+        let why = refusal(LINUX_7_3, RECOVERY).unwrap();
+        assert!(why.contains("without UBLK_F_QUIESCE"), "{why}");
+    }
+
+    #[test]
+    fn a_batch_device_is_refused_naming_the_way_out() {
+        let flags = RECOVERY | sys::UBLK_F_QUIESCE | sys::UBLK_F_BATCH_IO;
+        let why = refusal(LINUX_7_3, flags).unwrap();
+        assert!(why.contains("UBLK_F_BATCH_IO"), "{why}");
+        assert!(why.contains("UBLK_STACK_BATCH_IO=off"), "{why}");
     }
 }

@@ -32,6 +32,18 @@ down_device() {
     ((rc == 0)) || { cat /work/daemon.err >&2; fail "daemon exited $rc after down"; }
 }
 
+# wait_gone PID: the process, which need not be a child of this shell (a
+# daemon an upgrade started), has exited; a zombie counts as exited.
+wait_gone() {
+    local i
+    for i in $(seq 1 300); do
+        [[ -d /proc/$1 ]] || return 0
+        [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]] && return 0
+        sleep 0.1
+    done
+    fail "pid $1 still running after 30 s"
+}
+
 # no_ublk_devices: neither a ublk disk nor a ublk char device is left.
 no_ublk_devices() {
     local left

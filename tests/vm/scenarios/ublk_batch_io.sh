@@ -3,7 +3,9 @@
 # mode) say BATCH_IO in `status --json`; fio random writes with crc32c
 # verification and a mixed workload with flushes and discards pass; the data
 # survives down and up; kill -9 in the middle of a verifying fio, then `up`,
-# recovers the device with fio ending without an error. On 6.12 `auto` uses
+# recovers the device with fio ending without an error; `ublk-stack upgrade`
+# is refused (the kernel fails a quiesced batch device's requests) under a
+# verifying fio that ends without an error. On 6.12 `auto` uses
 # the per-tag protocol silently and `on` is refused naming the kernel needed.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
@@ -131,6 +133,27 @@ if [[ $batch == yes ]]; then
     wait "$fio_pid" || rc=$?
     ((rc == 0)) || { cat /work/fio-kill.out; fail "fio exited $rc across the recovery"; }
     grep -q 'err= 0' /work/fio-kill.out || { cat /work/fio-kill.out; fail "fio reported errors"; }
+
+    step "upgrade of a batch device is refused under a verifying fio; nothing changes"
+    fio --name=u --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=16 \
+        --rw=randwrite --bs=4k --size=24M --loops=2 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        >/work/fio-upgrade.out 2>&1 &
+    fio_pid=$!
+    sleep 1
+    kill -0 "$fio_pid" || { cat /work/fio-upgrade.out; fail "fio ended before the upgrade"; }
+    rc=0
+    ublk-stack upgrade bfile >/work/upgrade.out 2>&1 || rc=$?
+    cat /work/upgrade.out
+    ((rc == 1)) || fail "upgrade of a batch device exited $rc"
+    grep -q 'UBLK_STACK_BATCH_IO=off' /work/upgrade.out || fail "no way out named"
+    status_json bfile
+    grep -q "\"pid\":$DAEMON_PID[,}]" /work/status.json || { cat /work/status.json; fail "the device changed hands"; }
+    for i in $(seq 1 1200); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$fio_pid" 2>/dev/null && fail "fio still running 120 s after the refused upgrade"
+    rc=0
+    wait "$fio_pid" || rc=$?
+    ((rc == 0)) || { cat /work/fio-upgrade.out; fail "fio exited $rc across the refused upgrade"; }
+    grep -q 'err= 0' /work/fio-upgrade.out || { cat /work/fio-upgrade.out; fail "fio reported errors"; }
 
     step "down --force with fio running ends the daemon"
     fio --name=f --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=32 \

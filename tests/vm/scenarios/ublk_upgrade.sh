@@ -35,17 +35,6 @@ status_pid() {
     ublk-stack status upg --json | grep -o '"pid":[0-9]*' | cut -d: -f2
 }
 
-# wait_gone PID: the process (not a child of this shell) has exited.
-wait_gone() {
-    local i
-    for i in $(seq 1 300); do
-        [[ -d /proc/$1 ]] || return 0
-        [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]] && return 0
-        sleep 0.1
-    done
-    fail "pid $1 still running after 30 s"
-}
-
 step "up, ext4, fio verify running, /dev/ublkbN watched"
 up_device /work/u.toml
 OLD_PID=$DAEMON_PID

@@ -35,17 +35,6 @@ status_json() { ublk-stack status cup --json; }
 status_pid() { status_json | grep -o '"pid":[0-9]*' | cut -d: -f2; }
 dirty_bytes() { status_json | grep -o '"dirty_bytes":[0-9]*' | cut -d: -f2; }
 
-# wait_gone PID: the process (not a child of this shell) has exited.
-wait_gone() {
-    local i
-    for i in $(seq 1 300); do
-        [[ -d /proc/$1 ]] || return 0
-        [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]] && return 0
-        sleep 0.1
-    done
-    fail "pid $1 still running after 30 s"
-}
-
 MARK=/run/ublk-stack/cup.handover
 
 step "up a write-back cache stack"
