@@ -44,6 +44,47 @@ wait_gone() {
     fail "pid $1 still running after 30 s"
 }
 
+# scratch_ext4 SIZE: an ext4 file system of SIZE (truncate's syntax) on a loop
+# device, mounted at /work/ext4, so leaves take the io_uring path of a real
+# file system (/work itself is tmpfs). Sets EXT4_LOOP; drop_scratch_ext4 undoes it.
+scratch_ext4() {
+    truncate -s "$1" /work/ext4.img
+    mkfs.ext4 -q -F /work/ext4.img || fail "mkfs.ext4"
+    EXT4_LOOP=$(losetup -f --show /work/ext4.img)
+    mkdir -p /work/ext4
+    mount -t ext4 "$EXT4_LOOP" /work/ext4 || fail "mount ext4"
+}
+
+drop_scratch_ext4() {
+    umount /work/ext4
+    losetup -d "$EXT4_LOOP"
+}
+
+# mirror_of_files NAME: /work/NAME.toml, device NAME, a mirror of two 48 MiB
+# file legs on the scratch ext4 (ext4/mirror-a.img and ext4/mirror-b.img).
+mirror_of_files() {
+    cat >"/work/$1.toml" <<TOML
+version = 1
+[device]
+name = "$1"
+top = "m"
+queue_depth = 32
+[layers.m]
+type = "mirror"
+legs = ["a", "b"]
+[layers.a]
+type = "file"
+path = "ext4/mirror-a.img"
+size = "48MiB"
+create = true
+[layers.b]
+type = "file"
+path = "ext4/mirror-b.img"
+size = "48MiB"
+create = true
+TOML
+}
+
 # no_ublk_devices: neither a ublk disk nor a ublk char device is left.
 no_ublk_devices() {
     local left

@@ -16,11 +16,7 @@ case $(uname -r) in
 *) fail "unexpected kernel $(uname -r)" ;;
 esac
 
-truncate -s 256M /work/ext4.img
-mkfs.ext4 -q -F /work/ext4.img || fail "mkfs.ext4"
-ext4_loop=$(losetup -f --show /work/ext4.img)
-mkdir -p /work/ext4
-mount -t ext4 "$ext4_loop" /work/ext4 || fail "mount ext4"
+scratch_ext4 256M
 
 cat >/work/bfile.toml <<'TOML'
 version = 1
@@ -36,26 +32,7 @@ size = "48MiB"
 create = true
 TOML
 
-cat >/work/bmirror.toml <<'TOML'
-version = 1
-[device]
-name = "bmirror"
-top = "m"
-queue_depth = 32
-[layers.m]
-type = "mirror"
-legs = ["a", "b"]
-[layers.a]
-type = "file"
-path = "ext4/mirror-a.img"
-size = "48MiB"
-create = true
-[layers.b]
-type = "file"
-path = "ext4/mirror-b.img"
-size = "48MiB"
-create = true
-TOML
+mirror_of_files bmirror
 
 status_json() {
     ublk-stack status "$1" --json >/work/status.json || fail "status $1"
@@ -189,6 +166,5 @@ if grep -q 'refused to commit' /work/daemon.err; then
     cat /work/daemon.err
     fail "the kernel refused a commit"
 fi
-umount /work/ext4
-losetup -d "$ext4_loop"
+drop_scratch_ext4
 step "ok"

@@ -17,13 +17,7 @@ case $(uname -r) in
 *) fail "unexpected kernel $(uname -r)" ;;
 esac
 
-# The leaves on ext4 over a loop device (the leaf's io_uring path on a real
-# filesystem); /work itself is tmpfs.
-truncate -s 320M /work/ext4.img
-mkfs.ext4 -q -F /work/ext4.img || fail "mkfs.ext4"
-ext4_loop=$(losetup -f --show /work/ext4.img)
-mkdir -p /work/ext4
-mount -t ext4 "$ext4_loop" /work/ext4 || fail "mount ext4"
+scratch_ext4 320M
 
 cat >/work/zfile.toml <<'TOML'
 version = 1
@@ -38,26 +32,7 @@ size = "48MiB"
 create = true
 TOML
 
-cat >/work/zmirror.toml <<'TOML'
-version = 1
-[device]
-name = "zmirror"
-top = "m"
-queue_depth = 32
-[layers.m]
-type = "mirror"
-legs = ["a", "b"]
-[layers.a]
-type = "file"
-path = "ext4/mirror-a.img"
-size = "48MiB"
-create = true
-[layers.b]
-type = "file"
-path = "ext4/mirror-b.img"
-size = "48MiB"
-create = true
-TOML
+mirror_of_files zmirror
 
 cat >/work/zraid.toml <<'TOML'
 version = 1
@@ -189,6 +164,5 @@ if grep -q 'registering the request' /work/daemon.err; then
     cat /work/daemon.err
     fail "a buffer registration failed"
 fi
-umount /work/ext4
-losetup -d "$ext4_loop"
+drop_scratch_ext4
 step "ok"
