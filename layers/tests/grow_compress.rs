@@ -10,9 +10,10 @@ use std::sync::Arc;
 use journal::{crash_image, Leaf};
 use layers::compress::Compress;
 use layers::exec::{Executor, IoCtx};
+use layers::join::join_all;
 use layers::report::{CompressReport, LayerReport};
 use layers::rng::Rng;
-use layers::{Error, Layer};
+use layers::{Error, Layer, LocalBoxFuture};
 
 const BLOCK: u32 = 4096;
 const UNIT: u64 = 32 * 1024;
@@ -182,7 +183,8 @@ fn a_larger_device_below_is_taken_in_at_open() {
 /// A crash at every point of a live grow and of the writes that use the new
 /// space after it (every write possibly torn or lost after the last flush):
 /// the device opens, with every flushed unit, each unflushed one as written
-/// or zeros, and zeros elsewhere.
+/// or zeros, and zeros elsewhere; once the grow returned, its record is
+/// durable.
 #[test]
 fn a_crash_at_every_write_of_a_grow_loses_nothing() {
     let rig = Rig::new();
@@ -194,7 +196,6 @@ fn a_crash_at_every_write_of_a_grow_loses_nothing() {
     leaf.take_events();
     rig.run(layer.grow(&rig.ctx, SIZE)).unwrap();
     let grown_at = leaf.state().events.len();
-    assert!(grown_at >= 2, "{grown_at}");
     // Two units in the new space, flushed, then one more, not flushed.
     rig.write_unit(&*layer, written).unwrap();
     rig.write_unit(&*layer, written + 1).unwrap();
@@ -207,8 +208,15 @@ fn a_crash_at_every_write_of_a_grow_loses_nothing() {
     for k in 0..=events.len() {
         for _ in 0..6 {
             let image = crash_image(&base, &events[..k], &mut rng);
-            let leaf = Leaf::new(image);
             let what = format!("crash after {k} of {} events", events.len());
+            if k >= grown_at {
+                // The grow returned: its record is durable, so the device
+                // below coming back at its old size is refused.
+                let small = Leaf::new(image[..OLD as usize].to_vec());
+                let err = rig.try_open(&small, Some(SIZE)).err();
+                assert!(err.is_some(), "{what}: opened over the old size");
+            }
+            let leaf = Leaf::new(image);
             let layer = rig
                 .try_open(&leaf, Some(SIZE))
                 .unwrap_or_else(|e| panic!("{what}: cannot open: {e}"));
@@ -268,4 +276,47 @@ fn shrinks_and_a_moving_default_size_are_refused_and_write_nothing() {
     let layer = rig.try_open(&leaf, Some(size)).unwrap();
     assert_eq!(layer.size(), size);
     assert_eq!(rig.read_unit(&*layer, 0).unwrap(), contents(0));
+}
+
+/// Reads, writes and flushes run while a live grow runs, with the device
+/// below full: writes that found no space before the grow may find it after,
+/// and nothing waits forever (a deadlock would hang here).
+#[test]
+fn requests_run_during_a_live_grow() {
+    let rig = Rig::new();
+    let leaf = Leaf::new(vec![0u8; OLD as usize]);
+    let layer = rig.open(&leaf);
+    let written = fill(&rig, &*layer, 0);
+    extend(&leaf);
+    let ctx = &rig.ctx;
+    let layer = &*layer;
+    let mut futs: Vec<LocalBoxFuture<'_, Result<(), String>>> = Vec::new();
+    futs.push(Box::pin(layer.grow(ctx, SIZE)));
+    for unit in 0..written + 8 {
+        futs.push(Box::pin(async move {
+            let mut buf = vec![0u8; UNIT as usize];
+            layer
+                .read_bytes(ctx, unit * UNIT, &mut buf)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            if unit < written {
+                assert!(buf == contents(unit), "unit {unit} during the grow");
+            }
+            match layer.write_bytes(ctx, unit * UNIT, &contents(unit)).await {
+                Ok(()) | Err(Error::NoSpace) => {}
+                Err(e) => return Err(format!("unit {unit}: {e:?}")),
+            }
+            if unit % 4 == 0 {
+                layer.flush(ctx).await.map_err(|e| format!("{e:?}"))?;
+            }
+            Ok(())
+        }));
+    }
+    for res in rig.run(join_all(futs)) {
+        res.unwrap();
+    }
+    // Units the busy grow refused for space are written again now.
+    let more = fill(&rig, layer, written);
+    assert!(more >= written + 8, "{more}");
+    check(&rig, layer, more, "after a busy grow");
 }
