@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::compress::Compress;
 use crate::escape::escape_controls;
 use crate::exec::{Executor, IoCtx};
 use crate::kinds::Opening;
@@ -100,6 +101,12 @@ impl Stack {
     pub fn mirror(&self, name: &str) -> Option<&Arc<Mirror>> {
         let id = self.plan.layers.iter().position(|l| l.name == name)?;
         self.handles[id].as_ref()?.downcast_ref::<Arc<Mirror>>()
+    }
+
+    /// The compress layer named `name`, for the reload's check of a growth.
+    pub fn compress(&self, name: &str) -> Option<&Arc<Compress>> {
+        let id = self.plan.layers.iter().position(|l| l.name == name)?;
+        self.handles[id].as_ref()?.downcast_ref::<Arc<Compress>>()
     }
 
     /// Apply a live change to the layer named `name`.

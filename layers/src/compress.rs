@@ -8,7 +8,8 @@
 //! | 0..4096      | superblock (`superblock.rs`), type `compress`, version 2;     |
 //! |              | params: algorithm (16 bytes, `lz4`), unit bytes u32 (32768),  |
 //! |              | granule bytes u32 (4096), lower size u64, 16 reserved         |
-//! | 4096..12288  | map header: the flushed epoch (`meta_table.rs`)               |
+//! | 4096..12288  | map header: the flushed epoch (`meta_table.rs`), and once the |
+//! |              | layer below grew, the size of it the layer took in            |
 //! | 12288..+T    | map (`meta_table.rs`: pages of 102 entries in two 4 KiB       |
 //! |              | slots); entry = `cur` ‖ `prev`, 16 bytes each: first granule  |
 //! |              | u48, kind u8 (0 empty, 1 zero, 2 raw, 3 lz4), 0, stored       |
@@ -55,8 +56,13 @@
 //! unit whose `cur` it made durable and release those too (the cleared pages
 //! are written, not flushed).
 //!
+//! **Growing.** The data area runs to the end of the layer below: a larger
+//! layer below is taken in as free granules (`compress/grow.rs`), live or at
+//! open, and recorded in the map header; the exposed size never changes.
+//!
 //! Open formats an all-zero device, or checks the superblock (type, version,
-//! block size, algorithm, unit, granule, sizes) and refuses a mismatch before
+//! block size, algorithm, unit, granule, exposed size, a layer below no
+//! smaller than the one taken in) and refuses a mismatch before
 //! writing anything; it then settles the units a crash left unflushed (`prev`
 //! becomes `cur` when only it verifies), rebuilds the allocator from the map and
 //! flushes, which clears every fallback left. No live keys.
@@ -66,6 +72,7 @@ pub(crate) mod codec;
 pub(crate) mod entry;
 mod flush;
 pub(crate) mod format;
+mod grow;
 mod io;
 mod open;
 
@@ -124,6 +131,11 @@ pub struct Compress {
     freed: Mutex<Vec<(u64, Extent)>>,
     /// Units whose `prev` the next flush may clear.
     to_clean: Mutex<Vec<u64>>,
+    /// The size of the device below that the layer has taken in (the map
+    /// header's record, else the superblock's): it must never shrink.
+    lower_bytes: AtomicU64,
+    /// One grow at a time.
+    grow_lock: AsyncLock,
     counters: Counters,
 }
 
@@ -150,6 +162,10 @@ impl Compress {
 
     fn unit_bytes(&self) -> u64 {
         u64::from(self.geo.unit_bytes)
+    }
+
+    fn limits(&self, unit: u64) -> entry::Limits {
+        self.geo.limits(unit, self.alloc.granules())
     }
 
     fn lock(&self, unit: u64) -> &AsyncLock {
@@ -188,6 +204,10 @@ impl AsyncLayer for Compress {
 
     async fn flush(&self, ctx: &IoCtx) -> Result<()> {
         self.flush_all(ctx).await
+    }
+
+    async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        self.grow_to(ctx, new_size).await
     }
 
     /// Discard and write_zeroes both map whole units to `zero` (freeing their

@@ -65,6 +65,11 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + Send + Sync + Into<LayerSpec> +
     /// when the layers below it grow or its own size key rises, so a reload may
     /// grow a device through it.
     const GROWS: bool = false;
+    /// Whether a running layer of this kind takes in the space of a grown
+    /// layer below while its own size stays (`compress` with a `size`: its
+    /// data area runs to the end of the layer below), so a reload calls its
+    /// `grow` with its unchanged size after the layer below grew.
+    const TAKES_IN_GROWTH_BELOW: bool = false;
 
     /// The message for an unknown key `word` that means something to this
     /// kind (an inline key for `crypt`), instead of the usual "unknown key".
@@ -159,6 +164,7 @@ trait AnyKind: Send + Sync {
     fn keeps_metadata(&self) -> bool;
     fn superblock(&self) -> bool;
     fn grows(&self) -> bool;
+    fn takes_in_growth_below(&self) -> bool;
     fn children(&self) -> Vec<LayerId>;
     fn values(&self, name: &dyn Fn(LayerId) -> String) -> Vec<(&'static str, Option<String>)>;
     fn summary(&self) -> String;
@@ -183,6 +189,9 @@ impl<K: Kind> AnyKind for K {
     }
     fn grows(&self) -> bool {
         K::GROWS
+    }
+    fn takes_in_growth_below(&self) -> bool {
+        K::TAKES_IN_GROWTH_BELOW
     }
     fn children(&self) -> Vec<LayerId> {
         Kind::children(self)
@@ -303,6 +312,11 @@ impl LayerSpec {
     /// See [`Kind::GROWS`].
     pub fn grows(&self) -> bool {
         self.kind().grows()
+    }
+
+    /// See [`Kind::TAKES_IN_GROWTH_BELOW`].
+    pub fn takes_in_growth_below(&self) -> bool {
+        self.kind().takes_in_growth_below()
     }
 
     /// See [`Kind::values`].

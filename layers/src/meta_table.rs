@@ -655,6 +655,36 @@ impl MetaTable {
         self.put_header(ctx, lower, self.flushed(), covered).await
     }
 
+    /// The value a flat table's header records for its layer (`None`: none
+    /// recorded yet). `compress` keeps the size of the device below there.
+    pub fn recorded_value(&self) -> Option<u64> {
+        match self.layout {
+            Layout::Flat => {
+                self.header
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .covered
+            }
+            Layout::Grouped(_) => None,
+        }
+    }
+
+    /// Record `value` in a flat table's header (the grouped form of the slot,
+    /// its `covered` field; every later header keeps it): written to the slot
+    /// the last header is not in and flushed, so a torn write leaves the
+    /// previous value.
+    pub async fn record_value(&self, ctx: &IoCtx, lower: &dyn Layer, value: u64) -> Result<()> {
+        assert_eq!(
+            self.layout,
+            Layout::Flat,
+            "a grouped header records its coverage"
+        );
+        let _serial = self.flush_lock.lock().await;
+        self.put_header(ctx, lower, self.flushed(), Some(value))
+            .await
+    }
+
     /// Grow a grouped table to `entries` entries (see the module doc): new
     /// pages and data blocks are zeroed and flushed below, then the header
     /// records the coverage. Fewer entries than now is refused, untouched.

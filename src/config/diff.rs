@@ -16,7 +16,8 @@
 //! and in the edited file, a layer whose size rises is a [`Grow`] when its
 //! kind grows ([`layers::LayerSpec::grows`]); its own `size` key may rise
 //! with it. A size that falls, or a rise through a kind that does not grow,
-//! refuses the edit.
+//! refuses the edit. A layer whose size stays while a layer below grows is
+//! a [`Grow`] to its same size when its kind takes that space in (`compress`).
 
 use std::fmt;
 
@@ -141,6 +142,7 @@ pub fn diff_sized(
                 .push(format!("layers.{}: added, {NEEDS_RESTART}", new_layer.name));
         }
     }
+    take_in_growth_below(old, new, &sizes, &mut found);
     if old.log_level != new.log_level {
         let edit = Edit {
             key: "log.level".into(),
@@ -182,6 +184,44 @@ impl Sizes<'_> {
     }
 }
 
+/// A layer that keeps its size while a layer below it grows and whose kind
+/// takes such space in ([`layers::LayerSpec::takes_in_growth_below`]: a
+/// `compress` with its own `size`) grows to its same size, after its children.
+fn take_in_growth_below(old: &Plan, new: &Plan, sizes: &Sizes<'_>, found: &mut Found) {
+    for (old_id, layer) in old.layers.iter().enumerate() {
+        let Some(new_id) = new.layers.iter().position(|l| l.name == layer.name) else {
+            continue;
+        };
+        let grown = &new.layers[new_id];
+        match sizes.of(old_id, new_id) {
+            Some((from, to)) if from == to && grown.spec.takes_in_growth_below() => {
+                let below = grown.spec.children().into_iter().find_map(|child| {
+                    let name = &new.layers[child].name;
+                    found
+                        .changes
+                        .grow
+                        .iter()
+                        .find(|g| &g.layer == name && g.to > g.from)
+                        .cloned()
+                });
+                if let Some(below) = below {
+                    found.changes.grow.push(Grow {
+                        layer: layer.name.clone(),
+                        from,
+                        to,
+                        edit: Edit {
+                            key: format!("layers.{} space below", layer.name),
+                            from: format_human(below.from),
+                            to: format_human(below.to),
+                        },
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Growth found layer by layer, put in order: children before parents (the
 /// edited plan's walk from the top, reversed), and the device's own size.
 fn order_growth(old: &Plan, new: &Plan, changes: &mut Changes) {
@@ -195,14 +235,17 @@ fn order_growth(old: &Plan, new: &Plan, changes: &mut Changes) {
     // Layers outside the device's tree (none in a valid plan) go last.
     ordered.append(&mut changes.grow);
     let top = &old.layers[old.top].name;
-    changes.device_size = ordered.iter().find(|g| &g.layer == top).map(|g| {
-        let edit = Edit {
-            key: "device size".into(),
-            from: format_human(g.from),
-            to: format_human(g.to),
-        };
-        (g.to, edit)
-    });
+    changes.device_size = ordered
+        .iter()
+        .find(|g| &g.layer == top && g.to > g.from)
+        .map(|g| {
+            let edit = Edit {
+                key: "device size".into(),
+                from: format_human(g.from),
+                to: format_human(g.to),
+            };
+            (g.to, edit)
+        });
     changes.grow = ordered;
 }
 

@@ -221,10 +221,16 @@ impl Reloader {
             }
         }
         for grow in &changes.grow {
-            if let Some(mirror) = self.stack.mirror(&grow.layer) {
-                if let Some(why) = mirror.grow_refusal(grow.to) {
-                    reasons.push(format!("layers.{}: {why}", grow.layer));
-                }
+            let why = match (
+                self.stack.mirror(&grow.layer),
+                self.stack.compress(&grow.layer),
+            ) {
+                (Some(mirror), _) => mirror.grow_refusal(grow.to),
+                (_, Some(compress)) => compress.grow_refusal(grow.to),
+                _ => None,
+            };
+            if let Some(why) = why {
+                reasons.push(format!("layers.{}: {why}", grow.layer));
             }
         }
         reasons

@@ -6,16 +6,21 @@
 //! across I/O. An extent never straddles groups. Contiguous runs are needed (an
 //! extent is one run), so a fragmented area can refuse a run while holding enough
 //! free granules in total: the caller reports `NoSpace` then.
+//!
+//! The area only ever grows (`grow`, when the device below grew): the last
+//! group is lengthened, then new groups are appended, all free.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// 32768 granules of 4 KiB = 128 MiB per group, a 4 KiB bitmap.
 pub const GROUP_GRANULES: u64 = 32768;
 
 pub struct Allocator {
-    groups: Vec<Mutex<Group>>,
-    granules: u64,
+    /// Written only by `grow`; every other access holds a read guard for a
+    /// short synchronous section.
+    groups: RwLock<Vec<Mutex<Group>>>,
+    granules: AtomicU64,
     free: AtomicU64,
 }
 
@@ -96,22 +101,47 @@ impl Group {
 impl Allocator {
     /// An allocator of `granules` granules, all free.
     pub fn new(granules: u64) -> Allocator {
-        let groups = granules.div_ceil(GROUP_GRANULES);
-        Allocator {
-            groups: (0..groups)
-                .map(|g| {
-                    let len = (granules - g * GROUP_GRANULES).min(GROUP_GRANULES);
-                    Mutex::new(Group {
-                        words: vec![0; len.div_ceil(64) as usize],
-                        len,
-                        free: len,
-                        rover: 0,
-                    })
-                })
-                .collect(),
-            granules,
-            free: AtomicU64::new(granules),
+        let a = Allocator {
+            groups: RwLock::new(Vec::new()),
+            granules: AtomicU64::new(0),
+            free: AtomicU64::new(0),
+        };
+        a.grow(granules);
+        a
+    }
+
+    /// Extend the area to `granules` granules (fewer than now is ignored); the
+    /// new ones are free.
+    pub fn grow(&self, granules: u64) {
+        let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        let old = self.granules.load(Ordering::Acquire);
+        if granules <= old {
+            return;
         }
+        if let Some(last) = groups.last_mut() {
+            let last = last.get_mut().unwrap_or_else(|e| e.into_inner());
+            let len = (last.len + granules - old).min(GROUP_GRANULES);
+            last.words.resize(len.div_ceil(64) as usize, 0);
+            last.free += len - last.len;
+            last.len = len;
+        }
+        let mut covered = (groups.len() as u64).saturating_sub(1) * GROUP_GRANULES
+            + groups
+                .last_mut()
+                .map_or(0, |g| g.get_mut().unwrap_or_else(|e| e.into_inner()).len);
+        while covered < granules {
+            let len = (granules - covered).min(GROUP_GRANULES);
+            groups.push(Mutex::new(Group {
+                words: vec![0; len.div_ceil(64) as usize],
+                len,
+                free: len,
+                rover: 0,
+            }));
+            covered += len;
+        }
+        self.free.fetch_add(granules - old, Ordering::Relaxed);
+        // Last: extents up to here may now be handed out and decoded.
+        self.granules.store(granules, Ordering::Release);
     }
 
     pub fn free_granules(&self) -> u64 {
@@ -120,22 +150,21 @@ impl Allocator {
 
     /// Granules in the data area.
     pub fn granules(&self) -> u64 {
-        self.granules
+        self.granules.load(Ordering::Acquire)
     }
 
-    fn group(&self, index: u64) -> std::sync::MutexGuard<'_, Group> {
-        self.groups[index as usize]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn groups(&self) -> RwLockReadGuard<'_, Vec<Mutex<Group>>> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Set or clear `count` granules from `start`; returns how many changed.
     fn mark(&self, start: u64, count: u64, used: bool) -> u64 {
-        debug_assert!(start + count <= self.granules);
+        debug_assert!(start + count <= self.granules());
+        let groups = self.groups();
         let mut changed = 0;
         let mut at = start;
         while at < start + count {
-            let mut group = self.group(at / GROUP_GRANULES);
+            let mut group = lock(&groups[(at / GROUP_GRANULES) as usize]);
             let base = at / GROUP_GRANULES * GROUP_GRANULES;
             let end = (start + count).min(base + group.len);
             for g in at - base..end - base {
@@ -167,8 +196,9 @@ impl Allocator {
 
     /// Whether no granule of `start..start+count` is used.
     pub fn all_free(&self, start: u64, count: u64) -> bool {
+        let groups = self.groups();
         (start..start + count).all(|at| {
-            let group = self.group(at / GROUP_GRANULES);
+            let group = lock(&groups[(at / GROUP_GRANULES) as usize]);
             !group.used(at % GROUP_GRANULES)
         })
     }
@@ -184,17 +214,22 @@ impl Allocator {
         if count == 0 || count > GROUP_GRANULES || self.free_granules() < count {
             return None;
         }
-        let groups = self.groups.len() as u64;
-        let first = hint % groups;
-        for i in 0..groups {
-            let index = (first + i) % groups;
-            if let Some(at) = self.group(index).alloc(count) {
+        let groups = self.groups();
+        let n = groups.len() as u64;
+        let first = hint % n;
+        for i in 0..n {
+            let index = (first + i) % n;
+            if let Some(at) = lock(&groups[index as usize]).alloc(count) {
                 self.free.fetch_sub(count, Ordering::Relaxed);
                 return Some(index * GROUP_GRANULES + at);
             }
         }
         None
     }
+}
+
+fn lock(group: &Mutex<Group>) -> MutexGuard<'_, Group> {
+    group.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -257,5 +292,27 @@ mod tests {
             let used: u64 = live.iter().map(|l| l.1).sum();
             assert_eq!(a.free_granules(), total - used);
         }
+    }
+
+    #[test]
+    fn growing_lengthens_the_last_group_then_adds_free_ones() {
+        let a = Allocator::new(100);
+        assert!(a.mark_used(0, 100));
+        assert_eq!(a.alloc(1, 0), None);
+        a.grow(GROUP_GRANULES + 40);
+        assert_eq!(a.granules(), GROUP_GRANULES + 40);
+        assert_eq!(a.free_granules(), GROUP_GRANULES + 40 - 100);
+        assert_eq!(
+            a.alloc(8, 0),
+            Some(100),
+            "the first group took the new space"
+        );
+        assert_eq!(a.alloc(40, 1), Some(GROUP_GRANULES));
+        assert_eq!(a.alloc(1, 1), Some(108), "the new group is full");
+        a.grow(10);
+        assert_eq!(a.granules(), GROUP_GRANULES + 40, "never shrinks");
+        assert!(a.release(GROUP_GRANULES, 40));
+        assert!(a.all_free(GROUP_GRANULES, 40));
+        assert_eq!(a.free_granules(), GROUP_GRANULES + 40 - 109);
     }
 }

@@ -75,7 +75,7 @@ impl Compress {
                             later.push(unit);
                             return;
                         }
-                        if let Ok((cur, prev)) = decode_entry(bytes, &self.geo.limits(unit)) {
+                        if let Ok((cur, prev)) = decode_entry(bytes, &self.limits(unit)) {
                             encode_entry(&cur, &Extent::EMPTY, bytes);
                             if prev.holds_data() {
                                 cleared.push(prev);

@@ -70,6 +70,8 @@ pub struct Geometry {
     pub unit_bytes: u32,
     pub granule_bytes: u32,
     pub data_start: u64,
+    /// Granules of the data area at open (it grows with the device below:
+    /// the allocator holds the current count).
     pub data_granules: u64,
 }
 
@@ -118,12 +120,19 @@ impl Geometry {
         (self.size - start).min(u64::from(self.unit_bytes)) as usize
     }
 
-    pub fn limits(&self, unit: u64) -> Limits {
+    /// What unit `unit`'s entry must fit in, with a data area of `granules`
+    /// granules (the allocator's: the area grows with the device below).
+    pub fn limits(&self, unit: u64, granules: u64) -> Limits {
         Limits {
             unit_bytes: self.unit_len(unit) as u32,
             granule_bytes: self.granule_bytes,
-            granules: self.data_granules,
+            granules,
         }
+    }
+
+    /// Granules of the data area over a device below of `lower_bytes`.
+    pub fn granules_over(&self, lower_bytes: u64) -> u64 {
+        lower_bytes.saturating_sub(self.data_start) / u64::from(self.granule_bytes)
     }
 
     /// Byte offset below of granule `granule`.

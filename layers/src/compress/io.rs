@@ -28,7 +28,7 @@ impl Compress {
     ) -> (std::result::Result<(Extent, Extent), &'static str>, u64) {
         let mut bytes = [0u8; ENTRY_BYTES];
         let epoch = self.table.get(unit, &mut bytes);
-        (decode_entry(&bytes, &self.geo.limits(unit)), epoch)
+        (decode_entry(&bytes, &self.limits(unit)), epoch)
     }
 
     /// Whether `extent` holds a version of `unit` that verifies.
@@ -294,7 +294,7 @@ impl Compress {
     /// epoch still runs, the write waits for its outcome: taking the `cur` as the
     /// fallback before that flush ends would let a crash lose both versions.
     async fn commit(&self, ctx: &IoCtx, unit: u64, new: Extent, epoch: u64) -> Result<()> {
-        let limits = self.geo.limits(unit);
+        let limits = self.limits(unit);
         // The caller holds the unit's lock, so its entry's epoch cannot change
         // under us; a flush still running for that epoch decides which version
         // is the durable one, so wait for its outcome first.

@@ -1,7 +1,7 @@
 //! Opening `compress`: check or write the superblock, load the map and rebuild
 //! the allocator from it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::async_lock::AsyncLock;
@@ -36,8 +36,16 @@ pub(super) async fn open(
     };
     let geo = Geometry::new(lower_bytes, block_size, size)?;
     let existing = superblock::read(ctx, &*lower).await?;
+    // The size of the device below the layer has taken in: the map header
+    // records it once the device below grew, else it is the formatted one.
+    let mut taken_in = lower_bytes;
     if let Some(sb) = &existing {
-        check(sb, &params, &geo, block_size, size.is_some())?;
+        let formatted = check(sb, &params, block_size)?;
+        let recorded = MetaTable::recorded(ctx, &*lower, SUPERBLOCK_BYTES)
+            .await
+            .map_err(|e| format!("cannot read the compress map header: {e}"))?;
+        taken_in = recorded.unwrap_or(formatted);
+        check_sizes(sb, taken_in, lower_bytes, &geo, size.is_some())?;
     }
     let table = MetaTable::load(
         ctx,
@@ -56,13 +64,21 @@ pub(super) async fn open(
         flush_lock: AsyncLock::default(),
         freed: Mutex::new(Vec::new()),
         to_clean: Mutex::new(Vec::new()),
+        lower_bytes: AtomicU64::new(taken_in),
+        grow_lock: AsyncLock::default(),
         counters: Counters::default(),
         lower,
         geo,
         table,
     };
     match existing {
-        Some(_) => rebuild(ctx, &layer).await?,
+        Some(_) => {
+            rebuild(ctx, &layer).await?;
+            if lower_bytes > taken_in {
+                // The device below grew while the layer was down.
+                layer.take_in_lower(ctx).await?;
+            }
+        }
         None => {
             let sb = Superblock {
                 layer_type: "compress".into(),
@@ -80,14 +96,9 @@ pub(super) async fn open(
     Ok(layer)
 }
 
-/// Refuse a superblock that disagrees with the config (nothing is written).
-fn check(
-    sb: &Superblock,
-    want: &Params,
-    geo: &Geometry,
-    block_size: u32,
-    size_given: bool,
-) -> Result<(), String> {
+/// Refuse a superblock that disagrees with the config (nothing is written);
+/// returns the size of the device below it was formatted over.
+fn check(sb: &Superblock, want: &Params, block_size: u32) -> Result<u64, String> {
     sb.expect("compress", FORMAT_VERSION, block_size)?;
     let got = Params::decode(&sb.params)?;
     if got.algorithm != want.algorithm {
@@ -102,11 +113,32 @@ fn check(
             got.unit_bytes, got.granule_bytes, want.unit_bytes, want.granule_bytes
         ));
     }
-    if got.lower_bytes != want.lower_bytes {
+    Ok(got.lower_bytes)
+}
+
+/// Refuse a device below smaller than the one the layer took in, and an
+/// exposed size other than the formatted one (nothing is written).
+fn check_sizes(
+    sb: &Superblock,
+    taken_in: u64,
+    lower_bytes: u64,
+    geo: &Geometry,
+    size_given: bool,
+) -> Result<(), String> {
+    if lower_bytes < taken_in {
         return Err(format!(
-            "formatted over {} bytes but the device below now has {}; \
-             the layer below changed size",
-            got.lower_bytes, want.lower_bytes
+            "the device below has {lower_bytes} bytes but this layer uses {taken_in} bytes of \
+             it: the layer below shrank; refusing to open (nothing was written)"
+        ));
+    }
+    if sb.size != geo.size && !size_given && lower_bytes > taken_in {
+        // The default follows the device below, but a version 2 map has one
+        // entry per unit of the formatted size and cannot take more.
+        return Err(format!(
+            "the device below grew from {taken_in} to {lower_bytes} bytes, and without `size` \
+             the exposed size would follow it from {} to {}, which this map cannot hold; \
+             set `size = {}` to keep the exposed size and use the new space for data",
+            sb.size, geo.size, sb.size
         ));
     }
     if sb.size != geo.size {

@@ -31,6 +31,10 @@ impl Kind for CompressParams {
     const SYNONYMS: &'static [&'static str] = &["compression", "compressed", "lz4"];
     const KEEPS_METADATA: bool = true;
     const SUPERBLOCK: bool = true;
+    /// The data area takes in a grown layer below (the exposed size stays);
+    /// a rising exposed size is refused (`Compress::grow_refusal`).
+    const GROWS: bool = true;
+    const TAKES_IN_GROWTH_BELOW: bool = true;
 
     fn read(keys: &mut dyn KeyReader) -> Option<CompressParams> {
         let over = keys.over();
@@ -100,6 +104,9 @@ impl Kind for CompressParams {
             &self.algorithm,
             self.size_bytes,
         );
-        Ok(Arc::new(opening.block_on(open)?))
+        let compress = Arc::new(opening.block_on(open)?);
+        // For the reload's check of a growth before anything grows.
+        opening.keep(compress.clone());
+        Ok(compress)
     }
 }

@@ -2,15 +2,16 @@
 //! many entries the table covers), in two slots so that a torn header write
 //! never loses the last one.
 //!
-//! | bytes of a slot | contents                                     |
-//! |-----------------|----------------------------------------------|
-//! | 0..8            | magic `UBLKEPCH` (flat) or `UBLKCOVR` (grouped) |
-//! | 8..16           | flushed epoch, u64 LE                        |
-//! | 16..24          | sequence number, u64 LE, +1 per header write |
-//! | flat: 24..28    | crc32 of bytes 0..24, u32 LE                 |
-//! | grouped: 24..32 | entries covered, u64 LE                      |
-//! | grouped: 32..36 | crc32 of bytes 0..32, u32 LE                 |
-//! | the rest        | zero                                         |
+//! | bytes of a slot | contents                                           |
+//! |-----------------|----------------------------------------------------|
+//! | 0..8            | magic `UBLKEPCH` (flat) or `UBLKCOVR` (grouped, or |
+//! |                 | flat with a value its layer records)               |
+//! | 8..16           | flushed epoch, u64 LE                              |
+//! | 16..24          | sequence number, u64 LE, +1 per header write       |
+//! | flat: 24..28    | crc32 of bytes 0..24, u32 LE                       |
+//! | grouped: 24..32 | entries covered (or the value), u64 LE             |
+//! | grouped: 32..36 | crc32 of bytes 0..32, u32 LE                       |
+//! | the rest        | zero                                               |
 //!
 //! An all-zero slot is valid: sequence 0, flushed epoch 0 (a fresh table),
 //! no coverage recorded.

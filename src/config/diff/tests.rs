@@ -608,3 +608,45 @@ fn growth_and_live_keys_go_together_but_not_with_structural_ones() {
     let reasons = diff_sized(&a, &old, &b, &new).unwrap_err().reasons;
     assert_eq!(reasons, ["layers.stripes.chunk: structural, needs down/up"]);
 }
+
+const THIN: &str = r#"version = 1
+[device]
+name = "t"
+top = "c"
+[layers.c]
+type = "compress"
+over = "f"
+size = "8GiB"
+[layers.f]
+type = "memory"
+size = "1GiB"
+"#;
+
+#[test]
+fn a_compress_of_fixed_size_takes_in_the_growth_below_and_the_device_keeps_its_size() {
+    let text = THIN.replace("size = \"1GiB\"", "size = \"2GiB\"");
+    let (a, b) = (plan(THIN), plan(&text));
+    let changes = diff_sized(&a, &[8 * G, G], &b, &[8 * G, 2 * G]).unwrap();
+    assert_eq!(
+        edits(&changes),
+        [
+            "layers.f size: 1 GiB -> 2 GiB",
+            "layers.c space below: 1 GiB -> 2 GiB"
+        ]
+    );
+    assert_eq!(changes.device_size, None);
+    // Nothing grew below: nothing to take in.
+    let changes = diff_sized(&a, &[8 * G, G], &a, &[8 * G, G]).unwrap();
+    assert!(changes.is_empty());
+    // Its own size rising is growth too (refused at reload while the map
+    // cannot grow, see `Compress::grow_refusal`).
+    let text = THIN.replace("\"8GiB\"", "\"16GiB\"");
+    let changes = diff_sized(&a, &[8 * G, G], &plan(&text), &[16 * G, G]).unwrap();
+    assert_eq!(
+        edits(&changes),
+        [
+            "layers.c size: 8 GiB -> 16 GiB",
+            "device size: 8 GiB -> 16 GiB"
+        ]
+    );
+}

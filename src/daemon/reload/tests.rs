@@ -371,3 +371,64 @@ fn shrinking_is_refused() {
         outcome.refused
     );
 }
+
+const COMPRESS: &str = r#"version = 1
+[device]
+name = "c0"
+top = "c"
+queues = 1
+
+[layers.c]
+type = "compress"
+over = "m"
+size = "4MiB"
+
+[layers.m]
+type = "memory"
+size = "1MiB"
+"#;
+
+fn data_area(stack: &layers::Stack) -> u64 {
+    match stack.layer("c").unwrap().report() {
+        layers::LayerReport::Compress(report) => report.data_area_bytes,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_compress_takes_in_the_grown_layer_below_but_refuses_a_larger_size_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c0.toml");
+    std::fs::write(&path, COMPRESS).unwrap();
+    let plan = crate::config::load(&path).unwrap();
+    let stack = Arc::new(layers::compile(&plan).unwrap());
+    let reloader = Reloader::new(path.clone(), plan, stack.clone(), Box::new(|_| Ok(())));
+    let area = data_area(&stack);
+    std::fs::write(&path, COMPRESS.replace("\"1MiB\"", "\"2MiB\"")).unwrap();
+    let outcome = reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Applied, "{outcome:?}");
+    assert_eq!(
+        outcome.applied,
+        [
+            "layers.m size: 1 MiB -> 2 MiB",
+            "layers.c space below: 1 MiB -> 2 MiB"
+        ]
+    );
+    assert_eq!(stack.size(), 4 << 20, "the exposed size stays");
+    assert_eq!(data_area(&stack), area + (1 << 20));
+    // A larger exposed size: refused before the layer below grows.
+    let text = COMPRESS
+        .replace("\"1MiB\"", "\"3MiB\"")
+        .replace("\"4MiB\"", "\"8MiB\"");
+    std::fs::write(&path, text).unwrap();
+    let outcome = reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Refused, "{outcome:?}");
+    assert!(
+        outcome
+            .refused
+            .iter()
+            .any(|r| r.starts_with("layers.c: raising the exposed size")),
+        "{outcome:?}"
+    );
+    assert_eq!(stack.layer("m").unwrap().size(), 2 << 20, "grew first");
+}

@@ -6,7 +6,9 @@
 # ext4, fio ends without an error, e2fsck is clean. A shrink is refused and
 # changes nothing. On 6.12 the same live edit is refused naming Linux 6.14 and
 # nothing changes. On both: growing through down and up serves the bigger device
-# and the filesystem's data is still there.
+# and the filesystem's data is still there. Then, on both kernels, a thin
+# `compress` (64 MiB over a 16 MiB file) takes in its file grown to 40 MiB
+# by a reload: the device keeps its size and holds 32 MiB of random data.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
 
@@ -112,5 +114,43 @@ resize2fs "$DEV" || fail "resize2fs after up failed"
 [[ $(sha256sum </mnt/g/known) == "$sum_known" ]] || fail "known data changed after up"
 umount /mnt/g
 down_device grow
+no_ublk_devices
+
+step "a thin compress takes in its grown file; its size stays"
+cat >/work/c.toml <<'TOML'
+version = 1
+[device]
+name = "thin"
+top = "c"
+queues = 1
+[layers.c]
+type = "compress"
+over = "f"
+size = "64MiB"
+[layers.f]
+type = "file"
+path = "data/c.img"
+size = "16MiB"
+create = true
+TOML
+up_device /work/c.toml
+thin=$(size_of)
+dd if=/dev/urandom of=/work/first bs=1M count=8 status=none
+dd if=/work/first of="$DEV" bs=1M oflag=direct conv=fsync status=none || fail "cannot write 8 MiB"
+sed -i 's/^size = "16MiB"/size = "40MiB"/' /work/c.toml
+ublk-stack reload thin | tee /work/reload.out || fail "reload of the grown file failed"
+grep -q 'space below' /work/reload.out || fail "the compress did not take in the new space"
+[[ $(size_of) == "$thin" ]] || fail "the compress device changed size"
+dd if=/dev/urandom of=/work/second bs=1M count=24 status=none
+dd if=/work/second of="$DEV" bs=1M seek=8 oflag=direct conv=fsync status=none ||
+    fail "cannot write 24 MiB more after the grow"
+down_device thin
+up_device /work/c.toml
+# (No process substitution: the guest has no /dev/fd.)
+dd if="$DEV" of=/work/got bs=1M count=8 iflag=direct status=none || fail "cannot read back"
+cmp /work/got /work/first || fail "the first 8 MiB changed"
+dd if="$DEV" of=/work/got bs=1M skip=8 count=24 iflag=direct status=none || fail "cannot read back"
+cmp /work/got /work/second || fail "the 24 MiB written after the grow changed"
+down_device thin
 no_ublk_devices
 step "ok"
