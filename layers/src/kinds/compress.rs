@@ -1,12 +1,9 @@
 //! `compress`: lz4 per block, thin: it may expose more than the layer below.
 
-use std::sync::Arc;
-
-use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::compress::Compress;
 use crate::params::LayerId;
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompressParams {
@@ -92,7 +89,7 @@ impl Kind for CompressParams {
         }
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let open = Compress::open(
             opening.io(),
             opening.child()?,
@@ -100,6 +97,6 @@ impl Kind for CompressParams {
             &self.algorithm,
             self.size_bytes,
         );
-        Ok(Arc::new(opening.block_on(open)?))
+        Ok(Opened::of(opening.block_on(open)?))
     }
 }
