@@ -3,7 +3,6 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -399,19 +398,23 @@ impl<L: AsyncLayer> Counted<L> {
         Err(Error::OutOfRange)
     }
 
-    /// Await `fut`, the `nth` request of kind `op` at this layer, counting
-    /// its error; when `op` is sampled at `nth` (see [`timing_sample`]), the
-    /// time from the call to the completion goes to the layer's histogram.
-    async fn timed(&self, op: Op, nth: u64, fut: impl Future<Output = Result<()>>) -> Result<()> {
-        let start = (nth % timing_sample(op) == 0).then(Instant::now);
-        let res = fut.await;
+    /// When `op` is sampled at `nth`, its `nth` request at this layer (see
+    /// [`timing_sample`]): the time of the call, to time it to its completion.
+    fn start(op: Op, nth: u64) -> Option<Instant> {
+        (nth % timing_sample(op) == 0).then(Instant::now)
+    }
+
+    /// A request of kind `op` that began at `start` (if timed) finished with
+    /// `res`: its latency goes to the layer's histogram, its error is counted.
+    /// The layer's future is awaited in the caller's own body, not handed to
+    /// a helper: moving it would copy the whole of it once more per request.
+    fn finish(&self, op: Op, start: Option<Instant>, res: &Result<()>) {
         if let Some(start) = start {
             self.node.stats.took(op, start.elapsed());
         }
         if res.is_err() {
             self.node.stats.error(op);
         }
-        res
     }
 }
 
@@ -436,12 +439,10 @@ impl<L: AsyncLayer> AsyncLayer for Counted<L> {
             return self.refuse(Op::Read, offset, buf.len() as u64);
         }
         let nth = self.node.stats.read(buf.len());
-        self.timed(
-            Op::Read,
-            nth,
-            AsyncLayer::read(&*self.inner, ctx, offset, buf),
-        )
-        .await
+        let start = Self::start(Op::Read, nth);
+        let res = AsyncLayer::read(&*self.inner, ctx, offset, buf).await;
+        self.finish(Op::Read, start, &res);
+        res
     }
 
     async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
@@ -449,18 +450,18 @@ impl<L: AsyncLayer> AsyncLayer for Counted<L> {
             return self.refuse(Op::Write, offset, buf.len() as u64);
         }
         let nth = self.node.stats.write(buf.len());
-        self.timed(
-            Op::Write,
-            nth,
-            AsyncLayer::write(&*self.inner, ctx, offset, buf),
-        )
-        .await
+        let start = Self::start(Op::Write, nth);
+        let res = AsyncLayer::write(&*self.inner, ctx, offset, buf).await;
+        self.finish(Op::Write, start, &res);
+        res
     }
 
     async fn flush(&self, ctx: &IoCtx) -> Result<()> {
         let nth = self.node.stats.flush();
-        self.timed(Op::Flush, nth, AsyncLayer::flush(&*self.inner, ctx))
-            .await
+        let start = Self::start(Op::Flush, nth);
+        let res = AsyncLayer::flush(&*self.inner, ctx).await;
+        self.finish(Op::Flush, start, &res);
+        res
     }
 
     async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
@@ -468,12 +469,10 @@ impl<L: AsyncLayer> AsyncLayer for Counted<L> {
             return self.refuse(Op::Discard, offset, len);
         }
         let nth = self.node.stats.discard(len);
-        self.timed(
-            Op::Discard,
-            nth,
-            AsyncLayer::discard(&*self.inner, ctx, offset, len),
-        )
-        .await
+        let start = Self::start(Op::Discard, nth);
+        let res = AsyncLayer::discard(&*self.inner, ctx, offset, len).await;
+        self.finish(Op::Discard, start, &res);
+        res
     }
 
     async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
@@ -481,8 +480,10 @@ impl<L: AsyncLayer> AsyncLayer for Counted<L> {
             return self.refuse(Op::WriteZeroes, offset, len);
         }
         let nth = self.node.stats.write_zeroes(len);
-        let fut = AsyncLayer::write_zeroes(&*self.inner, ctx, offset, len);
-        self.timed(Op::WriteZeroes, nth, fut).await
+        let start = Self::start(Op::WriteZeroes, nth);
+        let res = AsyncLayer::write_zeroes(&*self.inner, ctx, offset, len).await;
+        self.finish(Op::WriteZeroes, start, &res);
+        res
     }
 
     fn discard_frees_space(&self) -> bool {
