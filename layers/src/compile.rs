@@ -373,6 +373,7 @@ impl<L: AsyncLayer> Counts for Counted<L> {
 
 impl<L: AsyncLayer> Counted<L> {
     fn new(node: Node, block_size: u32, inner: Arc<L>) -> Counted<L> {
+        assert!(block_size.is_power_of_two(), "block size {block_size}");
         Counted {
             size: AtomicU64::new(AsyncLayer::size(&*inner)),
             node,
@@ -384,9 +385,10 @@ impl<L: AsyncLayer> Counted<L> {
     /// Every request is checked at every layer: a range past the end or off the
     /// block grid is a bug above, and must not reach (or extend) a leaf.
     fn in_range(&self, offset: u64, len: u64) -> bool {
-        let block = u64::from(self.block_size);
-        offset % block == 0
-            && len % block == 0
+        // The block size is a power of two (512 or 4096): a mask, not a
+        // division, per request and layer.
+        let mask = u64::from(self.block_size) - 1;
+        (offset | len) & mask == 0
             && offset
                 .checked_add(len)
                 .is_some_and(|end| end <= self.size.load(Ordering::Acquire))
