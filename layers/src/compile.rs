@@ -3,7 +3,6 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,8 +44,56 @@ pub struct Node {
     pub name: String,
     pub type_name: &'static str,
     pub children: Vec<LayerId>,
+    /// The layer as its kind opened it, without the counters.
     layer: Arc<dyn Layer>,
     stats: LayerStats,
+}
+
+/// A layer as its kind opened it ([`crate::kinds::Kind::open`]), still of its
+/// own type: [`compile()`] wraps it with its counters before it becomes a
+/// `dyn Layer`, so that a request costs one boxed future per layer, not two.
+pub struct Opened {
+    layer: Arc<dyn Layer>,
+    count: Box<dyn FnOnce(Node, u32) -> Compiled>,
+}
+
+impl Opened {
+    /// A layer, to be shared by the stack (and counted there).
+    pub fn of<L: AsyncLayer + 'static>(layer: L) -> Opened {
+        Opened::new(Arc::new(layer))
+    }
+
+    /// A layer the kind also keeps a handle on (see [`crate::kinds::Opening::keep`]).
+    pub fn new<L: AsyncLayer + 'static>(layer: Arc<L>) -> Opened {
+        Opened {
+            layer: layer.clone(),
+            count: Box::new(move |node, block_size| {
+                let counted = Arc::new(Counted::new(node, block_size, layer));
+                Compiled {
+                    layer: counted.clone(),
+                    counts: counted,
+                }
+            }),
+        }
+    }
+}
+
+impl<L: AsyncLayer + 'static> From<Arc<L>> for Opened {
+    fn from(layer: Arc<L>) -> Opened {
+        Opened::new(layer)
+    }
+}
+
+/// A layer of the tree with its counters: the same one object seen as the
+/// layer the others call and as the counters `status` reads.
+struct Compiled {
+    layer: Arc<dyn Layer>,
+    counts: Arc<dyn Counts>,
+}
+
+/// What the stack asks of a counted layer beyond its [`Layer`] operations.
+trait Counts: Send + Sync {
+    fn node(&self) -> &Node;
 }
 
 /// One row of `status`: a layer, its place in the tree and its counters.
@@ -66,7 +113,7 @@ pub struct NodeStatus {
 /// The compiled device: shared by every queue.
 pub struct Stack {
     plan: Plan,
-    nodes: Vec<Option<Arc<Counted>>>,
+    nodes: Vec<Option<Compiled>>,
     /// What each layer's kind kept at open for calls that are no `Layer`
     /// operation (a mirror's re-add, resync and scrub), by layer id.
     handles: Vec<Option<Box<dyn Any + Send + Sync>>>,
@@ -87,13 +134,16 @@ impl Stack {
 
     /// The layer the device exposes.
     pub fn top(&self) -> &dyn Layer {
-        &**self.nodes[self.plan.top].as_ref().expect("top is compiled")
+        &*self.nodes[self.plan.top]
+            .as_ref()
+            .expect("top is compiled")
+            .layer
     }
 
     /// The compiled layer named `name`, for live knobs.
     pub fn layer(&self, name: &str) -> Option<&Arc<dyn Layer>> {
         let id = self.plan.layers.iter().position(|l| l.name == name)?;
-        self.nodes[id].as_ref().map(|c| &c.node.layer)
+        self.nodes[id].as_ref().map(|c| &c.counts.node().layer)
     }
 
     /// The mirror layer named `name`, for `readd`, `resync_step` and
@@ -132,7 +182,7 @@ impl Stack {
         let id = self.plan.layers.iter().position(|l| l.name == name);
         match id.and_then(|id| self.nodes[id].as_ref()) {
             // Through the counted wrapper, so that its range check follows.
-            Some(counted) => AsyncLayer::grow(&**counted, ctx, new_size).await,
+            Some(compiled) => compiled.layer.grow(ctx, new_size).await,
             None => Err(format!("no layer named \"{name}\"")),
         }
     }
@@ -152,10 +202,10 @@ impl Stack {
         let mut out = Vec::new();
         let mut stack = vec![(self.plan.top, 0)];
         while let Some((id, depth)) = stack.pop() {
-            let Some(counted) = &self.nodes[id] else {
+            let Some(compiled) = &self.nodes[id] else {
                 continue;
             };
-            let node = &counted.node;
+            let node = compiled.counts.node();
             out.push(NodeStatus {
                 name: node.name.clone(),
                 type_name: node.type_name,
@@ -203,7 +253,7 @@ pub fn compile_with(
             })
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut nodes: Vec<Option<Arc<Counted>>> = (0..plan.layers.len()).map(|_| None).collect();
+    let mut nodes: Vec<Option<Compiled>> = (0..plan.layers.len()).map(|_| None).collect();
     let mut handles: Vec<Option<Box<dyn Any + Send + Sync>>> =
         (0..plan.layers.len()).map(|_| None).collect();
     let block_size = plan.device.block_size;
@@ -211,16 +261,16 @@ pub fn compile_with(
     for id in plan.walk().into_iter().rev() {
         let layer_plan = &plan.layers[id];
         let children = layer_plan.spec.children();
-        let layer: Arc<dyn Layer> = match supply(id) {
-            Some(layer) => layer,
+        let opened = match supply(id) {
+            Some(layer) => Opened::new(Arc::new(Supplied(layer))),
             None => {
                 let below = children
                     .iter()
                     .map(|&c| {
-                        let child: Arc<dyn Layer> = nodes[c]
-                            .clone()
+                        let child = nodes[c]
+                            .as_ref()
                             .expect("children are compiled before parents");
-                        child
+                        child.layer.clone()
                     })
                     .collect();
                 let mut opening = Opening::new(
@@ -241,17 +291,14 @@ pub fn compile_with(
                 layer
             }
         };
-        nodes[id] = Some(Arc::new(Counted {
-            size: AtomicU64::new(layer.size()),
-            block_size,
-            node: Node {
-                name: layer_plan.name.clone(),
-                type_name: layer_plan.spec.type_name(),
-                children,
-                layer,
-                stats: LayerStats::default(),
-            },
-        }));
+        let node = Node {
+            name: layer_plan.name.clone(),
+            type_name: layer_plan.spec.type_name(),
+            children,
+            layer: opened.layer,
+            stats: LayerStats::default(),
+        };
+        nodes[id] = Some((opened.count)(node, block_size));
     }
     Ok(Stack {
         plan: plan.clone(),
@@ -260,22 +307,95 @@ pub fn compile_with(
     })
 }
 
-/// A layer wrapped with its counters.
-struct Counted {
+/// A layer that was handed to [`compile_with`] already as a `dyn Layer`.
+struct Supplied(Arc<dyn Layer>);
+
+impl AsyncLayer for Supplied {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
+        self.0.read(ctx, offset, buf).await
+    }
+
+    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
+        self.0.write(ctx, offset, buf).await
+    }
+
+    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
+        self.0.flush(ctx).await
+    }
+
+    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.0.discard(ctx, offset, len).await
+    }
+
+    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.0.write_zeroes(ctx, offset, len).await
+    }
+
+    fn discard_frees_space(&self) -> bool {
+        self.0.discard_frees_space()
+    }
+
+    async fn apply_live(
+        &self,
+        ctx: &IoCtx,
+        change: &LiveChange,
+    ) -> std::result::Result<(), String> {
+        self.0.apply_live(ctx, change).await
+    }
+
+    async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        self.0.grow(ctx, new_size).await
+    }
+
+    fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
+        self.0.allocation(offset, len)
+    }
+
+    fn report(&self) -> LayerReport {
+        self.0.report()
+    }
+}
+
+/// A layer wrapped with its counters. Generic over the layer, so that the
+/// layer's own futures are part of the wrapper's, boxed once with it.
+struct Counted<L> {
     node: Node,
     /// The layer's size for the range check; raised by [`AsyncLayer::grow`]
     /// once the layer has taken the new space.
     size: AtomicU64,
     block_size: u32,
+    /// The same layer as `node.layer`, of its own type.
+    inner: Arc<L>,
 }
 
-impl Counted {
+impl<L: AsyncLayer> Counts for Counted<L> {
+    fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl<L: AsyncLayer> Counted<L> {
+    fn new(node: Node, block_size: u32, inner: Arc<L>) -> Counted<L> {
+        assert!(block_size.is_power_of_two(), "block size {block_size}");
+        Counted {
+            size: AtomicU64::new(AsyncLayer::size(&*inner)),
+            node,
+            block_size,
+            inner,
+        }
+    }
+
     /// Every request is checked at every layer: a range past the end or off the
     /// block grid is a bug above, and must not reach (or extend) a leaf.
     fn in_range(&self, offset: u64, len: u64) -> bool {
-        let block = u64::from(self.block_size);
-        offset % block == 0
-            && len % block == 0
+        // The block size is a power of two (512 or 4096): a mask, not a
+        // division, per request and layer.
+        let mask = u64::from(self.block_size) - 1;
+        (offset | len) & mask == 0
             && offset
                 .checked_add(len)
                 .is_some_and(|end| end <= self.size.load(Ordering::Acquire))
@@ -287,19 +407,23 @@ impl Counted {
         Err(Error::OutOfRange)
     }
 
-    /// Await `fut`, the `nth` request of kind `op` at this layer, counting
-    /// its error; when `op` is sampled at `nth` (see [`timing_sample`]), the
-    /// time from the call to the completion goes to the layer's histogram.
-    async fn timed(&self, op: Op, nth: u64, fut: impl Future<Output = Result<()>>) -> Result<()> {
-        let start = (nth % timing_sample(op) == 0).then(Instant::now);
-        let res = fut.await;
+    /// When `op` is sampled at `nth`, its `nth` request at this layer (see
+    /// [`timing_sample`]): the time of the call, to time it to its completion.
+    fn start(op: Op, nth: u64) -> Option<Instant> {
+        (nth % timing_sample(op) == 0).then(Instant::now)
+    }
+
+    /// A request of kind `op` that began at `start` (if timed) finished with
+    /// `res`: its latency goes to the layer's histogram, its error is counted.
+    /// The layer's future is awaited in the caller's own body, not handed to
+    /// a helper: moving it would copy the whole of it once more per request.
+    fn finish(&self, op: Op, start: Option<Instant>, res: &Result<()>) {
         if let Some(start) = start {
             self.node.stats.took(op, start.elapsed());
         }
         if res.is_err() {
             self.node.stats.error(op);
         }
-        res
     }
 }
 
@@ -314,9 +438,9 @@ fn timing_sample(op: Op) -> u64 {
     }
 }
 
-impl AsyncLayer for Counted {
+impl<L: AsyncLayer> AsyncLayer for Counted<L> {
     fn size(&self) -> u64 {
-        self.node.layer.size()
+        AsyncLayer::size(&*self.inner)
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
@@ -324,8 +448,10 @@ impl AsyncLayer for Counted {
             return self.refuse(Op::Read, offset, buf.len() as u64);
         }
         let nth = self.node.stats.read(buf.len());
-        self.timed(Op::Read, nth, self.node.layer.read(ctx, offset, buf))
-            .await
+        let start = Self::start(Op::Read, nth);
+        let res = AsyncLayer::read(&*self.inner, ctx, offset, buf).await;
+        self.finish(Op::Read, start, &res);
+        res
     }
 
     async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
@@ -333,13 +459,18 @@ impl AsyncLayer for Counted {
             return self.refuse(Op::Write, offset, buf.len() as u64);
         }
         let nth = self.node.stats.write(buf.len());
-        self.timed(Op::Write, nth, self.node.layer.write(ctx, offset, buf))
-            .await
+        let start = Self::start(Op::Write, nth);
+        let res = AsyncLayer::write(&*self.inner, ctx, offset, buf).await;
+        self.finish(Op::Write, start, &res);
+        res
     }
 
     async fn flush(&self, ctx: &IoCtx) -> Result<()> {
         let nth = self.node.stats.flush();
-        self.timed(Op::Flush, nth, self.node.layer.flush(ctx)).await
+        let start = Self::start(Op::Flush, nth);
+        let res = AsyncLayer::flush(&*self.inner, ctx).await;
+        self.finish(Op::Flush, start, &res);
+        res
     }
 
     async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
@@ -347,8 +478,10 @@ impl AsyncLayer for Counted {
             return self.refuse(Op::Discard, offset, len);
         }
         let nth = self.node.stats.discard(len);
-        self.timed(Op::Discard, nth, self.node.layer.discard(ctx, offset, len))
-            .await
+        let start = Self::start(Op::Discard, nth);
+        let res = AsyncLayer::discard(&*self.inner, ctx, offset, len).await;
+        self.finish(Op::Discard, start, &res);
+        res
     }
 
     async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
@@ -356,12 +489,14 @@ impl AsyncLayer for Counted {
             return self.refuse(Op::WriteZeroes, offset, len);
         }
         let nth = self.node.stats.write_zeroes(len);
-        let fut = self.node.layer.write_zeroes(ctx, offset, len);
-        self.timed(Op::WriteZeroes, nth, fut).await
+        let start = Self::start(Op::WriteZeroes, nth);
+        let res = AsyncLayer::write_zeroes(&*self.inner, ctx, offset, len).await;
+        self.finish(Op::WriteZeroes, start, &res);
+        res
     }
 
     fn discard_frees_space(&self) -> bool {
-        self.node.layer.discard_frees_space()
+        AsyncLayer::discard_frees_space(&*self.inner)
     }
 
     fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
@@ -370,7 +505,7 @@ impl AsyncLayer for Counted {
         if offset.checked_add(len)? > self.size.load(Ordering::Acquire) {
             return None;
         }
-        self.node.layer.allocation(offset, len)
+        AsyncLayer::allocation(&*self.inner, offset, len)
     }
 
     async fn apply_live(
@@ -378,17 +513,18 @@ impl AsyncLayer for Counted {
         ctx: &IoCtx,
         change: &LiveChange,
     ) -> std::result::Result<(), String> {
-        self.node.layer.apply_live(ctx, change).await
+        AsyncLayer::apply_live(&*self.inner, ctx, change).await
     }
 
     async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
-        self.node.layer.grow(ctx, new_size).await?;
-        self.size.store(self.node.layer.size(), Ordering::Release);
+        AsyncLayer::grow(&*self.inner, ctx, new_size).await?;
+        self.size
+            .store(AsyncLayer::size(&*self.inner), Ordering::Release);
         Ok(())
     }
 
     fn report(&self) -> LayerReport {
-        self.node.layer.report()
+        AsyncLayer::report(&*self.inner)
     }
 }
 

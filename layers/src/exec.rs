@@ -130,18 +130,28 @@ thread_local! {
 
 /// Makes `shared` the executor running on this thread until dropped; restores
 /// the one before (an executor driven from inside another's task), and hands
-/// any wake still in the local list to the shared one, so none is lost.
+/// any wake still in the local list to the shared one, so none is lost. The
+/// local list's memory is the executor's `spare`, lent for the turn and given
+/// back after, so that a turn's wakes do not grow a fresh list each time.
 struct Running<'a> {
     shared: &'a Shared,
+    spare: &'a RefCell<Vec<usize>>,
     prev: *const Shared,
     prev_ready: Vec<usize>,
 }
 
 impl<'a> Running<'a> {
-    fn enter(shared: &'a Shared) -> Running<'a> {
-        let (prev, prev_ready) = LOCAL.with(|l| (l.running.replace(shared), l.ready.take()));
+    fn enter(shared: &'a Shared, spare: &'a RefCell<Vec<usize>>) -> Running<'a> {
+        let mine = spare.take();
+        let (prev, prev_ready) = LOCAL.with(|l| {
+            (
+                l.running.replace(shared),
+                std::mem::replace(&mut *l.ready.borrow_mut(), mine),
+            )
+        });
         Running {
             shared,
+            spare,
             prev,
             prev_ready,
         }
@@ -159,7 +169,7 @@ impl<'a> Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let left = LOCAL.with(|l| {
+        let mut left = LOCAL.with(|l| {
             l.running.set(self.prev);
             std::mem::replace(
                 &mut *l.ready.borrow_mut(),
@@ -168,9 +178,10 @@ impl Drop for Running<'_> {
         });
         if !left.is_empty() {
             let mut ready = self.shared.ready.lock().unwrap_or_else(|e| e.into_inner());
-            ready.extend(left);
+            ready.append(&mut left);
             self.shared.has_ready.store(true, Ordering::SeqCst);
         }
+        *self.spare.borrow_mut() = left;
     }
 }
 
@@ -205,6 +216,8 @@ pub struct Executor {
     wake_armed: Cell<bool>,
     /// Scratch list swapped with the shared ready list each round.
     scratch: RefCell<Vec<usize>>,
+    /// The memory of this thread's local wake list while a turn runs.
+    local_spare: RefCell<Vec<usize>>,
 }
 
 impl Executor {
@@ -228,6 +241,7 @@ impl Executor {
             main_waker,
             wake_armed: Cell::new(false),
             scratch: RefCell::new(Vec::new()),
+            local_spare: RefCell::new(Vec::new()),
         })
     }
 
@@ -358,7 +372,7 @@ impl Executor {
         front_busy: &dyn Fn() -> bool,
         foreign: &mut dyn FnMut(u64, i32, u32),
     ) -> io::Result<bool> {
-        let running = Running::enter(&self.shared);
+        let running = Running::enter(&self.shared, &self.local_spare);
         let mut main_woken = self.run_ready(&running);
         // Nothing on the ring could end a sleep now.
         let idle = self.live.get() == 0 && ctx.uring.in_flight() == 0 && !front_busy();

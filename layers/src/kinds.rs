@@ -34,7 +34,6 @@ pub mod raid0;
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
 
 pub use host::{Host, Leaves};
 pub use keys::{Item, Key, KeyReader, Shape};
@@ -42,8 +41,8 @@ pub use opening::Opening;
 pub use sizing::{Problem, Sizing};
 pub use text::{path_value, shown};
 
+pub use crate::compile::Opened;
 use crate::params::{LayerId, LiveChange};
-use crate::Layer;
 
 /// One layer type. Implemented by the type's parameters struct, which is what
 /// a [`LayerSpec`] holds for a layer of this type.
@@ -124,7 +123,7 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + Send + Sync + Into<LayerSpec> +
     }
 
     /// Builds the running layer over `opening.children`.
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String>;
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String>;
 }
 
 /// What the registry keeps of each kind, for code that picks a kind by name.
@@ -173,7 +172,7 @@ trait AnyKind: Send + Sync {
     fn live_changes(&self, new: &dyn Any) -> Vec<(LiveChange, &'static [&'static str])>;
     fn apply_live(&mut self, change: &LiveChange);
     fn prepare(&self) -> Result<Option<Box<dyn Any>>, String>;
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String>;
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -219,7 +218,7 @@ impl<K: Kind> AnyKind for K {
     fn prepare(&self) -> Result<Option<Box<dyn Any>>, String> {
         Kind::prepare(self)
     }
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         Kind::open(self, opening)
     }
     fn as_any(&self) -> &dyn Any {
@@ -355,7 +354,7 @@ impl LayerSpec {
     }
 
     /// See [`Kind::open`].
-    pub fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    pub fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         self.kind().open(opening)
     }
 

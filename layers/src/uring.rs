@@ -74,9 +74,11 @@ enum Held {
 }
 
 enum Slot {
-    Free {
-        next: usize,
-    },
+    /// `waker`: the last one that waited here, kept for the next operation in
+    /// the slot. A task that submits again as its operation completes gets the
+    /// slot it just freed (the free list is last in, first out), so its waker
+    /// is already there and is neither cloned nor dropped per operation.
+    Free { next: usize, waker: Option<Waker> },
     Pending {
         waker: Option<Waker>,
         held: Option<Held>,
@@ -84,14 +86,26 @@ enum Slot {
     Done {
         res: i32,
         held: Option<Held>,
+        waker: Option<Waker>,
     },
     /// The future was dropped before the CQE; the memory waits for it here.
-    Orphaned {
-        _held: Option<Held>,
-    },
+    Orphaned { _held: Option<Held> },
 }
 
 const NO_SLOT: usize = usize::MAX;
+/// What a slot holds while its contents are moved out.
+const FREED: Slot = Slot::Free {
+    next: NO_SLOT,
+    waker: None,
+};
+
+/// Let go of a slot's old contents that own nothing (a free slot without a
+/// waker) without running `Slot`'s drop code, which the path of every
+/// request would otherwise call a few times over for nothing.
+fn forget_freed(old: Slot) {
+    debug_assert!(matches!(old, Slot::Free { waker: None, .. }));
+    std::mem::forget(old);
+}
 
 /// One queue's io_uring and its in-flight table. Not `Sync`: it lives on one queue
 /// thread.
@@ -144,25 +158,30 @@ impl Uring {
 
     fn alloc_slot(&self, held: Option<Held>) -> usize {
         let mut slots = self.slots.borrow_mut();
-        let slot = Slot::Pending { waker: None, held };
         let head = self.free_head.get();
         if head == NO_SLOT {
-            slots.push(slot);
+            slots.push(Slot::Pending { waker: None, held });
             slots.len() - 1
         } else {
-            let Slot::Free { next } = slots[head] else {
+            let slot = &mut slots[head];
+            let Slot::Free { next, waker } = slot else {
                 unreachable!("free list points at a used slot")
             };
-            self.free_head.set(next);
-            slots[head] = slot;
+            self.free_head.set(*next);
+            let waker = waker.take();
+            forget_freed(std::mem::replace(slot, Slot::Pending { waker, held }));
             head
         }
     }
 
-    fn free_slot(&self, slots: &mut [Slot], index: usize) {
-        slots[index] = Slot::Free {
+    /// Put slot `index`, whose contents were moved out (it holds [`FREED`]),
+    /// on the free list.
+    fn free_slot(&self, slots: &mut [Slot], index: usize, waker: Option<Waker>) {
+        let slot = Slot::Free {
             next: self.free_head.get(),
+            waker,
         };
+        forget_freed(std::mem::replace(&mut slots[index], slot));
         self.free_head.set(index);
     }
 
@@ -366,16 +385,27 @@ impl Uring {
     fn complete(&self, index: usize, res: i32) {
         self.in_flight.set(self.in_flight.get() - 1);
         let mut slots = self.slots.borrow_mut();
-        let old = std::mem::replace(&mut slots[index], Slot::Free { next: NO_SLOT });
+        let old = std::mem::replace(&mut slots[index], FREED);
         match old {
             Slot::Pending { waker, held } => {
-                slots[index] = Slot::Done { res, held };
+                let done = Slot::Done {
+                    res,
+                    held,
+                    waker: None,
+                };
+                forget_freed(std::mem::replace(&mut slots[index], done));
                 drop(slots);
                 if let Some(waker) = waker {
-                    waker.wake();
+                    // Woken by reference and put back, so that it stays with
+                    // the slot (see `Slot::Free`); the slots are not borrowed
+                    // while it runs.
+                    waker.wake_by_ref();
+                    if let Slot::Done { waker: kept, .. } = &mut self.slots.borrow_mut()[index] {
+                        *kept = Some(waker);
+                    }
                 }
             }
-            Slot::Orphaned { .. } => self.free_slot(&mut slots, index),
+            Slot::Orphaned { .. } => self.free_slot(&mut slots, index, None),
             Slot::Free { .. } | Slot::Done { .. } => {
                 unreachable!("CQE for slot {index} that is not in flight")
             }
@@ -424,12 +454,12 @@ impl Future for OpFuture<'_> {
                 Poll::Pending
             }
             Slot::Done { .. } => {
-                let Slot::Done { res, held } =
-                    std::mem::replace(&mut slots[self.slot], Slot::Free { next: NO_SLOT })
+                let Slot::Done { res, held, waker } =
+                    std::mem::replace(&mut slots[self.slot], FREED)
                 else {
                     unreachable!()
                 };
-                self.uring.free_slot(&mut slots, self.slot);
+                self.uring.free_slot(&mut slots, self.slot, waker);
                 drop(slots);
                 self.finished = true;
                 drop(held);
@@ -446,10 +476,10 @@ impl Drop for OpFuture<'_> {
             return;
         }
         let mut slots = self.uring.slots.borrow_mut();
-        let old = std::mem::replace(&mut slots[self.slot], Slot::Free { next: NO_SLOT });
+        let old = std::mem::replace(&mut slots[self.slot], FREED);
         match old {
             Slot::Pending { held, .. } => slots[self.slot] = Slot::Orphaned { _held: held },
-            Slot::Done { .. } => self.uring.free_slot(&mut slots, self.slot),
+            Slot::Done { waker, .. } => self.uring.free_slot(&mut slots, self.slot, waker),
             other => slots[self.slot] = other,
         }
     }

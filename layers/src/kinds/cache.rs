@@ -1,11 +1,8 @@
 //! `cache`: a RAM block cache over one layer, shared by all queues.
 
-use std::sync::Arc;
-
-use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::params::{CacheMode, LayerId, LiveChange};
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheParams {
@@ -99,12 +96,12 @@ impl Kind for CacheParams {
         }
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let knobs = crate::cache::CacheKnobs {
             capacity_bytes: self.capacity_bytes,
             mode: self.mode,
         };
-        Ok(Arc::new(crate::cache::Cache::new(
+        Ok(Opened::of(crate::cache::Cache::new(
             opening.child()?,
             opening.block_size,
             knobs,

@@ -1,11 +1,8 @@
 //! `checksum`: a crc32 per block, kept below the data; a mismatch is EIO.
 
-use std::sync::Arc;
-
-use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::checksum::Checksum;
 use crate::params::LayerId;
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChecksumParams {
@@ -59,8 +56,8 @@ impl Kind for ChecksumParams {
         host.table_memory();
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let open = Checksum::open(opening.io(), opening.child()?, opening.block_size);
-        Ok(Arc::new(opening.block_on(open)?))
+        Ok(Opened::of(opening.block_on(open)?))
     }
 }

@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::compress::Compress;
 use crate::params::LayerId;
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompressParams {
@@ -96,7 +95,7 @@ impl Kind for CompressParams {
         }
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let open = Compress::open(
             opening.io(),
             opening.child()?,
@@ -107,6 +106,6 @@ impl Kind for CompressParams {
         let compress = Arc::new(opening.block_on(open)?);
         // For the reload's check of a growth before anything grows.
         opening.keep(compress.clone());
-        Ok(compress)
+        Ok(Opened::new(compress))
     }
 }

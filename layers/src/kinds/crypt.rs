@@ -3,14 +3,12 @@
 use std::any::Any;
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::{path_value, shown, Host, Item, Key, KeyReader, Kind, Opening, Sizing};
+use super::{path_value, shown, Host, Item, Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::crypt::Crypt;
 use crate::params::{KeySource, LayerId, Unlock};
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CryptParams {
@@ -159,12 +157,12 @@ impl Kind for CryptParams {
         Ok(Some(Box::new(key)))
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let key: Zeroizing<[u8; 32]> = opening
             .prepared()
             .ok_or_else(|| "its key was not loaded".to_string())?;
         let open = Crypt::open(opening.io(), opening.child()?, opening.block_size, &key);
-        Ok(Arc::new(opening.block_on(open)?))
+        Ok(Opened::of(opening.block_on(open)?))
     }
 }
 

@@ -4,11 +4,9 @@ use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::sync::Arc;
 
-use super::{path_value, shown, Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{path_value, shown, Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 pub use crate::params::DiskParams;
-use crate::Layer;
 
 impl Kind for DiskParams {
     const NAME: &'static str = "disk";
@@ -101,8 +99,8 @@ impl Kind for DiskParams {
         }
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
-        Ok(Arc::new(crate::disk::open(self, opening.block_size)?))
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
+        Ok(Opened::of(crate::disk::open(self, opening.block_size)?))
     }
 }
 

@@ -1,13 +1,10 @@
 //! `fault`: injects errors and latency, for testing what is above it.
 
-use std::sync::Arc;
-
-use super::{Key, KeyReader, Kind, Opening, Sizing};
+use super::{Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::fault::Fault;
 use crate::params::{FaultKnobs, LayerId, LiveChange};
 use crate::units::duration::format_duration_us;
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultParams {
@@ -120,7 +117,7 @@ impl Kind for FaultParams {
         }
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
-        Ok(Arc::new(Fault::new(opening.child()?, self.knobs.clone())))
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
+        Ok(Opened::of(Fault::new(opening.child()?, self.knobs.clone())))
     }
 }

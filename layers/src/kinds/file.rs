@@ -3,12 +3,10 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::sync::Arc;
 
-use super::{path_value, shown, Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{path_value, shown, Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 pub use crate::params::FileParams;
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 impl Kind for FileParams {
     const NAME: &'static str = "file";
@@ -174,8 +172,8 @@ impl Kind for FileParams {
         }
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
-        Ok(Arc::new(crate::file::open(self, opening.block_size)?))
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
+        Ok(Opened::of(crate::file::open(self, opening.block_size)?))
     }
 }
 

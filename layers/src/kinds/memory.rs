@@ -1,10 +1,7 @@
 //! `memory`: RAM holds the data, lost at exit.
 
-use std::sync::Arc;
-
-use super::{Host, Key, KeyReader, Kind, Opening, Sizing};
+use super::{Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryParams {
@@ -48,7 +45,7 @@ impl Kind for MemoryParams {
         }
     }
 
-    fn open(&self, _: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
-        Ok(Arc::new(crate::memory::MemoryLeaf::new(self.size_bytes)?))
+    fn open(&self, _: &mut Opening<'_>) -> Result<Opened, String> {
+        Ok(Opened::of(crate::memory::MemoryLeaf::new(self.size_bytes)?))
     }
 }

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use super::{Key, KeyReader, Kind, Opening, Sizing};
+use super::{Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::mirror::Mirror;
 use crate::params::{LayerId, LiveChange, ReadPolicy};
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorParams {
@@ -71,12 +70,12 @@ impl Kind for MirrorParams {
         }
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let legs = std::mem::take(&mut opening.children);
         let open = Mirror::open(opening.io(), legs, self.read_policy, opening.block_size);
         let mirror = Arc::new(opening.block_on(open)?);
         // For re-add, resync and scrub, which are no `Layer` operations.
         opening.keep(mirror.clone());
-        Ok(mirror)
+        Ok(Opened::new(mirror))
     }
 }

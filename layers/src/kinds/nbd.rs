@@ -1,16 +1,14 @@
 //! `nbd`: an NBD server holds the data.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::{path_value, shown, Host, Item, Key, KeyReader, Kind, Opening, Sizing};
+use super::{path_value, shown, Host, Item, Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::nbd::tls::{TlsClient, TlsFileError, TlsFiles};
 use crate::nbd::uri::NbdUri;
 use crate::nbd::NbdOptions;
 use crate::units::duration::format_duration_us;
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 /// Most connections to one server (each is a socket and a share of the
 /// server's threads).
@@ -214,7 +212,7 @@ impl Kind for NbdParams {
         Ok(tls.map(|tls| Box::new(tls) as Box<dyn std::any::Any>))
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let tls = opening.prepared::<TlsClient>();
         if self.uri.tls && tls.is_none() {
             return Err("its TLS certificates were not loaded".into());
@@ -226,7 +224,7 @@ impl Kind for NbdParams {
             timeout: self.timeout(),
             tls,
         };
-        Ok(Arc::new(crate::nbd::open(&options, opening.block_size)?))
+        Ok(Opened::of(crate::nbd::open(&options, opening.block_size)?))
     }
 }
 

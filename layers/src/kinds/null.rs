@@ -1,10 +1,7 @@
 //! `null`: reads zeros, drops writes.
 
-use std::sync::Arc;
-
-use super::{Key, KeyReader, Kind, Opening, Sizing};
+use super::{Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::units::size::format_exact;
-use crate::Layer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NullParams {
@@ -34,7 +31,7 @@ impl Kind for NullParams {
         Some(self.size_bytes)
     }
 
-    fn open(&self, _: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
-        Ok(Arc::new(crate::null::NullLeaf::new(self.size_bytes)))
+    fn open(&self, _: &mut Opening<'_>) -> Result<Opened, String> {
+        Ok(Opened::of(crate::null::NullLeaf::new(self.size_bytes)))
     }
 }

@@ -1,11 +1,8 @@
 //! `raid0`: stripes across layers of one size.
 
-use std::sync::Arc;
-
-use super::{Key, KeyReader, Kind, Opening, Sizing};
+use super::{Key, KeyReader, Kind, Opened, Opening, Sizing};
 use crate::params::LayerId;
 use crate::units::size::{format_exact, format_human};
-use crate::Layer;
 
 /// The default chunk (or the block size, if larger).
 const DEFAULT_CHUNK_BYTES: u64 = 64 << 10;
@@ -89,9 +86,9 @@ impl Kind for Raid0Params {
         total
     }
 
-    fn open(&self, opening: &mut Opening<'_>) -> Result<Arc<dyn Layer>, String> {
+    fn open(&self, opening: &mut Opening<'_>) -> Result<Opened, String> {
         let stripes = std::mem::take(&mut opening.children);
-        Ok(Arc::new(crate::raid0::Raid0::new(
+        Ok(Opened::of(crate::raid0::Raid0::new(
             stripes,
             self.chunk_bytes,
         )?))
