@@ -4,16 +4,17 @@
 //! below, a shrink and a default size that would move are refused.
 
 mod journal;
+mod rig;
 
 use std::sync::Arc;
 
 use journal::{crash_image, Leaf};
 use layers::compress::Compress;
-use layers::exec::{Executor, IoCtx};
 use layers::join::join_all;
 use layers::report::{CompressReport, LayerReport};
 use layers::rng::Rng;
 use layers::{Error, Layer, LocalBoxFuture};
+use rig::Rig;
 
 const BLOCK: u32 = 4096;
 const UNIT: u64 = 32 * 1024;
@@ -22,23 +23,7 @@ const SIZE: u64 = 4 << 20;
 const OLD: u64 = 512 << 10;
 const NEW: u64 = 1 << 20;
 
-struct Rig {
-    ctx: IoCtx,
-    exec: Executor,
-}
-
 impl Rig {
-    fn new() -> Rig {
-        Rig {
-            ctx: IoCtx::new(0, 16).unwrap(),
-            exec: Executor::new().unwrap(),
-        }
-    }
-
-    fn run<T>(&self, fut: impl std::future::Future<Output = T>) -> T {
-        self.exec.block_on(&self.ctx, fut)
-    }
-
     fn try_open(&self, leaf: &Arc<Leaf>, size: Option<u64>) -> Result<Box<dyn Layer>, String> {
         let lower: Arc<dyn Layer> = leaf.clone();
         let layer = self.run(Compress::open(&self.ctx, lower, BLOCK, "lz4", size))?;

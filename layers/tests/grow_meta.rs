@@ -5,14 +5,15 @@
 //! The leaf journals its writes, zeroings and flushes (`journal/mod.rs`).
 
 mod journal;
+mod rig;
 
 use std::sync::Arc;
 
 use journal::{crash_image, Event, Leaf};
+use rig::Rig;
 
 use layers::checksum::{self, Checksum};
 use layers::crypt::{self, Crypt};
-use layers::exec::{Executor, IoCtx};
 use layers::join::join_all;
 use layers::meta_table::MetaTable;
 use layers::rng::Rng;
@@ -73,23 +74,7 @@ impl Kind {
     }
 }
 
-struct Rig {
-    ctx: IoCtx,
-    exec: Executor,
-}
-
 impl Rig {
-    fn new() -> Rig {
-        Rig {
-            ctx: IoCtx::new(0, 16).unwrap(),
-            exec: Executor::new().unwrap(),
-        }
-    }
-
-    fn run<T>(&self, fut: impl std::future::Future<Output = T>) -> T {
-        self.exec.block_on(&self.ctx, fut)
-    }
-
     fn write(&self, layer: &dyn Layer, first: u64, blocks: u64) {
         let data: Vec<u8> = (first..first + blocks).flat_map(pattern).collect();
         self.run(layer.write_bytes(&self.ctx, first * BLOCK, &data))

@@ -7,6 +7,8 @@
 //! live one, and can hold, lose or misdirect one chosen write. A crash image is
 //! the durable image with the writes in flight torn in half.
 
+mod rig;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ use layers::meta_table::{MetaTable, HEADER_BYTES};
 use layers::report::{LayerReport, NoDetails};
 use layers::superblock::{Superblock, SUPERBLOCK_BYTES};
 use layers::{Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
+use rig::Rig;
 
 const BLOCK: u64 = 4096;
 const LEAF: u64 = 1 << 20;
@@ -253,19 +256,7 @@ impl Kind {
     }
 }
 
-struct Rig {
-    ctx: IoCtx,
-    exec: Executor,
-}
-
 impl Rig {
-    fn new() -> Rig {
-        Rig {
-            ctx: IoCtx::new(0, 16).unwrap(),
-            exec: Executor::new().unwrap(),
-        }
-    }
-
     fn write(&self, layer: &dyn Layer, block: u64, byte: u8) {
         let data = vec![byte; BLOCK as usize];
         self.exec
