@@ -55,6 +55,17 @@ mixed() {
     fio_run --rw=randtrim --bs=64k --number_ios=64
 }
 
+# fio_ends_clean PID OUT WHAT: the background fio PID (output in OUT) ends
+# within 120 s, exits 0 and reports no error, across WHAT.
+fio_ends_clean() {
+    local pid=$1 out=$2 what=$3 i rc=0
+    for i in $(seq 1 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && fail "fio still running 120 s after $what"
+    wait "$pid" || rc=$?
+    ((rc == 0)) || { cat "$out"; fail "fio exited $rc across $what"; }
+    grep -q 'err= 0' "$out" || { cat "$out"; fail "fio reported errors across $what"; }
+}
+
 : >/work/daemon.err
 trap 'rc=$?; ((rc == 0)) || tail -40 /work/daemon.err >&2' EXIT
 
@@ -104,12 +115,7 @@ if [[ $batch == yes ]]; then
     [[ $READY == *"recovered)" ]] || fail "not recovered: $READY"
     status_json bfile
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "recovered device not in batch mode"; }
-    for i in $(seq 1 1200); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$fio_pid" 2>/dev/null && fail "fio still running 120 s after recovery"
-    rc=0
-    wait "$fio_pid" || rc=$?
-    ((rc == 0)) || { cat /work/fio-kill.out; fail "fio exited $rc across the recovery"; }
-    grep -q 'err= 0' /work/fio-kill.out || { cat /work/fio-kill.out; fail "fio reported errors"; }
+    fio_ends_clean "$fio_pid" /work/fio-kill.out "the recovery"
 
     step "upgrade of a batch device is refused under a verifying fio; nothing changes"
     fio --name=u --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=16 \
@@ -125,12 +131,7 @@ if [[ $batch == yes ]]; then
     grep -q 'UBLK_STACK_BATCH_IO=off' /work/upgrade.out || fail "no way out named"
     status_json bfile
     grep -q "\"pid\":$DAEMON_PID[,}]" /work/status.json || { cat /work/status.json; fail "the device changed hands"; }
-    for i in $(seq 1 1200); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$fio_pid" 2>/dev/null && fail "fio still running 120 s after the refused upgrade"
-    rc=0
-    wait "$fio_pid" || rc=$?
-    ((rc == 0)) || { cat /work/fio-upgrade.out; fail "fio exited $rc across the refused upgrade"; }
-    grep -q 'err= 0' /work/fio-upgrade.out || { cat /work/fio-upgrade.out; fail "fio reported errors"; }
+    fio_ends_clean "$fio_pid" /work/fio-upgrade.out "the refused upgrade"
 
     step "down --force with fio running ends the daemon"
     fio --name=f --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=32 \
