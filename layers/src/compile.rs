@@ -78,12 +78,6 @@ impl Opened {
     }
 }
 
-impl<L: AsyncLayer + 'static> From<Arc<L>> for Opened {
-    fn from(layer: Arc<L>) -> Opened {
-        Opened::new(layer)
-    }
-}
-
 /// A layer of the tree with its counters: the same one object seen as the
 /// layer the others call and as the counters `status` reads.
 struct Compiled {
@@ -140,23 +134,32 @@ impl Stack {
             .layer
     }
 
+    /// The id of the layer named `name`.
+    fn id(&self, name: &str) -> Option<LayerId> {
+        self.plan.layers.iter().position(|l| l.name == name)
+    }
+
     /// The compiled layer named `name`, for live knobs.
     pub fn layer(&self, name: &str) -> Option<&Arc<dyn Layer>> {
-        let id = self.plan.layers.iter().position(|l| l.name == name)?;
-        self.nodes[id].as_ref().map(|c| &c.counts.node().layer)
+        self.nodes[self.id(name)?]
+            .as_ref()
+            .map(|c| &c.counts.node().layer)
+    }
+
+    /// What the kind of the layer named `name` kept at open, if it is a `T`.
+    fn handle<T: 'static>(&self, name: &str) -> Option<&T> {
+        self.handles[self.id(name)?].as_ref()?.downcast_ref::<T>()
     }
 
     /// The mirror layer named `name`, for `readd`, `resync_step` and
     /// `scrub_step`.
     pub fn mirror(&self, name: &str) -> Option<&Arc<Mirror>> {
-        let id = self.plan.layers.iter().position(|l| l.name == name)?;
-        self.handles[id].as_ref()?.downcast_ref::<Arc<Mirror>>()
+        self.handle(name)
     }
 
     /// The compress layer named `name`, for the reload's check of a growth.
     pub fn compress(&self, name: &str) -> Option<&Arc<Compress>> {
-        let id = self.plan.layers.iter().position(|l| l.name == name)?;
-        self.handles[id].as_ref()?.downcast_ref::<Arc<Compress>>()
+        self.handle(name)
     }
 
     /// Apply a live change to the layer named `name`.
@@ -179,8 +182,7 @@ impl Stack {
         name: &str,
         new_size: u64,
     ) -> std::result::Result<(), String> {
-        let id = self.plan.layers.iter().position(|l| l.name == name);
-        match id.and_then(|id| self.nodes[id].as_ref()) {
+        match self.id(name).and_then(|id| self.nodes[id].as_ref()) {
             // Through the counted wrapper, so that its range check follows.
             Some(compiled) => compiled.layer.grow(ctx, new_size).await,
             None => Err(format!("no layer named \"{name}\"")),
