@@ -54,9 +54,20 @@ pub fn logical_sector_size(file: &File) -> io::Result<u32> {
 /// statx(STATX_DIOALIGN) (Linux 6.1+): `Ok(None)` when the kernel or the
 /// filesystem does not say, `Ok(Some(0))` when the file does not support
 /// O_DIRECT at all.
+pub fn dio_offset_align(path: &Path) -> io::Result<Option<u32>> {
+    Ok(dio_align(path)?.map(|(_, offset)| offset))
+}
+
+/// The larger of the memory and file-offset alignments O_DIRECT I/O to the
+/// file at `path` needs, as [`dio_offset_align`] says them.
+pub fn dio_alignment(path: &Path) -> io::Result<Option<u32>> {
+    Ok(dio_align(path)?.map(|(mem, offset)| mem.max(offset)))
+}
+
+/// statx(STATX_DIOALIGN): (memory, offset) alignment.
 // nix has no statx.
 #[allow(unsafe_code)]
-pub fn dio_offset_align(path: &Path) -> io::Result<Option<u32>> {
+fn dio_align(path: &Path) -> io::Result<Option<(u32, u32)>> {
     let name =
         CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(Errno::EINVAL))?;
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
@@ -77,7 +88,7 @@ pub fn dio_offset_align(path: &Path) -> io::Result<Option<u32>> {
     if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
         return Ok(None);
     }
-    Ok(Some(stx.stx_dio_offset_align))
+    Ok(Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align)))
 }
 
 /// The process's effective user id.

@@ -7,8 +7,9 @@
 //! 1. it refuses, changing nothing, when the kernel or the device cannot be
 //!    quiesced (UBLK_F_QUIESCE, Linux 6.16+) or when `PATH validate CONFIG`
 //!    fails (a binary that does not run, or cannot read the config);
-//! 2. QUIESCE_DEV: the kernel holds new requests; the queues finish those in
-//!    flight and end (see `ublk::device::handover`);
+//! 2. QUIESCE_DEV (a batch device is drained instead): the kernel holds new
+//!    requests; the queues finish those in flight and end (see
+//!    `ublk::device::handover`);
 //! 3. the stack is flushed as in a clean stop (a write-back cache is written
 //!    back), then the front end records the clean handover (the mark that
 //!    lets a stack with a cache be resumed, see `front_end::ublk`); if either
@@ -90,9 +91,9 @@ pub(super) fn hand_over(
         Ok(()) => Outcome::Refused(format!("{why}; the device is served by this daemon again")),
         Err(e) => Outcome::Stranded(format!("{why}; taking the device back failed too: {e}")),
     };
-    // Nothing writes to the stack from here on: QUIESCE_DEV holds new
-    // requests in the kernel and `hand_over` returned once the queue threads
-    // had finished those in flight and ended.
+    // Nothing writes to the stack from here on: the kernel holds new requests
+    // (quiesced, or canceling after a drain) and `hand_over` returned once
+    // the queue threads had finished those in flight and ended.
     if let Err(e) = flush(stack) {
         return resume(front, format!("flushing the stack: {e}"));
     }

@@ -43,7 +43,7 @@ use super::ctrl::{Control, CtrlError, DAEMON_MARK};
 use super::features;
 use super::queue::{self, QueueReport, QueueSetup, TopLayer};
 use super::sys::{self, DevInfo, Params};
-use super::zero_copy::DataPath;
+use super::zero_copy::{AutoRegMiss, DataPath};
 
 /// Largest request the kernel sends us, and the size of each tag's buffer.
 pub const MAX_IO_BUF_BYTES: u32 = 512 * 1024;
@@ -74,6 +74,11 @@ pub struct DeviceConfig {
     pub zero_copy_blocker: Option<String>,
     /// Serve a new device with the batch protocol (`batch::choose`).
     pub batch_io: bool,
+    /// Request buffers' memory alignment as a mask, sent as
+    /// UBLK_PARAM_TYPE_DMA_ALIGN (0: not sent). Zero copy hands request pages
+    /// to O_DIRECT leaves as they are, so they must be aligned as the leaves
+    /// need.
+    pub dma_align: u32,
 }
 
 #[derive(Debug)]
@@ -87,6 +92,8 @@ pub enum DeviceError {
     Queue(u16, io::Error),
     /// The device left by a killed daemon does not match the config.
     Mismatch(String),
+    /// A handover could not begin; the device is served as before.
+    HandoverNotBegun(String),
     /// The device left by a killed daemon cannot be taken over (yet).
     Recovery(u32, String),
     /// `stop_if_unused` found the block device in use: its path, and who
@@ -105,6 +112,7 @@ impl fmt::Display for DeviceError {
             DeviceError::CharDevice(path, e) => write!(f, "{}: {e}", path.display()),
             DeviceError::Queue(q, e) => write!(f, "queue {q}: {e}"),
             DeviceError::Mismatch(why) => write!(f, "{why}"),
+            DeviceError::HandoverNotBegun(why) => write!(f, "{why}"),
             DeviceError::Recovery(id, why) => write!(f, "recovering /dev/ublkb{id}: {why}"),
             DeviceError::InUse(path, users) if users.is_empty() => write!(
                 f,
@@ -173,6 +181,16 @@ pub fn device_params(config: &DeviceConfig, max_io_buf_bytes: u32) -> Result<Par
         max_discard_segments: 1,
         reserved0: 0,
     };
+    if config.dma_align != 0 {
+        let mask = config.dma_align;
+        if mask >= 4096 || !(mask + 1).is_power_of_two() {
+            return Err(DeviceError::Geometry(format!(
+                "DMA alignment mask {mask:#x} is not a power of two minus one below 4096"
+            )));
+        }
+        params.types |= sys::UBLK_PARAM_TYPE_DMA_ALIGN;
+        params.dma.alignment = mask;
+    }
     Ok(params)
 }
 
@@ -181,6 +199,8 @@ pub struct Device {
     ctrl: Control,
     info: DevInfo,
     queues: Vec<JoinHandle<io::Result<QueueReport>>>,
+    /// Batch protocol: each queue's drain eventfd (`handover`).
+    drains: Vec<Arc<OwnedFd>>,
     stopped: bool,
     deleted: bool,
     /// On drop, leave the device to the kernel instead of stopping and deleting
@@ -222,6 +242,7 @@ impl Device {
             ctrl,
             info,
             queues: Vec::new(),
+            drains: Vec::new(),
             stopped: false,
             deleted: false,
             keep_on_drop: false,
@@ -289,6 +310,7 @@ impl Device {
             ctrl,
             info,
             queues: Vec::new(),
+            drains: Vec::new(),
             stopped: false,
             deleted: false,
             keep_on_drop: true,
@@ -340,6 +362,18 @@ impl Device {
             open_char_device(&char_path).map_err(|e| DeviceError::CharDevice(char_path, e))?,
         );
         let ioctl_encode = self.info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
+        let batch = self.info.flags & sys::UBLK_F_BATCH_IO != 0;
+        let data_path = DataPath::of_flags(self.info.flags);
+        let auto_reg_miss = AutoRegMiss::from_env(self.info.queue_depth).map_err(|why| {
+            DeviceError::Queue(0, io::Error::new(io::ErrorKind::InvalidInput, why))
+        })?;
+        if auto_reg_miss.is_on() && data_path == DataPath::AutoRegister {
+            tracing::warn!(
+                "{}: making the kernel's buffer registration fail for some tags (a test setting)",
+                AutoRegMiss::ENV
+            );
+        }
+        self.drains.clear();
         let (armed_tx, armed_rx) = mpsc::channel();
         for queue in 0..self.info.nr_hw_queues {
             // Queue threads are left to the scheduler unless asked otherwise.
@@ -364,8 +398,21 @@ impl Device {
                 cpus,
                 // From the device's own flags: a recovered device keeps the
                 // data path it was created with.
-                data_path: DataPath::of_flags(self.info.flags),
-                batch: self.info.flags & sys::UBLK_F_BATCH_IO != 0,
+                data_path,
+                batch,
+                drain: None,
+                auto_reg_miss,
+            };
+            let setup = if batch {
+                let drain =
+                    Arc::new(handover::drain_eventfd().map_err(|e| DeviceError::Queue(queue, e))?);
+                self.drains.push(drain.clone());
+                QueueSetup {
+                    drain: Some(drain),
+                    ..setup
+                }
+            } else {
+                setup
             };
             let (char_fd, stack, armed_tx) = (char_fd.clone(), stack.clone(), armed_tx.clone());
             let handle = std::thread::Builder::new()
@@ -665,13 +712,15 @@ mod tests {
             data_path: DataPath::Copy,
             zero_copy_blocker: None,
             batch_io: false,
+            dma_align: 0,
         }
     }
 
     #[test]
     fn params_describe_the_stack() {
         let params = device_params(&config(false), MAX_IO_BUF_BYTES).unwrap();
-        assert_eq!(params.len, 112);
+        assert_eq!(params.len, 120);
+        assert_eq!(params.types & sys::UBLK_PARAM_TYPE_DMA_ALIGN, 0);
         assert_eq!(params.basic.logical_bs_shift, 12);
         assert_eq!(params.basic.physical_bs_shift, 12);
         assert_eq!(params.basic.dev_sectors, (1 << 30) / 512);
@@ -680,6 +729,22 @@ mod tests {
         assert_eq!(params.discard.max_discard_sectors, 0);
         assert_ne!(params.discard.max_write_zeroes_sectors, 0);
         assert_eq!(params.discard.discard_granularity, 4096);
+    }
+
+    #[test]
+    fn dma_alignment_is_sent_when_asked_and_checked() {
+        let mut config = config(false);
+        config.dma_align = 4095;
+        let params = device_params(&config, MAX_IO_BUF_BYTES).unwrap();
+        assert_ne!(params.types & sys::UBLK_PARAM_TYPE_DMA_ALIGN, 0);
+        assert_eq!(params.dma.alignment, 4095);
+        for bad in [4096, 8191, 1000] {
+            config.dma_align = bad;
+            let Err(DeviceError::Geometry(why)) = device_params(&config, MAX_IO_BUF_BYTES) else {
+                panic!("mask {bad} accepted");
+            };
+            assert!(why.contains("DMA alignment"), "{why}");
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ use layers::{Error, Executor, IoBufMut, IoCtx, Layer};
 
 use super::shared_memory::{pin_current_thread, Descriptors, TagBuffers};
 use super::sys::{self, IoCmd, IoDesc};
-use super::zero_copy::{self, AutoBufReg, DataPath};
+use super::zero_copy::{self, AutoBufReg, AutoRegMiss, DataPath};
 
 const SECTOR_BYTES: u64 = 512;
 /// How often a request whose buffer is still held by a leftover operation looks
@@ -77,6 +77,11 @@ pub struct QueueSetup {
     pub data_path: DataPath,
     /// Serve the queue with the batch protocol (`batch::run`), not per tag.
     pub batch: bool,
+    /// Batch protocol: an eventfd that, once written, makes the queue drain
+    /// and end for a handover (`batch::run`).
+    pub drain: Option<Arc<OwnedFd>>,
+    /// Test only: tags whose automatic registration is made to fail.
+    pub auto_reg_miss: AutoRegMiss,
 }
 
 /// How a queue ended.
@@ -133,7 +138,7 @@ impl Queue {
             // same number.
             entry = entry.addr(Some(
                 AutoBufReg {
-                    index: tag,
+                    index: self.setup.auto_reg_miss.index(tag),
                     flags: zero_copy::UBLK_AUTO_BUF_REG_FALLBACK,
                     ..AutoBufReg::default()
                 }
@@ -536,6 +541,13 @@ async fn serve_range(
                 return Err(Error::Io(libc::EIO));
             }
             let mut report = queue.report.get();
+            if report.registered_here == 0 {
+                tracing::info!(
+                    queue = queue.setup.queue,
+                    tag,
+                    "zero copy: the kernel delivered a request with its buffer unregistered (UBLK_IO_F_NEED_REG_BUF); registered by the queue"
+                );
+            }
             report.registered_here += 1;
             queue.report.set(report);
         }

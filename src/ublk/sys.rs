@@ -130,6 +130,9 @@ pub const UBLK_PARAM_TYPE_BASIC: u32 = 1 << 0;
 pub const UBLK_PARAM_TYPE_DISCARD: u32 = 1 << 1;
 pub const UBLK_PARAM_TYPE_DEVT: u32 = 1 << 2;
 pub const UBLK_PARAM_TYPE_ZONED: u32 = 1 << 3;
+/// Linux 6.14+; older drivers drop the type (and the bytes past their
+/// `struct ublk_params`) from SET_PARAMS without an error.
+pub const UBLK_PARAM_TYPE_DMA_ALIGN: u32 = 1 << 4;
 
 /// `struct ublksrv_ctrl_cmd`: the payload of a control command, carried inline in
 /// the 80-byte command area of an SQE128.
@@ -317,7 +320,18 @@ pub struct ParamZoned {
 }
 const _: () = assert!(std::mem::size_of::<ParamZoned>() == 32);
 
-/// `struct ublk_params`: SET_PARAMS / GET_PARAMS.
+/// `struct ublk_param_dma_align`: the memory alignment of request buffers,
+/// as a mask (a power of two minus one, below the page size).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParamDmaAlign {
+    pub alignment: u32,
+    pub pad: [u8; 4],
+}
+const _: () = assert!(std::mem::size_of::<ParamDmaAlign>() == 8);
+
+/// `struct ublk_params`: SET_PARAMS / GET_PARAMS, up to `dma` (the segment
+/// and integrity blocks after it are not used).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Params {
@@ -329,12 +343,16 @@ pub struct Params {
     pub discard: ParamDiscard,
     pub devt: ParamDevt,
     pub zoned: ParamZoned,
+    pub dma: ParamDmaAlign,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 112);
+// 116 bytes of fields, padded to the 8-byte alignment of `basic`; the
+// header's next block (`seg`, with a __u64) starts at 120 too.
+const _: () = assert!(std::mem::size_of::<Params>() == 120);
 const _: () = assert!(std::mem::offset_of!(Params, basic) == 8);
 const _: () = assert!(std::mem::offset_of!(Params, discard) == 40);
 const _: () = assert!(std::mem::offset_of!(Params, devt) == 60);
 const _: () = assert!(std::mem::offset_of!(Params, zoned) == 76);
+const _: () = assert!(std::mem::offset_of!(Params, dma) == 108);
 
 #[cfg(test)]
 mod tests {

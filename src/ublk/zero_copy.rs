@@ -63,6 +63,52 @@ impl AutoBufReg {
     }
 }
 
+/// For tests of the fallback path: `UBLK_STACK_TEST_AUTO_REG_MISS=N` gives
+/// every Nth tag (tags 0, N, 2N...) an automatic-registration index one past
+/// the queue ring's sparse buffer table, so the kernel's registration of
+/// their requests fails (io_uring refuses an index beyond the table) and,
+/// with UBLK_AUTO_BUF_REG_FALLBACK, it delivers them flagged
+/// UBLK_IO_F_NEED_REG_BUF for the queue to register at the tag's own index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AutoRegMiss {
+    /// 0: off.
+    every: u16,
+    /// The table's size: one entry per tag.
+    depth: u16,
+}
+
+impl AutoRegMiss {
+    pub const ENV: &'static str = "UBLK_STACK_TEST_AUTO_REG_MISS";
+
+    /// From the environment, for a queue of `depth` tags.
+    pub fn from_env(depth: u16) -> Result<AutoRegMiss, String> {
+        Self::parse(std::env::var(Self::ENV).ok().as_deref(), depth)
+    }
+
+    fn parse(value: Option<&str>, depth: u16) -> Result<AutoRegMiss, String> {
+        let every = match value {
+            None | Some("") => 0,
+            Some(text) => text.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                format!("{}={text:?}: expected a number from 1 to 65535", Self::ENV)
+            })?,
+        };
+        Ok(AutoRegMiss { every, depth })
+    }
+
+    pub fn is_on(self) -> bool {
+        self.every > 0
+    }
+
+    /// The table index where the kernel should register `tag`'s request.
+    pub fn index(self, tag: u16) -> u16 {
+        if self.every > 0 && tag % self.every == 0 {
+            self.depth
+        } else {
+            tag
+        }
+    }
+}
+
 /// How request data moves between the kernel and the daemon on one device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataPath {
@@ -197,6 +243,22 @@ mod tests {
 
     const LINUX_6_12: u64 = 0x1fe;
     const LINUX_7_3: u64 = 0x1f_ffff;
+
+    #[test]
+    fn auto_reg_miss_sends_every_nth_tag_past_the_table() {
+        let off = AutoRegMiss::parse(None, 32).unwrap();
+        assert!(!off.is_on());
+        assert_eq!(off.index(0), 0);
+        let miss = AutoRegMiss::parse(Some("4"), 32).unwrap();
+        assert_eq!(
+            (0..9).map(|t| miss.index(t)).collect::<Vec<_>>(),
+            [32, 1, 2, 3, 32, 5, 6, 7, 32]
+        );
+        for bad in ["0", "-1", "x", "70000"] {
+            let why = AutoRegMiss::parse(Some(bad), 32).unwrap_err();
+            assert!(why.contains("UBLK_STACK_TEST_AUTO_REG_MISS"), "{why}");
+        }
+    }
     const LINUX_6_15: u64 = 0x3ff | sys::UBLK_F_SUPPORT_ZERO_COPY;
 
     #[test]

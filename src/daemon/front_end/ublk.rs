@@ -114,6 +114,13 @@ impl FrontEnd for Ublk {
             discard: stack.discard_frees_space(),
             recovery: recovery_wanted(plan, ctrl.features()),
             held_ids: ids_held_for_others(name),
+            dma_align: if data_path.is_zero_copy() {
+                dma_align(plan, stack.block_size())
+            } else {
+                // The daemon's own buffers are aligned, and a direct file
+                // leaf copies a misaligned one.
+                0
+            },
         };
         self.record = device_record_path(name);
         self.mark = clean_handover::path(name);
@@ -180,7 +187,8 @@ impl FrontEnd for Ublk {
         let reports = device.stop().map_err(|e| e.to_string())?;
         let requests: u64 = reports.iter().map(|r| r.requests).sum();
         let errors: u64 = reports.iter().map(|r| r.errors).sum();
-        tracing::info!(requests, errors, "queues stopped");
+        let registered_here: u64 = reports.iter().map(|r| r.registered_here).sum();
+        tracing::info!(requests, errors, registered_here, "queues stopped");
         Ok(())
     }
 
@@ -202,7 +210,9 @@ impl FrontEnd for Ublk {
                 Ok(())
             }
             // The kernel refused the command: the queues go on serving.
-            Err(e @ DeviceError::Ctrl(_)) => Err(Handover::Refused(e.to_string())),
+            Err(e @ (DeviceError::Ctrl(_) | DeviceError::HandoverNotBegun(_))) => {
+                Err(Handover::Refused(e.to_string()))
+            }
             Err(e) => Err(Handover::Stranded(e.to_string())),
         }
     }
@@ -502,6 +512,26 @@ fn record_device(path: &Path, device: &Device, cache: Option<&str>) {
 /// worker thread, which measured slower than copy mode (benches/vm/README.md),
 /// so `auto` keeps copy mode for its device; `UBLK_STACK_ZERO_COPY=on` still
 /// asks for zero copy.
+/// The DMA_ALIGN mask for a zero-copy device: the largest O_DIRECT alignment
+/// of its direct leaves (memory or offset, from statx; else the block size,
+/// which they are opened with), minus one; 0 without direct leaves.
+fn dma_align(plan: &Plan, block_size: u32) -> u32 {
+    plan.walk()
+        .into_iter()
+        .filter_map(|id| match &plan.layers[id].spec {
+            LayerSpec::File(p) if p.direct => Some(p.path.as_path()),
+            LayerSpec::Disk(p) if p.direct => Some(p.path.as_path()),
+            _ => None,
+        })
+        .map(|path| match layers::os::dio_alignment(path) {
+            Ok(Some(align)) if align > 0 => align,
+            _ => block_size,
+        })
+        .max()
+        // A mask must be below the page size.
+        .map_or(0, |align| align.clamp(1, 4096).next_power_of_two() - 1)
+}
+
 fn has_memory_backed_file(plan: &Plan) -> bool {
     plan.walk()
         .into_iter()

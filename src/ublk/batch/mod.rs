@@ -21,11 +21,17 @@
 //! an element it refuses is reported and left out, and the rest are sent
 //! again, so one bad element never holds back the others.
 //!
-//! Ending: STOP_DEV (or QUIESCE_DEV) makes the kernel end the FETCH commands
-//! with UBLK_IO_RES_ABORT once the requests in flight are done; the queue
-//! then ends when no request is being served and no COMMIT is in flight. A
-//! FETCH that ends because its buffer is used up (-ENOBUFS) or on its own is
-//! issued again with the buffer refilled.
+//! Ending: STOP_DEV makes the kernel end the FETCH commands with
+//! UBLK_IO_RES_ABORT once the requests in flight are done; the queue then
+//! ends when no request is being served and no COMMIT is in flight. A FETCH
+//! that ends because its buffer is used up (-ENOBUFS) or on its own is issued
+//! again with the buffer refilled.
+//!
+//! Draining for a handover (`QueueSetup::drain` signalled): the queue starts
+//! no request from then on, finishes and commits those it serves, and ends
+//! with its FETCHes still armed; closing the ring then cancels them as when a
+//! daemon dies, and the kernel requeues what it had handed out since (see
+//! `device::handover`).
 
 pub mod choose;
 mod tag_ring;
@@ -35,7 +41,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -57,6 +63,7 @@ const KIND_MASK: u64 = 0xff << 32;
 const KIND_PREP: u64 = 1 << 32;
 const KIND_FETCH: u64 = 2 << 32;
 const KIND_COMMIT: u64 = 3 << 32;
+const KIND_DRAIN: u64 = 4 << 32;
 /// FETCH commands kept armed: while the kernel fills one, the other is ready.
 const FETCHES: usize = 2;
 /// `IORING_URING_CMD_MULTISHOT`, in the SQE's uring_cmd_flags.
@@ -80,6 +87,10 @@ struct Batch {
     fetch_live: Vec<Cell<bool>>,
     /// The kernel aborted a FETCH: the device is stopping or quiescing.
     aborted: Cell<bool>,
+    /// Draining for a handover: no request is started any more.
+    draining: Cell<bool>,
+    /// Requests the kernel handed out while draining, left to it.
+    left: Cell<u64>,
 }
 
 impl Batch {
@@ -88,7 +99,8 @@ impl Batch {
         let format = ElemFormat::new(
             setup.data_path == DataPath::Copy,
             setup.data_path == DataPath::AutoRegister,
-        );
+        )
+        .with_miss(setup.auto_reg_miss);
         let mut rings = Vec::with_capacity(FETCHES);
         for group in 0..FETCHES as u16 {
             let ring = TagRing::new(setup.depth, group)?;
@@ -110,6 +122,8 @@ impl Batch {
             rings,
             fetch_live: (0..FETCHES).map(|_| Cell::new(false)).collect(),
             aborted: Cell::new(false),
+            draining: Cell::new(false),
+            left: Cell::new(0),
         })
     }
 
@@ -119,7 +133,7 @@ impl Batch {
 
     /// Whether a CQE of ours may still come, or results wait to be sent.
     fn busy(&self) -> bool {
-        (!self.aborted.get() && self.any_fetch_live())
+        (!self.aborted.get() && !self.draining.get() && self.any_fetch_live())
             || !self.commits.borrow().is_empty()
             || !self.pending.borrow().is_empty()
     }
@@ -257,6 +271,14 @@ pub fn run<T: TopLayer>(
     for slot in 0..FETCHES {
         batch.push_fetch(&queue, slot);
     }
+    if let Some(drain) = &queue.setup.drain {
+        let entry = opcode::PollAdd::new(types::Fd(drain.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(FOREIGN_BIT | KIND_DRAIN);
+        // SAFETY: a poll refers to no memory; the eventfd is held by
+        // `queue.setup` for as long as the ring is open.
+        unsafe { queue.ctx.uring().push(&entry) };
+    }
     if let Err(e) = queue.ctx.uring().submit_and_wait(0) {
         fail(armed, &e);
         abandon(queue, exec, batch);
@@ -292,6 +314,17 @@ pub fn run<T: TopLayer>(
     }
     let report = queue.report.get();
     queue.ctx.uring().submit_and_wait(0)?;
+    if batch.draining.get() {
+        tracing::info!(
+            queue = queue.setup.queue,
+            requeued = batch.left.get(),
+            "queue drained for a handover"
+        );
+        // The FETCHes stay armed: closing the ring cancels them as a crash
+        // does, which leaves the kernel requeueing, not failing.
+        abandon(queue, exec, batch);
+        return Ok(report);
+    }
     if batch.any_fetch_live() || !batch.commits.borrow().is_empty() {
         // A FETCH still armed (after a quiesce) is cancelled when the ring
         // closes; its buffer is left alone rather than freed under it.
@@ -381,6 +414,17 @@ fn on_cqe<T: TopLayer>(
             on_fetch(queue, batch, exec, stack, index as usize, res, flags)
         }
         KIND_COMMIT => on_commit(queue, batch, index, res),
+        KIND_DRAIN => {
+            if res < 0 {
+                // Drain anyway: the handover waits for this queue to end.
+                tracing::warn!(
+                    queue = queue.setup.queue,
+                    "waiting for the drain signal failed ({}); draining",
+                    io::Error::from_raw_os_error(-res)
+                );
+            }
+            batch.draining.set(true);
+        }
         _ => tracing::error!(
             queue = queue.setup.queue,
             "completion for unknown user_data {user_data:#x}"
@@ -400,6 +444,10 @@ fn on_fetch<T: TopLayer>(
     let ring = &batch.rings[slot];
     if res > 0 {
         match ring.take(res as usize) {
+            Some(tags) if batch.draining.get() => {
+                // Not started: the kernel requeues them when the ring closes.
+                batch.left.set(batch.left.get() + tags.len() as u64);
+            }
             Some(tags) => {
                 for tag in tags {
                     start(queue, batch, exec, stack, tag);
@@ -418,7 +466,7 @@ fn on_fetch<T: TopLayer>(
     batch.fetch_live[slot].set(false);
     match res {
         sys::UBLK_IO_RES_ABORT => batch.aborted.set(true),
-        _ if batch.aborted.get() => {}
+        _ if batch.aborted.get() || batch.draining.get() => {}
         res if res >= 0 || res == -libc::ENOBUFS => {
             if res == -libc::ENOBUFS || ring.used_up() {
                 ring.refill();

@@ -6,6 +6,8 @@
 //! Every struct is `#[repr(C)]` with its size and offsets checked at compile
 //! time against the header.
 
+use crate::ublk::zero_copy::AutoRegMiss;
+
 /// `_IOWR('u', nr, struct ublk_batch_io)`.
 const fn batch_iowr(nr: u32) -> u32 {
     (3 << 30) | ((std::mem::size_of::<BatchIo>() as u32) << 16) | ((b'u' as u32) << 8) | nr
@@ -107,6 +109,8 @@ pub struct ElemFormat {
     /// AUTO_BUF_REG: each element names the table index (the tag) where the
     /// kernel registers the tag's next request.
     pub with_index: bool,
+    /// Test only: tags given an index past the table (`AutoRegMiss`).
+    pub miss: AutoRegMiss,
 }
 
 impl ElemFormat {
@@ -119,20 +123,28 @@ impl ElemFormat {
                 flags: UBLK_BATCH_F_HAS_BUF_ADDR,
                 with_addr: true,
                 with_index: false,
+                miss: AutoRegMiss::default(),
             }
         } else if auto_register {
             ElemFormat {
                 flags: UBLK_BATCH_F_AUTO_BUF_REG_FALLBACK,
                 with_addr: false,
                 with_index: true,
+                miss: AutoRegMiss::default(),
             }
         } else {
             ElemFormat {
                 flags: 0,
                 with_addr: false,
                 with_index: false,
+                miss: AutoRegMiss::default(),
             }
         }
+    }
+
+    /// With `miss` applied to the table indexes (AUTO_BUF_REG only).
+    pub fn with_miss(self, miss: AutoRegMiss) -> ElemFormat {
+        ElemFormat { miss, ..self }
     }
 
     pub fn elem_bytes(self) -> usize {
@@ -144,7 +156,11 @@ impl ElemFormat {
     pub fn push(self, out: &mut Vec<u8>, tag: u16, result: i32, addr: u64) {
         let header = ElemHeader {
             tag,
-            buf_index: if self.with_index { tag } else { 0 },
+            buf_index: if self.with_index {
+                self.miss.index(tag)
+            } else {
+                0
+            },
             result,
         };
         out.extend_from_slice(&header.tag.to_ne_bytes());

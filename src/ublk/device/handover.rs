@@ -1,11 +1,35 @@
 //! Handing a running device to another process (`ublk-stack upgrade`).
 //!
-//! QUIESCE_DEV makes the kernel hold new requests and abort this daemon's idle
-//! FETCH commands; the queues finish and commit the requests they were serving,
-//! then end, and closing /dev/ublkcN leaves the device QUIESCED: /dev/ublkbN
-//! stays, its I/O waits, and a new process takes it over as after a crash
-//! ([`Device::recover`]). If the handover cannot go on, [`Device::resume`]
-//! takes the device back in this process the same way.
+//! Per-tag devices: QUIESCE_DEV makes the kernel hold new requests and abort
+//! this daemon's idle FETCH commands; the queues finish and commit the
+//! requests they were serving, then end, and closing /dev/ublkcN leaves the
+//! device QUIESCED: /dev/ublkbN stays, its I/O waits, and a new process takes
+//! it over as after a crash ([`Device::recover`]). If the handover cannot go
+//! on, [`Device::resume`] takes the device back in this process the same way.
+//!
+//! Batch devices (UBLK_F_BATCH_IO) are not quiesced: the driver's QUIESCE_DEV
+//! cancels a batch queue with `force_abort`, which fails every request that
+//! arrives until a new daemon has prepared the queue again. They are drained
+//! instead, and then let go as a crash lets go, which the driver answers by
+//! requeueing only:
+//! 1. each queue's drain eventfd is written: the queue starts no request from
+//!    then on, finishes and commits those it serves, and ends;
+//! 2. its ring closes with the FETCHes still armed: io_uring cancels them
+//!    through the driver's batch cancel function, which marks the device
+//!    `canceling` (new requests are requeued and held) but, unlike
+//!    QUIESCE_DEV, does not set `force_abort`;
+//! 3. the last queue's close of /dev/ublkcN runs the driver's release work:
+//!    requests handed to this daemon but never started (owned by the server,
+//!    or still in the queue's tag FIFO) go through `__ublk_fail_req`, which
+//!    requeues them when the device has USER_RECOVERY and
+//!    USER_RECOVERY_REISSUE and fails them with EIO otherwise; the device
+//!    becomes QUIESCED, as after kill -9.
+//!
+//! Nothing is in the stack after step 1, so the write-back flush that
+//! follows sees every write this daemon completed.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +54,35 @@ impl Device {
     /// as the requests in flight do. On success the device is left to the
     /// kernel when `self` is dropped.
     pub fn quiesce_for_handover(&mut self) -> Result<Vec<QueueReport>, DeviceError> {
-        self.ctrl.quiesce_dev(self.info.dev_id, 0)?;
+        if self.info.flags & sys::UBLK_F_BATCH_IO != 0 {
+            self.signal_drain()?;
+        } else {
+            self.ctrl.quiesce_dev(self.info.dev_id, 0)?;
+        }
         self.keep_on_drop = true;
         self.stopped = true;
         self.stop()
+    }
+
+    /// Step 1 of the module doc, for every batch queue.
+    fn signal_drain(&self) -> Result<(), DeviceError> {
+        if self.drains.len() != usize::from(self.info.nr_hw_queues) {
+            return Err(DeviceError::HandoverNotBegun(
+                "a batch queue has no drain signal".into(),
+            ));
+        }
+        for (queue, drain) in self.drains.iter().enumerate() {
+            if let Err(e) = signal(drain) {
+                let e = DeviceError::Queue(queue as u16, e);
+                // Before the first queue drains nothing has changed.
+                return Err(if queue == 0 {
+                    DeviceError::HandoverNotBegun(e.to_string())
+                } else {
+                    e
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Serve the device again from this process after
@@ -55,9 +104,35 @@ impl Device {
     }
 }
 
+/// Add one to an eventfd's counter.
+fn signal(fd: &OwnedFd) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live local array to an open fd.
+    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An eventfd for a batch queue's drain signal.
+pub(super) fn drain_eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new fd
+    // that nothing else owns.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above, `fd` is open and owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Why a device created with `flags` on a kernel offering `features` cannot
 /// be handed over, if it cannot.
 fn refusal(features: u64, flags: u64) -> Option<String> {
+    if flags & sys::UBLK_F_BATCH_IO != 0 {
+        return batch_refusal(flags);
+    }
     if features & sys::UBLK_F_QUIESCE == 0 {
         return Some(format!(
             "the kernel's ublk driver cannot quiesce a device (no UBLK_F_QUIESCE in its features {features:#x}; {QUIESCE_SINCE} or later is needed)"
@@ -75,15 +150,23 @@ fn refusal(features: u64, flags: u64) -> Option<String> {
                 .into(),
         );
     }
-    if flags & sys::UBLK_F_BATCH_IO != 0 {
-        // The driver's QUIESCE_DEV cancels a batch queue by failing every
-        // request that arrives until a new daemon has armed the queue again
-        // (it sets the queue's force_abort), so mounted file systems would
-        // see write errors.
-        return Some(format!(
-            "the device uses batch I/O (UBLK_F_BATCH_IO), and the kernel fails a batch device's new requests while it is quiesced; it can be handed over after a `down` and an `up` with {}=off",
-            crate::ublk::batch::choose::ENV
-        ));
+    None
+}
+
+/// A batch device is drained, not quiesced (module doc): the requests the
+/// kernel hands out meanwhile must be requeued, which takes REISSUE.
+fn batch_refusal(flags: u64) -> Option<String> {
+    if flags & sys::UBLK_F_USER_RECOVERY == 0 {
+        return Some(
+            "the device was created without user recovery, so the kernel would remove it when this daemon lets go"
+                .into(),
+        );
+    }
+    if flags & sys::UBLK_F_USER_RECOVERY_REISSUE == 0 {
+        return Some(
+            "the batch device was created without UBLK_F_USER_RECOVERY_REISSUE, so the kernel would fail the requests it hands out while the queues drain"
+                .into(),
+        );
     }
     None
 }
@@ -111,10 +194,18 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_device_is_refused_naming_the_way_out() {
-        let flags = RECOVERY | sys::UBLK_F_QUIESCE | sys::UBLK_F_BATCH_IO;
+    fn a_recoverable_batch_device_can_be_handed_over_without_quiesce() {
+        let flags = RECOVERY | sys::UBLK_F_BATCH_IO;
+        assert_eq!(refusal(LINUX_7_3, flags), None);
+        assert_eq!(refusal(LINUX_7_3, flags | sys::UBLK_F_QUIESCE), None);
+    }
+
+    #[test]
+    fn a_batch_device_without_reissue_is_refused() {
+        let flags = sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_BATCH_IO;
         let why = refusal(LINUX_7_3, flags).unwrap();
-        assert!(why.contains("UBLK_F_BATCH_IO"), "{why}");
-        assert!(why.contains("UBLK_STACK_BATCH_IO=off"), "{why}");
+        assert!(why.contains("UBLK_F_USER_RECOVERY_REISSUE"), "{why}");
+        let why = refusal(LINUX_7_3, sys::UBLK_F_BATCH_IO).unwrap();
+        assert!(why.contains("without user recovery"), "{why}");
     }
 }

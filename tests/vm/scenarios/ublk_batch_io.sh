@@ -4,8 +4,9 @@
 # verification and a mixed workload with flushes and discards pass; the data
 # survives down and up; kill -9 in the middle of a verifying fio, then `up`,
 # recovers the device with fio ending without an error; `ublk-stack upgrade`
-# is refused (the kernel fails a quiesced batch device's requests) under a
-# verifying fio that ends without an error. On 6.12 `auto` uses
+# under a verifying fio hands the device to a new pid (the old one drains its
+# queues instead of QUIESCE_DEV, which would fail a batch device's requests)
+# while /dev/ublkbN never disappears, and fio ends without an error. On 6.12 `auto` uses
 # the per-tag protocol silently and `on` is refused naming the kernel needed.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
@@ -117,21 +118,37 @@ if [[ $batch == yes ]]; then
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "recovered device not in batch mode"; }
     fio_ends_clean "$fio_pid" /work/fio-kill.out "the recovery"
 
-    step "upgrade of a batch device is refused under a verifying fio; nothing changes"
+    step "upgrade of a batch device under a verifying fio: new pid, $DEV stays, no error"
     fio --name=u --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=16 \
         --rw=randwrite --bs=4k --size=24M --loops=2 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         >/work/fio-upgrade.out 2>&1 &
     fio_pid=$!
+    rm -f /work/missing /work/stop-watch
+    (
+        while [[ ! -e /work/stop-watch ]]; do
+            [[ -b $DEV ]] || echo "$DEV missing at $(date +%s.%N)" >>/work/missing
+            sleep 0.02
+        done
+    ) &
+    watch_pid=$!
     sleep 1
     kill -0 "$fio_pid" || { cat /work/fio-upgrade.out; fail "fio ended before the upgrade"; }
-    rc=0
-    ublk-stack upgrade bfile >/work/upgrade.out 2>&1 || rc=$?
+    old_pid=$DAEMON_PID
+    start=$(date +%s%N)
+    ublk-stack upgrade bfile >/work/upgrade.out 2>&1 || { cat /work/upgrade.out; fail "upgrade of a batch device failed"; }
+    echo "upgrade took $((($(date +%s%N) - start) / 1000000)) ms"
     cat /work/upgrade.out
-    ((rc == 1)) || fail "upgrade of a batch device exited $rc"
-    grep -q 'UBLK_STACK_BATCH_IO=off' /work/upgrade.out || fail "no way out named"
     status_json bfile
-    grep -q "\"pid\":$DAEMON_PID[,}]" /work/status.json || { cat /work/status.json; fail "the device changed hands"; }
-    fio_ends_clean "$fio_pid" /work/fio-upgrade.out "the refused upgrade"
+    new_pid=$(grep -o '"pid":[0-9]*' /work/status.json | head -1 | cut -d: -f2)
+    [[ -n $new_pid && $new_pid != "$old_pid" ]] || { cat /work/status.json; fail "status still shows pid $new_pid"; }
+    grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "upgraded device not in batch mode"; }
+    wait "$old_pid" || fail "the old daemon exited $?"
+    grep 'queue drained for a handover' /work/daemon.err || fail "the old daemon did not drain its queues"
+    fio_ends_clean "$fio_pid" /work/fio-upgrade.out "the upgrade"
+    touch /work/stop-watch
+    wait "$watch_pid"
+    [[ ! -s /work/missing ]] || { cat /work/missing; fail "$DEV disappeared during the upgrade"; }
+    DAEMON_PID=$new_pid
 
     step "down --force with fio running ends the daemon"
     fio --name=f --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=32 \

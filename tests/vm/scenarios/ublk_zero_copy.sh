@@ -7,7 +7,13 @@
 # 6.12 (no zero copy) the same configs run in copy mode, and asking for zero
 # copy is refused with the kernel version it needs. A buffered file on tmpfs
 # stays in copy mode unless zero copy is asked for (UBLK_STACK_ZERO_COPY=on),
-# which then serves it too.
+# which then serves it too. On 7.3, with UBLK_STACK_TEST_AUTO_REG_MISS=3 the
+# kernel's automatic registration fails for every 3rd tag and the queue
+# registers those buffers itself (UBLK_IO_F_NEED_REG_BUF), per tag and in
+# batch mode: fio verify passes and the log counts the fallbacks. A disk
+# leaf on a 4Kn loop device gets DMA_ALIGN 4095 under zero copy (7.3), so a
+# misaligned direct write is refused with EINVAL rather than failing in the
+# leaf; on 6.12 (copy mode) it is served; fio verify passes on both.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
 
@@ -146,6 +152,26 @@ if [[ $expect == zero-copy ]]; then
     export UBLK_STACK_ZERO_COPY=on
     serve ztmpfs zero-copy
     unset UBLK_STACK_ZERO_COPY
+
+    # Every 3rd tag gets an auto-registration index past the ring's buffer
+    # table: the kernel's registration fails, the request comes flagged
+    # NEED_REG_BUF and the queue registers the buffer itself.
+    export UBLK_STACK_TEST_AUTO_REG_MISS=3
+    for protocol in off on; do
+        lines=$(wc -l </work/daemon.err)
+        UBLK_STACK_BATCH_IO=$protocol serve zfile zero-copy
+        grep -q '"AUTO_BUF_REG"' /work/status.json || { cat /work/status.json; fail "fallback test without AUTO_BUF_REG"; }
+        if [[ $protocol == on ]]; then
+            grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "fallback test not in batch mode"; }
+        fi
+        tail -n +$((lines + 1)) /work/daemon.err >/work/fallback.log
+        grep -q 'buffer unregistered (UBLK_IO_F_NEED_REG_BUF); registered by the queue' /work/fallback.log ||
+            { cat /work/fallback.log; fail "batch $protocol: the fallback path did not run"; }
+        grep -E 'queues stopped' /work/fallback.log
+        grep -Eq 'queues stopped.*errors=0 registered_here=[1-9]' /work/fallback.log ||
+            { cat /work/fallback.log; fail "batch $protocol: no request registered by the queue"; }
+    done
+    unset UBLK_STACK_TEST_AUTO_REG_MISS
     step "zero copy asked for a checksum stack: refused"
     if UBLK_STACK_ZERO_COPY=on ublk-stack up /work/zsum.toml >/work/refused.out 2>&1; then
         fail "up of a checksum stack with UBLK_STACK_ZERO_COPY=on succeeded"
@@ -159,6 +185,53 @@ else
     grep -q 'Linux 6.15 or later' /work/refused.out || { cat /work/refused.out; fail "no kernel version named"; }
     ublk-stack features --json | grep -q '"data_path":"copy"' || fail "features does not say copy"
 fi
+
+# A 4Kn leaf: a disk leaf (O_DIRECT) on a loop device with 4096-byte sectors.
+# Zero copy hands the request's own pages to it, so on 7.3 the device asks
+# for 4 KiB-aligned buffers (UBLK_PARAM_TYPE_DMA_ALIGN, mask 4095): fio
+# verify passes, and a direct write from a buffer 512 bytes into a page is
+# refused by the block layer (EINVAL) instead of failing in the leaf. On 6.12
+# (copy mode, nothing sent) the same write is served.
+step "4Kn loop leaf: fio verify, and a misaligned direct write"
+truncate -s 48M /work/4kn.img
+loop4k=$(losetup -f --show --sector-size 4096 /work/4kn.img)
+[[ $(blockdev --getss "$loop4k") == 4096 ]] || fail "$loop4k has $(blockdev --getss "$loop4k")-byte sectors"
+cat >/work/z4kn.toml <<TOML
+version = 1
+[device]
+name = "z4kn"
+top = "d"
+block_size = 4096
+queue_depth = 32
+[layers.d]
+type = "disk"
+path = "$loop4k"
+TOML
+up_device /work/z4kn.toml
+got=$(data_path z4kn)
+[[ $got == "$expect" ]] || { cat /work/status.json; fail "z4kn: data path $got, not $expect"; }
+align=$(cat "/sys/block/${DEV#/dev/}/queue/dma_alignment")
+echo "z4kn: dma_alignment $align"
+fio_verify --do_verify=1
+lines=$(wc -l </work/daemon.err)
+rc=0
+fio --name=mis --filename="$DEV" --ioengine=psync --direct=1 --rw=write --bs=8k \
+    --offset=32M --size=64k --iomem_align=512 >/work/fio-mis.out 2>&1 || rc=$?
+if [[ $expect == zero-copy ]]; then
+    [[ $align == 4095 ]] || fail "z4kn: dma_alignment $align, not 4095"
+    ((rc != 0)) || { cat /work/fio-mis.out; fail "a misaligned direct write was accepted"; }
+    grep -q 'Invalid argument' /work/fio-mis.out || { cat /work/fio-mis.out; fail "misaligned write: not EINVAL"; }
+else
+    ((rc == 0)) || { cat /work/fio-mis.out; fail "a misaligned direct write failed in copy mode"; }
+fi
+if tail -n +$((lines + 1)) /work/daemon.err | grep -q 'request failed'; then
+    tail -n +$((lines + 1)) /work/daemon.err
+    fail "z4kn: a request failed in the leaf"
+fi
+fio_verify --verify_only
+down_device z4kn
+losetup -d "$loop4k"
+
 no_ublk_devices
 if grep -q 'registering the request' /work/daemon.err; then
     cat /work/daemon.err
