@@ -142,9 +142,9 @@ if [[ $batch == yes ]]; then
     new_pid=$(grep -o '"pid":[0-9]*' /work/status.json | head -1 | cut -d: -f2)
     [[ -n $new_pid && $new_pid != "$old_pid" ]] || { cat /work/status.json; fail "status still shows pid $new_pid"; }
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "upgraded device not in batch mode"; }
+    fio_ends_clean "$fio_pid" /work/fio-upgrade.out "the upgrade"
     wait "$old_pid" || fail "the old daemon exited $?"
     grep 'queue drained for a handover' /work/daemon.err || fail "the old daemon did not drain its queues"
-    fio_ends_clean "$fio_pid" /work/fio-upgrade.out "the upgrade"
     touch /work/stop-watch
     wait "$watch_pid"
     [[ ! -s /work/missing ]] || { cat /work/missing; fail "$DEV disappeared during the upgrade"; }
