@@ -189,103 +189,24 @@ impl FileLeaf {
         self.mem_align > 1 && (bytes.as_ptr() as usize) % self.mem_align != 0
     }
 
-    async fn read_at(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
-        if buf.fixed().is_some() {
-            return self.read_into(ctx, offset, buf).await;
-        }
-        if self.sync_io {
-            return self.read_sync(offset, buf);
-        }
-        if self.needs_copy(buf) {
-            self.misaligned_copies.fetch_add(1, Ordering::Relaxed);
-            let mut aligned = ctx.buf(buf.len());
-            self.read_into(ctx, offset, &mut aligned).await?;
-            buf.copy_from_slice(&aligned);
-            return Ok(());
-        }
-        self.read_into(ctx, offset, buf).await
-    }
-
-    /// Read into `buf` through the ring, straight into its memory.
-    async fn read_into(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let len = (buf.len() - done).min(MAX_IO_BYTES);
-            let at = offset + done as u64;
-            let res = ctx
-                .uring()
-                .submit(Op::Read {
-                    fd: self.fd(),
-                    offset: at,
-                    buf: &mut *buf,
-                    range: done..done + len,
-                })
-                .await;
-            if res < 0 {
-                return Err(Error::from_res(res));
-            }
-            if res == 0 {
-                // End of file inside the device: the file was truncated, or the
-                // block device below went away. Never pass that off as zeros.
-                tracing::error!(
-                    kind = self.kind,
-                    offset = at,
-                    "read past the end of the leaf"
-                );
-                return Err(Error::Io(libc::EIO));
-            }
-            done += res as usize;
-        }
+    /// A direct leaf's read into memory O_DIRECT cannot take: through an
+    /// aligned buffer of the pool, then copied.
+    async fn read_bounced(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
+        self.misaligned_copies.fetch_add(1, Ordering::Relaxed);
+        let mut aligned = ctx.buf(buf.len());
+        // Aligned: this read takes the direct path.
+        crate::Layer::read(self, ctx, offset, &mut aligned).await?;
+        buf.copy_from_slice(&aligned);
         Ok(())
     }
 
-    async fn write_at(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
-        if buf.fixed().is_some() {
-            return self.write_from(ctx, offset, buf).await;
-        }
-        if self.sync_io {
-            return self.write_sync(offset, buf);
-        }
-        if self.needs_copy(buf) {
-            self.misaligned_copies.fetch_add(1, Ordering::Relaxed);
-            let mut aligned = ctx.buf(buf.len());
-            aligned.copy_from_slice(buf);
-            return self.write_from(ctx, offset, &aligned.freeze()).await;
-        }
-        self.write_from(ctx, offset, buf).await
-    }
-
-    /// Write `buf` through the ring, straight from its memory.
-    async fn write_from(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let len = (buf.len() - done).min(MAX_IO_BYTES);
-            let at = offset + done as u64;
-            let res = ctx
-                .uring()
-                .submit(Op::Write {
-                    fd: self.fd(),
-                    offset: at,
-                    buf,
-                    range: done..done + len,
-                })
-                .await;
-            if res == -libc::ENOSPC && self.kind == "disk" {
-                // A block device has no free space to run out of: ENOSPC means
-                // the write fell past its end, i.e. the device shrank or vanished.
-                tracing::error!(offset = at, "write past the end of the disk leaf");
-                return Err(Error::Io(libc::EIO));
-            }
-            if res < 0 {
-                return Err(Error::from_res(res));
-            }
-            if res == 0 {
-                tracing::error!(kind = self.kind, offset = at, "write made no progress");
-                return Err(Error::Io(libc::EIO));
-            }
-            done += res as usize;
-        }
-        Ok(())
+    /// A direct leaf's write from memory O_DIRECT cannot take: copied into an
+    /// aligned buffer of the pool first.
+    async fn write_bounced(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
+        self.misaligned_copies.fetch_add(1, Ordering::Relaxed);
+        let mut aligned = ctx.buf(buf.len());
+        aligned.copy_from_slice(buf);
+        crate::Layer::write(self, ctx, offset, &aligned.freeze()).await
     }
 
     async fn fallocate(&self, ctx: &IoCtx, mode: i32, offset: u64, len: u64) -> i32 {
@@ -336,7 +257,7 @@ impl FileLeaf {
         let zeros = IoBuf::zeroed(MAX_IO_BYTES.min(len as usize));
         while offset < end {
             let n = (end - offset).min(zeros.len() as u64) as usize;
-            self.write_at(ctx, offset, &zeros.slice(0..n)).await?;
+            AsyncLayer::write(self, ctx, offset, &zeros.slice(0..n)).await?;
             offset += n as u64;
         }
         Ok(())
@@ -382,12 +303,88 @@ impl AsyncLayer for FileLeaf {
         Ok(())
     }
 
+    /// Straight into the request's memory through the ring. One async body
+    /// with the loop in it, not a chain of helpers: every nested future is
+    /// entered and left again on each poll of a request.
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
-        self.read_at(ctx, offset, buf).await
+        if buf.fixed().is_none() {
+            if self.sync_io {
+                return self.read_sync(offset, buf);
+            }
+            if self.needs_copy(buf) {
+                return self.read_bounced(ctx, offset, buf).await;
+            }
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let len = (buf.len() - done).min(MAX_IO_BYTES);
+            let at = offset + done as u64;
+            let res = ctx
+                .uring()
+                .submit(Op::Read {
+                    fd: self.fd(),
+                    offset: at,
+                    buf: &mut *buf,
+                    range: done..done + len,
+                })
+                .await;
+            if res < 0 {
+                return Err(Error::from_res(res));
+            }
+            if res == 0 {
+                // End of file inside the device: the file was truncated, or the
+                // block device below went away. Never pass that off as zeros.
+                tracing::error!(
+                    kind = self.kind,
+                    offset = at,
+                    "read past the end of the leaf"
+                );
+                return Err(Error::Io(libc::EIO));
+            }
+            done += res as usize;
+        }
+        Ok(())
     }
 
+    /// Straight from the request's memory through the ring (see `read`).
     async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
-        self.write_at(ctx, offset, buf).await
+        if buf.fixed().is_none() {
+            if self.sync_io {
+                return self.write_sync(offset, buf);
+            }
+            if self.needs_copy(buf) {
+                return self.write_bounced(ctx, offset, buf).await;
+            }
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let len = (buf.len() - done).min(MAX_IO_BYTES);
+            let at = offset + done as u64;
+            let res = ctx
+                .uring()
+                .submit(Op::Write {
+                    fd: self.fd(),
+                    offset: at,
+                    buf,
+                    range: done..done + len,
+                })
+                .await;
+            if res == -libc::ENOSPC && self.kind == "disk" {
+                // A block device has no free space to run out of: ENOSPC means
+                // the write fell past its end, i.e. the device shrank or vanished.
+                tracing::error!(offset = at, "write past the end of the disk leaf");
+                return Err(Error::Io(libc::EIO));
+            }
+            if res < 0 {
+                return Err(Error::from_res(res));
+            }
+            if res == 0 {
+                tracing::error!(kind = self.kind, offset = at, "write made no progress");
+                return Err(Error::Io(libc::EIO));
+            }
+            done += res as usize;
+        }
+        Ok(())
     }
 
     async fn flush(&self, ctx: &IoCtx) -> Result<()> {

@@ -73,39 +73,33 @@ enum Held {
     Time(Box<types::Timespec>),
 }
 
-enum Slot {
-    /// `waker`: the last one that waited here, kept for the next operation in
-    /// the slot. A task that submits again as its operation completes gets the
-    /// slot it just freed (the free list is last in, first out), so its waker
-    /// is already there and is neither cloned nor dropped per operation.
-    Free { next: usize, waker: Option<Waker> },
-    Pending {
-        waker: Option<Waker>,
-        held: Option<Held>,
-    },
-    Done {
-        res: i32,
-        held: Option<Held>,
-        waker: Option<Waker>,
-    },
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Free,
+    Pending,
+    Done,
     /// The future was dropped before the CQE; the memory waits for it here.
-    Orphaned { _held: Option<Held> },
+    Orphaned,
+}
+
+/// One operation's place in the in-flight table. Its fields are changed in
+/// place, never moved as a whole: that is a few stores per step of a request.
+struct Slot {
+    state: State,
+    /// The CQE result, once `Done`.
+    res: i32,
+    /// The next free slot, while `Free`.
+    next: usize,
+    /// The last task that waited here, kept for the next operation in the slot.
+    /// A task that submits again as its operation completes gets the slot it
+    /// just freed (the free list is last in, first out), so its waker is
+    /// already there and is neither cloned nor dropped per operation.
+    waker: Option<Waker>,
+    /// What the kernel may still use, until the CQE.
+    held: Option<Held>,
 }
 
 const NO_SLOT: usize = usize::MAX;
-/// What a slot holds while its contents are moved out.
-const FREED: Slot = Slot::Free {
-    next: NO_SLOT,
-    waker: None,
-};
-
-/// Let go of a slot's old contents that own nothing (a free slot without a
-/// waker) without running `Slot`'s drop code, which the path of every
-/// request would otherwise call a few times over for nothing.
-fn forget_freed(old: Slot) {
-    debug_assert!(matches!(old, Slot::Free { waker: None, .. }));
-    std::mem::forget(old);
-}
 
 /// One queue's io_uring and its in-flight table. Not `Sync`: it lives on one queue
 /// thread.
@@ -160,28 +154,28 @@ impl Uring {
         let mut slots = self.slots.borrow_mut();
         let head = self.free_head.get();
         if head == NO_SLOT {
-            slots.push(Slot::Pending { waker: None, held });
+            slots.push(Slot {
+                state: State::Pending,
+                res: 0,
+                next: NO_SLOT,
+                waker: None,
+                held,
+            });
             slots.len() - 1
         } else {
             let slot = &mut slots[head];
-            let Slot::Free { next, waker } = slot else {
-                unreachable!("free list points at a used slot")
-            };
-            self.free_head.set(*next);
-            let waker = waker.take();
-            forget_freed(std::mem::replace(slot, Slot::Pending { waker, held }));
+            debug_assert_eq!(slot.state, State::Free, "free list points at a used slot");
+            self.free_head.set(slot.next);
+            slot.state = State::Pending;
+            slot.held = held;
             head
         }
     }
 
-    /// Put slot `index`, whose contents were moved out (it holds [`FREED`]),
-    /// on the free list.
-    fn free_slot(&self, slots: &mut [Slot], index: usize, waker: Option<Waker>) {
-        let slot = Slot::Free {
-            next: self.free_head.get(),
-            waker,
-        };
-        forget_freed(std::mem::replace(&mut slots[index], slot));
+    /// Put slot `index`, whose memory has been taken out, on the free list.
+    fn free_slot(&self, slot: &mut Slot, index: usize) {
+        slot.state = State::Free;
+        slot.next = self.free_head.get();
         self.free_head.set(index);
     }
 
@@ -385,28 +379,25 @@ impl Uring {
     fn complete(&self, index: usize, res: i32) {
         self.in_flight.set(self.in_flight.get() - 1);
         let mut slots = self.slots.borrow_mut();
-        let old = std::mem::replace(&mut slots[index], FREED);
-        match old {
-            Slot::Pending { waker, held } => {
-                let done = Slot::Done {
-                    res,
-                    held,
-                    waker: None,
-                };
-                forget_freed(std::mem::replace(&mut slots[index], done));
-                drop(slots);
-                if let Some(waker) = waker {
-                    // Woken by reference and put back, so that it stays with
-                    // the slot (see `Slot::Free`); the slots are not borrowed
-                    // while it runs.
+        let slot = &mut slots[index];
+        match slot.state {
+            State::Pending => {
+                slot.state = State::Done;
+                slot.res = res;
+                // Woken by reference, so that the waker stays with the slot
+                // (see `Slot::waker`). A waker only queues its task (the
+                // executor's, or a test's); none touches the ring.
+                if let Some(waker) = &slot.waker {
                     waker.wake_by_ref();
-                    if let Slot::Done { waker: kept, .. } = &mut self.slots.borrow_mut()[index] {
-                        *kept = Some(waker);
-                    }
                 }
             }
-            Slot::Orphaned { .. } => self.free_slot(&mut slots, index, None),
-            Slot::Free { .. } | Slot::Done { .. } => {
+            State::Orphaned => {
+                let held = slot.held.take();
+                self.free_slot(slot, index);
+                drop(slots);
+                drop(held);
+            }
+            State::Free | State::Done => {
                 unreachable!("CQE for slot {index} that is not in flight")
             }
         }
@@ -445,27 +436,24 @@ impl Future for OpFuture<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slots = self.uring.slots.borrow_mut();
-        match &mut slots[self.slot] {
-            Slot::Pending { waker, .. } => {
-                match waker {
+        let slot = &mut slots[self.slot];
+        match slot.state {
+            State::Pending => {
+                match &slot.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
+                    _ => slot.waker = Some(cx.waker().clone()),
                 }
                 Poll::Pending
             }
-            Slot::Done { .. } => {
-                let Slot::Done { res, held, waker } =
-                    std::mem::replace(&mut slots[self.slot], FREED)
-                else {
-                    unreachable!()
-                };
-                self.uring.free_slot(&mut slots, self.slot, waker);
+            State::Done => {
+                let (res, held) = (slot.res, slot.held.take());
+                self.uring.free_slot(slot, self.slot);
                 drop(slots);
                 self.finished = true;
                 drop(held);
                 Poll::Ready(res)
             }
-            Slot::Free { .. } | Slot::Orphaned { .. } => unreachable!("polled a finished op"),
+            State::Free | State::Orphaned => unreachable!("polled a finished op"),
         }
     }
 }
@@ -476,11 +464,17 @@ impl Drop for OpFuture<'_> {
             return;
         }
         let mut slots = self.uring.slots.borrow_mut();
-        let old = std::mem::replace(&mut slots[self.slot], FREED);
-        match old {
-            Slot::Pending { held, .. } => slots[self.slot] = Slot::Orphaned { _held: held },
-            Slot::Done { waker, .. } => self.uring.free_slot(&mut slots, self.slot, waker),
-            other => slots[self.slot] = other,
+        let slot = &mut slots[self.slot];
+        match slot.state {
+            // The kernel may still use the memory: it stays held until the CQE.
+            State::Pending => slot.state = State::Orphaned,
+            State::Done => {
+                let held = slot.held.take();
+                self.uring.free_slot(slot, self.slot);
+                drop(slots);
+                drop(held);
+            }
+            State::Free | State::Orphaned => {}
         }
     }
 }

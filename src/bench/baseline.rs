@@ -52,7 +52,7 @@ impl Path {
 pub fn run(params: &FileParams, size: u64, opts: &Options) -> Result<Figures, String> {
     let path = Path::of(params)?;
     let start = Instant::now();
-    let results: Vec<Result<u64, String>> = std::thread::scope(|s| {
+    let results: Vec<Result<(u64, Duration), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..opts.queues)
             .map(|q| s.spawn(move || run_queue(params, path, size, q, opts)))
             .collect();
@@ -65,18 +65,32 @@ pub fn run(params: &FileParams, size: u64, opts: &Options) -> Result<Figures, St
             .collect()
     });
     let elapsed = start.elapsed();
-    let mut ops = 0;
+    let (mut ops, mut cpu) = (0, Duration::ZERO);
     for r in results {
-        ops += r?;
+        let (o, c) = r?;
+        ops += o;
+        cpu += c;
     }
     Ok(Figures {
         ops,
         bytes: ops * opts.bs,
         elapsed,
+        cpu,
     })
 }
 
 fn run_queue(
+    params: &FileParams,
+    path: Path,
+    size: u64,
+    queue: u16,
+    opts: &Options,
+) -> Result<(u64, Duration), String> {
+    let cpu_start = super::thread_cpu();
+    run_queue_ops(params, path, size, queue, opts).map(|ops| (ops, super::thread_cpu() - cpu_start))
+}
+
+fn run_queue_ops(
     params: &FileParams,
     path: Path,
     size: u64,

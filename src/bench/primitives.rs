@@ -80,6 +80,7 @@ pub fn run(
     let mut ops = 0u64;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
+    let cpu_start = super::thread_cpu();
     while Instant::now() < deadline {
         for _ in 0..16 {
             let slot = rng.below(slots as u64) as usize;
@@ -141,6 +142,7 @@ pub fn run(
         ops,
         bytes: ops * bs as u64,
         elapsed: start.elapsed(),
+        cpu: super::thread_cpu() - cpu_start,
     }
 }
 
