@@ -38,6 +38,8 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::sys::eventfd::EventFd;
+
 use super::batch;
 use super::ctrl::{Control, CtrlError, DAEMON_MARK};
 use super::features;
@@ -200,7 +202,7 @@ pub struct Device {
     info: DevInfo,
     queues: Vec<JoinHandle<io::Result<QueueReport>>>,
     /// Batch protocol: each queue's drain eventfd (`handover`).
-    drains: Vec<Arc<OwnedFd>>,
+    drains: Vec<Arc<EventFd>>,
     stopped: bool,
     deleted: bool,
     /// On drop, leave the device to the kernel instead of stopping and deleting

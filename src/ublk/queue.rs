@@ -45,6 +45,7 @@ use io_uring::{opcode, types};
 use layers::buf::Lease;
 use layers::uring::{Op, FOREIGN_BIT};
 use layers::{Error, Executor, IoBufMut, IoCtx, Layer};
+use nix::sys::eventfd::EventFd;
 
 use super::shared_memory::{pin_current_thread, Descriptors, TagBuffers};
 use super::sys::{self, IoCmd, IoDesc};
@@ -79,7 +80,7 @@ pub struct QueueSetup {
     pub batch: bool,
     /// Batch protocol: an eventfd that, once written, makes the queue drain
     /// and end for a handover (`batch::run`).
-    pub drain: Option<Arc<OwnedFd>>,
+    pub drain: Option<Arc<EventFd>>,
     /// Test only: tags whose automatic registration is made to fail.
     pub auto_reg_miss: AutoRegMiss,
 }

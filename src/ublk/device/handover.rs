@@ -28,8 +28,8 @@
 //! Nothing is in the stack after step 1, so the write-back flush that
 //! follows sees every write this daemon completed.
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +72,7 @@ impl Device {
             ));
         }
         for (queue, drain) in self.drains.iter().enumerate() {
-            if let Err(e) = signal(drain) {
+            if let Err(e) = drain.write(1).map_err(io::Error::from) {
                 let e = DeviceError::Queue(queue as u16, e);
                 // Before the first queue drains nothing has changed.
                 return Err(if queue == 0 {
@@ -104,27 +104,9 @@ impl Device {
     }
 }
 
-/// Add one to an eventfd's counter.
-fn signal(fd: &OwnedFd) -> io::Result<()> {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live local array to an open fd.
-    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// An eventfd for a batch queue's drain signal.
-pub(super) fn drain_eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; a non-negative result is a new fd
-    // that nothing else owns.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above, `fd` is open and owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+pub(super) fn drain_eventfd() -> io::Result<EventFd> {
+    EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(io::Error::from)
 }
 
 /// Why a device created with `flags` on a kernel offering `features` cannot
