@@ -111,13 +111,23 @@ pub fn open_footprint(
     Ok(map.saturating_add(geo.data_granules / 8))
 }
 
-const FORMAT_VERSION: u32 = 2;
+/// New layers are version 3 (the map can grow); version 2 ones open as before.
+const FORMAT_VERSION: u32 = 3;
+/// The version whose map lies in place and cannot grow.
+const FIXED_MAP_VERSION: u32 = 2;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
 const UNIT_LOCKS: usize = 1024;
 
 pub struct Compress {
     lower: Arc<dyn Layer>,
+    /// Where things are below; its `size` and `units` are those of the
+    /// flat map (the formatted size): `size` holds the exposed one.
     geo: Geometry,
+    /// The exposed size: it rises when the map grows (version 3).
+    size: AtomicU64,
+    /// The superblock's format version (2 or 3).
+    version: u32,
+    block_size: u32,
     table: MetaTable,
     alloc: Allocator,
     /// Serialise reads and writes of one unit (a partial write is read-modify-write).
@@ -165,7 +175,22 @@ impl Compress {
     }
 
     fn limits(&self, unit: u64) -> entry::Limits {
-        self.geo.limits(unit, self.alloc.granules())
+        self.geo.limits(self.unit_len(unit), self.alloc.granules())
+    }
+
+    /// The exposed size now.
+    fn exposed(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Units of the exposed size (entries of the map).
+    fn units(&self) -> u64 {
+        self.exposed().div_ceil(self.unit_bytes())
+    }
+
+    /// Bytes of unit `unit` (the last one may be short).
+    fn unit_len(&self, unit: u64) -> usize {
+        self.geo.unit_len(self.exposed(), unit)
     }
 
     fn lock(&self, unit: u64) -> &AsyncLock {
@@ -190,7 +215,7 @@ impl Compress {
 
 impl AsyncLayer for Compress {
     fn size(&self) -> u64 {
-        self.geo.size
+        self.exposed()
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

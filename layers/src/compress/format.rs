@@ -114,17 +114,19 @@ impl Geometry {
         })
     }
 
-    /// Bytes of unit `unit` (the last one may be short).
-    pub fn unit_len(&self, unit: u64) -> usize {
+    /// Bytes of unit `unit` of a layer exposing `size` bytes (the last one
+    /// may be short).
+    pub fn unit_len(&self, size: u64, unit: u64) -> usize {
         let start = unit * u64::from(self.unit_bytes);
-        (self.size - start).min(u64::from(self.unit_bytes)) as usize
+        (size - start).min(u64::from(self.unit_bytes)) as usize
     }
 
-    /// What unit `unit`'s entry must fit in, with a data area of `granules`
-    /// granules (the allocator's: the area grows with the device below).
-    pub fn limits(&self, unit: u64, granules: u64) -> Limits {
+    /// What an entry of a unit of `unit_len` bytes must fit in, with a data
+    /// area of `granules` granules (the allocator's: the area grows with the
+    /// device below).
+    pub fn limits(&self, unit_len: usize, granules: u64) -> Limits {
         Limits {
-            unit_bytes: self.unit_len(unit) as u32,
+            unit_bytes: unit_len as u32,
             granule_bytes: self.granule_bytes,
             granules,
         }
@@ -204,7 +206,11 @@ mod tests {
             .unwrap_err()
             .contains("too small"));
         let short = Geometry::new(MIB, 512, Some(32768 + 512)).unwrap();
-        assert_eq!((short.unit_len(0), short.unit_len(1)), (32768, 512));
+        let size = short.size;
+        assert_eq!(
+            (short.unit_len(size, 0), short.unit_len(size, 1)),
+            (32768, 512)
+        );
     }
 
     #[test]
