@@ -117,10 +117,6 @@ pub fn open_footprint(
     Ok(map.saturating_add(geo.data_granules / 8))
 }
 
-/// New layers are version 3 (the map can grow); version 2 ones open as before.
-const FORMAT_VERSION: u32 = 3;
-/// The version whose map lies in place and cannot grow.
-const FIXED_MAP_VERSION: u32 = 2;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
 const UNIT_LOCKS: usize = 1024;
 

@@ -10,11 +10,15 @@
 //! | 24..32 | size of the layer below when formatted (u64)  |
 //! | 32..48 | reserved, 0                                   |
 
-use crate::meta_table::{MetaTable, HEADER_BYTES};
+use crate::meta_table::{MetaTable, HEADER_BYTES, MAX_PLACED_RUNS};
 use crate::superblock::SUPERBLOCK_BYTES;
 
 use super::entry::{Limits, TABLE_ENTRY_BYTES};
 
+/// New layers are version 3 (the map can grow); version 2 ones open as before.
+pub const FORMAT_VERSION: u32 = 3;
+/// The version whose map lies in place and cannot grow.
+pub const FIXED_MAP_VERSION: u32 = 2;
 pub const ALGORITHM: &str = "lz4";
 /// Compression unit: see the module doc of `compress` for why 32 KiB.
 pub const UNIT_BYTES: u32 = 32 * 1024;
@@ -141,6 +145,38 @@ impl Geometry {
     pub fn granule_offset(&self, granule: u64) -> u64 {
         self.data_start + granule * u64::from(self.granule_bytes)
     }
+}
+
+/// Why raising the exposed size of a layer of format `version` from `size`
+/// to `new_size` bytes is refused (`runs`: the map's placed runs so far);
+/// `None` when it may go ahead.
+pub fn raise_refusal(
+    version: u32,
+    size: u64,
+    new_size: u64,
+    block_size: u32,
+    runs: usize,
+) -> Option<String> {
+    if version == FIXED_MAP_VERSION {
+        return Some(format!(
+            "raising the exposed size from {size} to {new_size} bytes needs a map that can \
+             grow, and this layer was formatted with version 2, whose map cannot; to grow it, \
+             copy the data to a new layer (or set `size = {size}` to keep the exposed size and \
+             use new space below for data)"
+        ));
+    }
+    if new_size % u64::from(block_size) != 0 {
+        return Some(format!(
+            "size {new_size} is not a multiple of the block size {block_size}"
+        ));
+    }
+    if runs >= MAX_PLACED_RUNS {
+        return Some(format!(
+            "the map has grown into {MAX_PLACED_RUNS} runs of pages, all it can record; \
+             copy the data to a new layer to grow it again"
+        ));
+    }
+    None
 }
 
 /// Map entries in one page of the table (found from the table's own sizing, as

@@ -25,40 +25,8 @@ use crate::exec::IoCtx;
 use crate::meta_table::{PlacedRun, MAX_PLACED_RUNS, PAGE_BYTES};
 
 use super::alloc::GROUP_GRANULES;
-use super::format::UNIT_BYTES;
-use super::{Compress, FIXED_MAP_VERSION};
-
-/// Why raising the exposed size of a layer of format `version` from `size`
-/// to `new_size` bytes is refused (`runs`: the map's placed runs so far);
-/// `None` when it may go ahead.
-pub(super) fn raise_refusal(
-    version: u32,
-    size: u64,
-    new_size: u64,
-    block_size: u32,
-    runs: usize,
-) -> Option<String> {
-    if version == FIXED_MAP_VERSION {
-        return Some(format!(
-            "raising the exposed size from {size} to {new_size} bytes needs a map that can \
-             grow, and this layer was formatted with version 2, whose map cannot; to grow it, \
-             copy the data to a new layer (or set `size = {size}` to keep the exposed size and \
-             use new space below for data)"
-        ));
-    }
-    if new_size % u64::from(block_size) != 0 {
-        return Some(format!(
-            "size {new_size} is not a multiple of the block size {block_size}"
-        ));
-    }
-    if runs >= MAX_PLACED_RUNS {
-        return Some(format!(
-            "the map has grown into {MAX_PLACED_RUNS} runs of pages, all it can record; \
-             copy the data to a new layer to grow it again"
-        ));
-    }
-    None
-}
+use super::format::{raise_refusal, UNIT_BYTES};
+use super::Compress;
 
 impl Compress {
     /// Why growing to expose `new_size` bytes would be refused, checked

@@ -12,9 +12,11 @@ use crate::Layer;
 
 use super::alloc::Allocator;
 use super::entry::{encode_entry, Extent, Kind, TABLE_ENTRY_BYTES};
-use super::format::{self, Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
-use super::grow::raise_refusal;
-use super::{Compress, Counters, FIXED_MAP_VERSION, FORMAT_VERSION, UNIT_LOCKS};
+use super::format::{
+    self, raise_refusal, Geometry, Params, ALGORITHM, FIXED_MAP_VERSION, FORMAT_VERSION,
+    GRANULE_BYTES, UNIT_BYTES,
+};
+use super::{Compress, Counters, UNIT_LOCKS};
 
 pub(super) async fn open(
     ctx: &IoCtx,
