@@ -1,6 +1,6 @@
-//! A metadata table's page slots and header slots, flat (the compress map) and
-//! grouped with their coverage (checksum, crypt), and the entries in a page as
-//! the checksum layer reads them.
+//! A metadata table's page slots and header slots, flat and placed with their
+//! page runs (the compress map) and grouped with their coverage (checksum,
+//! crypt), and the entries in a page as the checksum layer reads them.
 #![no_main]
 
 use layers::meta_table::{decode_header, decode_slot, PAGE_BYTES};

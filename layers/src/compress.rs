@@ -1,21 +1,24 @@
 //! `compress`: lz4 per 32 KiB unit, copy-on-write into a thin data area.
 //!
-//! On-disk layout of the layer below (format version 2, little endian; the full
+//! On-disk layout of the layer below (format version 3, little endian; the full
 //! description is `docs/formats/compress.md`):
 //!
 //! | bytes        | contents                                                      |
 //! |--------------|---------------------------------------------------------------|
-//! | 0..4096      | superblock (`superblock.rs`), type `compress`, version 2;     |
+//! | 0..4096      | superblock (`superblock.rs`), type `compress`, version 3;     |
 //! |              | params: algorithm (16 bytes, `lz4`), unit bytes u32 (32768),  |
 //! |              | granule bytes u32 (4096), lower size u64, 16 reserved         |
 //! | 4096..12288  | map header: the flushed epoch (`meta_table.rs`), and once the |
-//! |              | layer below grew, the size of it the layer took in            |
-//! | 12288..+T    | map (`meta_table.rs`: pages of 102 entries in two 4 KiB       |
-//! |              | slots); entry = `cur` ‖ `prev`, 16 bytes each: first granule  |
+//! |              | layer below grew, the size of it the layer took in; once the  |
+//! |              | exposed size rose, it and the map's placed page runs          |
+//! | 12288..+T    | map of the formatted size (`meta_table.rs`, placed layout:    |
+//! |              | pages of 102 entries in two 4 KiB slots); entry = `cur` ‖     |
+//! |              | `prev`, 16 bytes each: first granule                          |
 //! |              | u48, kind u8 (0 empty, 1 zero, 2 raw, 3 lz4), 0, stored       |
 //! |              | length u32, crc32(unit index u64 ‖ stored bytes) u32; then    |
 //! |              | the table's epoch u64                                         |
-//! | 12288+T..    | data area: 4 KiB granules; an extent is a run of them         |
+//! | 12288+T..    | data area: 4 KiB granules; an extent is a run of them, and so |
+//! |              | is each run of map pages placed when the exposed size rose    |
 //!
 //! **Unit.** The device is cut into 32 KiB units, each stored as one extent:
 //! nothing when all zeros; `lz4` when that saves at least one granule; raw
@@ -58,7 +61,10 @@
 //!
 //! **Growing.** The data area runs to the end of the layer below: a larger
 //! layer below is taken in as free granules (`compress/grow.rs`), live or at
-//! open, and recorded in the map header; the exposed size never changes.
+//! open, and recorded in the map header. The exposed size can be raised,
+//! live or at open: the map's new pages are placed in runs of granules of
+//! the data area, recorded in the map header. Version 2 (the map in place,
+//! no runs) still opens; its exposed size cannot be raised.
 //!
 //! Open formats an all-zero device, or checks the superblock (type, version,
 //! block size, algorithm, unit, granule, exposed size, a layer below no
@@ -111,13 +117,19 @@ pub fn open_footprint(
     Ok(map.saturating_add(geo.data_granules / 8))
 }
 
-const FORMAT_VERSION: u32 = 2;
 /// Unit locks are striped: unit `u` uses lock `u % UNIT_LOCKS`.
 const UNIT_LOCKS: usize = 1024;
 
 pub struct Compress {
     lower: Arc<dyn Layer>,
+    /// Where things are below; its `size` and `units` are those of the
+    /// flat map (the formatted size): `size` holds the exposed one.
     geo: Geometry,
+    /// The exposed size: it rises when the map grows (version 3).
+    size: AtomicU64,
+    /// The superblock's format version (2 or 3).
+    version: u32,
+    block_size: u32,
     table: MetaTable,
     alloc: Allocator,
     /// Serialise reads and writes of one unit (a partial write is read-modify-write).
@@ -165,7 +177,22 @@ impl Compress {
     }
 
     fn limits(&self, unit: u64) -> entry::Limits {
-        self.geo.limits(unit, self.alloc.granules())
+        self.geo.limits(self.unit_len(unit), self.alloc.granules())
+    }
+
+    /// The exposed size now.
+    fn exposed(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Units of the exposed size (entries of the map).
+    fn units(&self) -> u64 {
+        self.exposed().div_ceil(self.unit_bytes())
+    }
+
+    /// Bytes of unit `unit` (the last one may be short).
+    fn unit_len(&self, unit: u64) -> usize {
+        self.geo.unit_len(self.exposed(), unit)
     }
 
     fn lock(&self, unit: u64) -> &AsyncLock {
@@ -190,7 +217,7 @@ impl Compress {
 
 impl AsyncLayer for Compress {
     fn size(&self) -> u64 {
-        self.geo.size
+        self.exposed()
     }
 
     async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {

@@ -18,7 +18,9 @@
 //!
 //! A grouped table can grow (`MetaTable::grow`): its header records how many
 //! entries it covers, and new entries only ever take pages and blocks past
-//! the old ones.
+//! the old ones. A placed table (`compress` from format version 3) is flat
+//! pages, then runs of pages its layer placed in its data area when it grew
+//! (`MetaTable::grow_placed`); its header records the coverage and the runs.
 //!
 //! | bytes of a page slot  | contents                                        |
 //! |-----------------------|-------------------------------------------------|
@@ -80,10 +82,10 @@ use crate::{Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 pub use epochs::Writer;
 pub use groups::{Groups, GROUP_DATA};
-pub use header::{decode_header, Header};
+pub use header::{decode_header, encode_header, Header, Placed, PlacedRun, MAX_PLACED_RUNS};
 
 use epochs::Epochs;
-use header::{encode_header, newest};
+use header::newest;
 
 pub const PAGE_BYTES: usize = 4096;
 /// Reads again of a block that failed while writes were in flight.
@@ -131,6 +133,8 @@ impl Cell {
 /// move, so finding a page takes no lock.
 struct Run {
     first: usize,
+    /// Byte below of the run's first pair, for a placed run.
+    at: Option<u64>,
     cells: Box<[Cell]>,
 }
 
@@ -142,6 +146,9 @@ pub enum Layout {
     Flat,
     /// Groups of pages, each followed by its data blocks (`groups.rs`).
     Grouped(Groups),
+    /// Flat pages, then runs of pages at byte offsets the header records;
+    /// grows by [`MetaTable::grow_placed`].
+    Placed,
 }
 
 impl Layout {
@@ -282,6 +289,63 @@ impl MetaTable {
         }
     }
 
+    /// The newest valid header at `start`, so a layer can check what it
+    /// records before the pages are loaded.
+    pub async fn header_at(ctx: &IoCtx, lower: &dyn Layer, start: u64) -> Result<Header> {
+        let mut pair = vec![0u8; 2 * PAGE_BYTES];
+        let ok = read_pair(ctx, lower, start, &mut pair).await?;
+        let decode = |s: usize| {
+            ok[s]
+                .then(|| decode_header(&pair[s * PAGE_BYTES..(s + 1) * PAGE_BYTES]))
+                .flatten()
+        };
+        newest([decode(0), decode(1)])
+            .map(|(h, _)| h)
+            .ok_or(Error::Corrupt { offset: start })
+    }
+
+    /// Check a placed header's runs against a table whose flat pages hold
+    /// `flat_entries` entries of `entry_bytes`: each run follows the pages
+    /// before it, and the runs end with the last page of the coverage.
+    /// Where the runs lie below is the layer's to check.
+    pub fn check_placed(
+        header: &Header,
+        flat_entries: u64,
+        entry_bytes: usize,
+    ) -> std::result::Result<(), String> {
+        let Some(placed) = &header.placed else {
+            return Ok(());
+        };
+        let per = per_page(entry_bytes);
+        if placed.entries < flat_entries {
+            return Err(format!(
+                "the map header covers {} entries, fewer than the {flat_entries} it was \
+                 formatted with",
+                placed.entries
+            ));
+        }
+        let mut next = flat_entries.div_ceil(per);
+        for (i, run) in placed.runs.iter().enumerate() {
+            if run.first != next || run.pages == 0 || run.at % PAGE_BYTES as u64 != 0 {
+                return Err(format!(
+                    "map page run {i} (first page {}, {} pages at byte {}) does not follow \
+                     page {next}",
+                    run.first, run.pages, run.at
+                ));
+            }
+            next = next.saturating_add(run.pages);
+        }
+        let want = placed.entries.div_ceil(per);
+        if next != want {
+            return Err(format!(
+                "the map header covers {} entries ({want} pages) but its runs end at page \
+                 {next}",
+                placed.entries
+            ));
+        }
+        Ok(())
+    }
+
     /// Load the table from `lower` at byte `start` (a fresh device reads as
     /// zeros). `entry_bytes` includes the [`EPOCH_BYTES`] of each entry.
     pub async fn load(
@@ -304,18 +368,32 @@ impl MetaTable {
             tracing::error!("metadata table header: both copies are damaged");
             return Err(Error::Corrupt { offset: start });
         };
+        let flat_entries = match entries {
+            Entries::Exactly(n) | Entries::RecordedOr(n) => n,
+        };
         let entries = match (layout, entries) {
             (Layout::Grouped(_), Entries::RecordedOr(n)) => header.0.covered.unwrap_or(n),
+            (Layout::Placed, Entries::RecordedOr(n)) => {
+                header.0.placed.as_ref().map_or(n, |p| p.entries)
+            }
             (_, Entries::Exactly(n) | Entries::RecordedOr(n)) => n,
         };
+        if layout == Layout::Placed {
+            if let Err(why) = MetaTable::check_placed(&header.0, flat_entries, entry_bytes) {
+                tracing::error!(why, "metadata table header");
+                return Err(Error::Corrupt { offset: start });
+            }
+        }
         if let Layout::Grouped(_) = layout {
             // Every header a grouped table writes records its coverage.
             header.0.covered = Some(entries);
         }
+        let flushed = header.0.flushed;
         let per = per_page(entry_bytes);
         let used = entries.div_ceil(per);
         let kept = match layout {
             Layout::Flat => used,
+            Layout::Placed => flat_entries.div_ceil(per).min(used),
             Layout::Grouped(g) => g.pages_for(entries),
         };
         let table = MetaTable {
@@ -326,15 +404,34 @@ impl MetaTable {
             runs: std::array::from_fn(|_| OnceLock::new()),
             dirty: Mutex::new(BTreeSet::new()),
             epochs: Epochs::new(1),
-            flushed: AtomicU64::new(header.0.flushed),
+            flushed: AtomicU64::new(flushed),
             uncovered: AtomicBool::new(false),
             header: Mutex::new(header),
             flush_lock: AsyncLock::default(),
             grow_lock: AsyncLock::default(),
         };
         let cells: Box<[Cell]> = (0..kept).map(|_| Cell::blank()).collect();
-        let _ = table.runs[0].set(Run { first: 0, cells });
-        let mut newest_epoch = header.0.flushed;
+        let _ = table.runs[0].set(Run {
+            first: 0,
+            at: None,
+            cells,
+        });
+        let placed = table
+            .header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .placed
+            .clone();
+        for (slot, run) in placed.iter().flat_map(|p| &p.runs).enumerate() {
+            let cells: Box<[Cell]> = (0..run.pages).map(|_| Cell::blank()).collect();
+            let _ = table.runs[slot + 1].set(Run {
+                first: run.first as usize,
+                at: Some(run.at),
+                cells,
+            });
+        }
+        let mut newest_epoch = flushed;
         // Only pages holding covered entries are read: the rest of the last
         // group is reserved, and zeroed when the table grows into it.
         for page in 0..used as usize {
@@ -370,7 +467,7 @@ impl MetaTable {
         // new writes must never share them.
         Ok(MetaTable {
             epochs: Epochs::new(newest_epoch.saturating_add(1)),
-            uncovered: AtomicBool::new(newest_epoch > header.0.flushed),
+            uncovered: AtomicBool::new(newest_epoch > flushed),
             ..table
         })
     }
@@ -441,7 +538,7 @@ impl MetaTable {
     fn groups(&self) -> Groups {
         match self.layout {
             Layout::Grouped(g) => g,
-            Layout::Flat => unreachable!("only a grouped table holds data blocks"),
+            Layout::Flat | Layout::Placed => unreachable!("only a grouped table holds data blocks"),
         }
     }
 
@@ -607,33 +704,42 @@ impl MetaTable {
     }
 
     fn page_offset(&self, page: usize, slot: u8) -> u64 {
+        if self.layout == Layout::Placed {
+            for run in self.runs.iter().filter_map(OnceLock::get) {
+                if let (Some(at), Some(_)) = (run.at, run.cells.get(page.wrapping_sub(run.first))) {
+                    let pair = ((page - run.first) * 2 * PAGE_BYTES) as u64;
+                    return at + pair + u64::from(slot) * PAGE_BYTES as u64;
+                }
+            }
+        }
         let pair = match self.layout {
-            Layout::Flat => (page * 2 * PAGE_BYTES) as u64,
+            Layout::Flat | Layout::Placed => (page * 2 * PAGE_BYTES) as u64,
             Layout::Grouped(g) => g.page_at(page as u64),
         };
         self.start + HEADER_BYTES + pair + u64::from(slot) * PAGE_BYTES as u64
     }
 
-    /// Write the next header (the flushed epoch `flushed`, the coverage
-    /// `covered` for a grouped table) to the slot the last one is not in, and
-    /// flush below. The caller holds `flush_lock`.
+    /// Write the next header (the last one, changed by `change`) to the
+    /// slot the last one is not in, and flush below. The caller holds
+    /// `flush_lock`.
     async fn put_header(
         &self,
         ctx: &IoCtx,
         lower: &dyn Layer,
-        flushed: u64,
-        covered: Option<u64>,
+        change: impl FnOnce(&mut Header),
     ) -> Result<()> {
         let (header, slot) = {
-            let (last, slot) = *self.header.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                Header {
-                    seq: last.seq + 1,
-                    flushed,
-                    covered,
-                },
-                1 - slot,
-            )
+            let (last, slot) = self
+                .header
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut header = Header {
+                seq: last.seq + 1,
+                ..last
+            };
+            change(&mut header);
+            (header, 1 - slot)
         };
         let at = self.start + u64::from(slot) * PAGE_BYTES as u64;
         lower.write_bytes(ctx, at, &encode_header(&header)).await?;
@@ -646,20 +752,14 @@ impl MetaTable {
     /// that nothing left in the header area by an earlier use decides it).
     pub async fn record_coverage(&self, ctx: &IoCtx, lower: &dyn Layer) -> Result<()> {
         let _serial = self.flush_lock.lock().await;
-        let covered = self
-            .header
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .covered;
-        self.put_header(ctx, lower, self.flushed(), covered).await
+        self.put_header(ctx, lower, |_| {}).await
     }
 
     /// The value a flat table's header records for its layer (`None`: none
     /// recorded yet). `compress` keeps the size of the device below there.
     pub fn recorded_value(&self) -> Option<u64> {
         match self.layout {
-            Layout::Flat => {
+            Layout::Flat | Layout::Placed => {
                 self.header
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -675,14 +775,106 @@ impl MetaTable {
     /// the last header is not in and flushed, so a torn write leaves the
     /// previous value.
     pub async fn record_value(&self, ctx: &IoCtx, lower: &dyn Layer, value: u64) -> Result<()> {
-        assert_eq!(
-            self.layout,
-            Layout::Flat,
+        assert!(
+            !matches!(self.layout, Layout::Grouped(_)),
             "a grouped header records its coverage"
         );
         let _serial = self.flush_lock.lock().await;
-        self.put_header(ctx, lower, self.flushed(), Some(value))
+        self.put_header(ctx, lower, |h| h.covered = Some(value))
             .await
+    }
+
+    /// The placed runs and the layer's second value a placed table's header
+    /// records (`None`: not grown yet).
+    pub fn placed(&self) -> Option<Placed> {
+        self.header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .placed
+            .clone()
+    }
+
+    /// Grow a placed table to `entries` entries whose new pages lie in
+    /// `runs` (page pairs at byte offsets the layer allocated; together they
+    /// follow the pages in use), recording `value` for the layer: the runs
+    /// are zeroed (both slots: blank pages) and flushed below, then the
+    /// header records the runs and the coverage (under the flush lock, then
+    /// flushed); only then do the new entries exist. A crash before the
+    /// header is durable leaves the old coverage and runs.
+    pub async fn grow_placed(
+        &self,
+        ctx: &IoCtx,
+        lower: &dyn Layer,
+        entries: u64,
+        runs: &[PlacedRun],
+        value: u64,
+    ) -> std::result::Result<(), String> {
+        if self.layout != Layout::Placed {
+            return Err("this table cannot take placed pages".into());
+        }
+        let _serial = self.grow_lock.lock().await;
+        let old = self.entries();
+        if entries < old {
+            return Err(format!(
+                "shrinking is not supported: {old} entries are in use, {entries} asked for"
+            ));
+        }
+        let mut placed = self.placed().unwrap_or_default();
+        if placed.runs.len() + runs.len() > MAX_PLACED_RUNS {
+            return Err(format!(
+                "the map already has {} of its {MAX_PLACED_RUNS} page runs",
+                placed.runs.len()
+            ));
+        }
+        let per = per_page(self.entry_bytes);
+        let mut next = old.div_ceil(per);
+        for run in runs {
+            if run.first != next || run.pages == 0 {
+                return Err(format!(
+                    "page run from {} does not follow page {next}",
+                    run.first
+                ));
+            }
+            next += run.pages;
+        }
+        if next != entries.div_ceil(per) {
+            return Err(format!(
+                "page runs end at {next}, not with {entries} entries"
+            ));
+        }
+        let io = |e: Error| format!("cannot grow the map: {e}");
+        for run in runs {
+            lower
+                .write_zeroes(ctx, run.at, run.pages * 2 * PAGE_BYTES as u64)
+                .await
+                .map_err(io)?;
+        }
+        // The blank pages are durable before the header points at them.
+        lower.flush(ctx).await.map_err(io)?;
+        placed.entries = entries;
+        placed.value = value;
+        placed.runs.extend_from_slice(runs);
+        {
+            let _flushes = self.flush_lock.lock().await;
+            self.put_header(ctx, lower, |h| h.placed = Some(placed))
+                .await
+                .map_err(io)?;
+        }
+        // The runs exist in memory only once they are durable, so a failed
+        // grow leaves nothing a retry would collide with.
+        let mut free = self.runs.iter().filter(|r| r.get().is_none());
+        for run in runs {
+            let slot = free.next().expect("MAX_RUNS exceeds MAX_PLACED_RUNS");
+            let cells: Box<[Cell]> = (0..run.pages).map(|_| Cell::blank()).collect();
+            let _ = slot.set(Run {
+                first: run.first as usize,
+                at: Some(run.at),
+                cells,
+            });
+        }
+        self.entries.store(entries, Ordering::Release);
+        Ok(())
     }
 
     /// Grow a grouped table to `entries` entries (see the module doc): new
@@ -746,11 +938,15 @@ impl MetaTable {
         if needed > kept {
             let cells: Box<[Cell]> = (kept..needed).map(|_| Cell::blank()).collect();
             let slot = slot.expect("checked above");
-            let _ = self.runs[slot].set(Run { first: kept, cells });
+            let _ = self.runs[slot].set(Run {
+                first: kept,
+                at: None,
+                cells,
+            });
         }
         {
             let _flushes = self.flush_lock.lock().await;
-            self.put_header(ctx, lower, self.flushed(), Some(entries))
+            self.put_header(ctx, lower, |h| h.covered = Some(entries))
                 .await
                 .map_err(io)?;
         }
@@ -797,13 +993,7 @@ impl MetaTable {
         }
         drop(guards);
         // Data and pages of the closed epoch are durable: record it.
-        let covered = self
-            .header
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .covered;
-        self.put_header(ctx, lower, epoch, covered).await?;
+        self.put_header(ctx, lower, |h| h.flushed = epoch).await?;
         self.flushed.store(epoch, Ordering::SeqCst);
         self.uncovered.store(false, Ordering::SeqCst);
         Ok(())

@@ -507,7 +507,7 @@ fn older_devices_are_refused_naming_both_versions() {
         ("checksum", 2, 3),
         ("crypt", 1, 3),
         ("crypt", 2, 3),
-        ("compress", 1, 2),
+        ("compress", 1, 3),
     ] {
         let mut image = vec![0u8; LEAF as usize];
         let sb = Superblock {

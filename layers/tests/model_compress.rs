@@ -388,8 +388,8 @@ fn reopen_with_another_size_or_over_another_layer_is_refused_without_writing() {
     let path = dir.path().join("a.img");
     let before = std::fs::read(&path).unwrap();
     for (plan, expect) in [
-        (plan_with(Some(4 * MIB)), "formatted with size 8388608"),
-        (plan_with(None), "set `size`"),
+        (plan_with(Some(4 * MIB)), "exposed size is 8388608 bytes"),
+        (plan_with(None), "set `size = 8388608`"),
     ] {
         let err = compile(&plan).err().expect("refused").to_string();
         assert!(err.contains(expect), "{err}");

@@ -45,7 +45,7 @@ fn plan(name: &str, dir: &Path) -> Plan {
             let top = b.crypt("x", leaf, CRYPT_KEY_ENV);
             b.build(top)
         }
-        "compress" => {
+        "compress" | "compress-v2" => {
             let mut b = PlanBuilder::new(dir, 4096);
             let leaf = b.file("leaf", 192 * KIB);
             let top = b.compress("z", leaf, None);
@@ -260,6 +260,41 @@ fn version_2_checksum_and_crypt_images_are_refused() {
 #[test]
 fn compress_image_reads_back() {
     reads_back("compress");
+}
+
+/// A compress image of format version 2 (its map lies in place) still
+/// opens and reads back, and raising its exposed size is refused naming
+/// the version, at open and live, leaving the image as it was.
+#[test]
+fn version_2_compress_image_reads_back_and_refuses_a_raise() {
+    reads_back("compress-v2");
+    let dir = tempfile::tempdir().unwrap();
+    let image = images_dir("compress-v2").join("leaf.img");
+    let leaf = dir.path().join("leaf.img");
+    std::fs::copy(&image, &leaf).unwrap();
+    let mut b = PlanBuilder::new(dir.path(), 4096);
+    let file = b.file("leaf", 192 * KIB);
+    let top = b.compress("z", file, Some(1 << 20));
+    let err = compile(&b.build(top))
+        .err()
+        .expect("opened larger")
+        .to_string();
+    assert!(
+        err.contains("formatted with version 2") && err.contains("copy the data to a new layer"),
+        "{err}"
+    );
+    assert!(std::fs::read(&leaf).unwrap() == std::fs::read(&image).unwrap());
+    with_stack(&plan("compress-v2", dir.path()), |stack, ctx, exec| {
+        let compress = stack.compress("z").expect("a compress layer");
+        let size = stack.top().size();
+        let err = compress.grow_refusal(size + 32 * KIB).expect("a raise");
+        assert!(err.contains("formatted with version 2"), "{err}");
+        let err = exec
+            .block_on(ctx, stack.top().grow(ctx, size + 32 * KIB))
+            .expect_err("a live raise");
+        assert!(err.contains("formatted with version 2"), "{err}");
+        assert_eq!(stack.top().size(), size);
+    });
 }
 
 #[test]

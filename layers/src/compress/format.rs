@@ -10,11 +10,15 @@
 //! | 24..32 | size of the layer below when formatted (u64)  |
 //! | 32..48 | reserved, 0                                   |
 
-use crate::meta_table::{MetaTable, HEADER_BYTES};
+use crate::meta_table::{MetaTable, HEADER_BYTES, MAX_PLACED_RUNS};
 use crate::superblock::SUPERBLOCK_BYTES;
 
 use super::entry::{Limits, TABLE_ENTRY_BYTES};
 
+/// New layers are version 3 (the map can grow); version 2 ones open as before.
+pub const FORMAT_VERSION: u32 = 3;
+/// The version whose map lies in place and cannot grow.
+pub const FIXED_MAP_VERSION: u32 = 2;
 pub const ALGORITHM: &str = "lz4";
 /// Compression unit: see the module doc of `compress` for why 32 KiB.
 pub const UNIT_BYTES: u32 = 32 * 1024;
@@ -114,17 +118,19 @@ impl Geometry {
         })
     }
 
-    /// Bytes of unit `unit` (the last one may be short).
-    pub fn unit_len(&self, unit: u64) -> usize {
+    /// Bytes of unit `unit` of a layer exposing `size` bytes (the last one
+    /// may be short).
+    pub fn unit_len(&self, size: u64, unit: u64) -> usize {
         let start = unit * u64::from(self.unit_bytes);
-        (self.size - start).min(u64::from(self.unit_bytes)) as usize
+        (size - start).min(u64::from(self.unit_bytes)) as usize
     }
 
-    /// What unit `unit`'s entry must fit in, with a data area of `granules`
-    /// granules (the allocator's: the area grows with the device below).
-    pub fn limits(&self, unit: u64, granules: u64) -> Limits {
+    /// What an entry of a unit of `unit_len` bytes must fit in, with a data
+    /// area of `granules` granules (the allocator's: the area grows with the
+    /// device below).
+    pub fn limits(&self, unit_len: usize, granules: u64) -> Limits {
         Limits {
-            unit_bytes: self.unit_len(unit) as u32,
+            unit_bytes: unit_len as u32,
             granule_bytes: self.granule_bytes,
             granules,
         }
@@ -139,6 +145,38 @@ impl Geometry {
     pub fn granule_offset(&self, granule: u64) -> u64 {
         self.data_start + granule * u64::from(self.granule_bytes)
     }
+}
+
+/// Why raising the exposed size of a layer of format `version` from `size`
+/// to `new_size` bytes is refused (`runs`: the map's placed runs so far);
+/// `None` when it may go ahead.
+pub fn raise_refusal(
+    version: u32,
+    size: u64,
+    new_size: u64,
+    block_size: u32,
+    runs: usize,
+) -> Option<String> {
+    if version == FIXED_MAP_VERSION {
+        return Some(format!(
+            "raising the exposed size from {size} to {new_size} bytes needs a map that can \
+             grow, and this layer was formatted with version 2, whose map cannot; to grow it, \
+             copy the data to a new layer (or set `size = {size}` to keep the exposed size and \
+             use new space below for data)"
+        ));
+    }
+    if new_size % u64::from(block_size) != 0 {
+        return Some(format!(
+            "size {new_size} is not a multiple of the block size {block_size}"
+        ));
+    }
+    if runs >= MAX_PLACED_RUNS {
+        return Some(format!(
+            "the map has grown into {MAX_PLACED_RUNS} runs of pages, all it can record; \
+             copy the data to a new layer to grow it again"
+        ));
+    }
+    None
 }
 
 /// Map entries in one page of the table (found from the table's own sizing, as
@@ -204,7 +242,11 @@ mod tests {
             .unwrap_err()
             .contains("too small"));
         let short = Geometry::new(MIB, 512, Some(32768 + 512)).unwrap();
-        assert_eq!((short.unit_len(0), short.unit_len(1)), (32768, 512));
+        let size = short.size;
+        assert_eq!(
+            (short.unit_len(size, 0), short.unit_len(size, 1)),
+            (32768, 512)
+        );
     }
 
     #[test]

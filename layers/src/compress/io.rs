@@ -38,7 +38,7 @@ impl Compress {
         unit: u64,
         extent: &Extent,
     ) -> Result<bool> {
-        let len = self.geo.unit_len(unit);
+        let len = self.unit_len(unit);
         let mut plain = ctx.take_buf(len);
         let res = self
             .load_extent(ctx, unit, extent, plain.as_mut_slice(), 0..len)
@@ -133,7 +133,7 @@ impl Compress {
         part: &mut [u8],
     ) -> Result<()> {
         let _guard = self.lock(unit).lock().await;
-        let len = self.geo.unit_len(unit);
+        let len = self.unit_len(unit);
         if part.len() == len {
             return self.load_unit(ctx, unit, part, 0..len).await.map(drop);
         }
@@ -201,7 +201,7 @@ impl Compress {
         src: Option<&[u8]>,
     ) -> Result<()> {
         let _guard = self.lock(unit).lock().await;
-        let len = self.geo.unit_len(unit);
+        let len = self.unit_len(unit);
         if src.is_none() {
             match self.entry(unit) {
                 Ok((cur, _)) if !cur.holds_data() => return Ok(()), // already zeros
@@ -354,7 +354,7 @@ impl Compress {
             to_clean.push(unit);
             // Without flushes the list would grow with every write: keep it to
             // about one entry per unit.
-            if to_clean.len() as u64 > 2 * self.geo.units + 1024 {
+            if to_clean.len() as u64 > 2 * self.units() + 1024 {
                 to_clean.sort_unstable();
                 to_clean.dedup();
             }
@@ -367,7 +367,7 @@ impl Compress {
             return;
         }
         let stored = extent.granules(self.geo.granule_bytes) * u64::from(self.geo.granule_bytes);
-        let logical = self.geo.unit_len(unit) as u64;
+        let logical = self.unit_len(unit) as u64;
         let c = &self.counters;
         if add {
             c.stored_bytes.fetch_add(stored, Ordering::Relaxed);

@@ -6,14 +6,17 @@ use std::sync::{Arc, Mutex};
 
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
-use crate::meta_table::{Entries, Layout, MetaTable, Stamp};
+use crate::meta_table::{Entries, Header, Layout, MetaTable, Stamp, PAGE_BYTES};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::Layer;
 
 use super::alloc::Allocator;
 use super::entry::{encode_entry, Extent, Kind, TABLE_ENTRY_BYTES};
-use super::format::{self, Geometry, Params, ALGORITHM, GRANULE_BYTES, UNIT_BYTES};
-use super::{Compress, Counters, FORMAT_VERSION, UNIT_LOCKS};
+use super::format::{
+    self, raise_refusal, Geometry, Params, ALGORITHM, FIXED_MAP_VERSION, FORMAT_VERSION,
+    GRANULE_BYTES, UNIT_BYTES,
+};
+use super::{Compress, Counters, UNIT_LOCKS};
 
 pub(super) async fn open(
     ctx: &IoCtx,
@@ -34,30 +37,132 @@ pub(super) async fn open(
         granule_bytes: GRANULE_BYTES,
         lower_bytes,
     };
-    let geo = Geometry::new(lower_bytes, block_size, size)?;
     let existing = superblock::read(ctx, &*lower).await?;
+    let Some(sb) = existing else {
+        return format_new(ctx, lower, block_size, size, params).await;
+    };
+    let (version, formatted) = check(&sb, &params, block_size)?;
+    let header = MetaTable::header_at(ctx, &*lower, SUPERBLOCK_BYTES)
+        .await
+        .map_err(|e| format!("cannot read the compress map header: {e}"))?;
     // The size of the device below the layer has taken in: the map header
     // records it once the device below grew, else it is the formatted one.
-    let mut taken_in = lower_bytes;
-    if let Some(sb) = &existing {
-        let formatted = check(sb, &params, block_size)?;
-        let recorded = MetaTable::recorded(ctx, &*lower, SUPERBLOCK_BYTES)
-            .await
-            .map_err(|e| format!("cannot read the compress map header: {e}"))?;
-        taken_in = recorded.unwrap_or(formatted);
-        check_sizes(sb, taken_in, lower_bytes, &geo, size.is_some())?;
+    let taken_in = header.covered.unwrap_or(formatted);
+    if lower_bytes < taken_in {
+        return Err(format!(
+            "the device below has {lower_bytes} bytes but this layer uses {taken_in} bytes of \
+             it: the layer below shrank; refusing to open (nothing was written)"
+        ));
     }
+    let (geo, layout, recorded, want) = if version == FIXED_MAP_VERSION {
+        let geo = Geometry::new(lower_bytes, block_size, size)?;
+        check_fixed_sizes(&sb, taken_in, lower_bytes, &geo, size.is_some())?;
+        let size = geo.size;
+        (geo, Layout::Flat, size, size)
+    } else {
+        // The flat map is the formatted size's; the header records the
+        // exposed size once the map grew.
+        let geo = Geometry::new(lower_bytes, block_size, Some(sb.size))?;
+        let recorded = header.placed.as_ref().map_or(sb.size, |p| p.value);
+        check_placed(&header, &geo, taken_in, recorded, block_size)?;
+        let want = super::exposed_size(lower_bytes, block_size, size);
+        if want < recorded {
+            let hint = if size.is_some() {
+                String::new()
+            } else {
+                format!(" (the default; set `size = {recorded}`)")
+            };
+            return Err(format!(
+                "the exposed size is {recorded} bytes but the config asks for {want}{hint}: \
+                 shrinking a compress layer is not supported (nothing was written)"
+            ));
+        }
+        if want > recorded {
+            let runs = header.placed.as_ref().map_or(0, |p| p.runs.len());
+            if let Some(why) = raise_refusal(version, recorded, want, block_size, runs) {
+                return Err(format!("{why} (nothing was written)"));
+            }
+        }
+        (geo, Layout::Placed, recorded, want)
+    };
     let table = MetaTable::load(
         ctx,
         &*lower,
         SUPERBLOCK_BYTES,
-        Layout::Flat,
-        Entries::Exactly(geo.units),
+        layout,
+        Entries::RecordedOr(geo.units),
         TABLE_ENTRY_BYTES,
     )
     .await
     .map_err(|e| format!("cannot read the compress map: {e}"))?;
-    let layer = Compress {
+    let layer = new_layer(lower, geo, table, recorded, version, block_size, taken_in);
+    mark_runs(&layer)?;
+    rebuild(ctx, &layer).await?;
+    if lower_bytes > taken_in {
+        // The device below grew while the layer was down.
+        layer.take_in_lower(ctx).await?;
+    }
+    if want > recorded {
+        // The config's size rose while the layer was down.
+        layer.raise(ctx, want).await?;
+    }
+    Ok(layer)
+}
+
+/// Format a fresh (all-zero) device below with the current version.
+async fn format_new(
+    ctx: &IoCtx,
+    lower: Arc<dyn Layer>,
+    block_size: u32,
+    size: Option<u64>,
+    params: Params,
+) -> Result<Compress, String> {
+    let lower_bytes = params.lower_bytes;
+    let geo = Geometry::new(lower_bytes, block_size, size)?;
+    let table = MetaTable::load(
+        ctx,
+        &*lower,
+        SUPERBLOCK_BYTES,
+        Layout::Placed,
+        Entries::RecordedOr(geo.units),
+        TABLE_ENTRY_BYTES,
+    )
+    .await
+    .map_err(|e| format!("cannot read the compress map: {e}"))?;
+    let size = geo.size;
+    let layer = new_layer(
+        lower,
+        geo,
+        table,
+        size,
+        FORMAT_VERSION,
+        block_size,
+        lower_bytes,
+    );
+    let sb = Superblock {
+        layer_type: "compress".into(),
+        version: FORMAT_VERSION,
+        block_size,
+        uuid: superblock::random_bytes(),
+        size,
+        params: params.encode(),
+    };
+    superblock::write(ctx, &*layer.lower, &sb)
+        .await
+        .map_err(|e| format!("cannot write the superblock: {e}"))?;
+    Ok(layer)
+}
+
+fn new_layer(
+    lower: Arc<dyn Layer>,
+    geo: Geometry,
+    table: MetaTable,
+    size: u64,
+    version: u32,
+    block_size: u32,
+    taken_in: u64,
+) -> Compress {
+    Compress {
         alloc: Allocator::new(geo.data_granules),
         unit_locks: (0..UNIT_LOCKS).map(|_| AsyncLock::default()).collect(),
         entries_per_page: format::entries_per_page(),
@@ -67,39 +172,25 @@ pub(super) async fn open(
         lower_bytes: AtomicU64::new(taken_in),
         grow_lock: AsyncLock::default(),
         counters: Counters::default(),
+        size: AtomicU64::new(size),
+        version,
+        block_size,
         lower,
         geo,
         table,
-    };
-    match existing {
-        Some(_) => {
-            rebuild(ctx, &layer).await?;
-            if lower_bytes > taken_in {
-                // The device below grew while the layer was down.
-                layer.take_in_lower(ctx).await?;
-            }
-        }
-        None => {
-            let sb = Superblock {
-                layer_type: "compress".into(),
-                version: FORMAT_VERSION,
-                block_size,
-                uuid: superblock::random_bytes(),
-                size: layer.geo.size,
-                params: params.encode(),
-            };
-            superblock::write(ctx, &*layer.lower, &sb)
-                .await
-                .map_err(|e| format!("cannot write the superblock: {e}"))?;
-        }
     }
-    Ok(layer)
 }
 
 /// Refuse a superblock that disagrees with the config (nothing is written);
-/// returns the size of the device below it was formatted over.
-fn check(sb: &Superblock, want: &Params, block_size: u32) -> Result<u64, String> {
-    sb.expect("compress", FORMAT_VERSION, block_size)?;
+/// returns its format version and the size of the device below it was
+/// formatted over.
+fn check(sb: &Superblock, want: &Params, block_size: u32) -> Result<(u32, u64), String> {
+    let version = if sb.version == FIXED_MAP_VERSION {
+        FIXED_MAP_VERSION
+    } else {
+        FORMAT_VERSION
+    };
+    sb.expect("compress", version, block_size)?;
     let got = Params::decode(&sb.params)?;
     if got.algorithm != want.algorithm {
         return Err(format!(
@@ -113,31 +204,26 @@ fn check(sb: &Superblock, want: &Params, block_size: u32) -> Result<u64, String>
             got.unit_bytes, got.granule_bytes, want.unit_bytes, want.granule_bytes
         ));
     }
-    Ok(got.lower_bytes)
+    Ok((version, got.lower_bytes))
 }
 
-/// Refuse a device below smaller than the one the layer took in, and an
-/// exposed size other than the formatted one (nothing is written).
-fn check_sizes(
+/// A version 2 layer: refuse an exposed size other than the formatted one
+/// (nothing is written).
+fn check_fixed_sizes(
     sb: &Superblock,
     taken_in: u64,
     lower_bytes: u64,
     geo: &Geometry,
     size_given: bool,
 ) -> Result<(), String> {
-    if lower_bytes < taken_in {
-        return Err(format!(
-            "the device below has {lower_bytes} bytes but this layer uses {taken_in} bytes of \
-             it: the layer below shrank; refusing to open (nothing was written)"
-        ));
-    }
     if sb.size != geo.size && !size_given && lower_bytes > taken_in {
         // The default follows the device below, but a version 2 map has one
         // entry per unit of the formatted size and cannot take more.
         return Err(format!(
             "the device below grew from {taken_in} to {lower_bytes} bytes, and without `size` \
-             the exposed size would follow it from {} to {}, which this map cannot hold; \
-             set `size = {}` to keep the exposed size and use the new space for data",
+             the exposed size would follow it from {} to {}, which the map of a layer \
+             formatted with version 2 cannot hold; set `size = {}` to keep the exposed size \
+             and use the new space for data",
             sb.size, geo.size, sb.size
         ));
     }
@@ -147,10 +233,93 @@ fn check_sizes(
         } else {
             " (the default; set `size` to the formatted value)"
         };
+        let why = if geo.size > sb.size {
+            format!(
+                "; {}",
+                raise_refusal(FIXED_MAP_VERSION, sb.size, geo.size, sb.block_size, 0)
+                    .unwrap_or_default()
+            )
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "formatted with size {} but the config asks for {}{hint}",
+            "formatted with size {} but the config asks for {}{hint}{why}",
             sb.size, geo.size
         ));
+    }
+    Ok(())
+}
+
+/// Refuse a placed map header whose runs do not follow the flat pages, or
+/// lie outside the data area taken in, or overlap (nothing is written).
+fn check_placed(
+    header: &Header,
+    geo: &Geometry,
+    taken_in: u64,
+    recorded: u64,
+    block_size: u32,
+) -> Result<(), String> {
+    let damaged = |why: String| {
+        format!("the compress map header is damaged: {why}; refusing to open (nothing was written)")
+    };
+    MetaTable::check_placed(header, geo.units, TABLE_ENTRY_BYTES).map_err(damaged)?;
+    let Some(placed) = &header.placed else {
+        return Ok(());
+    };
+    let units = recorded.div_ceil(u64::from(UNIT_BYTES));
+    if recorded == 0 || recorded % u64::from(block_size) != 0 || placed.entries != units {
+        return Err(damaged(format!(
+            "it records an exposed size of {recorded} bytes and {} map entries",
+            placed.entries
+        )));
+    }
+    let area_end = geo.granule_offset(geo.granules_over(taken_in));
+    let mut spans: Vec<(u64, u64, usize)> = Vec::with_capacity(placed.runs.len());
+    for (i, run) in placed.runs.iter().enumerate() {
+        let end = run
+            .pages
+            .checked_mul(2 * PAGE_BYTES as u64)
+            .and_then(|b| b.checked_add(run.at));
+        match end {
+            Some(end)
+                if run.at >= geo.data_start
+                    && (run.at - geo.data_start) % u64::from(geo.granule_bytes) == 0
+                    && end <= area_end =>
+            {
+                spans.push((run.at, end, i))
+            }
+            _ => {
+                return Err(damaged(format!(
+                    "map page run {i} ({} pages at byte {}) lies outside the data area \
+                     (bytes {}..{area_end})",
+                    run.pages, run.at, geo.data_start
+                )))
+            }
+        }
+    }
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Err(damaged(format!(
+                "map page runs {} and {} overlap",
+                pair[0].2, pair[1].2
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Mark the granules of the map's placed runs used, before any extent.
+fn mark_runs(layer: &Compress) -> Result<(), String> {
+    for run in layer.table.placed().iter().flat_map(|p| &p.runs) {
+        let (granule, count) = layer.run_granules(run);
+        if !layer.alloc.mark_used(granule, count) {
+            return Err(format!(
+                "the compress map header is damaged: map page run at byte {} overlaps \
+                 another; refusing to open",
+                run.at
+            ));
+        }
     }
     Ok(())
 }
@@ -173,7 +342,7 @@ async fn rebuild(ctx: &IoCtx, layer: &Compress) -> Result<(), String> {
         .map_err(|e| format!("cannot settle the units a crash left unflushed: {e}"))?;
     let granule_bytes = layer.geo.granule_bytes;
     let mut prevs = Vec::new();
-    for unit in 0..layer.geo.units {
+    for unit in 0..layer.units() {
         match layer.entry(unit) {
             Ok((cur, prev)) => {
                 let count = cur.granules(granule_bytes);

@@ -30,8 +30,8 @@ impl Kind for CompressParams {
     const SYNONYMS: &'static [&'static str] = &["compression", "compressed", "lz4"];
     const KEEPS_METADATA: bool = true;
     const SUPERBLOCK: bool = true;
-    /// The data area takes in a grown layer below (the exposed size stays);
-    /// a rising exposed size is refused (`Compress::grow_refusal`).
+    /// The data area takes in a grown layer below; the exposed size may
+    /// rise (format version 3: `Compress::grow_refusal` says when not).
     const GROWS: bool = true;
     const TAKES_IN_GROWTH_BELOW: bool = true;
 

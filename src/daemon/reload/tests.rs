@@ -396,13 +396,15 @@ fn data_area(stack: &layers::Stack) -> u64 {
 }
 
 #[test]
-fn a_compress_takes_in_the_grown_layer_below_but_refuses_a_larger_size_first() {
+fn a_compress_takes_in_the_grown_layer_below_and_raises_its_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c0.toml");
     std::fs::write(&path, COMPRESS).unwrap();
     let plan = crate::config::load(&path).unwrap();
     let stack = Arc::new(layers::compile(&plan).unwrap());
-    let reloader = Reloader::new(path.clone(), plan, stack.clone(), Box::new(|_| Ok(())));
+    let resize = Arc::new(FakeResize::default());
+    let reloader = Reloader::new(path.clone(), plan, stack.clone(), Box::new(|_| Ok(())))
+        .with_resize(Some(resize.clone() as Arc<dyn super::Resize>));
     let area = data_area(&stack);
     std::fs::write(&path, COMPRESS.replace("\"1MiB\"", "\"2MiB\"")).unwrap();
     let outcome = reloader.reload(Trigger::Command);
@@ -416,19 +418,27 @@ fn a_compress_takes_in_the_grown_layer_below_but_refuses_a_larger_size_first() {
     );
     assert_eq!(stack.size(), 4 << 20, "the exposed size stays");
     assert_eq!(data_area(&stack), area + (1 << 20));
-    // A larger exposed size: refused before the layer below grows.
+    // A larger exposed size: the layer below grows, then the compress
+    // map gains pages and the device follows.
     let text = COMPRESS
         .replace("\"1MiB\"", "\"3MiB\"")
         .replace("\"4MiB\"", "\"8MiB\"");
     std::fs::write(&path, text).unwrap();
     let outcome = reloader.reload(Trigger::Command);
-    assert_eq!(outcome.verdict, Verdict::Refused, "{outcome:?}");
+    assert_eq!(outcome.verdict, Verdict::Applied, "{outcome:?}");
     assert!(
         outcome
-            .refused
+            .applied
             .iter()
-            .any(|r| r.starts_with("layers.c: raising the exposed size")),
+            .any(|a| a == "layers.c size: 4 MiB -> 8 MiB"),
         "{outcome:?}"
     );
-    assert_eq!(stack.layer("m").unwrap().size(), 2 << 20, "grew first");
+    assert_eq!(stack.layer("m").unwrap().size(), 3 << 20);
+    assert_eq!(stack.size(), 8 << 20, "the exposed size rose");
+    assert_eq!(*resize.sizes.lock().unwrap(), [8 << 20]);
+    // Smaller again: refused as a shrink, before anything changes.
+    std::fs::write(&path, COMPRESS.replace("\"1MiB\"", "\"3MiB\"")).unwrap();
+    let outcome = reloader.reload(Trigger::Command);
+    assert_eq!(outcome.verdict, Verdict::Refused, "{outcome:?}");
+    assert_eq!(stack.size(), 8 << 20);
 }
