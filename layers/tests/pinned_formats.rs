@@ -257,6 +257,87 @@ fn version_2_checksum_and_crypt_images_are_refused() {
     }
 }
 
+/// The stack of the `compress-grown` image: formatted at [`GROWN_FROM`]
+/// bytes, then opened at `size` bytes, which placed map pages in the data
+/// area.
+fn grown_plan(dir: &Path, size: u64) -> Plan {
+    let mut b = PlanBuilder::new(dir, 4096);
+    let leaf = b.file("leaf", 256 * KIB);
+    let top = b.compress("z", leaf, Some(size));
+    b.build(top)
+}
+
+const GROWN_FROM: u64 = 128 * KIB;
+/// Past the 102 units the in-place map page covers, so its entries live in
+/// a placed page.
+const GROWN_TO: u64 = 4096 * KIB;
+/// The blocks written after the raise, in units only the placed page maps.
+const GROWN_BLOCKS: std::ops::Range<u64> = 832..840;
+
+/// Write the pattern's two rounds (a flush after each) to `blocks`.
+fn write_rounds(stack: &layers::Stack, ctx: &IoCtx, exec: &Executor, blocks: std::ops::Range<u64>) {
+    let top = stack.top();
+    for round in 0..2 {
+        for i in blocks.clone().filter(|i| round == 0 || i % 2 == 1) {
+            let data = pattern(i, round, 4096);
+            exec.block_on(ctx, top.write_bytes(ctx, i * 4096, &data))
+                .unwrap();
+        }
+        exec.block_on(ctx, stack.flush(ctx)).unwrap();
+    }
+}
+
+fn write_grown_image() {
+    let dir = tempfile::tempdir().unwrap();
+    with_stack(&grown_plan(dir.path(), GROWN_FROM), |stack, ctx, exec| {
+        write_rounds(stack, ctx, exec, 0..GROWN_FROM / 4096);
+    });
+    with_stack(&grown_plan(dir.path(), GROWN_TO), |stack, ctx, exec| {
+        write_rounds(stack, ctx, exec, GROWN_BLOCKS);
+    });
+    let out = images_dir("compress-grown");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(dir.path().join("leaf.img"), out.join("leaf.img")).unwrap();
+}
+
+/// A version 3 compress image whose exposed size was raised: its map
+/// header is the placed form (`UBLKPLCD`), listing a run of map pages in
+/// the data area, and every block reads back, including those only the
+/// placed page maps.
+#[test]
+fn grown_compress_image_reads_back() {
+    if std::env::var_os("UBLK_STACK_WRITE_FORMATS").is_some_and(|v| v == "1") {
+        write_grown_image();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = images_dir("compress-grown").join("leaf.img");
+    let bytes = std::fs::read(&image).unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+    let header = &bytes[4096..12288];
+    assert!(
+        header.windows(8).any(|w| w == b"UBLKPLCD"),
+        "the grown image's map header is not the placed form"
+    );
+    std::fs::copy(&image, dir.path().join("leaf.img")).unwrap();
+    with_stack(&grown_plan(dir.path(), GROWN_TO), |stack, ctx, exec| {
+        let top = stack.top();
+        assert_eq!(top.size(), GROWN_TO);
+        let mut buf = vec![0u8; 4096];
+        for i in 0..GROWN_TO / 4096 {
+            exec.block_on(ctx, top.read_bytes(ctx, i * 4096, &mut buf))
+                .unwrap_or_else(|e| panic!("block {i} does not read: {e}"));
+            let want = if i < GROWN_FROM / 4096 || GROWN_BLOCKS.contains(&i) {
+                expected(i, 4096)
+            } else {
+                vec![0; 4096]
+            };
+            assert!(
+                buf == want,
+                "block {i} reads other data than the image holds"
+            );
+        }
+    });
+}
+
 #[test]
 fn compress_image_reads_back() {
     reads_back("compress");
