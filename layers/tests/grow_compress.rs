@@ -3,21 +3,21 @@
 //! write of a grow and of the writes that use the new space; a smaller device
 //! below and a shrink are refused.
 
+mod compress_units;
 mod journal;
 mod rig;
 
 use std::sync::Arc;
 
+use compress_units::{busy_unit, contents, report, UNIT};
 use journal::{crash_image, Leaf};
 use layers::compress::Compress;
 use layers::join::join_all;
-use layers::report::{CompressReport, LayerReport};
 use layers::rng::Rng;
 use layers::{Error, Layer, LocalBoxFuture};
 use rig::Rig;
 
 const BLOCK: u32 = 4096;
-const UNIT: u64 = 32 * 1024;
 /// Thin: the exposed size is larger than either device below.
 const SIZE: u64 = 4 << 20;
 const OLD: u64 = 512 << 10;
@@ -47,20 +47,6 @@ impl Rig {
         let mut out = vec![0u8; UNIT as usize];
         self.run(layer.read_bytes(&self.ctx, unit * UNIT, &mut out))?;
         Ok(out)
-    }
-}
-
-/// Incompressible contents of unit `unit`: each takes a whole unit below.
-fn contents(unit: u64) -> Vec<u8> {
-    let mut out = vec![0u8; UNIT as usize];
-    Rng::new(unit + 1).fill(&mut out);
-    out
-}
-
-fn report(layer: &dyn Layer) -> CompressReport {
-    match layer.report() {
-        LayerReport::Compress(report) => report,
-        other => panic!("not a compress report: {other:?}"),
     }
 }
 
@@ -258,24 +244,13 @@ fn requests_run_during_a_live_grow() {
     let mut futs: Vec<LocalBoxFuture<'_, Result<(), String>>> = Vec::new();
     futs.push(Box::pin(layer.grow(ctx, SIZE)));
     for unit in 0..written + 8 {
-        futs.push(Box::pin(async move {
-            let mut buf = vec![0u8; UNIT as usize];
-            layer
-                .read_bytes(ctx, unit * UNIT, &mut buf)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            if unit < written {
-                assert!(buf == contents(unit), "unit {unit} during the grow");
-            }
-            match layer.write_bytes(ctx, unit * UNIT, &contents(unit)).await {
-                Ok(()) | Err(Error::NoSpace) => {}
-                Err(e) => return Err(format!("unit {unit}: {e:?}")),
-            }
-            if unit % 4 == 0 {
-                layer.flush(ctx).await.map_err(|e| format!("{e:?}"))?;
-            }
-            Ok(())
-        }));
+        futs.push(Box::pin(busy_unit(
+            layer,
+            ctx,
+            unit,
+            unit < written,
+            "grow",
+        )));
     }
     for res in rig.run(join_all(futs)) {
         res.unwrap();

@@ -4,22 +4,22 @@
 //! the writes after it; a smaller size, a short last unit, a hostile map
 //! header are refused, and requests run during a raise.
 
+mod compress_units;
 mod journal;
 mod rig;
 
 use std::sync::Arc;
 
+use compress_units::{busy_unit, contents, report, UNIT};
 use journal::{crash_image, Leaf};
 use layers::compress::Compress;
 use layers::join::join_all;
 use layers::meta_table::{decode_header, encode_header, PlacedRun, PAGE_BYTES};
-use layers::report::{CompressReport, LayerReport};
 use layers::rng::Rng;
-use layers::{Error, Layer, LocalBoxFuture};
+use layers::{Layer, LocalBoxFuture};
 use rig::Rig;
 
 const BLOCK: u32 = 4096;
-const UNIT: u64 = 32 * 1024;
 const LEAF: u64 = 1 << 20;
 /// Thin: 128 units, two pages of map in place.
 const SIZE: u64 = 4 << 20;
@@ -69,20 +69,6 @@ impl Rig {
             };
             assert!(self.read_unit(layer, unit) == want, "{what}: unit {unit}");
         }
-    }
-}
-
-/// Incompressible contents of unit `unit`.
-fn contents(unit: u64) -> Vec<u8> {
-    let mut out = vec![0u8; UNIT as usize];
-    Rng::new(unit + 1).fill(&mut out);
-    out
-}
-
-fn report(layer: &dyn Layer) -> CompressReport {
-    match layer.report() {
-        LayerReport::Compress(report) => report,
-        other => panic!("not a compress report: {other:?}"),
     }
 }
 
@@ -431,24 +417,13 @@ fn requests_run_during_a_live_raise() {
     let mut futs: Vec<LocalBoxFuture<'_, Result<(), String>>> = Vec::new();
     futs.push(Box::pin(layer.grow(ctx, BIG)));
     for unit in 0..SIZE / UNIT / 8 {
-        futs.push(Box::pin(async move {
-            let mut buf = vec![0u8; UNIT as usize];
-            layer
-                .read_bytes(ctx, unit * UNIT, &mut buf)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            if BEFORE.contains(&unit) {
-                assert!(buf == contents(unit), "unit {unit} during the raise");
-            }
-            match layer.write_bytes(ctx, unit * UNIT, &contents(unit)).await {
-                Ok(()) | Err(Error::NoSpace) => {}
-                Err(e) => return Err(format!("unit {unit}: {e:?}")),
-            }
-            if unit % 4 == 0 {
-                layer.flush(ctx).await.map_err(|e| format!("{e:?}"))?;
-            }
-            Ok(())
-        }));
+        futs.push(Box::pin(busy_unit(
+            layer,
+            ctx,
+            unit,
+            BEFORE.contains(&unit),
+            "raise",
+        )));
     }
     for res in rig.run(join_all(futs)) {
         res.unwrap();
