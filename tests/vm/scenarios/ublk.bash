@@ -44,6 +44,26 @@ wait_gone() {
     fail "pid $1 still running after 30 s"
 }
 
+# watch_device: note, every 20 ms until device_stayed, any moment $DEV is
+# not a block device (an upgrade must never let it go). Sets WATCH_PID.
+watch_device() {
+    rm -f /work/missing /work/stop-watch
+    (
+        while [[ ! -e /work/stop-watch ]]; do
+            [[ -b $DEV ]] || echo "$DEV missing at $(date +%s.%N)" >>/work/missing
+            sleep 0.02
+        done
+    ) &
+    WATCH_PID=$!
+}
+
+# device_stayed WHEN: stop watch_device's watcher; fail if $DEV went missing.
+device_stayed() {
+    touch /work/stop-watch
+    wait "$WATCH_PID"
+    [[ ! -e /work/missing ]] || { cat /work/missing; fail "$DEV disappeared${1:+ $1}"; }
+}
+
 # scratch_ext4 SIZE: an ext4 file system of SIZE (truncate's syntax) on a loop
 # device, mounted at /work/ext4, so leaves take the io_uring path of a real
 # file system (/work itself is tmpfs). Sets EXT4_LOOP; drop_scratch_ext4 undoes it.

@@ -123,14 +123,7 @@ if [[ $batch == yes ]]; then
         --rw=randwrite --bs=4k --size=24M --loops=2 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         >/work/fio-upgrade.out 2>&1 &
     fio_pid=$!
-    rm -f /work/missing /work/stop-watch
-    (
-        while [[ ! -e /work/stop-watch ]]; do
-            [[ -b $DEV ]] || echo "$DEV missing at $(date +%s.%N)" >>/work/missing
-            sleep 0.02
-        done
-    ) &
-    watch_pid=$!
+    watch_device
     sleep 1
     kill -0 "$fio_pid" || { cat /work/fio-upgrade.out; fail "fio ended before the upgrade"; }
     old_pid=$DAEMON_PID
@@ -145,9 +138,7 @@ if [[ $batch == yes ]]; then
     fio_ends_clean "$fio_pid" /work/fio-upgrade.out "the upgrade"
     wait "$old_pid" || fail "the old daemon exited $?"
     grep 'queue drained for a handover' /work/daemon.err || fail "the old daemon did not drain its queues"
-    touch /work/stop-watch
-    wait "$watch_pid"
-    [[ ! -s /work/missing ]] || { cat /work/missing; fail "$DEV disappeared during the upgrade"; }
+    device_stayed "during the upgrade"
     DAEMON_PID=$new_pid
 
     step "down --force with fio running ends the daemon"

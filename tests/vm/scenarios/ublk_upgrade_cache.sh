@@ -63,14 +63,7 @@ else
         --rw=randwrite --bs=4k --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         >/work/fio.out 2>&1 &
     fio_pid=$!
-    rm -f /work/missing /work/stop-watch
-    (
-        while [[ ! -e /work/stop-watch ]]; do
-            [[ -b $DEV ]] || echo "$DEV missing at $(date +%s.%N)" >>/work/missing
-            sleep 0.02
-        done
-    ) &
-    watch_pid=$!
+    watch_device
     sleep 3
 
     step "upgrade to a copy of the binary, then back, while fio runs"
@@ -102,9 +95,7 @@ else
     if grep -qiE 'verify: bad|crc32c: verify failed|Input/output error' /work/fio.out; then
         fail "fio saw bad data or I/O errors"
     fi
-    touch /work/stop-watch
-    wait "$watch_pid"
-    [[ ! -e /work/missing ]] || { cat /work/missing; fail "$DEV disappeared"; }
+    device_stayed
     if dmesg | grep -E 'ext4.*(error|Remounting)|I/O error'; then
         fail "the kernel logged errors"
     fi
