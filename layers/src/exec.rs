@@ -23,6 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use io_uring::{opcode, types};
 
 use crate::buf::{AlignedBuf, BufPool, IoBufMut};
+use crate::counter_shard::CounterShard;
 use crate::uring::{Uring, FOREIGN_BIT};
 use crate::LocalBoxFuture;
 
@@ -36,6 +37,7 @@ pub struct IoCtx {
     queue: u16,
     uring: Uring,
     pool: Rc<RefCell<BufPool>>,
+    counters: CounterShard,
 }
 
 impl IoCtx {
@@ -45,6 +47,7 @@ impl IoCtx {
             queue,
             uring: Uring::new(ring_entries)?,
             pool: Rc::default(),
+            counters: CounterShard::claim(),
         })
     }
 
@@ -54,6 +57,11 @@ impl IoCtx {
 
     pub fn uring(&self) -> &Uring {
         &self.uring
+    }
+
+    /// The shard of every layer's counters this context's requests count in.
+    pub fn counter_shard(&self) -> &CounterShard {
+        &self.counters
     }
 
     /// An aligned buffer of `len` bytes from this queue's pool (contents unspecified).

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod checksum;
 pub mod compile;
 pub mod compress;
+pub mod counter_shard;
 pub mod crypt;
 pub mod disk;
 pub mod error;

@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::counter_shard::{CounterShard, SHARDS};
+
 /// The kinds of request a layer counts apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -34,14 +36,44 @@ impl Op {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct LayerStats {
-    /// Indexed by [`Op::index`].
+    /// Indexed by [`CounterShard::index`]; summed by [`LayerStats::snapshot`].
+    shards: Box<[Counters]>,
+    latency: [LatencyHistogram; 5],
+}
+
+impl Default for LayerStats {
+    fn default() -> Self {
+        LayerStats {
+            shards: (0..SHARDS).map(|_| Counters::default()).collect(),
+            latency: Default::default(),
+        }
+    }
+}
+
+/// One shard's counts, indexed by [`Op::index`]. A cache line of its own
+/// (two, for the adjacent-line prefetcher), so that queues do not share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Counters {
     ops: [AtomicU64; 5],
     /// Bytes covered: read, written, discarded, zeroed (0 for flushes).
     bytes: [AtomicU64; 5],
     errors: [AtomicU64; 5],
-    latency: [LatencyHistogram; 5],
+}
+
+/// Add `n` to a counter of `shard`'s; returns the new value.
+#[inline]
+fn add(counter: &AtomicU64, shard: &CounterShard, n: u64) -> u64 {
+    if shard.is_exclusive() {
+        // Only this thread writes the shard (see counter_shard.rs).
+        let value = counter.load(Relaxed).wrapping_add(n);
+        counter.store(value, Relaxed);
+        value
+    } else {
+        counter.fetch_add(n, Relaxed).wrapping_add(n)
+    }
 }
 
 /// One kind of request's counts at one moment.
@@ -75,40 +107,24 @@ impl StatsSnapshot {
 }
 
 impl LayerStats {
-    /// Count a request of `bytes`; returns how many requests of its kind this
-    /// layer has seen, this one included.
-    pub fn count(&self, op: Op, bytes: u64) -> u64 {
+    /// Count a request of `bytes` in `shard`; returns how many requests of
+    /// its kind the shard has seen, this one included (for sampling).
+    #[inline]
+    pub fn count(&self, shard: &CounterShard, op: Op, bytes: u64) -> u64 {
+        let counters = &self.shards[shard.index()];
         if bytes > 0 {
-            self.bytes[op.index()].fetch_add(bytes, Relaxed);
+            add(&counters.bytes[op.index()], shard, bytes);
         }
-        self.ops[op.index()].fetch_add(1, Relaxed) + 1
+        add(&counters.ops[op.index()], shard, 1)
     }
 
-    /// Count a read; returns how many reads this layer has seen, this one included.
-    pub fn read(&self, bytes: usize) -> u64 {
-        self.count(Op::Read, bytes as u64)
-    }
-
-    /// Count a write; returns how many writes this layer has seen, this one included.
-    pub fn write(&self, bytes: usize) -> u64 {
-        self.count(Op::Write, bytes as u64)
-    }
-
-    pub fn flush(&self) -> u64 {
-        self.count(Op::Flush, 0)
-    }
-
-    pub fn discard(&self, bytes: u64) -> u64 {
-        self.count(Op::Discard, bytes)
-    }
-
-    pub fn write_zeroes(&self, bytes: u64) -> u64 {
-        self.count(Op::WriteZeroes, bytes)
+    pub fn flush(&self, shard: &CounterShard) -> u64 {
+        self.count(shard, Op::Flush, 0)
     }
 
     /// A request of kind `op` was answered with an error.
-    pub fn error(&self, op: Op) {
-        self.errors[op.index()].fetch_add(1, Relaxed);
+    pub fn error(&self, shard: &CounterShard, op: Op) {
+        add(&self.shards[shard.index()].errors[op.index()], shard, 1);
     }
 
     /// How long a request took, from the call to its completion (layers below
@@ -131,10 +147,16 @@ impl LayerStats {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
+        let sum = |of: fn(&Counters) -> &[AtomicU64; 5], op: Op| {
+            self.shards
+                .iter()
+                .map(|c| of(c)[op.index()].load(Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
         let by_op = Op::ALL.map(|op| OpCounts {
-            ops: self.ops[op.index()].load(Relaxed),
-            bytes: self.bytes[op.index()].load(Relaxed),
-            errors: self.errors[op.index()].load(Relaxed),
+            ops: sum(|c| &c.ops, op),
+            bytes: sum(|c| &c.bytes, op),
+            errors: sum(|c| &c.errors, op),
         });
         let of = |op: Op| by_op[op.index()];
         StatsSnapshot {
@@ -383,13 +405,15 @@ mod tests {
     #[test]
     fn counts_are_kept_per_kind_of_request() {
         let stats = LayerStats::default();
-        assert_eq!(stats.read(4096), 1);
-        assert_eq!(stats.read(8192), 2);
-        stats.write(512);
-        stats.discard(1 << 20);
-        stats.flush();
-        stats.error(Op::Read);
-        stats.error(Op::Flush);
+        let shard = CounterShard::claim();
+        assert_eq!(stats.count(&shard, Op::Read, 4096), 1);
+        assert_eq!(stats.count(&shard, Op::Read, 8192), 2);
+        stats.count(&shard, Op::Write, 512);
+        // Another context's counts add up with this one's.
+        stats.count(&CounterShard::shared(), Op::Discard, 1 << 20);
+        stats.flush(&shard);
+        stats.error(&shard, Op::Read);
+        stats.error(&CounterShard::shared(), Op::Flush);
         let s = stats.snapshot();
         assert_eq!(
             (s.reads, s.read_bytes, s.writes, s.written_bytes),
@@ -421,5 +445,35 @@ mod tests {
             }
         );
         assert_eq!(s.of(Op::WriteZeroes), OpCounts::default());
+    }
+
+    /// More threads than shards, each counting in the shard it claimed (or
+    /// the shared one), some claiming after others let theirs go: no count
+    /// is lost.
+    #[test]
+    fn counts_from_many_threads_all_add_up() {
+        let stats = std::sync::Arc::new(LayerStats::default());
+        let threads: Vec<_> = (0..SHARDS + 9)
+            .map(|t| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for round in 0..3 {
+                        let shard = CounterShard::claim();
+                        for _ in 0..1000 {
+                            stats.count(&shard, Op::Read, 512);
+                        }
+                        if (t + round) % 2 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = stats.snapshot();
+        let expected = (SHARDS as u64 + 9) * 3 * 1000;
+        assert_eq!((s.reads, s.read_bytes), (expected, expected * 512));
     }
 }

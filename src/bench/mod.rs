@@ -277,9 +277,9 @@ fn run_queue(
                 n = n.wrapping_add(1);
                 let offset = offsets.next();
                 let res = if pattern.is_write() {
-                    stack.top().write(&ctx, offset, &data).await
+                    stack.write(&ctx, offset, &data).await
                 } else {
-                    stack.top().read(&ctx, offset, &mut buf).await
+                    stack.read(&ctx, offset, &mut buf).await
                 };
                 match res {
                     Ok(()) => ops.set(ops.get() + 1),

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 use layers::buf::Lease;
 use layers::uring::{Op, FOREIGN_BIT};
-use layers::{Error, Executor, IoBufMut, IoCtx, Layer};
+use layers::{Error, Executor, IoBufMut, IoCtx, Stack};
 use nix::sys::eventfd::EventFd;
 
 use super::shared_memory::{pin_current_thread, Descriptors, TagBuffers};
@@ -56,10 +56,9 @@ const SECTOR_BYTES: u64 = 512;
 /// again (only after a layer dropped an operation in flight, which none does).
 const LEASE_POLL_NANOS: u64 = 1_000_000;
 
-/// What a queue serves: the stack's top layer. Implemented by the daemon's stack
-/// and by tests.
+/// What a queue serves: a compiled stack, held by the daemon.
 pub trait TopLayer: Send + Sync + 'static {
-    fn top(&self) -> &dyn Layer;
+    fn stack(&self) -> &Stack;
 }
 
 /// Everything a queue thread needs to know, decided before the thread starts.
@@ -434,7 +433,7 @@ fn on_command_done<T: TopLayer>(
             let queue = queue.clone();
             let stack = stack.clone();
             exec.spawn(async move {
-                let result = serve(&queue, stack.top(), tag, desc).await;
+                let result = serve(&queue, stack.stack(), tag, desc).await;
                 let mut report = queue.report.get();
                 report.requests += 1;
                 if result < 0 {
@@ -460,7 +459,8 @@ fn on_command_done<T: TopLayer>(
 
 /// Run one request on the stack; returns what COMMIT reports: bytes transferred
 /// for reads and writes, 0 for other successes, a negative errno on failure.
-pub(super) async fn serve(queue: &Queue, top: &dyn Layer, tag: u16, desc: IoDesc) -> i32 {
+pub(super) async fn serve(queue: &Queue, stack: &Stack, tag: u16, desc: IoDesc) -> i32 {
+    let top = stack.top();
     let op = desc.op();
     let result = if op == sys::UBLK_IO_OP_FLUSH {
         // A flush carries no range: its start sector is the block layer's
@@ -468,7 +468,7 @@ pub(super) async fn serve(queue: &Queue, top: &dyn Layer, tag: u16, desc: IoDesc
         top.flush(&queue.ctx).await.map(|()| 0)
     } else {
         match byte_range(&desc, queue.setup.block_size, top.size()) {
-            Ok((offset, len)) => serve_range(queue, top, tag, &desc, offset, len).await,
+            Ok((offset, len)) => serve_range(queue, stack, tag, &desc, offset, len).await,
             Err(e) => Err(e),
         }
     };
@@ -507,7 +507,7 @@ fn byte_range(desc: &IoDesc, block_size: u32, device_bytes: u64) -> Result<(u64,
 
 async fn serve_range(
     queue: &Queue,
-    top: &dyn Layer,
+    stack: &Stack,
     tag: u16,
     desc: &IoDesc,
     offset: u64,
@@ -558,12 +558,12 @@ async fn serve_range(
             queue.lend_buffer(tag, len as usize)
         };
         let result = if op == sys::UBLK_IO_OP_READ {
-            let result = top.read(ctx, offset, &mut buf).await;
+            let result = stack.read(ctx, offset, &mut buf).await;
             drop(buf);
             result
         } else {
             let buf = buf.freeze();
-            let result = top.write(ctx, offset, &buf).await;
+            let result = stack.write(ctx, offset, &buf).await;
             drop(buf);
             result
         };
@@ -590,13 +590,13 @@ async fn serve_range(
         result?;
         // We do not advertise FUA, but honour it if it comes anyway.
         if op == sys::UBLK_IO_OP_WRITE && desc.has_flag(sys::UBLK_IO_F_FUA) {
-            top.flush(ctx).await?;
+            stack.flush(ctx).await?;
         }
         return Ok(len as i32);
     }
     match op {
-        sys::UBLK_IO_OP_DISCARD => top.discard(ctx, offset, len).await?,
-        sys::UBLK_IO_OP_WRITE_ZEROES => top.write_zeroes(ctx, offset, len).await?,
+        sys::UBLK_IO_OP_DISCARD => stack.top().discard(ctx, offset, len).await?,
+        sys::UBLK_IO_OP_WRITE_ZEROES => stack.top().write_zeroes(ctx, offset, len).await?,
         _ => return Err(Error::Unsupported),
     }
     Ok(0)

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use layers::{Layer, LayerSpec, Plan, Stack};
+use layers::{LayerSpec, Plan, Stack};
 
 mod clean_handover;
 
@@ -48,8 +48,8 @@ const NO_UBLK: &str =
     "ublk_drv not loaded: modprobe ublk_drv (Linux ≥ 6.0 with CONFIG_BLK_DEV_UBLK), or serve the same stack with --nbd";
 
 impl TopLayer for Stack {
-    fn top(&self) -> &dyn Layer {
-        Stack::top(self)
+    fn stack(&self) -> &Stack {
+        self
     }
 }
 

@@ -116,7 +116,7 @@ pub const LAYER_ERRORS: Def = def(
     LTO,
     "Requests the layer answered with an error, by op.",
 );
-pub const LAYER_LATENCY: Def = def(Histogram, "ublk_stack_layer_latency_seconds", LTO, "Time from a request reaching the layer to its completion (layers below included), by op; one read, write, discard or write_zeroes in 8 is measured, every flush.");
+pub const LAYER_LATENCY: Def = def(Histogram, "ublk_stack_layer_latency_seconds", LTO, "Time from a request reaching the layer to its completion (layers below included), by op; one read, write, discard or write_zeroes in 32 per queue is measured, every flush.");
 
 pub const LEAF_MISALIGNED: Def = def(
     Counter,

@@ -511,7 +511,7 @@ fn start<T: TopLayer>(
     let desc = queue.descs.get(tag);
     let (queue, batch, stack) = (queue.clone(), batch.clone(), stack.clone());
     exec.spawn(async move {
-        let result = queue::serve(&queue, stack.top(), tag, desc).await;
+        let result = queue::serve(&queue, stack.stack(), tag, desc).await;
         let mut report = queue.report.get();
         report.requests += 1;
         if result < 0 {
