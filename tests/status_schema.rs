@@ -166,7 +166,7 @@ fn status_json_of_a_running_daemon_has_exactly_the_documented_fields() {
     // Served over NBD: no ublk object. Its fields are checked on the one a
     // ublk device reports, built by the daemon's own code.
     assert!(reply.get("ublk").is_some_and(Value::is_null), "{reply}");
-    reply["ublk"] = serde_json::to_value(UblkStatus::new(0x1fe, 0x58)).unwrap();
+    reply["ublk"] = serde_json::to_value(UblkStatus::new(0x1fe, 0x58, Some(4095))).unwrap();
 
     let mut seen = BTreeMap::new();
     fields(&reply, None, "", &mut seen);

@@ -112,15 +112,20 @@ fn render(status: &StatusReply, now: SystemTime) -> String {
     out
 }
 
-/// `ublk: data path copy, features CMD_IOCTL_ENCODE …, kernel offers 0x1fe`.
+/// `ublk: data path copy, features CMD_IOCTL_ENCODE …, kernel offers 0x1fe`,
+/// and `, DMA alignment 4096 bytes` when the device asks for one.
 fn render_ublk(ublk: &UblkStatus) -> String {
     let features = if ublk.features.is_empty() {
         "none".to_string()
     } else {
         ublk.features.join(" ")
     };
+    let dma = match ublk.dma_alignment {
+        Some(mask) => format!(", DMA alignment {} bytes", u64::from(mask) + 1),
+        None => String::new(),
+    };
     format!(
-        "ublk: data path {}, features {}, kernel offers {:#x}\n",
+        "ublk: data path {}, features {}, kernel offers {:#x}{dma}\n",
         text(&ublk.data_path),
         text(&features),
         ublk.kernel_features

@@ -196,6 +196,11 @@ pub fn device_params(config: &DeviceConfig, max_io_buf_bytes: u32) -> Result<Par
     Ok(params)
 }
 
+/// The DMA_ALIGN mask in `params`, if they carry one.
+fn dma_align_of(params: &Params) -> Option<u32> {
+    (params.types & sys::UBLK_PARAM_TYPE_DMA_ALIGN != 0).then_some(params.dma.alignment)
+}
+
 /// A created (and, after `create` returns, started) device with its queue threads.
 pub struct Device {
     ctrl: Control,
@@ -203,6 +208,8 @@ pub struct Device {
     queues: Vec<JoinHandle<io::Result<QueueReport>>>,
     /// Batch protocol: each queue's drain eventfd (`handover`).
     drains: Vec<Arc<EventFd>>,
+    /// The DMA_ALIGN mask the kernel holds for the device, if one was sent.
+    dma_align: Option<u32>,
     stopped: bool,
     deleted: bool,
     /// On drop, leave the device to the kernel instead of stopping and deleting
@@ -245,6 +252,7 @@ impl Device {
             info,
             queues: Vec::new(),
             drains: Vec::new(),
+            dma_align: dma_align_of(&params),
             stopped: false,
             deleted: false,
             keep_on_drop: false,
@@ -313,6 +321,8 @@ impl Device {
             info,
             queues: Vec::new(),
             drains: Vec::new(),
+            // As the device was created, whatever this config would send.
+            dma_align: dma_align_of(&params),
             stopped: false,
             deleted: false,
             keep_on_drop: true,
@@ -347,6 +357,12 @@ impl Device {
         self.ctrl.features()
     }
 
+    /// The memory alignment the device asks of request buffers, as a mask
+    /// (UBLK_PARAM_TYPE_DMA_ALIGN); `None` when none was sent.
+    pub fn dma_alignment(&self) -> Option<u32> {
+        self.dma_align
+    }
+
     /// The feature flags this daemon uses on this device (see
     /// `features::in_use`).
     pub fn features_in_use(&self) -> u64 {
@@ -373,6 +389,20 @@ impl Device {
             tracing::warn!(
                 "{}: making the kernel's buffer registration fail for some tags (a test setting)",
                 AutoRegMiss::ENV
+            );
+        }
+        let drain_hold = if batch {
+            batch::drain_hold::from_env().map_err(|why| {
+                DeviceError::Queue(0, io::Error::new(io::ErrorKind::InvalidInput, why))
+            })?
+        } else {
+            Duration::ZERO
+        };
+        if !drain_hold.is_zero() {
+            tracing::warn!(
+                "{}: a handover's drain waits {} ms longer (a test setting)",
+                batch::drain_hold::ENV,
+                drain_hold.as_millis()
             );
         }
         self.drains.clear();
@@ -404,6 +434,7 @@ impl Device {
                 batch,
                 drain: None,
                 auto_reg_miss,
+                drain_hold,
             };
             let setup = if batch {
                 let drain =

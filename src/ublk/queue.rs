@@ -40,6 +40,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use io_uring::{opcode, types};
 use layers::buf::Lease;
@@ -82,6 +83,9 @@ pub struct QueueSetup {
     pub drain: Option<Arc<EventFd>>,
     /// Test only: tags whose automatic registration is made to fail.
     pub auto_reg_miss: AutoRegMiss,
+    /// Test only: how long a draining batch queue waits, its FETCHes armed,
+    /// before it ends (`batch::drain_hold`).
+    pub drain_hold: Duration,
 }
 
 /// How a queue ended.

@@ -146,6 +146,7 @@ impl FrontEnd for Ublk {
             ublk: Some(UblkStatus::new(
                 device.kernel_features(),
                 device.features_in_use(),
+                device.dma_alignment(),
             )),
             resize: Some(Arc::new(UblkResize {
                 dev_id: device.dev_id(),

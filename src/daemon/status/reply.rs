@@ -52,11 +52,17 @@ pub struct UblkStatus {
     pub features: Vec<String>,
     /// GET_FEATURES as the kernel answered it (0 before Linux 6.5).
     pub kernel_features: u64,
+    /// The memory alignment asked of request buffers, as a mask
+    /// (UBLK_PARAM_TYPE_DMA_ALIGN); `None` when the device has none. A daemon
+    /// older than this field (during an upgrade) sends none.
+    #[serde(default)]
+    pub dma_alignment: Option<u32>,
 }
 
 impl UblkStatus {
-    /// For a device using the flags `in_use` on a kernel offering `offered`.
-    pub fn new(offered: u64, in_use: u64) -> UblkStatus {
+    /// For a device using the flags `in_use` on a kernel offering `offered`,
+    /// with the DMA_ALIGN mask `dma_alignment` if it was sent one.
+    pub fn new(offered: u64, in_use: u64, dma_alignment: Option<u32>) -> UblkStatus {
         UblkStatus {
             data_path: features::data_path(in_use).to_string(),
             features: features::names(in_use)
@@ -64,6 +70,7 @@ impl UblkStatus {
                 .map(String::from)
                 .collect(),
             kernel_features: offered,
+            dma_alignment,
         }
     }
 }

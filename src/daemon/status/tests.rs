@@ -105,7 +105,7 @@ fn status_before_any_reload_says_so() {
 #[test]
 fn a_ublk_device_shows_its_data_path_and_features_on_one_line() {
     let mut status = reply(serde_json::Value::Null);
-    status.ublk = Some(UblkStatus::new(0x1fe, 0x58));
+    status.ublk = Some(UblkStatus::new(0x1fe, 0x58, None));
     let text = render(&status, SystemTime::now());
     assert!(
         text.contains(
@@ -124,7 +124,7 @@ fn a_ublk_device_shows_its_data_path_and_features_on_one_line() {
 fn a_zero_copy_device_says_so() {
     let mut status = reply(serde_json::Value::Null);
     // CMD_IOCTL_ENCODE and AUTO_BUF_REG.
-    status.ublk = Some(UblkStatus::new(0x1f_ffff, 0x840));
+    status.ublk = Some(UblkStatus::new(0x1f_ffff, 0x840, None));
     let text = render(&status, SystemTime::now());
     assert!(
         text.contains("ublk: data path zero-copy, features CMD_IOCTL_ENCODE AUTO_BUF_REG,"),
@@ -132,6 +132,40 @@ fn a_zero_copy_device_says_so() {
     );
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["ublk"]["data_path"], "zero-copy");
+}
+
+#[test]
+fn the_dma_alignment_asked_for_is_shown() {
+    let mut status = reply(serde_json::Value::Null);
+    status.ublk = Some(UblkStatus::new(0x1f_ffff, 0x840, Some(4095)));
+    let text = render(&status, SystemTime::now());
+    assert!(
+        text.contains("kernel offers 0x1fffff, DMA alignment 4096 bytes\n"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["ublk"]["dma_alignment"], 4095);
+    let back: StatusReply = serde_json::from_value(json).unwrap();
+    assert_eq!(back, status);
+    // None: null in JSON, nothing in the text.
+    status.ublk = Some(UblkStatus::new(0x1f_ffff, 0x840, None));
+    let json = serde_json::to_value(&status).unwrap();
+    assert!(json["ublk"]["dma_alignment"].is_null(), "{json}");
+    assert!(!render(&status, SystemTime::now()).contains("DMA"));
+}
+
+#[test]
+fn a_reply_without_dma_alignment_reads_as_none() {
+    // From a daemon that predates the field (the old one during an upgrade).
+    let mut status = reply(serde_json::Value::Null);
+    status.ublk = Some(UblkStatus::new(0x1fe, 0x58, None));
+    let mut json = serde_json::to_value(&status).unwrap();
+    json["ublk"]
+        .as_object_mut()
+        .unwrap()
+        .remove("dma_alignment");
+    let back: StatusReply = serde_json::from_value(json).unwrap();
+    assert_eq!(back, status);
 }
 
 fn scrub(state: &str, done: u64, elapsed_s: f64, error: Option<&str>) -> serde_json::Value {

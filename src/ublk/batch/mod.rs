@@ -31,9 +31,11 @@
 //! no request from then on, finishes and commits those it serves, and ends
 //! with its FETCHes still armed; closing the ring then cancels them as when a
 //! daemon dies, and the kernel requeues what it had handed out since (see
-//! `device::handover`).
+//! `device::handover`). For tests, `QueueSetup::drain_hold` keeps the queue
+//! waiting that long before it ends (`drain_hold`).
 
 pub mod choose;
+pub mod drain_hold;
 mod tag_ring;
 pub mod uapi;
 
@@ -64,6 +66,7 @@ const KIND_PREP: u64 = 1 << 32;
 const KIND_FETCH: u64 = 2 << 32;
 const KIND_COMMIT: u64 = 3 << 32;
 const KIND_DRAIN: u64 = 4 << 32;
+const KIND_HOLD: u64 = 5 << 32;
 /// FETCH commands kept armed: while the kernel fills one, the other is ready.
 const FETCHES: usize = 2;
 /// `IORING_URING_CMD_MULTISHOT`, in the SQE's uring_cmd_flags.
@@ -91,6 +94,10 @@ struct Batch {
     draining: Cell<bool>,
     /// Requests the kernel handed out while draining, left to it.
     left: Cell<u64>,
+    /// Test only (`drain_hold`): how long to go on after the drain signal.
+    hold: Option<types::Timespec>,
+    /// That wait is under way.
+    holding: Cell<bool>,
 }
 
 impl Batch {
@@ -124,6 +131,12 @@ impl Batch {
             aborted: Cell::new(false),
             draining: Cell::new(false),
             left: Cell::new(0),
+            hold: (!setup.drain_hold.is_zero()).then(|| {
+                types::Timespec::new()
+                    .sec(setup.drain_hold.as_secs())
+                    .nsec(setup.drain_hold.subsec_nanos())
+            }),
+            holding: Cell::new(false),
         })
     }
 
@@ -134,6 +147,7 @@ impl Batch {
     /// Whether a CQE of ours may still come, or results wait to be sent.
     fn busy(&self) -> bool {
         (!self.aborted.get() && !self.draining.get() && self.any_fetch_live())
+            || self.holding.get()
             || !self.commits.borrow().is_empty()
             || !self.pending.borrow().is_empty()
     }
@@ -424,12 +438,31 @@ fn on_cqe<T: TopLayer>(
                 );
             }
             batch.draining.set(true);
+            hold(queue, batch);
         }
+        KIND_HOLD => batch.holding.set(false),
         _ => tracing::error!(
             queue = queue.setup.queue,
             "completion for unknown user_data {user_data:#x}"
         ),
     }
+}
+
+/// Test only: wait `QueueSetup::drain_hold` before ending the drain, the
+/// FETCHes armed.
+fn hold(queue: &Queue, batch: &Batch) {
+    let Some(spec) = &batch.hold else {
+        return;
+    };
+    if batch.holding.replace(true) {
+        return;
+    }
+    let entry = opcode::Timeout::new(spec)
+        .build()
+        .user_data(FOREIGN_BIT | KIND_HOLD);
+    // SAFETY: the timespec lives in `batch`, which outlives the next submit,
+    // where the kernel copies it.
+    unsafe { queue.ctx.uring().push(&entry) };
 }
 
 fn on_fetch<T: TopLayer>(

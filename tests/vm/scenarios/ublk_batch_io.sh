@@ -6,7 +6,12 @@
 # recovers the device with fio ending without an error; `ublk-stack upgrade`
 # under a verifying fio hands the device to a new pid (the old one drains its
 # queues instead of QUIESCE_DEV, which would fail a batch device's requests)
-# while /dev/ublkbN never disappears, and fio ends without an error. On 6.12 `auto` uses
+# while /dev/ublkbN never disappears, and fio ends without an error. The old
+# daemon runs with UBLK_STACK_TEST_DRAIN_HOLD_MS, so its draining queues keep
+# their FETCHes armed a while: the kernel hands them requests they never start,
+# and the log must count some (`requeued=N`, N > 0 summed over the queues),
+# which the kernel requeues to the new daemon (USER_RECOVERY_REISSUE) instead
+# of failing them. On 6.12 `auto` uses
 # the per-tag protocol silently and `on` is refused naming the kernel needed.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
@@ -102,6 +107,9 @@ if [[ $batch == yes ]]; then
 
     step "kill -9 under a verifying fio, then up recovers in batch mode"
     up_device /work/bfile.toml
+    # Read when the queues start: the daemon recovering here is the one
+    # upgraded below.
+    export UBLK_STACK_TEST_DRAIN_HOLD_MS=500
     fio --name=k --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=16 \
         --rw=randwrite --bs=4k --size=24M --loops=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         >/work/fio-kill.out 2>&1 &
@@ -113,6 +121,7 @@ if [[ $batch == yes ]]; then
     sleep 1
     [[ -b $DEV ]] || fail "$DEV went away after the daemon was killed"
     up_device /work/bfile.toml
+    unset UBLK_STACK_TEST_DRAIN_HOLD_MS
     [[ $READY == *"recovered)" ]] || fail "not recovered: $READY"
     status_json bfile
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "recovered device not in batch mode"; }
@@ -127,6 +136,7 @@ if [[ $batch == yes ]]; then
     sleep 1
     kill -0 "$fio_pid" || { cat /work/fio-upgrade.out; fail "fio ended before the upgrade"; }
     old_pid=$DAEMON_PID
+    lines=$(wc -l </work/daemon.err)
     start=$(date +%s%N)
     ublk-stack upgrade bfile >/work/upgrade.out 2>&1 || { cat /work/upgrade.out; fail "upgrade of a batch device failed"; }
     echo "upgrade took $((($(date +%s%N) - start) / 1000000)) ms"
@@ -137,7 +147,13 @@ if [[ $batch == yes ]]; then
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "upgraded device not in batch mode"; }
     fio_ends_clean "$fio_pid" /work/fio-upgrade.out "the upgrade"
     wait "$old_pid" || fail "the old daemon exited $?"
-    grep 'queue drained for a handover' /work/daemon.err || fail "the old daemon did not drain its queues"
+    tail -n +$((lines + 1)) /work/daemon.err >/work/upgrade.err
+    grep 'queue drained for a handover' /work/upgrade.err || fail "the old daemon did not drain its queues"
+    grep -q 'a handover.s drain waits 500 ms longer' /work/daemon.err || fail "the drain hold was not in effect"
+    requeued=$(grep 'queue drained for a handover' /work/upgrade.err |
+        sed -n 's/.*requeued=\([0-9]*\).*/\1/p' | awk '{n += $1} END {print n + 0}')
+    echo "requeued across the upgrade: $requeued"
+    ((requeued > 0)) || fail "no request handed out during the drain was left to the kernel to requeue"
     device_stayed "during the upgrade"
     DAEMON_PID=$new_pid
 

@@ -11,9 +11,11 @@
 # kernel's automatic registration fails for every 3rd tag and the queue
 # registers those buffers itself (UBLK_IO_F_NEED_REG_BUF), per tag and in
 # batch mode: fio verify passes and the log counts the fallbacks. A disk
-# leaf on a 4Kn loop device gets DMA_ALIGN 4095 under zero copy (7.3), so a
+# leaf on a 4Kn loop device gets DMA_ALIGN 4095 under zero copy (7.3), shown
+# by `status` (`"dma_alignment":4095`, "DMA alignment 4096 bytes"), so a
 # misaligned direct write is refused with EINVAL rather than failing in the
-# leaf; on 6.12 (copy mode) it is served; fio verify passes on both.
+# leaf; on 6.12 (copy mode) none is sent (`"dma_alignment":null`, no DMA in
+# the table) and the write is served; fio verify passes on both.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
 
@@ -212,6 +214,18 @@ got=$(data_path z4kn)
 [[ $got == "$expect" ]] || { cat /work/status.json; fail "z4kn: data path $got, not $expect"; }
 align=$(cat "/sys/block/${DEV#/dev/}/queue/dma_alignment")
 echo "z4kn: dma_alignment $align"
+ublk-stack status z4kn >/work/status.txt || fail "status z4kn"
+grep '^ublk:' /work/status.txt
+if [[ $expect == zero-copy ]]; then
+    grep -q '"dma_alignment":4095' /work/status.json || { cat /work/status.json; fail "z4kn: status --json does not say dma_alignment 4095"; }
+    grep -q '^ublk: .*, DMA alignment 4096 bytes$' /work/status.txt || { cat /work/status.txt; fail "z4kn: status does not show the DMA alignment"; }
+else
+    grep -q '"dma_alignment":null' /work/status.json || { cat /work/status.json; fail "z4kn: status --json has a dma_alignment in copy mode"; }
+    if grep -q 'DMA' /work/status.txt; then
+        cat /work/status.txt
+        fail "z4kn: status shows a DMA alignment in copy mode"
+    fi
+fi
 fio_verify --do_verify=1
 lines=$(wc -l </work/daemon.err)
 rc=0
