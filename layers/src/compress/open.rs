@@ -69,14 +69,13 @@ pub(super) async fn open(
     check_placed(&header, &geo, taken_in, recorded, block_size)?;
     let want = super::exposed_size(lower_bytes, block_size, size);
     if want < recorded {
-        let hint = if size.is_some() {
-            String::new()
-        } else {
-            format!(" (the default; set `size = {recorded}`)")
-        };
+        let default = if size.is_some() { "" } else { " (the default)" };
+        // Not a mistake the config shows alone: `validate` passed it.
         return Err(format!(
-            "the exposed size is {recorded} bytes but the config asks for {want}{hint}: \
-             shrinking a compress layer is not supported (nothing was written)"
+            "the exposed size is {recorded} bytes, as this layer recorded below (which \
+             `validate` does not read), but the config asks for {want}{default}: shrinking a \
+             compress layer is not supported; set `size = {recorded}` or larger (nothing was \
+             written)"
         ));
     }
     if want > recorded {
