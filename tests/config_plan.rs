@@ -445,3 +445,35 @@ fn tree_shows_types_sizes_and_live_keys() {
         "{tree}"
     );
 }
+
+/// `validate` reads the config and the sizes of the leaves, not what a
+/// `compress` recorded below: a `size` under its recorded exposed size
+/// passes, and `up` refuses it saying so, with the size to set.
+#[test]
+fn a_compress_size_under_the_recorded_one_is_refused_at_open_naming_the_size() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let config_path = folder.path().join("c.toml");
+    let write = |size: &str| {
+        let text = format!(
+            "version = 1\n[device]\nname = \"d0\"\ntop = \"z\"\n[layers.z]\ntype = \
+             \"compress\"\nover = \"f\"\nsize = \"{size}\"\n[layers.f]\ntype = \"file\"\npath = \
+             \"f.img\"\nsize = \"1MiB\"\ncreate = true\n"
+        );
+        std::fs::write(&config_path, text).expect("write");
+    };
+    write("8MiB");
+    let checked = config::check_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    drop(layers::compile(&checked.plan).unwrap_or_else(|e| panic!("{e}")));
+    write("4MiB");
+    let checked = config::check_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    let err = layers::compile(&checked.plan)
+        .err()
+        .expect("opened smaller")
+        .to_string();
+    assert!(
+        err.contains("exposed size is 8388608 bytes")
+            && err.contains("`validate` does not read")
+            && err.contains("set `size = 8388608` or larger"),
+        "{err}"
+    );
+}

@@ -64,7 +64,7 @@
 //! open, and recorded in the map header. The exposed size can be raised,
 //! live or at open: the map's new pages are placed in runs of granules of
 //! the data area, recorded in the map header. Version 2 (the map in place,
-//! no runs) still opens; its exposed size cannot be raised.
+//! no runs) still opens; a raise makes it version 3 (`compress/version.rs`).
 //!
 //! Open formats an all-zero device, or checks the superblock (type, version,
 //! block size, algorithm, unit, granule, exposed size, a layer below no
@@ -81,8 +81,9 @@ pub(crate) mod format;
 mod grow;
 mod io;
 mod open;
+mod version;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::async_lock::AsyncLock;
@@ -127,8 +128,8 @@ pub struct Compress {
     geo: Geometry,
     /// The exposed size: it rises when the map grows (version 3).
     size: AtomicU64,
-    /// The superblock's format version (2 or 3).
-    version: u32,
+    /// The superblock's format version (2 or 3: a raise makes it 3).
+    version: AtomicU32,
     block_size: u32,
     table: MetaTable,
     alloc: Allocator,

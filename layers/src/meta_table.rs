@@ -142,7 +142,10 @@ struct Run {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
     /// All pages side by side after the header; the layer keeps its data
-    /// elsewhere. Cannot grow.
+    /// elsewhere. A placed header's runs are not this table's (a grow cut
+    /// before its layer switched to the placed layout): they are ignored at
+    /// load. Grows into placed runs as [`Layout::Placed`] does, for a layer
+    /// that switches once the runs are durable.
     Flat,
     /// Groups of pages, each followed by its data blocks (`groups.rs`).
     Grouped(Groups),
@@ -387,6 +390,11 @@ impl MetaTable {
         if let Layout::Grouped(_) = layout {
             // Every header a grouped table writes records its coverage.
             header.0.covered = Some(entries);
+        }
+        if layout == Layout::Flat {
+            // Runs a grow recorded before its layer switched layout are
+            // free space again; the next header drops them.
+            header.0.placed = None;
         }
         let flushed = header.0.flushed;
         let per = per_page(entry_bytes);
@@ -704,7 +712,7 @@ impl MetaTable {
     }
 
     fn page_offset(&self, page: usize, slot: u8) -> u64 {
-        if self.layout == Layout::Placed {
+        if !matches!(self.layout, Layout::Grouped(_)) {
             for run in self.runs.iter().filter_map(OnceLock::get) {
                 if let (Some(at), Some(_)) = (run.at, run.cells.get(page.wrapping_sub(run.first))) {
                     let pair = ((page - run.first) * 2 * PAGE_BYTES) as u64;
@@ -810,7 +818,7 @@ impl MetaTable {
         runs: &[PlacedRun],
         value: u64,
     ) -> std::result::Result<(), String> {
-        if self.layout != Layout::Placed {
+        if let Layout::Grouped(_) = self.layout {
             return Err("this table cannot take placed pages".into());
         }
         let _serial = self.grow_lock.lock().await;

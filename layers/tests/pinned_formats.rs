@@ -344,38 +344,52 @@ fn compress_image_reads_back() {
 }
 
 /// A compress image of format version 2 (its map lies in place) still
-/// opens and reads back, and raising its exposed size is refused naming
-/// the version, at open and live, leaving the image as it was.
+/// opens and reads back, unchanged while its size stays; opened with a
+/// larger size it becomes version 3 and grows (its short last unit, which
+/// holds data, made whole), every old block reads back, the new space
+/// reads as zeros, and it reopens at the new size.
 #[test]
-fn version_2_compress_image_reads_back_and_refuses_a_raise() {
+fn version_2_compress_image_reads_back_and_grows_into_version_3() {
     reads_back("compress-v2");
     let dir = tempfile::tempdir().unwrap();
     let image = images_dir("compress-v2").join("leaf.img");
     let leaf = dir.path().join("leaf.img");
     std::fs::copy(&image, &leaf).unwrap();
-    let mut b = PlanBuilder::new(dir.path(), 4096);
-    let file = b.file("leaf", 192 * KIB);
-    let top = b.compress("z", file, Some(1 << 20));
-    let err = compile(&b.build(top))
-        .err()
-        .expect("opened larger")
-        .to_string();
-    assert!(
-        err.contains("formatted with version 2") && err.contains("copy the data to a new layer"),
-        "{err}"
-    );
-    assert!(std::fs::read(&leaf).unwrap() == std::fs::read(&image).unwrap());
-    with_stack(&plan("compress-v2", dir.path()), |stack, ctx, exec| {
-        let compress = stack.compress("z").expect("a compress layer");
-        let size = stack.top().size();
-        let err = compress.grow_refusal(size + 32 * KIB).expect("a raise");
-        assert!(err.contains("formatted with version 2"), "{err}");
-        let err = exec
-            .block_on(ctx, stack.top().grow(ctx, size + 32 * KIB))
-            .expect_err("a live raise");
-        assert!(err.contains("formatted with version 2"), "{err}");
-        assert_eq!(stack.top().size(), size);
+    let version = || u32::from_le_bytes(std::fs::read(&leaf).unwrap()[24..28].try_into().unwrap());
+    let old_size = with_stack(&plan("compress-v2", dir.path()), |stack, _, _| {
+        stack.top().size()
     });
+    assert!(std::fs::read(&leaf).unwrap() == std::fs::read(&image).unwrap());
+    assert_ne!(old_size % (32 * KIB), 0, "the image ends in a short unit");
+    // Past the 102 units the in-place map page covers: a placed page too.
+    const GROWN: u64 = 4096 * KIB;
+    let grown_plan = |dir: &Path| {
+        let mut b = PlanBuilder::new(dir, 4096);
+        let file = b.file("leaf", 192 * KIB);
+        let top = b.compress("z", file, Some(GROWN));
+        b.build(top)
+    };
+    let check = |what: &str| {
+        with_stack(&grown_plan(dir.path()), |stack, ctx, exec| {
+            let top = stack.top();
+            assert_eq!(top.size(), GROWN, "{what}");
+            let mut buf = vec![0u8; 4096];
+            for i in 0..GROWN / 4096 {
+                exec.block_on(ctx, top.read_bytes(ctx, i * 4096, &mut buf))
+                    .unwrap_or_else(|e| panic!("{what}: block {i} does not read: {e}"));
+                let want = if i < old_size / 4096 {
+                    expected(i, 4096)
+                } else {
+                    vec![0; 4096]
+                };
+                assert!(buf == want, "{what}: block {i} reads other data");
+            }
+        });
+    };
+    assert_eq!(version(), 2);
+    check("raised from version 2");
+    assert_eq!(version(), 3, "the superblock after the raise");
+    check("reopened as version 3");
 }
 
 #[test]

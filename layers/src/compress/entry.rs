@@ -11,12 +11,18 @@
 //! | 8..12  | stored length in bytes (u32)                                 |
 //! | 12..16 | crc32(unit index as u64 LE ‖ stored bytes) (u32)             |
 //!
+//! A `raw` extent stores the unit as is: its length is the unit's, or, for a
+//! short last unit, also a whole unit padded with zeros (what a raise of the
+//! exposed size writes before the unit becomes whole).
+//!
 //! `empty` and `zero` extents own no granules and have every other field 0. A `cur`
 //! of either kind reads as zeros; as `prev`, `zero` means "the previous contents
 //! were zeros" (a valid fallback) and `empty` means "no fallback". An all-zero
 //! entry is a never-written unit. Decoding checks every field against the
 //! geometry, so a damaged entry is an error value, never a panic or an extent
 //! pointing outside the data area.
+
+use super::format::UNIT_BYTES;
 
 /// What an extent holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +136,12 @@ impl Extent {
             return Ok(extent);
         }
         let valid_len = match extent.kind {
-            Kind::Raw => extent.stored_bytes == limits.unit_bytes,
+            // A short last unit may also be stored whole, padded with zeros:
+            // a raise writes it so before the unit becomes whole.
+            Kind::Raw => {
+                extent.stored_bytes == limits.unit_bytes
+                    || (limits.unit_bytes < UNIT_BYTES && extent.stored_bytes == UNIT_BYTES)
+            }
             _ => extent.stored_bytes > 0 && extent.stored_bytes < limits.unit_bytes,
         };
         if !valid_len {

@@ -15,9 +15,10 @@ use crate::superblock::SUPERBLOCK_BYTES;
 
 use super::entry::{Limits, TABLE_ENTRY_BYTES};
 
-/// New layers are version 3 (the map can grow); version 2 ones open as before.
+/// New layers are version 3 (the map can grow); version 2 ones open as
+/// before and become version 3 when their exposed size is raised.
 pub const FORMAT_VERSION: u32 = 3;
-/// The version whose map lies in place and cannot grow.
+/// The version whose map lies in place: version 3 without placed pages.
 pub const FIXED_MAP_VERSION: u32 = 2;
 pub const ALGORITHM: &str = "lz4";
 /// Compression unit: see the module doc of `compress` for why 32 KiB.
@@ -147,24 +148,10 @@ impl Geometry {
     }
 }
 
-/// Why raising the exposed size of a layer of format `version` from `size`
-/// to `new_size` bytes is refused (`runs`: the map's placed runs so far);
-/// `None` when it may go ahead.
-pub fn raise_refusal(
-    version: u32,
-    size: u64,
-    new_size: u64,
-    block_size: u32,
-    runs: usize,
-) -> Option<String> {
-    if version == FIXED_MAP_VERSION {
-        return Some(format!(
-            "raising the exposed size from {size} to {new_size} bytes needs a map that can \
-             grow, and this layer was formatted with version 2, whose map cannot; to grow it, \
-             copy the data to a new layer (or set `size = {size}` to keep the exposed size and \
-             use new space below for data)"
-        ));
-    }
+/// Why raising the exposed size of a layer to `new_size` bytes is refused
+/// (`runs`: the map's placed runs so far); `None` when it may go ahead. A
+/// version 2 layer becomes version 3 as it is raised.
+pub fn raise_refusal(new_size: u64, block_size: u32, runs: usize) -> Option<String> {
     if new_size % u64::from(block_size) != 0 {
         return Some(format!(
             "size {new_size} is not a multiple of the block size {block_size}"

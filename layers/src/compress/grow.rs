@@ -1,5 +1,5 @@
 //! Growing a running `compress`: taking in the space of a grown device
-//! below, and (format version 3) raising the exposed size.
+//! below, and raising the exposed size.
 //!
 //! The data area runs to the end of the device below, so a larger device
 //! below is more granules for the allocator. The size taken in is recorded
@@ -12,12 +12,20 @@
 //! A raised exposed size needs more map entries. Their pages are placed in
 //! the data area: runs of contiguous granules taken from the allocator,
 //! written blank and flushed, then recorded in the map header with the new
-//! coverage and exposed size (`MetaTable::grow_placed`); only then does the
-//! layer expose the new size. A crash before the header is durable leaves
-//! the old size, and the granules are free again at the next open (the
-//! allocator is rebuilt from the map and the recorded runs), which grows
-//! again if the config still asks for the larger size. A version 2 layer's
-//! map lies in place between the header and the data area and cannot grow.
+//! coverage and exposed size (`MetaTable::grow_placed`); a version 2 layer
+//! then becomes version 3 (`compress/version.rs`); only then does the layer
+//! expose the new size. A crash before the header (and, for version 2, the
+//! superblock) is durable leaves the old size, and the granules are free
+//! again at the next open (the allocator is rebuilt from the map and the
+//! recorded runs), which grows again if the config still asks for the
+//! larger size.
+//!
+//! An old size that ends in a short unit: that unit becomes whole. A version
+//! of it stored at its short length would not decode at the whole length,
+//! so before the map grows its data is written again as a whole raw unit
+//! padded with zeros (which decodes at either length) and flushed, which
+//! drops the short version it replaced; its lock is held until the new size
+//! is exposed, so no write stores it short again.
 
 use std::sync::atomic::Ordering;
 
@@ -25,8 +33,9 @@ use crate::exec::IoCtx;
 use crate::meta_table::{PlacedRun, MAX_PLACED_RUNS, PAGE_BYTES};
 
 use super::alloc::GROUP_GRANULES;
-use super::format::{raise_refusal, UNIT_BYTES};
-use super::Compress;
+use super::entry::{stored_crc, Extent, Kind};
+use super::format::{raise_refusal, FIXED_MAP_VERSION, FORMAT_VERSION, UNIT_BYTES};
+use super::{version, Compress};
 
 impl Compress {
     /// Why growing to expose `new_size` bytes would be refused, checked
@@ -40,35 +49,9 @@ impl Compress {
         }
         if new_size > size {
             let runs = self.table.placed().map_or(0, |p| p.runs.len());
-            return raise_refusal(self.version, size, new_size, self.block_size, runs)
-                .or_else(|| self.short_unit_refusal(size, true));
+            return raise_refusal(new_size, self.block_size, runs);
         }
         None
-    }
-
-    /// Why the short last unit of a layer exposing `size` bytes keeps it
-    /// from growing: a version of it that holds data is stored at its short
-    /// length, and would not decode as a whole unit. An empty or zero one
-    /// reads as zeros at any length. `flushing`: a version kept only for a
-    /// crash goes at the next flush, which the raise does first.
-    fn short_unit_refusal(&self, size: u64, flushing: bool) -> Option<String> {
-        let unit = u64::from(UNIT_BYTES);
-        if size % unit == 0 {
-            return None;
-        }
-        let holds = match self.entry(size / unit) {
-            Ok((cur, prev)) => cur.holds_data() || (!flushing && prev.holds_data()),
-            Err(_) => true,
-        };
-        holds.then(|| {
-            format!(
-                "the exposed size {size} ends in a short unit ({} of {unit} bytes) that holds \
-                 data, stored at its short length; write zeros to (or discard) the last {} \
-                 bytes first, or copy the data to a new layer",
-                size % unit,
-                size % unit
-            )
-        })
     }
 
     /// A live grow: the device below may have grown, and the exposed size
@@ -90,6 +73,13 @@ impl Compress {
         )
     }
 
+    fn release_runs(&self, runs: &[PlacedRun]) {
+        for run in runs {
+            let (granule, count) = self.run_granules(run);
+            self.alloc.release(granule, count);
+        }
+    }
+
     /// Raise the exposed size to `new_size` (see the module doc).
     pub(super) async fn raise(&self, ctx: &IoCtx, new_size: u64) -> Result<(), String> {
         let _serial = self.grow_lock.lock().await;
@@ -98,13 +88,67 @@ impl Compress {
             return Ok(());
         }
         let used_runs = self.table.placed().map_or(0, |p| p.runs.len());
-        if let Some(why) = raise_refusal(self.version, size, new_size, self.block_size, used_runs) {
+        if let Some(why) = raise_refusal(new_size, self.block_size, used_runs) {
             return Err(format!("{why} (nothing was written)"));
         }
-        let per = self.entries_per_page;
         let units = new_size.div_ceil(u64::from(UNIT_BYTES));
-        let mut next = self.units().div_ceil(per);
-        let mut left = units.div_ceil(per) - next;
+        let runs = self.place_runs(ctx, units, used_runs).await?;
+        let unit_bytes = u64::from(UNIT_BYTES);
+        let short = (size % unit_bytes != 0).then_some(size / unit_bytes);
+        let _short = match short {
+            Some(unit) => {
+                let guard = self.lock(unit).lock().await;
+                if let Err(why) = self.make_whole(ctx, unit).await {
+                    self.release_runs(&runs);
+                    return Err(format!("{why} (the exposed size is unchanged)"));
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        // On failure the runs' granules stay used (the header may be on disk)
+        // until the next open rebuilds the allocator from the map.
+        self.table
+            .grow_placed(ctx, &*self.lower, units, &runs, new_size)
+            .await?;
+        if self.version.load(Ordering::Acquire) == FIXED_MAP_VERSION {
+            // The map header is durable: the superblock switches the layer.
+            version::switch(ctx, &*self.lower).await?;
+            self.version.store(FORMAT_VERSION, Ordering::Release);
+            tracing::info!("compress: format version 2 became version 3");
+        }
+        self.size.store(new_size, Ordering::Release);
+        if let Some(unit) = short {
+            // Its logical bytes were counted at the short length.
+            if matches!(self.entry(unit), Ok((cur, _)) if cur.holds_data()) {
+                self.counters
+                    .logical_bytes
+                    .fetch_add(unit_bytes - size % unit_bytes, Ordering::Relaxed);
+            }
+        }
+        tracing::info!(
+            from = size,
+            to = new_size,
+            map_pages = runs.iter().map(|r| r.pages).sum::<u64>(),
+            "compress: raised the exposed size"
+        );
+        Ok(())
+    }
+
+    /// Allocate the runs of granules for the map pages of `units` entries
+    /// past the table's (none when a raise whose version switch failed
+    /// already grew it). `used_runs`: the map's runs so far.
+    async fn place_runs(
+        &self,
+        ctx: &IoCtx,
+        units: u64,
+        used_runs: usize,
+    ) -> Result<Vec<PlacedRun>, String> {
+        let per = self.entries_per_page;
+        let have = self.table.entries();
+        let mut next = have.div_ceil(per);
+        let needed = units.div_ceil(per).saturating_sub(next);
+        let mut left = needed;
         let per_pair = 2 * PAGE_BYTES as u64 / u64::from(self.geo.granule_bytes);
         let mut runs = Vec::new();
         let mut flushed = false;
@@ -141,56 +185,84 @@ impl Compress {
                     if let Some(granule) = other {
                         self.alloc.release(granule, pages * per_pair);
                     }
-                    for run in &runs {
-                        let (granule, count) = self.run_granules(run);
-                        self.alloc.release(granule, count);
-                    }
+                    self.release_runs(&runs);
                     let why = if too_many {
                         format!("more than the {MAX_PLACED_RUNS} runs of pages the map can record")
                     } else {
                         "more contiguous free space than the data area has".into()
                     };
                     return Err(format!(
-                        "raising the exposed size to {new_size} bytes needs {} more pages \
+                        "raising the exposed size to {} bytes needs {needed} more pages \
                          of map, {why} (nothing was written)",
-                        units.div_ceil(per) - self.units().div_ceil(per)
+                        units * u64::from(UNIT_BYTES)
                     ));
                 }
             }
         }
-        // The short last unit must stay empty or zero until the new size
-        // is exposed: its lock is held to the end.
-        let _short = if size % u64::from(UNIT_BYTES) != 0 {
-            if self.short_unit_refusal(size, false).is_some() {
-                self.flush_all(ctx)
-                    .await
-                    .map_err(|e| format!("cannot flush the device below: {e}"))?;
-            }
-            let guard = self.lock(size / u64::from(UNIT_BYTES)).lock().await;
-            if let Some(why) = self.short_unit_refusal(size, false) {
-                for run in &runs {
-                    let (granule, count) = self.run_granules(run);
-                    self.alloc.release(granule, count);
-                }
-                return Err(format!("{why} (the exposed size is unchanged)"));
-            }
-            Some(guard)
-        } else {
-            None
+        Ok(runs)
+    }
+
+    /// Make the short last unit `unit` hold no version stored at its short
+    /// length (see the module doc); the caller holds its lock.
+    async fn make_whole(&self, ctx: &IoCtx, unit: u64) -> Result<(), String> {
+        let damaged = |why: &str| {
+            format!(
+                "the map entry of the last unit ({unit}), which the raise makes whole, is \
+                 damaged: {why}"
+            )
         };
-        // On failure the runs' granules stay used (the header may be on disk)
-        // until the next open rebuilds the allocator from the map.
-        self.table
-            .grow_placed(ctx, &*self.lower, units, &runs, new_size)
-            .await?;
-        self.size.store(new_size, Ordering::Release);
-        tracing::info!(
-            from = size,
-            to = new_size,
-            map_pages = runs.iter().map(|r| r.pages).sum::<u64>(),
-            "compress: raised the exposed size"
-        );
-        Ok(())
+        let (cur, _) = self.entry(unit).map_err(damaged)?;
+        if !whole(&cur) {
+            self.store_whole(ctx, unit).await.map_err(|e| {
+                format!("cannot write the last unit ({unit}) again as a whole unit: {e}")
+            })?;
+        }
+        if !matches!(self.entry(unit), Ok((_, prev)) if whole(&prev)) {
+            // Makes the whole version durable and drops the short one.
+            self.flush_all(ctx)
+                .await
+                .map_err(|e| format!("cannot flush the device below: {e}"))?;
+        }
+        match self.entry(unit) {
+            Ok((cur, prev)) if whole(&cur) && whole(&prev) => Ok(()),
+            Ok(_) => Err(format!(
+                "the last unit ({unit}) still holds a version stored at its short length"
+            )),
+            Err(why) => Err(damaged(why)),
+        }
+    }
+
+    /// Write the short unit `unit` again as a whole raw unit, its bytes past
+    /// the end zeros; the caller holds its lock.
+    async fn store_whole(&self, ctx: &IoCtx, unit: u64) -> crate::Result<()> {
+        let len = self.unit_len(unit);
+        let mut plain = vec![0u8; UNIT_BYTES as usize];
+        self.read_unit(ctx, unit, &mut plain[..len]).await?;
+        let granules = u64::from(UNIT_BYTES / self.geo.granule_bytes);
+        let at = match self.alloc.alloc(granules, unit) {
+            Some(at) => at,
+            None => {
+                // A flush returns the space freed since the last one.
+                self.flush_all(ctx).await?;
+                self.alloc
+                    .alloc(granules, unit)
+                    .ok_or(crate::Error::NoSpace)?
+            }
+        };
+        let new = Extent {
+            kind: Kind::Raw,
+            granule: at,
+            stored_bytes: UNIT_BYTES,
+            crc: stored_crc(unit, &plain),
+        };
+        let writer = self.table.begin_write();
+        let offset = self.geo.granule_offset(at);
+        if let Err(e) = self.lower.write_bytes(ctx, offset, &plain).await {
+            // Never referenced by the map: free at once.
+            self.alloc.release(at, granules);
+            return Err(e);
+        }
+        self.commit(ctx, unit, new, writer.epoch).await
     }
 
     /// Extend the data area to the end of the device below, if it grew.
@@ -222,4 +294,10 @@ impl Compress {
         );
         Ok(())
     }
+}
+
+/// Whether `extent` decodes as a whole unit too: no data, or raw stored
+/// whole.
+fn whole(extent: &Extent) -> bool {
+    !extent.holds_data() || (extent.kind == Kind::Raw && extent.stored_bytes == UNIT_BYTES)
 }

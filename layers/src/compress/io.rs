@@ -114,6 +114,13 @@ impl Compress {
         Err(self.corrupt(unit, "stored bytes fail their crc"))
     }
 
+    /// The whole unit into `out` (`unit_len` bytes); the caller holds the
+    /// unit's lock.
+    pub(super) async fn read_unit(&self, ctx: &IoCtx, unit: u64, out: &mut [u8]) -> Result<()> {
+        let len = out.len();
+        self.load_unit(ctx, unit, out, 0..len).await.map(drop)
+    }
+
     pub(super) async fn read_range(&self, ctx: &IoCtx, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut futs: Vec<LocalBoxFuture<'_, Result<()>>> = Vec::new();
         let mut rest = buf;
@@ -293,7 +300,13 @@ impl Compress {
     /// current `prev` (the `cur` is then dropped). While a flush of the `cur`'s
     /// epoch still runs, the write waits for its outcome: taking the `cur` as the
     /// fallback before that flush ends would let a crash lose both versions.
-    async fn commit(&self, ctx: &IoCtx, unit: u64, new: Extent, epoch: u64) -> Result<()> {
+    pub(super) async fn commit(
+        &self,
+        ctx: &IoCtx,
+        unit: u64,
+        new: Extent,
+        epoch: u64,
+    ) -> Result<()> {
         let limits = self.limits(unit);
         // The caller holds the unit's lock, so its entry's epoch cannot change
         // under us; a flush still running for that epoch decides which version

@@ -1,7 +1,7 @@
 //! Opening `compress`: check or write the superblock, load the map and rebuild
 //! the allocator from it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::async_lock::AsyncLock;
@@ -16,7 +16,7 @@ use super::format::{
     self, raise_refusal, Geometry, Params, ALGORITHM, FIXED_MAP_VERSION, FORMAT_VERSION,
     GRANULE_BYTES, UNIT_BYTES,
 };
-use super::{Compress, Counters, UNIT_LOCKS};
+use super::{version, Compress, Counters, UNIT_LOCKS};
 
 pub(super) async fn open(
     ctx: &IoCtx,
@@ -37,12 +37,12 @@ pub(super) async fn open(
         granule_bytes: GRANULE_BYTES,
         lower_bytes,
     };
-    let existing = superblock::read(ctx, &*lower).await?;
+    let (existing, torn) = version::read(ctx, &*lower).await?;
     let Some(sb) = existing else {
         return format_new(ctx, lower, block_size, size, params).await;
     };
     let (version, formatted) = check(&sb, &params, block_size)?;
-    let header = MetaTable::header_at(ctx, &*lower, SUPERBLOCK_BYTES)
+    let mut header = MetaTable::header_at(ctx, &*lower, SUPERBLOCK_BYTES)
         .await
         .map_err(|e| format!("cannot read the compress map header: {e}"))?;
     // The size of the device below the layer has taken in: the map header
@@ -54,37 +54,39 @@ pub(super) async fn open(
              it: the layer below shrank; refusing to open (nothing was written)"
         ));
     }
-    let (geo, layout, recorded, want) = if version == FIXED_MAP_VERSION {
-        let geo = Geometry::new(lower_bytes, block_size, size)?;
-        check_fixed_sizes(&sb, taken_in, lower_bytes, &geo, size.is_some())?;
-        let size = geo.size;
-        (geo, Layout::Flat, size, size)
+    // A version 2 map lies in place: a placed header is a raise cut before
+    // the superblock said version 3, and its runs are free space.
+    let layout = if version == FIXED_MAP_VERSION {
+        header.placed = None;
+        Layout::Flat
     } else {
-        // The flat map is the formatted size's; the header records the
-        // exposed size once the map grew.
-        let geo = Geometry::new(lower_bytes, block_size, Some(sb.size))?;
-        let recorded = header.placed.as_ref().map_or(sb.size, |p| p.value);
-        check_placed(&header, &geo, taken_in, recorded, block_size)?;
-        let want = super::exposed_size(lower_bytes, block_size, size);
-        if want < recorded {
-            let hint = if size.is_some() {
-                String::new()
-            } else {
-                format!(" (the default; set `size = {recorded}`)")
-            };
-            return Err(format!(
-                "the exposed size is {recorded} bytes but the config asks for {want}{hint}: \
-                 shrinking a compress layer is not supported (nothing was written)"
-            ));
-        }
-        if want > recorded {
-            let runs = header.placed.as_ref().map_or(0, |p| p.runs.len());
-            if let Some(why) = raise_refusal(version, recorded, want, block_size, runs) {
-                return Err(format!("{why} (nothing was written)"));
-            }
-        }
-        (geo, Layout::Placed, recorded, want)
+        Layout::Placed
     };
+    // The flat map is the formatted size's; the header records the exposed
+    // size once the map grew.
+    let geo = Geometry::new(lower_bytes, block_size, Some(sb.size))?;
+    let recorded = header.placed.as_ref().map_or(sb.size, |p| p.value);
+    check_placed(&header, &geo, taken_in, recorded, block_size)?;
+    let want = super::exposed_size(lower_bytes, block_size, size);
+    if want < recorded {
+        let default = if size.is_some() { "" } else { " (the default)" };
+        // Not a mistake the config shows alone: `validate` passed it.
+        return Err(format!(
+            "the exposed size is {recorded} bytes, as this layer recorded below (which \
+             `validate` does not read), but the config asks for {want}{default}: shrinking a \
+             compress layer is not supported; set `size = {recorded}` or larger (nothing was \
+             written)"
+        ));
+    }
+    if want > recorded {
+        let runs = header.placed.as_ref().map_or(0, |p| p.runs.len());
+        if let Some(why) = raise_refusal(want, block_size, runs) {
+            return Err(format!("{why} (nothing was written)"));
+        }
+    }
+    if torn {
+        version::repair(ctx, &*lower, &sb).await?;
+    }
     let table = MetaTable::load(
         ctx,
         &*lower,
@@ -173,7 +175,7 @@ fn new_layer(
         grow_lock: AsyncLock::default(),
         counters: Counters::default(),
         size: AtomicU64::new(size),
-        version,
+        version: AtomicU32::new(version),
         block_size,
         lower,
         geo,
@@ -205,49 +207,6 @@ fn check(sb: &Superblock, want: &Params, block_size: u32) -> Result<(u32, u64), 
         ));
     }
     Ok((version, got.lower_bytes))
-}
-
-/// A version 2 layer: refuse an exposed size other than the formatted one
-/// (nothing is written).
-fn check_fixed_sizes(
-    sb: &Superblock,
-    taken_in: u64,
-    lower_bytes: u64,
-    geo: &Geometry,
-    size_given: bool,
-) -> Result<(), String> {
-    if sb.size != geo.size && !size_given && lower_bytes > taken_in {
-        // The default follows the device below, but a version 2 map has one
-        // entry per unit of the formatted size and cannot take more.
-        return Err(format!(
-            "the device below grew from {taken_in} to {lower_bytes} bytes, and without `size` \
-             the exposed size would follow it from {} to {}, which the map of a layer \
-             formatted with version 2 cannot hold; set `size = {}` to keep the exposed size \
-             and use the new space for data",
-            sb.size, geo.size, sb.size
-        ));
-    }
-    if sb.size != geo.size {
-        let hint = if size_given {
-            ""
-        } else {
-            " (the default; set `size` to the formatted value)"
-        };
-        let why = if geo.size > sb.size {
-            format!(
-                "; {}",
-                raise_refusal(FIXED_MAP_VERSION, sb.size, geo.size, sb.block_size, 0)
-                    .unwrap_or_default()
-            )
-        } else {
-            String::new()
-        };
-        return Err(format!(
-            "formatted with size {} but the config asks for {}{hint}{why}",
-            sb.size, geo.size
-        ));
-    }
-    Ok(())
 }
 
 /// Refuse a placed map header whose runs do not follow the flat pages, or

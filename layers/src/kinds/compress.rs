@@ -31,7 +31,7 @@ impl Kind for CompressParams {
     const KEEPS_METADATA: bool = true;
     const SUPERBLOCK: bool = true;
     /// The data area takes in a grown layer below; the exposed size may
-    /// rise (format version 3: `Compress::grow_refusal` says when not).
+    /// rise (`Compress::grow_refusal` says when not).
     const GROWS: bool = true;
     const TAKES_IN_GROWTH_BELOW: bool = true;
 

@@ -638,8 +638,8 @@ fn a_compress_of_fixed_size_takes_in_the_growth_below_and_the_device_keeps_its_s
     // Nothing grew below: nothing to take in.
     let changes = diff_sized(&a, &[8 * G, G], &a, &[8 * G, G]).unwrap();
     assert!(changes.is_empty());
-    // Its own size rising is growth too (refused at reload for a layer of
-    // format version 2, see `Compress::grow_refusal`).
+    // Its own size rising is growth too (checked at reload by
+    // `Compress::grow_refusal`).
     let text = THIN.replace("\"8GiB\"", "\"16GiB\"");
     let changes = diff_sized(&a, &[8 * G, G], &plan(&text), &[16 * G, G]).unwrap();
     assert_eq!(
