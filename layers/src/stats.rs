@@ -1,7 +1,8 @@
 //! Per-layer counters and latency histograms, shared by all queues (relaxed
-//! atomics: they are statistics, not synchronisation). Everything is kept per
-//! kind of request ([`Op`]): `status` shows the sums, the metrics endpoint
-//! each one.
+//! atomics: they are statistics, not synchronisation). The counters are kept
+//! in one shard per queue, each written by its queue's thread alone
+//! (`counter_shard.rs`) and summed when read. Everything is kept per kind of
+//! request ([`Op`]): `status` shows the sums, the metrics endpoint each one.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
