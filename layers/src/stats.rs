@@ -448,24 +448,26 @@ mod tests {
         assert_eq!(s.of(Op::WriteZeroes), OpCounts::default());
     }
 
-    /// More threads than shards, each counting in the shard it claimed (or
-    /// the shared one), some claiming after others let theirs go: no count
-    /// is lost.
+    /// More threads than shards, all holding their claims at once, so that
+    /// several count in the shared shard together; then a second round in
+    /// shards that others let go. No count is lost.
     #[test]
     fn counts_from_many_threads_all_add_up() {
+        const THREADS: usize = SHARDS + 9;
+        const COUNTS: u64 = 20_000;
         let stats = std::sync::Arc::new(LayerStats::default());
-        let threads: Vec<_> = (0..SHARDS + 9)
-            .map(|t| {
-                let stats = stats.clone();
+        let all_claimed = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (stats, all_claimed) = (stats.clone(), all_claimed.clone());
                 std::thread::spawn(move || {
-                    for round in 0..3 {
+                    for _round in 0..2 {
                         let shard = CounterShard::claim();
-                        for _ in 0..1000 {
+                        all_claimed.wait();
+                        for _ in 0..COUNTS {
                             stats.count(&shard, Op::Read, 512);
                         }
-                        if (t + round) % 2 == 0 {
-                            std::thread::yield_now();
-                        }
+                        all_claimed.wait();
                     }
                 })
             })
@@ -474,7 +476,7 @@ mod tests {
             t.join().unwrap();
         }
         let s = stats.snapshot();
-        let expected = (SHARDS as u64 + 9) * 3 * 1000;
+        let expected = THREADS as u64 * 2 * COUNTS;
         assert_eq!((s.reads, s.read_bytes), (expected, expected * 512));
     }
 }
