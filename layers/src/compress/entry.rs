@@ -22,7 +22,10 @@
 //! geometry, so a damaged entry is an error value, never a panic or an extent
 //! pointing outside the data area.
 
-use super::format::UNIT_BYTES;
+/// Compression unit: see the module doc of `compress` for why 32 KiB. Here
+/// because an entry's length rule needs it (a short last unit may be stored
+/// whole); the rest of the format takes it from `format.rs`.
+pub const UNIT_BYTES: u32 = 32 * 1024;
 
 /// What an extent holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

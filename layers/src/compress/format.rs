@@ -13,6 +13,7 @@
 use crate::meta_table::{MetaTable, HEADER_BYTES, MAX_PLACED_RUNS};
 use crate::superblock::SUPERBLOCK_BYTES;
 
+pub use super::entry::UNIT_BYTES;
 use super::entry::{Limits, TABLE_ENTRY_BYTES};
 
 /// New layers are version 3 (the map can grow); version 2 ones open as
@@ -21,8 +22,6 @@ pub const FORMAT_VERSION: u32 = 3;
 /// The version whose map lies in place: version 3 without placed pages.
 pub const FIXED_MAP_VERSION: u32 = 2;
 pub const ALGORITHM: &str = "lz4";
-/// Compression unit: see the module doc of `compress` for why 32 KiB.
-pub const UNIT_BYTES: u32 = 32 * 1024;
 /// Allocation granule: the file system block of a sparse file, and a multiple of
 /// either block size, so every extent is an aligned request below.
 pub const GRANULE_BYTES: u32 = 4096;
