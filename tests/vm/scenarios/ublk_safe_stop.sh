@@ -68,7 +68,7 @@ status=$(ublk-stack status safe0 --json)
 ublk=$(sed -n 's/.*"ublk":\({[^}]*}\).*/\1/p' <<<"$status")
 echo "status ublk: $ublk"
 grep -q '"data_path":"copy"' <<<"$ublk" || fail "status: no data path in $ublk"
-grep -q "\"kernel_features\":$mask}" <<<"$ublk" || fail "status: kernel_features is not $mask"
+grep -qE "\"kernel_features\":$mask[,}]" <<<"$ublk" || fail "status: kernel_features is not $mask"
 used=$(json_array features "$ublk")
 has CMD_IOCTL_ENCODE "$used" || fail "status: CMD_IOCTL_ENCODE not in use"
 if [[ $newer == yes ]]; then
