@@ -255,6 +255,14 @@ fn simple(
         // A failed simple reply carries no data.
         finish(state, cookie, Some(errno(error)), wakers);
     } else if kind == CMD_READ {
+        if state.pending.get(&cookie).is_some_and(|e| e.covered != 0) {
+            // Its chunks would count toward a reply that no longer says
+            // which bytes came.
+            return Err(format!(
+                "a simple reply to read {cookie}, which structured chunks had begun to answer"
+            )
+            .into());
+        }
         *fill = Some(Fill {
             cookie,
             at: 0,
