@@ -164,7 +164,9 @@ impl Stack {
     pub async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
         match &self.direct {
             Direct::File(file) => {
-                // `Counted::read`, in this future instead of one nested in it.
+                // `Counted::read`, in this future instead of one nested in it:
+                // one future level less is about 23 instructions a request
+                // (callgrind, 788 against 811).
                 let start = file.begin(ctx, Op::Read, offset, buf.len() as u64)?;
                 let res = AsyncLayer::read(&*file.inner, ctx, offset, buf).await;
                 file.finish(ctx, Op::Read, start, &res);
