@@ -943,6 +943,14 @@ impl MetaTable {
         }
         // The zeros are durable before the header says they are entries.
         lower.flush(ctx).await.map_err(io)?;
+        {
+            let _flushes = self.flush_lock.lock().await;
+            self.put_header(ctx, lower, |h| h.covered = Some(entries))
+                .await
+                .map_err(io)?;
+        }
+        // The new pages exist in memory only once the header is durable, so
+        // a failed grow takes no slot from a retry.
         if needed > kept {
             let cells: Box<[Cell]> = (kept..needed).map(|_| Cell::blank()).collect();
             let slot = slot.expect("checked above");
@@ -951,12 +959,6 @@ impl MetaTable {
                 at: None,
                 cells,
             });
-        }
-        {
-            let _flushes = self.flush_lock.lock().await;
-            self.put_header(ctx, lower, |h| h.covered = Some(entries))
-                .await
-                .map_err(io)?;
         }
         self.entries.store(entries, Ordering::Release);
         Ok(())

@@ -395,3 +395,29 @@ fn mirror_raise_failing_on_every_leg_fails_the_mirror() {
     let (_, again) = reopen(&world, 2, &plan).unwrap();
     check_whole(&io, &again, &held, again.size(), "reopened");
 }
+
+/// A grouped table's raise failing at its last flush, more times than a
+/// layer may grow between two opens: a failed raise leaves nothing in
+/// memory that a retry counts, so the retry still succeeds.
+#[test]
+fn a_checksum_raise_retried_after_many_failures_succeeds() {
+    let case = meta_case("checksum");
+    let events = every_event(&case);
+    let io = Io::new();
+    let world = SimWorld::new(1, case.images.clone());
+    let stack = compile_over_sim(&case.old_plan, &world).unwrap();
+    let (old, held) = (stack.size(), fill(&io, &stack));
+    io.grow(&stack, "d", case.leaves[0].1).unwrap();
+    for _ in 0..40 {
+        world.arm(SimFault::FailIo {
+            leaf: 0,
+            skip: events - 1,
+        });
+        let why = io.grow(&stack, "x", case.new).unwrap_err();
+        assert!(fired(&world), "refused before the fault: {why}");
+        assert_eq!(stack.size(), old);
+    }
+    io.grow(&stack, "x", case.new)
+        .unwrap_or_else(|e| panic!("the retry: {e}"));
+    check_whole(&io, &stack, &held, case.new, "retried");
+}
