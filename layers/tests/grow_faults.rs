@@ -388,7 +388,7 @@ fn mirror_raise_failing_on_every_leg_fails_the_mirror() {
     eprintln!("raise: {why}");
     assert_eq!(stack.size(), old);
     assert_eq!(leg_health(&stack), [LegHealth::Failed; 2]);
-    assert!(io.read(&stack, 0, BLOCK).is_err());
+    assert_eq!(io.read(&stack, 0, BLOCK), Err(Error::Io(libc::EIO)));
     let retry = io.grow(&stack, "m", new).unwrap_err();
     assert!(retry.contains("leg 0 is failed"), "{retry}");
     // Reopened, the old records on the legs still hold the data.
