@@ -107,6 +107,9 @@ struct Page {
     durable_slot: Option<u8>,
     /// The slot written last.
     last_slot: Option<u8>,
+    /// The last write of this page failed: its slot may hold anything, so
+    /// the next flush writes the page again before calling it durable.
+    unwritten: bool,
 }
 
 /// A page in memory and the lock that serialises its writes.
@@ -123,6 +126,7 @@ impl Cell {
                 seq: 0,
                 durable_slot: None,
                 last_slot: None,
+                unwritten: false,
             }),
             lock: AsyncLock::default(),
         }
@@ -469,6 +473,7 @@ impl MetaTable {
                 seq,
                 durable_slot: Some(slot),
                 last_slot: Some(slot),
+                unwritten: false,
             };
         }
         // Epochs on disk newer than the header's are a crash's leftovers:
@@ -707,6 +712,15 @@ impl MetaTable {
             .map(|(offset, slot)| lower.write(ctx, *offset, slot))
             .collect();
         let res = try_join_all(futs).await;
+        // Which write failed is not known: each page is written again.
+        for page_index in first_page..=last_page {
+            let mut page = self
+                .cell(page_index)
+                .page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            page.unwritten = res.is_err();
+        }
         drop(guards);
         res
     }
@@ -943,6 +957,14 @@ impl MetaTable {
         }
         // The zeros are durable before the header says they are entries.
         lower.flush(ctx).await.map_err(io)?;
+        {
+            let _flushes = self.flush_lock.lock().await;
+            self.put_header(ctx, lower, |h| h.covered = Some(entries))
+                .await
+                .map_err(io)?;
+        }
+        // The new pages exist in memory only once the header is durable, so
+        // a failed grow takes no slot from a retry.
         if needed > kept {
             let cells: Box<[Cell]> = (kept..needed).map(|_| Cell::blank()).collect();
             let slot = slot.expect("checked above");
@@ -951,12 +973,6 @@ impl MetaTable {
                 at: None,
                 cells,
             });
-        }
-        {
-            let _flushes = self.flush_lock.lock().await;
-            self.put_header(ctx, lower, |h| h.covered = Some(entries))
-                .await
-                .map_err(io)?;
         }
         self.entries.store(entries, Ordering::Release);
         Ok(())
@@ -984,6 +1000,13 @@ impl MetaTable {
         for &page in &dirty {
             guards.push(self.cell(page).lock.lock().await);
         }
+        if let Err(e) = self.rewrite_unwritten(ctx, lower, &dirty).await {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(dirty);
+            return Err(e);
+        }
         if let Err(e) = lower.flush(ctx).await {
             self.dirty
                 .lock()
@@ -1004,6 +1027,42 @@ impl MetaTable {
         self.put_header(ctx, lower, |h| h.flushed = epoch).await?;
         self.flushed.store(epoch, Ordering::SeqCst);
         self.uncovered.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl MetaTable {
+    /// Write again, to the slot written last, each page of `pages` whose last
+    /// write failed (the caller holds their locks).
+    async fn rewrite_unwritten(
+        &self,
+        ctx: &IoCtx,
+        lower: &dyn Layer,
+        pages: &[usize],
+    ) -> Result<()> {
+        let mut writes: Vec<(usize, u64, IoBuf)> = Vec::new();
+        for &index in pages {
+            let mut page = self
+                .cell(index)
+                .page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let Some(slot) = page.last_slot.filter(|_| page.unwritten) else {
+                continue;
+            };
+            page.seq += 1;
+            let mut buf = ctx.buf(PAGE_BYTES);
+            encode_slot(&page.entries, page.seq, &mut buf);
+            writes.push((index, self.page_offset(index, slot), buf.freeze()));
+        }
+        for (index, offset, buf) in writes {
+            lower.write(ctx, offset, &buf).await?;
+            let cell = self.cell(index);
+            cell.page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwritten = false;
+        }
         Ok(())
     }
 }

@@ -320,6 +320,29 @@ fn a_structured_read_reply_that_covers_half_fails_with_eio() {
     );
 }
 
+/// A data chunk (not the last) for half of a read, then a simple reply to
+/// the same cookie: the simple reply would finish the read with only the
+/// chunk's bytes counted, the rest stale memory.
+#[test]
+fn a_simple_reply_to_a_read_that_chunks_began_to_answer_fails_with_eio() {
+    assert_broken(
+        |s, req| {
+            if req.kind != CMD_READ {
+                return s.write_all(&simple(req.cookie, 0));
+            }
+            let half = req.len / 2;
+            let mut out = chunk(req.cookie, 0, REPLY_TYPE_OFFSET_DATA, 8 + half);
+            out.extend_from_slice(&req.offset.to_be_bytes());
+            out.extend_from_slice(&vec![1u8; half as usize]);
+            out.extend_from_slice(&simple(req.cookie, 0));
+            out.extend_from_slice(&vec![2u8; req.len as usize]);
+            s.write_all(&out)
+        },
+        true,
+        "simple reply after read chunks",
+    );
+}
+
 /// Two replies to one cookie: the second names a request no longer in flight.
 #[test]
 fn a_second_reply_to_one_cookie_fails_with_eio() {

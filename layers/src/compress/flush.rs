@@ -18,6 +18,12 @@ impl Compress {
     /// FLUSH: make everything durable below (the table's flush protocol), then
     /// return freed space.
     pub(super) async fn flush_all(&self, ctx: &IoCtx) -> Result<()> {
+        self.flush_cleaning(ctx).await.map(|_| ())
+    }
+
+    /// [`Self::flush_all`], and whether every map page it cleaned was
+    /// written: one that was not keeps, below, a version its entry dropped.
+    pub(super) async fn flush_cleaning(&self, ctx: &IoCtx) -> Result<bool> {
         let _serial = self.flush_lock.lock().await;
         self.table.flush(ctx, &*self.lower).await?;
         let flushed = self.table.flushed();
@@ -32,20 +38,21 @@ impl Compress {
         };
         self.release(ctx, freed).await;
         let to_clean = take_all(&self.to_clean);
-        let cleared = self.clear_prevs(ctx, to_clean, true).await;
+        let (cleared, written) = self.clear_prevs(ctx, to_clean, true).await;
         self.release(ctx, cleared).await;
-        Ok(())
+        Ok(written)
     }
 
     /// Set `prev = empty` for each of `units` (with `only_flushed`: whose `cur` a
     /// flush made durable), one page write per map page; the others wait for the
-    /// next flush. Returns the cleared extents (their data is no longer needed).
+    /// next flush. Returns the cleared extents (their data is no longer needed),
+    /// and whether every page write succeeded.
     pub(super) async fn clear_prevs(
         &self,
         ctx: &IoCtx,
         mut units: Vec<u64>,
         only_flushed: bool,
-    ) -> Vec<Extent> {
+    ) -> (Vec<Extent>, bool) {
         units.sort_unstable();
         units.dedup();
         let flushed = self.table.flushed();
@@ -56,6 +63,7 @@ impl Compress {
         ready.retain(|&u| matches!(self.entry(u), Ok((_, prev)) if prev.kind != Kind::Empty));
         let per_page = self.entries_per_page;
         let mut cleared = Vec::new();
+        let mut written = true;
         for page in ready.chunk_by(|a, b| a / per_page == b / per_page) {
             let (first, last) = (page[0], page[page.len() - 1]);
             let res = self
@@ -85,6 +93,7 @@ impl Compress {
                 )
                 .await;
             if let Err(e) = res {
+                written = false;
                 // The entries are cleared in memory and their `cur` is durable: the
                 // old page on disk only keeps a stale fallback.
                 tracing::warn!(
@@ -97,7 +106,7 @@ impl Compress {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(later);
-        cleared
+        (cleared, written)
     }
 
     /// Discard extents below (merged into runs), then hand them to the allocator.

@@ -30,7 +30,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::exec::IoCtx;
-use crate::meta_table::{PlacedRun, MAX_PLACED_RUNS, PAGE_BYTES};
+use crate::meta_table::{PlacedRun, Stamp, MAX_PLACED_RUNS, PAGE_BYTES};
 
 use super::alloc::GROUP_GRANULES;
 use super::entry::{stored_crc, Extent, Kind};
@@ -219,10 +219,28 @@ impl Compress {
         }
         if !matches!(self.entry(unit), Ok((_, prev)) if whole(&prev)) {
             // Makes the whole version durable and drops the short one.
-            self.flush_all(ctx)
+            let written = self
+                .flush_cleaning(ctx)
                 .await
                 .map_err(|e| format!("cannot flush the device below: {e}"))?;
+            if !written {
+                return Err(format!(
+                    "cannot write the map page that drops the short version of the last \
+                     unit ({unit})"
+                ));
+            }
         }
+        // A flush drops the short version in memory even when the page
+        // write fails (a stale fallback is harmless at the short length),
+        // but at the whole length that entry would not decode: so its page
+        // is written again as memory has it, and flushed, which a retry
+        // after such a failure needs.
+        let page = |e| format!("cannot write the map page of the last unit ({unit}): {e}");
+        self.table
+            .update(ctx, &*self.lower, unit, 1, Stamp::Keep, &mut |_, _, _| {})
+            .await
+            .map_err(page)?;
+        self.flush_all(ctx).await.map_err(page)?;
         match self.entry(unit) {
             Ok((cur, prev)) if whole(&cur) && whole(&prev) => Ok(()),
             Ok(_) => Err(format!(

@@ -16,8 +16,11 @@
 //!
 //! Faults of real disks, armed with [`SimWorld::arm`]: a lost write (completed,
 //! never stored), a misdirected write (stored at another offset), a bit flip on
-//! a read; and at once with [`SimWorld::rollback`]: a range put back to an older
-//! flushed version.
+//! a read, a write or flush that fails with EIO (the k-th of a disk, counted
+//! from when it is armed; a failed write stores nothing, a failed flush makes
+//! nothing durable); and at once with [`SimWorld::rollback`]: a range put back
+//! to an older flushed version. A disk grows as a volume does
+//! ([`AsyncLayer::grow`] of its leaf): zeros past its old end.
 //!
 //! In *immediate* mode (the default) every operation completes when submitted,
 //! so a stack can be opened with the executor's plain `block_on`.
@@ -47,6 +50,9 @@ pub enum SimFault {
     MisdirectWrite { leaf: usize, offset: u64, to: u64 },
     /// The next read covering `offset` returns that byte with one bit flipped.
     FlipOnRead { leaf: usize, offset: u64 },
+    /// The write, write_zeroes or flush after the next `skip` ones (discards
+    /// not counted) fails with EIO.
+    FailIo { leaf: usize, skip: u64 },
 }
 
 impl SimFault {
@@ -54,7 +60,8 @@ impl SimFault {
         match *self {
             SimFault::LoseWrite { leaf, .. }
             | SimFault::MisdirectWrite { leaf, .. }
-            | SimFault::FlipOnRead { leaf, .. } => leaf,
+            | SimFault::FlipOnRead { leaf, .. }
+            | SimFault::FailIo { leaf, .. } => leaf,
         }
     }
 }
@@ -71,9 +78,20 @@ pub struct SimStats {
 }
 
 enum Kind {
-    Read { offset: u64, len: usize },
-    Write { offset: u64, data: Vec<u8> },
-    Flush { mark: u64 },
+    Read {
+        offset: u64,
+        len: usize,
+    },
+    /// `discard`: zeros a discard asked for (never failed by
+    /// [`SimFault::FailIo`]: a device may drop a discard anyway).
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        discard: bool,
+    },
+    Flush {
+        mark: u64,
+    },
 }
 
 struct InFlight {
@@ -201,11 +219,9 @@ impl SimWorld {
 
     /// The leaf serving disk `index`.
     pub fn leaf(self: &Arc<Self>, index: usize) -> SimLeaf {
-        let size = self.lock().disks[index].volatile.len() as u64;
         SimLeaf {
             world: self.clone(),
             index,
-            size,
         }
     }
 
@@ -268,6 +284,11 @@ impl SimWorld {
             .unwrap_or_default()
     }
 
+    /// Drop the faults armed that have not fired.
+    pub fn disarm(&self) {
+        self.lock().armed.clear();
+    }
+
     /// Faults armed that have not fired yet.
     pub fn armed(&self) -> Vec<SimFault> {
         self.lock().armed.clone()
@@ -327,7 +348,7 @@ impl SimWorld {
             }
         }
         for op in &w.in_flight {
-            if let Kind::Write { offset, data } = &op.kind {
+            if let Kind::Write { offset, data, .. } = &op.kind {
                 land(&mut images[op.leaf], *offset, data, rng);
             }
         }
@@ -394,7 +415,12 @@ impl World {
         self.now = self.now.max(op.due);
         let leaf = op.leaf;
         let mut data = Vec::new();
+        let failed = matches!(
+            op.kind,
+            Kind::Write { discard: false, .. } | Kind::Flush { .. }
+        ) && self.fails(leaf);
         match op.kind {
+            Kind::Write { .. } | Kind::Flush { .. } if failed => {}
             Kind::Read { offset, len } => {
                 let at = offset as usize;
                 data = self.disks[leaf].volatile[at..at + len].to_vec();
@@ -413,6 +439,7 @@ impl World {
             Kind::Write {
                 offset,
                 data: written,
+                ..
             } => {
                 let end = offset + written.len() as u64;
                 if let Some(trace) = self.trace.as_mut() {
@@ -423,7 +450,7 @@ impl World {
                         && match *f {
                             SimFault::LoseWrite { offset: o, .. } => (offset..end).contains(&o),
                             SimFault::MisdirectWrite { offset: o, .. } => o == offset,
-                            SimFault::FlipOnRead { .. } => false,
+                            SimFault::FlipOnRead { .. } | SimFault::FailIo { .. } => false,
                         }
                 });
                 let disk_len = self.disks[leaf].volatile.len() as u64;
@@ -443,12 +470,37 @@ impl World {
         self.disks[leaf].completions += 1;
         if !self.orphans.remove(&op.id) {
             let done = Done {
-                result: Ok(()),
+                result: if failed {
+                    Err(Error::Io(libc::EIO))
+                } else {
+                    Ok(())
+                },
                 data,
             };
             self.done.insert(op.id, done);
         }
         self.wakers.remove(&op.id)
+    }
+
+    /// Whether this write or flush of `leaf` is the one an armed
+    /// [`SimFault::FailIo`] fails; otherwise it counts toward it.
+    fn fails(&mut self, leaf: usize) -> bool {
+        let Some(i) = self
+            .armed
+            .iter()
+            .position(|f| matches!(*f, SimFault::FailIo { leaf: l, .. } if l == leaf))
+        else {
+            return false;
+        };
+        if let SimFault::FailIo { skip, .. } = &mut self.armed[i] {
+            if *skip > 0 {
+                *skip -= 1;
+                return false;
+            }
+        }
+        self.armed.remove(i);
+        self.stats.faults_fired += 1;
+        true
     }
 }
 
@@ -456,7 +508,6 @@ impl World {
 pub struct SimLeaf {
     world: Arc<SimWorld>,
     index: usize,
-    size: u64,
 }
 
 /// The future of one leaf operation: pending until the world completes it.
@@ -510,10 +561,26 @@ impl SimLeaf {
         .await
     }
 
+    async fn zero(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
+        self.check(offset, len)?;
+        let data = vec![0u8; len as usize];
+        self.op(
+            Kind::Write {
+                offset,
+                data,
+                discard,
+            },
+            None,
+        )
+        .await
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<()> {
         let bad = offset % SECTOR as u64 != 0
             || len % SECTOR as u64 != 0
-            || offset.checked_add(len).map_or(true, |end| end > self.size);
+            || offset
+                .checked_add(len)
+                .map_or(true, |end| end > self.size());
         if bad {
             return Err(Error::OutOfRange);
         }
@@ -523,7 +590,21 @@ impl SimLeaf {
 
 impl AsyncLayer for SimLeaf {
     fn size(&self) -> u64 {
-        self.size
+        self.world.lock().disks[self.index].volatile.len() as u64
+    }
+
+    async fn grow(&self, _: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
+        let mut w = self.world.lock();
+        let disk = &mut w.disks[self.index];
+        let size = disk.volatile.len() as u64;
+        if new_size < size {
+            return Err(format!(
+                "shrinking a simulated disk ({size} to {new_size} bytes) is not supported"
+            ));
+        }
+        disk.volatile.resize(new_size as usize, 0);
+        disk.durable.resize(new_size as usize, 0);
+        Ok(())
     }
 
     async fn read(&self, _: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
@@ -536,21 +617,28 @@ impl AsyncLayer for SimLeaf {
     async fn write(&self, _: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
         let data = buf.to_vec();
-        self.op(Kind::Write { offset, data }, None).await
+        let discard = false;
+        self.op(
+            Kind::Write {
+                offset,
+                data,
+                discard,
+            },
+            None,
+        )
+        .await
     }
 
     async fn flush(&self, _: &IoCtx) -> Result<()> {
         self.op(Kind::Flush { mark: 0 }, None).await
     }
 
-    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
-        AsyncLayer::write_zeroes(self, ctx, offset, len).await
+    async fn discard(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
+        self.zero(offset, len, true).await
     }
 
     async fn write_zeroes(&self, _: &IoCtx, offset: u64, len: u64) -> Result<()> {
-        self.check(offset, len)?;
-        let data = vec![0u8; len as usize];
-        self.op(Kind::Write { offset, data }, None).await
+        self.zero(offset, len, false).await
     }
 
     fn discard_frees_space(&self) -> bool {
@@ -682,5 +770,38 @@ mod tests {
         assert_eq!(world.image(0)[4096], 6);
         assert!(!world.rollback(0, 0, 512), "never flushed a change there");
         assert_eq!(world.stats().faults_fired, 4);
+    }
+
+    #[test]
+    fn the_armed_write_or_flush_fails_and_stores_nothing() {
+        let world = SimWorld::new(1, vec![vec![0u8; 4096]]);
+        let leaf = world.leaf(0);
+        let ctx = IoCtx::new(0, 8).unwrap();
+        let exec = Executor::new().unwrap();
+        let write = |at: u64, byte: u8| {
+            exec.block_on(
+                &ctx,
+                crate::Layer::write_bytes(&leaf, &ctx, at, &[byte; 512]),
+            )
+        };
+        world.arm(SimFault::FailIo { leaf: 0, skip: 2 });
+        write(0, 1).unwrap();
+        exec.block_on(&ctx, leaf.flush(&ctx)).unwrap();
+        assert_eq!(write(512, 2), Err(Error::Io(libc::EIO)));
+        assert_eq!(world.image(0)[512], 0, "a failed write stores nothing");
+        write(512, 3).unwrap();
+        world.arm(SimFault::FailIo { leaf: 0, skip: 0 });
+        assert_eq!(
+            exec.block_on(&ctx, leaf.flush(&ctx)),
+            Err(Error::Io(libc::EIO))
+        );
+        let image = &world.crash_images(&mut Rng::new(1))[0];
+        assert_eq!(image[0], 1, "flushed before");
+        assert!(world.armed().is_empty());
+        exec.block_on(&ctx, AsyncLayer::grow(&leaf, &ctx, 8192))
+            .unwrap();
+        assert_eq!(leaf.size(), 8192);
+        write(8192 - 512, 4).unwrap();
+        assert_eq!(world.image(0)[8191], 4);
     }
 }
