@@ -70,6 +70,14 @@ impl DirectRequest {
         }
     }
 
+    /// The same buffer again, for the next request, at `offset` (a front end
+    /// that keeps one request per slot reuses it without moving the buffer).
+    pub fn again(&mut self, offset: u64) {
+        self.offset = offset;
+        self.done = 0;
+        self.start = None;
+    }
+
     /// Bytes the request reads or writes.
     pub fn bytes(&self) -> usize {
         self.buf.len()

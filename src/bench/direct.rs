@@ -4,19 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use layers::direct::{DirectBuf, DirectRequest, DirectTop};
-use layers::{IoBuf, IoBufMut, IoCtx, Stack};
+use layers::direct::{DirectRequest, DirectTop};
+use layers::{IoBufMut, IoCtx, Stack};
 
 use super::{thread_cpu, Offsets, Options};
 
-/// One task's request in flight, and what it reuses for the next.
+/// One task's request stream: its offsets and its one request, whose buffer
+/// every request of the task reuses (a write sends the same data each time).
 struct Task {
     offsets: Offsets,
-    /// A write's data (the same every time), or `None` for reads.
-    data: Option<IoBuf>,
-    /// A read's buffer while no request holds it.
-    buf: Option<IoBufMut>,
-    req: Option<DirectRequest>,
+    req: DirectRequest,
 }
 
 /// Run one queue's `qd` request streams until the deadline; returns
@@ -35,16 +32,14 @@ pub(super) fn run_queue(
             let seed = u64::from(queue) << 32 | u64::from(t);
             let mut buf = IoBufMut::zeroed(opts.bs as usize);
             opts.data.fill(seed, &mut buf);
-            let (data, buf) = if opts.pattern.is_write() {
-                (Some(buf.freeze()), None)
+            let req = if opts.pattern.is_write() {
+                DirectRequest::write(0, buf.freeze())
             } else {
-                (None, Some(buf))
+                DirectRequest::read(0, buf)
             };
             Task {
                 offsets: Offsets::for_task(queue, t, span, opts),
-                data,
-                buf,
-                req: None,
+                req,
             }
         })
         .collect();
@@ -70,19 +65,11 @@ pub(super) fn run_queue(
                 continue;
             }
             let task = &mut tasks[t];
-            let offset = task.offsets.next();
-            let mut req = match (&task.data, task.buf.take()) {
-                (Some(data), _) => DirectRequest::write(offset, data.clone()),
-                (None, Some(buf)) => DirectRequest::read(offset, buf),
-                (None, None) => unreachable!("a read task without its buffer"),
-            };
-            match top.start(&ctx, &mut req, t as u64) {
-                None => {
-                    task.req = Some(req);
-                    in_flight += 1;
-                }
+            task.req.again(task.offsets.next());
+            match top.start(&ctx, &mut task.req, t as u64) {
+                None => in_flight += 1,
                 Some(res) => {
-                    finished(task, req, res, &mut ops, &mut failed, &mut running);
+                    finished(res, &mut ops, &mut failed, &mut running);
                     ready.push(t);
                 }
             }
@@ -97,15 +84,9 @@ pub(super) fn run_queue(
         }
         for (token, res) in done.drain(..) {
             let t = token as usize;
-            let task = &mut tasks[t];
-            let req = task
-                .req
-                .as_mut()
-                .expect("a completion for a task in flight");
-            if let Some(res) = top.complete(&ctx, req, token, res) {
+            if let Some(res) = top.complete(&ctx, &mut tasks[t].req, token, res) {
                 in_flight -= 1;
-                let req = task.req.take().expect("checked above");
-                finished(task, req, res, &mut ops, &mut failed, &mut running);
+                finished(res, &mut ops, &mut failed, &mut running);
                 ready.push(t);
             }
         }
@@ -116,18 +97,13 @@ pub(super) fn run_queue(
     Ok((ops, ops * opts.bs, thread_cpu() - cpu_start))
 }
 
-/// Count a finished request and give its task back its buffer.
+/// Count a finished request; the first failure stops the run.
 fn finished(
-    task: &mut Task,
-    req: DirectRequest,
     res: layers::Result<()>,
     ops: &mut u64,
     failed: &mut Option<layers::Error>,
     running: &mut bool,
 ) {
-    if let DirectBuf::Read(buf) = req.into_buf() {
-        task.buf = Some(buf);
-    }
     match res {
         Ok(()) => *ops += 1,
         Err(e) => {

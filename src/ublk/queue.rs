@@ -8,7 +8,14 @@
 //! (UBLK_IO_RES_ABORT). For a request, one executor task runs it on the stack and
 //! finishes by pushing COMMIT_AND_FETCH_REQ with the result, which both completes
 //! the request and re-arms the tag. When every tag has been aborted and no task
-//! is left, the thread returns.
+//! or request is left, the thread returns.
+//!
+//! A read or write to a stack whose top is a `file` or `disk` leaf runs without
+//! a task (`serve_direct`, `layers::direct`): the leaf's ring operation is pushed
+//! as the request arrives and its completion commits the tag, as a plain
+//! io_uring loop would, with the same range check, counters and buffer rules.
+//! Flushes, discards, FUA writes and requests whose buffer the queue registers
+//! itself still take a task.
 //!
 //! Copy mode, not UBLK_F_USER_COPY: the kernel copies write data into the tag's
 //! buffer before the FETCH completes and copies read data out of it while handling
