@@ -475,6 +475,7 @@ mod tests {
         let leaf = b.file("leaf", 1 << 20);
         let stack = compile(&b.build(leaf)).unwrap();
         assert!(matches!(stack.direct, Direct::File(_)));
+        assert!(stack.direct().is_some(), "a file top runs without a task");
         let (ctx, exec) = (IoCtx::new(0, 8).unwrap(), Executor::new().unwrap());
         let mut data = ctx.buf(4096);
         data.fill(0x5A);
@@ -495,6 +496,7 @@ mod tests {
         let top = b.fault("f", leaf, Default::default());
         let stack = compile(&b.build(top)).unwrap();
         assert!(matches!(stack.direct, Direct::Layer));
+        assert!(stack.direct().is_none());
         exec.block_on(&ctx, stack.write(&ctx, 0, &data)).unwrap();
         exec.block_on(&ctx, stack.read(&ctx, 0, &mut back)).unwrap();
         assert!(back.iter().all(|&b| b == 0x5A));
