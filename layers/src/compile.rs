@@ -3,11 +3,11 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::compress::Compress;
+use crate::counted::{Counted, Node};
+use crate::direct::DirectTop;
 use crate::escape::escape_controls;
 use crate::exec::{Executor, IoCtx};
 use crate::file::FileLeaf;
@@ -16,7 +16,7 @@ use crate::mirror::Mirror;
 use crate::plan::{LayerId, LiveChange, Plan};
 use crate::report::LayerReport;
 use crate::stats::{HistogramSnapshot, LatencySnapshot, LayerStats, Op, StatsSnapshot};
-use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
+use crate::{AsyncLayer, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 /// Why a plan could not be compiled (a leaf that cannot be opened, sizes that do
 /// not fit). Names the layer.
@@ -38,17 +38,6 @@ impl fmt::Display for CompileError {
 }
 
 impl std::error::Error for CompileError {}
-
-/// A compiled layer with its counters; the tree is built of these, so every
-/// layer's traffic is counted on its way down.
-pub struct Node {
-    pub name: String,
-    pub type_name: &'static str,
-    pub children: Vec<LayerId>,
-    /// The layer as its kind opened it, without the counters.
-    layer: Arc<dyn Layer>,
-    stats: LayerStats,
-}
 
 /// A layer as its kind opened it ([`crate::kinds::Kind::open`]), still of its
 /// own type: [`compile()`] wraps it with its counters before it becomes a
@@ -173,6 +162,15 @@ impl Stack {
                 res
             }
             Direct::Layer => self.top().read(ctx, offset, buf).await,
+        }
+    }
+
+    /// The top as a leaf that front ends may drive without a future (see
+    /// `direct.rs`): `Some` when the top is a `file` or `disk` leaf.
+    pub fn direct(&self) -> Option<DirectTop<'_>> {
+        match &self.direct {
+            Direct::File(file) => Some(DirectTop::new(file)),
+            Direct::Layer => None,
         }
     }
 
@@ -419,167 +417,9 @@ impl AsyncLayer for Supplied {
     }
 }
 
-/// A layer wrapped with its counters. Generic over the layer, so that the
-/// layer's own futures are part of the wrapper's, boxed once with it.
-struct Counted<L> {
-    node: Node,
-    /// The layer's size for the range check; raised by [`AsyncLayer::grow`]
-    /// once the layer has taken the new space.
-    size: AtomicU64,
-    block_size: u32,
-    /// The same layer as `node.layer`, of its own type.
-    inner: Arc<L>,
-}
-
 impl<L: AsyncLayer> Counts for Counted<L> {
     fn node(&self) -> &Node {
         &self.node
-    }
-}
-
-impl<L: AsyncLayer> Counted<L> {
-    fn new(node: Node, block_size: u32, inner: Arc<L>) -> Counted<L> {
-        assert!(block_size.is_power_of_two(), "block size {block_size}");
-        Counted {
-            size: AtomicU64::new(AsyncLayer::size(&*inner)),
-            node,
-            block_size,
-            inner,
-        }
-    }
-
-    /// Every request is checked at every layer: a range past the end or off the
-    /// block grid is a bug above, and must not reach (or extend) a leaf.
-    fn in_range(&self, offset: u64, len: u64) -> bool {
-        // The block size is a power of two (512 or 4096): a mask, not a
-        // division, per request and layer.
-        let mask = u64::from(self.block_size) - 1;
-        (offset | len) & mask == 0
-            && offset
-                .checked_add(len)
-                .is_some_and(|end| end <= self.size.load(Ordering::Acquire))
-    }
-
-    fn refuse(&self, ctx: &IoCtx, op: Op, offset: u64, len: u64) -> Result<()> {
-        self.node.stats.error(ctx.counter_shard(), op);
-        tracing::error!(layer = %self.node.name, offset, len, "request out of range");
-        Err(Error::OutOfRange)
-    }
-
-    /// What every data request meets before the layer: refused if out of
-    /// range, else counted; returns the time to time it by, if it is sampled.
-    #[inline]
-    fn begin(&self, ctx: &IoCtx, op: Op, offset: u64, len: u64) -> Result<Option<Instant>> {
-        if !self.in_range(offset, len) {
-            return self.refuse(ctx, op, offset, len).map(|()| None);
-        }
-        let nth = self.node.stats.count(ctx.counter_shard(), op, len);
-        Ok(Self::start(op, nth))
-    }
-
-    /// When `op` is sampled at `nth`, its `nth` request at this layer (see
-    /// [`timing_sample`]): the time of the call, to time it to its completion.
-    fn start(op: Op, nth: u64) -> Option<Instant> {
-        (nth % timing_sample(op) == 0).then(Instant::now)
-    }
-
-    /// A request of kind `op` that began at `start` (if timed) finished with
-    /// `res`: its latency goes to the layer's histogram, its error is counted.
-    /// The layer's future is awaited in the caller's own body, not handed to
-    /// a helper: moving it would copy the whole of it once more per request.
-    fn finish(&self, ctx: &IoCtx, op: Op, start: Option<Instant>, res: &Result<()>) {
-        if let Some(start) = start {
-            self.node.stats.took(op, start.elapsed());
-        }
-        if res.is_err() {
-            self.node.stats.error(ctx.counter_shard(), op);
-        }
-    }
-}
-
-/// Latency is recorded for one request in this many of each kind per layer
-/// and queue: a clock read costs about 40 ns here, so two per layer per
-/// request were a few percent of a page-cache read, and percentiles need only
-/// a sample.
-/// Every flush is timed: flushes are few and slow, and each one matters.
-fn timing_sample(op: Op) -> u64 {
-    match op {
-        Op::Flush => 1,
-        Op::Read | Op::Write | Op::Discard | Op::WriteZeroes => 32,
-    }
-}
-
-impl<L: AsyncLayer> AsyncLayer for Counted<L> {
-    fn size(&self) -> u64 {
-        AsyncLayer::size(&*self.inner)
-    }
-
-    async fn read(&self, ctx: &IoCtx, offset: u64, buf: &mut IoBufMut) -> Result<()> {
-        let start = self.begin(ctx, Op::Read, offset, buf.len() as u64)?;
-        let res = AsyncLayer::read(&*self.inner, ctx, offset, buf).await;
-        self.finish(ctx, Op::Read, start, &res);
-        res
-    }
-
-    async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
-        let start = self.begin(ctx, Op::Write, offset, buf.len() as u64)?;
-        let res = AsyncLayer::write(&*self.inner, ctx, offset, buf).await;
-        self.finish(ctx, Op::Write, start, &res);
-        res
-    }
-
-    async fn flush(&self, ctx: &IoCtx) -> Result<()> {
-        let nth = self.node.stats.flush(ctx.counter_shard());
-        let start = Self::start(Op::Flush, nth);
-        let res = AsyncLayer::flush(&*self.inner, ctx).await;
-        self.finish(ctx, Op::Flush, start, &res);
-        res
-    }
-
-    async fn discard(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
-        let start = self.begin(ctx, Op::Discard, offset, len)?;
-        let res = AsyncLayer::discard(&*self.inner, ctx, offset, len).await;
-        self.finish(ctx, Op::Discard, start, &res);
-        res
-    }
-
-    async fn write_zeroes(&self, ctx: &IoCtx, offset: u64, len: u64) -> Result<()> {
-        let start = self.begin(ctx, Op::WriteZeroes, offset, len)?;
-        let res = AsyncLayer::write_zeroes(&*self.inner, ctx, offset, len).await;
-        self.finish(ctx, Op::WriteZeroes, start, &res);
-        res
-    }
-
-    fn discard_frees_space(&self) -> bool {
-        AsyncLayer::discard_frees_space(&*self.inner)
-    }
-
-    fn allocation(&self, offset: u64, len: u64) -> Option<Vec<(u64, bool)>> {
-        // Unlike data requests, a query may end off the block grid; it must
-        // still lie inside the layer.
-        if offset.checked_add(len)? > self.size.load(Ordering::Acquire) {
-            return None;
-        }
-        AsyncLayer::allocation(&*self.inner, offset, len)
-    }
-
-    async fn apply_live(
-        &self,
-        ctx: &IoCtx,
-        change: &LiveChange,
-    ) -> std::result::Result<(), String> {
-        AsyncLayer::apply_live(&*self.inner, ctx, change).await
-    }
-
-    async fn grow(&self, ctx: &IoCtx, new_size: u64) -> std::result::Result<(), String> {
-        AsyncLayer::grow(&*self.inner, ctx, new_size).await?;
-        self.size
-            .store(AsyncLayer::size(&*self.inner), Ordering::Release);
-        Ok(())
-    }
-
-    fn report(&self) -> LayerReport {
-        AsyncLayer::report(&*self.inner)
     }
 }
 
@@ -587,6 +427,7 @@ impl<L: AsyncLayer> AsyncLayer for Counted<L> {
 mod tests {
     use super::*;
     use crate::testing::PlanBuilder;
+    use crate::Error;
 
     /// A key that cannot be loaded refuses the plan before the leaf below it is
     /// created (and so before anything is formatted).
@@ -634,6 +475,7 @@ mod tests {
         let leaf = b.file("leaf", 1 << 20);
         let stack = compile(&b.build(leaf)).unwrap();
         assert!(matches!(stack.direct, Direct::File(_)));
+        assert!(stack.direct().is_some(), "a file top runs without a task");
         let (ctx, exec) = (IoCtx::new(0, 8).unwrap(), Executor::new().unwrap());
         let mut data = ctx.buf(4096);
         data.fill(0x5A);
@@ -654,6 +496,7 @@ mod tests {
         let top = b.fault("f", leaf, Default::default());
         let stack = compile(&b.build(top)).unwrap();
         assert!(matches!(stack.direct, Direct::Layer));
+        assert!(stack.direct().is_none());
         exec.block_on(&ctx, stack.write(&ctx, 0, &data)).unwrap();
         exec.block_on(&ctx, stack.read(&ctx, 0, &mut back)).unwrap();
         assert!(back.iter().all(|&b| b == 0x5A));

@@ -37,7 +37,7 @@ use crate::uring::Op;
 use crate::{os, AsyncLayer, Error, IoBuf, IoBufMut, Result};
 
 /// Largest single leaf I/O; bigger requests are issued in pieces.
-const MAX_IO_BYTES: usize = 1 << 20;
+pub(crate) const MAX_IO_BYTES: usize = 1 << 20;
 /// Most runs one allocation query returns: bounds its lseeks on a file
 /// fragmented into many small extents (the caller asks again for the rest).
 const MAX_ALLOCATION_RUNS: usize = 512;
@@ -156,7 +156,7 @@ impl FileLeaf {
     }
 
     /// `pread` until `buf` is full; end of file inside the device is EIO.
-    fn read_sync(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_sync(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 tracing::error!(kind = self.kind, offset, "read past the end of the leaf");
@@ -167,7 +167,7 @@ impl FileLeaf {
     }
 
     /// `pwrite` until all of `buf` is written.
-    fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
+    pub(crate) fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.file.write_all_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WriteZero {
                 tracing::error!(kind = self.kind, offset, "write made no progress");
@@ -177,15 +177,59 @@ impl FileLeaf {
         })
     }
 
-    fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    /// Whether reads and writes are `pread` / `pwrite` on the calling thread
+    /// (tmpfs, ramfs), unless the buffer is a fixed one.
+    pub(crate) fn is_sync(&self) -> bool {
+        self.sync_io
+    }
+
+    /// What a ring read of the piece at `at` returned: the bytes read, or the
+    /// error it means.
+    pub(crate) fn read_result(&self, at: u64, res: i32) -> Result<usize> {
+        if res < 0 {
+            return Err(Error::from_res(res));
+        }
+        if res == 0 {
+            // End of file inside the device: the file was truncated, or the
+            // block device below went away. Never pass that off as zeros.
+            tracing::error!(
+                kind = self.kind,
+                offset = at,
+                "read past the end of the leaf"
+            );
+            return Err(Error::Io(libc::EIO));
+        }
+        Ok(res as usize)
+    }
+
+    /// What a ring write of the piece at `at` returned: the bytes written, or
+    /// the error it means.
+    pub(crate) fn write_result(&self, at: u64, res: i32) -> Result<usize> {
+        if res == -libc::ENOSPC && self.kind == "disk" {
+            // A block device has no free space to run out of: ENOSPC means
+            // the write fell past its end, i.e. the device shrank or vanished.
+            tracing::error!(offset = at, "write past the end of the disk leaf");
+            return Err(Error::Io(libc::EIO));
+        }
+        if res < 0 {
+            return Err(Error::from_res(res));
+        }
+        if res == 0 {
+            tracing::error!(kind = self.kind, offset = at, "write made no progress");
+            return Err(Error::Io(libc::EIO));
+        }
+        Ok(res as usize)
     }
 
     /// Whether a direct leaf can do I/O straight from or into `bytes`: O_DIRECT
     /// wants the memory aligned to the block size. Request buffers are (the pool,
     /// ublk tag buffers and NBD buffers are 4 KiB aligned, and layers split them
     /// on block boundaries); anything else goes through an aligned copy.
-    fn needs_copy(&self, bytes: &[u8]) -> bool {
+    pub(crate) fn needs_copy(&self, bytes: &[u8]) -> bool {
         self.mem_align > 1 && (bytes.as_ptr() as usize) % self.mem_align != 0
     }
 
@@ -328,20 +372,7 @@ impl AsyncLayer for FileLeaf {
                     range: done..done + len,
                 })
                 .await;
-            if res < 0 {
-                return Err(Error::from_res(res));
-            }
-            if res == 0 {
-                // End of file inside the device: the file was truncated, or the
-                // block device below went away. Never pass that off as zeros.
-                tracing::error!(
-                    kind = self.kind,
-                    offset = at,
-                    "read past the end of the leaf"
-                );
-                return Err(Error::Io(libc::EIO));
-            }
-            done += res as usize;
+            done += self.read_result(at, res)?;
         }
         Ok(())
     }
@@ -369,20 +400,7 @@ impl AsyncLayer for FileLeaf {
                     range: done..done + len,
                 })
                 .await;
-            if res == -libc::ENOSPC && self.kind == "disk" {
-                // A block device has no free space to run out of: ENOSPC means
-                // the write fell past its end, i.e. the device shrank or vanished.
-                tracing::error!(offset = at, "write past the end of the disk leaf");
-                return Err(Error::Io(libc::EIO));
-            }
-            if res < 0 {
-                return Err(Error::from_res(res));
-            }
-            if res == 0 {
-                tracing::error!(kind = self.kind, offset = at, "write made no progress");
-                return Err(Error::Io(libc::EIO));
-            }
-            done += res as usize;
+            done += self.write_result(at, res)?;
         }
         Ok(())
     }

@@ -80,6 +80,10 @@ enum State {
     Done,
     /// The future was dropped before the CQE; the memory waits for it here.
     Orphaned,
+    /// Submitted with [`Uring::submit_notify`]: no future waits; the CQE frees
+    /// the slot and its result goes to [`Uring::reap`]'s callback under the
+    /// slot's `token`.
+    Notify,
 }
 
 /// One operation's place in the in-flight table. Its fields are changed in
@@ -97,6 +101,8 @@ struct Slot {
     waker: Option<Waker>,
     /// What the kernel may still use, until the CQE.
     held: Option<Held>,
+    /// What `reap` reports the CQE as, while `Notify`.
+    token: u64,
 }
 
 const NO_SLOT: usize = usize::MAX;
@@ -160,6 +166,7 @@ impl Uring {
                 next: NO_SLOT,
                 waker: None,
                 held,
+                token: 0,
             });
             slots.len() - 1
         } else {
@@ -182,6 +189,30 @@ impl Uring {
     /// Queue `op`; the returned future resolves to the CQE result (negative errno
     /// on failure).
     pub fn submit(&self, op: Op<'_>) -> OpFuture<'_> {
+        let slot = self.start(op);
+        OpFuture {
+            uring: self,
+            slot,
+            finished: false,
+        }
+    }
+
+    /// Queue `op` with no future to wait on it: its CQE frees the slot (and the
+    /// memory it held) and is handed to [`Uring::reap`]'s callback as
+    /// `(token, result)`, like a foreign CQE. For a front end that runs a
+    /// request without a task (`direct.rs`); `token` must not collide with its
+    /// own foreign `user_data`.
+    pub fn submit_notify(&self, op: Op<'_>, token: u64) {
+        let slot = self.start(op);
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[slot];
+        slot.state = State::Notify;
+        slot.token = token;
+    }
+
+    /// Build `op`'s SQE, give it a slot holding its memory and push it; returns
+    /// the slot.
+    fn start(&self, op: Op<'_>) -> usize {
         let (entry, buf) = match op {
             Op::Read {
                 fd,
@@ -290,11 +321,7 @@ impl Uring {
         // end's device, which it keeps open until its ring is gone.
         unsafe { self.push(&entry) };
         self.in_flight.set(self.in_flight.get() + 1);
-        OpFuture {
-            uring: self,
-            slot,
-            finished: false,
-        }
+        slot
     }
 
     /// Push an SQE. When the submission queue is full, what is there is handed to
@@ -369,18 +396,27 @@ impl Uring {
             for &(user_data, res, flags) in &batch[..n] {
                 if user_data & FOREIGN_BIT != 0 {
                     foreign(user_data, res, flags);
-                } else {
-                    self.complete(user_data as usize, res);
+                } else if let Some(token) = self.complete(user_data as usize, res) {
+                    foreign(token, res, 0);
                 }
             }
         }
     }
 
-    fn complete(&self, index: usize, res: i32) {
+    /// Finish slot `index`'s operation; a `Notify` slot's token is returned, for
+    /// the caller to report.
+    fn complete(&self, index: usize, res: i32) -> Option<u64> {
         self.in_flight.set(self.in_flight.get() - 1);
         let mut slots = self.slots.borrow_mut();
         let slot = &mut slots[index];
         match slot.state {
+            State::Notify => {
+                let (token, held) = (slot.token, slot.held.take());
+                self.free_slot(slot, index);
+                drop(slots);
+                drop(held);
+                return Some(token);
+            }
             State::Pending => {
                 slot.state = State::Done;
                 slot.res = res;
@@ -401,6 +437,7 @@ impl Uring {
                 unreachable!("CQE for slot {index} that is not in flight")
             }
         }
+        None
     }
 }
 
@@ -453,7 +490,7 @@ impl Future for OpFuture<'_> {
                 drop(held);
                 Poll::Ready(res)
             }
-            State::Free | State::Orphaned => unreachable!("polled a finished op"),
+            State::Free | State::Orphaned | State::Notify => unreachable!("polled a finished op"),
         }
     }
 }
@@ -474,7 +511,7 @@ impl Drop for OpFuture<'_> {
                 drop(slots);
                 drop(held);
             }
-            State::Free | State::Orphaned => {}
+            State::Free | State::Orphaned | State::Notify => {}
         }
     }
 }

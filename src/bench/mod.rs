@@ -7,6 +7,7 @@
 //! that is the cost of the stack over the raw primitive.
 
 mod baseline;
+mod direct;
 mod primitives;
 
 use std::cell::Cell;
@@ -250,6 +251,9 @@ fn run_queue(
     queue: u16,
     opts: &Options,
 ) -> Result<(u64, u64, Duration), String> {
+    if let Some(top) = stack.direct() {
+        return direct::run_queue(&stack, top, queue, opts);
+    }
     let cpu_start = thread_cpu();
     let ctx = Rc::new(IoCtx::new(queue, (opts.qd * 2).max(64)).map_err(|e| e.to_string())?);
     let exec = Executor::new().map_err(|e| e.to_string())?;

@@ -8,7 +8,14 @@
 //! (UBLK_IO_RES_ABORT). For a request, one executor task runs it on the stack and
 //! finishes by pushing COMMIT_AND_FETCH_REQ with the result, which both completes
 //! the request and re-arms the tag. When every tag has been aborted and no task
-//! is left, the thread returns.
+//! or request is left, the thread returns.
+//!
+//! A read or write to a stack whose top is a `file` or `disk` leaf runs without
+//! a task (`serve_direct`, `layers::direct`): the leaf's ring operation is pushed
+//! as the request arrives and its completion commits the tag, as a plain
+//! io_uring loop would, with the same range check, counters and buffer rules.
+//! Flushes, discards, FUA writes and requests whose buffer the queue registers
+//! itself still take a task.
 //!
 //! Copy mode, not UBLK_F_USER_COPY: the kernel copies write data into the tag's
 //! buffer before the FETCH completes and copies read data out of it while handling
@@ -44,6 +51,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, types};
 use layers::buf::Lease;
+use layers::direct::DirectRequest;
 use layers::uring::{Op, FOREIGN_BIT};
 use layers::{Error, Executor, IoBufMut, IoCtx, Stack};
 use nix::sys::eventfd::EventFd;
@@ -53,6 +61,9 @@ use super::sys::{self, IoCmd, IoDesc};
 use super::zero_copy::{self, AutoBufReg, AutoRegMiss, DataPath};
 
 const SECTOR_BYTES: u64 = 512;
+/// In `user_data` (with [`FOREIGN_BIT`]): the completion of a request's leaf
+/// operation run without a task (`serve_direct`), not of a ublk command.
+const DIRECT_BIT: u64 = 1 << 62;
 /// How often a request whose buffer is still held by a leftover operation looks
 /// again (only after a layer dropped an operation in flight, which none does).
 const LEASE_POLL_NANOS: u64 = 1_000_000;
@@ -119,6 +130,10 @@ pub(super) struct Queue {
     tags: RefCell<Vec<TagState>>,
     done_tags: Cell<usize>,
     pub(super) report: Cell<QueueReport>,
+    /// Requests run without a task (`serve_direct`) whose leaf operation is in
+    /// the ring, by tag, with the lease on the tag's buffer.
+    direct: RefCell<Vec<Option<(DirectRequest, Lease)>>>,
+    direct_in_flight: Cell<usize>,
 }
 
 impl Queue {
@@ -176,6 +191,17 @@ impl Queue {
             *state = TagState::Armed;
         }
         self.push_command(tag, op, result);
+    }
+
+    /// Count a served request and COMMIT its result (bytes, or a negative errno).
+    fn answer(&self, tag: u16, result: i32) {
+        let mut report = self.report.get();
+        report.requests += 1;
+        if result < 0 {
+            report.errors += 1;
+        }
+        self.report.set(report);
+        self.commit(tag, result);
     }
 
     fn finish_tag(&self, tag: u16) {
@@ -284,7 +310,7 @@ pub fn run<T: TopLayer>(
     // requests instead of handing them out). So once any tag is aborted, the
     // queue ends when no request is left in flight.
     let waiting = || queue.done_tags.get() < depth && queue.done_tags.get() == 0;
-    while waiting() || exec.live_tasks() > 0 {
+    while waiting() || exec.live_tasks() > 0 || queue.direct_in_flight.get() > 0 {
         // A tag not done has its command in the kernel or a task serving it.
         let turned = exec.turn(&queue.ctx, &waiting, &mut |user_data, res| {
             on_command_done(&queue, &exec, &stack, user_data, res)
@@ -379,6 +405,7 @@ pub(super) fn prepare(setup: QueueSetup, char_fd: &OwnedFd) -> io::Result<(Rc<Qu
     let exec = Executor::new()?;
     let descs = Descriptors::map(char_fd.as_raw_fd(), setup.queue, setup.depth)?;
     let buffers = TagBuffers::new(setup.depth, setup.buf_bytes)?;
+    let depth = usize::from(setup.depth);
     let queue = Queue {
         tags: RefCell::new(vec![TagState::Armed; usize::from(setup.depth)]),
         char_fd: char_fd.as_raw_fd(),
@@ -388,6 +415,8 @@ pub(super) fn prepare(setup: QueueSetup, char_fd: &OwnedFd) -> io::Result<(Rc<Qu
         buffers,
         done_tags: Cell::new(0),
         report: Cell::new(QueueReport::default()),
+        direct: RefCell::new((0..depth).map(|_| None).collect()),
+        direct_in_flight: Cell::new(0),
     };
     Ok((Rc::new(queue), exec))
 }
@@ -399,6 +428,10 @@ fn on_command_done<T: TopLayer>(
     user_data: u64,
     res: i32,
 ) {
+    if user_data & DIRECT_BIT != 0 {
+        direct_done(queue, exec, stack.stack(), user_data, res);
+        return;
+    }
     let raw_tag = user_data & !FOREIGN_BIT;
     let Ok(tag) = u16::try_from(raw_tag) else {
         tracing::error!(
@@ -434,17 +467,14 @@ fn on_command_done<T: TopLayer>(
                 *state = TagState::Serving;
             }
             let desc = queue.descs.get(tag);
+            if serve_direct(queue, exec, stack.stack(), tag, &desc) {
+                return;
+            }
             let queue = queue.clone();
             let stack = stack.clone();
             exec.spawn(async move {
                 let result = serve(&queue, stack.stack(), tag, desc).await;
-                let mut report = queue.report.get();
-                report.requests += 1;
-                if result < 0 {
-                    report.errors += 1;
-                }
-                queue.report.set(report);
-                queue.commit(tag, result);
+                queue.answer(tag, result);
             });
         }
         sys::UBLK_IO_RES_ABORT => queue.finish_tag(tag),
@@ -459,6 +489,140 @@ fn on_command_done<T: TopLayer>(
             queue.finish_tag(tag);
         }
     }
+}
+
+/// Serve a read or write to a stack whose top is a `file` or `disk` leaf
+/// without a task (`layers::direct`): the leaf's operation goes into the ring
+/// now and its completion, tagged [`DIRECT_BIT`], finishes the request in
+/// `direct_done`. Returns false, having done nothing, for every request the
+/// task path must serve: other operations, FUA writes (a flush follows),
+/// buffers the queue registers itself, ranges that are not valid (the task
+/// path fails them with their reason), or a buffer the leaf cannot take.
+fn serve_direct(
+    queue: &Rc<Queue>,
+    exec: &Executor,
+    stack: &Stack,
+    tag: u16,
+    desc: &IoDesc,
+) -> bool {
+    let Some(top) = stack.direct() else {
+        return false;
+    };
+    let op = desc.op();
+    let eligible = match op {
+        sys::UBLK_IO_OP_READ => true,
+        sys::UBLK_IO_OP_WRITE => !desc.has_flag(sys::UBLK_IO_F_FUA),
+        _ => false,
+    } && match queue.setup.data_path {
+        DataPath::Copy => true,
+        DataPath::AutoRegister => !desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),
+        DataPath::ExplicitRegister => false,
+    };
+    if !eligible {
+        return false;
+    }
+    let Ok((offset, len)) = byte_range(desc, queue.setup.block_size, top.size()) else {
+        return false;
+    };
+    if len > queue.buffers.per_tag() as u64 {
+        return false;
+    }
+    let (buf, lease) = if queue.setup.data_path.is_zero_copy() {
+        queue.lend_fixed(tag, len as usize)
+    } else {
+        queue.lend_buffer(tag, len as usize)
+    };
+    let mut req = if op == sys::UBLK_IO_OP_READ {
+        DirectRequest::read(offset, buf)
+    } else {
+        DirectRequest::write(offset, buf.freeze())
+    };
+    if !top.takes(&req) {
+        return false;
+    }
+    match top.start(
+        &queue.ctx,
+        &mut req,
+        FOREIGN_BIT | DIRECT_BIT | u64::from(tag),
+    ) {
+        None => {
+            queue.direct.borrow_mut()[usize::from(tag)] = Some((req, lease));
+            queue.direct_in_flight.set(queue.direct_in_flight.get() + 1);
+        }
+        Some(res) => direct_answer(queue, exec, tag, req, lease, len, res),
+    }
+    true
+}
+
+/// The completion of a `serve_direct` request's leaf operation.
+fn direct_done(queue: &Rc<Queue>, exec: &Executor, stack: &Stack, user_data: u64, res: i32) {
+    let tag = (user_data & !(FOREIGN_BIT | DIRECT_BIT)) as usize;
+    let (Some(top), Some(Some((mut req, lease)))) = (
+        stack.direct(),
+        queue.direct.borrow_mut().get_mut(tag).map(Option::take),
+    ) else {
+        tracing::error!(
+            queue = queue.setup.queue,
+            "completion for unknown user_data {user_data:#x}"
+        );
+        return;
+    };
+    let tag = tag as u16;
+    match top.complete(&queue.ctx, &mut req, user_data, res) {
+        // A short transfer: the rest is in the ring.
+        None => queue.direct.borrow_mut()[usize::from(tag)] = Some((req, lease)),
+        Some(result) => {
+            queue.direct_in_flight.set(queue.direct_in_flight.get() - 1);
+            let len = req.bytes() as u64;
+            direct_answer(queue, exec, tag, req, lease, len, result);
+        }
+    }
+}
+
+/// Finish a `serve_direct` request: its buffer goes back to the tag, then its
+/// result is committed.
+fn direct_answer(
+    queue: &Rc<Queue>,
+    exec: &Executor,
+    tag: u16,
+    req: DirectRequest,
+    lease: Lease,
+    len: u64,
+    result: Result<(), Error>,
+) {
+    drop(req);
+    let result = match result {
+        Ok(()) => len as i32,
+        Err(e) => {
+            tracing::debug!(queue = queue.setup.queue, tag, "request failed: {e}");
+            e.errno()
+        }
+    };
+    if lease.is_returned() {
+        queue.answer(tag, result);
+        return;
+    }
+    // The ring frees an operation's hold on the buffer before it reports the
+    // completion, so this is not expected; if it happens, the tag waits for
+    // its memory as `serve_range` does, and the request fails.
+    tracing::error!(
+        queue = queue.setup.queue,
+        tag,
+        "a leaf operation outlived its request; waiting for it"
+    );
+    let queue = queue.clone();
+    exec.spawn(async move {
+        while !lease.is_returned() {
+            queue
+                .ctx
+                .uring()
+                .submit(Op::Sleep {
+                    nanos: LEASE_POLL_NANOS,
+                })
+                .await;
+        }
+        queue.answer(tag, -libc::EIO);
+    });
 }
 
 /// Run one request on the stack; returns what COMMIT reports: bytes transferred
