@@ -14,7 +14,8 @@
 //! - a retry of the raise on the running layer succeeds.
 //!
 //! A mirror leg whose write fails is failed, as it is for any write: the
-//! raise goes on with the other leg and succeeds degraded. With the fault
+//! raise goes on with the other leg and succeeds degraded; re-added, the
+//! leg is rebuilt to the new size, writes it missed included. With the fault
 //! on every leg at once the mirror has no leg left: the raise fails, I/O
 //! fails with EIO, and a retry says why it is refused.
 
@@ -365,6 +366,87 @@ fn mirror_raise_goes_on_without_a_leg_that_fails_an_event() {
             let (_, again) = reopen(&world, 2, &plan).unwrap();
             assert_eq!(leg_health(&again), want, "{what}, reopened");
             check_whole(&io, &again, &held, new, &format!("{what}, reopened"));
+        }
+    }
+}
+
+/// Steps the resync of the mirror of `stack` to its end.
+fn resync(io: &Io, stack: &Stack, what: &str) {
+    let mirror = stack.mirror("m").unwrap();
+    while io
+        .exec
+        .block_on(&io.ctx, mirror.resync_step(&io.ctx))
+        .unwrap_or_else(|e| panic!("{what}: resync: {e}"))
+    {}
+}
+
+/// The data areas of both legs of a mirror of `size` bytes, as the disks
+/// hold them.
+fn assert_legs_identical(world: &SimWorld, size: u64, what: &str) {
+    let (a, b) = (world.image(0), world.image(1));
+    let data = mirror::DATA_START as usize..(mirror::DATA_START + size) as usize;
+    if let Some(at) = (data.start..data.end).step_by(BLOCK as usize).find(|&at| {
+        let end = at + BLOCK as usize;
+        a[at..end] != b[at..end]
+    }) {
+        panic!("{what}: the legs differ at byte {}", at - data.start);
+    }
+}
+
+/// A leg failed by an event of the raise, written around while failed (in
+/// the old space and the new), then re-added: the resync leaves both legs
+/// holding everything at the new size, and the mirror reopens grown with
+/// both legs ok.
+#[test]
+fn mirror_leg_failed_by_the_raise_is_readded_and_resynced_at_the_new_size() {
+    let io = Io::new();
+    let (old_leg, new_leg) = (MIB, 3 * MIB);
+    let plan = mirror_plan(old_leg);
+    let new = mirror::exposed_size(new_leg, BLOCK as u32);
+    for leg in 0..2 {
+        for k in 0.. {
+            let what = format!("mirror: event {k} of the raise fails on leg {leg}");
+            let world = SimWorld::new(1, vec![vec![0u8; old_leg as usize]; 2]);
+            let stack = compile_over_sim(&plan, &world).unwrap();
+            let old = stack.size();
+            let mut held = fill(&io, &stack);
+            io.grow(&stack, "l0", new_leg).unwrap();
+            io.grow(&stack, "l1", new_leg).unwrap();
+            world.arm(SimFault::FailIo { leaf: leg, skip: k });
+            io.grow(&stack, "m", new)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            if !fired(&world) {
+                world.disarm();
+                assert!(k > 0, "{what}: the raise wrote nothing");
+                break;
+            }
+            assert_ne!(leg_health(&stack)[leg], LegHealth::Ok, "{what}");
+            // What the failed leg misses: old space and new, its last block too.
+            held.resize(new as usize, 0);
+            for (i, at) in [BLOCK, old + 5 * BLOCK, new - BLOCK]
+                .into_iter()
+                .enumerate()
+            {
+                let data = block(i as u64 + 50);
+                io.write(&stack, at, &data)
+                    .unwrap_or_else(|e| panic!("{what}: a degraded write: {e}"));
+                held[at as usize..(at + BLOCK) as usize].copy_from_slice(&data);
+            }
+            io.exec
+                .block_on(&io.ctx, stack.mirror("m").unwrap().readd(&io.ctx, leg))
+                .unwrap_or_else(|e| panic!("{what}: readd: {e}"));
+            resync(&io, &stack, &what);
+            let what = format!("{what}, re-added");
+            assert_eq!(leg_health(&stack), [LegHealth::Ok; 2], "{what}");
+            assert_eq!(stack.size(), new, "{what}");
+            assert!(io.read(&stack, 0, new).unwrap() == held, "{what}: the data");
+            assert_legs_identical(&world, new, &what);
+            let (_, again) =
+                reopen(&world, 2, &plan).unwrap_or_else(|e| panic!("{what}: reopened: {e}"));
+            let what = format!("{what}, reopened");
+            assert_eq!(leg_health(&again), [LegHealth::Ok; 2], "{what}");
+            assert_eq!(again.size(), new, "{what}");
+            assert!(io.read(&again, 0, new).unwrap() == held, "{what}: the data");
         }
     }
 }

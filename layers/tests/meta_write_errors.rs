@@ -3,6 +3,10 @@
 //! flushed before read back. The flush must not count the slot the failed
 //! write was aimed at as durable, or the page's next write goes to the
 //! only good copy, and a torn write of it leaves neither slot right.
+//!
+//! Checksum and crypt keep their tables in the same format, and both write
+//! a block's table page before the block, so the first write below a block
+//! write is its page.
 
 use layers::exec::{Executor, IoCtx};
 use layers::testing::sim::{SimFault, SimWorld};
@@ -11,12 +15,23 @@ use layers::testing::{PlanBuilder, Rng};
 
 const BLOCK: u64 = 4096;
 
-#[test]
-fn a_failed_page_write_then_a_flush_then_a_crash_loses_nothing_flushed() {
+#[derive(Clone, Copy, Debug)]
+enum Meta {
+    Checksum,
+    Crypt,
+}
+
+fn a_failed_page_write_then_a_flush_then_a_crash(meta: Meta) {
     let dir = tempfile::tempdir().unwrap();
     let mut b = PlanBuilder::new(dir.path(), BLOCK as u32);
     let d = b.memory("d", 1 << 20);
-    let top = b.checksum("x", d);
+    let top = match meta {
+        Meta::Checksum => b.checksum("x", d),
+        Meta::Crypt => {
+            std::env::set_var("META_WRITE_ERRORS_KEY", "a7".repeat(32));
+            b.crypt("x", d, "META_WRITE_ERRORS_KEY")
+        }
+    };
     let plan = b.build(top);
     let ctx = IoCtx::new(0, 16).unwrap();
     let exec = Executor::new().unwrap();
@@ -28,7 +43,7 @@ fn a_failed_page_write_then_a_flush_then_a_crash_loses_nothing_flushed() {
     exec.block_on(&ctx, stack.flush(&ctx)).unwrap();
     world.arm(SimFault::FailIo { leaf: 0, skip: 0 });
     let failed = exec.block_on(&ctx, stack.top().write_bytes(&ctx, BLOCK, &[8u8; 4096]));
-    assert!(failed.is_err());
+    assert!(failed.is_err(), "{meta:?}: the failed page write");
     // The flush writes the page again, then flushes.
     exec.block_on(&ctx, stack.flush(&ctx)).unwrap();
     exec.block_on(&ctx, stack.top().write_bytes(&ctx, 2 * BLOCK, &[9u8; 4096]))
@@ -42,7 +57,17 @@ fn a_failed_page_write_then_a_flush_then_a_crash_loses_nothing_flushed() {
         let res = exec.block_on(&ctx, s.top().read_bytes(&ctx, 0, &mut buf));
         assert!(
             res.is_ok() && buf == a,
-            "crash image {i}: block 0 reads {res:?}"
+            "{meta:?}: crash image {i}: block 0 reads {res:?}"
         );
     }
+}
+
+#[test]
+fn a_failed_page_write_then_a_flush_then_a_crash_loses_nothing_flushed() {
+    a_failed_page_write_then_a_flush_then_a_crash(Meta::Checksum);
+}
+
+#[test]
+fn a_failed_crypt_page_write_then_a_flush_then_a_crash_loses_nothing_flushed() {
+    a_failed_page_write_then_a_flush_then_a_crash(Meta::Crypt);
 }
