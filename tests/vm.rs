@@ -65,6 +65,7 @@ scenarios!(
     ublk_zero_copy,
     ublk_batch_io,
     ublk_grow,
+    ublk_null_zeros,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

@@ -33,6 +33,8 @@ use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
 
+pub use crate::zero_prefix::ZeroPrefix;
+
 /// Alignment of every [`AlignedBuf`]: enough for O_DIRECT on any block size.
 pub const BUF_ALIGN: usize = 4096;
 
@@ -165,6 +167,9 @@ struct Memory {
     /// The index of the ring's fixed-buffer table where the kernel registered
     /// the real bytes (zero copy); `None` for memory of our own.
     fixed: Option<u16>,
+    /// What the lender knows of zeros at the start of the memory, if it keeps
+    /// count ([`ZeroPrefix`]).
+    zeros: Option<ZeroPrefix>,
 }
 
 impl Drop for Memory {
@@ -235,6 +240,7 @@ impl IoBufMut {
                 home,
             },
             fixed: None,
+            zeros: None,
         })
     }
 
@@ -261,19 +267,26 @@ impl IoBufMut {
     }
 
     /// Lend `len` bytes at `ptr` (e.g. a ublk tag buffer) as a request buffer.
-    /// The lease says when the memory is back.
+    /// The lease says when the memory is back. `zeros`, if the lender keeps
+    /// one for this memory, is told of every write through the handles.
     ///
     /// # Safety
     /// The memory must be valid for reads and writes of `len` bytes, and nothing
     /// but the returned handle (and the handles and holds made from it) may
     /// touch it, until the lease reports it returned; if that never happens, the
-    /// memory must stay valid forever.
-    pub unsafe fn lend(ptr: NonNull<u8>, len: usize) -> (IoBufMut, Lease) {
+    /// memory must stay valid forever. `zeros` must count only bytes that are
+    /// zero now.
+    pub unsafe fn lend(
+        ptr: NonNull<u8>,
+        len: usize,
+        zeros: Option<ZeroPrefix>,
+    ) -> (IoBufMut, Lease) {
         let buf = IoBufMut::whole(Memory {
             ptr,
             len,
             owner: Owner::Lent,
             fixed: None,
+            zeros,
         });
         let lease = Lease(Rc::downgrade(&buf.mem));
         (buf, lease)
@@ -294,6 +307,7 @@ impl IoBufMut {
             len,
             owner: Owner::Lent,
             fixed: Some(index),
+            zeros: None,
         });
         let lease = Lease(Rc::downgrade(&buf.mem));
         (buf, lease)
@@ -385,8 +399,30 @@ impl IoBufMut {
         }
     }
 
+    /// Make every byte of this handle zero, skipping the stores when the
+    /// lender knows they already are ([`ZeroPrefix`]).
+    pub fn fill_zero(&mut self) {
+        let end = self.start + self.len;
+        let Some(zeros) = self.mem.zeros.clone() else {
+            self.fill(0);
+            return;
+        };
+        let known = zeros.known();
+        if known >= end {
+            return;
+        }
+        self.fill(0);
+        if known >= self.start {
+            zeros.zeroed_to(end);
+        }
+    }
+
     /// Where the bytes start, for the SQE, and a hold for the ring's slot.
     pub fn as_mut_ptr_held(&mut self) -> (*mut u8, Hold) {
+        if let Some(zeros) = &self.mem.zeros {
+            // The operation may write anywhere in the handle.
+            zeros.written_from(self.start);
+        }
         // SAFETY: start + len <= mem.len by construction, so the offset stays
         // inside the memory.
         let ptr = unsafe { self.mem.ptr.as_ptr().add(self.start) };
@@ -409,6 +445,9 @@ impl Deref for IoBufMut {
 
 impl DerefMut for IoBufMut {
     fn deref_mut(&mut self) -> &mut [u8] {
+        if let Some(zeros) = &self.mem.zeros {
+            zeros.written_from(self.start);
+        }
         // SAFETY: as in deref; `&mut self` makes this the only access through
         // this handle, and no other handle covers these bytes.
         unsafe { std::slice::from_raw_parts_mut(self.mem.ptr.as_ptr().add(self.start), self.len) }
@@ -536,7 +575,7 @@ mod tests {
         let mut memory = AlignedBuf::new(8192);
         let ptr = NonNull::new(memory.as_mut_ptr()).unwrap();
         // SAFETY: `memory` outlives the handles below and is not touched meanwhile.
-        let (mut buf, lease) = unsafe { IoBufMut::lend(ptr, 8192) };
+        let (mut buf, lease) = unsafe { IoBufMut::lend(ptr, 8192, None) };
         let tail = buf.split_to(4096);
         let (_, hold) = buf.as_mut_ptr_held();
         drop(buf);

@@ -52,11 +52,12 @@ pub mod testing;
 pub mod units;
 #[allow(unsafe_code)]
 pub mod uring;
+pub mod zero_prefix;
 
 use std::future::Future;
 use std::pin::Pin;
 
-pub use buf::{IoBuf, IoBufMut};
+pub use buf::{IoBuf, IoBufMut, ZeroPrefix};
 pub use compile::{compile, compile_with, CompileError, Stack};
 pub use error::{Error, Result};
 pub use exec::{Executor, IoCtx};

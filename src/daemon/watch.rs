@@ -8,6 +8,14 @@
 //! (create, writes, close, rename), so the thread waits until the folder has
 //! been quiet for [`QUIET`] before it reads the file, and at most [`MAX_WAIT`]
 //! for a writer that never stops.
+//!
+//! Only the events that end a change are watched ([`MASK`]): a close after
+//! writing, a rename, a create or delete. Not each write (IN_MODIFY): the
+//! folder may hold files the daemon serves, and the kernel would queue an
+//! event and wake the watching thread for every write a leaf makes to them
+//! (a `file` leaf on tmpfs does thousands a second, and each wake-up took the
+//! queue thread's CPU: benches/vm/README.md, "4 KiB random writes on tmpfs").
+//! A change written in place is seen when its writer closes the file.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,8 +23,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::reload::{Reloader, Trigger};
 
@@ -32,12 +40,39 @@ pub enum Wake {
     Sighup,
 }
 
+/// What the watch asks inotify for on the config's folder (see the module
+/// comment for what is left out, and why).
+pub const MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_CREATE)
+    .union(AddWatchFlags::IN_DELETE);
+
+/// The name of the thread that reads the folder's events.
+const WATCH_THREAD: &str = "config-watch";
+
 /// The running reload thread. Dropping it stops the file watch; the thread
 /// ends once every sender of [`Watch::waker`] is gone.
 pub struct Watch {
     wake: Sender<Wake>,
     /// `None` when the folder could not be watched: SIGHUP and `reload` still work.
-    _watcher: Option<RecommendedWatcher>,
+    _watcher: Option<FolderWatch>,
+}
+
+/// The inotify watches on the config's folders; dropping it removes them,
+/// which ends the thread reading their events.
+struct FolderWatch {
+    inotify: Arc<Inotify>,
+    watches: Vec<WatchDescriptor>,
+}
+
+impl Drop for FolderWatch {
+    fn drop(&mut self) {
+        for &wd in &self.watches {
+            // Each removal queues IN_IGNORED, which the reading thread counts.
+            let _ = self.inotify.rm_watch(wd);
+        }
+    }
 }
 
 impl Watch {
@@ -79,7 +114,7 @@ fn watched_paths(config: &Path) -> Vec<PathBuf> {
             (Some(a), Some(b)) => std::fs::canonicalize(a).is_ok_and(|a| a == b),
             _ => true,
         };
-        // Two names of one folder would be one inotify watch; notify keeps one.
+        // Two names of one folder would be one inotify watch.
         if !same_folder {
             paths.push(target);
         }
@@ -87,40 +122,79 @@ fn watched_paths(config: &Path) -> Vec<PathBuf> {
     paths
 }
 
-fn watch(targets: &[PathBuf], wake: Sender<Wake>) -> notify::Result<RecommendedWatcher> {
-    let files = targets.to_vec();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-            // A failed send means the daemon is stopping: nothing to reload.
-            Ok(event) if concerns(&event, &files) => {
-                let _ = wake.send(Wake::FileChanged);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("watching the config: {e}"),
-        })?;
+/// Watch the folders of `targets` and send `Wake::FileChanged` to `wake` on
+/// every event that concerns one of them.
+fn watch(targets: &[PathBuf], wake: Sender<Wake>) -> io::Result<FolderWatch> {
+    let inotify = Arc::new(Inotify::init(InitFlags::IN_CLOEXEC)?);
+    let mut folders = Vec::new();
+    let mut watch = FolderWatch {
+        inotify: inotify.clone(),
+        watches: Vec::new(),
+    };
     for file in targets {
         let folder = file.parent().unwrap_or(Path::new("/"));
-        watcher.watch(folder, RecursiveMode::NonRecursive)?;
+        let wd = inotify
+            .add_watch(folder, MASK)
+            .map_err(|e| io::Error::other(format!("{}: {e}", folder.display())))?;
+        // Two names of one folder are one watch, removed (and ended) once.
+        if !watch.watches.contains(&wd) {
+            watch.watches.push(wd);
+            folders.push((wd, folder.to_path_buf()));
+        }
     }
-    Ok(watcher)
+    let files = targets.to_vec();
+    std::thread::Builder::new()
+        .name(WATCH_THREAD.into())
+        .spawn(move || read_events(&inotify, &folders, &files, &wake))?;
+    Ok(watch)
 }
 
-/// Whether `event` may have changed one of `files`.
-fn concerns(event: &Event, files: &[PathBuf]) -> bool {
+/// Until every watch is removed (or the daemon stops listening): wake the
+/// reload thread for each event that concerns one of `files`.
+fn read_events(
+    inotify: &Inotify,
+    folders: &[(WatchDescriptor, PathBuf)],
+    files: &[PathBuf],
+    wake: &Sender<Wake>,
+) {
+    let mut live = folders.len();
+    while live > 0 {
+        let events = match inotify.read_events() {
+            Ok(events) => events,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::warn!(
+                    "watching the config: {e}; reload with SIGHUP or `ublk-stack reload`"
+                );
+                return;
+            }
+        };
+        for event in events {
+            if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                live -= 1;
+                continue;
+            }
+            let path = folders
+                .iter()
+                .find(|(wd, _)| *wd == event.wd)
+                .zip(event.name.as_ref())
+                .map(|((_, folder), name)| folder.join(name));
+            // A failed send means the daemon is stopping: nothing to reload.
+            if concerns(event.mask, path.as_deref(), files) && wake.send(Wake::FileChanged).is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether an event of `mask` on `path` may have changed one of `files`.
+fn concerns(mask: AddWatchFlags, path: Option<&Path>, files: &[PathBuf]) -> bool {
     // The kernel's queue overflowed: anything may have changed.
-    if event.need_rescan() {
+    if mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
         return true;
     }
-    let changes = match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        // Opens and reads, ours included.
-        EventKind::Access(_) => false,
-        // chmod, touch: the content is the same.
-        EventKind::Modify(ModifyKind::Metadata(_)) => false,
-        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Any | EventKind::Other => true,
-    };
-    changes && event.paths.iter().any(|path| files.contains(path))
+    mask.intersects(MASK) && path.is_some_and(|path| files.iter().any(|f| f == path))
 }
 
 fn run(reloader: &Reloader, woken: &Receiver<Wake>) {

@@ -218,9 +218,16 @@ impl Queue {
     /// own buffer: the stack reads into it and writes from it with no copy. Only
     /// for the one task serving the tag's current request, which must not COMMIT
     /// before the lease says the memory is back.
-    fn lend_buffer(&self, tag: u16, len: usize) -> (IoBufMut, Lease) {
+    ///
+    /// The buffer's known zeros (a null leaf's last read) go with it, except
+    /// for a WRITE: the kernel has just copied the request's data in.
+    fn lend_buffer(&self, tag: u16, len: usize, op: u8) -> (IoBufMut, Lease) {
         assert!(len <= self.buffers.per_tag() && tag < self.setup.depth);
         let ptr = NonNull::new(self.buffers.addr(tag)).expect("tag buffers are mapped");
+        let zeros = self.buffers.zeros(tag);
+        if op != sys::UBLK_IO_OP_READ {
+            zeros.forget();
+        }
         // SAFETY: the tag's `per_tag` bytes stay mapped for the queue's life, or
         // forever (TagBuffers::leak). Nothing but the lent handle touches them
         // until the lease is returned: the kernel copies in before completing the
@@ -229,7 +236,7 @@ impl Queue {
         // has no other request until then (the kernel re-arms a tag only through
         // that COMMIT, and `on_command_done` refuses a request on a tag that is
         // not armed).
-        unsafe { IoBufMut::lend(ptr, len) }
+        unsafe { IoBufMut::lend(ptr, len, Some(zeros.clone())) }
     }
 
     /// Zero copy: the request's buffer, registered at the tag's index of the
@@ -723,7 +730,7 @@ async fn serve_range(
         let (mut buf, lease) = if queue.setup.data_path.is_zero_copy() {
             queue.lend_fixed(tag, len as usize)
         } else {
-            queue.lend_buffer(tag, len as usize)
+            queue.lend_buffer(tag, len as usize, op)
         };
         let result = if op == sys::UBLK_IO_OP_READ {
             let result = stack.read(ctx, offset, &mut buf).await;

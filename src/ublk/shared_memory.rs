@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
 
+use layers::ZeroPrefix;
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::{sysconf, Pid, SysconfVar};
 
@@ -78,6 +79,8 @@ pub(super) struct TagBuffers {
     base: NonNull<u8>,
     per_tag: usize,
     map_bytes: usize,
+    /// Per tag, the zeros a null leaf left in its buffer (see `lend_buffer`).
+    zeros: Vec<ZeroPrefix>,
 }
 
 impl TagBuffers {
@@ -106,6 +109,7 @@ impl TagBuffers {
             base,
             per_tag,
             map_bytes,
+            zeros: (0..depth).map(|_| ZeroPrefix::new()).collect(),
         })
     }
 
@@ -119,6 +123,11 @@ impl TagBuffers {
         // SAFETY: tag < depth (checked by callers against the queue depth), so the
         // offset stays inside the mapping.
         unsafe { self.base.as_ptr().add(usize::from(tag) * self.per_tag) }
+    }
+
+    /// What is known zero in the tag's buffer.
+    pub(super) fn zeros(&self, tag: u16) -> &ZeroPrefix {
+        &self.zeros[usize::from(tag)]
     }
 
     /// Keep the memory mapped forever. Used when the queue stops abnormally and

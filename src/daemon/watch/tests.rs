@@ -1,54 +1,101 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, RenameMode};
-use notify::{Event, EventKind};
+use nix::sys::inotify::AddWatchFlags;
 
-use super::{concerns, settle, start, Wake};
+use super::{concerns, settle, start, watch, Wake, MASK, WATCH_THREAD};
 use crate::daemon::reload::{Reloader, Trigger, Verdict};
-
-fn event(kind: EventKind, path: &str) -> Event {
-    Event::new(kind).add_path(PathBuf::from(path))
-}
 
 #[test]
 fn only_changes_to_the_config_file_count() {
     let files = [PathBuf::from("/etc/stack/d0.toml")];
-    let write = EventKind::Modify(notify::event::ModifyKind::Data(DataChange::Any));
-    let rename = EventKind::Modify(notify::event::ModifyKind::Name(RenameMode::To));
-    let close_write = EventKind::Access(AccessKind::Close(AccessMode::Write));
-    let create = EventKind::Create(CreateKind::File);
-    for kind in [write, rename, close_write, create] {
-        assert!(
-            concerns(&event(kind, "/etc/stack/d0.toml"), &files),
-            "{kind:?}"
-        );
-        assert!(
-            !concerns(&event(kind, "/etc/stack/other.toml"), &files),
-            "{kind:?}"
-        );
-        assert!(
-            !concerns(&event(kind, "/etc/stack/.d0.toml.swp"), &files),
-            "{kind:?}"
-        );
+    let ours = Some(Path::new("/etc/stack/d0.toml"));
+    for kind in [
+        AddWatchFlags::IN_CLOSE_WRITE,
+        AddWatchFlags::IN_MOVED_TO,
+        AddWatchFlags::IN_MOVED_FROM,
+        AddWatchFlags::IN_CREATE,
+        AddWatchFlags::IN_DELETE,
+    ] {
+        assert!(concerns(kind, ours, &files), "{kind:?}");
+        for other in ["/etc/stack/other.toml", "/etc/stack/.d0.toml.swp"] {
+            assert!(!concerns(kind, Some(Path::new(other)), &files), "{kind:?}");
+        }
     }
-    let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
-    let read_done = EventKind::Access(AccessKind::Close(AccessMode::Read));
-    let chmod = EventKind::Modify(notify::event::ModifyKind::Metadata(MetadataKind::Any));
-    for kind in [open, read_done, chmod] {
-        assert!(
-            !concerns(&event(kind, "/etc/stack/d0.toml"), &files),
-            "{kind:?}"
-        );
+    // Never asked for, so never counted should they come.
+    for kind in [
+        AddWatchFlags::IN_OPEN,
+        AddWatchFlags::IN_CLOSE_NOWRITE,
+        AddWatchFlags::IN_ATTRIB,
+        AddWatchFlags::IN_MODIFY,
+    ] {
+        assert!(!MASK.intersects(kind), "{kind:?}");
+        assert!(!concerns(kind, ours, &files), "{kind:?}");
     }
-    // An editor's rename of its temporary file names both paths.
-    let both = EventKind::Modify(notify::event::ModifyKind::Name(RenameMode::Both));
-    let saved = event(both, "/etc/stack/.d0.toml.tmp").add_path(files[0].clone());
-    assert!(concerns(&saved, &files));
-    let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
-    assert!(concerns(&overflow, &files));
+    assert!(concerns(AddWatchFlags::IN_Q_OVERFLOW, None, &files));
+}
+
+/// The watch threads' voluntary context switches: how often they slept and
+/// woke (summed, should other tests of this process watch too).
+fn watch_thread_wakeups() -> u64 {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    let mut found = Vec::new();
+    for task in tasks {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != WATCH_THREAD {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap();
+        found.push(switches.trim().parse::<u64>().unwrap());
+    }
+    assert!(!found.is_empty(), "no {WATCH_THREAD} thread");
+    found.iter().sum()
+}
+
+/// A leaf's file next to the config, written the way a `file` leaf on tmpfs
+/// writes (pwrite after pwrite, never closed), must not wake the watch: that
+/// was an event and a wake-up per write, on the queue thread's CPU.
+#[test]
+fn writes_to_another_file_in_the_folder_do_not_wake_the_watch() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("w1.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let leaf = std::fs::File::create(dir.path().join("leaf.img")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let watch = watch(std::slice::from_ref(&config), tx).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let before = watch_thread_wakeups();
+    for i in 0..2000u64 {
+        leaf.write_at(&[0xaa; 4096], (i % 64) * 4096).unwrap();
+        if i % 20 == 0 {
+            // Let the watch thread run, had it been woken.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let woke = watch_thread_wakeups() - before;
+    assert!(
+        woke <= 5,
+        "2000 writes to leaf.img woke the watch {woke} times"
+    );
+    assert!(rx.try_recv().is_err(), "leaf.img is not the config");
+    // The config itself, written in place, still counts once closed.
+    std::fs::write(&config, CONFIG).unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Ok(Wake::FileChanged)
+    );
+    drop(watch);
 }
 
 #[test]
