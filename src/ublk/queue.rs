@@ -537,7 +537,7 @@ fn serve_direct(
     let (buf, lease) = if queue.setup.data_path.is_zero_copy() {
         queue.lend_fixed(tag, len as usize)
     } else {
-        queue.lend_buffer(tag, len as usize)
+        queue.lend_buffer(tag, len as usize, op)
     };
     let mut req = if op == sys::UBLK_IO_OP_READ {
         DirectRequest::read(offset, buf)
