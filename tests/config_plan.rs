@@ -446,11 +446,12 @@ fn tree_shows_types_sizes_and_live_keys() {
     );
 }
 
-/// `validate` reads the config and the sizes of the leaves, not what a
-/// `compress` recorded below: a `size` under its recorded exposed size
+/// `validate` reads the size a `compress` was formatted with (its superblock
+/// on a leaf right below), not what a raise recorded later: a `size` under
+/// the formatted one is refused by `validate`; one under a raised size
 /// passes, and `up` refuses it saying so, with the size to set.
 #[test]
-fn a_compress_size_under_the_recorded_one_is_refused_at_open_naming_the_size() {
+fn a_compress_size_under_the_recorded_one_is_refused_naming_the_size() {
     let folder = tempfile::tempdir().expect("tempdir");
     let config_path = folder.path().join("c.toml");
     let write = |size: &str| {
@@ -465,15 +466,91 @@ fn a_compress_size_under_the_recorded_one_is_refused_at_open_naming_the_size() {
     let checked = config::check_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
     drop(layers::compile(&checked.plan).unwrap_or_else(|e| panic!("{e}")));
     write("4MiB");
+    let Err(err) = config::check_file(&config_path).map(drop) else {
+        panic!("validated smaller");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("c.toml:5:1: layer \"z\":")
+            && err.contains("holds this layer formatted to expose 8 MiB (8388608 bytes), but the config gives it 4 MiB (4194304 bytes)"),
+        "{err}"
+    );
+    write("12MiB");
+    let checked = config::check_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    drop(layers::compile(&checked.plan).unwrap_or_else(|e| panic!("{e}")));
+    write("10MiB");
     let checked = config::check_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
     let err = layers::compile(&checked.plan)
         .err()
         .expect("opened smaller")
         .to_string();
     assert!(
-        err.contains("exposed size is 8388608 bytes")
-            && err.contains("`validate` does not read")
-            && err.contains("set `size = 8388608` or larger"),
+        err.contains("exposed size is 12582912 bytes")
+            && err.contains("set `size = 12582912` or larger"),
+        "{err}"
+    );
+}
+
+/// `validate` reads the superblock each metadata layer finds on an existing
+/// `file` leaf right below it, and refuses what `up` would: another layer's
+/// superblock (layers stacked in another order), another block size, data
+/// that is no superblock. A blank file and one not created yet pass.
+#[test]
+fn validate_reads_the_superblock_on_a_leaf_below() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let config_path = folder.path().join("s.toml");
+    let write = |top: &str, block_size: u32, path: &str| {
+        // The second leg, `g`, only under a mirror.
+        let g = if top.contains("legs") {
+            "[layers.g]\ntype = \"file\"\npath = \"g.img\"\nsize = \"4MiB\"\ncreate = true\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "version = 1\n[device]\nname = \"d0\"\ntop = \"t\"\nblock_size = {block_size}\n\
+             [layers.t]\n{top}\n[layers.f]\ntype = \"file\"\npath = \"{path}\"\n\
+             size = \"4MiB\"\ncreate = true\n{g}"
+        );
+        std::fs::write(&config_path, text).expect("write");
+    };
+    let checksum = "type = \"checksum\"\nover = \"f\"";
+    let compress = "type = \"compress\"\nover = \"f\"";
+    let mirror = "type = \"mirror\"\nlegs = [\"f\", \"g\"]";
+    // Not created yet, then blank: accepted; opening formats f.img.
+    write(checksum, 4096, "f.img");
+    let checked = config::check_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(folder.path().join("f.img"), vec![0u8; 4 << 20]).expect("write");
+    config::check_file(&config_path).unwrap_or_else(|e| panic!("blank: {e}"));
+    drop(layers::compile(&checked.plan).unwrap_or_else(|e| panic!("{e}")));
+    let refused = |top: &str, block_size: u32, path: &str| {
+        write(top, block_size, path);
+        config::check_file(&config_path)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {top} over {path}"))
+            .to_string()
+    };
+    let err = refused(compress, 4096, "f.img");
+    assert!(
+        err.contains("layer \"t\": ")
+            && err.contains("f.img (layer \"f\"): the device below holds a \"checksum\" superblock, not \"compress\""),
+        "{err}"
+    );
+    let err = refused(mirror, 4096, "f.img");
+    assert!(
+        err.contains("holds a \"checksum\" superblock, not \"mirror\""),
+        "{err}"
+    );
+    let err = refused(checksum, 512, "f.img");
+    assert!(
+        err.contains("formatted with block_size 4096 but the config says 512"),
+        "{err}"
+    );
+    let mut data = vec![0u8; 4 << 20];
+    data[..11].copy_from_slice(b"not a layer");
+    std::fs::write(folder.path().join("h.img"), &data).expect("write");
+    let err = refused(checksum, 4096, "h.img");
+    assert!(
+        err.contains("h.img (layer \"f\"): the device holds data but no ublk-stack superblock"),
         "{err}"
     );
 }

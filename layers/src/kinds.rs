@@ -34,6 +34,7 @@ pub mod raid0;
 
 use std::any::Any;
 use std::fmt;
+use std::path::Path;
 
 pub use host::{Host, Leaves};
 pub use keys::{Item, Key, KeyReader, Shape};
@@ -84,6 +85,12 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + Send + Sync + Into<LayerSpec> +
     /// The layers directly below, in order.
     fn children(&self) -> Vec<LayerId> {
         Vec::new()
+    }
+
+    /// The file or device node whose byte 0 is this layer's byte 0 (a
+    /// `file` or `disk` leaf), where the layer above keeps its superblock.
+    fn leaf_path(&self) -> Option<&Path> {
+        None
     }
 
     /// Every key's value as text, `None` when not set, in [`Kind::KEYS`]
@@ -165,6 +172,7 @@ trait AnyKind: Send + Sync {
     fn grows(&self) -> bool;
     fn takes_in_growth_below(&self) -> bool;
     fn children(&self) -> Vec<LayerId>;
+    fn leaf_path(&self) -> Option<&Path>;
     fn values(&self, name: &dyn Fn(LayerId) -> String) -> Vec<(&'static str, Option<String>)>;
     fn summary(&self) -> String;
     fn size(&self, sizing: &mut Sizing<'_>) -> Option<u64>;
@@ -194,6 +202,9 @@ impl<K: Kind> AnyKind for K {
     }
     fn children(&self) -> Vec<LayerId> {
         Kind::children(self)
+    }
+    fn leaf_path(&self) -> Option<&Path> {
+        Kind::leaf_path(self)
     }
     fn values(&self, name: &dyn Fn(LayerId) -> String) -> Vec<(&'static str, Option<String>)> {
         Kind::values(self, name)
@@ -306,6 +317,11 @@ impl LayerSpec {
     /// See [`Kind::SUPERBLOCK`].
     pub fn superblock(&self) -> bool {
         self.kind().superblock()
+    }
+
+    /// See [`Kind::leaf_path`].
+    pub fn leaf_path(&self) -> Option<&Path> {
+        self.kind().leaf_path()
     }
 
     /// See [`Kind::GROWS`].

@@ -132,6 +132,12 @@ impl Superblock {
     }
 }
 
+/// Whether `block` starts as a superblock does (valid or damaged), as
+/// opposed to data that never was one.
+pub fn has_magic(block: &[u8]) -> bool {
+    block.starts_with(MAGIC)
+}
+
 /// Random bytes for uuids and nonce salts.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];

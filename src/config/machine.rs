@@ -1,8 +1,10 @@
 //! What a config asks of this machine, checked before anything is opened:
 //! memory, keys, leaves that are distinct files, and O_DIRECT alignment, each
-//! layer by its kind ([`layers::kinds::Kind::check_host`]). Each is something
-//! `up` would refuse, so `validate` refuses it first, at the line to fix.
-//! Reads metadata and keys only; never creates or writes anything.
+//! layer by its kind ([`layers::kinds::Kind::check_host`]), and the superblock
+//! a metadata layer finds on an existing leaf directly below it
+//! ([`layers::kinds::Host::superblock_below`]). Each is something `up` would
+//! refuse, so `validate` refuses it first, at the line to fix. Reads
+//! metadata, keys and those superblocks only; never creates or writes anything.
 
 use layers::kinds::{Host, Leaves};
 use layers::plan::LayerPlan;
@@ -39,6 +41,16 @@ pub(crate) fn check(
             &mut found,
         );
         layer.spec.check_host(&mut host);
+        if layer.spec.superblock() {
+            for child in layer.spec.children() {
+                let Some(Some(below)) = layers.get(child) else {
+                    continue;
+                };
+                if let Some(path) = below.spec.leaf_path() {
+                    host.superblock_below(layer.spec.type_name(), &below.name, path);
+                }
+            }
+        }
         problems.extend(found.into_iter().map(|problem| SizeProblem {
             layer: id,
             key: problem.key,

@@ -70,12 +70,12 @@ pub(super) async fn open(
     let want = super::exposed_size(lower_bytes, block_size, size);
     if want < recorded {
         let default = if size.is_some() { "" } else { " (the default)" };
-        // Not a mistake the config shows alone: `validate` passed it.
+        // `validate` refuses a size under the formatted one; a raise is
+        // recorded in the map header, which it does not read.
         return Err(format!(
-            "the exposed size is {recorded} bytes, as this layer recorded below (which \
-             `validate` does not read), but the config asks for {want}{default}: shrinking a \
-             compress layer is not supported; set `size = {recorded}` or larger (nothing was \
-             written)"
+            "the exposed size is {recorded} bytes, as this layer recorded below when its size \
+             was last raised, but the config asks for {want}{default}: shrinking a compress \
+             layer is not supported; set `size = {recorded}` or larger (nothing was written)"
         ));
     }
     if want > recorded {

@@ -92,6 +92,10 @@ impl Kind for DiskParams {
         Some(usable)
     }
 
+    fn leaf_path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
     fn check_host(&self, host: &mut Host<'_>) {
         host.leaf_file(&self.path);
         if self.direct {

@@ -3,6 +3,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
 
 use super::{path_value, shown, Host, Key, KeyReader, Kind, Opened, Opening, Sizing};
 pub use crate::params::FileParams;
@@ -163,6 +164,10 @@ impl Kind for FileParams {
             return None;
         }
         Some(actual)
+    }
+
+    fn leaf_path(&self) -> Option<&Path> {
+        Some(&self.path)
     }
 
     fn check_host(&self, host: &mut Host<'_>) {

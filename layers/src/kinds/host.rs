@@ -1,15 +1,18 @@
 //! What a kind checks against this machine before anything is opened:
-//! memory, leaves that are distinct files, keys, O_DIRECT alignment. Each is
-//! something `up` would refuse, so `validate` refuses it first. Reads
-//! metadata and keys only; never creates or writes anything.
+//! memory, leaves that are distinct files, keys, O_DIRECT alignment, the
+//! superblock a layer finds on an existing leaf below it. Each is something
+//! `up` would refuse, so `validate` refuses it first. Reads metadata, keys
+//! and those superblocks only; never creates or writes anything.
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::sizing::Problem;
 use super::text::shown;
+use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::units::size::format_human;
 
 /// One layer being checked.
@@ -100,6 +103,51 @@ impl<'a> Host<'a> {
                     .seen
                     .insert(id, (self.name.to_owned(), path.to_path_buf()));
             }
+        }
+    }
+}
+
+impl Host<'_> {
+    /// What `up` would find at byte 0 of `path`, the `file` or `disk` leaf
+    /// `child` directly below this layer of type `layer_type`, which keeps
+    /// its superblock there: another layer's superblock (layers stacked in
+    /// another order), another block size, data but no superblock, or an
+    /// exposed size recorded at format above the one the config gives now
+    /// (every such layer only grows). Reads that one block; a file not
+    /// created yet, or one that cannot be read, is left to `up`, and so is a
+    /// damaged superblock (`compress` repairs one torn by a version switch).
+    pub fn superblock_below(&mut self, layer_type: &str, child: &str, path: &Path) {
+        let mut block = vec![0u8; SUPERBLOCK_BYTES as usize];
+        if fs::File::open(path)
+            .and_then(|mut file| file.read_exact(&mut block))
+            .is_err()
+        {
+            return;
+        }
+        let below = format!("{} (layer \"{child}\")", shown(path));
+        let sb = match Superblock::decode(&block) {
+            Ok(Some(sb)) => sb,
+            Ok(None) => return,
+            Err(why) if !superblock::has_magic(&block) => {
+                return self.report(None, format!("{below}: {why}"));
+            }
+            Err(_) => return,
+        };
+        // The version is `up`'s to judge: a kind may read more than one.
+        if let Err(why) = sb.expect(layer_type, sb.version, self.block_size as u32) {
+            return self.report(None, format!("{below}: {why}"));
+        }
+        if let Some(size) = self.size.filter(|&size| size < sb.size) {
+            self.report(
+                None,
+                format!(
+                    "{below} holds this layer formatted to expose {} ({} bytes), but the \
+                     config gives it {} ({size} bytes): a {layer_type} layer does not shrink",
+                    format_human(sb.size),
+                    sb.size,
+                    format_human(size),
+                ),
+            );
         }
     }
 }
