@@ -80,14 +80,29 @@ fn for_a_device_not_running_it_says_what_up_would_create_format_or_open() {
         "{json}"
     );
 
-    // The same leaf under another metadata layer: up would refuse, so plan does.
+    // The same leaf under another metadata layer: up would refuse, so plan
+    // does (the config's checks read that superblock, naming the layer).
     let other = CHECKSUM.replace("type = \"checksum\"", "type = \"compress\"");
     std::fs::write(&config, other).unwrap();
     let refused = plan(dir.path(), &config, false);
     let out = text(&refused);
     assert_eq!(refused.status.code(), Some(1), "{out}");
     assert!(
-        out.contains("sum: refuse (on leaf: it holds a checksum layer's superblock)"),
+        out.contains("layer \"sum\": ")
+            && out.contains("(layer \"leaf\"): the device below holds a \"checksum\" superblock, not \"compress\""),
+        "{out}"
+    );
+
+    // A damaged superblock is left to the layer opening it: plan says refuse.
+    let mut leaf = std::fs::read(dir.path().join("leaf.img")).unwrap();
+    leaf[100] ^= 1;
+    std::fs::write(dir.path().join("leaf.img"), &leaf).unwrap();
+    std::fs::write(&config, CHECKSUM).unwrap();
+    let refused = plan(dir.path(), &config, false);
+    let out = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("sum: refuse (on leaf: the superblock is damaged (crc mismatch))"),
         "{out}"
     );
 }
