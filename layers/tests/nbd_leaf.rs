@@ -13,6 +13,20 @@ use nbd_servers::{params, Server};
 
 const MIB: u64 = 1 << 20;
 
+/// What each `nbd` leaf of `stack` reports (connected, and why not), for a
+/// failure's message.
+fn nbd_reports(stack: &layers::Stack) -> String {
+    let reports: Vec<String> = stack
+        .status()
+        .iter()
+        .filter_map(|node| match stack.layer(&node.name)?.report() {
+            LayerReport::Nbd(report) => Some(format!("{}: {report:?}", node.name)),
+            _ => None,
+        })
+        .collect();
+    reports.join("; ")
+}
+
 fn run(name: &str, plan: Plan, base_seed: u64) {
     let cfg = ModelConfig {
         ops: 600,
@@ -20,7 +34,8 @@ fn run(name: &str, plan: Plan, base_seed: u64) {
     };
     for seed in seeds(base_seed, 2) {
         let stack = compile(&plan).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let image = check_stack(&stack, seed, &cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let image = check_stack(&stack, seed, &cfg)
+            .unwrap_or_else(|e| panic!("{name}: {e}; the leaves: {}", nbd_reports(&stack)));
         drop(stack);
         // A new connection sees what the last one wrote.
         let stack = compile(&plan).unwrap_or_else(|e| panic!("{name}: reopen: {e}"));

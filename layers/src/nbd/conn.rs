@@ -417,12 +417,10 @@ impl Conn {
         header[8..16].copy_from_slice(&cookie.to_be_bytes());
         header[16..24].copy_from_slice(&offset.to_be_bytes());
         header[24..28].copy_from_slice(&len.to_be_bytes());
-        let own_payload = outbox::large(payload);
-        let sender = if own_payload {
-            link.queue_as_sender(&header).await?;
-            true
+        let (sender, payload_at) = if outbox::large(payload) {
+            (true, Some(link.queue_as_sender(&header).await?))
         } else {
-            link.queue(&header, payload)
+            (link.queue(&header, payload), None)
         };
         if sender {
             // A send cut short by a dropped future leaves half a request on
@@ -432,9 +430,7 @@ impl Conn {
                 link: Some(link.clone()),
                 what: "a request was abandoned half sent",
             };
-            let sent = self
-                .send_queued(ctx, link, payload.filter(|_| own_payload))
-                .await;
+            let sent = self.send_queued(ctx, link, payload_at.zip(payload)).await;
             on_drop.link = None;
             if let Err(broken) = sent {
                 self.fail(link.generation, broken);

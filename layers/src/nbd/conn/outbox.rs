@@ -52,9 +52,11 @@ impl Link {
     }
 
     /// Waits to be the sender, then queues `header`; the caller must then
-    /// write its payload with [`Conn::send_queued`]. [`LOST`] if the link
-    /// failed meanwhile.
-    pub(super) async fn queue_as_sender(&self, header: &[u8]) -> std::result::Result<(), i32> {
+    /// write its payload with [`Conn::send_queued`], passing the returned
+    /// length of the outbox up to the end of `header`: the payload goes
+    /// there, ahead of requests other queues put in the outbox meanwhile.
+    /// [`LOST`] if the link failed meanwhile.
+    pub(super) async fn queue_as_sender(&self, header: &[u8]) -> std::result::Result<usize, i32> {
         poll_fn(|cx| {
             let mut outbox = lock(&self.outbox);
             if outbox.closed {
@@ -63,7 +65,7 @@ impl Link {
             if !outbox.sending {
                 outbox.sending = true;
                 outbox.bytes.extend_from_slice(header);
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(outbox.bytes.len()));
             }
             if !outbox.waiters.iter().any(|w| w.will_wake(cx.waker())) {
                 outbox.waiters.push(cx.waker().clone());
@@ -86,15 +88,27 @@ impl Link {
     }
 }
 
+impl Outbox {
+    /// How many of the queued bytes the sender writes next: all of them, or,
+    /// with a large payload to follow (`payload_at`, from
+    /// [`Link::queue_as_sender`]), those up to the end of its header. A
+    /// request another queue put in the outbox after that header waits
+    /// behind the payload, or the server would read it as the payload.
+    fn batch_len(&self, payload_at: Option<usize>) -> usize {
+        payload_at.map_or(self.bytes.len(), |at| at.min(self.bytes.len()))
+    }
+}
+
 impl Conn {
-    /// As the sender: writes what the outbox holds, then `payload` (which
-    /// belongs right after the first batch: its header ends it), then
-    /// whatever was queued meanwhile, until the outbox is empty.
+    /// As the sender: writes what the outbox holds up to `payload`'s header,
+    /// then `payload` (its offset in the outbox from
+    /// [`Link::queue_as_sender`], and its bytes), then whatever else was
+    /// queued, until the outbox is empty.
     pub(super) async fn send_queued(
         &self,
         ctx: &IoCtx,
         link: &Link,
-        mut payload: Option<&IoBuf>,
+        mut payload: Option<(usize, &IoBuf)>,
     ) -> Step {
         loop {
             let batch = {
@@ -107,15 +121,16 @@ impl Conn {
                         .for_each(Waker::wake);
                     return Ok(());
                 }
-                let mut batch = ctx.buf(outbox.bytes.len());
-                batch.copy_from_slice(&outbox.bytes);
-                outbox.bytes.clear();
+                let len = outbox.batch_len(payload.map(|(at, _)| at));
+                let mut batch = ctx.buf(len);
+                batch.copy_from_slice(&outbox.bytes[..len]);
+                outbox.bytes.drain(..len);
                 batch.freeze()
             };
             if !batch.is_empty() {
                 self.write(ctx, link, &batch).await?;
             }
-            if let Some(payload) = payload.take() {
+            if let Some((_, payload)) = payload.take() {
                 self.write(ctx, link, payload).await?;
             }
         }
@@ -128,5 +143,27 @@ impl Conn {
             Some(secure) => self.send_secure(ctx, link, secure, bytes).await,
             None => write_all(ctx, link, bytes).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large write's header is queued, then another queue's small request
+    /// lands in the outbox before the sender takes its batch (the two run
+    /// on different threads): the first batch ends at the large header, so
+    /// the payload follows its own header and the small request follows
+    /// the payload.
+    #[test]
+    fn a_request_queued_after_a_large_header_waits_behind_its_payload() {
+        let mut outbox = Outbox::default();
+        outbox.bytes.extend_from_slice(b"LARGE-HEADER");
+        let payload_at = outbox.bytes.len();
+        outbox.bytes.extend_from_slice(b"small-header+payload");
+        let first = outbox.batch_len(Some(payload_at));
+        assert_eq!(&outbox.bytes[..first], b"LARGE-HEADER");
+        outbox.bytes.drain(..first);
+        assert_eq!(outbox.batch_len(None), b"small-header+payload".len());
     }
 }
