@@ -97,6 +97,7 @@ use entry::Extent;
 use format::Geometry;
 
 pub use format::{GRANULE_BYTES, UNIT_BYTES};
+pub use version::{recorded_size, HEAD_BYTES};
 
 /// The size this layer exposes over a lower device of `lower_size` bytes: the
 /// configured `size`, or by default what fits with every unit stored raw, less a

@@ -73,7 +73,7 @@ mod header;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::async_lock::AsyncLock;
 use crate::exec::IoCtx;
@@ -82,7 +82,10 @@ use crate::{Error, IoBuf, IoBufMut, Layer, LocalBoxFuture, Result};
 
 pub use epochs::Writer;
 pub use groups::{Groups, GROUP_DATA};
-pub use header::{decode_header, encode_header, Header, Placed, PlacedRun, MAX_PLACED_RUNS};
+pub use header::{
+    decode_header, encode_header, newest as newest_header, Header, Placed, PlacedRun,
+    MAX_PLACED_RUNS,
+};
 
 use epochs::Epochs;
 use header::newest;
@@ -464,11 +467,7 @@ impl MetaTable {
             for entry in bytes[..ENTRIES_BYTES].chunks_exact(entry_bytes) {
                 newest_epoch = newest_epoch.max(entry_epoch(entry));
             }
-            *table
-                .cell(page)
-                .page
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Page {
+            *table.page(page) = Page {
                 entries: bytes[..ENTRIES_BYTES].to_vec().into_boxed_slice(),
                 seq,
                 durable_slot: Some(slot),
@@ -490,6 +489,15 @@ impl MetaTable {
     }
 
     /// The page cell of page `page`, which exists for every covered entry.
+    /// Page `index`'s state, locked (a poisoned lock taken as it is, as for
+    /// every lock of the table).
+    fn page(&self, index: usize) -> MutexGuard<'_, Page> {
+        self.cell(index)
+            .page
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn cell(&self, page: usize) -> &Cell {
         for run in &self.runs {
             let run = run.get().expect("a page for every covered entry");
@@ -513,11 +521,7 @@ impl MetaTable {
     /// EPOCH_BYTES` long), and the epoch.
     pub fn get(&self, index: u64, out: &mut [u8]) -> u64 {
         let (page, at) = self.locate(index);
-        let page = self
-            .cell(page)
-            .page
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let page = self.page(page);
         let entry = &page.entries[at..at + self.entry_bytes];
         out.copy_from_slice(&entry[..self.entry_bytes - EPOCH_BYTES]);
         entry_epoch(entry)
@@ -635,7 +639,7 @@ impl MetaTable {
         let entries = self.entries();
         let mut out = Vec::new();
         for p in 0..entries.div_ceil(per) as usize {
-            let page = self.cell(p).page.lock().unwrap_or_else(|e| e.into_inner());
+            let page = self.page(p);
             for (i, entry) in page.entries.chunks_exact(self.entry_bytes).enumerate() {
                 let index = p as u64 * per + i as u64;
                 if index < entries && entry_epoch(entry) > flushed {
@@ -675,11 +679,7 @@ impl MetaTable {
         // pool: no temporary page and no second copy per write.
         let mut writes: Vec<(u64, IoBuf)> = Vec::with_capacity(guards.len());
         for page_index in first_page..=last_page {
-            let mut page = self
-                .cell(page_index)
-                .page
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut page = self.page(page_index);
             let lo = (page_index as u64 * per).max(first);
             let hi = ((page_index as u64 + 1) * per).min(first + count);
             for index in lo..hi {
@@ -714,11 +714,7 @@ impl MetaTable {
         let res = try_join_all(futs).await;
         // Which write failed is not known: each page is written again.
         for page_index in first_page..=last_page {
-            let mut page = self
-                .cell(page_index)
-                .page
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut page = self.page(page_index);
             page.unwritten = res.is_err();
         }
         drop(guards);
@@ -1015,11 +1011,7 @@ impl MetaTable {
             return Err(e);
         }
         for &page in &dirty {
-            let mut page = self
-                .cell(page)
-                .page
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut page = self.page(page);
             page.durable_slot = page.last_slot;
         }
         drop(guards);
@@ -1042,11 +1034,7 @@ impl MetaTable {
     ) -> Result<()> {
         let mut writes: Vec<(usize, u64, IoBuf)> = Vec::new();
         for &index in pages {
-            let mut page = self
-                .cell(index)
-                .page
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut page = self.page(index);
             let Some(slot) = page.last_slot.filter(|_| page.unwritten) else {
                 continue;
             };
@@ -1057,11 +1045,7 @@ impl MetaTable {
         }
         for (index, offset, buf) in writes {
             lower.write(ctx, offset, &buf).await?;
-            let cell = self.cell(index);
-            cell.page
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .unwritten = false;
+            self.page(index).unwritten = false;
         }
         Ok(())
     }

@@ -18,6 +18,9 @@
 //! another layer type, format version or block size, or which holds data but no
 //! superblock. Only an all-zero first block is formatted.
 
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
 use crate::exec::IoCtx;
 use crate::{Error, Layer};
 
@@ -136,6 +139,23 @@ impl Superblock {
 /// opposed to data that never was one.
 pub fn has_magic(block: &[u8]) -> bool {
     block.starts_with(MAGIC)
+}
+
+/// The first `len` bytes of the file or disk at `path`, where a layer right
+/// above it keeps its superblock (and, for some layers, a header after it),
+/// read without opening any layer (`validate`, `plan`). A file shorter than
+/// that reads as zeros past its end.
+pub fn read_head(path: &Path, len: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut head = vec![0u8; len as usize];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read_at(&mut head[filled..], filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(head)
 }
 
 /// Random bytes for uuids and nonce salts.

@@ -8,12 +8,11 @@
 //! Exit 0: nothing to do; 2: changes to apply (or a device to bring up); 1:
 //! refused, or the file is invalid.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
 use layers::plan::LayerSpec;
-use layers::superblock::{Superblock, SUPERBLOCK_BYTES};
+use layers::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use layers::Plan;
 use serde_json::{json, Value};
 
@@ -227,21 +226,10 @@ fn probe(plan: &Plan, kind: &str, child: usize) -> (Verb, String) {
     if !path.exists() {
         return (Verb::Format, "a file created blank".into());
     }
-    let mut block = vec![0u8; SUPERBLOCK_BYTES as usize];
-    let read = std::fs::File::open(path).and_then(|file| {
-        let mut filled = 0;
-        // A file shorter than a block reads as zeros past its end.
-        while filled < block.len() {
-            match file.read_at(&mut block[filled..], filled as u64)? {
-                0 => break,
-                n => filled += n,
-            }
-        }
-        Ok(())
-    });
-    if let Err(e) = read {
-        return (Verb::Refuse, format!("{}: {e}", path.display()));
-    }
+    let block = match superblock::read_head(path, SUPERBLOCK_BYTES) {
+        Ok(block) => block,
+        Err(e) => return (Verb::Refuse, format!("{}: {e}", path.display())),
+    };
     match Superblock::decode(&block) {
         Ok(None) => (Verb::Format, "blank".into()),
         Ok(Some(sb)) if sb.layer_type == kind => (

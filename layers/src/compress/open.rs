@@ -70,8 +70,8 @@ pub(super) async fn open(
     let want = super::exposed_size(lower_bytes, block_size, size);
     if want < recorded {
         let default = if size.is_some() { "" } else { " (the default)" };
-        // `validate` refuses a size under the formatted one; a raise is
-        // recorded in the map header, which it does not read.
+        // `validate` refuses this too when the layer sits right on a file or
+        // disk leaf (`compress::recorded_size`); here for the other stacks.
         return Err(format!(
             "the exposed size is {recorded} bytes, as this layer recorded below when its size \
              was last raised, but the config asks for {want}{default}: shrinking a compress \

@@ -19,10 +19,34 @@
 //! writes that superblock whole again.
 
 use crate::exec::IoCtx;
+use crate::meta_table::{decode_header, newest_header, HEADER_BYTES, PAGE_BYTES};
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::Layer;
 
 use super::format::{FIXED_MAP_VERSION, FORMAT_VERSION};
+
+/// Bytes at the start of the device below that say a layer's exposed size:
+/// the superblock and the map header.
+pub const HEAD_BYTES: u64 = SUPERBLOCK_BYTES + HEADER_BYTES;
+
+/// The exposed size a layer with superblock `sb` records, from `head`, the
+/// first [`HEAD_BYTES`] below it, read without opening the layer
+/// (`validate`): the superblock's until a raise, then the placed map
+/// header's. A version 2 layer ignores a placed header (a raise cut before
+/// the switch), as open does; so does a header with both slots damaged,
+/// which open refuses.
+pub fn recorded_size(sb: &Superblock, head: &[u8]) -> u64 {
+    if sb.version == FIXED_MAP_VERSION || head.len() < HEAD_BYTES as usize {
+        return sb.size;
+    }
+    let slot = |i: usize| {
+        let at = SUPERBLOCK_BYTES as usize + i * PAGE_BYTES;
+        decode_header(&head[at..at + PAGE_BYTES])
+    };
+    newest_header([slot(0), slot(1)])
+        .and_then(|(header, _)| header.placed)
+        .map_or(sb.size, |placed| placed.value)
+}
 
 /// Bytes of the superblock holding the format version.
 const VERSION_AT: std::ops::Range<usize> = 24..28;

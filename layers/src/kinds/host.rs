@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::sizing::Problem;
 use super::text::shown;
+use crate::compress;
 use crate::superblock::{self, Superblock, SUPERBLOCK_BYTES};
 use crate::units::size::format_human;
 
@@ -117,18 +117,16 @@ impl Host<'_> {
     /// created yet, or one that cannot be read, is left to `up`, and so is a
     /// damaged superblock (`compress` repairs one torn by a version switch).
     pub fn superblock_below(&mut self, layer_type: &str, child: &str, path: &Path) {
-        let mut block = vec![0u8; SUPERBLOCK_BYTES as usize];
-        if fs::File::open(path)
-            .and_then(|mut file| file.read_exact(&mut block))
-            .is_err()
-        {
+        // Unreadable: the leaf's own checks say why.
+        let Ok(head) = superblock::read_head(path, compress::HEAD_BYTES) else {
             return;
-        }
+        };
+        let block = &head[..SUPERBLOCK_BYTES as usize];
         let below = format!("{} (layer \"{child}\")", shown(path));
-        let sb = match Superblock::decode(&block) {
+        let sb = match Superblock::decode(block) {
             Ok(Some(sb)) => sb,
             Ok(None) => return,
-            Err(why) if !superblock::has_magic(&block) => {
+            Err(why) if !superblock::has_magic(block) => {
                 return self.report(None, format!("{below}: {why}"));
             }
             Err(_) => return,
@@ -137,14 +135,25 @@ impl Host<'_> {
         if let Err(why) = sb.expect(layer_type, sb.version, self.block_size as u32) {
             return self.report(None, format!("{below}: {why}"));
         }
-        if let Some(size) = self.size.filter(|&size| size < sb.size) {
+        // A compress layer's raised size is in its map header.
+        let (recorded, how) = if layer_type == "compress" {
+            let recorded = compress::recorded_size(&sb, &head);
+            let how = if recorded == sb.size {
+                "formatted to expose"
+            } else {
+                "raised to expose"
+            };
+            (recorded, how)
+        } else {
+            (sb.size, "formatted to expose")
+        };
+        if let Some(size) = self.size.filter(|&size| size < recorded) {
             self.report(
                 None,
                 format!(
-                    "{below} holds this layer formatted to expose {} ({} bytes), but the \
+                    "{below} holds this layer {how} {} ({recorded} bytes), but the \
                      config gives it {} ({size} bytes): a {layer_type} layer does not shrink",
-                    format_human(sb.size),
-                    sb.size,
+                    format_human(recorded),
                     format_human(size),
                 ),
             );
