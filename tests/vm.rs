@@ -66,6 +66,7 @@ scenarios!(
     ublk_batch_io,
     ublk_grow,
     ublk_null_zeros,
+    ublk_queue_threads,
 );
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";

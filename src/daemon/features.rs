@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::ublk::ctrl::{Control, CtrlError, CONTROL_PATH};
-use crate::ublk::{batch, features, sys, zero_copy};
+use crate::ublk::{batch, features, queue_threads, sys, zero_copy};
 
 /// Said when /dev/ublk-control is missing.
 pub const NOT_LOADED: &str = "ublk_drv is not loaded (/dev/ublk-control is missing): load it with \
@@ -69,10 +69,20 @@ impl Report {
                 let batch_io = batch::choose::Wanted::from_env()
                     .and_then(|wanted| batch::choose::choose(offered, wanted))
                     .unwrap_or(false);
+                // Several threads per queue use PER_IO_DAEMON, which the
+                // kernel sets on a device unasked.
+                let several = queue_threads::from_env()
+                    .and_then(|wanted| queue_threads::choose(offered, batch_io, u16::MAX, wanted))
+                    .is_ok_and(|threads| threads > 1);
                 let asked = features::add_dev_flags(offered, true)
                     | path.flag()
                     | batch::choose::flag(batch_io);
-                report.in_use = features::names(features::in_use(asked, offered));
+                let per_io = if several {
+                    sys::UBLK_F_PER_IO_DAEMON
+                } else {
+                    0
+                };
+                report.in_use = features::names(features::in_use(asked, offered) | per_io);
                 report.safe_stop = Some(if offered & sys::UBLK_F_SAFE_STOP_DEV != 0 {
                     "TRY_STOP_DEV"
                 } else {

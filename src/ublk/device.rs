@@ -44,6 +44,7 @@ use super::batch;
 use super::ctrl::{Control, CtrlError, DAEMON_MARK};
 use super::features;
 use super::queue::{self, QueueReport, QueueSetup, TopLayer};
+use super::queue_threads::TagShare;
 use super::sys::{self, DevInfo, Params};
 use super::zero_copy::{AutoRegMiss, DataPath};
 
@@ -76,6 +77,8 @@ pub struct DeviceConfig {
     pub zero_copy_blocker: Option<String>,
     /// Serve a new device with the batch protocol (`batch::choose`).
     pub batch_io: bool,
+    /// Threads serving each queue (`queue_threads::choose`).
+    pub queue_threads: u16,
     /// Request buffers' memory alignment as a mask, sent as
     /// UBLK_PARAM_TYPE_DMA_ALIGN (0: not sent). Zero copy hands request pages
     /// to O_DIRECT leaves as they are, so they must be aligned as the leaves
@@ -205,7 +208,10 @@ fn dma_align_of(params: &Params) -> Option<u32> {
 pub struct Device {
     ctrl: Control,
     info: DevInfo,
+    /// Every queue's threads, queue by queue.
     queues: Vec<JoinHandle<io::Result<QueueReport>>>,
+    /// Threads per queue (`queue_threads`).
+    threads: u16,
     /// Batch protocol: each queue's drain eventfd (`handover`).
     drains: Vec<Arc<EventFd>>,
     /// The DMA_ALIGN mask the kernel holds for the device, if one was sent.
@@ -252,6 +258,7 @@ impl Device {
             info,
             queues: Vec::new(),
             drains: Vec::new(),
+            threads: 1,
             dma_align: dma_align_of(&params),
             stopped: false,
             deleted: false,
@@ -321,6 +328,7 @@ impl Device {
             info,
             queues: Vec::new(),
             drains: Vec::new(),
+            threads: 1,
             // As the device was created, whatever this config would send.
             dma_align: dma_align_of(&params),
             stopped: false,
@@ -366,7 +374,17 @@ impl Device {
     /// The feature flags this daemon uses on this device (see
     /// `features::in_use`).
     pub fn features_in_use(&self) -> u64 {
-        features::in_use(self.info.flags, self.ctrl.features())
+        let several = if self.threads > 1 {
+            sys::UBLK_F_PER_IO_DAEMON
+        } else {
+            0
+        };
+        features::in_use(self.info.flags, self.ctrl.features()) | several
+    }
+
+    /// Threads serving each queue.
+    pub fn queue_threads(&self) -> u16 {
+        self.threads
     }
 
     fn start_queues<T: TopLayer>(
@@ -405,9 +423,21 @@ impl Device {
                 drain_hold.as_millis()
             );
         }
+        // Several threads per queue need the kernel to send each tag's
+        // requests to the thread that armed it (PER_IO_DAEMON, which it sets
+        // on the device itself); a recovered device is served as the config
+        // now asks, where the kernel allows.
+        let threads = if !batch && self.info.flags & sys::UBLK_F_PER_IO_DAEMON != 0 {
+            config.queue_threads.clamp(1, self.info.queue_depth.max(1))
+        } else {
+            1
+        };
+        self.threads = threads;
         self.drains.clear();
         let (armed_tx, armed_rx) = mpsc::channel();
-        for queue in 0..self.info.nr_hw_queues {
+        for (queue, index) in (0..self.info.nr_hw_queues)
+            .flat_map(|queue| (0..threads).map(move |index| (queue, index)))
+        {
             // Queue threads are left to the scheduler unless asked otherwise.
             // Pinned to its queue's CPUs, a queue thread shares that CPU with the
             // submitter whose requests it serves, and each request becomes two
@@ -424,6 +454,7 @@ impl Device {
             let setup = QueueSetup {
                 queue,
                 depth: self.info.queue_depth,
+                share: TagShare { index, of: threads },
                 buf_bytes: self.info.max_io_buf_bytes.min(MAX_IO_BUF_BYTES) as usize,
                 block_size: config.block_size,
                 ioctl_encode,
@@ -448,8 +479,13 @@ impl Device {
                 setup
             };
             let (char_fd, stack, armed_tx) = (char_fd.clone(), stack.clone(), armed_tx.clone());
+            let name = if threads == 1 {
+                format!("ublk{dev_id}-q{queue}")
+            } else {
+                format!("ublk{dev_id}-q{queue}.{index}")
+            };
             let handle = std::thread::Builder::new()
-                .name(format!("ublk{dev_id}-q{queue}"))
+                .name(name)
                 .spawn(move || {
                     let armed = |armed| drop(armed_tx.send((queue, armed)));
                     if setup.batch {
@@ -510,7 +546,9 @@ impl Device {
         }
         let mut reports = Vec::new();
         let mut first_error = None;
-        for (queue, handle) in self.queues.drain(..).enumerate() {
+        let threads = usize::from(self.threads.max(1));
+        for (thread, handle) in self.queues.drain(..).enumerate() {
+            let queue = thread / threads;
             match handle.join() {
                 Ok(Ok(report)) => reports.push(report),
                 Ok(Err(e)) => {
@@ -745,6 +783,7 @@ mod tests {
             data_path: DataPath::Copy,
             zero_copy_blocker: None,
             batch_io: false,
+            queue_threads: 1,
             dma_align: 0,
         }
     }

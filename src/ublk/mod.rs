@@ -1,7 +1,7 @@
 //! The ublk front end: the kernel UAPI (`sys`) and its feature bits by name
 //! (`features`), the control device (`ctrl`), the per-queue I/O loop
-//! (`queue`), its batch protocol (`batch`) and its zero-copy data path
-//! (`zero_copy`), a device's lifecycle
+//! (`queue`) and its threads (`queue_threads`), its batch protocol (`batch`)
+//! and its zero-copy data path (`zero_copy`), a device's lifecycle
 //! (`device`) and who has it open (`openers`).
 //!
 //! Most of the binary's unsafe code lives here (mmap of the request
@@ -14,6 +14,7 @@ pub mod device;
 pub mod features;
 mod openers;
 pub mod queue;
+pub mod queue_threads;
 mod shared_memory;
 pub mod sys;
 pub mod zero_copy;

@@ -14,6 +14,7 @@
 //! a task (`serve_direct`, `layers::direct`): the leaf's ring operation is pushed
 //! as the request arrives and its completion commits the tag, as a plain
 //! io_uring loop would, with the same range check, counters and buffer rules.
+//! A `null` top answers at once, the same way.
 //! Flushes, discards, FUA writes and requests whose buffer the queue registers
 //! itself still take a task.
 //!
@@ -56,6 +57,7 @@ use layers::uring::{Op, FOREIGN_BIT};
 use layers::{Error, Executor, IoBufMut, IoCtx, Stack};
 use nix::sys::eventfd::EventFd;
 
+use super::queue_threads::TagShare;
 use super::shared_memory::{pin_current_thread, Descriptors, TagBuffers};
 use super::sys::{self, IoCmd, IoDesc};
 use super::zero_copy::{self, AutoBufReg, AutoRegMiss, DataPath};
@@ -78,6 +80,8 @@ pub trait TopLayer: Send + Sync + 'static {
 pub struct QueueSetup {
     pub queue: u16,
     pub depth: u16,
+    /// The queue's tags this thread arms and serves (`queue_threads`).
+    pub share: TagShare,
     /// Size of each tag's buffer (the device's max_io_buf_bytes).
     pub buf_bytes: usize,
     pub block_size: u32,
@@ -289,7 +293,8 @@ pub fn run<T: TopLayer>(
             return Err(e);
         }
     };
-    for tag in 0..queue.setup.depth {
+    let share = queue.setup.share;
+    for tag in (0..queue.setup.depth).filter(|&tag| share.owns(tag)) {
         queue.fetch(tag);
     }
     // Hand the FETCHes to the kernel now: START_DEV waits for them.
@@ -311,7 +316,7 @@ pub fn run<T: TopLayer>(
     }
     armed(Ok(()));
 
-    let depth = usize::from(queue.setup.depth);
+    let depth = share.count(queue.setup.depth);
     // After a QUIESCE_DEV the kernel aborts only the tags armed at that moment:
     // a tag re-armed by a later COMMIT is never aborted (the kernel holds new
     // requests instead of handing them out). So once any tag is aborted, the
@@ -414,7 +419,19 @@ pub(super) fn prepare(setup: QueueSetup, char_fd: &OwnedFd) -> io::Result<(Rc<Qu
     let buffers = TagBuffers::new(setup.depth, setup.buf_bytes)?;
     let depth = usize::from(setup.depth);
     let queue = Queue {
-        tags: RefCell::new(vec![TagState::Armed; usize::from(setup.depth)]),
+        // Another thread's tags are never armed here: a request on one is
+        // refused as a request on a tag not armed.
+        tags: RefCell::new(
+            (0..setup.depth)
+                .map(|tag| {
+                    if setup.share.owns(tag) {
+                        TagState::Armed
+                    } else {
+                        TagState::Done
+                    }
+                })
+                .collect(),
+        ),
         char_fd: char_fd.as_raw_fd(),
         setup,
         ctx,
@@ -498,8 +515,8 @@ fn on_command_done<T: TopLayer>(
     }
 }
 
-/// Serve a read or write to a stack whose top is a `file` or `disk` leaf
-/// without a task (`layers::direct`): the leaf's operation goes into the ring
+/// Serve a read or write to a stack whose top is a `file`, `disk` or `null`
+/// leaf without a task (`layers::direct`): the leaf's operation goes into the ring
 /// now and its completion, tagged [`DIRECT_BIT`], finishes the request in
 /// `direct_done`. Returns false, having done nothing, for every request the
 /// task path must serve: other operations, FUA writes (a flush follows),

@@ -1,5 +1,5 @@
 //! `up CONFIG`: the stack served as /dev/ublkbN by the kernel's ublk driver
-//! (one pinned thread per queue). `stop` is STOP_DEV (the kernel drains
+//! (one thread per queue, or `UBLK_STACK_QUEUE_THREADS`). `stop` is STOP_DEV (the kernel drains
 //! in-flight requests, which the queues keep serving, then removes
 //! /dev/ublkbN and aborts every tag) and joins the queue threads; `remove`,
 //! after the final flush, deletes the device (removes /dev/ublkcN). A `down`
@@ -40,7 +40,8 @@ use super::{FrontEnd, Handover, Resize, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
 use crate::ublk::{
-    batch, sys, zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError, TopLayer,
+    batch, queue_threads, sys, zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError,
+    TopLayer,
 };
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
@@ -102,8 +103,14 @@ impl FrontEnd for Ublk {
         let batch_io = batch::choose::Wanted::from_env()
             .and_then(|wanted| batch::choose::choose(ctrl.features(), wanted))
             .map_err(|e| format!("{name}: {e}"))?;
+        let queue_threads = queue_threads::from_env()
+            .and_then(|wanted| {
+                queue_threads::choose(ctrl.features(), batch_io, plan.device.queue_depth, wanted)
+            })
+            .map_err(|e| format!("{name}: {e}"))?;
         let device_config = DeviceConfig {
             batch_io,
+            queue_threads,
             data_path,
             zero_copy_blocker,
             id: plan.device.id,
@@ -189,7 +196,16 @@ impl FrontEnd for Ublk {
         let requests: u64 = reports.iter().map(|r| r.requests).sum();
         let errors: u64 = reports.iter().map(|r| r.errors).sum();
         let registered_here: u64 = reports.iter().map(|r| r.registered_here).sum();
-        tracing::info!(requests, errors, registered_here, "queues stopped");
+        // Each queue thread's count, queue by queue: with several threads per
+        // queue this shows the kernel shared the requests among them.
+        let by_thread: Vec<u64> = reports.iter().map(|r| r.requests).collect();
+        tracing::info!(
+            requests,
+            errors,
+            registered_here,
+            ?by_thread,
+            "queues stopped"
+        );
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 //! faster on the 7.3 test VM (benches/vm/README.md, "Batch I/O"), so it is
 //! used only when asked for (`on`). The kernel accepts BATCH_IO with copy
 //! mode, AUTO_BUF_REG and SUPPORT_ZERO_COPY alike, so `on` never changes the
-//! data path; it does take PER_IO_DAEMON off a batch device, which this
-//! daemon (one thread per queue) does not use.
+//! data path; it does take PER_IO_DAEMON off a batch device, which is then
+//! served by one thread per queue (`queue_threads`).
 
 use crate::ublk::sys;
 
