@@ -13,6 +13,7 @@ use crate::exec::{Executor, IoCtx};
 use crate::file::FileLeaf;
 use crate::kinds::Opening;
 use crate::mirror::Mirror;
+use crate::null::NullLeaf;
 use crate::plan::{LayerId, LiveChange, Plan};
 use crate::report::LayerReport;
 use crate::stats::{HistogramSnapshot, LatencySnapshot, LayerStats, Op, StatsSnapshot};
@@ -85,14 +86,21 @@ struct Compiled {
 /// Every other top goes through `dyn Layer`, one boxed future per layer.
 enum Direct {
     File(Arc<Counted<FileLeaf>>),
+    /// Only for `Stack::direct`: the future path has nothing to save on a
+    /// leaf that does no I/O.
+    Null(Arc<Counted<NullLeaf>>),
     Layer,
 }
 
 impl Direct {
     fn of(top: &Compiled) -> Direct {
-        match top.typed.clone().downcast::<Counted<FileLeaf>>() {
+        let typed = top.typed.clone();
+        match typed.downcast::<Counted<FileLeaf>>() {
             Ok(file) => Direct::File(file),
-            Err(_) => Direct::Layer,
+            Err(typed) => match typed.downcast::<Counted<NullLeaf>>() {
+                Ok(null) => Direct::Null(null),
+                Err(_) => Direct::Layer,
+            },
         }
     }
 }
@@ -161,15 +169,16 @@ impl Stack {
                 file.finish(ctx, Op::Read, start, &res);
                 res
             }
-            Direct::Layer => self.top().read(ctx, offset, buf).await,
+            Direct::Null(_) | Direct::Layer => self.top().read(ctx, offset, buf).await,
         }
     }
 
     /// The top as a leaf that front ends may drive without a future (see
-    /// `direct.rs`): `Some` when the top is a `file` or `disk` leaf.
+    /// `direct.rs`): `Some` when the top is a `file`, `disk` or `null` leaf.
     pub fn direct(&self) -> Option<DirectTop<'_>> {
         match &self.direct {
             Direct::File(file) => Some(DirectTop::new(file)),
+            Direct::Null(null) => Some(DirectTop::null(null)),
             Direct::Layer => None,
         }
     }
@@ -183,7 +192,7 @@ impl Stack {
                 file.finish(ctx, Op::Write, start, &res);
                 res
             }
-            Direct::Layer => self.top().write(ctx, offset, buf).await,
+            Direct::Null(_) | Direct::Layer => self.top().write(ctx, offset, buf).await,
         }
     }
 
@@ -426,6 +435,7 @@ impl<L: AsyncLayer> Counts for Counted<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::NullParams;
     use crate::testing::PlanBuilder;
     use crate::Error;
 
@@ -500,5 +510,20 @@ mod tests {
         exec.block_on(&ctx, stack.write(&ctx, 0, &data)).unwrap();
         exec.block_on(&ctx, stack.read(&ctx, 0, &mut back)).unwrap();
         assert!(back.iter().all(|&b| b == 0x5A));
+
+        // A null top runs without a task too; through the future path it
+        // reads zeros as ever.
+        let mut b = PlanBuilder::new(dir.path(), 4096);
+        let leaf = b.layer(
+            "n",
+            NullParams {
+                size_bytes: 1 << 20,
+            },
+        );
+        let stack = compile(&b.build(leaf)).unwrap();
+        assert!(matches!(stack.direct, Direct::Null(_)));
+        assert!(stack.direct().is_some(), "a null top runs without a task");
+        exec.block_on(&ctx, stack.read(&ctx, 0, &mut back)).unwrap();
+        assert!(back.iter().all(|&b| b == 0));
     }
 }

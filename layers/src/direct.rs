@@ -1,4 +1,5 @@
-//! Requests to a stack whose top is a `file` or `disk` leaf, run without a task.
+//! Requests to a stack whose top is a `file`, `disk` or `null` leaf, run
+//! without a task.
 //!
 //! A front end that serves such a stack starts the leaf's ring operation
 //! itself ([`DirectTop::start`]) and finishes the request from the operation's
@@ -15,6 +16,8 @@
 //! read and written with `pread`/`pwrite` on the spot; the operation's slot
 //! holds the buffer's memory until its CQE. A front end keeps a request's
 //! [`DirectRequest`], and with it the buffer, until `complete` says it is done.
+//! A `null` leaf answers on the spot (zeros for a read, stored only where the
+//! buffer does not already hold them), so nothing goes to the ring.
 //!
 //! [`Uring::submit_notify`]: crate::uring::Uring::submit_notify
 
@@ -23,9 +26,10 @@ use std::time::Instant;
 use crate::counted::Counted;
 use crate::exec::IoCtx;
 use crate::file::{FileLeaf, MAX_IO_BYTES};
+use crate::null::NullLeaf;
 use crate::stats::Op as StatOp;
 use crate::uring::Op;
-use crate::{AsyncLayer, IoBuf, IoBufMut, Result};
+use crate::{AsyncLayer, Error, IoBuf, IoBufMut, Result};
 
 /// A request's buffer: where a read lands, or what a write sends.
 pub enum DirectBuf {
@@ -100,27 +104,50 @@ impl DirectRequest {
 /// [`crate::Stack::direct`]).
 #[derive(Clone, Copy)]
 pub struct DirectTop<'a> {
-    file: &'a Counted<FileLeaf>,
+    leaf: Leaf<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Leaf<'a> {
+    File(&'a Counted<FileLeaf>),
+    Null(&'a Counted<NullLeaf>),
 }
 
 impl<'a> DirectTop<'a> {
     pub(crate) fn new(file: &'a Counted<FileLeaf>) -> DirectTop<'a> {
-        DirectTop { file }
+        DirectTop {
+            leaf: Leaf::File(file),
+        }
+    }
+
+    pub(crate) fn null(null: &'a Counted<NullLeaf>) -> DirectTop<'a> {
+        DirectTop {
+            leaf: Leaf::Null(null),
+        }
     }
 
     /// The leaf's size now.
     pub fn size(&self) -> u64 {
-        AsyncLayer::size(&*self.file.inner)
+        match self.leaf {
+            Leaf::File(file) => AsyncLayer::size(&*file.inner),
+            Leaf::Null(null) => AsyncLayer::size(&*null.inner),
+        }
     }
 
     /// Whether `req` can run here. A buffer O_DIRECT cannot take as it is goes
     /// through the future path, which copies it through an aligned one; request
     /// buffers of the front ends are page-aligned, so this is the exception.
+    /// A null read needs the buffer's memory to store zeros in.
     pub fn takes(&self, req: &DirectRequest) -> bool {
-        let leaf = &*self.file.inner;
-        match &req.buf {
-            DirectBuf::Read(buf) => buf.fixed().is_some() || !leaf.needs_copy(buf),
-            DirectBuf::Write(buf) => buf.fixed().is_some() || !leaf.needs_copy(buf),
+        match (self.leaf, &req.buf) {
+            (Leaf::File(file), DirectBuf::Read(buf)) => {
+                buf.fixed().is_some() || !file.inner.needs_copy(buf)
+            }
+            (Leaf::File(file), DirectBuf::Write(buf)) => {
+                buf.fixed().is_some() || !file.inner.needs_copy(buf)
+            }
+            (Leaf::Null(_), DirectBuf::Read(buf)) => buf.fixed().is_none(),
+            (Leaf::Null(_), DirectBuf::Write(_)) => true,
         }
     }
 
@@ -132,11 +159,23 @@ impl<'a> DirectTop<'a> {
         debug_assert!(self.takes(req), "a buffer the leaf cannot take as it is");
         let op = req.op();
         let len = req.buf.len() as u64;
-        req.start = match self.file.begin(ctx, op, req.offset, len) {
+        let begun = match self.leaf {
+            Leaf::File(file) => file.begin(ctx, op, req.offset, len),
+            Leaf::Null(null) => null.begin(ctx, op, req.offset, len),
+        };
+        req.start = match begun {
             Ok(start) => start,
             Err(e) => return Some(Err(e)),
         };
-        let leaf = &*self.file.inner;
+        let leaf = match self.leaf {
+            Leaf::File(file) => &*file.inner,
+            Leaf::Null(_) => {
+                if let DirectBuf::Read(buf) = &mut req.buf {
+                    buf.fill_zero();
+                }
+                return Some(self.finish(ctx, req, Ok(())));
+            }
+        };
         let sync = leaf.is_sync();
         let res = match &mut req.buf {
             DirectBuf::Read(buf) if sync && buf.fixed().is_none() => {
@@ -163,7 +202,12 @@ impl<'a> DirectTop<'a> {
         token: u64,
         res: i32,
     ) -> Option<Result<()>> {
-        let leaf = &*self.file.inner;
+        let Leaf::File(file) = self.leaf else {
+            // A null leaf puts nothing in the ring: this is not its CQE.
+            debug_assert!(false, "a completion for a null leaf's request");
+            return Some(self.finish(ctx, req, Err(Error::Io(libc::EIO))));
+        };
+        let leaf = &*file.inner;
         let at = req.offset + req.done as u64;
         let done = match req.buf {
             DirectBuf::Read(_) => leaf.read_result(at, res),
@@ -185,7 +229,10 @@ impl<'a> DirectTop<'a> {
     /// Push the ring operation for what is left of `req`, at most
     /// `MAX_IO_BYTES` of it.
     fn submit(&self, ctx: &IoCtx, req: &mut DirectRequest, token: u64) {
-        let fd = self.file.inner.fd();
+        let Leaf::File(file) = self.leaf else {
+            unreachable!("a null leaf's request never goes to the ring");
+        };
+        let fd = file.inner.fd();
         let offset = req.offset + req.done as u64;
         let range = req.done..req.buf.len().min(req.done + MAX_IO_BYTES);
         let op = match &mut req.buf {
@@ -206,7 +253,10 @@ impl<'a> DirectTop<'a> {
     }
 
     fn finish(&self, ctx: &IoCtx, req: &DirectRequest, res: Result<()>) -> Result<()> {
-        self.file.finish(ctx, req.op(), req.start, &res);
+        match self.leaf {
+            Leaf::File(file) => file.finish(ctx, req.op(), req.start, &res),
+            Leaf::Null(null) => null.finish(ctx, req.op(), req.start, &res),
+        }
         res
     }
 }
@@ -279,6 +329,33 @@ mod tests {
         assert_eq!((counts.read_bytes, counts.written_bytes), (8192, 8192));
     }
 
+    #[test]
+    fn a_null_top_answers_on_the_spot_with_zeros_and_counts() {
+        let leaf = counted(NullLeaf::new(1 << 20));
+        let top = DirectTop::null(&leaf);
+        let ctx = IoCtx::new(0, 8).unwrap();
+        let mut data = ctx.buf(8192);
+        data.fill(0x5A);
+        let mut write = DirectRequest::write(0, data.freeze());
+        assert!(top.takes(&write));
+        assert!(matches!(top.start(&ctx, &mut write, 7), Some(Ok(()))));
+        // A buffer holding old bytes reads back zeros.
+        let mut junk = ctx.buf(8192);
+        junk.fill(0xee);
+        let mut read = DirectRequest::read(8192, junk);
+        assert!(matches!(top.start(&ctx, &mut read, 7), Some(Ok(()))));
+        let DirectBuf::Read(back) = read.into_buf() else {
+            unreachable!()
+        };
+        assert!(back.iter().all(|&b| b == 0), "a null read left old bytes");
+        let mut past_end = DirectRequest::read(1 << 20, ctx.buf(4096));
+        let res = top.start(&ctx, &mut past_end, 7);
+        assert!(matches!(res, Some(Err(Error::OutOfRange))), "{res:?}");
+        assert_eq!(ctx.uring().in_flight(), 0, "nothing went to the ring");
+        let counts = leaf.node.stats.snapshot();
+        assert_eq!((counts.reads, counts.writes, counts.errors), (1, 1, 1));
+    }
+
     /// A leaf over a socket: reads complete with what has arrived.
     fn socket_leaf() -> (Counted<FileLeaf>, UnixStream) {
         let (theirs, ours) = UnixStream::pair().unwrap();
@@ -287,7 +364,7 @@ mod tests {
     }
 
     /// `leaf` with its counters, as the stack holds it.
-    fn counted(leaf: FileLeaf) -> Counted<FileLeaf> {
+    fn counted<L: AsyncLayer>(leaf: L) -> Counted<L> {
         let node = Node {
             name: "leaf".into(),
             type_name: "file",

@@ -1,4 +1,4 @@
-//! The bench queue for a stack whose top is a `file` or `disk` leaf: its
+//! The bench queue for a stack whose top is a `file`, `disk` or `null` leaf: its
 //! requests run without a task, as the ublk queues run them
 //! (`layers::direct`), so the bench measures the path the device takes.
 
