@@ -435,7 +435,6 @@ impl<L: AsyncLayer> Counts for Counted<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::NullParams;
     use crate::testing::PlanBuilder;
     use crate::Error;
 
@@ -514,12 +513,7 @@ mod tests {
         // A null top runs without a task too; through the future path it
         // reads zeros as ever.
         let mut b = PlanBuilder::new(dir.path(), 4096);
-        let leaf = b.layer(
-            "n",
-            NullParams {
-                size_bytes: 1 << 20,
-            },
-        );
+        let leaf = b.null("n", 1 << 20);
         let stack = compile(&b.build(leaf)).unwrap();
         assert!(matches!(stack.direct, Direct::Null(_)));
         assert!(stack.direct().is_some(), "a null top runs without a task");

@@ -52,6 +52,10 @@ impl PlanBuilder {
         self.layer(name, MemoryParams { size_bytes })
     }
 
+    pub fn null(&mut self, name: &str, size_bytes: u64) -> LayerId {
+        self.layer(name, NullParams { size_bytes })
+    }
+
     pub fn raid0(&mut self, name: &str, stripes: &[LayerId], chunk_bytes: u64) -> LayerId {
         self.add(
             name,
