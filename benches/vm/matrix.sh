@@ -86,7 +86,7 @@ ours_up() { # NAME CONFIG
     grep ' ready (' "$out" || fail "$name: no ready line"
     dev_of[$name]=$(awk '{print $2}' "$out")
     path=$(ublk-stack status "$name" --json | sed -n 's/.*"data_path":"\([a-z-]*\)".*/\1/p')
-    echo "BENCH INFO $name data_path=$path"
+    echo "BENCH INFO $name data_path=$path max_sectors_kb=$(cat "/sys/block/${dev_of[$name]#/dev/}/queue/max_sectors_kb")"
     echo "$name $path" >>/work/paths
 }
 rublk_up() { # NAME ID TARGET ARG...
@@ -124,7 +124,7 @@ for backing in "${backings[@]}"; do
     # Written, not sparse: reads of holes take a cheaper path than real pages.
     dd if=/dev/zero of="$file" bs=1M count=512 conv=fsync status=none
     loopdev=$(losetup -f --show --direct-io=on "$file")
-    echo "BENCH INFO loop-$backing $loopdev dio=$(cat "/sys/block/${loopdev#/dev/}/loop/dio")"
+    echo "BENCH INFO loop-$backing $loopdev dio=$(cat "/sys/block/${loopdev#/dev/}/loop/dio") max_sectors_kb=$(cat "/sys/block/${loopdev#/dev/}/queue/max_sectors_kb")"
     echo "loop-$backing dio=$(cat "/sys/block/${loopdev#/dev/}/loop/dio")" >>/work/paths
     dev_of[loop-$backing]=$loopdev
     file_toml "ours-$backing" "$file" false

@@ -48,8 +48,13 @@ use super::queue_threads::TagShare;
 use super::sys::{self, DevInfo, Params};
 use super::zero_copy::{AutoRegMiss, DataPath};
 
-/// Largest request the kernel sends us, and the size of each tag's buffer.
+/// Largest request the kernel sends us in copy mode, and the size of each
+/// tag's buffer (all of it touched by the largest requests).
 pub const MAX_IO_BUF_BYTES: u32 = 512 * 1024;
+/// Largest request under zero copy, where the request's own pages carry the
+/// data and the tag buffers stay untouched: 1 MiB requests then reach the
+/// leaf whole instead of as two.
+pub const MAX_ZERO_COPY_IO_BYTES: u32 = 1024 * 1024;
 /// Bound on one discard or write-zeroes request, so that one request never runs
 /// for long.
 const MAX_ZEROING_SECTORS: u32 = (64 << 20) >> 9;
@@ -232,11 +237,16 @@ impl Device {
         stack: Arc<T>,
     ) -> Result<Device, DeviceError> {
         reap_stale(&mut ctrl, config.id, &config.held_ids)?;
-        let params = device_params(config, MAX_IO_BUF_BYTES)?;
+        let asked_io = if config.data_path.is_zero_copy() {
+            MAX_ZERO_COPY_IO_BYTES
+        } else {
+            MAX_IO_BUF_BYTES
+        };
+        let params = device_params(config, asked_io)?;
         let mut info = DevInfo {
             nr_hw_queues: config.queues,
             queue_depth: config.depth,
-            max_io_buf_bytes: MAX_IO_BUF_BYTES,
+            max_io_buf_bytes: asked_io,
             dev_id: config.id.unwrap_or(u32::MAX),
             // Stored by ADD_DEV as given: lets a later `up` tell a device whose
             // daemon died before START_DEV from one being set up right now.
@@ -265,8 +275,8 @@ impl Device {
             keep_on_drop: false,
         };
         // From here on, dropping `device` on an error stops and deletes it.
-        let max_io = device.info.max_io_buf_bytes.min(MAX_IO_BUF_BYTES);
-        let params = if max_io == MAX_IO_BUF_BYTES {
+        let max_io = device.info.max_io_buf_bytes.min(asked_io);
+        let params = if max_io == asked_io {
             params
         } else {
             device_params(config, max_io)?
@@ -455,7 +465,9 @@ impl Device {
                 queue,
                 depth: self.info.queue_depth,
                 share: TagShare { index, of: threads },
-                buf_bytes: self.info.max_io_buf_bytes.min(MAX_IO_BUF_BYTES) as usize,
+                // As the device was created (a recovered one may predate
+                // this build's sizes).
+                buf_bytes: self.info.max_io_buf_bytes.min(MAX_ZERO_COPY_IO_BYTES) as usize,
                 block_size: config.block_size,
                 ioctl_encode,
                 cpus,

@@ -1,6 +1,7 @@
 # Zero copy: on 7.3 (AUTO_BUF_REG) a file leaf, a mirror of two files and a
 # raid0 of two files (requests split at chunk edges, so leaves use fixed
-# buffers at offsets) say data path `zero-copy`, and fio random writes with
+# buffers at offsets) say data path `zero-copy` and take requests of up to
+# 1 MiB (512 KiB in copy mode), and fio random writes and 1 MiB writes with
 # verification pass; the mirror's legs come out byte-identical. The daemon's
 # own registration (UBLK_STACK_ZERO_COPY=explicit, the SUPPORT_ZERO_COPY
 # path) passes the same check. A checksum over a file stays in copy mode. On
@@ -120,8 +121,15 @@ serve() {
         grep -Eq '"features":\[[^]]*"(AUTO_BUF_REG|SUPPORT_ZERO_COPY)"' /work/status.json ||
             { cat /work/status.json; fail "$name: zero copy without its feature in the list"; }
     fi
-    step "$name: fio randwrite + verify"
+    # Zero copy takes requests up to 1 MiB whole; copy mode up to 512 KiB
+    # (each tag's buffer).
+    local max_kb want_kb=512
+    [[ $want == zero-copy ]] && want_kb=1024
+    max_kb=$(cat "/sys/block/${DEV#/dev/}/queue/max_sectors_kb")
+    ((max_kb == want_kb)) || fail "$name: requests up to $max_kb KiB, not $want_kb"
+    step "$name: fio randwrite + verify, then 1 MiB writes + verify"
     fio_verify --do_verify=1
+    fio_verify --rw=write --bs=1M --offset=24M --do_verify=1
     down_device "$name"
     no_ublk_devices
     step "$name: verify after down and up"
