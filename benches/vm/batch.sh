@@ -11,7 +11,6 @@
 . /vmtest/scenarios/ublk.bash
 
 rounds=${BENCH_ROUNDS:-5}
-runtime=${BENCH_RUNTIME_S:-5}
 
 truncate -s 400M /work/ext4.img
 mkfs.ext4 -q -F /work/ext4.img || fail "mkfs.ext4"
@@ -36,20 +35,16 @@ done
 
 # one PATH MODE PATTERN: up (batch MODE), check, fio, down; appends a BENCH line.
 one() {
-    local path=$1 mode=$2 pattern=$3 terse iops
+    local path=$1 mode=$2 pattern=$3 iops
     UBLK_STACK_BATCH_IO=$mode up_device "/work/$path.toml"
-    ublk-stack status "b$path" --json >/work/status.json
+    save_status "b$path"
     if [[ $mode == on ]]; then
         grep -q '"BATCH_IO"' /work/status.json || fail "b$path: not in batch mode"
     else
         grep -q '"BATCH_IO"' /work/status.json && fail "b$path: batch mode with off"
     fi
     [[ $path == zc ]] && { grep -q '"data_path":"zero-copy"' /work/status.json || fail "bzc: not zero copy"; }
-    terse=$(fio --name=b --filename="$DEV" --ioengine=io_uring --direct=1 --rw="$pattern" \
-        --bs=4k --iodepth=32 --time_based --runtime="$runtime" --ramp_time=1 \
-        --output-format=terse --terse-version=3)
-    # terse v3: field 8 read IOPS, 49 write IOPS.
-    iops=$(awk -F';' -v p="$pattern" '{print (p == "randread") ? $8 : $49}' <<<"$terse")
+    iops=$(bench_iops "$DEV" "$pattern")
     echo "BENCH $path-$pattern-$mode-round$round iops=$iops load=$(cut -d' ' -f1 /proc/loadavg)" |
         tee -a "/work/$path-$pattern-$mode.bench"
     down_device "b$path"

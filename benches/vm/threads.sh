@@ -12,7 +12,6 @@
 . /vmtest/scenarios/ublk.bash
 
 rounds=${BENCH_ROUNDS:-5}
-runtime=${BENCH_RUNTIME_S:-5}
 
 truncate -s 400M /work/ext4.img
 mkfs.ext4 -q -F /work/ext4.img || fail "mkfs.ext4"
@@ -40,20 +39,16 @@ done
 # one PATH MODE PATTERN: up (MODE: q1t1, q1t2, q2t1), check, fio, down;
 # appends a BENCH line.
 one() {
-    local path=$1 mode=$2 pattern=$3 terse iops queues=${2:1:1} threads=${2:3:1}
+    local path=$1 mode=$2 pattern=$3 iops queues=${2:1:1} threads=${2:3:1}
     UBLK_STACK_QUEUE_THREADS=$threads up_device "/work/$path-q$queues.toml"
-    ublk-stack status "t$path" --json >/work/status.json
+    save_status "t$path"
     if ((threads > 1)); then
         grep -q '"PER_IO_DAEMON"' /work/status.json || fail "t$path: one thread per queue"
     else
         grep -q '"PER_IO_DAEMON"' /work/status.json && fail "t$path: several threads with 1"
     fi
     [[ $path == zc ]] && { grep -q '"data_path":"zero-copy"' /work/status.json || fail "tzc: not zero copy"; }
-    terse=$(fio --name=t --filename="$DEV" --ioengine=io_uring --direct=1 --rw="$pattern" \
-        --bs=4k --iodepth=32 --time_based --runtime="$runtime" --ramp_time=1 \
-        --output-format=terse --terse-version=3)
-    # terse v3: field 8 read IOPS, 49 write IOPS.
-    iops=$(awk -F';' -v p="$pattern" '{print (p == "randread") ? $8 : $49}' <<<"$terse")
+    iops=$(bench_iops "$DEV" "$pattern")
     echo "BENCH $path-$pattern-$mode-round$round iops=$iops load=$(cut -d' ' -f1 /proc/loadavg)" |
         tee -a "/work/$path-$pattern-$mode.bench"
     down_device "t$path"

@@ -28,6 +28,18 @@ bench_randread() {
         '{printf "BENCH %s randread-4k-qd32 iops=%s bw_kib_s=%s clat_mean_us=%s\n", label, $8, $7, $16}' <<<"$terse"
 }
 
+# bench_iops DEVICE PATTERN: fio 4 KiB PATTERN (randread or randwrite) at
+# QD32, O_DIRECT over io_uring, one job, BENCH_RUNTIME_S (5) after a 1 s ramp;
+# prints the IOPS.
+bench_iops() {
+    local terse
+    terse=$(fio --name=b --filename="$1" --ioengine=io_uring --direct=1 --rw="$2" \
+        --bs=4k --iodepth=32 --time_based --runtime="${BENCH_RUNTIME_S:-5}" --ramp_time=1 \
+        --output-format=terse --terse-version=3)
+    # terse v3: field 8 read IOPS, 49 write IOPS.
+    awk -F';' -v p="$2" '{print (p == "randread") ? $8 : $49}' <<<"$terse"
+}
+
 # bench_median FILE: the median iops= value of the BENCH lines in FILE (the upper
 # one of the middle two for an even count).
 bench_median() {

@@ -144,3 +144,27 @@ checksum_data_from() {
         ((pages < 64)) && pages=$((pages * 2))
     done
 }
+
+# save_status NAME: `ublk-stack status NAME --json` into /work/status.json.
+save_status() {
+    ublk-stack status "$1" --json >/work/status.json || fail "status $1"
+}
+
+# fio_dev ARG...: fio on $DEV (io_uring, O_DIRECT, QD32, 12 MiB unless ARG
+# says otherwise); fails on an error.
+fio_dev() {
+    fio --name=f --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=32 \
+        --size=12M "$@" >/work/fio.out 2>&1 || { cat /work/fio.out; fail "fio $*"; }
+    grep -q 'err= 0' /work/fio.out || { cat /work/fio.out; fail "fio reported errors"; }
+}
+
+# fio_ends_clean PID OUT WHAT: the background fio PID (output in OUT) ends
+# within 120 s, exits 0 and reports no error, across WHAT.
+fio_ends_clean() {
+    local pid=$1 out=$2 what=$3 i rc=0
+    for i in $(seq 1 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && fail "fio still running 120 s after $what"
+    wait "$pid" || rc=$?
+    ((rc == 0)) || { cat "$out"; fail "fio exited $rc across $what"; }
+    grep -q 'err= 0' "$out" || { cat "$out"; fail "fio reported errors across $what"; }
+}

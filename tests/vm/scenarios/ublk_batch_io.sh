@@ -40,36 +40,15 @@ TOML
 
 mirror_of_files bmirror
 
-status_json() {
-    ublk-stack status "$1" --json >/work/status.json || fail "status $1"
-}
-
-fio_run() { # fio arguments
-    fio --name=b --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=32 \
-        --size=12M "$@" >/work/fio.out 2>&1 || { cat /work/fio.out; fail "fio $*"; }
-    grep -q 'err= 0' /work/fio.out || { cat /work/fio.out; fail "fio reported errors"; }
-}
-
 verify_write() {
-    fio_run --rw=randwrite --bsrange=4k-128k --verify=crc32c --verify_fatal=1 "$@"
+    fio_dev --rw=randwrite --bsrange=4k-128k --verify=crc32c --verify_fatal=1 "$@"
 }
 
 # Reads, writes, flushes every 8 writes, and trims, verified where written.
 mixed() {
-    fio_run --rw=randrw --rwmixread=40 --bs=4k --fsync=8 --number_ios=1500 \
+    fio_dev --rw=randrw --rwmixread=40 --bs=4k --fsync=8 --number_ios=1500 \
         --verify=crc32c --verify_fatal=1 --do_verify=1
-    fio_run --rw=randtrim --bs=64k --number_ios=64
-}
-
-# fio_ends_clean PID OUT WHAT: the background fio PID (output in OUT) ends
-# within 120 s, exits 0 and reports no error, across WHAT.
-fio_ends_clean() {
-    local pid=$1 out=$2 what=$3 i rc=0
-    for i in $(seq 1 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && fail "fio still running 120 s after $what"
-    wait "$pid" || rc=$?
-    ((rc == 0)) || { cat "$out"; fail "fio exited $rc across $what"; }
-    grep -q 'err= 0' "$out" || { cat "$out"; fail "fio reported errors across $what"; }
+    fio_dev --rw=randtrim --bs=64k --number_ios=64
 }
 
 : >/work/daemon.err
@@ -81,7 +60,7 @@ serve() {
     local name=$1
     step "$name: up (batch, ${UBLK_STACK_ZERO_COPY:-auto})"
     up_device "/work/$name.toml"
-    status_json "$name"
+    save_status "$name"
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "$name: BATCH_IO not in use"; }
     step "$name: randwrite + verify, then mixed with flush and discard"
     verify_write --do_verify=1
@@ -123,7 +102,7 @@ if [[ $batch == yes ]]; then
     up_device /work/bfile.toml
     unset UBLK_STACK_TEST_DRAIN_HOLD_MS
     [[ $READY == *"recovered)" ]] || fail "not recovered: $READY"
-    status_json bfile
+    save_status bfile
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "recovered device not in batch mode"; }
     fio_ends_clean "$fio_pid" /work/fio-kill.out "the recovery"
 
@@ -141,7 +120,7 @@ if [[ $batch == yes ]]; then
     ublk-stack upgrade bfile >/work/upgrade.out 2>&1 || { cat /work/upgrade.out; fail "upgrade of a batch device failed"; }
     echo "upgrade took $((($(date +%s%N) - start) / 1000000)) ms"
     cat /work/upgrade.out
-    status_json bfile
+    save_status bfile
     new_pid=$(grep -o '"pid":[0-9]*' /work/status.json | head -1 | cut -d: -f2)
     [[ -n $new_pid && $new_pid != "$old_pid" ]] || { cat /work/status.json; fail "status still shows pid $new_pid"; }
     grep -q '"BATCH_IO"' /work/status.json || { cat /work/status.json; fail "upgraded device not in batch mode"; }
@@ -175,7 +154,7 @@ if [[ $batch == yes ]]; then
 else
     step "auto on 6.12: the per-tag protocol, silently"
     up_device /work/bfile.toml
-    status_json bfile
+    save_status bfile
     grep -q '"BATCH_IO"' /work/status.json && fail "BATCH_IO listed on 6.12"
     verify_write --do_verify=1
     down_device bfile

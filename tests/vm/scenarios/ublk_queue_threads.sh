@@ -41,27 +41,6 @@ TOML
 config tzc ext4/t.img
 config tcopy tmp/t.img
 
-status_json() {
-    ublk-stack status "$1" --json >/work/status.json || fail "status $1"
-}
-
-fio_run() { # fio arguments
-    fio --name=t --filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=32 \
-        --size=12M "$@" >/work/fio.out 2>&1 || { cat /work/fio.out; fail "fio $*"; }
-    grep -q 'err= 0' /work/fio.out || { cat /work/fio.out; fail "fio reported errors"; }
-}
-
-# fio_ends_clean PID OUT WHAT: the background fio ends within 120 s, exits 0
-# and reports no error, across WHAT.
-fio_ends_clean() {
-    local pid=$1 out=$2 what=$3 i rc=0
-    for i in $(seq 1 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && fail "fio still running 120 s after $what"
-    wait "$pid" || rc=$?
-    ((rc == 0)) || { cat "$out"; fail "fio exited $rc across $what"; }
-    grep -q 'err= 0' "$out" || { cat "$out"; fail "fio reported errors across $what"; }
-}
-
 # two_threads: the daemon runs ublkN-q0.0 and ublkN-q0.1 and no ublkN-q0.
 two_threads() {
     local id=${DEV#/dev/ublkb} comms
@@ -80,15 +59,15 @@ serve() {
     local name=$1 path=$2 lines by
     step "$name: up with two threads on its queue ($path)"
     up_device "/work/$name.toml"
-    status_json "$name"
+    save_status "$name"
     grep -q '"PER_IO_DAEMON"' /work/status.json || { cat /work/status.json; fail "$name: PER_IO_DAEMON not in use"; }
     grep -q "\"data_path\":\"$path\"" /work/status.json || { cat /work/status.json; fail "$name: not $path"; }
     two_threads
     step "$name: randwrite + verify, mixed with flush and discard"
-    fio_run --rw=randwrite --bsrange=4k-128k --verify=crc32c --verify_fatal=1 --do_verify=1 --randseed=7
-    fio_run --rw=randrw --rwmixread=40 --bs=4k --fsync=8 --number_ios=1500 \
+    fio_dev --rw=randwrite --bsrange=4k-128k --verify=crc32c --verify_fatal=1 --do_verify=1 --randseed=7
+    fio_dev --rw=randrw --rwmixread=40 --bs=4k --fsync=8 --number_ios=1500 \
         --verify=crc32c --verify_fatal=1 --do_verify=1 --offset=24M
-    fio_run --rw=randtrim --bs=64k --number_ios=64 --offset=24M
+    fio_dev --rw=randtrim --bs=64k --number_ios=64 --offset=24M
     lines=$(wc -l </work/daemon.err)
     down_device "$name"
     no_ublk_devices
@@ -97,7 +76,7 @@ serve() {
     [[ $by =~ ^([1-9][0-9]*),\ ([1-9][0-9]*)$ ]] || fail "$name: not both threads served requests: [$by]"
     step "$name: verify after down and up"
     up_device "/work/$name.toml"
-    fio_run --rw=randwrite --bsrange=4k-128k --verify=crc32c --verify_only --randseed=7
+    fio_dev --rw=randwrite --bsrange=4k-128k --verify=crc32c --verify_only --randseed=7
     down_device "$name"
     no_ublk_devices
 }
@@ -136,7 +115,7 @@ if [[ $several == yes ]]; then
     old_pid=$DAEMON_PID
     ublk-stack upgrade tzc >/work/upgrade.out 2>&1 || { cat /work/upgrade.out; fail "upgrade failed"; }
     cat /work/upgrade.out
-    status_json tzc
+    save_status tzc
     new_pid=$(grep -o '"pid":[0-9]*' /work/status.json | head -1 | cut -d: -f2)
     [[ -n $new_pid && $new_pid != "$old_pid" ]] || { cat /work/status.json; fail "status still shows pid $new_pid"; }
     grep -q '"PER_IO_DAEMON"' /work/status.json || { cat /work/status.json; fail "upgraded device has one thread per queue"; }
