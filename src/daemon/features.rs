@@ -71,18 +71,15 @@ impl Report {
                     .unwrap_or(false);
                 // Several threads per queue use PER_IO_DAEMON, which the
                 // kernel sets on a device unasked.
-                let several = queue_threads::from_env()
+                let threads = queue_threads::from_env()
                     .and_then(|wanted| queue_threads::choose(offered, batch_io, u16::MAX, wanted))
-                    .is_ok_and(|threads| threads > 1);
+                    .unwrap_or(1);
                 let asked = features::add_dev_flags(offered, true)
                     | path.flag()
                     | batch::choose::flag(batch_io);
-                let per_io = if several {
-                    sys::UBLK_F_PER_IO_DAEMON
-                } else {
-                    0
-                };
-                report.in_use = features::names(features::in_use(asked, offered) | per_io);
+                report.in_use = features::names(
+                    features::in_use(asked, offered) | queue_threads::flag(threads),
+                );
                 report.safe_stop = Some(if offered & sys::UBLK_F_SAFE_STOP_DEV != 0 {
                     "TRY_STOP_DEV"
                 } else {

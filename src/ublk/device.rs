@@ -44,7 +44,7 @@ use super::batch;
 use super::ctrl::{Control, CtrlError, DAEMON_MARK};
 use super::features;
 use super::queue::{self, QueueReport, QueueSetup, TopLayer};
-use super::queue_threads::TagShare;
+use super::queue_threads::{self, TagShare};
 use super::sys::{self, DevInfo, Params};
 use super::zero_copy::{AutoRegMiss, DataPath};
 
@@ -384,17 +384,7 @@ impl Device {
     /// The feature flags this daemon uses on this device (see
     /// `features::in_use`).
     pub fn features_in_use(&self) -> u64 {
-        let several = if self.threads > 1 {
-            sys::UBLK_F_PER_IO_DAEMON
-        } else {
-            0
-        };
-        features::in_use(self.info.flags, self.ctrl.features()) | several
-    }
-
-    /// Threads serving each queue.
-    pub fn queue_threads(&self) -> u16 {
-        self.threads
+        features::in_use(self.info.flags, self.ctrl.features()) | queue_threads::flag(self.threads)
     }
 
     fn start_queues<T: TopLayer>(

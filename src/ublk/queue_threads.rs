@@ -62,6 +62,16 @@ pub fn choose(offered: u64, batch: bool, depth: u16, wanted: u16) -> Result<u16,
     Ok(wanted)
 }
 
+/// The feature a device served by `threads` threads per queue uses beyond
+/// what ADD_DEV asked for (the kernel sets PER_IO_DAEMON unasked).
+pub fn flag(threads: u16) -> u64 {
+    if threads > 1 {
+        sys::UBLK_F_PER_IO_DAEMON
+    } else {
+        0
+    }
+}
+
 /// Which of a queue's tags one thread serves: those with `tag % of == index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TagShare {
@@ -70,9 +80,6 @@ pub struct TagShare {
 }
 
 impl TagShare {
-    /// The one thread of a queue.
-    pub const WHOLE: TagShare = TagShare { index: 0, of: 1 };
-
     pub fn owns(self, tag: u16) -> bool {
         tag % self.of == self.index
     }
@@ -131,6 +138,8 @@ mod tests {
             assert_eq!(counted, 37);
             assert!(served.iter().all(|&n| n == 1), "{of} threads: {served:?}");
         }
-        assert!(TagShare::WHOLE.owns(0) && TagShare::WHOLE.owns(31));
+        let whole = TagShare { index: 0, of: 1 };
+        assert!(whole.owns(0) && whole.owns(31));
+        assert_eq!((flag(1), flag(2)), (0, sys::UBLK_F_PER_IO_DAEMON));
     }
 }
