@@ -24,7 +24,10 @@
 # at QD32; sr64k, sr1m sequential reads of 64 KiB / 1 MiB at QD8; sw1m
 # sequential 1 MiB writes at QD8; lat 4 KiB random reads at QD1 (p50, p99,
 # p99.9 of the completion latency); null 4 KiB random reads at QD32 of the null
-# devices.
+# devices. BENCH_OURS_X (VAR=VALUE words, separated by commas): on tmpfs only, a
+# fifth device `ours-x`, ours again on a file of its own with that environment
+# (UBLK_STACK_ZERO_COPY=off, say), for an A/B in one boot; a last table gives
+# ours-x/ours.
 . /vmtest/lib.sh
 
 rounds=${BENCH_ROUNDS:-3}
@@ -73,10 +76,10 @@ run() {
 # Daemons: started in the background, all up for the whole run (idle ones
 # wait in the kernel and cost nothing).
 declare -A dev_of pid_of
-ours_up() { # NAME CONFIG
+ours_up() { # NAME CONFIG [VAR=VALUE...]
     local name=$1 out i path
     out=/work/up.$name
-    ublk-stack up "$2" >"$out" 2>>/work/daemon.err &
+    env "${@:3}" ublk-stack up "$2" >"$out" 2>>/work/daemon.err &
     pid_of[$name]=$!
     for i in $(seq 600); do
         grep -q ' ready (' "$out" && break
@@ -130,6 +133,14 @@ for backing in "${backings[@]}"; do
     file_toml "ours-$backing" "$file" false
     ours_up "ours-$backing" "/work/ours-$backing.toml"
     devs[$backing]="loop-$backing ours-$backing"
+    if [[ $backing == tmpfs && -n ${BENCH_OURS_X:-} ]]; then
+        IFS=',' read -ra x_env <<<"$BENCH_OURS_X"
+        echo "BENCH INFO ours-x-tmpfs: ${x_env[*]}"
+        dd if=/dev/zero of=/work/tmpfs-x.img bs=1M count=512 status=none
+        file_toml ours-x-tmpfs /work/tmpfs-x.img false
+        ours_up ours-x-tmpfs /work/ours-x-tmpfs.toml "${x_env[@]}"
+        devs[$backing]+=" ours-x-tmpfs"
+    fi
     if [[ $backing == disk ]]; then
         # Its own file: the daemon locks the files it serves.
         dd if=/dev/zero of=/mnt/disk/disk-d.img bs=1M count=512 conv=fsync status=none
@@ -245,14 +256,27 @@ END {
     for (i = 1; i <= n; i++) {
         split(order[i], k, SUBSEP); b = k[1]; p = k[2]
         if (p != "lat") continue
-        split("loop ours ours-d rublk", ds, " ")
-        for (j = 1; j <= 4; j++) {
+        split("loop ours ours-x ours-d rublk", ds, " ")
+        for (j = 1; j <= 5; j++) {
             d = ds[j]
             if (fig(b, p, d, "iops") == "–") continue
             printf "BENCH | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f |\n", b, d,
                 num(fig(b, p, d, "iops")), fig(b, p, d, "p50"), fig(b, p, d, "p99"), fig(b, p, d, "p999"),
                 fig(b, p, d, "p50") / fig(b, p, "loop", "p50"), fig(b, p, d, "p99") / fig(b, p, "loop", "p99"),
                 fig(b, p, d, "p999") / fig(b, p, "loop", "p999")
+        }
+    }
+    hasx = 0
+    for (i = 1; i <= n; i++) { split(order[i], k, SUBSEP); if (fig(k[1], k[2], "ours-x", "iops") != "–") hasx = 1 }
+    if (hasx) {
+        print "BENCH "
+        print "BENCH | backing | pattern | ours | ours-x | ours-x/ours | ours-x/loop |"
+        print "BENCH | --- | --- | ---: | ---: | ---: | ---: |"
+        for (i = 1; i <= n; i++) {
+            split(order[i], k, SUBSEP); b = k[1]; p = k[2]
+            if (p == "null" || fig(b, p, "ours-x", "iops") == "–") continue
+            printf "BENCH | %s | %s | %s | %s | %s | %s |\n", b, p, shown(b, p, "ours"), shown(b, p, "ours-x"),
+                ratio(b, p, "ours-x", "ours", 99), ratio(b, p, "ours-x", "loop", 1.0)
         }
     }
     key = "null" SUBSEP "null"

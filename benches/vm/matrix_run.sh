@@ -13,7 +13,9 @@
 # deleted at the end; qemu's default cache mode, so the guest's reads of it may
 # come from the host's page cache. Environment: BENCH_ROUNDS (3),
 # BENCH_RUNTIME_S (3), BENCH_RAMP_S (1), BENCH_PATTERNS, BENCH_BACKINGS,
-# BENCH_OURS_QUEUES (see matrix.sh), passed to the guest; VM_KERNEL (7.3);
+# BENCH_OURS_QUEUES, BENCH_OURS_X (see matrix.sh), passed to the guest, and BENCH_GUEST_ENV,
+# more VAR=VALUE words for the guest (UBLK_STACK_ZERO_COPY=on, say, which the
+# daemons there then run with); VM_KERNEL (7.3);
 # VM_CPU (max); VM_SMP (2); VM_MEM (2G). Prints the guest's RUN and INFO lines and the markdown tables,
 # with the host's load average before and after.
 set -euo pipefail
@@ -37,7 +39,7 @@ echo "MATRIX load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 rc=0
 VM_EXTRA_BINS=$rublk \
     VM_QEMU_ARGS="-drive file=$disk,format=raw,if=virtio" \
-    VM_GUEST_ENV="BENCH_ROUNDS=${BENCH_ROUNDS:-3} BENCH_RUNTIME_S=${BENCH_RUNTIME_S:-3} BENCH_RAMP_S=${BENCH_RAMP_S:-1} BENCH_PATTERNS=${BENCH_PATTERNS:-rr4k,rw4k,sr64k,sr1m,sw1m,lat,null} BENCH_BACKINGS=${BENCH_BACKINGS:-tmpfs,disk} BENCH_OURS_QUEUES=${BENCH_OURS_QUEUES:-}" \
+    VM_GUEST_ENV="BENCH_ROUNDS=${BENCH_ROUNDS:-3} BENCH_RUNTIME_S=${BENCH_RUNTIME_S:-3} BENCH_RAMP_S=${BENCH_RAMP_S:-1} BENCH_PATTERNS=${BENCH_PATTERNS:-rr4k,rw4k,sr64k,sr1m,sw1m,lat,null} BENCH_BACKINGS=${BENCH_BACKINGS:-tmpfs,disk} BENCH_OURS_QUEUES=${BENCH_OURS_QUEUES:-} BENCH_OURS_X=${BENCH_OURS_X:-} ${BENCH_GUEST_ENV:-}" \
     VM_SCENARIO_TIMEOUT=${VM_SCENARIO_TIMEOUT:-2400} VM_TIMEOUT=${VM_TIMEOUT:-2500} \
     bash "$repo/tests/vm/run.sh" "$ours" "$here/matrix.sh" |
     sed 's/^BENCH \{0,1\}//' || rc=$?

@@ -4,7 +4,8 @@
 # 4 KiB random reads at QD32 (fio, io_uring, O_DIRECT) of one 512 MiB file on
 # the guest's tmpfs, served three ways in the same boot:
 #   zc      ublk-stack, a `file` leaf, zero copy (UBLK_STACK_ZERO_COPY=on:
-#           `auto` keeps copy mode for a buffered file on tmpfs)
+#           AUTO_BUF_REG; since user copy, requests up to 32 KiB, these
+#           4 KiB reads among them, go by USER_COPY: src/ublk/user_copy.rs)
 #   copy    the same with UBLK_STACK_ZERO_COPY=off (the kernel copies)
 #   loop    /dev/loopN, the kernel loop driver
 # Rounds alternate the three so that drift on the shared host hits all alike;

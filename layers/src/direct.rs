@@ -87,6 +87,15 @@ impl DirectRequest {
         self.buf.len()
     }
 
+    /// A read's buffer, holding what was read once the request is done;
+    /// `None` for a write.
+    pub fn read_bytes(&self) -> Option<&[u8]> {
+        match &self.buf {
+            DirectBuf::Read(buf) => Some(buf),
+            DirectBuf::Write(_) => None,
+        }
+    }
+
     /// The buffer back, once the request is done.
     pub fn into_buf(self) -> DirectBuf {
         self.buf
@@ -123,6 +132,16 @@ impl<'a> DirectTop<'a> {
     pub(crate) fn null(null: &'a Counted<NullLeaf>) -> DirectTop<'a> {
         DirectTop {
             leaf: Leaf::Null(null),
+        }
+    }
+
+    /// Whether a request in a buffer of the daemon's own is served on the
+    /// spot, never through the ring: a `null` leaf, or a file on tmpfs or
+    /// ramfs, which `pread`/`pwrite` serve on the calling thread.
+    pub fn serves_on_the_spot(&self) -> bool {
+        match self.leaf {
+            Leaf::File(file) => file.inner.is_sync(),
+            Leaf::Null(_) => true,
         }
     }
 

@@ -84,6 +84,10 @@ pub struct DeviceConfig {
     pub batch_io: bool,
     /// Threads serving each queue (`queue_threads::choose`).
     pub queue_threads: u16,
+    /// Zero copy with UBLK_F_USER_COPY as well, for small requests to a top
+    /// served on the queue thread (`user_copy`); asked for only where the
+    /// kernel offers it, with per-tag commands.
+    pub user_copy_small: bool,
     /// Request buffers' memory alignment as a mask, sent as
     /// UBLK_PARAM_TYPE_DMA_ALIGN (0: not sent). Zero copy hands request pages
     /// to O_DIRECT leaves as they are, so they must be aligned as the leaves
@@ -229,6 +233,20 @@ pub struct Device {
     keep_on_drop: bool,
 }
 
+/// UBLK_F_USER_COPY when `config` wants it beside zero copy on per-tag
+/// commands and the kernel (`offered`) has it; else nothing.
+fn user_copy_flag(config: &DeviceConfig, offered: u64) -> u64 {
+    let wanted = config.user_copy_small
+        && config.data_path.is_zero_copy()
+        && !config.batch_io
+        && offered & sys::UBLK_F_USER_COPY != 0;
+    if wanted {
+        sys::UBLK_F_USER_COPY
+    } else {
+        0
+    }
+}
+
 impl Device {
     /// Create, configure and start a device serving `stack`.
     pub fn create<T: TopLayer>(
@@ -253,7 +271,8 @@ impl Device {
             ublksrv_pid: std::process::id() as i32,
             flags: features::add_dev_flags(ctrl.features(), config.recovery)
                 | config.data_path.flag()
-                | batch::choose::flag(config.batch_io),
+                | batch::choose::flag(config.batch_io)
+                | user_copy_flag(config, ctrl.features()),
             ublksrv_flags: DAEMON_MARK,
             ..DevInfo::default()
         };
@@ -400,6 +419,10 @@ impl Device {
         let ioctl_encode = self.info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
         let batch = self.info.flags & sys::UBLK_F_BATCH_IO != 0;
         let data_path = DataPath::of_flags(self.info.flags);
+        // From the device's flags, as the data path: a recovered device keeps
+        // what it was created with.
+        let user_copy =
+            data_path.is_zero_copy() && !batch && self.info.flags & sys::UBLK_F_USER_COPY != 0;
         let auto_reg_miss = AutoRegMiss::from_env(self.info.queue_depth).map_err(|why| {
             DeviceError::Queue(0, io::Error::new(io::ErrorKind::InvalidInput, why))
         })?;
@@ -464,6 +487,7 @@ impl Device {
                 // From the device's own flags: a recovered device keeps the
                 // data path it was created with.
                 data_path,
+                user_copy,
                 batch,
                 drain: None,
                 auto_reg_miss,
@@ -786,8 +810,31 @@ mod tests {
             zero_copy_blocker: None,
             batch_io: false,
             queue_threads: 1,
+            user_copy_small: false,
             dma_align: 0,
         }
+    }
+
+    #[test]
+    fn user_copy_is_asked_for_only_beside_zero_copy_per_tag_and_where_offered() {
+        let offered = 0x1f_ffff;
+        let mut config = config(false);
+        config.user_copy_small = true;
+        assert_eq!(user_copy_flag(&config, offered), 0, "copy mode");
+        for path in [DataPath::AutoRegister, DataPath::ExplicitRegister] {
+            config.data_path = path;
+            assert_eq!(user_copy_flag(&config, offered), sys::UBLK_F_USER_COPY);
+            assert_eq!(
+                user_copy_flag(&config, offered & !sys::UBLK_F_USER_COPY),
+                0,
+                "not offered"
+            );
+        }
+        config.batch_io = true;
+        assert_eq!(user_copy_flag(&config, offered), 0, "batch");
+        config.batch_io = false;
+        config.user_copy_small = false;
+        assert_eq!(user_copy_flag(&config, offered), 0, "not wanted");
     }
 
     #[test]

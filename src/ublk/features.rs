@@ -52,6 +52,8 @@ const KNOWN: u64 = {
 const ASKED: u64 = sys::UBLK_F_CMD_IOCTL_ENCODE
     | sys::UBLK_F_SUPPORT_ZERO_COPY
     | sys::UBLK_F_AUTO_BUF_REG
+    // Beside AUTO_BUF_REG only, for small requests (`user_copy`).
+    | sys::UBLK_F_USER_COPY
     | sys::UBLK_F_USER_RECOVERY
     | sys::UBLK_F_USER_RECOVERY_REISSUE
     | sys::UBLK_F_QUIESCE

@@ -29,7 +29,8 @@
 //! 6.5k IOPS copy vs 5.5k user copy, randwrite 6.2k vs 8.1k, with a run-to-run
 //! spread of ±50 % on that shared host. No clear winner, so the simpler mode stays;
 //! USER_COPY becomes worth it when depth × max_io_buf_bytes of buffers per queue
-//! is too much memory, or for zoned devices (which require it).
+//! is too much memory, or for zoned devices (which require it). It is used
+//! beside zero copy for the small requests of a tmpfs file (`user_copy.rs`).
 //!
 //! Zero copy (`zero_copy.rs`), on kernels and stacks that allow it: the ring
 //! gets a sparse fixed-buffer table of one entry per tag, each request's buffer
@@ -60,6 +61,7 @@ use nix::sys::eventfd::EventFd;
 use super::queue_threads::TagShare;
 use super::shared_memory::{pin_current_thread, Descriptors, TagBuffers};
 use super::sys::{self, IoCmd, IoDesc};
+use super::user_copy;
 use super::zero_copy::{self, AutoBufReg, AutoRegMiss, DataPath};
 
 const SECTOR_BYTES: u64 = 512;
@@ -91,6 +93,9 @@ pub struct QueueSetup {
     pub cpus: Vec<usize>,
     /// The device's data path (from the flags it was created with).
     pub data_path: DataPath,
+    /// Zero copy with USER_COPY too: small requests to a top served on the
+    /// queue thread are copied through the tag's buffer (`user_copy`).
+    pub user_copy: bool,
     /// Serve the queue with the batch protocol (`batch::run`), not per tag.
     pub batch: bool,
     /// Batch protocol: an eventfd that, once written, makes the queue drain
@@ -111,6 +116,8 @@ pub struct QueueReport {
     /// Zero copy: requests whose buffer the kernel did not register itself,
     /// registered by the queue instead.
     pub registered_here: u64,
+    /// Zero copy with user copy: requests copied through the tag's buffer.
+    pub user_copied: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -537,10 +544,6 @@ fn serve_direct(
         sys::UBLK_IO_OP_READ => true,
         sys::UBLK_IO_OP_WRITE => !desc.has_flag(sys::UBLK_IO_F_FUA),
         _ => false,
-    } && match queue.setup.data_path {
-        DataPath::Copy => true,
-        DataPath::AutoRegister => !desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),
-        DataPath::ExplicitRegister => false,
     };
     if !eligible {
         return false;
@@ -551,11 +554,41 @@ fn serve_direct(
     if len > queue.buffers.per_tag() as u64 {
         return false;
     }
-    let (buf, lease) = if queue.setup.data_path.is_zero_copy() {
+    // Zero copy, but this request copied through the tag's buffer by the
+    // queue itself (`user_copy`): small, to a top served on this thread. It
+    // needs no registered buffer.
+    let copied_here =
+        queue.setup.user_copy && len <= user_copy::SMALL_MAX && top.serves_on_the_spot();
+    let buffer_ready = match queue.setup.data_path {
+        DataPath::Copy => true,
+        DataPath::AutoRegister => !desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),
+        DataPath::ExplicitRegister => false,
+    };
+    if !(copied_here || buffer_ready) {
+        return false;
+    }
+    let (mut buf, lease) = if queue.setup.data_path.is_zero_copy() && !copied_here {
         queue.lend_fixed(tag, len as usize)
     } else {
         queue.lend_buffer(tag, len as usize, op)
     };
+    if copied_here {
+        let mut report = queue.report.get();
+        report.user_copied += 1;
+        queue.report.set(report);
+    }
+    if copied_here && op == sys::UBLK_IO_OP_WRITE {
+        if let Err(e) = user_copy::copy_in(queue.char_fd, queue.setup.queue, tag, &mut buf) {
+            tracing::error!(
+                queue = queue.setup.queue,
+                tag,
+                "user copy of a write's data: {e}"
+            );
+            drop(buf);
+            direct_answer(queue, exec, tag, None, lease, len, Err(Error::from(e)));
+            return true;
+        }
+    }
     let mut req = if op == sys::UBLK_IO_OP_READ {
         DirectRequest::read(offset, buf)
     } else {
@@ -570,10 +603,28 @@ fn serve_direct(
         FOREIGN_BIT | DIRECT_BIT | u64::from(tag),
     ) {
         None => {
+            // A top that serves on the spot never answers later, so a read
+            // copied here never misses its copy out.
+            debug_assert!(!copied_here, "a user-copied request went to the ring");
             queue.direct.borrow_mut()[usize::from(tag)] = Some((req, lease));
             queue.direct_in_flight.set(queue.direct_in_flight.get() + 1);
         }
-        Some(res) => direct_answer(queue, exec, tag, req, lease, len, res),
+        Some(res) => {
+            let res = match (res, req.read_bytes()) {
+                (Ok(()), Some(bytes)) if copied_here => {
+                    user_copy::copy_out(queue.char_fd, queue.setup.queue, tag, bytes).map_err(|e| {
+                        tracing::error!(
+                            queue = queue.setup.queue,
+                            tag,
+                            "user copy of a read's data: {e}"
+                        );
+                        Error::from(e)
+                    })
+                }
+                (res, _) => res,
+            };
+            direct_answer(queue, exec, tag, Some(req), lease, len, res)
+        }
     }
     true
 }
@@ -598,7 +649,7 @@ fn direct_done(queue: &Rc<Queue>, exec: &Executor, stack: &Stack, user_data: u64
         Some(result) => {
             queue.direct_in_flight.set(queue.direct_in_flight.get() - 1);
             let len = req.bytes() as u64;
-            direct_answer(queue, exec, tag, req, lease, len, result);
+            direct_answer(queue, exec, tag, Some(req), lease, len, result);
         }
     }
 }
@@ -609,7 +660,7 @@ fn direct_answer(
     queue: &Rc<Queue>,
     exec: &Executor,
     tag: u16,
-    req: DirectRequest,
+    req: Option<DirectRequest>,
     lease: Lease,
     len: u64,
     result: Result<(), Error>,

@@ -22,6 +22,10 @@
 //! stacks stay in copy mode (see `queue.rs` for why copy rather than
 //! USER_COPY). `UBLK_STACK_ZERO_COPY` overrides the choice (`off` forces copy
 //! mode; `on` and `explicit` make a kernel or stack that cannot do it an error).
+//! A buffered tmpfs or ramfs file, which io_uring cannot read inline, keeps
+//! copy mode under `auto`, unless it is the whole stack: then zero copy (the
+//! queue registering each buffer) serves its large requests and USER_COPY its
+//! small ones (`user_copy.rs`).
 
 use super::sys;
 

@@ -91,17 +91,30 @@ impl FrontEnd for Ublk {
                 .map(|id| plan.layers[id].spec.type_name()),
         )
         .map(String::from);
-        let data_path = zero_copy::Wanted::from_env()
-            .map(|wanted| match wanted {
-                zero_copy::Wanted::Auto if has_memory_backed_file(plan) => zero_copy::Wanted::Off,
-                other => other,
-            })
-            .and_then(|wanted| {
-                zero_copy::choose(ctrl.features(), zero_copy_blocker.as_deref(), wanted)
-            })
-            .map_err(|e| format!("{name}: {e}"))?;
         let batch_io = batch::choose::Wanted::from_env()
             .and_then(|wanted| batch::choose::choose(ctrl.features(), wanted))
+            .map_err(|e| format!("{name}: {e}"))?;
+        // A buffered file on tmpfs or ramfs as the top takes zero copy only
+        // with user copy for its small requests (`ublk::user_copy`), and with
+        // the queue registering the large ones' buffers: the kernel's automatic
+        // registration would cost every small request too. Any other stack
+        // holding such a file stays in copy mode, as zero copy would hand each
+        // of its requests to an io_uring worker.
+        let offered = ctrl.features();
+        let small_by_user_copy = !batch_io
+            && offered & sys::UBLK_F_USER_COPY != 0
+            && stack.direct().is_some_and(|top| top.serves_on_the_spot());
+        let wanted = match zero_copy::Wanted::from_env().map_err(|e| format!("{name}: {e}"))? {
+            zero_copy::Wanted::Auto if has_memory_backed_file(plan) => {
+                if small_by_user_copy && offered & sys::UBLK_F_SUPPORT_ZERO_COPY != 0 {
+                    zero_copy::Wanted::Explicit
+                } else {
+                    zero_copy::Wanted::Off
+                }
+            }
+            other => other,
+        };
+        let data_path = zero_copy::choose(offered, zero_copy_blocker.as_deref(), wanted)
             .map_err(|e| format!("{name}: {e}"))?;
         let queue_threads = queue_threads::from_env()
             .and_then(|wanted| {
@@ -112,6 +125,7 @@ impl FrontEnd for Ublk {
             batch_io,
             queue_threads,
             data_path,
+            user_copy_small: small_by_user_copy,
             zero_copy_blocker,
             id: plan.device.id,
             queues: plan.device.queues,
@@ -196,6 +210,7 @@ impl FrontEnd for Ublk {
         let requests: u64 = reports.iter().map(|r| r.requests).sum();
         let errors: u64 = reports.iter().map(|r| r.errors).sum();
         let registered_here: u64 = reports.iter().map(|r| r.registered_here).sum();
+        let user_copied: u64 = reports.iter().map(|r| r.user_copied).sum();
         // Each queue thread's count, queue by queue: with several threads per
         // queue this shows the kernel shared the requests among them.
         let by_thread: Vec<u64> = reports.iter().map(|r| r.requests).collect();
@@ -203,6 +218,7 @@ impl FrontEnd for Ublk {
             requests,
             errors,
             registered_here,
+            user_copied,
             ?by_thread,
             "queues stopped"
         );
@@ -523,12 +539,6 @@ fn record_device(path: &Path, device: &Device, cache: Option<&str>) {
     }
 }
 
-/// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
-/// file on tmpfs or ramfs, see `layers/src/file.rs`). Such a leaf cannot read
-/// into a kernel-registered buffer without io_uring handing each request to a
-/// worker thread, which measured slower than copy mode (benches/vm/README.md),
-/// so `auto` keeps copy mode for its device; `UBLK_STACK_ZERO_COPY=on` still
-/// asks for zero copy.
 /// The DMA_ALIGN mask for a zero-copy device: the largest O_DIRECT alignment
 /// of its direct leaves (memory or offset, from statx; else the block size,
 /// which they are opened with), minus one; 0 without direct leaves.
@@ -549,6 +559,12 @@ fn dma_align(plan: &Plan, block_size: u32) -> u32 {
         .map_or(0, |align| align.clamp(1, 4096).next_power_of_two() - 1)
 }
 
+/// Whether a `file` leaf of `plan` is served on the queue thread (a buffered
+/// file on tmpfs or ramfs, see `layers/src/file.rs`). Such a leaf cannot read
+/// into a kernel-registered buffer without io_uring handing each request to a
+/// worker thread, which for small requests measured slower than copy mode
+/// (benches/vm/README.md), so `auto` gives its device copy mode, or zero copy
+/// with user copy for the small requests where the file is the top.
 fn has_memory_backed_file(plan: &Plan) -> bool {
     plan.walk()
         .into_iter()

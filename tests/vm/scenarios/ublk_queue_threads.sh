@@ -1,6 +1,6 @@
 # Two threads per queue (UBLK_STACK_QUEUE_THREADS=2, UBLK_F_PER_IO_DAEMON):
-# on 7.3 a file leaf on ext4 (zero copy) and on tmpfs (copy mode), one queue
-# each, say PER_IO_DAEMON in `features` and `status --json`, run threads
+# on 7.3 a file leaf on ext4 (zero copy), on tmpfs (zero copy with USER_COPY
+# for small requests) and on tmpfs in copy mode, one queue each, say PER_IO_DAEMON in `features` and `status --json`, run threads
 # ublkN-q0.0 and ublkN-q0.1, pass fio random writes with crc32c verification
 # and a mixed load with flushes and discards, and at `down` both threads report
 # requests served (the kernel shared the queue's tags between them); kill -9
@@ -39,7 +39,7 @@ create = true
 TOML
 }
 config tzc ext4/t.img
-config tcopy tmp/t.img
+config ttmpfs tmp/t.img
 
 # two_threads: the daemon runs ublkN-q0.0 and ublkN-q0.1 and no ublkN-q0.
 two_threads() {
@@ -85,7 +85,12 @@ if [[ $several == yes ]]; then
     export UBLK_STACK_QUEUE_THREADS=2
     ublk-stack features | grep -Eq '^PER_IO_DAEMON +13 +yes +yes$' || { ublk-stack features; fail "features does not say PER_IO_DAEMON used"; }
     serve tzc zero-copy
-    serve tcopy copy
+    serve ttmpfs zero-copy
+    grep 'queues stopped' /work/daemon.err | tail -2 | grep -Eq 'user_copied=[1-9]' ||
+        fail "ttmpfs: no request went by user copy with two threads"
+    export UBLK_STACK_ZERO_COPY=off
+    serve ttmpfs copy
+    unset UBLK_STACK_ZERO_COPY
 
     step "kill -9 under a verifying fio, then up recovers with two threads"
     up_device /work/tzc.toml

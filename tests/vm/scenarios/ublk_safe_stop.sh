@@ -61,22 +61,26 @@ size = "64MiB"
 create = true
 TOML
 
-# A buffered file on tmpfs stays in copy mode by default, on both kernels.
+# A buffered file on tmpfs: copy mode on 6.12; on 7.3 zero copy for large
+# requests and USER_COPY for small ones.
+tmpfs_path=copy
+[[ $newer == yes ]] && tmpfs_path=zero-copy
 step "up; status shows the ublk side"
 up_device /work/safe0.toml
 status=$(ublk-stack status safe0 --json)
 ublk=$(sed -n 's/.*"ublk":\({[^}]*}\).*/\1/p' <<<"$status")
 echo "status ublk: $ublk"
-grep -q '"data_path":"copy"' <<<"$ublk" || fail "status: no data path in $ublk"
+grep -q "\"data_path\":\"$tmpfs_path\"" <<<"$ublk" || fail "status: data path is not $tmpfs_path in $ublk"
 grep -qE "\"kernel_features\":$mask[,}]" <<<"$ublk" || fail "status: kernel_features is not $mask"
 used=$(json_array features "$ublk")
 has CMD_IOCTL_ENCODE "$used" || fail "status: CMD_IOCTL_ENCODE not in use"
 if [[ $newer == yes ]]; then
     has NO_AUTO_PART_SCAN "$used" || fail "status: NO_AUTO_PART_SCAN not in use"
+    has USER_COPY "$used" || fail "status: USER_COPY not in use"
 else
     ! has NO_AUTO_PART_SCAN "$used" || fail "status: NO_AUTO_PART_SCAN in use on 6.12"
 fi
-ublk-stack status safe0 | grep '^ublk: data path copy, features ' || fail "status: no ublk line"
+ublk-stack status safe0 | grep "^ublk: data path $tmpfs_path, features " || fail "status: no ublk line"
 
 step "down refuses a mounted device, which keeps serving"
 mkfs.ext4 -q -F "$DEV"

@@ -7,8 +7,10 @@
 # path) passes the same check. A checksum over a file stays in copy mode. On
 # 6.12 (no zero copy) the same configs run in copy mode, and asking for zero
 # copy is refused with the kernel version it needs. A buffered file on tmpfs
-# stays in copy mode unless zero copy is asked for (UBLK_STACK_ZERO_COPY=on),
-# which then serves it too. On 7.3, with UBLK_STACK_TEST_AUTO_REG_MISS=3 the
+# as the top takes zero copy on 7.3 with USER_COPY for requests up to 32 KiB
+# (the log counts them, and fio's 4-128 KiB writes verify through both
+# paths): `auto` has the queue register the large ones' buffers, and with
+# UBLK_STACK_ZERO_COPY=on the kernel does (AUTO_BUF_REG). On 7.3, with UBLK_STACK_TEST_AUTO_REG_MISS=3 the
 # kernel's automatic registration fails for every 3rd tag and the queue
 # registers those buffers itself (UBLK_IO_F_NEED_REG_BUF), per tag and in
 # batch mode: fio verify passes and the log counts the fallbacks. A disk
@@ -148,20 +150,45 @@ serve zmirror "$expect"
 cmp -i 12288 ext4/mirror-a.img ext4/mirror-b.img || fail "the mirror's legs differ"
 serve zraid "$expect"
 serve zsum copy
-serve ztmpfs copy
+
+# serve_tmpfs WANT: serve ztmpfs; with zero copy, its requests up to 32 KiB
+# must have gone by user copy (USER_COPY in the features, counted in the log).
+serve_tmpfs() {
+    local lines
+    lines=$(wc -l </work/daemon.err)
+    serve ztmpfs "$1"
+    tail -n +$((lines + 1)) /work/daemon.err >/work/tmpfs.log
+    grep -E 'queues stopped' /work/tmpfs.log
+    if [[ $1 == zero-copy ]]; then
+        grep -q '"USER_COPY"' /work/status.json || { cat /work/status.json; fail "ztmpfs: zero copy without USER_COPY"; }
+        grep -Eq 'queues stopped.*errors=0.*user_copied=[1-9]' /work/tmpfs.log ||
+            { cat /work/tmpfs.log; fail "ztmpfs: no request went by user copy"; }
+    else
+        grep -Eq 'queues stopped.*errors=0.*user_copied=0' /work/tmpfs.log ||
+            { cat /work/tmpfs.log; fail "ztmpfs: user copy in copy mode"; }
+    fi
+}
+serve_tmpfs "$expect"
+# auto: the queue registers the large requests' buffers.
+if grep -q '"AUTO_BUF_REG"' /work/status.json; then
+    cat /work/status.json
+    fail "ztmpfs: auto uses AUTO_BUF_REG"
+fi
 
 if [[ $expect == zero-copy ]]; then
     export UBLK_STACK_ZERO_COPY=explicit
     serve zfile zero-copy
     serve zmirror zero-copy
     cmp -i 12288 ext4/mirror-a.img ext4/mirror-b.img || fail "the mirror's legs differ (explicit)"
+    serve_tmpfs zero-copy
     if grep -q '"AUTO_BUF_REG"' /work/status.json; then
         cat /work/status.json
         fail "explicit mode uses AUTO_BUF_REG"
     fi
     export UBLK_STACK_ZERO_COPY=on
-    serve ztmpfs zero-copy
+    serve_tmpfs zero-copy
     unset UBLK_STACK_ZERO_COPY
+    grep -q '"AUTO_BUF_REG"' /work/status.json || { cat /work/status.json; fail "ztmpfs: on without AUTO_BUF_REG"; }
 
     # Every 3rd tag gets an auto-registration index past the ring's buffer
     # table: the kernel's registration fails, the request comes flagged

@@ -1,0 +1,126 @@
+//! User copy (UBLK_F_USER_COPY) beside zero copy, for the small requests of a
+//! device whose top is a buffered `file` on tmpfs or ramfs.
+//!
+//! Such a file is read and written with `pread`/`pwrite` on the queue thread:
+//! io_uring cannot do it inline and hands every ring operation on it to a
+//! worker thread. Zero copy has to go through the ring (the request's pages
+//! are only reachable as a registered buffer), so it pays that hand-off on
+//! every request. For a large request the hand-off is small next to the
+//! copies zero copy saves; for a 4 KiB one it costs more than they do, and it
+//! triples the latency at queue depth 1 (benches/vm/README.md, "tmpfs: zero
+//! copy for large requests, user copy for small ones").
+//!
+//! So such a device asks for USER_COPY as well as zero copy, and the queue
+//! may then also read and write a request's pages through /dev/ublkcN. A
+//! request of at most [`SMALL_MAX`] bytes is copied through the tag's own
+//! buffer: a WRITE's data is read from the char device, then written to the
+//! file; a READ is read from the file, then written to the char device. Larger
+//! ones use the registered buffer, one copy in the kernel. `auto` registers
+//! those buffers from the queue (SUPPORT_ZERO_COPY), not by AUTO_BUF_REG,
+//! whose registration of every request's buffer the small ones would pay
+//! for too: measured, 4 KiB random reads ran 6% faster so.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Requests up to this size go by user copy; larger ones by zero copy.
+pub const SMALL_MAX: u64 = 32 << 10;
+
+// ublk_cmd.h: the char device offset of a request's data.
+const UBLKSRV_IO_BUF_OFFSET: u64 = 0x8000_0000;
+const UBLK_IO_BUF_BITS: u32 = 25;
+const UBLK_TAG_OFF: u32 = UBLK_IO_BUF_BITS;
+const UBLK_TAG_BITS: u32 = 16;
+const UBLK_QID_OFF: u32 = UBLK_TAG_OFF + UBLK_TAG_BITS;
+
+/// Where request (q_id, tag)'s data starts on /dev/ublkcN.
+pub fn offset(q_id: u16, tag: u16) -> u64 {
+    UBLKSRV_IO_BUF_OFFSET + (u64::from(q_id) << UBLK_QID_OFF) + (u64::from(tag) << UBLK_TAG_OFF)
+}
+
+/// A WRITE's data, from the request's pages into `buf`.
+pub fn copy_in(char_fd: RawFd, q_id: u16, tag: u16, buf: &mut [u8]) -> io::Result<()> {
+    let base = offset(q_id, tag);
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is valid for writes of its length for the call; the
+        // kernel writes at most that many bytes into it.
+        let n = unsafe {
+            libc::pread(
+                char_fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (base + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            // The request is shorter than its descriptor said: never pass a
+            // partly filled buffer off as its data.
+            0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A READ's data, from `buf` into the request's pages.
+pub fn copy_out(char_fd: RawFd, q_id: u16, tag: u16, buf: &[u8]) -> io::Result<()> {
+    let base = offset(q_id, tag);
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        // SAFETY: `rest` is valid for reads of its length for the call.
+        let n = unsafe {
+            libc::pwrite(
+                char_fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                (base + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_follow_the_header_layout() {
+        // ublk_cmd.h: 0x80000000 + (q_id << 41) + (tag << 25) + byte offset.
+        assert_eq!(offset(0, 0), 0x8000_0000);
+        assert_eq!(offset(0, 1), 0x8000_0000 + (1 << 25));
+        assert_eq!(offset(1, 0), 0x8000_0000 + (1 << 41));
+        assert_eq!(offset(3, 7), 0x8000_0000 + (3 << 41) + (7 << 25));
+        // A whole 32 MiB of data per tag, the header's 25 bits.
+        assert_eq!(offset(0, 1) - offset(0, 0), 1 << UBLK_IO_BUF_BITS);
+    }
+
+    #[test]
+    fn a_short_char_device_read_is_an_error_not_a_partial_buffer() {
+        // /dev/null reads as empty: the copy must fail, not stop early.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let mut buf = [1u8; 16];
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+        let err = copy_in(fd, 0, 0, &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    }
+}
