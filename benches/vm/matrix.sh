@@ -24,7 +24,8 @@
 # at QD32; sr64k, sr1m sequential reads of 64 KiB / 1 MiB at QD8; sw1m
 # sequential 1 MiB writes at QD8; lat 4 KiB random reads at QD1 (p50, p99,
 # p99.9 of the completion latency); null 4 KiB random reads at QD32 of the null
-# devices. BENCH_OURS_X (VAR=VALUE words, separated by commas): on tmpfs only, a
+# devices; rrNk / rwNk (rr16k, say) N KiB random reads / writes at QD32,
+# outside the default list. BENCH_OURS_X (VAR=VALUE words, separated by commas): on tmpfs only, a
 # fifth device `ours-x`, ours again on a file of its own with that environment
 # (UBLK_STACK_ZERO_COPY=off, say), for an A/B in one boot; a last table gives
 # ours-x/ours.
@@ -48,6 +49,8 @@ pattern() {
     sr1m) echo "read 1m 8" ;;
     sw1m) echo "write 1m 8" ;;
     lat) echo "randread 4k 1" ;;
+    rr[0-9]*k) echo "randread ${1#rr} 32" ;;
+    rw[0-9]*k) echo "randwrite ${1#rw} 32" ;;
     *) fail "unknown pattern $1" ;;
     esac
 }

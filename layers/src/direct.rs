@@ -145,6 +145,30 @@ impl<'a> DirectTop<'a> {
         }
     }
 
+    /// A write of `len` bytes at `offset` whose data `fill` stores straight
+    /// into the file's pages, given where they are mapped (a tmpfs or ramfs
+    /// file, `file_map`): checked and counted as `start` would. `None`: no
+    /// mapping covers the range, and the write goes by `start`.
+    pub fn write_mapped(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        len: usize,
+        fill: impl FnOnce(*mut u8) -> std::io::Result<()>,
+    ) -> Option<Result<()>> {
+        let Leaf::File(file) = self.leaf else {
+            return None;
+        };
+        let dst = file.inner.mapped_for_write(offset, len)?;
+        let start = match file.begin(ctx, StatOp::Write, offset, len as u64) {
+            Ok(start) => start,
+            Err(e) => return Some(Err(e)),
+        };
+        let res = fill(dst).map_err(Error::from);
+        file.finish(ctx, StatOp::Write, start, &res);
+        Some(res)
+    }
+
     /// The leaf's size now.
     pub fn size(&self) -> u64 {
         match self.leaf {
@@ -346,6 +370,45 @@ mod tests {
         let counts = leaf.node.stats.snapshot();
         assert_eq!((counts.reads, counts.writes, counts.errors), (1, 1, 1));
         assert_eq!((counts.read_bytes, counts.written_bytes), (8192, 8192));
+    }
+
+    #[test]
+    fn a_mapped_write_lands_in_the_file_counted_and_a_range_past_the_map_is_not_taken() {
+        use std::os::unix::fs::FileExt;
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(64 << 10).unwrap();
+        // Mapped as if the file had since grown: only its first 32 KiB.
+        let map = crate::file_map::FileMap::new(&file, 32 << 10).unwrap();
+        let leaf = FileLeaf::new(file.try_clone().unwrap(), 64 << 10, "file", None);
+        let leaf = counted(leaf.with_write_map(map));
+        let top = DirectTop::new(&leaf);
+        let ctx = IoCtx::new(0, 8).unwrap();
+        let res = top.write_mapped(&ctx, 4096, 8192, |dst| {
+            // SAFETY: `dst` points at 8192 mapped bytes of the file.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::write_bytes(dst, 0xa5, 8192)
+            };
+            Ok(())
+        });
+        assert!(matches!(res, Some(Ok(()))), "{res:?}");
+        let mut back = vec![0u8; 8192];
+        file.read_exact_at(&mut back, 4096).unwrap();
+        assert!(back.iter().all(|&b| b == 0xa5));
+        // Past the mapping: left to `start`, nothing counted.
+        assert!(top
+            .write_mapped(&ctx, 32 << 10, 4096, |_| unreachable!())
+            .is_none());
+        // A failed copy is the write's error, counted.
+        let res = top.write_mapped(&ctx, 0, 4096, |_| {
+            Err(std::io::Error::from_raw_os_error(libc::EFAULT))
+        });
+        assert!(matches!(res, Some(Err(_))), "{res:?}");
+        let counts = leaf.node.stats.snapshot();
+        assert_eq!(
+            (counts.writes, counts.written_bytes, counts.errors),
+            (2, 12288, 1)
+        );
     }
 
     #[test]

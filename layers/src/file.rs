@@ -31,6 +31,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::exec::IoCtx;
+use crate::file_map::FileMap;
 use crate::plan::FileParams;
 use crate::report::{LayerReport, LeafIo, LeafReport};
 use crate::uring::Op;
@@ -53,6 +54,8 @@ pub struct FileLeaf {
     kind: &'static str,
     /// Serve I/O synchronously (tmpfs/ramfs; see the module comment).
     sync_io: bool,
+    /// A tmpfs or ramfs file mapped for writes by USER_COPY (`file_map`).
+    write_map: Option<FileMap>,
     /// Memory alignment O_DIRECT needs (the block size), or 1 for buffered I/O.
     mem_align: usize,
     /// Requests whose buffer was not aligned for O_DIRECT and went through a copy.
@@ -130,8 +133,17 @@ pub fn open(params: &FileParams, block_size: u32) -> std::result::Result<FileLea
         ));
     }
     let sync_io = !params.direct && os::is_memory_backed(&file);
+    let write_map = match sync_io.then(|| FileMap::new(&file, size)) {
+        Some(Ok(map)) => Some(map),
+        Some(Err(e)) => {
+            tracing::info!("{}: not mapped, writes go by pwrite: {e}", path.display());
+            None
+        }
+        None => None,
+    };
     let mut leaf = FileLeaf::new(file, size, "file", params.direct.then_some(block_size));
     leaf.sync_io = sync_io;
+    leaf.write_map = write_map;
     Ok(leaf)
 }
 
@@ -150,6 +162,7 @@ impl FileLeaf {
             zero_range_ok: AtomicBool::new(true),
             kind,
             sync_io: false,
+            write_map: None,
             mem_align: direct_block_size.map_or(1, |b| b as usize),
             misaligned_copies: AtomicU64::new(0),
         }
@@ -179,6 +192,20 @@ impl FileLeaf {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    /// The leaf with `map` as its write mapping (tests: `open` maps a tmpfs
+    /// file itself).
+    #[cfg(test)]
+    pub(crate) fn with_write_map(mut self, map: FileMap) -> FileLeaf {
+        self.write_map = Some(map);
+        self
+    }
+
+    /// Where bytes `offset..offset + len` of the file are mapped for a write
+    /// (`file_map`), if they are.
+    pub(crate) fn mapped_for_write(&self, offset: u64, len: usize) -> Option<*mut u8> {
+        self.write_map.as_ref()?.at(offset, len)
     }
 
     /// Whether reads and writes are `pread` / `pwrite` on the calling thread

@@ -29,6 +29,8 @@ pub mod escape;
 pub mod exec;
 pub mod fault;
 pub mod file;
+#[allow(unsafe_code)]
+mod file_map;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod join;

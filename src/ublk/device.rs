@@ -46,6 +46,7 @@ use super::features;
 use super::queue::{self, QueueReport, QueueSetup, TopLayer};
 use super::queue_threads::{self, TagShare};
 use super::sys::{self, DevInfo, Params};
+use super::user_copy;
 use super::zero_copy::{AutoRegMiss, DataPath};
 
 /// Largest request the kernel sends us in copy mode, and the size of each
@@ -84,10 +85,10 @@ pub struct DeviceConfig {
     pub batch_io: bool,
     /// Threads serving each queue (`queue_threads::choose`).
     pub queue_threads: u16,
-    /// Zero copy with UBLK_F_USER_COPY as well, for small requests to a top
-    /// served on the queue thread (`user_copy`); asked for only where the
-    /// kernel offers it, with per-tag commands.
-    pub user_copy_small: bool,
+    /// Zero copy with UBLK_F_USER_COPY as well, for requests of up to this
+    /// many bytes to a top served on the queue thread (`user_copy`); 0 for
+    /// none. Asked for only where the kernel offers it, with per-tag commands.
+    pub user_copy_max: user_copy::Max,
     /// Request buffers' memory alignment as a mask, sent as
     /// UBLK_PARAM_TYPE_DMA_ALIGN (0: not sent). Zero copy hands request pages
     /// to O_DIRECT leaves as they are, so they must be aligned as the leaves
@@ -236,7 +237,7 @@ pub struct Device {
 /// UBLK_F_USER_COPY when `config` wants it beside zero copy on per-tag
 /// commands and the kernel (`offered`) has it; else nothing.
 fn user_copy_flag(config: &DeviceConfig, offered: u64) -> u64 {
-    let wanted = config.user_copy_small
+    let wanted = config.user_copy_max.is_on()
         && config.data_path.is_zero_copy()
         && !config.batch_io
         && offered & sys::UBLK_F_USER_COPY != 0;
@@ -421,8 +422,12 @@ impl Device {
         let data_path = DataPath::of_flags(self.info.flags);
         // From the device's flags, as the data path: a recovered device keeps
         // what it was created with.
-        let user_copy =
-            data_path.is_zero_copy() && !batch && self.info.flags & sys::UBLK_F_USER_COPY != 0;
+        let user_copy_max =
+            if data_path.is_zero_copy() && !batch && self.info.flags & sys::UBLK_F_USER_COPY != 0 {
+                config.user_copy_max
+            } else {
+                user_copy::Max::default()
+            };
         let auto_reg_miss = AutoRegMiss::from_env(self.info.queue_depth).map_err(|why| {
             DeviceError::Queue(0, io::Error::new(io::ErrorKind::InvalidInput, why))
         })?;
@@ -487,7 +492,7 @@ impl Device {
                 // From the device's own flags: a recovered device keeps the
                 // data path it was created with.
                 data_path,
-                user_copy,
+                user_copy_max,
                 batch,
                 drain: None,
                 auto_reg_miss,
@@ -810,7 +815,7 @@ mod tests {
             zero_copy_blocker: None,
             batch_io: false,
             queue_threads: 1,
-            user_copy_small: false,
+            user_copy_max: user_copy::Max::default(),
             dma_align: 0,
         }
     }
@@ -819,7 +824,7 @@ mod tests {
     fn user_copy_is_asked_for_only_beside_zero_copy_per_tag_and_where_offered() {
         let offered = 0x1f_ffff;
         let mut config = config(false);
-        config.user_copy_small = true;
+        config.user_copy_max = user_copy::Max::DEFAULT;
         assert_eq!(user_copy_flag(&config, offered), 0, "copy mode");
         for path in [DataPath::AutoRegister, DataPath::ExplicitRegister] {
             config.data_path = path;
@@ -833,7 +838,7 @@ mod tests {
         config.batch_io = true;
         assert_eq!(user_copy_flag(&config, offered), 0, "batch");
         config.batch_io = false;
-        config.user_copy_small = false;
+        config.user_copy_max = user_copy::Max::default();
         assert_eq!(user_copy_flag(&config, offered), 0, "not wanted");
     }
 

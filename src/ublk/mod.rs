@@ -17,7 +17,7 @@ pub mod queue;
 pub mod queue_threads;
 mod shared_memory;
 pub mod sys;
-mod user_copy;
+pub mod user_copy;
 pub mod zero_copy;
 
 pub use ctrl::{Control, CtrlError};

@@ -93,9 +93,10 @@ pub struct QueueSetup {
     pub cpus: Vec<usize>,
     /// The device's data path (from the flags it was created with).
     pub data_path: DataPath,
-    /// Zero copy with USER_COPY too: small requests to a top served on the
-    /// queue thread are copied through the tag's buffer (`user_copy`).
-    pub user_copy: bool,
+    /// Zero copy with USER_COPY too: requests of up to this many bytes to a
+    /// top served on the queue thread are copied through the tag's buffer
+    /// (`user_copy`); 0 for none.
+    pub user_copy_max: user_copy::Max,
     /// Serve the queue with the batch protocol (`batch::run`), not per tag.
     pub batch: bool,
     /// Batch protocol: an eventfd that, once written, makes the queue drain
@@ -557,8 +558,11 @@ fn serve_direct(
     // Zero copy, but this request copied through the tag's buffer by the
     // queue itself (`user_copy`): small, to a top served on this thread. It
     // needs no registered buffer.
-    let copied_here =
-        queue.setup.user_copy && len <= user_copy::SMALL_MAX && top.serves_on_the_spot();
+    let copied_here = queue
+        .setup
+        .user_copy_max
+        .takes(op == sys::UBLK_IO_OP_WRITE, len)
+        && top.serves_on_the_spot();
     let buffer_ready = match queue.setup.data_path {
         DataPath::Copy => true,
         DataPath::AutoRegister => !desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),
@@ -567,16 +571,41 @@ fn serve_direct(
     if !(copied_here || buffer_ready) {
         return false;
     }
-    let (mut buf, lease) = if queue.setup.data_path.is_zero_copy() && !copied_here {
-        queue.lend_fixed(tag, len as usize)
-    } else {
-        queue.lend_buffer(tag, len as usize, op)
-    };
     if copied_here {
         let mut report = queue.report.get();
         report.user_copied += 1;
         queue.report.set(report);
     }
+    if copied_here && op == sys::UBLK_IO_OP_WRITE {
+        // Straight into the file's pages where they are mapped (`file_map`).
+        let mapped = top.write_mapped(&queue.ctx, offset, len as usize, |dst| {
+            // SAFETY: `dst` is where the file's `len` bytes at `offset` are
+            // mapped, writable, for as long as the leaf lives.
+            unsafe {
+                user_copy::copy_in_at(queue.char_fd, queue.setup.queue, tag, dst, len as usize)
+            }
+        });
+        if let Some(res) = mapped {
+            let result = match res {
+                Ok(()) => len as i32,
+                Err(e) => {
+                    tracing::error!(
+                        queue = queue.setup.queue,
+                        tag,
+                        "user copy of a write's data into the file: {e}"
+                    );
+                    e.errno()
+                }
+            };
+            queue.answer(tag, result);
+            return true;
+        }
+    }
+    let (mut buf, lease) = if queue.setup.data_path.is_zero_copy() && !copied_here {
+        queue.lend_fixed(tag, len as usize)
+    } else {
+        queue.lend_buffer(tag, len as usize, op)
+    };
     if copied_here && op == sys::UBLK_IO_OP_WRITE {
         if let Err(e) = user_copy::copy_in(queue.char_fd, queue.setup.queue, tag, &mut buf) {
             tracing::error!(

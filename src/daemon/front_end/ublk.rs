@@ -40,8 +40,8 @@ use super::{FrontEnd, Handover, Resize, Serving};
 use crate::daemon::control;
 use crate::daemon::status::UblkStatus;
 use crate::ublk::{
-    batch, queue_threads, sys, zero_copy, Control, CtrlError, Device, DeviceConfig, DeviceError,
-    TopLayer,
+    batch, queue_threads, sys, user_copy, zero_copy, Control, CtrlError, Device, DeviceConfig,
+    DeviceError, TopLayer,
 };
 
 /// Said when the kernel has no ublk: the contract names `--nbd` as the way out.
@@ -101,7 +101,9 @@ impl FrontEnd for Ublk {
         // holding such a file stays in copy mode, as zero copy would hand each
         // of its requests to an io_uring worker.
         let offered = ctrl.features();
+        let user_copy_max = user_copy_max().map_err(|e| format!("{name}: {e}"))?;
         let small_by_user_copy = !batch_io
+            && user_copy_max.is_on()
             && offered & sys::UBLK_F_USER_COPY != 0
             && stack.direct().is_some_and(|top| top.serves_on_the_spot());
         let wanted = match zero_copy::Wanted::from_env().map_err(|e| format!("{name}: {e}"))? {
@@ -125,7 +127,11 @@ impl FrontEnd for Ublk {
             batch_io,
             queue_threads,
             data_path,
-            user_copy_small: small_by_user_copy,
+            user_copy_max: if small_by_user_copy {
+                user_copy_max
+            } else {
+                user_copy::Max::default()
+            },
             zero_copy_blocker,
             id: plan.device.id,
             queues: plan.device.queues,
@@ -380,6 +386,30 @@ fn ids_held_for_others(name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Requests up to how many bytes a tmpfs top copies by USER_COPY:
+/// `UBLK_STACK_USER_COPY_MAX` (a size for reads and writes, 0 for none),
+/// else the defaults.
+fn user_copy_max() -> Result<user_copy::Max, String> {
+    parse_user_copy_max(std::env::var(user_copy::ENV).ok().as_deref())
+}
+
+fn parse_user_copy_max(value: Option<&str>) -> Result<user_copy::Max, String> {
+    let Some(text) = value.filter(|t| !t.is_empty()) else {
+        return Ok(user_copy::Max::DEFAULT);
+    };
+    let bytes = crate::config::size::parse_size(text)
+        .map_err(|e| format!("{}={text:?}: {e}", user_copy::ENV))?;
+    // Each tag's own buffer holds a copied request; 1 MiB is the most a
+    // request can be under zero copy.
+    if bytes > 1 << 20 || bytes % 512 != 0 {
+        return Err(format!(
+            "{}={text:?}: expected a multiple of 512 bytes from 0 to 1MiB",
+            user_copy::ENV
+        ));
+    }
+    Ok(user_copy::Max::both(bytes))
+}
+
 fn recovery_wanted(plan: &Plan, offered: u64) -> bool {
     if std::env::var("UBLK_STACK_USER_RECOVERY").as_deref() == Ok("off") {
         return false;
@@ -580,6 +610,23 @@ fn has_memory_backed_file(plan: &Plan) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_copy_max_is_a_size_up_to_one_mib_and_zero_turns_it_off() {
+        use user_copy::Max;
+        assert_eq!(parse_user_copy_max(None), Ok(Max::DEFAULT));
+        assert_eq!(parse_user_copy_max(Some("")), Ok(Max::DEFAULT));
+        assert_eq!(parse_user_copy_max(Some("0")), Ok(Max::both(0)));
+        assert!(!Max::both(0).is_on());
+        assert_eq!(parse_user_copy_max(Some("16KiB")), Ok(Max::both(16 << 10)));
+        assert_eq!(parse_user_copy_max(Some("1MiB")), Ok(Max::both(1 << 20)));
+        assert!(Max::DEFAULT.takes(true, 8 << 10) && !Max::DEFAULT.takes(true, 12 << 10));
+        assert!(Max::DEFAULT.takes(false, 4 << 10) && !Max::DEFAULT.takes(false, 8 << 10));
+        for bad in ["2MiB", "1000", "lots"] {
+            let err = parse_user_copy_max(Some(bad)).unwrap_err();
+            assert!(err.starts_with("UBLK_STACK_USER_COPY_MAX="), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn recovery_is_off_with_a_memory_leaf_and_for_a_cache_without_quiesce() {

@@ -7,10 +7,14 @@
 # path) passes the same check. A checksum over a file stays in copy mode. On
 # 6.12 (no zero copy) the same configs run in copy mode, and asking for zero
 # copy is refused with the kernel version it needs. A buffered file on tmpfs
-# as the top takes zero copy on 7.3 with USER_COPY for requests up to 32 KiB
+# as the top takes zero copy on 7.3 with USER_COPY for writes up to 8 KiB and
+# reads up to 4 KiB
 # (the log counts them, and fio's 4-128 KiB writes verify through both
 # paths): `auto` has the queue register the large ones' buffers, and with
-# UBLK_STACK_ZERO_COPY=on the kernel does (AUTO_BUF_REG). On 7.3, with UBLK_STACK_TEST_AUTO_REG_MISS=3 the
+# UBLK_STACK_ZERO_COPY=on the kernel does (AUTO_BUF_REG).
+# UBLK_STACK_USER_COPY_MAX sets one limit for both (0 turns user copy off; a bad
+# value is refused); the file truncated behind the daemon fails I/O past its
+# new end with EIO and the daemon lives. On 7.3, with UBLK_STACK_TEST_AUTO_REG_MISS=3 the
 # kernel's automatic registration fails for every 3rd tag and the queue
 # registers those buffers itself (UBLK_IO_F_NEED_REG_BUF), per tag and in
 # batch mode: fio verify passes and the log counts the fallbacks. A disk
@@ -151,7 +155,7 @@ cmp -i 12288 ext4/mirror-a.img ext4/mirror-b.img || fail "the mirror's legs diff
 serve zraid "$expect"
 serve zsum copy
 
-# serve_tmpfs WANT: serve ztmpfs; with zero copy, its requests up to 32 KiB
+# serve_tmpfs WANT: serve ztmpfs; with zero copy, its small requests
 # must have gone by user copy (USER_COPY in the features, counted in the log).
 serve_tmpfs() {
     local lines
@@ -189,6 +193,48 @@ if [[ $expect == zero-copy ]]; then
     serve_tmpfs zero-copy
     unset UBLK_STACK_ZERO_COPY
     grep -q '"AUTO_BUF_REG"' /work/status.json || { cat /work/status.json; fail "ztmpfs: on without AUTO_BUF_REG"; }
+
+    # UBLK_STACK_USER_COPY_MAX: 0 turns user copy off (auto then keeps the
+    # tmpfs file in copy mode; explicit gives zero copy for every request);
+    # 64KiB takes 64 KiB requests by user copy too; a bad value is refused.
+    export UBLK_STACK_USER_COPY_MAX=0
+    serve_tmpfs copy
+    UBLK_STACK_ZERO_COPY=explicit serve ztmpfs zero-copy
+    if grep -q '"USER_COPY"' /work/status.json; then
+        cat /work/status.json
+        fail "ztmpfs: USER_COPY with UBLK_STACK_USER_COPY_MAX=0"
+    fi
+    grep 'queues stopped' /work/daemon.err | tail -2 | grep -Eq 'user_copied=0' ||
+        fail "ztmpfs: user copy with UBLK_STACK_USER_COPY_MAX=0"
+    UBLK_STACK_USER_COPY_MAX=64KiB serve_tmpfs zero-copy
+    step "UBLK_STACK_USER_COPY_MAX=3000: refused"
+    if UBLK_STACK_USER_COPY_MAX=3000 ublk-stack up /work/ztmpfs.toml >/work/refused.out 2>&1; then
+        fail "up with UBLK_STACK_USER_COPY_MAX=3000 succeeded"
+    fi
+    grep -q 'UBLK_STACK_USER_COPY_MAX="3000": expected a multiple of 512' /work/refused.out ||
+        { cat /work/refused.out; fail "no reason given"; }
+    no_ublk_devices
+    unset UBLK_STACK_USER_COPY_MAX
+
+    # Small writes land in the file's pages through a mapping of it: a file
+    # truncated behind the daemon fails them (and reads) with EIO, and the
+    # daemon lives on.
+    step "ztmpfs truncated behind the daemon: I/O past the new end fails, the daemon lives"
+    up_device /work/ztmpfs.toml
+    truncate -s 8M /work/ztmpfs.img
+    if dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=4096 oflag=direct conv=notrunc 2>/work/dd.err; then
+        fail "a write past the truncated end succeeded"
+    fi
+    grep -q 'Input/output error' /work/dd.err || { cat /work/dd.err; fail "the write did not fail with EIO"; }
+    if dd if="$DEV" of=/dev/null bs=4k count=1 skip=4096 iflag=direct 2>/work/dd.err; then
+        fail "a read past the truncated end succeeded"
+    fi
+    kill -0 "$DAEMON_PID" || fail "the daemon died"
+    dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=16 oflag=direct conv=notrunc status=none ||
+        fail "a write inside the file failed"
+    truncate -s 48M /work/ztmpfs.img
+    down_device ztmpfs
+    no_ublk_devices
 
     # Every 3rd tag gets an auto-registration index past the ring's buffer
     # table: the kernel's registration fails, the request comes flagged
