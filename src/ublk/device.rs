@@ -85,9 +85,10 @@ pub struct DeviceConfig {
     pub batch_io: bool,
     /// Threads serving each queue (`queue_threads::choose`).
     pub queue_threads: u16,
-    /// Zero copy with UBLK_F_USER_COPY as well, for requests of up to this
-    /// many bytes to a top served on the queue thread (`user_copy`); 0 for
-    /// none. Asked for only where the kernel offers it, with per-tag commands.
+    /// Zero copy with UBLK_F_USER_COPY as well, for reads and writes up to
+    /// these sizes to a top served on the queue thread (`user_copy`);
+    /// `Max::default()` (both 0) for none. Asked for only where the kernel
+    /// offers it, with per-tag commands.
     pub user_copy_max: user_copy::Max,
     /// Request buffers' memory alignment as a mask, sent as
     /// UBLK_PARAM_TYPE_DMA_ALIGN (0: not sent). Zero copy hands request pages

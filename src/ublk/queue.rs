@@ -93,9 +93,9 @@ pub struct QueueSetup {
     pub cpus: Vec<usize>,
     /// The device's data path (from the flags it was created with).
     pub data_path: DataPath,
-    /// Zero copy with USER_COPY too: requests of up to this many bytes to a
-    /// top served on the queue thread are copied through the tag's buffer
-    /// (`user_copy`); 0 for none.
+    /// Zero copy with USER_COPY too: reads and writes up to these sizes to a
+    /// top served on the queue thread are copied by the queue (`user_copy`);
+    /// `Max::default()` (both 0) for none.
     pub user_copy_max: user_copy::Max,
     /// Serve the queue with the batch protocol (`batch::run`), not per tag.
     pub batch: bool,
