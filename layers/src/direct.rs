@@ -165,7 +165,45 @@ impl<'a> DirectTop<'a> {
             Err(e) => return Some(Err(e)),
         };
         let res = fill(dst).map_err(Error::from);
+        if res.is_ok() {
+            file.inner.wrote(offset, len as u64);
+        }
         file.finish(ctx, StatOp::Write, start, &res);
+        Some(res)
+    }
+
+    /// A read of `len` bytes at `offset` whose data `copy` takes straight
+    /// from the file's pages, given where they are mapped (a tmpfs or ramfs
+    /// file whose pages there all hold data, `file_map`): checked and
+    /// counted as `start` would. `None`: the read goes by `start`, because
+    /// no mapping covers the range, or because `copy` failed with EFAULT (a
+    /// page was not there after all, and faulting it in failed): then the
+    /// range goes by `pread` until it is written, and this attempt stays
+    /// counted as a read.
+    pub fn read_mapped(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        len: usize,
+        copy: impl FnOnce(*const u8) -> std::io::Result<()>,
+    ) -> Option<Result<()>> {
+        let Leaf::File(file) = self.leaf else {
+            return None;
+        };
+        let src = file.inner.mapped_for_read(offset, len)?;
+        let start = match file.begin(ctx, StatOp::Read, offset, len as u64) {
+            Ok(start) => start,
+            Err(e) => return Some(Err(e)),
+        };
+        let res = match copy(src) {
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                tracing::debug!(offset, len, "mapped read faulted; reading by pread");
+                file.inner.not_held(offset, len as u64);
+                return None;
+            }
+            res => res.map_err(Error::from),
+        };
+        file.finish(ctx, StatOp::Read, start, &res);
         Some(res)
     }
 
@@ -297,7 +335,12 @@ impl<'a> DirectTop<'a> {
 
     fn finish(&self, ctx: &IoCtx, req: &DirectRequest, res: Result<()>) -> Result<()> {
         match self.leaf {
-            Leaf::File(file) => file.finish(ctx, req.op(), req.start, &res),
+            Leaf::File(file) => {
+                if let (Ok(()), DirectBuf::Write(buf)) = (&res, &req.buf) {
+                    file.inner.wrote(req.offset, buf.len() as u64);
+                }
+                file.finish(ctx, req.op(), req.start, &res)
+            }
             Leaf::Null(null) => null.finish(ctx, req.op(), req.start, &res),
         }
         res
@@ -380,7 +423,7 @@ mod tests {
         // Mapped as if the file had since grown: only its first 32 KiB.
         let map = crate::file_map::FileMap::new(&file, 32 << 10).unwrap();
         let leaf = FileLeaf::new(file.try_clone().unwrap(), 64 << 10, "file", None);
-        let leaf = counted(leaf.with_write_map(map));
+        let leaf = counted(leaf.with_map(map));
         let top = DirectTop::new(&leaf);
         let ctx = IoCtx::new(0, 8).unwrap();
         let res = top.write_mapped(&ctx, 4096, 8192, |dst| {
@@ -409,6 +452,82 @@ mod tests {
             (counts.writes, counts.written_bytes, counts.errors),
             (2, 12288, 1)
         );
+    }
+
+    /// What `read_mapped` copies from the file at `offset`: `None` when it
+    /// leaves the read to `start`.
+    fn read_mapped_bytes(
+        top: DirectTop<'_>,
+        ctx: &IoCtx,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<Vec<u8>>> {
+        let mut out = vec![0u8; len];
+        let res = top.read_mapped(ctx, offset, len, |src| {
+            // SAFETY: `src` points at `len` mapped bytes of the file.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len)
+            };
+            Ok(())
+        })?;
+        Some(res.map(|()| out))
+    }
+
+    #[test]
+    fn a_mapped_read_takes_only_pages_known_to_hold_data() {
+        use std::os::unix::fs::FileExt;
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(64 << 10).unwrap();
+        file.write_all_at(&[0x11; 4096], 8192).unwrap();
+        let map = crate::file_map::FileMap::new(&file, 64 << 10).unwrap();
+        let leaf = FileLeaf::new(file.try_clone().unwrap(), 64 << 10, "file", None);
+        let leaf = counted(leaf.with_map(map));
+        let top = DirectTop::new(&leaf);
+        let ctx = IoCtx::new(0, 8).unwrap();
+        // Data found at open is read through the map; a hole, or a range
+        // that is half hole, is left to `pread`.
+        let got = read_mapped_bytes(top, &ctx, 8192, 4096).unwrap().unwrap();
+        assert!(got.iter().all(|&b| b == 0x11));
+        assert!(read_mapped_bytes(top, &ctx, 0, 4096).is_none());
+        assert!(read_mapped_bytes(top, &ctx, 8192, 8192).is_none());
+        // A write through `start`, through the map, or through the task
+        // path makes its pages readable through the map.
+        let mut data = ctx.buf(4096);
+        data.fill(0x22);
+        let mut write = DirectRequest::write(12288, data.freeze());
+        run(top, &ctx, &mut write, |_| {}).unwrap();
+        let res = top.write_mapped(&ctx, 16384, 4096, |dst| {
+            // SAFETY: `dst` points at 4096 mapped bytes of the file.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::write_bytes(dst, 0x33, 4096)
+            };
+            Ok(())
+        });
+        assert!(matches!(res, Some(Ok(()))), "{res:?}");
+        let got = read_mapped_bytes(top, &ctx, 8192, 12288).unwrap().unwrap();
+        assert!(got[..4096].iter().all(|&b| b == 0x11));
+        assert!(got[4096..8192].iter().all(|&b| b == 0x22));
+        assert!(got[8192..].iter().all(|&b| b == 0x33));
+        // A discard that covers a page in part leaves it readable there;
+        // the page it covers whole is a hole again.
+        let exec = crate::exec::Executor::new().unwrap();
+        let res = exec.block_on(&ctx, AsyncLayer::discard(&*leaf.inner, &ctx, 12288, 6144));
+        res.unwrap();
+        assert!(read_mapped_bytes(top, &ctx, 12288, 4096).is_none());
+        assert!(read_mapped_bytes(top, &ctx, 16384, 4096).is_some());
+        // A copy that faults: left to `pread`, and so is the range after it.
+        let res = top.read_mapped(&ctx, 8192, 4096, |_| {
+            Err(std::io::Error::from_raw_os_error(libc::EFAULT))
+        });
+        assert!(res.is_none());
+        assert!(read_mapped_bytes(top, &ctx, 8192, 4096).is_none());
+        // Any other failed copy is the read's error.
+        let res = top.read_mapped(&ctx, 16384, 4096, |_| {
+            Err(std::io::Error::from_raw_os_error(libc::EIO))
+        });
+        assert!(matches!(res, Some(Err(Error::Io(libc::EIO)))), "{res:?}");
     }
 
     #[test]

@@ -54,8 +54,8 @@ pub struct FileLeaf {
     kind: &'static str,
     /// Serve I/O synchronously (tmpfs/ramfs; see the module comment).
     sync_io: bool,
-    /// A tmpfs or ramfs file mapped for writes by USER_COPY (`file_map`).
-    write_map: Option<FileMap>,
+    /// A tmpfs or ramfs file mapped for USER_COPY (`file_map`).
+    map: Option<FileMap>,
     /// Memory alignment O_DIRECT needs (the block size), or 1 for buffered I/O.
     mem_align: usize,
     /// Requests whose buffer was not aligned for O_DIRECT and went through a copy.
@@ -133,17 +133,20 @@ pub fn open(params: &FileParams, block_size: u32) -> std::result::Result<FileLea
         ));
     }
     let sync_io = !params.direct && os::is_memory_backed(&file);
-    let write_map = match sync_io.then(|| FileMap::new(&file, size)) {
+    let map = match sync_io.then(|| FileMap::new(&file, size)) {
         Some(Ok(map)) => Some(map),
         Some(Err(e)) => {
-            tracing::info!("{}: not mapped, writes go by pwrite: {e}", path.display());
+            tracing::info!(
+                "{}: not mapped, I/O goes by pread/pwrite: {e}",
+                path.display()
+            );
             None
         }
         None => None,
     };
     let mut leaf = FileLeaf::new(file, size, "file", params.direct.then_some(block_size));
     leaf.sync_io = sync_io;
-    leaf.write_map = write_map;
+    leaf.map = map;
     Ok(leaf)
 }
 
@@ -162,7 +165,7 @@ impl FileLeaf {
             zero_range_ok: AtomicBool::new(true),
             kind,
             sync_io: false,
-            write_map: None,
+            map: None,
             mem_align: direct_block_size.map_or(1, |b| b as usize),
             misaligned_copies: AtomicU64::new(0),
         }
@@ -194,18 +197,40 @@ impl FileLeaf {
         self.file.as_raw_fd()
     }
 
-    /// The leaf with `map` as its write mapping (tests: `open` maps a tmpfs
-    /// file itself).
+    /// The leaf with `map` as its mapping (tests: `open` maps a tmpfs file
+    /// itself).
     #[cfg(test)]
-    pub(crate) fn with_write_map(mut self, map: FileMap) -> FileLeaf {
-        self.write_map = Some(map);
+    pub(crate) fn with_map(mut self, map: FileMap) -> FileLeaf {
+        self.map = Some(map);
         self
     }
 
     /// Where bytes `offset..offset + len` of the file are mapped for a write
     /// (`file_map`), if they are.
     pub(crate) fn mapped_for_write(&self, offset: u64, len: usize) -> Option<*mut u8> {
-        self.write_map.as_ref()?.at(offset, len)
+        self.map.as_ref()?.at(offset, len)
+    }
+
+    /// Where bytes `offset..offset + len` of the file are mapped for a read
+    /// that allocates nothing (`file_map`), if they are.
+    pub(crate) fn mapped_for_read(&self, offset: u64, len: usize) -> Option<*const u8> {
+        self.map.as_ref()?.held_at(offset, len)
+    }
+
+    /// A write of `offset..offset + len` succeeded (keeps the mapping's
+    /// "holds data" bits).
+    pub(crate) fn wrote(&self, offset: u64, len: u64) {
+        if let Some(map) = &self.map {
+            map.wrote(offset, len);
+        }
+    }
+
+    /// A read through the mapping failed (EFAULT: its pages were not all
+    /// there after all): later ones go by `pread` until they are written.
+    pub(crate) fn not_held(&self, offset: u64, len: u64) {
+        if let Some(map) = &self.map {
+            map.forget(offset, len);
+        }
     }
 
     /// Whether reads and writes are `pread` / `pwrite` on the calling thread
@@ -313,7 +338,12 @@ impl FileLeaf {
                 continue;
             }
             match self.fallocate(ctx, mode, offset, len).await {
-                0 => return Ok(()),
+                0 => {
+                    if let (Some(map), true) = (&self.map, mode == punch) {
+                        map.punched(offset, len);
+                    }
+                    return Ok(());
+                }
                 res if res == -libc::EOPNOTSUPP || res == -libc::EINVAL => {
                     ok.store(false, Ordering::Relaxed)
                 }
@@ -408,7 +438,9 @@ impl AsyncLayer for FileLeaf {
     async fn write(&self, ctx: &IoCtx, offset: u64, buf: &IoBuf) -> Result<()> {
         if buf.fixed().is_none() {
             if self.sync_io {
-                return self.write_sync(offset, buf);
+                self.write_sync(offset, buf)?;
+                self.wrote(offset, buf.len() as u64);
+                return Ok(());
             }
             if self.needs_copy(buf) {
                 return self.write_bounced(ctx, offset, buf).await;
@@ -429,6 +461,7 @@ impl AsyncLayer for FileLeaf {
                 .await;
             done += self.write_result(at, res)?;
         }
+        self.wrote(offset, buf.len() as u64);
         Ok(())
     }
 

@@ -2,11 +2,18 @@
 //! copied by USER_COPY goes from the request's pages straight into the file's
 //! pages (one `pread` of `/dev/ublkcN` into the mapping), where it would
 //! otherwise cross the daemon's buffer (a `pread`, then a `pwrite` of the
-//! file): one system call and one copy fewer per request.
+//! file): one system call and one copy fewer per request. A read goes the
+//! other way (one `pwrite` of `/dev/ublkcN` from the mapping).
 //!
-//! Only writes: a read through a mapping faults in a page for every hole it
-//! touches, so reading a sparse file would fill the tmpfs, where `pread`
-//! returns zeros without allocating. A write allocates its pages either way.
+//! A read through a mapping faults in a page for every hole it touches, so
+//! reading a sparse file that way would fill the tmpfs, where `pread` returns
+//! zeros without allocating. So the map keeps a bit per page that is known to
+//! hold data: set from SEEK_DATA / SEEK_HOLE at open and by every write that
+//! succeeds, cleared by a hole punch. Only a read whose pages are all known
+//! to hold data goes through the mapping. A bit wrongly clear costs a `pread`;
+//! one wrongly set (a write racing a discard of the same page) costs a page of
+//! memory, and if the tmpfs is full the read fails with EFAULT and its caller
+//! falls back to `pread`.
 //!
 //! The mapping covers the file's size when the leaf was opened; a range past
 //! it (after a live grow) takes the `pwrite` path. The daemon never touches
@@ -15,19 +22,30 @@
 //! of killing the daemon with SIGBUS.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The unit the "holds data" bits count in: the page size of tmpfs here.
+const PAGE: u64 = 4096;
+/// Largest file whose pages get "holds data" bits (4 MiB of them); a larger
+/// one is mapped for writes only.
+const MAX_HELD_PAGES: u64 = 1 << 25;
 
 pub(crate) struct FileMap {
     ptr: NonNull<u8>,
     len: usize,
+    /// A bit per page: set when the page is known to hold data (see the
+    /// module comment). `None`: reads are not mapped.
+    held: Option<Box<[AtomicU64]>>,
 }
 
 // SAFETY: the mapping is shared memory that no Rust reference ever points
 // into: it is only handed to the kernel as a raw pointer, as a file descriptor
 // would be, so any thread may use it.
 unsafe impl Send for FileMap {}
-// SAFETY: as for Send; `FileMap` has no interior state besides the mapping.
+// SAFETY: as for Send; the bits are atomics.
 unsafe impl Sync for FileMap {}
 
 impl FileMap {
@@ -51,7 +69,39 @@ impl FileMap {
         }
         let ptr = NonNull::new(raw.cast::<u8>())
             .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(FileMap { ptr, len })
+        let mut map = FileMap {
+            ptr,
+            len,
+            held: None,
+        };
+        let pages = (len as u64).div_ceil(PAGE);
+        if pages <= MAX_HELD_PAGES {
+            map.held = Some((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
+            // A file whose data cannot be found is read by `pread`.
+            if let Err(e) = map.find_data(file) {
+                tracing::info!("reads not mapped: cannot find the file's data: {e}");
+                map.held = None;
+            }
+        }
+        Ok(map)
+    }
+
+    /// Set the bits of the pages SEEK_DATA / SEEK_HOLE say hold data.
+    fn find_data(&self, file: &File) -> std::io::Result<()> {
+        let end = self.len as u64;
+        let mut at = 0;
+        while at < end {
+            let Some(data) = crate::os::seek_data_or_hole(file, at, true)? else {
+                break;
+            };
+            if data >= end {
+                break;
+            }
+            let hole = crate::os::seek_data_or_hole(file, data, false)?.map_or(end, |h| h.min(end));
+            self.wrote(data, hole - data);
+            at = hole;
+        }
+        Ok(())
     }
 
     /// Where the file's bytes `offset..offset + len` are mapped, if they are.
@@ -62,6 +112,63 @@ impl FileMap {
             unsafe { self.ptr.as_ptr().add(start) }
         })
     }
+
+    /// Where the file's bytes `offset..offset + len` are mapped, if they are
+    /// and every page of them is known to hold data: reading them there
+    /// allocates nothing.
+    pub(crate) fn held_at(&self, offset: u64, len: usize) -> Option<*const u8> {
+        let held = self.held.as_deref()?;
+        let at = self.at(offset, len)?;
+        touched(offset, len as u64)
+            .all(|page| {
+                held[(page / 64) as usize].load(Ordering::Relaxed) & (1 << (page % 64)) != 0
+            })
+            .then_some(at.cast_const())
+    }
+
+    /// A write of `offset..offset + len` succeeded: its pages hold data.
+    pub(crate) fn wrote(&self, offset: u64, len: u64) {
+        let Some(held) = self.held.as_deref() else {
+            return;
+        };
+        for page in touched(offset, len) {
+            if let Some(word) = held.get((page / 64) as usize) {
+                word.fetch_or(1 << (page % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `offset..offset + len` was punched out: the pages it covers whole
+    /// hold no data (a page it covers in part still does).
+    pub(crate) fn punched(&self, offset: u64, len: u64) {
+        self.clear(offset.div_ceil(PAGE)..offset.saturating_add(len) / PAGE);
+    }
+
+    /// Reads of `offset..offset + len` go by `pread` until it is written
+    /// again: each page it touches is no longer known to hold data.
+    pub(crate) fn forget(&self, offset: u64, len: u64) {
+        self.clear(touched(offset, len));
+    }
+
+    fn clear(&self, pages: Range<u64>) {
+        let Some(held) = self.held.as_deref() else {
+            return;
+        };
+        let end = pages.end.min(held.len() as u64 * 64);
+        for page in pages.start..end {
+            if let Some(word) = held.get((page / 64) as usize) {
+                word.fetch_and(!(1 << (page % 64)), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The pages `offset..offset + len` touches.
+fn touched(offset: u64, len: u64) -> Range<u64> {
+    if len == 0 {
+        return 0..0;
+    }
+    offset / PAGE..offset.saturating_add(len).div_ceil(PAGE)
 }
 
 impl Drop for FileMap {
@@ -95,5 +202,32 @@ mod tests {
         assert!(map.at((16 << 10) - 512, 513).is_none());
         assert!(map.at((16 << 10) - 512, 512).is_some());
         assert!(map.at(u64::MAX, 1).is_none());
+    }
+
+    #[test]
+    fn pages_hold_data_from_open_and_writes_until_a_punch_covers_them_whole() {
+        use std::os::unix::fs::FileExt;
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(1 << 20).unwrap();
+        // Data at open: the page at 64 KiB, found by SEEK_DATA.
+        file.write_all_at(&[1; 100], (64 << 10) + 10).unwrap();
+        let map = FileMap::new(&file, 1 << 20).unwrap();
+        assert!(map.held_at(64 << 10, 4096).is_some());
+        assert!(map.held_at(0, 4096).is_none());
+        assert!(map.held_at((64 << 10) - 512, 1024).is_none(), "half hole");
+        // A write of part of two pages: both hold data.
+        map.wrote(8192 + 4000, 200);
+        assert!(map.held_at(8192, 8192).is_some());
+        // A punch of one and a half pages clears the whole one only.
+        map.punched(8192 + 2048, 6144);
+        assert!(map.held_at(8192, 4096).is_some());
+        assert!(map.held_at(12288, 4096).is_none());
+        // Forgetting takes every page touched; ranges past the end are no-ops.
+        map.forget(8192 + 4095, 1);
+        assert!(map.held_at(8192, 4096).is_none());
+        map.wrote(1 << 20, 4096);
+        map.punched(0, u64::MAX);
+        assert!(map.held_at(64 << 10, 4096).is_none());
+        assert!(map.held_at(1 << 20, 4096).is_none());
     }
 }

@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, types};
 use layers::buf::Lease;
-use layers::direct::DirectRequest;
+use layers::direct::{DirectRequest, DirectTop};
 use layers::uring::{Op, FOREIGN_BIT};
 use layers::{Error, Executor, IoBufMut, IoCtx, Stack};
 use nix::sys::eventfd::EventFd;
@@ -117,8 +117,11 @@ pub struct QueueReport {
     /// Zero copy: requests whose buffer the kernel did not register itself,
     /// registered by the queue instead.
     pub registered_here: u64,
-    /// Zero copy with user copy: requests copied through the tag's buffer.
+    /// Zero copy with user copy: requests copied by the queue.
     pub user_copied: u64,
+    /// Of those, requests copied straight from or into the file's mapped
+    /// pages rather than through the tag's buffer.
+    pub mapped: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -571,35 +574,8 @@ fn serve_direct(
     if !(copied_here || buffer_ready) {
         return false;
     }
-    if copied_here {
-        let mut report = queue.report.get();
-        report.user_copied += 1;
-        queue.report.set(report);
-    }
-    if copied_here && op == sys::UBLK_IO_OP_WRITE {
-        // Straight into the file's pages where they are mapped (`file_map`).
-        let mapped = top.write_mapped(&queue.ctx, offset, len as usize, |dst| {
-            // SAFETY: `dst` is where the file's `len` bytes at `offset` are
-            // mapped, writable, for as long as the leaf lives.
-            unsafe {
-                user_copy::copy_in_at(queue.char_fd, queue.setup.queue, tag, dst, len as usize)
-            }
-        });
-        if let Some(res) = mapped {
-            let result = match res {
-                Ok(()) => len as i32,
-                Err(e) => {
-                    tracing::error!(
-                        queue = queue.setup.queue,
-                        tag,
-                        "user copy of a write's data into the file: {e}"
-                    );
-                    e.errno()
-                }
-            };
-            queue.answer(tag, result);
-            return true;
-        }
+    if copied_here && serve_mapped(queue, &top, tag, op, offset, len) {
+        return true;
     }
     let (mut buf, lease) = if queue.setup.data_path.is_zero_copy() && !copied_here {
         queue.lend_fixed(tag, len as usize)
@@ -625,6 +601,9 @@ fn serve_direct(
     };
     if !top.takes(&req) {
         return false;
+    }
+    if copied_here {
+        count_user_copy(queue, false);
     }
     match top.start(
         &queue.ctx,
@@ -656,6 +635,55 @@ fn serve_direct(
         }
     }
     true
+}
+
+/// Serve a request copied by the queue (`user_copy`) straight from or into
+/// the file's pages, where the top is a file mapped for it (`file_map`); false
+/// when it is not, having done nothing.
+fn serve_mapped(
+    queue: &Queue,
+    top: &DirectTop<'_>,
+    tag: u16,
+    op: u8,
+    offset: u64,
+    len: u64,
+) -> bool {
+    let (q_id, fd, bytes) = (queue.setup.queue, queue.char_fd, len as usize);
+    let mapped = if op == sys::UBLK_IO_OP_WRITE {
+        top.write_mapped(&queue.ctx, offset, bytes, |dst| {
+            // SAFETY: `dst` is where the file's `len` bytes at `offset` are
+            // mapped, writable, for as long as the leaf lives.
+            unsafe { user_copy::copy_in_at(fd, q_id, tag, dst, bytes) }
+        })
+    } else {
+        top.read_mapped(&queue.ctx, offset, bytes, |src| {
+            // SAFETY: `src` is where the file's `len` bytes at `offset` are
+            // mapped, for as long as the leaf lives.
+            unsafe { user_copy::copy_out_from(fd, q_id, tag, src, bytes) }
+        })
+    };
+    let Some(res) = mapped else {
+        return false;
+    };
+    count_user_copy(queue, true);
+    if let Err(e) = &res {
+        tracing::error!(
+            queue = q_id,
+            tag,
+            "user copy between the request and the file's mapped pages: {e}"
+        );
+    }
+    queue.answer(tag, direct_result(queue, tag, len, res));
+    true
+}
+
+/// One more request copied by the queue; `mapped`: straight from or into the
+/// file's pages.
+fn count_user_copy(queue: &Queue, mapped: bool) {
+    let mut report = queue.report.get();
+    report.user_copied += 1;
+    report.mapped += u64::from(mapped);
+    queue.report.set(report);
 }
 
 /// The completion of a `serve_direct` request's leaf operation.
@@ -695,13 +723,7 @@ fn direct_answer(
     result: Result<(), Error>,
 ) {
     drop(req);
-    let result = match result {
-        Ok(()) => len as i32,
-        Err(e) => {
-            tracing::debug!(queue = queue.setup.queue, tag, "request failed: {e}");
-            e.errno()
-        }
-    };
+    let result = direct_result(queue, tag, len, result);
     if lease.is_returned() {
         queue.answer(tag, result);
         return;
@@ -727,6 +749,17 @@ fn direct_answer(
         }
         queue.answer(tag, -libc::EIO);
     });
+}
+
+/// What COMMIT reports for a `serve_direct` request of `len` bytes.
+fn direct_result(queue: &Queue, tag: u16, len: u64, result: Result<(), Error>) -> i32 {
+    match result {
+        Ok(()) => len as i32,
+        Err(e) => {
+            tracing::debug!(queue = queue.setup.queue, tag, "request failed: {e}");
+            e.errno()
+        }
+    }
 }
 
 /// Run one request on the stack; returns what COMMIT reports: bytes transferred

@@ -13,11 +13,13 @@
 //! So such a device asks for USER_COPY as well as zero copy, and the queue
 //! may then also read and write a request's pages through /dev/ublkcN. A
 //! request of at most [`Max::DEFAULT`] bytes (or `UBLK_STACK_USER_COPY_MAX`)
-//! is copied: a WRITE's data straight into the file's pages where the leaf
-//! has them mapped (`layers::file_map`, one `pread` of the char device),
-//! else through the tag's own
-//! buffer: a WRITE's data is read from the char device, then written to the
-//! file; a READ is read from the file, then written to the char device. Larger
+//! is copied straight between the request's pages and the file's, where the
+//! leaf has them mapped (`layers::file_map`): a WRITE by one `pread` of the
+//! char device into the mapping, a READ of pages known to hold data by one
+//! `pwrite` of the char device from it. Otherwise it goes through the tag's
+//! own buffer: a WRITE's data is read from the char device, then written to
+//! the file; a READ (of a hole, say) is read from the file, then written to
+//! the char device. Larger
 //! ones use the registered buffer, one copy in the kernel. `auto` registers
 //! those buffers from the queue (SUPPORT_ZERO_COPY), not by AUTO_BUF_REG,
 //! whose registration of every request's buffer the small ones would pay
@@ -113,15 +115,31 @@ pub unsafe fn copy_in_at(
 
 /// A READ's data, from `buf` into the request's pages.
 pub fn copy_out(char_fd: RawFd, q_id: u16, tag: u16, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: `buf` is valid for reads of its length.
+    unsafe { copy_out_from(char_fd, q_id, tag, buf.as_ptr(), buf.len()) }
+}
+
+/// A READ's `len` bytes of data, from `src` (a file's pages mapped into
+/// memory, say) into the request's pages.
+///
+/// # Safety
+/// `src` must be valid for reads of `len` bytes by the kernel for the call.
+pub unsafe fn copy_out_from(
+    char_fd: RawFd,
+    q_id: u16,
+    tag: u16,
+    src: *const u8,
+    len: usize,
+) -> io::Result<()> {
     let base = offset(q_id, tag);
-    whole(buf.len(), |done| {
-        let rest = &buf[done..];
-        // SAFETY: `rest` is valid for reads of its length for the call.
+    whole(len, |done| {
+        // SAFETY: `src + done .. src + len` is inside what the caller vouched
+        // for; the kernel reads at most `len - done` bytes there.
         unsafe {
             libc::pwrite(
                 char_fd,
-                rest.as_ptr().cast(),
-                rest.len(),
+                src.add(done).cast(),
+                len - done,
                 (base + done as u64) as libc::off_t,
             )
         }

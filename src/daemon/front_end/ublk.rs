@@ -217,6 +217,7 @@ impl FrontEnd for Ublk {
         let errors: u64 = reports.iter().map(|r| r.errors).sum();
         let registered_here: u64 = reports.iter().map(|r| r.registered_here).sum();
         let user_copied: u64 = reports.iter().map(|r| r.user_copied).sum();
+        let mapped: u64 = reports.iter().map(|r| r.mapped).sum();
         // Each queue thread's count, queue by queue: with several threads per
         // queue this shows the kernel shared the requests among them.
         let by_thread: Vec<u64> = reports.iter().map(|r| r.requests).collect();
@@ -225,6 +226,7 @@ impl FrontEnd for Ublk {
             errors,
             registered_here,
             user_copied,
+            mapped,
             ?by_thread,
             "queues stopped"
         );

@@ -12,6 +12,10 @@
 # (the log counts them, and fio's 4-128 KiB writes verify through both
 # paths): `auto` has the queue register the large ones' buffers, and with
 # UBLK_STACK_ZERO_COPY=on the kernel does (AUTO_BUF_REG).
+# Small writes go straight into the file's mapped pages and small reads come
+# straight from them where the pages are known to hold data (the log counts
+# them): reading 16 MiB of holes allocates no tmpfs page, and a written block
+# reads back.
 # UBLK_STACK_USER_COPY_MAX sets one limit for both (0 turns user copy off; a bad
 # value is refused); the file truncated behind the daemon fails I/O past its
 # new end with EIO and the daemon lives. On 7.3, with UBLK_STACK_TEST_AUTO_REG_MISS=3 the
@@ -165,8 +169,8 @@ serve_tmpfs() {
     grep -E 'queues stopped' /work/tmpfs.log
     if [[ $1 == zero-copy ]]; then
         grep -q '"USER_COPY"' /work/status.json || { cat /work/status.json; fail "ztmpfs: zero copy without USER_COPY"; }
-        grep -Eq 'queues stopped.*errors=0.*user_copied=[1-9]' /work/tmpfs.log ||
-            { cat /work/tmpfs.log; fail "ztmpfs: no request went by user copy"; }
+        grep -Eq 'queues stopped.*errors=0.*user_copied=[1-9][0-9]* mapped=[1-9]' /work/tmpfs.log ||
+            { cat /work/tmpfs.log; fail "ztmpfs: no request went by user copy through the file's mapping"; }
     else
         grep -Eq 'queues stopped.*errors=0.*user_copied=0' /work/tmpfs.log ||
             { cat /work/tmpfs.log; fail "ztmpfs: user copy in copy mode"; }
@@ -235,6 +239,29 @@ if [[ $expect == zero-copy ]]; then
     truncate -s 48M /work/ztmpfs.img
     down_device ztmpfs
     no_ublk_devices
+
+    # Small reads come straight from the file's mapped pages, but only pages
+    # known to hold data: reading the holes of a sparse file allocates
+    # nothing, and a block written reads back (both through the mapping).
+    step "ztmpfs: reading holes allocates nothing; a written block reads back"
+    rm -f /work/ztmpfs.img
+    lines=$(wc -l </work/daemon.err)
+    up_device /work/ztmpfs.toml
+    head -c 4096 /dev/urandom >/work/block
+    dd if=/work/block of="$DEV" bs=4k seek=100 oflag=direct conv=notrunc status=none ||
+        fail "write of block 100"
+    blocks=$(stat -c %b /work/ztmpfs.img)
+    dd if="$DEV" of=/dev/null bs=4k count=4096 iflag=direct status=none || fail "read of 16 MiB"
+    (($(stat -c %b /work/ztmpfs.img) == blocks)) ||
+        fail "reading holes allocated: $blocks blocks before, $(stat -c %b /work/ztmpfs.img) after"
+    dd if="$DEV" bs=4k skip=100 count=1 iflag=direct status=none | cmp - /work/block ||
+        fail "block 100 read back differs"
+    down_device ztmpfs
+    no_ublk_devices
+    tail -n +$((lines + 1)) /work/daemon.err | grep 'queues stopped' | tee /work/holes.log
+    # The write of block 100 and its two reads.
+    grep -Eq 'errors=0.*mapped=([3-9]|[1-9][0-9])' /work/holes.log ||
+        fail "block 100 was not written and read through the mapping"
 
     # Every 3rd tag gets an auto-registration index past the ring's buffer
     # table: the kernel's registration fails, the request comes flagged
