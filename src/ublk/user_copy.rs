@@ -37,12 +37,12 @@ pub struct Max {
 
 impl Max {
     /// Measured on 7.3 (benches/vm/README.md): a write lands in the file's
-    /// mapped pages in one system call, faster than zero copy up to 8 KiB
-    /// (1.3–2× at QD32); a read needs two, and zero copy reads faster at
-    /// QD32 from 4 KiB up, but at QD1 a 4 KiB read by user copy takes half
-    /// the time (each zero-copy request waits for an io_uring worker).
+    /// mapped pages, and a read of pages holding data comes from them, in one
+    /// system call, faster than zero copy up to 8 KiB at QD32 (each zero-copy
+    /// request waits for an io_uring worker; larger ones gain more from the
+    /// copy done on another CPU).
     pub const DEFAULT: Max = Max {
-        read: 4 << 10,
+        read: 8 << 10,
         write: 8 << 10,
     };
 

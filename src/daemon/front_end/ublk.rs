@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(parse_user_copy_max(Some("16KiB")), Ok(Max::both(16 << 10)));
         assert_eq!(parse_user_copy_max(Some("1MiB")), Ok(Max::both(1 << 20)));
         assert!(Max::DEFAULT.takes(true, 8 << 10) && !Max::DEFAULT.takes(true, 12 << 10));
-        assert!(Max::DEFAULT.takes(false, 4 << 10) && !Max::DEFAULT.takes(false, 8 << 10));
+        assert!(Max::DEFAULT.takes(false, 8 << 10) && !Max::DEFAULT.takes(false, 12 << 10));
         for bad in ["2MiB", "1000", "lots"] {
             let err = parse_user_copy_max(Some(bad)).unwrap_err();
             assert!(err.starts_with("UBLK_STACK_USER_COPY_MAX="), "{bad}: {err}");

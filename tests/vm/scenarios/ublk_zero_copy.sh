@@ -7,8 +7,7 @@
 # path) passes the same check. A checksum over a file stays in copy mode. On
 # 6.12 (no zero copy) the same configs run in copy mode, and asking for zero
 # copy is refused with the kernel version it needs. A buffered file on tmpfs
-# as the top takes zero copy on 7.3 with USER_COPY for writes up to 8 KiB and
-# reads up to 4 KiB
+# as the top takes zero copy on 7.3 with USER_COPY for requests up to 8 KiB
 # (the log counts them, and fio's 4-128 KiB writes verify through both
 # paths): `auto` has the queue register the large ones' buffers, and with
 # UBLK_STACK_ZERO_COPY=on the kernel does (AUTO_BUF_REG).
@@ -16,7 +15,7 @@
 # straight from them where the pages are known to hold data (the log counts
 # them): reading 16 MiB of holes allocates no tmpfs page, and a written block
 # reads back.
-# UBLK_STACK_USER_COPY_MAX sets one limit for both (0 turns user copy off; a bad
+# UBLK_STACK_USER_COPY_MAX sets that limit (0 turns user copy off; a bad
 # value is refused); the file truncated behind the daemon fails I/O past its
 # new end with EIO and the daemon lives. On 7.3, with UBLK_STACK_TEST_AUTO_REG_MISS=3 the
 # kernel's automatic registration fails for every 3rd tag and the queue
