@@ -242,7 +242,7 @@ if [[ $expect == zero-copy ]]; then
     # Small reads come straight from the file's mapped pages, but only pages
     # known to hold data: reading the holes of a sparse file allocates
     # nothing, and a block written reads back (both through the mapping).
-    step "ztmpfs: reading holes allocates nothing; a written block reads back"
+    step "ztmpfs: reading holes allocates nothing; a written block reads back; a discard reads as zeros"
     rm -f /work/ztmpfs.img
     lines=$(wc -l </work/daemon.err)
     up_device /work/ztmpfs.toml
@@ -255,11 +255,34 @@ if [[ $expect == zero-copy ]]; then
         fail "reading holes allocated: $blocks blocks before, $(stat -c %b /work/ztmpfs.img) after"
     dd if="$DEV" bs=4k skip=100 count=1 iflag=direct status=none | cmp - /work/block ||
         fail "block 100 read back differs"
+    # A discard punches the blocks it covers whole out of the file: read
+    # after it (by pread now, the pages hold no data), they are zeros, and
+    # the blocks beside them, read through the mapping, keep their data.
+    head -c 16384 /dev/urandom >/work/blocks
+    dd if=/work/blocks of="$DEV" bs=16k seek=50 oflag=direct conv=notrunc status=none ||
+        fail "write of blocks 200-203"
+    dd if="$DEV" of=/work/back bs=4k skip=201 count=1 iflag=direct status=none || fail "read of block 201"
+    cmp -i 0:4096 -n 4096 /work/back /work/blocks || fail "block 201 read back differs"
+    blocks=$(stat -c %b /work/ztmpfs.img)
+    fio --name=trim --filename="$DEV" --ioengine=io_uring --direct=1 --rw=trim \
+        --bs=8k --offset=$((201 * 4096)) --size=8k >/work/fio.out 2>&1 ||
+        { cat /work/fio.out; fail "discard of blocks 201-202"; }
+    (($(stat -c %b /work/ztmpfs.img) == blocks - 16)) ||
+        fail "the discard freed $((blocks - $(stat -c %b /work/ztmpfs.img))) sectors, not 16"
+    : >/work/back
+    for b in 200 201 202 203; do
+        dd if="$DEV" bs=4k skip=$b count=1 iflag=direct status=none >>/work/back || fail "read of block $b"
+    done
+    (($(stat -c %b /work/ztmpfs.img) == blocks - 16)) || fail "reading the discarded blocks allocated them"
+    cmp -n 4096 /work/back /work/blocks || fail "block 200 changed by the discard beside it"
+    cmp -i 12288:12288 /work/back /work/blocks || fail "block 203 changed by the discard beside it"
+    cmp -i 4096:0 -n 8192 /work/back /dev/zero || fail "discarded blocks 201-202 do not read as zeros"
     down_device ztmpfs
     no_ublk_devices
     tail -n +$((lines + 1)) /work/daemon.err | grep 'queues stopped' | tee /work/holes.log
-    # The write of block 100 and its two reads.
-    grep -Eq 'errors=0.*mapped=([3-9]|[1-9][0-9])' /work/holes.log ||
+    # The write of block 100, its two reads, the read of block 201 before
+    # the discard and those of blocks 200 and 203 after it.
+    grep -Eq 'errors=0.*mapped=([6-9]|[1-9][0-9])' /work/holes.log ||
         fail "block 100 was not written and read through the mapping"
 
     # Every 3rd tag gets an auto-registration index past the ring's buffer
