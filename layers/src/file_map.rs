@@ -32,6 +32,8 @@ const PAGE: u64 = 4096;
 /// Largest file whose pages get "holds data" bits (4 MiB of them); a larger
 /// one is mapped for writes only.
 const MAX_HELD_PAGES: u64 = 1 << 25;
+/// Most runs of data looked up at open (two `lseek`s each).
+const MAX_FOUND_RUNS: usize = 1 << 16;
 
 pub(crate) struct FileMap {
     ptr: NonNull<u8>,
@@ -86,11 +88,16 @@ impl FileMap {
         Ok(map)
     }
 
-    /// Set the bits of the pages SEEK_DATA / SEEK_HOLE say hold data.
+    /// Set the bits of the pages SEEK_DATA / SEEK_HOLE say hold data. A
+    /// file in more than [`MAX_FOUND_RUNS`] pieces keeps the rest clear
+    /// (read by `pread` until written) rather than delay the open.
     fn find_data(&self, file: &File) -> std::io::Result<()> {
         let end = self.len as u64;
         let mut at = 0;
-        while at < end {
+        for _ in 0..MAX_FOUND_RUNS {
+            if at >= end {
+                break;
+            }
             let Some(data) = crate::os::seek_data_or_hole(file, at, true)? else {
                 break;
             };
@@ -128,37 +135,46 @@ impl FileMap {
 
     /// A write of `offset..offset + len` succeeded: its pages hold data.
     pub(crate) fn wrote(&self, offset: u64, len: u64) {
-        let Some(held) = self.held.as_deref() else {
-            return;
-        };
-        for page in touched(offset, len) {
-            if let Some(word) = held.get((page / 64) as usize) {
-                word.fetch_or(1 << (page % 64), Ordering::Relaxed);
-            }
-        }
+        self.mark(touched(offset, len), true);
     }
 
     /// `offset..offset + len` was punched out: the pages it covers whole
     /// hold no data (a page it covers in part still does).
     pub(crate) fn punched(&self, offset: u64, len: u64) {
-        self.clear(offset.div_ceil(PAGE)..offset.saturating_add(len) / PAGE);
+        self.mark(
+            offset.div_ceil(PAGE)..offset.saturating_add(len) / PAGE,
+            false,
+        );
     }
 
     /// Reads of `offset..offset + len` go by `pread` until it is written
     /// again: each page it touches is no longer known to hold data.
     pub(crate) fn forget(&self, offset: u64, len: u64) {
-        self.clear(touched(offset, len));
+        self.mark(touched(offset, len), false);
     }
 
-    fn clear(&self, pages: Range<u64>) {
+    /// Set or clear the bits of `pages`, a word at a time.
+    fn mark(&self, pages: Range<u64>, holds_data: bool) {
         let Some(held) = self.held.as_deref() else {
             return;
         };
         let end = pages.end.min(held.len() as u64 * 64);
-        for page in pages.start..end {
-            if let Some(word) = held.get((page / 64) as usize) {
-                word.fetch_and(!(1 << (page % 64)), Ordering::Relaxed);
+        let mut page = pages.start;
+        while page < end {
+            let word = page / 64;
+            let bits = (end - page).min(64 - page % 64);
+            let mask = if bits == 64 {
+                u64::MAX
+            } else {
+                ((1 << bits) - 1) << (page % 64)
+            };
+            let word = &held[word as usize];
+            if holds_data {
+                word.fetch_or(mask, Ordering::Relaxed);
+            } else {
+                word.fetch_and(!mask, Ordering::Relaxed);
             }
+            page += bits;
         }
     }
 }
@@ -225,6 +241,19 @@ mod tests {
         // Forgetting takes every page touched; ranges past the end are no-ops.
         map.forget(8192 + 4095, 1);
         assert!(map.held_at(8192, 4096).is_none());
+        // Across words of bits: pages 60 to 69 exactly.
+        map.wrote(60 * 4096, 10 * 4096);
+        assert!(map.held_at(60 * 4096, 10 * 4096).is_some());
+        assert!(map.held_at(59 * 4096, 4096).is_none());
+        assert!(map.held_at(70 * 4096, 4096).is_none());
+        map.punched(61 * 4096, 8 * 4096);
+        assert!(map.held_at(60 * 4096, 4096).is_some());
+        assert!(map.held_at(69 * 4096, 4096).is_some());
+        assert!(map.held_at(61 * 4096, 4096).is_none());
+        assert!(map.held_at(68 * 4096, 4096).is_none());
+        // The whole file, 256 pages: four whole words.
+        map.wrote(0, 1 << 20);
+        assert!(map.held_at(0, 1 << 20).is_some());
         map.wrote(1 << 20, 4096);
         map.punched(0, u64::MAX);
         assert!(map.held_at(64 << 10, 4096).is_none());
