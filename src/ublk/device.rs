@@ -86,8 +86,8 @@ pub struct DeviceConfig {
     /// Threads serving each queue (`queue_threads::choose`).
     pub queue_threads: u16,
     /// Zero copy with UBLK_F_USER_COPY as well, for reads and writes up to
-    /// these sizes to a top served on the queue thread (`user_copy`);
-    /// `Max::default()` (both 0) for none. Asked for only where the kernel
+    /// this size to a top served on the queue thread (`user_copy`);
+    /// `Max::default()` (0) for none. Asked for only where the kernel
     /// offers it, with per-tag commands.
     pub user_copy_max: user_copy::Max,
     /// Request buffers' memory alignment as a mask, sent as

@@ -93,9 +93,9 @@ pub struct QueueSetup {
     pub cpus: Vec<usize>,
     /// The device's data path (from the flags it was created with).
     pub data_path: DataPath,
-    /// Zero copy with USER_COPY too: reads and writes up to these sizes to a
+    /// Zero copy with USER_COPY too: reads and writes up to this size to a
     /// top served on the queue thread are copied by the queue (`user_copy`);
-    /// `Max::default()` (both 0) for none.
+    /// `Max::default()` (0) for none.
     pub user_copy_max: user_copy::Max,
     /// Serve the queue with the batch protocol (`batch::run`), not per tag.
     pub batch: bool,
@@ -558,14 +558,11 @@ fn serve_direct(
     if len > queue.buffers.per_tag() as u64 {
         return false;
     }
-    // Zero copy, but this request copied through the tag's buffer by the
-    // queue itself (`user_copy`): small, to a top served on this thread. It
-    // needs no registered buffer.
-    let copied_here = queue
-        .setup
-        .user_copy_max
-        .takes(op == sys::UBLK_IO_OP_WRITE, len)
-        && top.serves_on_the_spot();
+    // Zero copy, but this request copied by the queue itself (`user_copy`),
+    // straight to or from the file's mapped pages or through the tag's
+    // buffer: small, to a top served on this thread. It needs no registered
+    // buffer.
+    let copied_here = queue.setup.user_copy_max.takes(len) && top.serves_on_the_spot();
     let buffer_ready = match queue.setup.data_path {
         DataPath::Copy => true,
         DataPath::AutoRegister => !desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),

@@ -28,12 +28,10 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Requests up to these sizes go by user copy; larger ones by zero copy.
+/// Requests up to this many bytes, reads and writes alike, go by user
+/// copy; larger ones by zero copy. 0: none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Max {
-    pub read: u64,
-    pub write: u64,
-}
+pub struct Max(pub u64);
 
 impl Max {
     /// Measured on 7.3 (benches/vm/README.md): a write lands in the file's
@@ -41,31 +39,19 @@ impl Max {
     /// system call, faster than zero copy up to 8 KiB at QD32 (each zero-copy
     /// request waits for an io_uring worker; larger ones gain more from the
     /// copy done on another CPU).
-    pub const DEFAULT: Max = Max {
-        read: 8 << 10,
-        write: 8 << 10,
-    };
-
-    /// The same limit for reads and writes (0: no user copy).
-    pub const fn both(bytes: u64) -> Max {
-        Max {
-            read: bytes,
-            write: bytes,
-        }
-    }
+    pub const DEFAULT: Max = Max(8 << 10);
 
     pub fn is_on(self) -> bool {
-        self.read > 0 || self.write > 0
+        self.0 > 0
     }
 
-    /// Whether a request of `len` bytes (a write, or a read) goes by user copy.
-    pub fn takes(self, write: bool, len: u64) -> bool {
-        len <= if write { self.write } else { self.read }
+    /// Whether a request of `len` bytes goes by user copy.
+    pub fn takes(self, len: u64) -> bool {
+        len <= self.0
     }
 }
 
-/// Overrides [`Max::DEFAULT`], for reads and writes alike (a size; 0 turns
-/// user copy off).
+/// Overrides [`Max::DEFAULT`] (a size; 0 turns user copy off).
 pub const ENV: &str = "UBLK_STACK_USER_COPY_MAX";
 
 // ublk_cmd.h: the char device offset of a request's data.

@@ -389,8 +389,7 @@ fn ids_held_for_others(name: &str) -> Vec<u32> {
 }
 
 /// Requests up to how many bytes a tmpfs top copies by USER_COPY:
-/// `UBLK_STACK_USER_COPY_MAX` (a size for reads and writes, 0 for none),
-/// else the defaults.
+/// `UBLK_STACK_USER_COPY_MAX` (a size, 0 for none), else the default.
 fn user_copy_max() -> Result<user_copy::Max, String> {
     parse_user_copy_max(std::env::var(user_copy::ENV).ok().as_deref())
 }
@@ -409,7 +408,7 @@ fn parse_user_copy_max(value: Option<&str>) -> Result<user_copy::Max, String> {
             user_copy::ENV
         ));
     }
-    Ok(user_copy::Max::both(bytes))
+    Ok(user_copy::Max(bytes))
 }
 
 fn recovery_wanted(plan: &Plan, offered: u64) -> bool {
@@ -618,12 +617,11 @@ mod tests {
         use user_copy::Max;
         assert_eq!(parse_user_copy_max(None), Ok(Max::DEFAULT));
         assert_eq!(parse_user_copy_max(Some("")), Ok(Max::DEFAULT));
-        assert_eq!(parse_user_copy_max(Some("0")), Ok(Max::both(0)));
-        assert!(!Max::both(0).is_on());
-        assert_eq!(parse_user_copy_max(Some("16KiB")), Ok(Max::both(16 << 10)));
-        assert_eq!(parse_user_copy_max(Some("1MiB")), Ok(Max::both(1 << 20)));
-        assert!(Max::DEFAULT.takes(true, 8 << 10) && !Max::DEFAULT.takes(true, 12 << 10));
-        assert!(Max::DEFAULT.takes(false, 8 << 10) && !Max::DEFAULT.takes(false, 12 << 10));
+        assert_eq!(parse_user_copy_max(Some("0")), Ok(Max(0)));
+        assert!(!Max(0).is_on());
+        assert_eq!(parse_user_copy_max(Some("16KiB")), Ok(Max(16 << 10)));
+        assert_eq!(parse_user_copy_max(Some("1MiB")), Ok(Max(1 << 20)));
+        assert!(Max::DEFAULT.takes(8 << 10) && !Max::DEFAULT.takes(12 << 10));
         for bad in ["2MiB", "1000", "lots"] {
             let err = parse_user_copy_max(Some(bad)).unwrap_err();
             assert!(err.starts_with("UBLK_STACK_USER_COPY_MAX="), "{bad}: {err}");
