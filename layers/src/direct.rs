@@ -147,8 +147,12 @@ impl<'a> DirectTop<'a> {
 
     /// A write of `len` bytes at `offset` whose data `fill` stores straight
     /// into the file's pages, given where they are mapped (a tmpfs or ramfs
-    /// file, `file_map`): checked and counted as `start` would. `None`: no
-    /// mapping covers the range, and the write goes by `start`.
+    /// file, `file_map`): checked and counted as `start` would. `None`: the
+    /// write goes by `start`, because no mapping covers the range, or because
+    /// `fill` failed with EFAULT inside the file (a page could not be
+    /// allocated: `pwrite` then says why, ENOSPC on a full tmpfs); this
+    /// attempt stays counted as a write. Past the file's end (it was
+    /// truncated behind the leaf) the write fails.
     pub fn write_mapped(
         &self,
         ctx: &IoCtx,
@@ -164,7 +168,17 @@ impl<'a> DirectTop<'a> {
             Ok(start) => start,
             Err(e) => return Some(Err(e)),
         };
-        let res = fill(dst).map_err(Error::from);
+        let res = match fill(dst) {
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                if file.inner.reaches(offset + len as u64) {
+                    tracing::debug!(offset, len, "mapped write faulted; writing by pwrite");
+                    return None;
+                }
+                // The file is shorter than the device now.
+                Err(Error::Io(libc::EIO))
+            }
+            res => res.map_err(Error::from),
+        };
         if res.is_ok() {
             file.inner.wrote(offset, len as u64);
         }
@@ -442,15 +456,23 @@ mod tests {
         assert!(top
             .write_mapped(&ctx, 32 << 10, 4096, |_| unreachable!())
             .is_none());
+        let fails = |errno| move |_| Err(std::io::Error::from_raw_os_error(errno));
         // A failed copy is the write's error, counted.
-        let res = top.write_mapped(&ctx, 0, 4096, |_| {
-            Err(std::io::Error::from_raw_os_error(libc::EFAULT))
-        });
+        let res = top.write_mapped(&ctx, 0, 4096, fails(libc::EIO));
+        assert!(matches!(res, Some(Err(_))), "{res:?}");
+        // A page that could not be faulted in inside the file (a full tmpfs):
+        // left to `start`, whose `pwrite` says why; counted, not an error.
+        assert!(top
+            .write_mapped(&ctx, 0, 4096, fails(libc::EFAULT))
+            .is_none());
+        // The same past the file's end (truncated behind the leaf): an error.
+        file.set_len(8192).unwrap();
+        let res = top.write_mapped(&ctx, 8192, 4096, fails(libc::EFAULT));
         assert!(matches!(res, Some(Err(_))), "{res:?}");
         let counts = leaf.node.stats.snapshot();
         assert_eq!(
             (counts.writes, counts.written_bytes, counts.errors),
-            (2, 12288, 1)
+            (4, 20480, 2)
         );
     }
 

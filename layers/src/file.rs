@@ -211,6 +211,12 @@ impl FileLeaf {
         self.map.as_ref()?.at(offset, len)
     }
 
+    /// Whether the file still reaches to `end` bytes (it may have been
+    /// truncated behind the leaf).
+    pub(crate) fn reaches(&self, end: u64) -> bool {
+        self.file.metadata().is_ok_and(|meta| meta.len() >= end)
+    }
+
     /// Where bytes `offset..offset + len` of the file are mapped for a read
     /// that allocates nothing (`file_map`), if they are.
     pub(crate) fn mapped_for_read(&self, offset: u64, len: usize) -> Option<*const u8> {

@@ -20,7 +20,8 @@
 //! own buffer: a WRITE's data is read from the char device, then written to
 //! the file; a READ (of a hole, say) is read from the file, then written to
 //! the char device. Larger
-//! ones use the registered buffer, one copy in the kernel. `auto` registers
+//! ones use the registered buffer, one copy in the kernel (or, on a kernel
+//! without zero copy, go by user copy too: [`Max::ALL`]). `auto` registers
 //! those buffers from the queue (SUPPORT_ZERO_COPY), not by AUTO_BUF_REG,
 //! whose registration of every request's buffer the small ones would pay
 //! for too: measured, 4 KiB random reads ran 6% faster so.
@@ -40,6 +41,8 @@ impl Max {
     /// request waits for an io_uring worker; larger ones gain more from the
     /// copy done on another CPU).
     pub const DEFAULT: Max = Max(8 << 10);
+    /// Every request: USER_COPY without zero copy.
+    pub const ALL: Max = Max(u64::MAX);
 
     pub fn is_on(self) -> bool {
         self.0 > 0
@@ -69,11 +72,14 @@ pub fn offset(q_id: u16, tag: u16) -> u64 {
 /// A WRITE's data, from the request's pages into `buf`.
 pub fn copy_in(char_fd: RawFd, q_id: u16, tag: u16, buf: &mut [u8]) -> io::Result<()> {
     // SAFETY: `buf` is valid for writes of its length.
-    unsafe { copy_in_at(char_fd, q_id, tag, buf.as_mut_ptr(), buf.len()) }
+    unsafe { copy_in_raw(char_fd, q_id, tag, buf.as_mut_ptr(), buf.len(), libc::EIO) }
 }
 
 /// A WRITE's `len` bytes of data, from the request's pages to `dst` (a
-/// file's pages mapped into memory, say).
+/// file's pages mapped into memory, say). The driver stops short where a
+/// page of `dst` cannot be faulted in (a full tmpfs, a file truncated
+/// behind the mapping) as where the request ends: a copy that makes no
+/// progress fails with EFAULT, for the caller to retry another way.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `len` bytes by the kernel for the call.
@@ -84,8 +90,24 @@ pub unsafe fn copy_in_at(
     dst: *mut u8,
     len: usize,
 ) -> io::Result<()> {
+    // SAFETY: as the caller vouched.
+    unsafe { copy_in_raw(char_fd, q_id, tag, dst, len, libc::EFAULT) }
+}
+
+/// [`copy_in_at`], failing with `stuck` when the copy makes no progress.
+///
+/// # Safety
+/// As for [`copy_in_at`].
+unsafe fn copy_in_raw(
+    char_fd: RawFd,
+    q_id: u16,
+    tag: u16,
+    dst: *mut u8,
+    len: usize,
+    stuck: i32,
+) -> io::Result<()> {
     let base = offset(q_id, tag);
-    whole(len, |done| {
+    whole(len, stuck, |done| {
         // SAFETY: `dst + done .. dst + len` is inside what the caller vouched
         // for; the kernel writes at most `len - done` bytes there.
         unsafe {
@@ -102,11 +124,12 @@ pub unsafe fn copy_in_at(
 /// A READ's data, from `buf` into the request's pages.
 pub fn copy_out(char_fd: RawFd, q_id: u16, tag: u16, buf: &[u8]) -> io::Result<()> {
     // SAFETY: `buf` is valid for reads of its length.
-    unsafe { copy_out_from(char_fd, q_id, tag, buf.as_ptr(), buf.len()) }
+    unsafe { copy_out_raw(char_fd, q_id, tag, buf.as_ptr(), buf.len(), libc::EIO) }
 }
 
 /// A READ's `len` bytes of data, from `src` (a file's pages mapped into
-/// memory, say) into the request's pages.
+/// memory, say) into the request's pages; a copy that makes no progress
+/// fails with EFAULT, as in [`copy_in_at`].
 ///
 /// # Safety
 /// `src` must be valid for reads of `len` bytes by the kernel for the call.
@@ -117,8 +140,24 @@ pub unsafe fn copy_out_from(
     src: *const u8,
     len: usize,
 ) -> io::Result<()> {
+    // SAFETY: as the caller vouched.
+    unsafe { copy_out_raw(char_fd, q_id, tag, src, len, libc::EFAULT) }
+}
+
+/// [`copy_out_from`], failing with `stuck` when the copy makes no progress.
+///
+/// # Safety
+/// As for [`copy_out_from`].
+unsafe fn copy_out_raw(
+    char_fd: RawFd,
+    q_id: u16,
+    tag: u16,
+    src: *const u8,
+    len: usize,
+    stuck: i32,
+) -> io::Result<()> {
     let base = offset(q_id, tag);
-    whole(len, |done| {
+    whole(len, stuck, |done| {
         // SAFETY: `src + done .. src + len` is inside what the caller vouched
         // for; the kernel reads at most `len - done` bytes there.
         unsafe {
@@ -133,15 +172,17 @@ pub unsafe fn copy_out_from(
 }
 
 /// Call `step(bytes done so far)`, a `pread` or `pwrite`, until `len` bytes
-/// are moved; retried on EINTR.
-fn whole(len: usize, mut step: impl FnMut(usize) -> isize) -> io::Result<()> {
+/// are moved; retried on EINTR. A step that moves nothing fails with
+/// `stuck`.
+fn whole(len: usize, stuck: i32, mut step: impl FnMut(usize) -> isize) -> io::Result<()> {
     let mut done = 0;
     while done < len {
         match step(done) {
             n if n > 0 => done += n as usize,
-            // The request is shorter than its descriptor said: never pass a
-            // partly filled buffer off as its data.
-            0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            // The request is shorter than its descriptor said, or our memory
+            // could not be faulted in: never pass a partly filled buffer off
+            // as its data.
+            0 => return Err(io::Error::from_raw_os_error(stuck)),
             _ => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -199,5 +240,9 @@ mod tests {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
         let err = copy_in(fd, 0, 0, &mut buf).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO));
+        // Into other memory (a mapped file's pages), the caller may retry.
+        // SAFETY: `buf` is valid for writes of its length.
+        let err = unsafe { copy_in_at(fd, 0, 0, buf.as_mut_ptr(), buf.len()) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
     }
 }

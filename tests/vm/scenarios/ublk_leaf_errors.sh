@@ -1,7 +1,8 @@
 # Errors from a leaf reach the application, without a hang or a crash:
 #  - EIO: a `disk` leaf on another ublk device whose daemon is killed under load
 #    (the kernel fails that device's in-flight and queued requests with EIO);
-#  - ENOSPC: a `file` leaf on a tmpfs too small for it.
+#  - ENOSPC: a `file` leaf on a tmpfs too small for it, for 1 MiB writes and
+#    for a 4 KiB one (copied into the file's mapped pages).
 # The daemon keeps serving and counts the errors; `down` still works.
 . /vmtest/lib.sh
 . /vmtest/scenarios/ublk.bash
@@ -88,6 +89,12 @@ out=$(timeout 30 dd if=/dev/urandom of="$DEV" bs=1M count=32 oflag=direct 2>&1) 
 ((rc != 124)) || fail "write to a full leaf hung"
 grep -q "No space left on device" <<<"$out" || fail "expected ENOSPC, got: $out"
 dd if="$DEV" of=/dev/null bs=1M count=4 iflag=direct status=none || fail "reads fail after ENOSPC"
+# A 4 KiB write is copied into the file's mapped pages (user copy): a page
+# the full tmpfs cannot give is ENOSPC too, not a generic I/O error.
+rc=0
+out=$(timeout 30 dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=15000 oflag=direct conv=notrunc 2>&1) || rc=$?
+((rc != 124)) || fail "a 4 KiB write to a full leaf hung"
+grep -q "No space left on device" <<<"$out" || fail "4 KiB write: expected ENOSPC, got: $out"
 down_device small
 umount /work/small
 # The next `up` deleted the killed lower daemon's leftover char device.
