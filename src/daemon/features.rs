@@ -138,6 +138,16 @@ impl Report {
             "data path: {} for stacks of file and disk leaves under raid0, mirror and fault; copy for the others\n",
             self.data_path.unwrap_or("copy")
         ));
+        let tmpfs = if offered & sys::UBLK_F_USER_COPY == 0 {
+            "copy"
+        } else if offered & sys::UBLK_F_SUPPORT_ZERO_COPY != 0 {
+            "zero-copy, with user copy for requests up to 8 KiB"
+        } else {
+            "user-copy"
+        };
+        out.push_str(&format!(
+            "data path of a buffered file on tmpfs or ramfs alone (auto): {tmpfs}\n"
+        ));
         out.push_str(match self.safe_stop {
             Some("TRY_STOP_DEV") => {
                 "down: refuses a device in use, decided by the kernel (TRY_STOP_DEV)\n"
@@ -219,6 +229,10 @@ mod tests {
         // 6.12 has no zero copy (bit 0 is not offered): copy mode, no error.
         assert_eq!(report.data_path, Some("copy"));
         assert!(text.contains("data path: copy for stacks"), "{text}");
+        assert!(
+            text.contains("file on tmpfs or ramfs alone (auto): user-copy\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -234,6 +248,9 @@ mod tests {
         assert!(report
             .render()
             .contains("data path: zero-copy for stacks of file and disk leaves"));
+        assert!(report
+            .render()
+            .contains("alone (auto): zero-copy, with user copy for requests up to 8 KiB\n"));
         assert_eq!(report.unknown_bits, [20]);
         assert_eq!(report.safe_stop, Some("TRY_STOP_DEV"));
         assert!(report

@@ -423,12 +423,19 @@ impl Device {
         let data_path = DataPath::of_flags(self.info.flags);
         // From the device's flags, as the data path: a recovered device keeps
         // what it was created with.
-        let user_copy_max =
-            if data_path.is_zero_copy() && !batch && self.info.flags & sys::UBLK_F_USER_COPY != 0 {
+        let user_copy_max = match data_path {
+            // USER_COPY alone: the queue copies every request.
+            DataPath::UserCopy if batch => {
+                return Err(DeviceError::Mismatch(format!(
+                    "/dev/ublkb{dev_id} has both BATCH_IO and USER_COPY without zero copy, which this daemon does not serve"
+                )))
+            }
+            DataPath::UserCopy => user_copy::Max::ALL,
+            path if path.is_zero_copy() && !batch && self.info.flags & sys::UBLK_F_USER_COPY != 0 => {
                 config.user_copy_max
-            } else {
-                user_copy::Max::default()
-            };
+            }
+            _ => user_copy::Max::default(),
+        };
         let auto_reg_miss = AutoRegMiss::from_env(self.info.queue_depth).map_err(|why| {
             DeviceError::Queue(0, io::Error::new(io::ErrorKind::InvalidInput, why))
         })?;

@@ -30,7 +30,13 @@
 //! spread of ±50 % on that shared host. No clear winner, so the simpler mode stays;
 //! USER_COPY becomes worth it when depth × max_io_buf_bytes of buffers per queue
 //! is too much memory, or for zoned devices (which require it). It is used
-//! beside zero copy for the small requests of a tmpfs file (`user_copy.rs`).
+//! beside zero copy for the small requests of a tmpfs file (`user_copy.rs`),
+//! and alone for every request of such a file where the kernel has no zero
+//! copy (`DataPath::UserCopy`): a request then goes straight between its pages
+//! and the file's mapped ones, one copy where copy mode makes two. In that
+//! mode a request the mapping cannot serve goes through the tag's buffer, the
+//! queue copying a WRITE's data in before the stack runs and a READ's out
+//! after it.
 //!
 //! Zero copy (`zero_copy.rs`), on kernels and stacks that allow it: the ring
 //! gets a sparse fixed-buffer table of one entry per tag, each request's buffer
@@ -156,7 +162,8 @@ impl Queue {
         // Zero copy: no buffer of ours in the command.
         let addr = match self.setup.data_path {
             DataPath::Copy => self.buffers.addr(tag) as u64,
-            DataPath::AutoRegister | DataPath::ExplicitRegister => 0,
+            // User copy: the kernel refuses a buffer address.
+            DataPath::AutoRegister | DataPath::ExplicitRegister | DataPath::UserCopy => 0,
         };
         let cmd = IoCmd {
             q_id: self.setup.queue,
@@ -566,7 +573,9 @@ fn serve_direct(
     let buffer_ready = match queue.setup.data_path {
         DataPath::Copy => true,
         DataPath::AutoRegister => !desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),
-        DataPath::ExplicitRegister => false,
+        // User copy alone: a top that goes through the ring is served by the
+        // task path, which copies around the stack's I/O.
+        DataPath::ExplicitRegister | DataPath::UserCopy => false,
     };
     if !(copied_here || buffer_ready) {
         return false;
@@ -581,13 +590,9 @@ fn serve_direct(
     };
     if copied_here && op == sys::UBLK_IO_OP_WRITE {
         if let Err(e) = user_copy::copy_in(queue.char_fd, queue.setup.queue, tag, &mut buf) {
-            tracing::error!(
-                queue = queue.setup.queue,
-                tag,
-                "user copy of a write's data: {e}"
-            );
+            let e = copy_failed(queue, tag, "write", e);
             drop(buf);
-            direct_answer(queue, exec, tag, None, lease, len, Err(Error::from(e)));
+            direct_answer(queue, exec, tag, None, lease, len, Err(e));
             return true;
         }
     }
@@ -617,14 +622,8 @@ fn serve_direct(
         Some(res) => {
             let res = match (res, req.read_bytes()) {
                 (Ok(()), Some(bytes)) if copied_here => {
-                    user_copy::copy_out(queue.char_fd, queue.setup.queue, tag, bytes).map_err(|e| {
-                        tracing::error!(
-                            queue = queue.setup.queue,
-                            tag,
-                            "user copy of a read's data: {e}"
-                        );
-                        Error::from(e)
-                    })
+                    user_copy::copy_out(queue.char_fd, queue.setup.queue, tag, bytes)
+                        .map_err(|e| copy_failed(queue, tag, "read", e))
                 }
                 (res, _) => res,
             };
@@ -824,10 +823,12 @@ async fn serve_range(
             return Err(Error::OutOfRange);
         }
         let register_here = match queue.setup.data_path {
-            DataPath::Copy => false,
+            DataPath::Copy | DataPath::UserCopy => false,
             DataPath::AutoRegister => desc.has_flag(zero_copy::UBLK_IO_F_NEED_REG_BUF),
             DataPath::ExplicitRegister => true,
         };
+        // USER_COPY alone: the kernel moves no data, the queue does.
+        let user_copy = queue.setup.data_path == DataPath::UserCopy;
         if register_here {
             let res = queue
                 .buffer_command(tag, zero_copy::UBLK_U_IO_REGISTER_IO_BUF)
@@ -860,10 +861,20 @@ async fn serve_range(
             queue.lend_buffer(tag, len as usize, op)
         };
         let result = if op == sys::UBLK_IO_OP_READ {
-            let result = stack.read(ctx, offset, &mut buf).await;
+            let mut result = stack.read(ctx, offset, &mut buf).await;
+            if user_copy && result.is_ok() {
+                result = user_copy::copy_out(queue.char_fd, queue.setup.queue, tag, &buf)
+                    .map_err(|e| copy_failed(queue, tag, "read", e));
+            }
             drop(buf);
             result
         } else {
+            if user_copy {
+                if let Err(e) = user_copy::copy_in(queue.char_fd, queue.setup.queue, tag, &mut buf)
+                {
+                    return Err(copy_failed(queue, tag, "write", e));
+                }
+            }
             let buf = buf.freeze();
             let result = stack.write(ctx, offset, &buf).await;
             drop(buf);
@@ -889,6 +900,9 @@ async fn serve_range(
             return Err(Error::Io(libc::EIO));
         }
         unregister(queue, tag, register_here).await;
+        if user_copy && result.is_ok() {
+            count_user_copy(queue, false);
+        }
         result?;
         // We do not advertise FUA, but honour it if it comes anyway.
         if op == sys::UBLK_IO_OP_WRITE && desc.has_flag(sys::UBLK_IO_F_FUA) {
@@ -902,6 +916,16 @@ async fn serve_range(
         _ => return Err(Error::Unsupported),
     }
     Ok(0)
+}
+
+/// Log a failed user copy of a request's data (`what`: read or write).
+fn copy_failed(queue: &Queue, tag: u16, what: &str, e: io::Error) -> Error {
+    tracing::error!(
+        queue = queue.setup.queue,
+        tag,
+        "user copy of a {what}'s data: {e}"
+    );
+    Error::from(e)
 }
 
 /// Undo a registration made by `serve_range` (`registered`), once no leaf

@@ -21,11 +21,14 @@
 //! `checksum`, `crypt`, `compress` and `cache` transform or keep them, so those
 //! stacks stay in copy mode (see `queue.rs` for why copy rather than
 //! USER_COPY). `UBLK_STACK_ZERO_COPY` overrides the choice (`off` forces copy
-//! mode; `on` and `explicit` make a kernel or stack that cannot do it an error).
+//! mode; `on` and `explicit` make a kernel or stack that cannot do it an error;
+//! `user-copy` asks for USER_COPY alone, on any stack).
 //! A buffered tmpfs or ramfs file, which io_uring cannot read inline, keeps
 //! copy mode under `auto`, unless it is the whole stack: then zero copy (the
 //! queue registering each buffer) serves its large requests and USER_COPY its
-//! small ones (`user_copy.rs`).
+//! small ones (`user_copy.rs`); on a kernel without zero copy (6.12),
+//! USER_COPY serves them all, one copy between the request and the mapped
+//! file where copy mode makes two.
 
 use super::sys;
 
@@ -122,6 +125,10 @@ pub enum DataPath {
     AutoRegister,
     /// Zero copy, the queue registering each request's buffer.
     ExplicitRegister,
+    /// UBLK_F_USER_COPY alone: the kernel copies nothing, and the queue
+    /// reads and writes every request's data through /dev/ublkcN
+    /// (`user_copy`), straight to or from a mapped tmpfs file where it can.
+    UserCopy,
 }
 
 impl DataPath {
@@ -131,6 +138,10 @@ impl DataPath {
             DataPath::AutoRegister
         } else if flags & sys::UBLK_F_SUPPORT_ZERO_COPY != 0 {
             DataPath::ExplicitRegister
+        } else if flags & sys::UBLK_F_USER_COPY != 0 {
+            // Beside zero copy USER_COPY serves only small requests, and the
+            // data path is zero copy (above).
+            DataPath::UserCopy
         } else {
             DataPath::Copy
         }
@@ -144,19 +155,20 @@ impl DataPath {
             // needs when the kernel's fails (UBLK_IO_F_NEED_REG_BUF).
             DataPath::AutoRegister => sys::UBLK_F_AUTO_BUF_REG | sys::UBLK_F_SUPPORT_ZERO_COPY,
             DataPath::ExplicitRegister => sys::UBLK_F_SUPPORT_ZERO_COPY,
+            DataPath::UserCopy => sys::UBLK_F_USER_COPY,
         }
     }
 
     pub fn is_zero_copy(self) -> bool {
-        self != DataPath::Copy
+        matches!(self, DataPath::AutoRegister | DataPath::ExplicitRegister)
     }
 
     /// As `status` and `features` say it.
     pub fn name(self) -> &'static str {
-        if self.is_zero_copy() {
-            "zero-copy"
-        } else {
-            "copy"
+        match self {
+            DataPath::Copy => "copy",
+            DataPath::AutoRegister | DataPath::ExplicitRegister => "zero-copy",
+            DataPath::UserCopy => "user-copy",
         }
     }
 }
@@ -173,6 +185,8 @@ pub enum Wanted {
     /// `explicit`: zero copy with the queue registering each buffer, even
     /// where the kernel offers automatic registration.
     Explicit,
+    /// `user-copy`: USER_COPY for every request, or an error saying why not.
+    UserCopy,
 }
 
 pub const ENV: &str = "UBLK_STACK_ZERO_COPY";
@@ -184,8 +198,9 @@ impl Wanted {
             Some("off") => Ok(Wanted::Off),
             Some("on") => Ok(Wanted::On),
             Some("explicit") => Ok(Wanted::Explicit),
+            Some("user-copy") => Ok(Wanted::UserCopy),
             Some(other) => Err(format!(
-                "{ENV}={other:?}: expected auto, off, on or explicit"
+                "{ENV}={other:?}: expected auto, off, on, explicit or user-copy"
             )),
         }
     }
@@ -238,6 +253,12 @@ pub fn choose(offered: u64, blocker: Option<&str>, wanted: Wanted) -> Result<Dat
                 "{ENV}=explicit: this kernel's ublk driver cannot register request buffers on request (it needs UBLK_F_SUPPORT_ZERO_COPY, Linux 6.15 or later; it offers {offered:#x})"
             )),
         },
+        // Any stack: the queue copies each request into or out of its own
+        // buffer when the top cannot take it straight from the mapped file.
+        Wanted::UserCopy if offered & sys::UBLK_F_USER_COPY != 0 => Ok(DataPath::UserCopy),
+        Wanted::UserCopy => Err(format!(
+            "{ENV}=user-copy: this kernel's ublk driver has no user copy (it needs UBLK_F_USER_COPY, Linux 6.5 or later; it offers {offered:#x})"
+        )),
     }
 }
 
@@ -323,22 +344,41 @@ mod tests {
         assert!(err.contains("Linux 6.15"), "{err}");
         let err = choose(LINUX_7_3, Some("checksum"), Wanted::On).unwrap_err();
         assert!(err.contains("`checksum`"), "{err}");
+        // User copy suits any stack, on a kernel that has it.
+        for kernel in [LINUX_6_12, LINUX_7_3] {
+            assert_eq!(
+                choose(kernel, Some("checksum"), Wanted::UserCopy),
+                Ok(DataPath::UserCopy)
+            );
+        }
+        let err = choose(0x7e, None, Wanted::UserCopy).unwrap_err();
+        assert!(err.contains("Linux 6.5") && err.contains("0x7e"), "{err}");
     }
 
     #[test]
     fn the_data_path_follows_the_device_flags() {
+        let no_user_copy = LINUX_6_12 & !sys::UBLK_F_USER_COPY;
         for path in [
             DataPath::Copy,
             DataPath::AutoRegister,
             DataPath::ExplicitRegister,
+            DataPath::UserCopy,
         ] {
-            assert_eq!(DataPath::of_flags(path.flag() | LINUX_6_12), path);
+            assert_eq!(DataPath::of_flags(path.flag() | no_user_copy), path);
         }
+        // A zero-copy device with USER_COPY for its small requests.
+        assert_eq!(
+            DataPath::of_flags(sys::UBLK_F_SUPPORT_ZERO_COPY | sys::UBLK_F_USER_COPY),
+            DataPath::ExplicitRegister
+        );
+        assert!(!DataPath::UserCopy.is_zero_copy());
         assert_eq!(DataPath::Copy.name(), "copy");
         assert_eq!(DataPath::AutoRegister.name(), "zero-copy");
+        assert_eq!(DataPath::UserCopy.name(), "user-copy");
+        assert_eq!(Wanted::parse(Some("user-copy")), Ok(Wanted::UserCopy));
         assert_eq!(
             Wanted::parse(Some("sometimes")).unwrap_err(),
-            "UBLK_STACK_ZERO_COPY=\"sometimes\": expected auto, off, on or explicit"
+            "UBLK_STACK_ZERO_COPY=\"sometimes\": expected auto, off, on, explicit or user-copy"
         );
     }
 }

@@ -11,6 +11,11 @@
 # (the log counts them, and fio's 4-128 KiB writes verify through both
 # paths): `auto` has the queue register the large ones' buffers, and with
 # UBLK_STACK_ZERO_COPY=on the kernel does (AUTO_BUF_REG).
+# On 6.12 (user copy, no zero copy) the same tmpfs file takes USER_COPY for
+# every request (data path `user-copy`), through the mapping as far as it
+# can; UBLK_STACK_ZERO_COPY=user-copy gives any stack that data path (a file
+# on ext4 and a checksum: every request copied through the daemon's buffer
+# around the stack's I/O), and fio verify passes through all of them.
 # Small writes go straight into the file's mapped pages and small reads come
 # straight from them where the pages are known to hold data (the log counts
 # them): reading 16 MiB of holes allocates no tmpfs page, and a written block
@@ -30,8 +35,8 @@
 . /vmtest/scenarios/ublk.bash
 
 case $(uname -r) in
-7.*) expect=zero-copy ;;
-6.12.*) expect=copy ;;
+7.*) expect=zero-copy tmpfs_expect=zero-copy ;;
+6.12.*) expect=copy tmpfs_expect=user-copy ;;
 *) fail "unexpected kernel $(uname -r)" ;;
 esac
 
@@ -130,8 +135,8 @@ serve() {
         grep -Eq '"features":\[[^]]*"(AUTO_BUF_REG|SUPPORT_ZERO_COPY)"' /work/status.json ||
             { cat /work/status.json; fail "$name: zero copy without its feature in the list"; }
     fi
-    # Zero copy takes requests up to 1 MiB whole; copy mode up to 512 KiB
-    # (each tag's buffer).
+    # Zero copy takes requests up to 1 MiB whole; copy and user copy up to
+    # 512 KiB (each tag's buffer).
     local max_kb want_kb=512
     [[ $want == zero-copy ]] && want_kb=1024
     max_kb=$(cat "/sys/block/${DEV#/dev/}/queue/max_sectors_kb")
@@ -159,28 +164,50 @@ serve zraid "$expect"
 serve zsum copy
 
 # serve_tmpfs WANT: serve ztmpfs; with zero copy, its small requests
-# must have gone by user copy (USER_COPY in the features, counted in the log).
+# must have gone by user copy (USER_COPY in the features, counted in the log),
+# with user copy alone all of them.
 serve_tmpfs() {
     local lines
     lines=$(wc -l </work/daemon.err)
     serve ztmpfs "$1"
     tail -n +$((lines + 1)) /work/daemon.err >/work/tmpfs.log
     grep -E 'queues stopped' /work/tmpfs.log
-    if [[ $1 == zero-copy ]]; then
-        grep -q '"USER_COPY"' /work/status.json || { cat /work/status.json; fail "ztmpfs: zero copy without USER_COPY"; }
+    if [[ $1 == zero-copy || $1 == user-copy ]]; then
+        grep -q '"USER_COPY"' /work/status.json || { cat /work/status.json; fail "ztmpfs: $1 without USER_COPY"; }
         grep -Eq 'queues stopped.*errors=0.*user_copied=[1-9][0-9]* mapped=[1-9]' /work/tmpfs.log ||
             { cat /work/tmpfs.log; fail "ztmpfs: no request went by user copy through the file's mapping"; }
     else
         grep -Eq 'queues stopped.*errors=0.*user_copied=0' /work/tmpfs.log ||
             { cat /work/tmpfs.log; fail "ztmpfs: user copy in copy mode"; }
     fi
+    if [[ $1 == user-copy ]]; then
+        # Every request went by user copy: fio's, the verify's, the kernel's
+        # own reads at `up` (all reads and writes; no flush carries data).
+        local requests copied
+        requests=$(sed -n 's/.*queues stopped.* requests=\([0-9]*\).*/\1/p' /work/tmpfs.log | tail -1)
+        copied=$(sed -n 's/.*queues stopped.* user_copied=\([0-9]*\).*/\1/p' /work/tmpfs.log | tail -1)
+        echo "ztmpfs: $copied of $requests requests by user copy"
+        ((copied * 10 >= requests * 9)) || fail "ztmpfs: only $copied of $requests requests by user copy"
+    fi
 }
-serve_tmpfs "$expect"
+serve_tmpfs "$tmpfs_expect"
+
 # auto: the queue registers the large requests' buffers.
 if grep -q '"AUTO_BUF_REG"' /work/status.json; then
     cat /work/status.json
     fail "ztmpfs: auto uses AUTO_BUF_REG"
 fi
+
+# user copy alone, asked for, on stacks the mapping cannot serve: a file on
+# ext4 (its I/O goes through the ring) and a checksum; each request's data is
+# copied through the daemon's buffer around the stack's I/O.
+for name in zfile zsum; do
+    lines=$(wc -l </work/daemon.err)
+    UBLK_STACK_ZERO_COPY=user-copy serve "$name" user-copy
+    tail -n +$((lines + 1)) /work/daemon.err | grep 'queues stopped' | tee /work/uc.log
+    grep -Eq 'errors=0.*user_copied=[1-9][0-9]* mapped=0' /work/uc.log ||
+        fail "$name: no request went by user copy through the daemon's buffer"
+done
 
 if [[ $expect == zero-copy ]]; then
     export UBLK_STACK_ZERO_COPY=explicit
@@ -218,73 +245,75 @@ if [[ $expect == zero-copy ]]; then
         { cat /work/refused.out; fail "no reason given"; }
     no_ublk_devices
     unset UBLK_STACK_USER_COPY_MAX
+fi
 
-    # Small writes land in the file's pages through a mapping of it: a file
-    # truncated behind the daemon fails them (and reads) with EIO, and the
-    # daemon lives on.
-    step "ztmpfs truncated behind the daemon: I/O past the new end fails, the daemon lives"
-    up_device /work/ztmpfs.toml
-    truncate -s 8M /work/ztmpfs.img
-    if dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=4096 oflag=direct conv=notrunc 2>/work/dd.err; then
-        fail "a write past the truncated end succeeded"
-    fi
-    grep -q 'Input/output error' /work/dd.err || { cat /work/dd.err; fail "the write did not fail with EIO"; }
-    if dd if="$DEV" of=/dev/null bs=4k count=1 skip=4096 iflag=direct 2>/work/dd.err; then
-        fail "a read past the truncated end succeeded"
-    fi
-    kill -0 "$DAEMON_PID" || fail "the daemon died"
-    dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=16 oflag=direct conv=notrunc status=none ||
-        fail "a write inside the file failed"
-    truncate -s 48M /work/ztmpfs.img
-    down_device ztmpfs
-    no_ublk_devices
+# Small writes land in the file's pages through a mapping of it: a file
+# truncated behind the daemon fails them (and reads) with EIO, and the
+# daemon lives on.
+step "ztmpfs truncated behind the daemon: I/O past the new end fails, the daemon lives"
+up_device /work/ztmpfs.toml
+truncate -s 8M /work/ztmpfs.img
+if dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=4096 oflag=direct conv=notrunc 2>/work/dd.err; then
+    fail "a write past the truncated end succeeded"
+fi
+grep -q 'Input/output error' /work/dd.err || { cat /work/dd.err; fail "the write did not fail with EIO"; }
+if dd if="$DEV" of=/dev/null bs=4k count=1 skip=4096 iflag=direct 2>/work/dd.err; then
+    fail "a read past the truncated end succeeded"
+fi
+kill -0 "$DAEMON_PID" || fail "the daemon died"
+dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=16 oflag=direct conv=notrunc status=none ||
+    fail "a write inside the file failed"
+truncate -s 48M /work/ztmpfs.img
+down_device ztmpfs
+no_ublk_devices
 
-    # Small reads come straight from the file's mapped pages, but only pages
-    # known to hold data: reading the holes of a sparse file allocates
-    # nothing, and a block written reads back (both through the mapping).
-    step "ztmpfs: reading holes allocates nothing; a written block reads back; a discard reads as zeros"
-    rm -f /work/ztmpfs.img
-    lines=$(wc -l </work/daemon.err)
-    up_device /work/ztmpfs.toml
-    head -c 4096 /dev/urandom >/work/block
-    dd if=/work/block of="$DEV" bs=4k seek=100 oflag=direct conv=notrunc status=none ||
-        fail "write of block 100"
-    blocks=$(stat -c %b /work/ztmpfs.img)
-    dd if="$DEV" of=/dev/null bs=4k count=4096 iflag=direct status=none || fail "read of 16 MiB"
-    (($(stat -c %b /work/ztmpfs.img) == blocks)) ||
-        fail "reading holes allocated: $blocks blocks before, $(stat -c %b /work/ztmpfs.img) after"
-    dd if="$DEV" bs=4k skip=100 count=1 iflag=direct status=none | cmp - /work/block ||
-        fail "block 100 read back differs"
-    # A discard punches the blocks it covers whole out of the file: read
-    # after it (by pread now, the pages hold no data), they are zeros, and
-    # the blocks beside them, read through the mapping, keep their data.
-    head -c 16384 /dev/urandom >/work/blocks
-    dd if=/work/blocks of="$DEV" bs=16k seek=50 oflag=direct conv=notrunc status=none ||
-        fail "write of blocks 200-203"
-    dd if="$DEV" of=/work/back bs=4k skip=201 count=1 iflag=direct status=none || fail "read of block 201"
-    cmp -i 0:4096 -n 4096 /work/back /work/blocks || fail "block 201 read back differs"
-    blocks=$(stat -c %b /work/ztmpfs.img)
-    fio --name=trim --filename="$DEV" --ioengine=io_uring --direct=1 --rw=trim \
-        --bs=8k --offset=$((201 * 4096)) --size=8k >/work/fio.out 2>&1 ||
-        { cat /work/fio.out; fail "discard of blocks 201-202"; }
-    (($(stat -c %b /work/ztmpfs.img) == blocks - 16)) ||
-        fail "the discard freed $((blocks - $(stat -c %b /work/ztmpfs.img))) sectors, not 16"
-    : >/work/back
-    for b in 200 201 202 203; do
-        dd if="$DEV" bs=4k skip=$b count=1 iflag=direct status=none >>/work/back || fail "read of block $b"
-    done
-    (($(stat -c %b /work/ztmpfs.img) == blocks - 16)) || fail "reading the discarded blocks allocated them"
-    cmp -n 4096 /work/back /work/blocks || fail "block 200 changed by the discard beside it"
-    cmp -i 12288:12288 /work/back /work/blocks || fail "block 203 changed by the discard beside it"
-    cmp -i 4096:0 -n 8192 /work/back /dev/zero || fail "discarded blocks 201-202 do not read as zeros"
-    down_device ztmpfs
-    no_ublk_devices
-    tail -n +$((lines + 1)) /work/daemon.err | grep 'queues stopped' | tee /work/holes.log
-    # The write of block 100, its two reads, the read of block 201 before
-    # the discard and those of blocks 200 and 203 after it.
-    grep -Eq 'errors=0.*mapped=([6-9]|[1-9][0-9])' /work/holes.log ||
-        fail "block 100 was not written and read through the mapping"
+# Small reads come straight from the file's mapped pages, but only pages
+# known to hold data: reading the holes of a sparse file allocates
+# nothing, and a block written reads back (both through the mapping).
+step "ztmpfs: reading holes allocates nothing; a written block reads back; a discard reads as zeros"
+rm -f /work/ztmpfs.img
+lines=$(wc -l </work/daemon.err)
+up_device /work/ztmpfs.toml
+head -c 4096 /dev/urandom >/work/block
+dd if=/work/block of="$DEV" bs=4k seek=100 oflag=direct conv=notrunc status=none ||
+    fail "write of block 100"
+blocks=$(stat -c %b /work/ztmpfs.img)
+dd if="$DEV" of=/dev/null bs=4k count=4096 iflag=direct status=none || fail "read of 16 MiB"
+(($(stat -c %b /work/ztmpfs.img) == blocks)) ||
+    fail "reading holes allocated: $blocks blocks before, $(stat -c %b /work/ztmpfs.img) after"
+dd if="$DEV" bs=4k skip=100 count=1 iflag=direct status=none | cmp - /work/block ||
+    fail "block 100 read back differs"
+# A discard punches the blocks it covers whole out of the file: read
+# after it (by pread now, the pages hold no data), they are zeros, and
+# the blocks beside them, read through the mapping, keep their data.
+head -c 16384 /dev/urandom >/work/blocks
+dd if=/work/blocks of="$DEV" bs=16k seek=50 oflag=direct conv=notrunc status=none ||
+    fail "write of blocks 200-203"
+dd if="$DEV" of=/work/back bs=4k skip=201 count=1 iflag=direct status=none || fail "read of block 201"
+cmp -i 0:4096 -n 4096 /work/back /work/blocks || fail "block 201 read back differs"
+blocks=$(stat -c %b /work/ztmpfs.img)
+fio --name=trim --filename="$DEV" --ioengine=io_uring --direct=1 --rw=trim \
+    --bs=8k --offset=$((201 * 4096)) --size=8k >/work/fio.out 2>&1 ||
+    { cat /work/fio.out; fail "discard of blocks 201-202"; }
+(($(stat -c %b /work/ztmpfs.img) == blocks - 16)) ||
+    fail "the discard freed $((blocks - $(stat -c %b /work/ztmpfs.img))) sectors, not 16"
+: >/work/back
+for b in 200 201 202 203; do
+    dd if="$DEV" bs=4k skip=$b count=1 iflag=direct status=none >>/work/back || fail "read of block $b"
+done
+(($(stat -c %b /work/ztmpfs.img) == blocks - 16)) || fail "reading the discarded blocks allocated them"
+cmp -n 4096 /work/back /work/blocks || fail "block 200 changed by the discard beside it"
+cmp -i 12288:12288 /work/back /work/blocks || fail "block 203 changed by the discard beside it"
+cmp -i 4096:0 -n 8192 /work/back /dev/zero || fail "discarded blocks 201-202 do not read as zeros"
+down_device ztmpfs
+no_ublk_devices
+tail -n +$((lines + 1)) /work/daemon.err | grep 'queues stopped' | tee /work/holes.log
+# The write of block 100, its two reads, the read of block 201 before
+# the discard and those of blocks 200 and 203 after it.
+grep -Eq 'errors=0.*mapped=([6-9]|[1-9][0-9])' /work/holes.log ||
+    fail "block 100 was not written and read through the mapping"
 
+if [[ $expect == zero-copy ]]; then
     # Every 3rd tag gets an auto-registration index past the ring's buffer
     # table: the kernel's registration fails, the request comes flagged
     # NEED_REG_BUF and the queue registers the buffer itself.
