@@ -72,7 +72,7 @@ pub fn offset(q_id: u16, tag: u16) -> u64 {
 /// A WRITE's data, from the request's pages into `buf`.
 pub fn copy_in(char_fd: RawFd, q_id: u16, tag: u16, buf: &mut [u8]) -> io::Result<()> {
     // SAFETY: `buf` is valid for writes of its length.
-    unsafe { copy_in_raw(char_fd, q_id, tag, buf.as_mut_ptr(), buf.len(), libc::EIO) }
+    unsafe { copy_in_at(char_fd, q_id, tag, buf.as_mut_ptr(), buf.len()) }.map_err(short_request)
 }
 
 /// A WRITE's `len` bytes of data, from the request's pages to `dst` (a
@@ -90,24 +90,8 @@ pub unsafe fn copy_in_at(
     dst: *mut u8,
     len: usize,
 ) -> io::Result<()> {
-    // SAFETY: as the caller vouched.
-    unsafe { copy_in_raw(char_fd, q_id, tag, dst, len, libc::EFAULT) }
-}
-
-/// [`copy_in_at`], failing with `stuck` when the copy makes no progress.
-///
-/// # Safety
-/// As for [`copy_in_at`].
-unsafe fn copy_in_raw(
-    char_fd: RawFd,
-    q_id: u16,
-    tag: u16,
-    dst: *mut u8,
-    len: usize,
-    stuck: i32,
-) -> io::Result<()> {
     let base = offset(q_id, tag);
-    whole(len, stuck, |done| {
+    whole(len, |done| {
         // SAFETY: `dst + done .. dst + len` is inside what the caller vouched
         // for; the kernel writes at most `len - done` bytes there.
         unsafe {
@@ -124,7 +108,7 @@ unsafe fn copy_in_raw(
 /// A READ's data, from `buf` into the request's pages.
 pub fn copy_out(char_fd: RawFd, q_id: u16, tag: u16, buf: &[u8]) -> io::Result<()> {
     // SAFETY: `buf` is valid for reads of its length.
-    unsafe { copy_out_raw(char_fd, q_id, tag, buf.as_ptr(), buf.len(), libc::EIO) }
+    unsafe { copy_out_from(char_fd, q_id, tag, buf.as_ptr(), buf.len()) }.map_err(short_request)
 }
 
 /// A READ's `len` bytes of data, from `src` (a file's pages mapped into
@@ -140,24 +124,8 @@ pub unsafe fn copy_out_from(
     src: *const u8,
     len: usize,
 ) -> io::Result<()> {
-    // SAFETY: as the caller vouched.
-    unsafe { copy_out_raw(char_fd, q_id, tag, src, len, libc::EFAULT) }
-}
-
-/// [`copy_out_from`], failing with `stuck` when the copy makes no progress.
-///
-/// # Safety
-/// As for [`copy_out_from`].
-unsafe fn copy_out_raw(
-    char_fd: RawFd,
-    q_id: u16,
-    tag: u16,
-    src: *const u8,
-    len: usize,
-    stuck: i32,
-) -> io::Result<()> {
     let base = offset(q_id, tag);
-    whole(len, stuck, |done| {
+    whole(len, |done| {
         // SAFETY: `src + done .. src + len` is inside what the caller vouched
         // for; the kernel reads at most `len - done` bytes there.
         unsafe {
@@ -171,10 +139,20 @@ unsafe fn copy_out_raw(
     })
 }
 
+/// A copy to or from the daemon's own buffer that made no progress (EFAULT
+/// from [`whole`]): the buffer is always there, so the request is shorter
+/// than its descriptor said.
+fn short_request(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::EFAULT) {
+        io::Error::from_raw_os_error(libc::EIO)
+    } else {
+        e
+    }
+}
+
 /// Call `step(bytes done so far)`, a `pread` or `pwrite`, until `len` bytes
-/// are moved; retried on EINTR. A step that moves nothing fails with
-/// `stuck`.
-fn whole(len: usize, stuck: i32, mut step: impl FnMut(usize) -> isize) -> io::Result<()> {
+/// are moved; retried on EINTR. A step that moves nothing fails with EFAULT.
+fn whole(len: usize, mut step: impl FnMut(usize) -> isize) -> io::Result<()> {
     let mut done = 0;
     while done < len {
         match step(done) {
@@ -182,7 +160,7 @@ fn whole(len: usize, stuck: i32, mut step: impl FnMut(usize) -> isize) -> io::Re
             // The request is shorter than its descriptor said, or our memory
             // could not be faulted in: never pass a partly filled buffer off
             // as its data.
-            0 => return Err(io::Error::from_raw_os_error(stuck)),
+            0 => return Err(io::Error::from_raw_os_error(libc::EFAULT)),
             _ => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
