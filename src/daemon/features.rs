@@ -30,7 +30,8 @@ pub struct Report {
     /// Bits this build has no name for.
     pub unknown_bits: Vec<u32>,
     /// How request data moves for a stack of file and disk leaves under
-    /// raid0, mirror and fault: `zero-copy` or `copy` (other stacks: `copy`).
+    /// raid0, mirror and fault: `zero-copy` or `copy` (other stacks: `copy`),
+    /// or `user-copy` when UBLK_STACK_ZERO_COPY asks for it.
     pub data_path: Option<&'static str>,
     /// What a device created now would use (recovery not for a stack with a
     /// memory leaf, nor for one with a cache without QUIESCE; see the README).
@@ -134,10 +135,12 @@ impl Report {
                 "(unknown to this build)", "yes"
             ));
         }
-        out.push_str(&format!(
-            "data path: {} for stacks of file and disk leaves under raid0, mirror and fault; copy for the others\n",
-            self.data_path.unwrap_or("copy")
-        ));
+        out.push_str(&match self.data_path.unwrap_or("copy") {
+            "user-copy" => format!("data path: user-copy for every stack ({})\n", zero_copy::ENV),
+            path => format!(
+                "data path: {path} for stacks of file and disk leaves under raid0, mirror and fault; copy for the others\n"
+            ),
+        });
         let tmpfs = if offered & sys::UBLK_F_USER_COPY == 0 {
             "copy"
         } else if offered & sys::UBLK_F_SUPPORT_ZERO_COPY != 0 {
