@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::ublk::ctrl::{Control, CtrlError, CONTROL_PATH};
-use crate::ublk::{batch, features, queue_threads, sys, zero_copy};
+use crate::ublk::{batch, features, queue_threads, sys, user_copy, zero_copy};
 
 /// Said when /dev/ublk-control is missing.
 pub const NOT_LOADED: &str = "ublk_drv is not loaded (/dev/ublk-control is missing): load it with \
@@ -141,12 +141,16 @@ impl Report {
                 "data path: {path} for stacks of file and disk leaves under raid0, mirror and fault; copy for the others\n"
             ),
         });
-        let tmpfs = if offered & sys::UBLK_F_USER_COPY == 0 {
-            "copy"
-        } else if offered & sys::UBLK_F_SUPPORT_ZERO_COPY != 0 {
-            "zero-copy, with user copy for requests up to 8 KiB"
-        } else {
-            "user-copy"
+        // As `up` decides it, with the default user copy limit.
+        let wanted = zero_copy::for_memory_file(offered, offered & sys::UBLK_F_USER_COPY != 0);
+        let tmpfs = match zero_copy::choose(offered, None, wanted) {
+            Ok(path) if path.is_zero_copy() => format!(
+                "{}, with user copy for requests up to {} KiB",
+                path.name(),
+                user_copy::Max::DEFAULT.0 >> 10
+            ),
+            Ok(path) => path.name().to_string(),
+            Err(_) => zero_copy::DataPath::Copy.name().to_string(),
         };
         out.push_str(&format!(
             "data path of a buffered file on tmpfs or ramfs alone (auto): {tmpfs}\n"

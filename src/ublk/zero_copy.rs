@@ -220,6 +220,24 @@ pub fn blocker<'a>(types: impl IntoIterator<Item = &'a str>) -> Option<&'a str> 
     types.into_iter().find(|t| !PASS_THROUGH.contains(t))
 }
 
+/// What `auto` asks for where the stack holds a buffered tmpfs or ramfs file,
+/// on a kernel offering `offered`; `small_by_user_copy`: that file is the
+/// whole stack and its small requests may go by USER_COPY (`user_copy`).
+/// Zero copy with the queue registering the buffers (the kernel's automatic
+/// registration would cost every small request too), or USER_COPY alone
+/// where there is no zero copy (one copy through the file's mapping, where
+/// copy mode makes two); otherwise copy mode, as zero copy would hand each
+/// request to an io_uring worker.
+pub fn for_memory_file(offered: u64, small_by_user_copy: bool) -> Wanted {
+    if !small_by_user_copy {
+        Wanted::Off
+    } else if offered & sys::UBLK_F_SUPPORT_ZERO_COPY != 0 {
+        Wanted::Explicit
+    } else {
+        Wanted::UserCopy
+    }
+}
+
 /// The data path for a new device, on a kernel offering `offered`, for a stack
 /// whose first layer type that needs its bytes in the daemon is `blocker`.
 pub fn choose(offered: u64, blocker: Option<&str>, wanted: Wanted) -> Result<DataPath, String> {
@@ -320,6 +338,14 @@ mod tests {
         for layer in ["null", "crypt", "compress", "cache", "nbd"] {
             assert_eq!(blocker(["raid0", layer]), Some(layer));
         }
+    }
+
+    #[test]
+    fn a_memory_file_alone_takes_user_copy_beside_or_instead_of_zero_copy() {
+        assert_eq!(for_memory_file(LINUX_7_3, true), Wanted::Explicit);
+        assert_eq!(for_memory_file(LINUX_6_12, true), Wanted::UserCopy);
+        assert_eq!(for_memory_file(LINUX_7_3, false), Wanted::Off);
+        assert_eq!(for_memory_file(LINUX_6_12, false), Wanted::Off);
     }
 
     #[test]

@@ -94,14 +94,7 @@ impl FrontEnd for Ublk {
         let batch_io = batch::choose::Wanted::from_env()
             .and_then(|wanted| batch::choose::choose(ctrl.features(), wanted))
             .map_err(|e| format!("{name}: {e}"))?;
-        // A buffered file on tmpfs or ramfs as the top takes zero copy only
-        // with user copy for its small requests (`ublk::user_copy`), and with
-        // the queue registering the large ones' buffers: the kernel's automatic
-        // registration would cost every small request too. Without zero copy
-        // (6.12) it takes user copy for every request: one copy between the
-        // request and the mapped file, where copy mode makes two. Any other
-        // stack holding such a file stays in copy mode, as zero copy would
-        // hand each of its requests to an io_uring worker.
+        // A buffered file on tmpfs or ramfs: see `zero_copy::for_memory_file`.
         let offered = ctrl.features();
         let user_copy_max = user_copy_max().map_err(|e| format!("{name}: {e}"))?;
         let small_by_user_copy = !batch_io
@@ -110,13 +103,7 @@ impl FrontEnd for Ublk {
             && stack.direct().is_some_and(|top| top.serves_on_the_spot());
         let wanted = match zero_copy::Wanted::from_env().map_err(|e| format!("{name}: {e}"))? {
             zero_copy::Wanted::Auto if has_memory_backed_file(plan) => {
-                if small_by_user_copy && offered & sys::UBLK_F_SUPPORT_ZERO_COPY != 0 {
-                    zero_copy::Wanted::Explicit
-                } else if small_by_user_copy {
-                    zero_copy::Wanted::UserCopy
-                } else {
-                    zero_copy::Wanted::Off
-                }
+                zero_copy::for_memory_file(offered, small_by_user_copy)
             }
             zero_copy::Wanted::UserCopy if batch_io => {
                 return Err(format!(
